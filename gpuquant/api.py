@@ -1,0 +1,239 @@
+"""The public API: ``Quantizer`` (fit / transform / inverse_transform / save / load) and the
+``quantize`` / ``dequantize`` shortcuts.
+
+A ``Quantizer`` couples a scheme (the math, from a preset or a family name plus parameters) with a
+backend (where it runs) and, once fitted, the scheme's state (float32 arrays: ranges, thresholds).
+``transform`` returns :class:`gpuquant.Codes`; arrays come back where they went in (numpy in, numpy
+out; CuPy in, CuPy out on the GPU backend).
+
+Saved quantizers are one JSON file: format tag, gpuquant version, scheme name, family, every
+parameter, the fitted dimension and the state arrays inline (dtype, shape, and the raw little-endian
+bytes in base64, so the values round-trip exactly). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuquant._validate import as_matrix, check_dim
+from gpuquant._version import __version__
+from gpuquant.backends import Backend, resolve
+from gpuquant.codes import Codes
+from gpuquant.errors import InputError, NotFittedError
+from gpuquant.schemes import FAMILIES, PRESETS, make_scheme
+
+FORMAT_TAG = "gpuquant.quantizer"
+FORMAT_VERSION = 1
+
+
+class Quantizer:
+    """Quantize 2-D float arrays with one scheme.
+
+    >>> import numpy as np, gpuquant
+    >>> X = np.random.default_rng(0).standard_normal((1000, 64)).astype(np.float32)
+    >>> q = gpuquant.Quantizer("st-int8", backend="numpy").fit(X)
+    >>> codes = q.transform(X)
+    >>> np.asarray(codes).dtype, np.asarray(codes).shape
+    (dtype('int8'), (1000, 64))
+    >>> float(np.abs(q.inverse_transform(codes) - X).max()) < 0.05
+    True
+    """
+
+    def __init__(self, scheme: str = "int8-row", *, backend: str = "auto", **params: Any) -> None:
+        self.name = scheme
+        self.scheme = make_scheme(scheme, **params)
+        self.backend_name = backend
+        self._backend: Backend | None = None
+        self.state: dict[str, np.ndarray] | None = self.scheme.initial_state()
+        self.dim: int | None = self._dim_of(self.state)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def preset(self) -> str | None:
+        return self.name if self.name in PRESETS else None
+
+    @property
+    def family(self) -> str:
+        return self.scheme.family
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.scheme.params)
+
+    @property
+    def is_fitted(self) -> bool:
+        """True once ``fit`` ran, or when the scheme needs no fit."""
+        return self.state is not None or not self.scheme.needs_fit
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = resolve(self.backend_name)
+        return self._backend
+
+    def __repr__(self) -> str:
+        preset = PRESETS.get(self.name)
+        base = preset.params if preset else {}
+        changed = {k: v for k, v in self.scheme.params.items() if base.get(k, v) != v or not preset}
+        shown = ", ".join(f"{k}={v!r}" for k, v in changed.items() if v is not None)
+        fitted = f"fitted, dim={self.dim}" if self.state is not None and self.scheme.needs_fit else (
+            "no fit needed" if not self.scheme.needs_fit else "not fitted")
+        return (f"Quantizer({self.name!r}{', ' + shown if shown else ''}, family={self.family!r}, "
+                f"{self.scheme.bytes_per_value:g} B/value, {fitted}, backend={self.backend_name!r})")
+
+    # -- verbs --------------------------------------------------------------------------------
+    def fit(self, X: Any) -> Quantizer:
+        """Train the scheme's state on every row of ``X`` (2-D float); returns ``self``."""
+        X = as_matrix(X)
+        if X.shape[0] == 0:
+            raise InputError("cannot fit on 0 rows")
+        self.scheme.check_dim(X.shape[1])
+        state = self.backend.fit(self.scheme, X)
+        self.state = {k: np.asarray(v) for k, v in state.items()} if self.scheme.needs_fit else (state or None)
+        self.dim = X.shape[1] if self.scheme.needs_fit else self._dim_of(self.state)
+        return self
+
+    def transform(self, X: Any, out: Any = None) -> Codes:
+        """Encode ``X``; ``out=`` takes a preallocated code array (or ``Codes`` with side arrays)."""
+        self._require_fitted()
+        X = as_matrix(X)
+        check_dim(X, self.dim)
+        self.scheme.check_dim(X.shape[1])
+        codes = self.backend.transform(self.scheme, self.state, X, out=out)
+        return dataclasses.replace(codes, scheme=self.name)
+
+    def fit_transform(self, X: Any) -> Codes:
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, codes: Codes | Any, out: Any = None) -> Any:
+        """Decode ``codes`` (a ``Codes``, or a bare code array for schemes without side arrays)."""
+        self._require_fitted()
+        codes = self._as_codes(codes)
+        self._check_codes(codes)
+        return self.backend.inverse_transform(self.scheme, self.state, codes, out=out)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document ``save`` writes."""
+        return {
+            "format": FORMAT_TAG,
+            "format_version": FORMAT_VERSION,
+            "gpuquant_version": __version__,
+            "scheme": self.name,
+            "family": self.family,
+            "params": self.scheme.params,
+            "dim": self.dim,
+            "state": None if self.state is None else {k: _encode_array(v) for k, v in self.state.items()},
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the quantizer as one JSON file (atomically: a temporary file renamed into place)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], backend: str = "auto") -> Quantizer:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_TAG:
+            raise InputError("not a gpuquant quantizer file (missing format tag)")
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"unsupported quantizer format version {doc.get('format_version')!r}")
+        family = doc.get("family")
+        if family not in FAMILIES:
+            raise InputError(f"unknown scheme family {family!r} in quantizer file")
+        q = cls(family, backend=backend, **doc.get("params", {}))
+        q.name = doc.get("scheme", family)
+        state = doc.get("state")
+        q.state = None if state is None else {k: _decode_array(v, k) for k, v in state.items()}
+        q.dim = doc.get("dim")
+        return q
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], backend: str = "auto") -> Quantizer:
+        """Read a quantizer written by ``save``."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"quantizer file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} is not valid JSON: {exc}") from None
+        return cls.from_dict(doc, backend=backend)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"this {self.name!r} quantizer needs fit(X) before transform")
+
+    def _as_codes(self, codes: Any) -> Codes:
+        if isinstance(codes, Codes):
+            return codes
+        if self.scheme.side_shapes(1, self.dim or 1):
+            raise InputError(f"{self.name!r} codes need their side arrays: pass the Codes from transform")
+        data = codes if hasattr(codes, "shape") else np.asarray(codes)
+        if getattr(data, "ndim", 0) != 2:
+            raise InputError(f"codes must be 2-D, got shape {tuple(getattr(data, 'shape', ()))}")
+        if self.dim is None and self.scheme.code_shape(1, data.shape[1])[1] != data.shape[1]:
+            raise InputError("packed codes do not say their dimension: pass the Codes from transform")
+        return Codes(data, {}, self.name, self.dim or data.shape[1])
+
+    def _check_codes(self, codes: Codes) -> None:
+        if self.dim is not None and codes.dim != self.dim:
+            raise InputError(f"codes have {codes.dim} dimensions but the quantizer was fitted on {self.dim}")
+        expected = self.scheme.code_shape(len(codes), codes.dim)
+        if tuple(codes.data.shape) != expected or codes.data.dtype != self.scheme.code_dtype:
+            raise InputError(
+                f"codes of {self.name!r} for dim={codes.dim} must be {self.scheme.code_dtype}{expected}, "
+                f"got {codes.data.dtype}{tuple(codes.data.shape)}"
+            )
+        for name, (shape, dtype) in self.scheme.side_shapes(len(codes), codes.dim).items():
+            got = codes.side.get(name)
+            if got is None or tuple(got.shape) != shape or got.dtype != dtype:
+                raise InputError(f"side array {name!r} must be {dtype}{shape}, got "
+                                 f"{'nothing' if got is None else f'{got.dtype}{tuple(got.shape)}'}")
+
+    @staticmethod
+    def _dim_of(state: dict[str, np.ndarray] | None) -> int | None:
+        if not state:
+            return None
+        sizes = {v.size for v in state.values()}
+        size = sizes.pop()
+        return size if size > 1 else None
+
+
+def _encode_array(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a)
+    le = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "base64": base64.b64encode(le.tobytes()).decode("ascii")}
+
+
+def _decode_array(doc: Any, name: str) -> np.ndarray:
+    try:
+        dtype = np.dtype(doc["dtype"]).newbyteorder("<")
+        raw = base64.b64decode(doc["base64"], validate=True)
+        arr = np.frombuffer(raw, dtype=dtype).reshape(doc["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"state array {name!r} in the quantizer file is malformed: {exc}") from None
+    if dtype.kind not in "fiu":
+        raise InputError(f"state array {name!r} has unsupported dtype {dtype}")
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def quantize(X: Any, scheme: str = "int8-row", *, backend: str = "auto", **params: Any) -> Codes:
+    """Fit (when the scheme needs it) and transform in one call."""
+    q = Quantizer(scheme, backend=backend, **params)
+    return q.fit_transform(X) if q.scheme.needs_fit else q.transform(X)
+
+
+def dequantize(codes: Codes, quantizer: Quantizer | str, *, backend: str = "auto") -> Any:
+    """Decode ``codes`` with a fitted ``Quantizer`` (or, for schemes without state, a scheme name)."""
+    q = Quantizer(quantizer, backend=backend) if isinstance(quantizer, str) else quantizer
+    return q.inverse_transform(codes)

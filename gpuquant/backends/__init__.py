@@ -1,0 +1,90 @@
+"""The backends layer: the same verbs (fit, transform, inverse_transform) on different hardware.
+
+* ``numpy``: the CPU path, always available; the reference math in row chunks on every core.
+* ``cupy``: our CUDA kernels (``kernels/*.cu``) through CuPy, when a GPU works.
+
+``resolve("auto")`` picks ``cupy`` when it works, else ``numpy``, and remembers why the GPU was
+skipped; an explicitly named backend never falls back: if it cannot run, ``resolve`` raises
+``BackendUnavailableError`` with the reason. GPU libraries are imported only inside the cupy
+backend's module, which is imported only when that backend is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+from gpuquant.codes import Codes
+from gpuquant.errors import BackendUnavailableError, InputError
+from gpuquant.schemes import Scheme
+
+_MODULES = {
+    "numpy": ("gpuquant.backends.numpy_backend", "NumpyBackend"),
+    "cupy": ("gpuquant.backends.cupy_backend", "CupyBackend"),
+}
+AUTO_ORDER = ("cupy", "numpy")
+
+
+class Backend(Protocol):
+    """What every backend implements; inputs are validated by the caller (``Quantizer``)."""
+
+    name: str
+
+    @staticmethod
+    def is_available() -> tuple[bool, str]: ...
+
+    def fit(self, scheme: Scheme, X: Any) -> dict[str, Any]: ...
+
+    def transform(self, scheme: Scheme, state: dict[str, Any] | None, X: Any, out: Any = None) -> Codes: ...
+
+    def inverse_transform(
+        self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None
+    ) -> Any: ...
+
+
+def _backend_class(name: str) -> type:
+    module, cls = _MODULES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def availability(name: str) -> tuple[bool, str]:
+    """Whether backend ``name`` can run here, and why not."""
+    try:
+        cls = _backend_class(name)
+    except ImportError as exc:
+        return False, f"cannot import the {name} backend: {exc}"
+    return cls.is_available()
+
+
+def available_backends() -> list[tuple[str, bool, str]]:
+    """Every backend as (name, usable, reason)."""
+    return [(name, *availability(name)) for name in _MODULES]
+
+
+def resolve(name: str) -> Backend:
+    """The backend called ``name`` (or the first usable one for ``"auto"``)."""
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            ok, _ = availability(candidate)
+            if ok:
+                return _backend_class(candidate)()
+        raise BackendUnavailableError("no backend is available")  # numpy always is
+    if name not in _MODULES:
+        raise InputError(f"unknown backend {name!r}; choose one of {['auto', *_MODULES]}")
+    ok, reason = availability(name)
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {reason}")
+    return _backend_class(name)()
+
+
+def is_device_array(x: Any) -> bool:
+    """True for CuPy arrays and anything exposing CUDA memory (``__cuda_array_interface__`` or a CUDA DLPack device)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    dev = getattr(x, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        return dev()[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
+    except Exception:  # noqa: BLE001 - a foreign object's probe failing means "not a device array"
+        return False

@@ -1,0 +1,700 @@
+"""The ``gpuquant`` command line (also ``python -m gpuquant``).
+
+Subcommands::
+
+    gpuquant schemes                       every preset: family, code dtype, bytes per value, peer
+    gpuquant fit INPUT --scheme S [--param k=v ...] -o QUANTIZER.json
+    gpuquant convert INPUT OUTPUT (--scheme S [--param k=v ...] | --quantizer Q.json)
+                                           fit if needed, transform, write the OUTPUT directory
+    gpuquant inspect PATH                  a quantizer JSON, a converted directory or a .npy file
+    gpuquant doctor                        GPU, driver, CUDA, CuPy, cuVS, NVML: what works, why not
+
+INPUT is a ``.npy`` file holding a 2-D float matrix (memory-mapped), or ``demo`` for the dataset
+shipped with the package (2000 x 384 MiniLM embeddings, :mod:`gpuquant.data`); write ``./demo`` for
+a file of that name. ``--param`` values are parsed as JSON when they parse (``0.99``, ``true``,
+``[[0, 1]]``), else taken as strings (``bitorder=little``).
+
+Every command takes ``--format human|json|quiet``: ``human`` prints a report on stdout, ``json``
+prints exactly one JSON document on stdout (also on failure: ``{"ok": false, "error": ...}``),
+``quiet`` prints nothing on success. Progress and logs go to stderr. Exit codes: 0 success,
+2 bad usage or input (argument errors, missing or malformed files, bad parameters, an OUTPUT that
+exists), 1 any other failure (e.g. an explicitly requested backend that cannot run here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from gpuquant import io as gio
+from gpuquant._version import __version__
+from gpuquant.errors import GpuquantError, InputError
+
+log = logging.getLogger("gpuquant.cli")
+
+FORMATS = ("human", "json", "quiet")
+BACKENDS = ("auto", "numpy", "cupy")
+DEMO = "demo"
+ERROR_SAMPLE_ROWS = 1000
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+Report = tuple[dict[str, Any], str]  # (JSON document, human text)
+
+
+class UsageError(Exception):
+    """A command-line usage error (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that raises :class:`UsageError` instead of exiting, so ``main`` decides."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--param expects key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def _params(items: Sequence[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or ():
+        key, value = _parse_param(item)
+        if key in params:
+            raise InputError(f"--param {key} given twice")
+        params[key] = value
+    return params
+
+
+def _resolve_input(name: str) -> tuple[Path, bool]:
+    """Return ``(path, is_demo)`` for an INPUT argument."""
+    if name == DEMO:
+        from gpuquant.data import demo_path
+
+        return Path(demo_path()), True
+    return Path(name), False
+
+
+def _load_input(name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    path, demo = _resolve_input(name)
+    log.info("reading %s", "the demo dataset" if demo else path)
+    X = gio.load_matrix(path)
+    source = {
+        "path": str(path.resolve()),
+        "demo": demo,
+        "shape": list(X.shape),
+        "dtype": X.dtype.name,
+        "bytes": int(X.nbytes),
+    }
+    return X, source
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get"):  # CuPy
+        return a.get()
+    return np.asarray(a)
+
+
+def _mb(nbytes: float) -> float:
+    return round(nbytes / 1e6, 3)
+
+
+def _array_summary(a: Any) -> dict[str, Any]:
+    arr = _to_numpy(a)
+    out: dict[str, Any] = {"shape": list(arr.shape), "dtype": arr.dtype.name}
+    if arr.size and arr.dtype.kind in "biuf":
+        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+        if finite.size:
+            out["min"] = float(finite.min())
+            out["max"] = float(finite.max())
+            out["mean"] = float(finite.astype(np.float64).mean())
+        out["non_finite"] = int(arr.size - finite.size)
+    return out
+
+
+def _fmt_summary(name: str, s: dict[str, Any]) -> str:
+    shape = "x".join(str(n) for n in s["shape"]) or "scalar"
+    text = f"  {name:<12} {s['dtype']:<14} {shape:<12}"
+    if "min" in s:
+        text += f" min {s['min']:.6g}  max {s['max']:.6g}  mean {s['mean']:.6g}"
+    return text
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(gio.to_jsonable(v))}" for k, v in params.items()) or "(defaults)"
+
+
+# ------------------------------------------------------------------------------------------------
+# schemes
+
+
+def _preset_row(preset: Any) -> dict[str, Any]:
+    from gpuquant import Quantizer
+
+    scheme = Quantizer(preset.name).scheme
+    side = sorted(scheme.side_shapes(1, 1024)) if hasattr(scheme, "side_shapes") else []
+    return {
+        "name": preset.name,
+        "family": preset.family,
+        "code_dtype": np.dtype(scheme.code_dtype).name,
+        "bytes_per_value": float(scheme.bytes_per_value),
+        "side": side,
+        "peer": preset.peer,
+        "params": gio.to_jsonable(preset.params),
+        "summary": preset.summary,
+    }
+
+
+def cmd_schemes(args: argparse.Namespace) -> Report:
+    """List every preset, one line each."""
+    import gpuquant
+
+    rows = [_preset_row(p) for p in gpuquant.presets()]
+    head = f"{'preset':<14} {'family':<8} {'code dtype':<14} {'B/value':>7}  {'side':<8} peer"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        side = ",".join(r["side"]) or "-"
+        lines.append(
+            f"{r['name']:<14} {r['family']:<8} {r['code_dtype']:<14} {r['bytes_per_value']:>7.4g}  "
+            f"{side:<8} {r['peer']}"
+        )
+    return {"presets": rows}, "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# fit
+
+
+def _make_quantizer(scheme: str, params: dict[str, Any], backend: str) -> Any:
+    from gpuquant import Quantizer
+
+    return Quantizer(scheme, backend=backend, **params)
+
+
+def _quantizer_info(q: Any) -> dict[str, Any]:
+    state = q.state if q.is_fitted else {}
+    return {
+        "scheme": getattr(q, "preset", None) or q.scheme.family,
+        "preset": getattr(q, "preset", None),
+        "family": q.scheme.family,
+        "params": gio.to_jsonable(q.scheme.params),
+        "dim": q.dim,
+        "is_fitted": bool(q.is_fitted),
+        "code_dtype": np.dtype(q.scheme.code_dtype).name,
+        "bytes_per_value": float(q.scheme.bytes_per_value),
+        "state": {k: _array_summary(v) for k, v in (state or {}).items()},
+    }
+
+
+def _quantizer_lines(info: dict[str, Any]) -> list[str]:
+    lines = [
+        f"scheme   {info['scheme']} (family {info['family']})",
+        f"params   {_fmt_params(info['params'])}",
+        f"codes    {info['code_dtype']}, {info['bytes_per_value']:.4g} byte(s) per value",
+        f"fitted   {'yes' if info['is_fitted'] else 'no'}" + (f", dim {info['dim']}" if info["dim"] else ""),
+    ]
+    if info["state"]:
+        lines.append("state (fitted ranges/thresholds):")
+        lines += [_fmt_summary(k, s) for k, s in info["state"].items()]
+    return lines
+
+
+def _check_new_file(path: Path, overwrite: bool) -> None:
+    if not path.parent.is_dir():
+        raise InputError(f"output's parent directory does not exist: {path.parent}")
+    if path.exists() and not overwrite:
+        raise InputError(f"output already exists: {path} (pass --overwrite to replace it)")
+    if path.is_dir():
+        raise InputError(f"output is a directory: {path}")
+
+
+def _save_quantizer_atomic(q: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        q.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cmd_fit(args: argparse.Namespace) -> Report:
+    """Fit a quantizer on INPUT and save it as JSON."""
+    out = Path(args.output)
+    _check_new_file(out, args.overwrite)
+    X, source = _load_input(args.input)
+    q = _make_quantizer(args.scheme, _params(args.param), args.backend)
+    log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
+    t0 = time.perf_counter()
+    q.fit(X)
+    fit_s = time.perf_counter() - t0
+    _save_quantizer_atomic(q, out)
+    info = _quantizer_info(q)
+    doc = {"output": str(out), "source": source, "fit_s": round(fit_s, 4), "quantizer": info}
+    lines = [f"fitted {info['scheme']} on {X.shape[0]} x {X.shape[1]} in {fit_s:.3f} s -> {out}"]
+    return doc, "\n".join(lines + _quantizer_lines(info))
+
+
+# ------------------------------------------------------------------------------------------------
+# convert
+
+
+def _load_quantizer(path: str, backend: str) -> Any:
+    from gpuquant import Quantizer
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"quantizer file not found: {p}")
+    q = Quantizer.load(p, backend=backend)
+    if not q.is_fitted:
+        raise InputError(f"{p} holds a quantizer that was never fitted")
+    return q
+
+
+def sample_error(q: Any, X: np.ndarray, rows: int = ERROR_SAMPLE_ROWS) -> dict[str, Any]:
+    """Relative reconstruction error ``||X - X^||_F / ||X||_F`` on up to ``rows`` evenly spaced rows.
+
+    Only entries finite in both ``X`` and the reconstruction count. Schemes without an inverse
+    (if any) report ``None`` with the reason.
+    """
+    n = X.shape[0]
+    idx = np.unique(np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64))
+    Xs = np.asarray(X[idx], dtype=np.float32)
+    try:
+        Xh = _to_numpy(q.inverse_transform(q.transform(Xs))).astype(np.float64)
+    except (NotImplementedError, GpuquantError) as exc:
+        return {"rows": int(idx.size), "rel_error": None, "reason": str(exc)}
+    ref = Xs.astype(np.float64)
+    ok = np.isfinite(ref) & np.isfinite(Xh)
+    denom = float(np.linalg.norm(ref[ok]))
+    diff = ref[ok] - Xh[ok]
+    rel = float(np.linalg.norm(diff)) / denom if denom > 0 else float(np.linalg.norm(diff))
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    return {"rows": int(idx.size), "rel_error": rel, "max_abs_error": max_abs}
+
+
+def _convert_manifest(q: Any, codes: Any, source: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "scheme": codes.scheme or getattr(q, "preset", None) or q.scheme.family,
+        "preset": getattr(q, "preset", None),
+        "family": q.scheme.family,
+        "params": gio.to_jsonable(q.scheme.params),
+        "dim": int(getattr(codes, "dim", 0) or source["shape"][1]),
+        "rows": int(source["shape"][0]),
+        "backend": getattr(q, "backend_name", None),
+        "source": source,
+    }
+
+
+def _convert_human(doc: dict[str, Any]) -> str:
+    src, err = doc["source"], doc["reconstruction"]
+    rel = "n/a" if err["rel_error"] is None else f"{err['rel_error']:.3e}"
+    side = ", ".join(f"{k} {v['dtype']}{tuple(v['shape'])}" for k, v in doc["side"].items()) or "none"
+    return "\n".join(
+        [
+            f"converted {src['shape'][0]} rows x {src['shape'][1]} dims ({src['dtype']}) "
+            f"with {doc['scheme']} on {doc['backend']} -> {doc['output']}",
+            f"codes      {doc['codes']['dtype']}{tuple(doc['codes']['shape'])} "
+            f"(stored as {doc['codes']['stored_dtype']}); side arrays: {side}",
+            f"time       {doc['seconds']['total']:.3f} s (fit {doc['seconds']['fit']:.3f}, "
+            f"transform {doc['seconds']['transform']:.3f}, write {doc['seconds']['write']:.3f})",
+            f"size       {doc['mb_in']:.3f} MB in, {doc['mb_out']:.3f} MB out, "
+            f"compression {doc['compression_ratio']:.2f}x",
+            f"error      relative reconstruction error {rel} on {err['rows']} sampled rows",
+        ]
+    )
+
+
+def _get_quantizer(args: argparse.Namespace, X: np.ndarray) -> tuple[Any, float]:
+    if args.quantizer:
+        if args.param:
+            raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
+        return _load_quantizer(args.quantizer, args.backend), 0.0
+    q = _make_quantizer(args.scheme, _params(args.param), args.backend)
+    log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
+    t0 = time.perf_counter()
+    q.fit(X)
+    return q, time.perf_counter() - t0
+
+
+def cmd_convert(args: argparse.Namespace) -> Report:
+    """Fit (unless given a quantizer), transform INPUT, write the OUTPUT directory atomically."""
+    gio.check_output(args.output, args.overwrite)
+    t_start = time.perf_counter()
+    X, source = _load_input(args.input)
+    q, fit_s = _get_quantizer(args, X)
+    log.info("transforming %d rows on backend %s", X.shape[0], getattr(q, "backend_name", "?"))
+    t0 = time.perf_counter()
+    codes = q.transform(X)
+    transform_s = time.perf_counter() - t0
+    host = type(codes)(_to_numpy(codes.data), {k: _to_numpy(v) for k, v in codes.side.items()},
+                       codes.scheme, getattr(codes, "dim", X.shape[1]))
+    log.info("writing %s", args.output)
+    t0 = time.perf_counter()
+    manifest = _convert_manifest(q, host, source)
+    gio.write_converted(args.output, host, q, manifest, overwrite=args.overwrite)
+    write_s = time.perf_counter() - t0
+    written = gio.read_converted(args.output).manifest
+    out_bytes = int(host.data.nbytes + sum(v.nbytes for v in host.side.values()))
+    doc = {
+        **written,
+        "output": str(Path(args.output)),
+        "mb_in": _mb(X.nbytes),
+        "mb_out": _mb(out_bytes),
+        "compression_ratio": round(X.nbytes / out_bytes, 4) if out_bytes else None,
+        "reconstruction": sample_error(q, X),
+        "seconds": {"fit": round(fit_s, 4), "transform": round(transform_s, 4),
+                    "write": round(write_s, 4), "total": round(time.perf_counter() - t_start, 4)},
+    }
+    return doc, _convert_human(doc)
+
+
+# ------------------------------------------------------------------------------------------------
+# inspect
+
+
+def _inspect_npy(p: Path) -> Report:
+    header = gio.read_npy_header(p)
+    doc = {"kind": "npy", "path": str(p), "shape": list(header.shape), "dtype": header.dtype.name,
+           "fortran_order": header.fortran_order, "bytes": header.data_bytes}
+    text = (f"{p}: .npy array {header.dtype.name}{tuple(header.shape)}, "
+            f"{'Fortran' if header.fortran_order else 'C'} order, {_mb(header.data_bytes)} MB")
+    return doc, text
+
+
+def _inspect_converted(p: Path) -> Report:
+    from gpuquant import Quantizer
+
+    conv = gio.read_converted(p)
+    info = _quantizer_info(Quantizer.load(conv.quantizer_path, backend="numpy"))
+    m = conv.manifest
+    side = {k: _array_summary(v) if v.dtype.kind in "biuf" else {"shape": list(v.shape), "dtype": v.dtype.name}
+            for k, v in conv.side.items()}
+    doc = {"kind": "converted", "path": str(p), "manifest": m, "side_summary": side, "quantizer": info}
+    lines = [
+        f"{p}: gpuquant output (format {m['format_version']}, written by gpuquant {m.get('gpuquant_version')})",
+        f"codes    {m['codes']['dtype']}{tuple(m['codes']['shape'])} in {m['codes']['file']} "
+        f"(stored as {m['codes']['stored_dtype']})",
+        f"source   {m.get('source', {}).get('path')} {tuple(m.get('source', {}).get('shape', ()))} "
+        f"{m.get('source', {}).get('dtype')}",
+    ]
+    lines += [_fmt_summary(k, s) for k, s in side.items()]
+    return doc, "\n".join(lines + _quantizer_lines(info))
+
+
+def _inspect_quantizer(p: Path) -> Report:
+    from gpuquant import Quantizer
+
+    try:
+        q = Quantizer.load(p, backend="numpy")
+    except GpuquantError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{p} is not a gpuquant quantizer JSON ({type(exc).__name__}: {exc})") from exc
+    info = _quantizer_info(q)
+    return {"kind": "quantizer", "path": str(p), "quantizer": info}, "\n".join(
+        [f"{p}: gpuquant quantizer"] + _quantizer_lines(info)
+    )
+
+
+def cmd_inspect(args: argparse.Namespace) -> Report:
+    """Describe a quantizer JSON, a converted directory or a ``.npy`` file."""
+    p = Path(args.path)
+    if not p.exists():
+        raise InputError(f"path not found: {p}")
+    if p.is_dir():
+        return _inspect_converted(p)
+    if p.name == gio.MANIFEST and gio.is_converted_dir(p.parent):
+        return _inspect_converted(p.parent)
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        return _inspect_npy(p)
+    return _inspect_quantizer(p)
+
+
+# ------------------------------------------------------------------------------------------------
+# doctor: every probe is lazy and guarded
+
+
+def _guard(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one probe; never raise. Warnings raised while probing are recorded, not shown."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = probe()
+        except ImportError as exc:
+            result = {"ok": False, "reason": f"not installed ({exc})"}
+        except Exception as exc:  # noqa: BLE001 - a probe must never crash doctor
+            result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}".strip()}
+    if caught:
+        result["warnings"] = [str(w.message) for w in caught]
+    return result
+
+
+def _probe_nvml() -> dict[str, Any]:
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"ok": False, "reason": f"NVML cannot start: {exc} (no NVIDIA driver here?)"}
+    try:
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                         "memory_total": int(mem.total), "memory_free": int(mem.free),
+                         "compute_capability": list(pynvml.nvmlDeviceGetCudaComputeCapability(h))})
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return {"ok": bool(gpus), "driver": driver.decode() if isinstance(driver, bytes) else driver,
+                "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}", "gpus": gpus,
+                **({} if gpus else {"reason": "NVML sees no GPU"})}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _probe_cupy() -> dict[str, Any]:
+    import cupy
+
+    out: dict[str, Any] = {"version": cupy.__version__}
+    out["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError and driver load failures
+        return {**out, "ok": False, "reason": f"no usable CUDA device: {exc}"}
+    if count == 0:
+        return {**out, "ok": False, "reason": "CUDA reports 0 devices"}
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    return {**out, "ok": True, "devices": count,
+            "device0": name.decode() if isinstance(name, bytes) else name,
+            "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+            "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+
+
+def _probe_cuvs() -> dict[str, Any]:
+    import cuvs
+
+    return {"ok": True, "version": getattr(cuvs, "__version__", "unknown")}
+
+
+def _probe_kernels() -> dict[str, Any]:
+    from importlib import resources
+
+    files = sorted(p.name for p in resources.files("gpuquant.kernels").iterdir()
+                   if p.name.endswith((".cu", ".cuh")))
+    return {"ok": bool(files), "files": files, **({} if files else {"reason": "no kernel sources found"})}
+
+
+def _probe_backends() -> dict[str, Any]:
+    from gpuquant.backends import available_backends
+
+    rows = [{"name": n, "usable": bool(u), "reason": r} for n, u, r in available_backends()]
+    return {"ok": any(r["usable"] for r in rows), "backends": rows}
+
+
+def _probe_host() -> dict[str, Any]:
+    import ml_dtypes
+
+    return {"ok": True, "gpuquant": __version__, "python": platform.python_version(),
+            "platform": platform.platform(), "numpy": np.__version__,
+            "ml_dtypes": ml_dtypes.__version__, "cpus": os.cpu_count()}
+
+
+PROBES: dict[str, Callable[[], dict[str, Any]]] = {
+    "host": _probe_host,
+    "nvml": _probe_nvml,
+    "cupy": _probe_cupy,
+    "cuvs": _probe_cuvs,
+    "kernels": _probe_kernels,
+    "backends": _probe_backends,
+}
+
+_HINTS = {
+    "nvml": 'pip install "gpuquant[cuda13]" (or [cuda12]) installs nvidia-ml-py',
+    "cupy": 'pip install "gpuquant[cuda13]" (CUDA 13 driver) or "gpuquant[cuda12]"',
+    "cuvs": 'pip install "gpuquant[cuvs]"',
+}
+
+
+def _doctor_line(name: str, r: dict[str, Any]) -> str:
+    mark = "ok " if r.get("ok") else "-- "
+    if name == "host":
+        detail = (f"gpuquant {r.get('gpuquant')}, python {r.get('python')}, numpy {r.get('numpy')}, "
+                  f"ml_dtypes {r.get('ml_dtypes')}, {r.get('cpus')} CPUs")
+    elif name == "nvml" and r.get("ok"):
+        gpus = "; ".join(f"{g['name']} ({g['memory_free'] / 2**30:.1f} of {g['memory_total'] / 2**30:.1f} GiB free)"
+                         for g in r["gpus"])
+        detail = f"driver {r['driver']}, CUDA {r['cuda_driver']}: {gpus}"
+    elif name == "cupy" and r.get("ok"):
+        detail = f"CuPy {r['version']}, NVRTC {r['nvrtc']}, {r['devices']} device(s), device 0: {r['device0']}"
+    elif name == "kernels" and r.get("ok"):
+        detail = ", ".join(r["files"])
+    elif name == "backends" and "backends" in r:
+        detail = "; ".join(f"{b['name']}: {'usable' if b['usable'] else 'no'}"
+                           + (f" ({b['reason']})" if b["reason"] else "") for b in r["backends"])
+    elif r.get("ok"):
+        detail = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("ok", "warnings"))
+    else:
+        detail = str(r.get("reason", "unavailable"))
+        if name in _HINTS and "not installed" in detail:
+            detail += f"; {_HINTS[name]}"
+        if r.get("version"):
+            detail = f"{name} {r['version']} installed, but {detail}"
+    return f"[{mark}] {name:<9} {detail}"
+
+
+def cmd_doctor(args: argparse.Namespace) -> Report:
+    """Probe the machine: never raises, each probe says what works and why not."""
+    results = {name: _guard(probe) for name, probe in PROBES.items()}
+    gpu = bool(results["cupy"].get("ok"))
+    doc = {"gpu_usable": gpu, "probes": results}
+    lines = [_doctor_line(n, r) for n, r in results.items()]
+    lines.append("GPU backend usable: " + ("yes" if gpu else "no (the numpy backend works everywhere)"))
+    return doc, "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# parser and main
+
+
+def _common() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--format", choices=FORMATS, default=argparse.SUPPRESS,
+                        help="human (default): a report; json: one JSON document on stdout; quiet: nothing")
+    return common
+
+
+def _add_scheme_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="a scheme parameter (repeatable); the value is parsed as JSON when it parses")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (GPU when one works, else numpy), numpy, or cupy (never falls back)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gpuquant`` argument parser."""
+    common = _common()
+    parser = _Parser(prog="gpuquant", description="Quantize float32 matrices into compact codes (CPU or GPU).",
+                     epilog="INPUT may be 'demo': the embedded 2000 x 384 MiniLM dataset.")
+    parser.add_argument("--format", choices=FORMATS, default="human", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"gpuquant {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("schemes", parents=[common], help="list the presets and the peers they match")
+    p.set_defaults(func=cmd_schemes)
+
+    p = sub.add_parser("fit", parents=[common], help="fit a quantizer and save it as JSON")
+    p.add_argument("input", metavar="INPUT", help="a .npy file (2-D float) or 'demo'")
+    p.add_argument("--scheme", required=True, help="a preset name (see `gpuquant schemes`) or a family")
+    _add_scheme_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="QUANTIZER.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("convert", parents=[common], help="quantize INPUT into the OUTPUT directory")
+    p.add_argument("input", metavar="INPUT", help="a .npy file (2-D float) or 'demo'")
+    p.add_argument("output", metavar="OUTPUT", help="the directory to write (must not exist)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scheme", help="fit this preset or family on INPUT")
+    how.add_argument("--quantizer", metavar="Q.json", help="use this fitted quantizer")
+    _add_scheme_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing gpuquant output directory")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("inspect", parents=[common], help="describe a quantizer JSON, an output directory or a .npy")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("doctor", parents=[common], help="what GPU support works here, and why not")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def _setup_logging(fmt: str) -> None:
+    logger = logging.getLogger("gpuquant")
+    for h in [h for h in logger.handlers if getattr(h, "_gpuquant_cli", False)]:
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gpuquant: %(message)s"))
+    handler._gpuquant_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if fmt == "quiet" else logging.INFO)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    args = list(argv)
+    return "--format=json" in args or any(a == "--format" and b == "json" for a, b in zip(args, args[1:]))
+
+
+def _emit(fmt: str, doc: dict[str, Any]) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(gio.to_jsonable(doc), allow_nan=False) + "\n")
+
+
+def _fail(fmt: str, command: str | None, exc: BaseException, code: int) -> int:
+    message = str(exc) or type(exc).__name__
+    sys.stderr.write(f"{message}\n" if isinstance(exc, UsageError) else f"gpuquant: error: {message}\n")
+    _emit(fmt, {"ok": False, "command": command,
+                "error": {"type": type(exc).__name__, "message": message, "exit_code": code}})
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 2 bad usage or input, 1 failure)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(parser.format_usage())
+        return _fail("json" if _wants_json(argv) else "human", None, exc, EXIT_USAGE)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return _fail(args.format, None, UsageError("gpuquant: error: a COMMAND is required"), EXIT_USAGE)
+    _setup_logging(args.format)
+    try:
+        doc, text = args.func(args)
+    except (InputError, UsageError, FileNotFoundError) as exc:
+        return _fail(args.format, args.command, exc, EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(args.format, args.command, RuntimeError("interrupted"), 130)
+    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as exit 1
+        log.debug("failure", exc_info=True)
+        return _fail(args.format, args.command, exc, EXIT_FAILURE)
+    if args.format == "json":
+        _emit("json", {"ok": True, "command": args.command, **doc})
+    elif args.format == "human":
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Family ``absmax``: symmetric codes with one float32 scale per row or per block of a row.
+
+Parameters
+----------
+granularity : ``"row"`` or ``"block"`` (blocks of ``block_size`` consecutive values of a row).
+bits : 8 (int8 codes in [-127, 127]) or 4 (nibbles in [-7, 7], two per byte).
+block_size : G, 32..4096, even; ``d % G == 0`` is required (granularity="block").
+eps : added to the absmax before dividing (the seed's 1e-8 keeps all-zero rows finite).
+nibble_order : ``"low_first"`` or ``"high_first"`` (bits=4).
+
+Math, with ``qmax = 127`` (8 bits) or ``7`` (4 bits), float32 throughout, round half to even::
+
+    m = max |x| over the row or block            (exact)
+    s = f32(f32(m + f32(eps)) / qmax)             -> side array "scales"
+    q = clip(rint(f32(x / s)), -qmax, qmax)       (q = 0 where s == 0: then every x is ±0)
+    x' = f32(q * s)                               (inverse)
+
+This is the seed's row-wise int8 exactly (``int8-row``: eps=1e-8) and the seed's symmetric int4
+per group (``int4-block``: G=64, eps=0). 4-bit codes are the nibble ``q & 0xF`` (two's complement),
+packed as in :func:`gpuquant.schemes.base.pack_nibbles`; rows of odd ``d`` (granularity="row")
+end with a zero pad nibble.
+
+Side arrays: ``scales`` float32, shape (n,) for rows, (n, d // G) for blocks.
+NaN or ±Inf anywhere in a row makes its scale meaningless: encoding refuses it (``InputError`` naming
+the first such row). No fit: the scales come from each row itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gpuquant.errors import InputError
+from gpuquant.schemes.base import (
+    F32,
+    NIBBLE_ORDERS,
+    Scheme,
+    State,
+    choice,
+    pack_nibbles,
+    sign_extend_nibble,
+    unpack_nibbles,
+)
+
+
+class AbsmaxScheme(Scheme):
+    """Symmetric per-row / per-block quantizer (see the module docstring)."""
+
+    family = "absmax"
+    defaults = {
+        "granularity": "row",
+        "bits": 8,
+        "block_size": 64,
+        "eps": 0.0,
+        "nibble_order": "low_first",
+    }
+
+    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
+        choice(p, "granularity", ("row", "block"))
+        choice(p, "bits", (8, 4))
+        choice(p, "nibble_order", NIBBLE_ORDERS)
+        g = p["block_size"]
+        if not isinstance(g, (int, np.integer)) or not 32 <= g <= 4096 or g % 2:
+            raise InputError(f"block_size must be an even integer in [32, 4096], got {g!r}")
+        p["block_size"] = int(g)
+        eps = p["eps"]
+        if not isinstance(eps, (int, float)) or not 0.0 <= eps < np.inf:
+            raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
+        p["eps"] = float(eps)
+        return p
+
+    @property
+    def qmax(self) -> int:
+        return 127 if self.params["bits"] == 8 else 7
+
+    @property
+    def needs_fit(self) -> bool:
+        return False
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.params["bits"] == 8 else np.uint8)
+
+    def code_shape(self, n: int, d: int) -> tuple[int, int]:
+        return (n, d) if self.params["bits"] == 8 else (n, (d + 1) // 2)
+
+    def groups(self, d: int) -> int:
+        """Scales per row."""
+        return d // self.params["block_size"] if self.params["granularity"] == "block" else 1
+
+    def side_shapes(self, n: int, d: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        shape = (n, self.groups(d)) if self.params["granularity"] == "block" else (n,)
+        return {"scales": (shape, np.dtype(F32))}
+
+    def check_dim(self, d: int) -> None:
+        g = self.params["block_size"]
+        if self.params["granularity"] == "block" and d % g:
+            raise InputError(
+                f"block_size={g} does not divide the row length d={d}; choose a block size that does"
+            )
+
+    def fit(self, X: np.ndarray) -> State:
+        return {}
+
+    def scales_of(self, X: np.ndarray) -> np.ndarray:
+        """Per-row (n,) or per-block (n, groups) float32 scales; refuses non-finite rows."""
+        n, d = X.shape
+        blocks = X.reshape(n, self.groups(d), -1)
+        m = np.abs(blocks).max(axis=2)
+        s = ((m + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
+        bad = ~np.isfinite(s).all(axis=1)
+        if bad.any():
+            raise InputError(
+                f"row {int(np.argmax(bad))} of this batch holds NaN or ±Inf; "
+                f"scheme {self.family!r} needs finite values"
+            )
+        return s if self.params["granularity"] == "block" else s[:, 0]
+
+    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        n, d = X.shape
+        s = self.scales_of(X)
+        s_b = s.reshape(n, -1, 1)
+        q = np.divide(X.reshape(n, s_b.shape[1], -1), np.where(s_b == 0, F32(1), s_b), dtype=F32)
+        np.rint(q, out=q)
+        np.clip(q, -self.qmax, self.qmax, out=q)
+        q = q.reshape(n, d).astype(np.int8)
+        if self.params["bits"] == 4:
+            q = pack_nibbles((q & 0x0F).astype(np.uint8), self.params["nibble_order"])
+        return q, {"scales": s}
+
+    def decode(
+        self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
+    ) -> np.ndarray:
+        q = codes
+        if self.params["bits"] == 4:
+            q = sign_extend_nibble(unpack_nibbles(codes, dim, self.params["nibble_order"]))
+        s = np.asarray(side["scales"], F32)
+        n = q.shape[0]
+        out = q.astype(F32).reshape(n, self.groups(dim), -1) * s.reshape(n, -1, 1)
+        return out.reshape(n, dim)

@@ -1,0 +1,157 @@
+"""What every scheme provides, and the helpers the families share.
+
+A scheme is the math of one code format: validated parameters, the code layout for an ``(n, d)``
+input, the fitted state it needs (float32 arrays such as ranges or thresholds), and three numpy
+reference functions:
+
+* ``fit(X) -> state``: trains on all rows of ``X`` (float32, 2-D);
+* ``encode(X, state) -> (codes, side)``: codes laid out as the peer stores them, plus side arrays;
+* ``decode(codes, side, state, dim) -> float32``: the reconstruction.
+
+The references are written once, here, and are what every backend must reproduce bit for bit. All
+arithmetic is IEEE float32 or float64 as each family's docstring says: no fused multiply-add, no
+flushing of subnormals. Inputs are converted to float32 before any scheme sees them (float16
+widens exactly; float64 is rounded to nearest even).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gpuquant.errors import InputError
+
+F32 = np.float32
+F64 = np.float64
+State = dict[str, np.ndarray]
+NIBBLE_ORDERS = ("low_first", "high_first")
+
+
+class Scheme(ABC):
+    """One code format with its parameters. Subclasses define one family each."""
+
+    family: ClassVar[str]
+    defaults: ClassVar[Mapping[str, Any]]
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise InputError(
+                f"unknown parameter(s) {unknown} for scheme family {self.family!r}; "
+                f"known: {sorted(self.defaults)}"
+            )
+        merged = {**self.defaults, **params}
+        self.params: dict[str, Any] = self._validate(merged)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k != "ranges")
+        return f"{type(self).__name__}({args})"
+
+    # -- what subclasses define ---------------------------------------------------------------
+    @abstractmethod
+    def _validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check parameter values; return them normalised (JSON-serialisable)."""
+
+    @property
+    @abstractmethod
+    def needs_fit(self) -> bool:
+        """Whether ``fit`` must run before ``transform`` (False: the codes need no trained state)."""
+
+    @property
+    @abstractmethod
+    def code_dtype(self) -> np.dtype:
+        """The dtype of the codes as the peer stores them."""
+
+    @abstractmethod
+    def code_shape(self, n: int, d: int) -> tuple[int, int]:
+        """Shape of the codes of an ``(n, d)`` input."""
+
+    def side_shapes(self, n: int, d: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of the side arrays of an ``(n, d)`` input (none by default)."""
+        return {}
+
+    def check_dim(self, d: int) -> None:
+        """Raise ``InputError`` if this scheme cannot encode rows of ``d`` values."""
+
+    def initial_state(self) -> State | None:
+        """State known without data (e.g. given ranges, zero thresholds), else None."""
+        return None
+
+    @abstractmethod
+    def fit(self, X: np.ndarray) -> State:
+        """Reference training on all rows of float32 ``X``."""
+
+    @abstractmethod
+    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Reference encoding of float32 ``X``."""
+
+    @abstractmethod
+    def decode(
+        self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
+    ) -> np.ndarray:
+        """Reference decoding to float32, shape ``(n, dim)``."""
+
+    # -- shared -------------------------------------------------------------------------------
+    @property
+    def bytes_per_value(self) -> float:
+        """Code bytes per input value, side arrays excluded."""
+        rows, cols = self.code_shape(1, 1024)
+        return self.code_dtype.itemsize * cols / 1024
+
+
+def choice(params: dict[str, Any], key: str, allowed: tuple[Any, ...]) -> Any:
+    """Return ``params[key]`` if it is one of ``allowed``, else raise a clear ``InputError``."""
+    value = params[key]
+    if value not in allowed:
+        raise InputError(f"{key}={value!r} is not supported; choose one of {list(allowed)}")
+    return value
+
+
+def as_bool(params: dict[str, Any], key: str) -> bool:
+    value = params[key]
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{key} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def require_rows(X: np.ndarray, minimum: int, why: str) -> None:
+    if X.shape[0] < minimum:
+        raise InputError(f"cannot fit {why} on {X.shape[0]} row(s): need at least {minimum}")
+
+
+def refuse_nan(X: np.ndarray, what: str) -> None:
+    if np.isnan(X).any():
+        raise InputError(f"{what} contains NaN; remove or replace NaN rows before fitting")
+
+
+def pack_nibbles(levels: np.ndarray, order: str) -> np.ndarray:
+    """Pack 4-bit values (uint8 in 0..15, shape (n, d)) two per byte, shape (n, ceil(d/2)).
+
+    Byte j holds elements 2j and 2j+1; ``low_first`` puts element 2j in the low nibble (FAISS),
+    ``high_first`` in the high nibble (bitsandbytes). An odd d leaves the last unused nibble 0.
+    """
+    n, d = levels.shape
+    if d % 2:
+        levels = np.concatenate([levels, np.zeros((n, 1), np.uint8)], axis=1)
+    first, second = levels[:, 0::2], levels[:, 1::2]
+    if order == "high_first":
+        first, second = second, first
+    return (first | (second << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, d: int, order: str) -> np.ndarray:
+    """Inverse of :func:`pack_nibbles`: uint8 values 0..15, shape (n, d)."""
+    low, high = packed & 0x0F, packed >> 4
+    if order == "high_first":
+        low, high = high, low
+    out = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint8)
+    out[:, 0::2], out[:, 1::2] = low, high
+    return out[:, :d]
+
+
+def sign_extend_nibble(nibbles: np.ndarray) -> np.ndarray:
+    """4-bit two's complement (uint8 0..15) to int8 -8..7."""
+    return ((nibbles.astype(np.int8) ^ 8) - 8).astype(np.int8)

@@ -1,0 +1,89 @@
+"""Family ``binary``: one bit per dimension, ``x > threshold``, packed 8 per byte.
+
+Parameters
+----------
+threshold : ``"zero"`` (no fit), ``"mean"`` or ``"median"`` per dimension (fitted).
+bitorder : ``"little"`` (cuVS: dimension 8k+b is bit ``1 << b`` of byte k, as
+    ``np.packbits(..., bitorder="little")``) or ``"big"`` (numpy's default and sentence-transformers:
+    dimension 8k is the most significant bit).
+signed : False: uint8 bytes. True: the byte minus 128 as int8 (sentence-transformers ``"binary"``;
+    the same bits with the top one flipped).
+
+Math: bit ``(i, j) = x[i, j] > thr[j]``, an IEEE comparison (subnormals are not flushed; NaN gives 0).
+Codes have shape (n, ceil(d/8)); the pad bits of the last byte are 0. State: ``thresholds``,
+float32 (d,): zeros, the mean (a float64 sum over all rows divided by n, rounded to float32), or
+the exact median (the middle value; for even n ``float32((f64(a) + f64(b)) / 2)`` of the two middle
+values). Fitting refuses NaN. The inverse gives +1.0 where a bit is set and -1.0 where not: the
+sign pattern, not the magnitudes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gpuquant.schemes.base import F32, F64, Scheme, State, as_bool, choice, refuse_nan, require_rows
+
+
+class BinaryScheme(Scheme):
+    """Sign / threshold bits (see the module docstring)."""
+
+    family = "binary"
+    defaults = {"threshold": "zero", "bitorder": "little", "signed": False}
+
+    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
+        choice(p, "threshold", ("zero", "mean", "median"))
+        choice(p, "bitorder", ("little", "big"))
+        as_bool(p, "signed")
+        return p
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.params["threshold"] != "zero"
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.params["signed"] else np.uint8)
+
+    def code_shape(self, n: int, d: int) -> tuple[int, int]:
+        return (n, (d + 7) // 8)
+
+    def initial_state(self) -> State | None:
+        return None  # zero thresholds need no state; see thresholds_for
+
+    def fit(self, X: np.ndarray) -> State:
+        kind = self.params["threshold"]
+        if kind == "zero":
+            return {}
+        require_rows(X, 1, f"{kind} thresholds")
+        refuse_nan(X, "fit data")
+        n = X.shape[0]
+        if kind == "mean":
+            thr = (X.sum(axis=0, dtype=F64) / n).astype(F32)
+        else:
+            lo, hi = (n - 1) // 2, n // 2
+            part = np.partition(X, [lo, hi], axis=0)
+            thr = ((part[lo].astype(F64) + part[hi].astype(F64)) / 2).astype(F32)
+        return {"thresholds": thr}
+
+    @staticmethod
+    def thresholds_for(state: State | None, d: int) -> np.ndarray:
+        if state and "thresholds" in state:
+            return state["thresholds"]
+        return np.zeros(d, F32)
+
+    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        bits = X > self.thresholds_for(state, X.shape[1])
+        packed = np.packbits(bits, axis=1, bitorder=self.params["bitorder"])
+        return (packed ^ np.uint8(0x80)).view(np.int8) if self.params["signed"] else packed, {}
+
+    def decode(
+        self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
+    ) -> np.ndarray:
+        packed = np.asarray(codes).view(np.uint8)
+        if self.params["signed"]:
+            packed = packed ^ np.uint8(0x80)
+        bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.params["bitorder"])
+        return np.where(bits.astype(bool), F32(1), F32(-1))

@@ -1,0 +1,86 @@
+"""Family ``float``: casts to fp8 (e4m3fn, e5m2), fp16 and bf16.
+
+Parameters
+----------
+format : ``"e4m3"`` (``ml_dtypes.float8_e4m3fn``, max 448), ``"e5m2"`` (``ml_dtypes.float8_e5m2``,
+    max 57344), ``"fp16"`` (``numpy.float16``, max 65504) or ``"bf16"`` (``ml_dtypes.bfloat16``).
+saturate : False (default): exactly the ml_dtypes / numpy cast, round to nearest even. Overflow
+    after rounding gives NaN for e4m3fn (it has no Inf: |x| > 464 and ±Inf -> 0x7F|sign) and ±Inf
+    for the others. True: every non-NaN value is clamped to ±max finite first (±Inf too), which is
+    what storage usually wants and what CUDA's ``__NV_SATFINITE`` conversion does.
+
+NaN becomes the format's canonical quiet NaN with its sign kept: e4m3 ``0x7F``, e5m2 ``0x7E``,
+fp16 ``0x7E00``, bf16 ``0x7FC0`` (| sign bit). ml_dtypes already does this; numpy's float16 cast
+keeps NaN payload bits, which we do not. Subnormal float32 inputs are never flushed (bf16 keeps
+them exactly as ml_dtypes does). Codes have the ml_dtypes / numpy dtype, shape (n, d); the inverse
+casts back to float32, which is exact. No fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gpuquant.schemes.base import F32, Scheme, State, as_bool, choice
+
+FORMATS: dict[str, tuple[np.dtype, float, int]] = {
+    # name: (dtype, max finite, canonical quiet NaN bits without sign)
+    "e4m3": (np.dtype(ml_dtypes.float8_e4m3fn), 448.0, 0x7F),
+    "e5m2": (np.dtype(ml_dtypes.float8_e5m2), 57344.0, 0x7E),
+    "fp16": (np.dtype(np.float16), 65504.0, 0x7E00),
+    "bf16": (np.dtype(ml_dtypes.bfloat16), float(ml_dtypes.finfo(ml_dtypes.bfloat16).max), 0x7FC0),
+}
+_UINT = {1: np.uint8, 2: np.uint16}
+
+
+class FloatScheme(Scheme):
+    """Round-to-nearest-even casts to narrow float formats (see the module docstring)."""
+
+    family = "float"
+    defaults = {"format": "e4m3", "saturate": False}
+
+    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
+        choice(p, "format", tuple(FORMATS))
+        as_bool(p, "saturate")
+        return p
+
+    @property
+    def needs_fit(self) -> bool:
+        return False
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return FORMATS[self.params["format"]][0]
+
+    @property
+    def max_finite(self) -> float:
+        return FORMATS[self.params["format"]][1]
+
+    @property
+    def nan_bits(self) -> int:
+        return FORMATS[self.params["format"]][2]
+
+    def code_shape(self, n: int, d: int) -> tuple[int, int]:
+        return (n, d)
+
+    def fit(self, X: np.ndarray) -> State:
+        return {}
+
+    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = np.clip(X, F32(-self.max_finite), F32(self.max_finite)) if self.params["saturate"] else X
+        with np.errstate(invalid="ignore", over="ignore"):
+            codes = x.astype(self.code_dtype)
+        nan = np.isnan(X)
+        if nan.any():
+            bits = codes.view(_UINT[self.code_dtype.itemsize])
+            sign = np.signbit(X[nan]).astype(bits.dtype) << (8 * self.code_dtype.itemsize - 1)
+            bits[nan] = sign | self.nan_bits
+        return codes, {}
+
+    def decode(
+        self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
+    ) -> np.ndarray:
+        return np.asarray(codes).astype(F32)

@@ -1,0 +1,326 @@
+"""Family ``scalar``: one affine range per tensor or per dimension, 8 or 4 bits.
+
+Parameters
+----------
+granularity : ``"tensor"`` (one range) or ``"dimension"`` (one range per column).
+range : ``"minmax"``, ``"quantile"``, ``"absmax"`` (``[-max|x|, max|x|]``) or ``"given"``
+    (``ranges=[lo, hi]``, each a scalar or a length-d list: calibration ranges from elsewhere).
+quantile : in (0, 1] (range="quantile"), default 0.99.
+quantile_method : ``"cuvs"`` (cuVS: sort the values of at most ``1_000_000 // d`` rows) or
+    ``"exact"`` (all rows).
+rounding : ``"half_away"`` (cuVS), ``"floor"`` (sentence-transformers), ``"trunc"`` (FAISS),
+    ``"half_even"`` (affine with a zero point). Each comes with its peer's exact arithmetic, below.
+bits : 8 or 4.  signed : store ``u - H`` as int8 instead of ``u`` as uint8.
+nibble_order : ``"low_first"`` or ``"high_first"`` (bits=4): which nibble holds the even element.
+
+Fitted state: ``lo`` and ``hi``, float32, shape (1,) or (d,).
+
+Math. ``L = 2**bits - 1``, ``H = 2**(bits-1)``. Every value gets a level ``u`` in ``[0, L]``; the code is
+``u`` (uint8) or ``u - H`` (int8, signed). With bits=4 two levels share a byte (nibble = the 4-bit
+two's complement of the code when signed). ``f32``/``f64`` mark IEEE operations, round to nearest
+even, never fused:
+
+* half_away (cuVS ``quantize_op``, double arithmetic):
+  ``scale = hi > lo ? L / (f64(hi) - f64(lo)) : 1``, ``offset = -H - f64(lo) * scale``;
+  ``x <= lo`` or NaN → 0; ``x >= hi`` → L; else ``u = lroundf((float)(scale * f64(x) + offset)) + H``
+  (the double result rounded to float32, then half away from zero).
+  Inverse: ``(float)((f64(u - H) - offset) / scale)``.
+* floor (sentence-transformers ``quantize_embeddings``): ``step = f32((hi - lo) / L)``, 1 where 0;
+  ``u = clip(floor(f32((x - lo) / step)), 0, L)``. Inverse: ``(float)(f64(u) * f64(step) + f64(lo))``.
+* trunc (FAISS ScalarQuantizer, RS_minmax): ``vdiff = f32(hi - lo)``; ``t = f32((x - lo) / vdiff)``
+  (0 where vdiff == 0), clamped to [0, 1]; bits=8: ``u = (int) f32(255 * t)``; bits=4:
+  ``u = (int) f64(f64(t) * 15.0)``. Inverse: ``lo + f32((u + 0.5f) / L) * vdiff`` in float32.
+* half_even (affine, the seed's ``round(x/scale + zero_point)``): ``scale = f32((hi - lo) / L)``, 1
+  where 0; ``zp = f32(0 - lo / scale)``; ``u = clip(rint(f32(x / scale) + zp), 0, L)``.
+  Inverse: ``f32((u - zp) * scale)``.
+
+NaN maps to level 0 under every rounding (the peers' own NaN results are undefined C casts), +Inf to
+L and -Inf to 0. Fitting refuses NaN and refuses ranges that come out non-finite. Quantile positions
+follow cuVS: ``S`` sorted values, ``q32 = float32(quantile)``,
+``pos_max = ceil((0.5 + 0.5 * q32) * S) - 1``, ``pos_min = S - pos_max - 1``. With
+``quantile_method="cuvs"`` and more than ``1_000_000 // d`` rows, the rows are a sample drawn by
+:func:`sample_rows` (numpy's PCG64 seeded with 137; cuVS draws its own sample with RAFT's
+generator, so above that size the fitted range is close to cuVS's but not equal); at or below that
+size every row is used and the range equals cuVS's exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gpuquant.errors import InputError
+from gpuquant.schemes.base import (
+    F32,
+    F64,
+    NIBBLE_ORDERS,
+    Scheme,
+    State,
+    as_bool,
+    choice,
+    pack_nibbles,
+    refuse_nan,
+    require_rows,
+    sign_extend_nibble,
+    unpack_nibbles,
+)
+
+CUVS_MAX_SAMPLES = 1_000_000
+CUVS_SEED = 137
+ROUNDINGS = ("half_away", "floor", "trunc", "half_even")
+
+
+def cuvs_sample_size(n: int, d: int) -> int:
+    """Rows cuVS sorts for its quantile: ``min(1_000_000 // d, n)`` (at least 1)."""
+    return max(1, min(CUVS_MAX_SAMPLES // d, n))
+
+
+def sample_rows(n: int, n_sample: int) -> np.ndarray:
+    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement."""
+    if n_sample >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(CUVS_SEED)
+    return np.sort(rng.choice(n, size=n_sample, replace=False))
+
+
+def quantile_positions(size: int, quantile: float) -> tuple[int, int]:
+    """cuVS's (pos_min, pos_max) into ``size`` sorted values for ``quantile``."""
+    q = float(np.float32(quantile))
+    pos_max = math.ceil((0.5 + 0.5 * q) * size) - 1
+    return size - pos_max - 1, pos_max
+
+
+class ScalarScheme(Scheme):
+    """Affine range quantizer (see the module docstring for the exact math)."""
+
+    family = "scalar"
+    defaults = {
+        "granularity": "tensor",
+        "range": "minmax",
+        "quantile": 0.99,
+        "quantile_method": "cuvs",
+        "rounding": "half_even",
+        "bits": 8,
+        "signed": False,
+        "nibble_order": "low_first",
+        "ranges": None,
+    }
+
+    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
+        choice(p, "granularity", ("tensor", "dimension"))
+        choice(p, "range", ("minmax", "quantile", "absmax", "given"))
+        choice(p, "quantile_method", ("cuvs", "exact"))
+        choice(p, "rounding", ROUNDINGS)
+        choice(p, "bits", (8, 4))
+        choice(p, "nibble_order", NIBBLE_ORDERS)
+        as_bool(p, "signed")
+        q = p["quantile"]
+        if not isinstance(q, (int, float)) or not 0.0 < float(np.float32(q)) <= 1.0:
+            raise InputError(f"quantile must be in (0, 1], got {q!r}")
+        p["quantile"] = float(q)
+        if p["range"] == "given":
+            p["ranges"] = _given_ranges(p["ranges"], p["granularity"])
+        elif p["ranges"] is not None:
+            raise InputError("ranges=... is only used with range='given'")
+        return p
+
+    # -- layout -------------------------------------------------------------------------------
+    @property
+    def needs_fit(self) -> bool:
+        return self.params["range"] != "given"
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        if self.params["bits"] == 8 and self.params["signed"]:
+            return np.dtype(np.int8)
+        return np.dtype(np.uint8)
+
+    def code_shape(self, n: int, d: int) -> tuple[int, int]:
+        return (n, d) if self.params["bits"] == 8 else (n, (d + 1) // 2)
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.params["bits"] - 1
+
+    @property
+    def half(self) -> int:
+        return 2 ** (self.params["bits"] - 1)
+
+    def initial_state(self) -> State | None:
+        if self.params["range"] != "given":
+            return None
+        lo, hi = np.asarray(self.params["ranges"], dtype=F32)
+        return {"lo": lo.copy(), "hi": hi.copy()}
+
+    def check_dim(self, d: int) -> None:
+        state = self.initial_state()
+        if state is not None and state["lo"].size not in (1, d):
+            raise InputError(f"given ranges have {state['lo'].size} dimensions, input has {d}")
+
+    # -- fit ----------------------------------------------------------------------------------
+    def fit(self, X: np.ndarray) -> State:
+        p = self.params
+        if p["range"] == "given":
+            return self.initial_state()  # type: ignore[return-value]
+        per_dim = p["granularity"] == "dimension"
+        require_rows(X, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+        axis = 0 if per_dim else None
+        if p["range"] == "quantile":
+            lo, hi = self._fit_quantile(X, per_dim)
+        else:
+            lo, hi = X.min(axis=axis), X.max(axis=axis)
+            if np.isnan(lo).any() or np.isnan(hi).any():
+                raise InputError("fit data contains NaN; remove or replace NaN rows before fitting")
+            if p["range"] == "absmax":
+                hi = np.maximum(np.abs(lo), np.abs(hi))
+                lo = -hi
+        lo = np.asarray(lo, F32).reshape(-1).copy()
+        hi = np.asarray(hi, F32).reshape(-1).copy()
+        self._check_range(lo, hi)
+        return {"lo": lo, "hi": hi}
+
+    def _fit_quantile(self, X: np.ndarray, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
+        n, d = X.shape
+        rows = n if self.params["quantile_method"] == "exact" else cuvs_sample_size(n, d)
+        sample = X if rows >= n else X[sample_rows(n, rows)]
+        refuse_nan(sample, "fit data")
+        values = np.array(sample, dtype=F32) if per_dim else np.array(sample, F32).reshape(-1)
+        lo_pos, hi_pos = quantile_positions(values.shape[0], self.params["quantile"])
+        part = np.partition(values, [lo_pos, hi_pos], axis=0)
+        return part[lo_pos], part[hi_pos]
+
+    @staticmethod
+    def _check_range(lo: np.ndarray, hi: np.ndarray) -> None:
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            raise InputError("the fitted range is not finite (the data holds ±Inf inside the range)")
+        if (lo > hi).any():
+            raise InputError("a range has lo > hi")
+
+    # -- encode / decode ----------------------------------------------------------------------
+    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        assert state is not None
+        u = self.levels_of(X, state["lo"], state["hi"])
+        return self.store(u), {}
+
+    def levels_of(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Unsigned levels ``u`` (a float array holding integers 0..L) of float32 ``x``."""
+        rounding = self.params["rounding"]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if rounding == "half_away":
+                return _levels_half_away(x, lo, hi, self.levels, self.half)
+            if rounding == "floor":
+                return _levels_floor(x, lo, hi, self.levels)
+            if rounding == "trunc":
+                return _levels_trunc(x, lo, hi, self.params["bits"])
+            return _levels_half_even(x, lo, hi, self.levels)
+
+    def store(self, u: np.ndarray) -> np.ndarray:
+        """Levels to codes as stored: uint8 ``u``, int8 ``u - H``, or packed nibbles."""
+        p = self.params
+        if p["bits"] == 8:
+            return (u - 128).astype(np.int8) if p["signed"] else u.astype(np.uint8)
+        nib = u.astype(np.uint8)
+        if p["signed"]:
+            nib = (nib - self.half) & 0x0F  # two's complement nibble of u - H
+        return pack_nibbles(nib, p["nibble_order"])
+
+    def unstore(self, codes: np.ndarray, dim: int) -> np.ndarray:
+        """Codes back to unsigned levels (float64, exact)."""
+        p = self.params
+        if p["bits"] == 8:
+            u = codes.astype(F64)
+            return u + 128 if p["signed"] else u
+        nib = unpack_nibbles(codes, dim, p["nibble_order"])
+        if p["signed"]:
+            return sign_extend_nibble(nib).astype(F64) + self.half
+        return nib.astype(F64)
+
+    def decode(
+        self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
+    ) -> np.ndarray:
+        assert state is not None
+        u = self.unstore(codes, dim)
+        lo, hi = state["lo"], state["hi"]
+        rounding = self.params["rounding"]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if rounding == "half_away":
+                scale, offset = _cuvs_scale_offset(lo, hi, self.levels, self.half)
+                return ((u - self.half - offset) / scale).astype(F32)
+            if rounding == "floor":
+                step = _floor_step(lo, hi, self.levels)
+                return (u * step.astype(F64) + lo.astype(F64)).astype(F32)
+            if rounding == "trunc":
+                xi = (u.astype(F32) + F32(0.5)) / F32(self.levels)
+                return lo + xi * (hi - lo)
+            scale, zp = _affine_scale_zp(lo, hi, self.levels)
+            return ((u.astype(F32) - zp) * scale).astype(F32)
+
+
+def _given_ranges(ranges: Any, granularity: str) -> list[list[float]]:
+    if ranges is None:
+        raise InputError("range='given' needs ranges=[lo, hi] (scalars or per-dimension lists)")
+    arr = np.asarray(ranges, dtype=F32)
+    if arr.ndim == 1 and arr.size == 2:
+        arr = arr.reshape(2, 1)
+    if arr.ndim != 2 or arr.shape[0] != 2:
+        raise InputError(f"ranges must have shape (2,) or (2, d), got {np.shape(ranges)}")
+    if granularity == "tensor" and arr.shape[1] != 1:
+        raise InputError("granularity='tensor' takes one range: ranges=[lo, hi]")
+    ScalarScheme._check_range(arr[0], arr[1])
+    return arr.tolist()
+
+
+def _cuvs_scale_offset(lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
+    lo64, hi64 = lo.astype(F64), hi.astype(F64)
+    with np.errstate(divide="ignore"):
+        scale = np.where(hi64 > lo64, L / (hi64 - lo64), 1.0)
+    return scale, -H - lo64 * scale
+
+
+def _levels_half_away(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> np.ndarray:
+    scale, offset = _cuvs_scale_offset(lo, hi, L, H)
+    v = (x.astype(F64) * scale + offset).astype(F32).astype(F64)
+    u = np.trunc(v + np.copysign(0.5, v)) + H  # lroundf: exact in double for |v| < 2**52
+    u = np.where(x < hi, u, L)
+    return np.where(lo < x, u, 0.0)
+
+
+def _floor_step(lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
+    step = (hi - lo) / F32(L)
+    return np.where(step == 0, F32(1), step).astype(F32)
+
+
+def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
+    t = np.subtract(x, lo, dtype=F32)
+    np.divide(t, _floor_step(lo, hi, L), out=t)
+    np.floor(t, out=t)
+    np.fmax(t, F32(0), out=t)  # fmax drops NaN: NaN -> 0
+    return np.fmin(t, F32(L), out=t)
+
+
+def _levels_trunc(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    vdiff = (hi - lo).astype(F32)
+    t = np.subtract(x, lo, dtype=F32)
+    np.divide(t, np.where(vdiff == 0, F32(1), vdiff), out=t)
+    t = np.where(vdiff == 0, F32(0), t)
+    t = np.where(t < 0, F32(0), t)
+    t = np.where(t > 1, F32(1), t)
+    scaled = F32(255) * t if bits == 8 else t.astype(F64) * 15.0
+    return np.nan_to_num(np.trunc(scaled), nan=0.0)
+
+
+def _affine_scale_zp(lo: np.ndarray, hi: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = _floor_step(lo, hi, L)
+    return scale, (F32(0) - lo / scale).astype(F32)
+
+
+def _levels_half_even(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
+    scale, zp = _affine_scale_zp(lo, hi, L)
+    t = np.divide(x, scale, dtype=F32)
+    np.add(t, zp, out=t)
+    np.rint(t, out=t)
+    np.fmax(t, F32(0), out=t)
+    return np.fmin(t, F32(L), out=t)

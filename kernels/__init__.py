@@ -1,0 +1,1 @@
+"""CUDA C++ sources of gpuquant's kernels, shipped as package data (``gpuquant.kernels``)."""
