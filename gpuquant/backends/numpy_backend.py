@@ -6,13 +6,15 @@ views are read chunk by chunk, never loaded whole) and runs the scheme's referen
 thread pool (numpy releases the GIL inside its loops, so chunks run in parallel). Results are
 written into the output (allocated once, or the caller's ``out=``), so the codes are identical to
 one reference call over the whole array. Temporaries are bounded: each worker holds at most about
-``40 * CHUNK_VALUES`` bytes at a time (the float32 chunk and the reference's float32/float64
-intermediates), whatever the input size.
+``40 * CHUNK_VALUES`` bytes at a time (a float32 scratch buffer it keeps between calls, the
+float32 copy of a chunk that is not float32 already, and the float64 intermediates of the
+double-precision roundings), whatever the input size.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -45,6 +47,17 @@ def row_chunks(n: int, d: int, chunk_values: int = CHUNK_VALUES) -> Iterator[tup
     step = max(1, chunk_values // max(d, 1))
     for start in range(0, n, step):
         yield start, min(n, start + step)
+
+
+_local = threading.local()
+
+
+def _thread_scratch(size: int) -> np.ndarray:
+    """This thread's float32 scratch buffer of at least ``size`` values (kept between calls)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(max(size, CHUNK_VALUES), np.float32)
+    return buf[:size]
 
 
 def as_float32(x: np.ndarray) -> np.ndarray:
@@ -94,12 +107,14 @@ class NumpyBackend:
 
         def work(start: int, stop: int) -> None:
             try:
-                chunk_codes, chunk_side = scheme.encode(as_float32(X[start:stop]), state)
+                with np.errstate(all="ignore"):  # NaN/Inf results are defined by the spec
+                    chunk = as_float32(X[start:stop])
+                    scheme.encode_into(
+                        chunk, state, codes[start:stop], {k: v[start:stop] for k, v in side.items()},
+                        tmp=_thread_scratch(chunk.size),
+                    )
             except InputError as exc:
-                raise InputError(f"rows {start}..{stop - 1} of the input: {exc}") from None
-            codes[start:stop] = chunk_codes
-            for name, values in chunk_side.items():
-                side[name][start:stop] = values
+                raise InputError(f"in rows {start}..{stop - 1} of the input: {exc}") from None
 
         _run_chunks(n, d, work)
         return Codes(codes, side, scheme.family, d)
@@ -110,7 +125,8 @@ class NumpyBackend:
 
         def work(start: int, stop: int) -> None:
             side = {name: values[start:stop] for name, values in codes.side.items()}
-            result[start:stop] = scheme.decode(codes.data[start:stop], side, state, d)
+            with np.errstate(all="ignore"):
+                result[start:stop] = scheme.decode(codes.data[start:stop], side, state, d)
 
         _run_chunks(n, d, work)
         return result

@@ -40,6 +40,7 @@ from gpuquant.schemes.base import (
     State,
     choice,
     pack_nibbles,
+    scratch,
     sign_extend_nibble,
     unpack_nibbles,
 )
@@ -104,31 +105,33 @@ class AbsmaxScheme(Scheme):
     def fit(self, X: np.ndarray) -> State:
         return {}
 
-    def scales_of(self, X: np.ndarray) -> np.ndarray:
-        """Per-row (n,) or per-block (n, groups) float32 scales; refuses non-finite rows."""
+    def encode_into(
+        self,
+        X: np.ndarray,
+        state: State | None,
+        codes: np.ndarray,
+        side: dict[str, np.ndarray],
+        tmp: np.ndarray | None = None,
+    ) -> None:
         n, d = X.shape
-        blocks = X.reshape(n, self.groups(d), -1)
-        m = np.abs(blocks).max(axis=2)
-        s = ((m + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
+        blocks = X.reshape(n, self.groups(d), d // self.groups(d))
+        t = scratch(tmp, blocks.shape)
+        np.abs(blocks, out=t)
+        s = ((t.max(axis=2, initial=F32(0)) + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
         bad = ~np.isfinite(s).all(axis=1)
         if bad.any():
             raise InputError(
-                f"row {int(np.argmax(bad))} of this batch holds NaN or ±Inf; "
-                f"scheme {self.family!r} needs finite values"
+                f"row {int(np.argmax(bad))} holds NaN or ±Inf; scheme {self.family!r} needs finite values"
             )
-        return s if self.params["granularity"] == "block" else s[:, 0]
-
-    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        n, d = X.shape
-        s = self.scales_of(X)
-        s_b = s.reshape(n, -1, 1)
-        q = np.divide(X.reshape(n, s_b.shape[1], -1), np.where(s_b == 0, F32(1), s_b), dtype=F32)
-        np.rint(q, out=q)
-        np.clip(q, -self.qmax, self.qmax, out=q)
-        q = q.reshape(n, d).astype(np.int8)
-        if self.params["bits"] == 4:
-            q = pack_nibbles((q & 0x0F).astype(np.uint8), self.params["nibble_order"])
-        return q, {"scales": s}
+        np.divide(blocks, np.where(s == 0, F32(1), s)[:, :, None], out=t)
+        np.rint(t, out=t)
+        np.clip(t, -self.qmax, self.qmax, out=t)
+        side["scales"][...] = s if self.params["granularity"] == "block" else s[:, 0]
+        if self.params["bits"] == 8:
+            np.copyto(codes, t.reshape(n, d), casting="unsafe")
+        else:
+            nibbles = t.reshape(n, d).astype(np.int8).view(np.uint8) & 0x0F
+            codes[...] = pack_nibbles(nibbles, self.params["nibble_order"])
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
@@ -138,5 +141,7 @@ class AbsmaxScheme(Scheme):
             q = sign_extend_nibble(unpack_nibbles(codes, dim, self.params["nibble_order"]))
         s = np.asarray(side["scales"], F32)
         n = q.shape[0]
-        out = q.astype(F32).reshape(n, self.groups(dim), -1) * s.reshape(n, -1, 1)
+        with np.errstate(over="ignore"):  # q * s may round past float32's max for |x| near it
+            g = self.groups(dim)
+            out = q.astype(F32).reshape(n, g, dim // g) * s.reshape(n, g, 1)
         return out.reshape(n, dim)

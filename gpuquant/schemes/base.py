@@ -84,9 +84,29 @@ class Scheme(ABC):
     def fit(self, X: np.ndarray) -> State:
         """Reference training on all rows of float32 ``X``."""
 
-    @abstractmethod
     def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Reference encoding of float32 ``X``."""
+        """Reference encoding of float32 ``X``: new code and side arrays."""
+        n, d = X.shape
+        codes = np.empty(self.code_shape(n, d), self.code_dtype)
+        side = {k: np.empty(shape, dtype) for k, (shape, dtype) in self.side_shapes(n, d).items()}
+        with np.errstate(all="ignore"):  # NaN/Inf results are defined by the spec, not warnings
+            self.encode_into(X, state, codes, side)
+        return codes, side
+
+    @abstractmethod
+    def encode_into(
+        self,
+        X: np.ndarray,
+        state: State | None,
+        codes: np.ndarray,
+        side: dict[str, np.ndarray],
+        tmp: np.ndarray | None = None,
+    ) -> None:
+        """Encode float32 ``X`` into ``codes`` and ``side`` (arrays of the layout's shapes).
+
+        ``tmp``, when given, is a float32 scratch array of ``X.size`` values that the caller reuses
+        across calls (the CPU backend passes one per thread); otherwise one is allocated.
+        """
 
     @abstractmethod
     def decode(
@@ -100,6 +120,23 @@ class Scheme(ABC):
         """Code bytes per input value, side arrays excluded."""
         rows, cols = self.code_shape(1, 1024)
         return self.code_dtype.itemsize * cols / 1024
+
+
+def scratch(tmp: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape``: a view of the caller's ``tmp`` buffer, or a new one."""
+    if tmp is None:
+        return np.empty(shape, F32)
+    return tmp.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+
+
+def has_nan(a: np.ndarray) -> bool:
+    """Whether ``a`` holds NaN; a cheap sum first, the full scan only if the sum is not finite."""
+    if a.size == 0:
+        return False
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.isfinite(np.add.reduce(a, axis=None)):
+            return False
+    return bool(np.isnan(a).any())
 
 
 def choice(params: dict[str, Any], key: str, allowed: tuple[Any, ...]) -> Any:

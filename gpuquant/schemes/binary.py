@@ -74,10 +74,17 @@ class BinaryScheme(Scheme):
             return state["thresholds"]
         return np.zeros(d, F32)
 
-    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def encode_into(
+        self,
+        X: np.ndarray,
+        state: State | None,
+        codes: np.ndarray,
+        side: dict[str, np.ndarray],
+        tmp: np.ndarray | None = None,
+    ) -> None:
         bits = X > self.thresholds_for(state, X.shape[1])
         packed = np.packbits(bits, axis=1, bitorder=self.params["bitorder"])
-        return (packed ^ np.uint8(0x80)).view(np.int8) if self.params["signed"] else packed, {}
+        codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self.params["signed"] else packed
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

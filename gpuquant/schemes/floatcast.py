@@ -24,7 +24,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from gpuquant.schemes.base import F32, Scheme, State, as_bool, choice
+from gpuquant.schemes.base import F32, Scheme, State, as_bool, choice, has_nan, scratch
 
 FORMATS: dict[str, tuple[np.dtype, float, int]] = {
     # name: (dtype, max finite, canonical quiet NaN bits without sign)
@@ -69,16 +69,24 @@ class FloatScheme(Scheme):
     def fit(self, X: np.ndarray) -> State:
         return {}
 
-    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x = np.clip(X, F32(-self.max_finite), F32(self.max_finite)) if self.params["saturate"] else X
+    def encode_into(
+        self,
+        X: np.ndarray,
+        state: State | None,
+        codes: np.ndarray,
+        side: dict[str, np.ndarray],
+        tmp: np.ndarray | None = None,
+    ) -> None:
+        x = X
+        if self.params["saturate"]:
+            x = np.clip(X, F32(-self.max_finite), F32(self.max_finite), out=scratch(tmp, X.shape))
         with np.errstate(invalid="ignore", over="ignore"):
-            codes = x.astype(self.code_dtype)
-        nan = np.isnan(X)
-        if nan.any():
+            np.copyto(codes, x, casting="unsafe")
+        if has_nan(X):
+            nan = np.isnan(X)
             bits = codes.view(_UINT[self.code_dtype.itemsize])
             sign = np.signbit(X[nan]).astype(bits.dtype) << (8 * self.code_dtype.itemsize - 1)
             bits[nan] = sign | self.nan_bits
-        return codes, {}
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

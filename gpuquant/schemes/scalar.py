@@ -61,9 +61,11 @@ from gpuquant.schemes.base import (
     State,
     as_bool,
     choice,
+    has_nan,
     pack_nibbles,
     refuse_nan,
     require_rows,
+    scratch,
     sign_extend_nibble,
     unpack_nibbles,
 )
@@ -200,32 +202,49 @@ class ScalarScheme(Scheme):
             raise InputError("a range has lo > hi")
 
     # -- encode / decode ----------------------------------------------------------------------
-    def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def encode_into(
+        self,
+        X: np.ndarray,
+        state: State | None,
+        codes: np.ndarray,
+        side: dict[str, np.ndarray],
+        tmp: np.ndarray | None = None,
+    ) -> None:
         assert state is not None
-        u = self.levels_of(X, state["lo"], state["hi"])
-        return self.store(u), {}
+        u = self.levels_of(X, state["lo"], state["hi"], scratch(tmp, X.shape))
+        self.store_into(u, codes)
 
-    def levels_of(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Unsigned levels ``u`` (a float array holding integers 0..L) of float32 ``x``."""
+    def levels_of(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Unsigned levels ``u`` (a float array holding integers 0..L) of float32 ``x``.
+
+        ``t`` is float32 scratch of ``x``'s shape; the float32 roundings compute in it.
+        """
         rounding = self.params["rounding"]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if rounding == "half_away":
                 return _levels_half_away(x, lo, hi, self.levels, self.half)
-            if rounding == "floor":
-                return _levels_floor(x, lo, hi, self.levels)
             if rounding == "trunc":
                 return _levels_trunc(x, lo, hi, self.params["bits"])
-            return _levels_half_even(x, lo, hi, self.levels)
+            if rounding == "floor":
+                _levels_floor(x, lo, hi, self.levels, t)
+            else:
+                _levels_half_even(x, lo, hi, self.levels, t)
+        if has_nan(t):
+            t[np.isnan(t)] = 0
+        return t
 
-    def store(self, u: np.ndarray) -> np.ndarray:
+    def store_into(self, u: np.ndarray, codes: np.ndarray) -> None:
         """Levels to codes as stored: uint8 ``u``, int8 ``u - H``, or packed nibbles."""
         p = self.params
         if p["bits"] == 8:
-            return (u - 128).astype(np.int8) if p["signed"] else u.astype(np.uint8)
+            if p["signed"]:
+                np.subtract(u, 128, out=u)
+            np.copyto(codes, u, casting="unsafe")
+            return
         nib = u.astype(np.uint8)
         if p["signed"]:
             nib = (nib - self.half) & 0x0F  # two's complement nibble of u - H
-        return pack_nibbles(nib, p["nibble_order"])
+        codes[...] = pack_nibbles(nib, p["nibble_order"])
 
     def unstore(self, codes: np.ndarray, dim: int) -> np.ndarray:
         """Codes back to unsigned levels (float64, exact)."""
@@ -293,12 +312,11 @@ def _floor_step(lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
     return np.where(step == 0, F32(1), step).astype(F32)
 
 
-def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
-    t = np.subtract(x, lo, dtype=F32)
+def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> None:
+    np.subtract(x, lo, out=t)
     np.divide(t, _floor_step(lo, hi, L), out=t)
     np.floor(t, out=t)
-    np.fmax(t, F32(0), out=t)  # fmax drops NaN: NaN -> 0
-    return np.fmin(t, F32(L), out=t)
+    np.clip(t, 0, L, out=t)
 
 
 def _levels_trunc(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
@@ -317,10 +335,9 @@ def _affine_scale_zp(lo: np.ndarray, hi: np.ndarray, L: int) -> tuple[np.ndarray
     return scale, (F32(0) - lo / scale).astype(F32)
 
 
-def _levels_half_even(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
+def _levels_half_even(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> None:
     scale, zp = _affine_scale_zp(lo, hi, L)
-    t = np.divide(x, scale, dtype=F32)
+    np.divide(x, scale, out=t)
     np.add(t, zp, out=t)
     np.rint(t, out=t)
-    np.fmax(t, F32(0), out=t)
-    return np.fmin(t, F32(L), out=t)
+    np.clip(t, 0, L, out=t)

@@ -1,0 +1,46 @@
+"""Shared fixtures: fresh random data every run (seed printed in the header, fixed with
+GPUQUANT_TEST_SEED=...), and the edge values every bit-exact test must include."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+SEED = int(os.environ.get("GPUQUANT_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"gpuquant test seed: {SEED} (set GPUQUANT_TEST_SEED={SEED} to repeat)"
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A generator seeded from the run's seed and the test's name: fresh data each run, repeatable."""
+    return np.random.default_rng([SEED, *request.node.nodeid.encode()])
+
+
+def edge_values() -> np.ndarray:
+    """float32 values that break careless code: NaN (signs, payloads), ±Inf, ±0, subnormals, ties, limits."""
+    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FA00001, 0xFFFFFFFF], np.uint32)
+    special = [np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, -1.1754942e-38, 1e-40, -3e-39,
+               1.1754944e-38, 0.5, -0.5, 1.5, 2.5, -2.5, 127.5, -127.5, 0.49999997, 1.0, -1.0,
+               448.0, 464.0, 465.0, -480.0, 57344.0, 61439.0, 61440.0, 65504.0, 65519.0, 65520.0,
+               3.3895314e38, 3.4028235e38, -3.4028235e38, 1e-8, 7.0, 3.5, -3.5]
+    return np.concatenate([bits.view(np.float32), np.array(special, np.float32)])
+
+
+def finite_edge_values() -> np.ndarray:
+    v = edge_values()
+    return v[np.isfinite(v)]
+
+
+def matrix(rng: np.random.Generator, n: int, d: int, *, scale: float = 1.0, edges: np.ndarray | None = None) -> np.ndarray:
+    """Random float32 (n, d) data (several magnitudes); ``edges`` are scattered into it when given."""
+    x = (rng.standard_normal((n, d)) * scale * np.exp(rng.uniform(-3, 3, (n, 1)))).astype(np.float32)
+    if edges is not None and x.size:
+        flat = x.reshape(-1)
+        idx = rng.choice(flat.size, size=min(flat.size, edges.size), replace=False)
+        flat[idx] = edges[: idx.size]
+    return x
