@@ -198,7 +198,7 @@ def _make_quantizer(scheme: str, params: dict[str, Any], backend: str) -> Any:
 def _quantizer_info(q: Any) -> dict[str, Any]:
     state = q.state if q.is_fitted else {}
     return {
-        "scheme": getattr(q, "preset", None) or q.scheme.family,
+        "scheme": getattr(q, "name", None) or q.scheme.family,
         "preset": getattr(q, "preset", None),
         "family": q.scheme.family,
         "params": gio.to_jsonable(q.scheme.params),
@@ -232,26 +232,18 @@ def _check_new_file(path: Path, overwrite: bool) -> None:
         raise InputError(f"output is a directory: {path}")
 
 
-def _save_quantizer_atomic(q: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        q.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def cmd_fit(args: argparse.Namespace) -> Report:
     """Fit a quantizer on INPUT and save it as JSON."""
     out = Path(args.output)
     _check_new_file(out, args.overwrite)
-    X, source = _load_input(args.input)
     q = _make_quantizer(args.scheme, _params(args.param), args.backend)
+    _backend_used(q, strict=True)
+    X, source = _load_input(args.input)
     log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
     t0 = time.perf_counter()
     q.fit(X)
     fit_s = time.perf_counter() - t0
-    _save_quantizer_atomic(q, out)
+    q.save(out)  # atomic: Quantizer.save writes a temporary file and renames it
     info = _quantizer_info(q)
     doc = {"output": str(out), "source": source, "fit_s": round(fit_s, 4), "quantizer": info}
     lines = [f"fitted {info['scheme']} on {X.shape[0]} x {X.shape[1]} in {fit_s:.3f} s -> {out}"]
@@ -296,15 +288,29 @@ def sample_error(q: Any, X: np.ndarray, rows: int = ERROR_SAMPLE_ROWS) -> dict[s
     return {"rows": int(idx.size), "rel_error": rel, "max_abs_error": max_abs}
 
 
+def _backend_used(q: Any, strict: bool = False) -> str:
+    """The backend that runs (``auto`` resolved), e.g. ``numpy`` or ``cupy``.
+
+    ``strict`` lets the error of a backend that cannot run here propagate (checked before reading
+    any data); otherwise this is only a label for the report.
+    """
+    try:
+        return str(q.backend.name)
+    except Exception:  # noqa: BLE001
+        if strict:
+            raise
+        return str(getattr(q, "backend_name", "?"))
+
+
 def _convert_manifest(q: Any, codes: Any, source: dict[str, Any]) -> dict[str, Any]:
     return {
-        "scheme": codes.scheme or getattr(q, "preset", None) or q.scheme.family,
+        "scheme": codes.scheme or getattr(q, "name", None) or q.scheme.family,
         "preset": getattr(q, "preset", None),
         "family": q.scheme.family,
         "params": gio.to_jsonable(q.scheme.params),
         "dim": int(getattr(codes, "dim", 0) or source["shape"][1]),
         "rows": int(source["shape"][0]),
-        "backend": getattr(q, "backend_name", None),
+        "backend": _backend_used(q),
         "source": source,
     }
 
@@ -328,25 +334,33 @@ def _convert_human(doc: dict[str, Any]) -> str:
     )
 
 
-def _get_quantizer(args: argparse.Namespace, X: np.ndarray) -> tuple[Any, float]:
+def _get_quantizer(args: argparse.Namespace) -> Any:
+    """The quantizer to use, built (or loaded) before any data is read, so bad options fail fast."""
     if args.quantizer:
         if args.param:
             raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
-        return _load_quantizer(args.quantizer, args.backend), 0.0
-    q = _make_quantizer(args.scheme, _params(args.param), args.backend)
+        return _load_quantizer(args.quantizer, args.backend)
+    return _make_quantizer(args.scheme, _params(args.param), args.backend)
+
+
+def _fit_if_needed(q: Any, args: argparse.Namespace, X: np.ndarray) -> float:
+    if args.quantizer:
+        return 0.0
     log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
     t0 = time.perf_counter()
     q.fit(X)
-    return q, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 def cmd_convert(args: argparse.Namespace) -> Report:
     """Fit (unless given a quantizer), transform INPUT, write the OUTPUT directory atomically."""
     gio.check_output(args.output, args.overwrite)
     t_start = time.perf_counter()
+    q = _get_quantizer(args)
+    _backend_used(q, strict=True)
     X, source = _load_input(args.input)
-    q, fit_s = _get_quantizer(args, X)
-    log.info("transforming %d rows on backend %s", X.shape[0], getattr(q, "backend_name", "?"))
+    fit_s = _fit_if_needed(q, args, X)
+    log.info("transforming %d rows on backend %s", X.shape[0], _backend_used(q))
     t0 = time.perf_counter()
     codes = q.transform(X)
     transform_s = time.perf_counter() - t0
@@ -357,6 +371,7 @@ def cmd_convert(args: argparse.Namespace) -> Report:
     manifest = _convert_manifest(q, host, source)
     gio.write_converted(args.output, host, q, manifest, overwrite=args.overwrite)
     write_s = time.perf_counter() - t0
+    total_s = time.perf_counter() - t_start  # the conversion; the error sample below is extra
     written = gio.read_converted(args.output).manifest
     out_bytes = int(host.data.nbytes + sum(v.nbytes for v in host.side.values()))
     doc = {
@@ -367,7 +382,7 @@ def cmd_convert(args: argparse.Namespace) -> Report:
         "compression_ratio": round(X.nbytes / out_bytes, 4) if out_bytes else None,
         "reconstruction": sample_error(q, X),
         "seconds": {"fit": round(fit_s, 4), "transform": round(transform_s, 4),
-                    "write": round(write_s, 4), "total": round(time.perf_counter() - t_start, 4)},
+                    "write": round(write_s, 4), "total": round(total_s, 4)},
     }
     return doc, _convert_human(doc)
 
@@ -484,7 +499,10 @@ def _probe_cupy() -> dict[str, Any]:
     import cupy
 
     out: dict[str, Any] = {"version": cupy.__version__}
-    out["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    try:
+        out["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    except Exception as exc:  # noqa: BLE001 - NVRTC missing: CuPy works, our kernels cannot compile
+        out["nvrtc"] = f"unavailable ({type(exc).__name__}: {exc})"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001 - CUDARuntimeError and driver load failures
@@ -508,6 +526,11 @@ def _probe_cuvs() -> dict[str, Any]:
 def _probe_kernels() -> dict[str, Any]:
     from importlib import resources
 
+    try:
+        resources.files("gpuquant.kernels")
+    except ModuleNotFoundError:
+        return {"ok": False, "reason": "package gpuquant.kernels not found: gpuquant runs from a source "
+                "tree that was not installed (pip install -e . maps kernels/ into the package)"}
     files = sorted(p.name for p in resources.files("gpuquant.kernels").iterdir()
                    if p.name.endswith((".cu", ".cuh")))
     return {"ok": bool(files), "files": files, **({} if files else {"reason": "no kernel sources found"})}
@@ -585,7 +608,7 @@ def cmd_doctor(args: argparse.Namespace) -> Report:
 # parser and main
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--format", choices=FORMATS, default=argparse.SUPPRESS,
                         help="human (default): a report; json: one JSON document on stdout; quiet: nothing")
@@ -651,7 +674,8 @@ def _setup_logging(fmt: str) -> None:
 
 def _wants_json(argv: Sequence[str]) -> bool:
     args = list(argv)
-    return "--format=json" in args or any(a == "--format" and b == "json" for a, b in zip(args, args[1:]))
+    pairs = zip(args, args[1:], strict=False)
+    return "--format=json" in args or any(a == "--format" and b == "json" for a, b in pairs)
 
 
 def _emit(fmt: str, doc: dict[str, Any]) -> None:

@@ -33,9 +33,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import ml_dtypes  # noqa: F401  (registers float8/bfloat16/int4 names with numpy.dtype)
 import numpy as np
@@ -314,6 +315,12 @@ def check_output(path: str | os.PathLike[str], overwrite: bool) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _swap_into_place(tmp: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(tmp, dest)
@@ -361,6 +368,7 @@ def write_converted(
             raise InputError(f"side array name {name!r} cannot be a file name in the output")
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal directory's mode
         doc = _write_contents(tmp, codes, quantizer, manifest)
         _fsync_dir(tmp)
         check_output(dest, overwrite)  # again: something may have appeared meanwhile

@@ -14,6 +14,7 @@ SHA-256 of the shipped file: ``a165a4333499447b38fa1f5209e54be81dfa1ef665d4cd641
 from __future__ import annotations
 
 from importlib import resources
+from typing import Literal
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def demo_path() -> str:
     return str(resources.files(__name__).joinpath(DEMO_FILE))
 
 
-def load_demo(mmap_mode: str | None = None) -> np.ndarray:
+def load_demo(mmap_mode: Literal["r", "c"] | None = None) -> np.ndarray:
     """Load the embedded demo dataset: 2000 x 384 float32 MiniLM sentence embeddings.
 
     Args:

@@ -224,14 +224,14 @@ class ScalarScheme(Scheme):
             if rounding == "half_away":
                 return _levels_half_away(x, lo, hi, self.levels, self.half)
             if rounding == "trunc":
-                return _levels_trunc(x, lo, hi, self.params["bits"])
-            if rounding == "floor":
-                _levels_floor(x, lo, hi, self.levels, t)
+                u = _levels_trunc(x, lo, hi, self.params["bits"], t)
+            elif rounding == "floor":
+                u = _levels_floor(x, lo, hi, self.levels, t)
             else:
-                _levels_half_even(x, lo, hi, self.levels, t)
-        if has_nan(t):
-            t[np.isnan(t)] = 0
-        return t
+                u = _levels_half_even(x, lo, hi, self.levels, t)
+        if has_nan(u):
+            u[np.isnan(u)] = 0
+        return u
 
     def store_into(self, u: np.ndarray, codes: np.ndarray) -> None:
         """Levels to codes as stored: uint8 ``u``, int8 ``u - H``, or packed nibbles."""
@@ -312,22 +312,24 @@ def _floor_step(lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
     return np.where(step == 0, F32(1), step).astype(F32)
 
 
-def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> None:
+def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> np.ndarray:
     np.subtract(x, lo, out=t)
     np.divide(t, _floor_step(lo, hi, L), out=t)
     np.floor(t, out=t)
-    np.clip(t, 0, L, out=t)
+    return np.clip(t, 0, L, out=t)
 
 
-def _levels_trunc(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+def _levels_trunc(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, t: np.ndarray) -> np.ndarray:
     vdiff = (hi - lo).astype(F32)
-    t = np.subtract(x, lo, dtype=F32)
+    np.subtract(x, lo, out=t)
     np.divide(t, np.where(vdiff == 0, F32(1), vdiff), out=t)
-    t = np.where(vdiff == 0, F32(0), t)
-    t = np.where(t < 0, F32(0), t)
-    t = np.where(t > 1, F32(1), t)
-    scaled = F32(255) * t if bits == 8 else t.astype(F64) * 15.0
-    return np.nan_to_num(np.trunc(scaled), nan=0.0)
+    if (vdiff == 0).any():
+        t[:, np.broadcast_to(vdiff == 0, t.shape[1:])] = 0
+    np.clip(t, 0, 1, out=t)  # FAISS: if (t < 0) t = 0; if (t > 1) t = 1 -- NaN stays NaN
+    if bits == 4:
+        return np.trunc(t.astype(F64) * 15.0)
+    np.multiply(t, F32(255), out=t)
+    return np.trunc(t, out=t)
 
 
 def _affine_scale_zp(lo: np.ndarray, hi: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
@@ -335,9 +337,9 @@ def _affine_scale_zp(lo: np.ndarray, hi: np.ndarray, L: int) -> tuple[np.ndarray
     return scale, (F32(0) - lo / scale).astype(F32)
 
 
-def _levels_half_even(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> None:
+def _levels_half_even(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> np.ndarray:
     scale, zp = _affine_scale_zp(lo, hi, L)
     np.divide(x, scale, out=t)
     np.add(t, zp, out=t)
     np.rint(t, out=t)
-    np.clip(t, 0, L, out=t)
+    return np.clip(t, 0, L, out=t)
