@@ -1,0 +1,144 @@
+"""Quality of a scheme on real data: reconstruction error and search recall against float32.
+
+``evaluate(X, quantizer, queries=None, k=10, rescore=None)`` quantizes the corpus ``X`` (fitting
+the quantizer on it first when it needs a fit and is not fitted) and reports:
+
+* ``mse``: mean of ``(x' - x)**2`` over all values; ``relative_error``: ``||X' - X||_F / ||X||_F``;
+  ``mean_cosine``: mean over rows of ``cos(x, x')`` (rows of zero norm skipped);
+* ``recall_at_k``: for each query, the fraction of its exact top-k neighbours (largest inner
+  product ``q . x`` in float32 over the corpus) that a search over the codes finds. The code search
+  ranks by ``q . x'`` with ``x'`` the reconstruction (dequantized dot product) for scalar and float
+  formats; for binary codes it ranks by Hamming distance between the binarized query and the codes,
+  computed exactly as ``d - 2 * hamming = s(q) . s(x)`` on the ±1 decodings;
+* ``recall_at_k_rescored`` (when ``rescore=m``): the code search keeps ``k * m`` candidates, which
+  are re-ranked with the float32 query against the original rows (``rescore_with="original"``) or
+  the reconstructions (``"reconstructed"``), and the top k of those are compared;
+* ``bytes_per_vector``: code bytes plus side-array bytes per row.
+
+Without ``queries``, the first ``n_queries`` rows of ``X`` are held out as queries and searched
+against the rest. Runs where the data lives: numpy arrays on the CPU, CuPy arrays on the GPU (the
+quantizer's backend must be able to take them). Search is done in blocks of queries, so memory
+stays at ``block * n_corpus`` float32 scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpuquant._validate import as_matrix
+from gpuquant.api import Quantizer
+from gpuquant.backends import is_device_array
+from gpuquant.errors import InputError
+
+QUERY_BLOCK = 256
+
+
+def _xp(a: Any) -> Any:
+    if is_device_array(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _top_k(xp: Any, scores: Any, k: int) -> Any:
+    """Indices of the k largest scores per row (order within the k unspecified)."""
+    k = min(k, scores.shape[1])
+    return xp.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def _search(xp: Any, queries: Any, corpus: Any, k: int) -> Any:
+    out = []
+    for start in range(0, queries.shape[0], QUERY_BLOCK):
+        out.append(_top_k(xp, queries[start:start + QUERY_BLOCK] @ corpus.T, k))
+    return xp.concatenate(out) if out else xp.zeros((0, k), np.int64)
+
+
+def _recall(xp: Any, found: Any, truth: Any) -> float:
+    k = truth.shape[1]
+    hits = (found[:, :, None] == truth[:, None, :]).any(axis=2).sum()
+    return float(hits) / (truth.shape[0] * k)
+
+
+def _rescore(xp: Any, queries: Any, rows: Any, candidates: Any, k: int) -> Any:
+    picked = []
+    for start in range(0, queries.shape[0], QUERY_BLOCK):
+        cand = candidates[start:start + QUERY_BLOCK]
+        scores = xp.einsum("qd,qcd->qc", queries[start:start + QUERY_BLOCK], rows[cand])
+        order = _top_k(xp, scores, k)
+        picked.append(xp.take_along_axis(cand, order, axis=1))
+    return xp.concatenate(picked)
+
+
+def _search_space(q: Quantizer, codes_recon: Any, queries: Any) -> tuple[Any, Any]:
+    """(query vectors, corpus vectors) the code search ranks by inner product."""
+    if q.family == "binary":
+        return q.inverse_transform(q.transform(queries)), codes_recon
+    return queries, codes_recon
+
+
+def evaluate(
+    X: Any,
+    quantizer: Quantizer | str,
+    queries: Any = None,
+    *,
+    k: int = 10,
+    n_queries: int = 1000,
+    rescore: int | None = None,
+    rescore_with: str = "original",
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Reconstruction error and recall@k of ``quantizer`` on corpus ``X`` (see the module docstring)."""
+    X = as_matrix(X)
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    if rescore is not None and rescore < 1:
+        raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
+    if rescore_with not in ("original", "reconstructed"):
+        raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
+    xp = _xp(X)
+    X = X.astype(np.float32, copy=False)
+    if queries is None:
+        if not 0 < n_queries < X.shape[0]:
+            raise InputError(f"n_queries must be in [1, {X.shape[0] - 1}] for {X.shape[0]} rows, got {n_queries}")
+        queries, X = X[:n_queries], X[n_queries:]
+    else:
+        queries = as_matrix(queries, "queries").astype(np.float32, copy=False)
+        if queries.shape[1] != X.shape[1]:
+            raise InputError(f"queries have {queries.shape[1]} dimensions, the corpus {X.shape[1]}")
+    if k > X.shape[0]:
+        raise InputError(f"k={k} exceeds the corpus size {X.shape[0]}")
+
+    q = Quantizer(quantizer, backend=backend) if isinstance(quantizer, str) else quantizer
+    if not q.is_fitted:
+        q.fit(X)
+    codes = q.transform(X)
+    recon = q.inverse_transform(codes)
+
+    diff = recon - X
+    norms = xp.linalg.norm(X, axis=1) * xp.linalg.norm(recon, axis=1)
+    nonzero = norms > 0
+    cosines = (X * recon).sum(axis=1)[nonzero] / norms[nonzero]
+    truth = _search(xp, queries, X, k)
+    q_vecs, c_vecs = _search_space(q, recon, queries)
+    report: dict[str, Any] = {
+        "scheme": q.name,
+        "rows": int(X.shape[0]),
+        "queries": int(queries.shape[0]),
+        "dims": int(X.shape[1]),
+        "k": k,
+        "mse": float((diff * diff).mean()),
+        "relative_error": float(xp.linalg.norm(diff) / xp.linalg.norm(X)),
+        "mean_cosine": float(cosines.mean()) if cosines.size else float("nan"),
+        "recall_at_k": _recall(xp, _search(xp, q_vecs, c_vecs, k), truth),
+        "bytes_per_vector": codes.nbytes / max(1, len(codes)),
+    }
+    if rescore is not None:
+        candidates = _search(xp, q_vecs, c_vecs, min(k * rescore, X.shape[0]))
+        rows = X if rescore_with == "original" else recon
+        report["rescore"] = rescore
+        report["rescore_with"] = rescore_with
+        report["recall_at_k_rescored"] = _recall(xp, _rescore(xp, queries, rows, candidates, k), truth)
+    return report
