@@ -121,5 +121,5 @@ def pack_low_first(nibbles: np.ndarray) -> np.ndarray:
 def cuvs_binary(x: np.ndarray, thr: np.ndarray | None = None) -> np.ndarray:
     """cuVS binary quantizer: bit = (x - thr) > 0, LSB first."""
     t = np.zeros(x.shape[1], np.float32) if thr is None else thr
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # 3.4e38 - (-3.4e38) overflows to inf: still > 0
         return np.packbits((x - t) > 0, axis=-1, bitorder="little")

@@ -1,7 +1,8 @@
 """The schemes layer: the math of every code format and its numpy reference.
 
 ``make_scheme(name, **params)`` builds a scheme from a preset name (``"cuvs-sq8"``, ...) or a family
-name (``"scalar"``, ``"absmax"``, ``"float"``, ``"binary"``); keyword parameters override the preset's.
+name (``"scalar"``, ``"absmax"``, ``"float"``, ``"binary"``, ``"gguf"``, ``"scaled_fp8"``); keyword
+parameters override the preset's.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from gpuquant.schemes.absmax import AbsmaxScheme
 from gpuquant.schemes.base import Scheme
 from gpuquant.schemes.binary import BinaryScheme
 from gpuquant.schemes.floatcast import FloatScheme
+from gpuquant.schemes.gguf import GgufScheme
 from gpuquant.schemes.presets import PRESETS, Preset
 from gpuquant.schemes.scalar import ScalarScheme
+from gpuquant.schemes.scaled_fp8 import ScaledFp8Scheme
 
 FAMILIES: dict[str, type[Scheme]] = {
-    cls.family: cls for cls in (ScalarScheme, AbsmaxScheme, FloatScheme, BinaryScheme)
+    cls.family: cls
+    for cls in (ScalarScheme, AbsmaxScheme, FloatScheme, BinaryScheme, GgufScheme, ScaledFp8Scheme)
 }
 
 __all__ = ["FAMILIES", "PRESETS", "Preset", "Scheme", "get_preset", "make_scheme"]

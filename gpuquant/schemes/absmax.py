@@ -1,8 +1,10 @@
-"""Family ``absmax``: symmetric codes with one float32 scale per row or per block of a row.
+"""Family ``absmax``: symmetric codes with one float32 scale per row, per block of a row, or per tensor.
 
 Parameters
 ----------
-granularity : ``"row"`` or ``"block"`` (blocks of ``block_size`` consecutive values of a row).
+granularity : ``"row"``, ``"block"`` (blocks of ``block_size`` consecutive values of a row) or
+    ``"tensor"`` (one scale fitted on the calibration data and kept in the quantizer's state, so
+    queries encoded later share the corpus's scale: the int8 vector-database presets).
 bits : 8 (int8 codes in [-127, 127]) or 4 (nibbles in [-7, 7], two per byte).
 block_size : G, 32..4096, even; ``d % G == 0`` is required (granularity="block").
 eps : added to the absmax before dividing (the seed's 1e-8 keeps all-zero rows finite).
@@ -10,7 +12,7 @@ nibble_order : ``"low_first"`` or ``"high_first"`` (bits=4).
 
 Math, with ``qmax = 127`` (8 bits) or ``7`` (4 bits), float32 throughout, round half to even::
 
-    m = max |x| over the row or block            (exact)
+    m = max |x| over the row or block            (exact; over every fitted value for "tensor")
     s = f32(f32(m + f32(eps)) / qmax)             -> side array "scales"
     q = clip(rint(f32(x / s)), -qmax, qmax)       (q = 0 where s == 0: then every x is ±0)
     x' = f32(q * s)                               (inverse)
@@ -20,9 +22,12 @@ per group (``int4-block``: G=64, eps=0). 4-bit codes are the nibble ``q & 0xF`` 
 packed as in :func:`gpuquant.schemes.base.pack_nibbles`; rows of odd ``d`` (granularity="row")
 end with a zero pad nibble.
 
-Side arrays: ``scales`` float32, shape (n,) for rows, (n, d // G) for blocks.
+Side arrays: ``scales`` float32, shape (n,) for rows, (n, d // G) for blocks; none for "tensor",
+whose state is ``scales`` float32 of shape (1,).
 NaN or ±Inf anywhere in a row makes its scale meaningless: encoding refuses it (``InputError`` naming
-the first such row). No fit: the scales come from each row itself.
+the first such row), and so does "tensor" (one rule for the family); fitting "tensor" refuses NaN and
+±Inf too. Values beyond the fitted range clip to ±qmax. "row" and "block" need no fit: the scales
+come from each row itself.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gpuquant.schemes.base import (
     State,
     choice,
     pack_nibbles,
+    require_rows,
     scratch,
     sign_extend_nibble,
     unpack_nibbles,
@@ -59,7 +65,7 @@ class AbsmaxScheme(Scheme):
     }
 
     def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "granularity", ("row", "block"))
+        choice(p, "granularity", ("row", "block", "tensor"))
         choice(p, "bits", (8, 4))
         choice(p, "nibble_order", NIBBLE_ORDERS)
         g = p["block_size"]
@@ -78,7 +84,13 @@ class AbsmaxScheme(Scheme):
 
     @property
     def needs_fit(self) -> bool:
-        return False
+        return self.params["granularity"] == "tensor"
+
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        return {"scope": p["granularity"] + (f" of {p['block_size']}" if p["granularity"] == "block" else ""),
+                "range_method": "absmax", "rounding": "half_even", "encoding": f"signed int{p['bits']}",
+                **({"nibble_order": p["nibble_order"]} if p["bits"] == 4 else {})}
 
     @property
     def code_dtype(self) -> np.dtype:
@@ -92,6 +104,8 @@ class AbsmaxScheme(Scheme):
         return d // self.params["block_size"] if self.params["granularity"] == "block" else 1
 
     def side_shapes(self, n: int, d: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        if self.params["granularity"] == "tensor":
+            return {}
         shape = (n, self.groups(d)) if self.params["granularity"] == "block" else (n,)
         return {"scales": (shape, np.dtype(F32))}
 
@@ -103,7 +117,14 @@ class AbsmaxScheme(Scheme):
             )
 
     def fit(self, X: np.ndarray) -> State:
-        return {}
+        if self.params["granularity"] != "tensor":
+            return {}
+        require_rows(X, 1, "a tensor scale")
+        if not np.isfinite(X).all():
+            raise InputError("fit data contains NaN or ±Inf; remove or replace those rows before fitting")
+        m = np.abs(X).max(initial=F32(0))
+        s = np.asarray((F32(m) + F32(self.params["eps"])) / F32(self.qmax), F32).reshape(1)
+        return {"scales": s}
 
     def encode_into(
         self,
@@ -118,7 +139,10 @@ class AbsmaxScheme(Scheme):
         t = scratch(tmp, blocks.shape)
         np.abs(blocks, out=t)
         s = ((t.max(axis=2, initial=F32(0)) + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
-        bad = ~np.isfinite(s).all(axis=1)
+        bad = ~np.isfinite(s).all(axis=1)  # for "tensor" the row's own absmax only checks NaN / Inf
+        if self.params["granularity"] == "tensor":
+            assert state is not None
+            s = np.broadcast_to(np.asarray(state["scales"], F32).reshape(1, 1), (n, 1))
         if bad.any():
             raise InputError(
                 f"row {int(np.argmax(bad))} holds NaN or ±Inf; scheme {self.family!r} needs finite values"
@@ -126,7 +150,10 @@ class AbsmaxScheme(Scheme):
         np.divide(blocks, np.where(s == 0, F32(1), s)[:, :, None], out=t)
         np.rint(t, out=t)
         np.clip(t, -self.qmax, self.qmax, out=t)
-        side["scales"][...] = s if self.params["granularity"] == "block" else s[:, 0]
+        if self.params["granularity"] == "block":
+            side["scales"][...] = s
+        elif self.params["granularity"] == "row":
+            side["scales"][...] = s[:, 0]
         if self.params["bits"] == 8:
             np.copyto(codes, t.reshape(n, d), casting="unsafe")
         else:
@@ -139,8 +166,12 @@ class AbsmaxScheme(Scheme):
         q = codes
         if self.params["bits"] == 4:
             q = sign_extend_nibble(unpack_nibbles(codes, dim, self.params["nibble_order"]))
-        s = np.asarray(side["scales"], F32)
         n = q.shape[0]
+        if self.params["granularity"] == "tensor":
+            assert state is not None
+            s = np.broadcast_to(np.asarray(state["scales"], F32).reshape(1), (n,))
+        else:
+            s = np.asarray(side["scales"], F32)
         with np.errstate(over="ignore"):  # q * s may round past float32's max for |x| near it
             g = self.groups(dim)
             out = q.astype(F32).reshape(n, g, dim // g) * s.reshape(n, g, 1)

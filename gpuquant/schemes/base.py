@@ -114,6 +114,11 @@ class Scheme(ABC):
     ) -> np.ndarray:
         """Reference decoding to float32, shape ``(n, dim)``."""
 
+    def describe(self) -> dict[str, Any]:
+        """The calibration summary saved with a quantizer: scope, range method, rounding, bit order,
+        signed/offset encoding (informative; the parameters and state are what loading uses)."""
+        return {}
+
     # -- shared -------------------------------------------------------------------------------
     @property
     def bytes_per_value(self) -> float:

@@ -6,8 +6,11 @@ threshold : ``"zero"`` (no fit), ``"mean"`` or ``"median"`` per dimension (fitte
 bitorder : ``"little"`` (cuVS: dimension 8k+b is bit ``1 << b`` of byte k, as
     ``np.packbits(..., bitorder="little")``) or ``"big"`` (numpy's default and sentence-transformers:
     dimension 8k is the most significant bit).
-signed : False: uint8 bytes. True: the byte minus 128 as int8 (sentence-transformers ``"binary"``;
-    the same bits with the top one flipped).
+signed : False: uint8 bytes. True: int8 bytes, in the form ``signed_encoding`` says.
+signed_encoding : how a signed byte is made from the packed byte ``b`` (signed=True):
+    ``"offset"`` (default): ``b - 128`` (sentence-transformers ``"binary"``; the same bits with the
+    top one flipped); ``"twos_complement"``: ``b`` itself read as int8 (Vespa ``pack_bits``,
+    Elasticsearch/OpenSearch ``bit`` vectors: 0x80 is -128, 0x81 is -127).
 
 Math: bit ``(i, j) = x[i, j] > thr[j]``, an IEEE comparison (subnormals are not flushed; NaN gives 0).
 Codes have shape (n, ceil(d/8)); the pad bits of the last byte are 0. State: ``thresholds``,
@@ -31,13 +34,26 @@ class BinaryScheme(Scheme):
     """Sign / threshold bits (see the module docstring)."""
 
     family = "binary"
-    defaults = {"threshold": "zero", "bitorder": "little", "signed": False}
+    defaults = {"threshold": "zero", "bitorder": "little", "signed": False, "signed_encoding": "offset"}
 
     def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
         choice(p, "threshold", ("zero", "mean", "median"))
         choice(p, "bitorder", ("little", "big"))
+        choice(p, "signed_encoding", ("offset", "twos_complement"))
         as_bool(p, "signed")
         return p
+
+    @property
+    def _flip(self) -> bool:
+        """Whether the stored byte is the packed byte with its top bit flipped (offset encoding)."""
+        return bool(self.params["signed"]) and self.params["signed_encoding"] == "offset"
+
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        return {"scope": "dimension" if p["threshold"] != "zero" else "none",
+                "range_method": f"threshold {p['threshold']}", "rounding": "x > threshold",
+                "bit_order": "lsb_first" if p["bitorder"] == "little" else "msb_first",
+                "encoding": (p["signed_encoding"] if p["signed"] else "unsigned")}
 
     @property
     def needs_fit(self) -> bool:
@@ -84,13 +100,13 @@ class BinaryScheme(Scheme):
     ) -> None:
         bits = X > self.thresholds_for(state, X.shape[1])
         packed = np.packbits(bits, axis=1, bitorder=self.params["bitorder"])
-        codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self.params["signed"] else packed
+        codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self._flip else packed
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
     ) -> np.ndarray:
         packed = np.asarray(codes).view(np.uint8)
-        if self.params["signed"]:
+        if self._flip:
             packed = packed ^ np.uint8(0x80)
         bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.params["bitorder"])
         return np.where(bits.astype(bool), F32(1), F32(-1))

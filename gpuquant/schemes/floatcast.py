@@ -8,6 +8,10 @@ saturate : False (default): exactly the ml_dtypes / numpy cast, round to nearest
     after rounding gives NaN for e4m3fn (it has no Inf: |x| > 464 and ±Inf -> 0x7F|sign) and ±Inf
     for the others. True: every non-NaN value is clamped to ±max finite first (±Inf too), which is
     what storage usually wants and what CUDA's ``__NV_SATFINITE`` conversion does.
+nonfinite : ``"keep"`` (default): NaN and ±Inf results are codes like any other (below).
+    ``"raise"``: a row holding NaN or ±Inf, or a value that rounds past the format's largest finite
+    value, is refused with ``InputError`` naming the row; this is pgvector's ``halfvec`` rule (it
+    rejects NaN, infinities and overflow on input), so codes that load are the only codes made.
 
 NaN becomes the format's canonical quiet NaN with its sign kept: e4m3 ``0x7F``, e5m2 ``0x7E``,
 fp16 ``0x7E00``, bf16 ``0x7FC0`` (| sign bit). ml_dtypes already does this; numpy's float16 cast
@@ -24,6 +28,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from gpuquant.errors import InputError
 from gpuquant.schemes.base import F32, Scheme, State, as_bool, choice, has_nan, scratch
 
 FORMATS: dict[str, tuple[np.dtype, float, int]] = {
@@ -40,12 +45,17 @@ class FloatScheme(Scheme):
     """Round-to-nearest-even casts to narrow float formats (see the module docstring)."""
 
     family = "float"
-    defaults = {"format": "e4m3", "saturate": False}
+    defaults = {"format": "e4m3", "saturate": False, "nonfinite": "keep"}
 
     def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
         choice(p, "format", tuple(FORMATS))
+        choice(p, "nonfinite", ("keep", "raise"))
         as_bool(p, "saturate")
         return p
+
+    def describe(self) -> dict[str, Any]:
+        return {"scope": "none", "range_method": "none", "rounding": "half_even",
+                "encoding": self.params["format"] + (" saturating" if self.params["saturate"] else "")}
 
     @property
     def needs_fit(self) -> bool:
@@ -82,11 +92,28 @@ class FloatScheme(Scheme):
             x = np.clip(X, F32(-self.max_finite), F32(self.max_finite), out=scratch(tmp, X.shape))
         with np.errstate(invalid="ignore", over="ignore"):
             np.copyto(codes, x, casting="unsafe")
+        if self.params["nonfinite"] == "raise":
+            self._refuse_nonfinite(codes)
         if has_nan(X):
             nan = np.isnan(X)
             bits = codes.view(_UINT[self.code_dtype.itemsize])
             sign = np.signbit(X[nan]).astype(bits.dtype) << (8 * self.code_dtype.itemsize - 1)
             bits[nan] = sign | self.nan_bits
+
+    def _refuse_nonfinite(self, codes: np.ndarray) -> None:
+        """Raise ``InputError`` naming the first row whose codes hold NaN or ±Inf (input or overflow)."""
+        bits = codes.view(_UINT[self.code_dtype.itemsize])
+        if self.params["format"] == "e4m3":  # no Inf: NaN is the only non-finite pattern
+            bad = (bits & 0x7F) == 0x7F
+        else:
+            exp_mask = {"e5m2": 0x7C, "fp16": 0x7C00, "bf16": 0x7F80}[self.params["format"]]
+            bad = (bits & exp_mask) == exp_mask
+        rows = bad.any(axis=1)
+        if rows.any():
+            raise InputError(
+                f"row {int(np.argmax(rows))} holds NaN, ±Inf or a value beyond ±{self.max_finite:g}; "
+                f"format {self.params['format']!r} with nonfinite='raise' refuses them"
+            )
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

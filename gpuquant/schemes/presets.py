@@ -1,7 +1,9 @@
 """Named presets: a family plus parameters that reproduce one peer's codes bit for bit.
 
 Each preset accepts overrides (``Quantizer("cuvs-sq8", quantile=0.95)``); the peer column says
-whose codes it reproduces with its defaults, on float32 input.
+whose codes it reproduces with its defaults, on float32 input. Export presets (``consumer`` set)
+make codes in the exact encoding a vector database or weight format loads; how to load them is in
+:mod:`gpuquant.export` (``gpuquant export-info NAME``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class Preset:
     params: dict[str, Any] = field(default_factory=dict)
     peer: str = ""
     summary: str = ""
+    consumer: str = ""  # the system that loads these codes (export presets), else ""
 
 
 _ST = "sentence-transformers quantize_embeddings"
@@ -70,5 +73,53 @@ PRESETS: dict[str, Preset] = {
         Preset("binary", "binary", dict(threshold="zero", bitorder="little", signed=False),
                "cuVS binary quantizer (preprocessing.quantize.binary)",
                "x > threshold (zero / mean / median), LSB first"),
+        # -- export presets: the encoding each consumer loads (see gpuquant/export.py) ----------
+        Preset("qdrant-uint8", "scalar",
+               dict(granularity="tensor", range="quantile", quantile=0.99, quantile_method="cuvs",
+                    rounding="half_away", bits=8, signed=False),
+               "Qdrant vectors with datatype uint8 (values 0..255 stored as given)",
+               "uint8 0..255, one global 0.99-quantile range, half away from zero", "Qdrant"),
+        Preset("qdrant-binary", "binary", dict(threshold="zero", bitorder="little", signed=False),
+               "Qdrant binary quantization (one bit: v > 0, bit i % 8 of byte i / 8)",
+               "x > 0, LSB first, uint8 (Qdrant's stored one-bit codes)", "Qdrant"),
+        Preset("pgvector-bit", "binary", dict(threshold="zero", bitorder="big", signed=False),
+               "pgvector bit(n), as binary_quantize(vector)", "x > 0, most significant bit first, uint8",
+               "pgvector"),
+        Preset("pgvector-halfvec", "float", dict(format="fp16", saturate=False, nonfinite="raise"),
+               "pgvector halfvec (float4 to half, round to nearest even)",
+               "fp16; NaN, Inf and overflow refused as halfvec refuses them", "pgvector"),
+        Preset("vespa-pack-bits", "binary",
+               dict(threshold="zero", bitorder="big", signed=True, signed_encoding="twos_complement"),
+               "Vespa pack_bits (binarize: x > 0, MSB first, bytes as int8)",
+               "x > 0, MSB first, each byte read as int8 (tensor<int8>(x[d/8]), hamming)", "Vespa"),
+        Preset("vespa-int8", "absmax", dict(granularity="tensor", bits=8, eps=0.0),
+               "Vespa tensor<int8> cells (-128..127 stored as given)",
+               "int8, one symmetric scale fitted on the corpus: clip(rint(x / s), -127, 127)", "Vespa"),
+        Preset("es-bit", "binary",
+               dict(threshold="zero", bitorder="big", signed=True, signed_encoding="twos_complement"),
+               "Elasticsearch / OpenSearch dense_vector element_type bit (signed bytes or hex)",
+               "x > 0, MSB first, signed bytes; hex of the same bytes", "Elasticsearch / OpenSearch"),
+        Preset("es-byte", "absmax", dict(granularity="tensor", bits=8, eps=0.0),
+               "Elasticsearch / OpenSearch dense_vector element_type byte (-128..127)",
+               "int8, one symmetric scale fitted on the corpus", "Elasticsearch / OpenSearch"),
+        Preset("milvus-binary", "binary", dict(threshold="zero", bitorder="little", signed=False),
+               "Milvus BINARY_VECTOR bytes (the user guide's convert_bool_list_to_bytes: LSB first)",
+               "x > 0, LSB first, uint8 (d/8 bytes; dim a multiple of 8)", "Milvus"),
+        Preset("milvus-int8", "absmax", dict(granularity="tensor", bits=8, eps=0.0),
+               "Milvus INT8_VECTOR (-128..127)", "int8, one symmetric scale fitted on the corpus", "Milvus"),
+        Preset("lancedb-binary", "binary", dict(threshold="zero", bitorder="big", signed=False),
+               "LanceDB binary vectors (np.packbits uint8 lists, metric hamming)",
+               "x > 0, MSB first (np.packbits), uint8", "LanceDB"),
+        Preset("gguf-q8_0", "gguf", dict(type="q8_0"),
+               "llama.cpp GGUF Q8_0 (quantize_row_q8_0_ref; gguf.quants.quantize)",
+               "34-byte blocks of 32: fp16 d = amax/127, int8 roundf(x * (1/d))", "GGUF (llama.cpp)"),
+        Preset("gguf-q4_0", "gguf", dict(type="q4_0"),
+               "llama.cpp GGUF Q4_0 (quantize_row_q4_0_ref; gguf.quants.quantize)",
+               "18-byte blocks of 32: fp16 d = max/-8, min(15, (int8)(x/d + 8.5)), j low / j+16 high",
+               "GGUF (llama.cpp)"),
+        Preset("safetensors-fp8", "scaled_fp8", dict(granularity="channel", format="e4m3"),
+               "safetensors F8_E4M3 weight + F32 weight_scale (compressed-tensors FP8, vLLM)",
+               "fp8 e4m3 of w / s, s = max(amax / 448, 2**-23) per channel (or per tensor)",
+               "safetensors (vLLM / compressed-tensors)"),
     ]
 }

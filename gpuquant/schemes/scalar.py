@@ -134,6 +134,16 @@ class ScalarScheme(Scheme):
     def needs_fit(self) -> bool:
         return self.params["range"] != "given"
 
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        method = p["range"]
+        if method == "quantile":
+            method = f"quantile {p['quantile']} ({p['quantile_method']})"
+        return {"scope": p["granularity"], "range_method": method, "rounding": p["rounding"],
+                "encoding": (f"signed int{p['bits']} = level - {self.half}" if p["signed"]
+                             else f"unsigned {p['bits']}-bit level"),
+                **({"nibble_order": p["nibble_order"]} if p["bits"] == 4 else {})}
+
     @property
     def code_dtype(self) -> np.dtype:
         if self.params["bits"] == 8 and self.params["signed"]:

@@ -1,0 +1,127 @@
+"""Family ``scaled_fp8``: FP8 weights with a float32 ``weight_scale`` per output channel or per tensor.
+
+This is the checkpoint layout of compressed-tensors' ``float-quantized`` FP8 weights (what vLLM
+loads from a ``.safetensors`` file: ``weight`` as ``F8_E4M3`` and ``weight_scale`` as ``F32``);
+:mod:`gpuquant.weights` writes and reads such files.
+
+Parameters
+----------
+granularity : ``"channel"`` (default: one scale per row, i.e. per output channel of an
+    ``(out_features, in_features)`` weight; no fit) or ``"tensor"`` (one scale for the whole
+    tensor, fitted on it and kept in the state).
+format : ``"e4m3"`` (``float8_e4m3fn``, max ``M = 448``, the default) or ``"e5m2"`` (max 57344).
+
+Math, float32 throughout (compressed-tensors ``calculate_qparams`` with ``symmetric=True`` for
+FP8, then its fake-quantize cast), never fused::
+
+    amax = max |w| over the row (channel) or over every fitted value (tensor)     (exact)
+    s    = max(f32(amax / M), FLT_EPSILON)        FLT_EPSILON = 2**-23: all-zero rows stay finite
+    q    = fp8(clip(f32(w / s), -M, M))           round to nearest even (ml_dtypes cast)
+    w'   = f32(f32(q) * s)                        (inverse)
+
+Codes: the fp8 values (``ml_dtypes`` dtype), shape ``(n, d)``. ``granularity="channel"`` has the
+side array ``weight_scale`` float32 of shape ``(n, 1)`` (the shape compressed-tensors writes);
+``"tensor"`` keeps ``weight_scale`` of shape ``(1,)`` in its state. NaN or ±Inf anywhere in a row is
+refused (``InputError`` naming the row), and fitting "tensor" refuses them too: a non-finite scale
+would poison every value. With a "tensor" scale fitted elsewhere, values beyond ``M * s`` clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gpuquant.errors import InputError
+from gpuquant.schemes.base import F32, Scheme, State, choice, require_rows, scratch
+
+FORMATS: dict[str, tuple[np.dtype, float]] = {
+    "e4m3": (np.dtype(ml_dtypes.float8_e4m3fn), 448.0),
+    "e5m2": (np.dtype(ml_dtypes.float8_e5m2), 57344.0),
+}
+FLT_EPSILON = F32(np.finfo(np.float32).eps)
+
+
+class ScaledFp8Scheme(Scheme):
+    """FP8 cast after dividing by a per-channel or per-tensor float32 scale (see the module docstring)."""
+
+    family = "scaled_fp8"
+    defaults = {"granularity": "channel", "format": "e4m3"}
+
+    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
+        choice(p, "granularity", ("channel", "tensor"))
+        choice(p, "format", tuple(FORMATS))
+        return p
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.params["granularity"] == "tensor"
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return FORMATS[self.params["format"]][0]
+
+    @property
+    def max_finite(self) -> float:
+        return FORMATS[self.params["format"]][1]
+
+    def code_shape(self, n: int, d: int) -> tuple[int, int]:
+        return (n, d)
+
+    def side_shapes(self, n: int, d: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        if self.params["granularity"] == "channel":
+            return {"weight_scale": ((n, 1), np.dtype(F32))}
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"scope": self.params["granularity"], "range_method": f"absmax / {self.max_finite:g}",
+                "rounding": "half_even (fp8 cast after clipping)", "encoding": f"fp8 {self.params['format']}"}
+
+    def scale_of(self, amax: np.ndarray) -> np.ndarray:
+        """``max(f32(amax / M), FLT_EPSILON)`` as float32."""
+        return np.maximum((np.asarray(amax, F32) / F32(self.max_finite)).astype(F32), FLT_EPSILON)
+
+    def fit(self, X: np.ndarray) -> State:
+        if self.params["granularity"] != "tensor":
+            return {}
+        require_rows(X, 1, "a tensor scale")
+        if not np.isfinite(X).all():
+            raise InputError("fit data contains NaN or ±Inf; remove or replace those rows before fitting")
+        return {"weight_scale": self.scale_of(np.abs(X).max(initial=F32(0))).reshape(1)}
+
+    def encode_into(
+        self,
+        X: np.ndarray,
+        state: State | None,
+        codes: np.ndarray,
+        side: dict[str, np.ndarray],
+        tmp: np.ndarray | None = None,
+    ) -> None:
+        n, d = X.shape
+        t = scratch(tmp, X.shape)
+        np.abs(X, out=t)
+        amax = t.max(axis=1, initial=F32(0))
+        bad = ~np.isfinite(amax)
+        if bad.any():
+            raise InputError(f"row {int(np.argmax(bad))} holds NaN or ±Inf; FP8 weights need finite values")
+        if self.params["granularity"] == "channel":
+            s = self.scale_of(amax).reshape(n, 1)
+            side["weight_scale"][...] = s
+        else:
+            assert state is not None
+            s = np.asarray(state["weight_scale"], F32).reshape(1, 1)
+        np.divide(X, s, out=t)
+        np.clip(t, F32(-self.max_finite), F32(self.max_finite), out=t)
+        np.copyto(codes, t, casting="unsafe")
+
+    def decode(
+        self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
+    ) -> np.ndarray:
+        if self.params["granularity"] == "channel":
+            s = np.asarray(side["weight_scale"], F32).reshape(-1, 1)
+        else:
+            assert state is not None
+            s = np.asarray(state["weight_scale"], F32).reshape(1, 1)
+        return (np.asarray(codes).astype(F32) * s).astype(F32)
