@@ -3,6 +3,9 @@
 >>> import gpuquant
 >>> q = gpuquant.Quantizer("cuvs-sq8")          # a preset, or a family plus parameters
 >>> # codes = q.fit(X).transform(X); X_hat = q.inverse_transform(codes)
+>>> # gpuquant.convert("big.npy", "big-codes", "int8-row")   # out of core, resumable
+>>> # gpuquant.open("big-codes").get_rows([5, 42, 7])         # random rows, dequantized
+>>> # gpuquant.plan("int8-row", dim=768, rows=10**9, gpu_memory="80GiB")
 
 Layers: ``gpuquant.schemes`` (the math and its numpy reference), ``gpuquant.backends`` (numpy,
 cupy), the public API here, and the ``gpuquant`` command line. ``import gpuquant`` needs only numpy
@@ -15,6 +18,9 @@ from gpuquant.backends import available_backends
 from gpuquant.codes import Codes
 from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError, NotFittedError
 from gpuquant.schemes import PRESETS, Preset, get_preset
+from gpuquant.planner import Plan, plan
+from gpuquant.store import Store, open  # noqa: A004 - gpuquant.open(path) opens a code store
+from gpuquant.engine import convert
 
 
 def presets() -> list[Preset]:
@@ -28,12 +34,18 @@ __all__ = [
     "GpuquantError",
     "InputError",
     "NotFittedError",
+    "Plan",
     "Preset",
     "Quantizer",
+    "Store",
     "__version__",
     "available_backends",
+    "convert",
     "dequantize",
     "get_preset",
+    "plan",
     "presets",
     "quantize",
 ]
+# ``gpuquant.open`` (a code store) is public but stays out of ``__all__``: ``from gpuquant import *``
+# must not shadow the builtin ``open``.

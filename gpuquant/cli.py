@@ -6,6 +6,7 @@ Subcommands::
     gpuquant fit INPUT --scheme S [--param k=v ...] -o QUANTIZER.json
     gpuquant convert INPUT OUTPUT (--scheme S [--param k=v ...] | --quantizer Q.json)
                                            fit if needed, transform, write the OUTPUT directory
+    gpuquant export-info [NAME] [--dim D]  how to load an export preset's codes (Qdrant, pgvector, ...)
     gpuquant inspect PATH                  a quantizer JSON, a converted directory or a .npy file
     gpuquant doctor                        GPU, driver, CUDA, CuPy, cuVS, NVML: what works, why not
 
@@ -166,6 +167,7 @@ def _preset_row(preset: Any) -> dict[str, Any]:
         "peer": preset.peer,
         "params": gio.to_jsonable(preset.params),
         "summary": preset.summary,
+        "consumer": getattr(preset, "consumer", ""),
     }
 
 
@@ -174,14 +176,15 @@ def cmd_schemes(args: argparse.Namespace) -> Report:
     import gpuquant
 
     rows = [_preset_row(p) for p in gpuquant.presets()]
-    head = f"{'preset':<14} {'family':<8} {'code dtype':<14} {'B/value':>7}  {'side':<8} peer"
+    head = f"{'preset':<16} {'family':<10} {'code dtype':<14} {'B/value':>7}  {'side':<12} peer"
     lines = [head, "-" * len(head)]
     for r in rows:
         side = ",".join(r["side"]) or "-"
         lines.append(
-            f"{r['name']:<14} {r['family']:<8} {r['code_dtype']:<14} {r['bytes_per_value']:>7.4g}  "
-            f"{side:<8} {r['peer']}"
+            f"{r['name']:<16} {r['family']:<10} {r['code_dtype']:<14} {r['bytes_per_value']:>7.4g}  "
+            f"{side:<12} {r['peer']}" + (f"  [export for {r['consumer']}]" if r["consumer"] else "")
         )
+    lines.append("export presets: `gpuquant export-info NAME` says how to load their codes")
     return {"presets": rows}, "\n".join(lines)
 
 
@@ -266,28 +269,6 @@ def _load_quantizer(path: str, backend: str) -> Any:
     return q
 
 
-def sample_error(q: Any, X: np.ndarray, rows: int = ERROR_SAMPLE_ROWS) -> dict[str, Any]:
-    """Relative reconstruction error ``||X - X^||_F / ||X||_F`` on up to ``rows`` evenly spaced rows.
-
-    Only entries finite in both ``X`` and the reconstruction count. Schemes without an inverse
-    (if any) report ``None`` with the reason.
-    """
-    n = X.shape[0]
-    idx = np.unique(np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64))
-    Xs = np.asarray(X[idx], dtype=np.float32)
-    try:
-        Xh = _to_numpy(q.inverse_transform(q.transform(Xs))).astype(np.float64)
-    except (NotImplementedError, GpuquantError) as exc:
-        return {"rows": int(idx.size), "rel_error": None, "reason": str(exc)}
-    ref = Xs.astype(np.float64)
-    ok = np.isfinite(ref) & np.isfinite(Xh)
-    denom = float(np.linalg.norm(ref[ok]))
-    diff = ref[ok] - Xh[ok]
-    rel = float(np.linalg.norm(diff)) / denom if denom > 0 else float(np.linalg.norm(diff))
-    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-    return {"rows": int(idx.size), "rel_error": rel, "max_abs_error": max_abs}
-
-
 def _backend_used(q: Any, strict: bool = False) -> str:
     """The backend that runs (``auto`` resolved), e.g. ``numpy`` or ``cupy``.
 
@@ -302,19 +283,6 @@ def _backend_used(q: Any, strict: bool = False) -> str:
         return str(getattr(q, "backend_name", "?"))
 
 
-def _convert_manifest(q: Any, codes: Any, source: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "scheme": codes.scheme or getattr(q, "name", None) or q.scheme.family,
-        "preset": getattr(q, "preset", None),
-        "family": q.scheme.family,
-        "params": gio.to_jsonable(q.scheme.params),
-        "dim": int(getattr(codes, "dim", 0) or source["shape"][1]),
-        "rows": int(source["shape"][0]),
-        "backend": _backend_used(q),
-        "source": source,
-    }
-
-
 def _convert_human(doc: dict[str, Any]) -> str:
     src, err = doc["source"], doc["reconstruction"]
     rel = "n/a" if err["rel_error"] is None else f"{err['rel_error']:.3e}"
@@ -326,12 +294,21 @@ def _convert_human(doc: dict[str, Any]) -> str:
             f"codes      {doc['codes']['dtype']}{tuple(doc['codes']['shape'])} "
             f"(stored as {doc['codes']['stored_dtype']}); side arrays: {side}",
             f"time       {doc['seconds']['total']:.3f} s (fit {doc['seconds']['fit']:.3f}, "
-            f"transform {doc['seconds']['transform']:.3f}, write {doc['seconds']['write']:.3f})",
+            f"stream {doc['seconds']['transform']:.3f} of which final fsync {doc['seconds'].get('flush', 0.0):.3f})",
+            f"throughput {_rate(doc)} on {doc['device']}, batches of {doc['batch_rows']} rows"
+            + (f", resumed at row {doc['resumed_from']}" if doc.get("resumed_from") is not None else ""),
             f"size       {doc['mb_in']:.3f} MB in, {doc['mb_out']:.3f} MB out, "
             f"compression {doc['compression_ratio']:.2f}x",
             f"error      relative reconstruction error {rel} on {err['rows']} sampled rows",
         ]
     )
+
+
+def _rate(doc: dict[str, Any]) -> str:
+    t = doc.get("throughput") or {}
+    if not t.get("rows_per_s"):
+        return "n/a"
+    return f"{t['rows_per_s']:,.0f} rows/s, {t['gb_per_s_in']:.3f} GB/s of input"
 
 
 def _get_quantizer(args: argparse.Namespace) -> Any:
@@ -343,48 +320,86 @@ def _get_quantizer(args: argparse.Namespace) -> Any:
     return _make_quantizer(args.scheme, _params(args.param), args.backend)
 
 
-def _fit_if_needed(q: Any, args: argparse.Namespace, X: np.ndarray) -> float:
-    if args.quantizer:
-        return 0.0
-    log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
-    t0 = time.perf_counter()
-    q.fit(X)
-    return time.perf_counter() - t0
+def _convert_device(args: argparse.Namespace) -> str:
+    """--device, reconciled with the older --backend (numpy = cpu, cupy = gpu)."""
+    implied = {"numpy": "cpu", "cupy": "gpu"}.get(args.backend)
+    if implied and args.device not in ("auto", implied):
+        raise UsageError(f"gpuquant convert: error: --backend {args.backend} and --device {args.device} disagree")
+    return implied or args.device
 
 
 def cmd_convert(args: argparse.Namespace) -> Report:
-    """Fit (unless given a quantizer), transform INPUT, write the OUTPUT directory atomically."""
-    gio.check_output(args.output, args.overwrite)
-    t_start = time.perf_counter()
-    q = _get_quantizer(args)
-    _backend_used(q, strict=True)
-    X, source = _load_input(args.input)
-    fit_s = _fit_if_needed(q, args, X)
-    log.info("transforming %d rows on backend %s", X.shape[0], _backend_used(q))
-    t0 = time.perf_counter()
-    codes = q.transform(X)
-    transform_s = time.perf_counter() - t0
-    host = type(codes)(_to_numpy(codes.data), {k: _to_numpy(v) for k, v in codes.side.items()},
-                       codes.scheme, getattr(codes, "dim", X.shape[1]))
-    log.info("writing %s", args.output)
-    t0 = time.perf_counter()
-    manifest = _convert_manifest(q, host, source)
-    gio.write_converted(args.output, host, q, manifest, overwrite=args.overwrite)
-    write_s = time.perf_counter() - t0
-    total_s = time.perf_counter() - t_start  # the conversion; the error sample below is extra
-    written = gio.read_converted(args.output).manifest
-    out_bytes = int(host.data.nbytes + sum(v.nbytes for v in host.side.values()))
-    doc = {
-        **written,
-        "output": str(Path(args.output)),
-        "mb_in": _mb(X.nbytes),
-        "mb_out": _mb(out_bytes),
-        "compression_ratio": round(X.nbytes / out_bytes, 4) if out_bytes else None,
-        "reconstruction": sample_error(q, X),
-        "seconds": {"fit": round(fit_s, 4), "transform": round(transform_s, 4),
-                    "write": round(write_s, 4), "total": round(total_s, 4)},
-    }
+    """Stream INPUT through the quantizer into the OUTPUT store (fit first if needed); resumable."""
+    from gpuquant.engine import convert
+
+    if not (args.scheme or args.quantizer or args.resume):
+        raise UsageError("gpuquant convert: error: one of the arguments --scheme --quantizer is required "
+                         "(or --resume, which takes them from OUTPUT)")
+    device = _convert_device(args)
+    q = _get_quantizer(args) if (args.scheme or args.quantizer) else None
+    if q is not None and args.backend != "auto":
+        _backend_used(q, strict=True)
+    path, demo = _resolve_input(args.input)
+    if demo and args.shape:
+        raise InputError("--shape is for raw float32 files, not the demo dataset")
+    log.info("reading %s", "the demo dataset" if demo else path)
+    doc = convert(path, args.output, q, device=device, batch_rows=args.batch_rows, resume=args.resume,
+                  overwrite=args.overwrite, progress=args.format == "human", shape=args.shape,
+                  source_info={"demo": demo})
+    doc["seconds"]["fit"] = 0.0 if args.quantizer else doc["seconds"]["fit"]
     return doc, _convert_human(doc)
+
+
+# ------------------------------------------------------------------------------------------------
+# plan
+
+
+def cmd_plan(args: argparse.Namespace) -> Report:
+    """The N_max planner: what fits on the GPU for an operation (see gpuquant.planner)."""
+    from gpuquant.engine.sources import open_source
+    from gpuquant.planner import plan
+
+    rows, dim, dtype = args.rows, args.dim, args.dtype
+    if args.input:
+        path, _ = _resolve_input(args.input)
+        src = open_source(path, shape=args.shape)
+        rows, dim, dtype = rows or src.rows, dim or src.dim, src.dtype.name if args.dtype is None else dtype
+        src.close()
+    if dim is None:
+        raise UsageError("gpuquant plan: error: give INPUT, or --dim (and --rows) to plan without a file")
+    if args.quantizer:
+        if args.param:
+            raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
+        scheme: Any = _load_quantizer(args.quantizer, "numpy")
+        params = None
+    else:
+        scheme, params = args.scheme, _params(args.param)
+    bandwidths = {k: v * 1e9 for k, v in (("read", args.read_gbs), ("write", args.write_gbs),
+                                          ("h2d", args.h2d_gbs), ("d2h", args.d2h_gbs)) if v is not None}
+    p = plan(scheme, params=params, dim=dim, rows=rows, dtype=dtype or "float32", op=args.op,
+             gpu_memory=args.gpu_memory, other=args.other, headroom=args.headroom, in_flight=args.in_flight,
+             batch_rows=args.batch_rows, output=args.output, bandwidths=bandwidths or None, measure=args.measure)
+    p.require()
+    return p.to_dict(), p.text()
+
+
+# ------------------------------------------------------------------------------------------------
+# export-info
+
+
+def cmd_export_info(args: argparse.Namespace) -> Report:
+    """How to load an export preset's codes into its consumer (or the list of export presets)."""
+    from dataclasses import asdict
+
+    from gpuquant import export
+
+    if not args.name:
+        rows = [{"name": e.preset, "consumer": e.consumer, "encoding": e.encoding} for e in export.EXPORTS.values()]
+        lines = [f"{r['name']:<18} {r['consumer']}" for r in rows]
+        return {"exports": rows}, "\n".join(lines + ["details: gpuquant export-info NAME [--dim D]"])
+    info = export.export_info(args.name)
+    doc = {"export": export.loading_entry(args.name, args.dim) or asdict(info)}
+    return doc, export.render(info, args.dim)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -415,6 +430,9 @@ def _inspect_converted(p: Path) -> Report:
         f"(stored as {m['codes']['stored_dtype']})",
         f"source   {m.get('source', {}).get('path')} {tuple(m.get('source', {}).get('shape', ()))} "
         f"{m.get('source', {}).get('dtype')}",
+        f"state    {m.get('state', {}).get('status', 'complete')}, {m.get('state', {}).get('rows_done', m.get('rows'))} "
+        f"of {m.get('rows')} rows written" + ("" if m.get("state", {}).get("status", "complete") == "complete"
+                                              else " (continue with gpuquant convert ... --resume)"),
     ]
     lines += [_fmt_summary(k, s) for k, s in side.items()]
     return doc, "\n".join(lines + _quantizer_lines(info))
@@ -622,6 +640,16 @@ def _add_scheme_args(p: argparse.ArgumentParser) -> None:
                    help="auto (GPU when one works, else numpy), numpy, or cupy (never falls back)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gpuquant`` argument parser."""
     common = _common()
@@ -642,15 +670,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("convert", parents=[common], help="quantize INPUT into the OUTPUT directory")
-    p.add_argument("input", metavar="INPUT", help="a .npy file (2-D float) or 'demo'")
-    p.add_argument("output", metavar="OUTPUT", help="the directory to write (must not exist)")
-    how = p.add_mutually_exclusive_group(required=True)
+    p = sub.add_parser("convert", parents=[common], help="stream INPUT through a quantizer into the OUTPUT store")
+    p.add_argument("input", metavar="INPUT",
+                   help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, or 'demo'")
+    p.add_argument("output", metavar="OUTPUT", help="the store directory to write (must not exist)")
+    how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", help="fit this preset or family on INPUT")
     how.add_argument("--quantizer", metavar="Q.json", help="use this fitted quantizer")
     _add_scheme_args(p)
+    p.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                   help="auto (the GPU when one works and implements the scheme), gpu (never falls back), cpu")
+    p.add_argument("--batch-rows", type=_positive_int, metavar="N",
+                   help="rows per batch (default: the planner's N_max on the GPU, 8 MiB of input on the CPU)")
+    p.add_argument("--shape", metavar="ROWS,DIM", help="INPUT is raw float32 of this shape (ROWS may be auto: from the file size)")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished store OUTPUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing gpuquant output directory")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("plan", parents=[common], help="N_max: the batch that fits on the GPU, peak, time, disk")
+    p.add_argument("input", metavar="INPUT", nargs="?", help="a .npy, raw (with --shape), shard directory or 'demo'")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")
+    how.add_argument("--quantizer", metavar="Q.json", help="a saved quantizer")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a scheme parameter (repeatable)")
+    p.add_argument("--op", choices=("fit", "transform", "inverse", "convert"), default="convert")
+    p.add_argument("--rows", type=_positive_int, help="rows (default: INPUT's)")
+    p.add_argument("--dim", type=_positive_int, help="dimensions (default: INPUT's)")
+    p.add_argument("--dtype", choices=("float16", "float32", "float64"), default=None, help="input dtype (float32)")
+    p.add_argument("--shape", metavar="ROWS,DIM", help="INPUT is raw float32 of this shape")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="free GPU memory to plan with, e.g. 80GiB (no GPU needed)")
+    p.add_argument("--other", metavar="SIZE", default="0", help="M_other: memory used by other things (default 0)")
+    p.add_argument("--headroom", type=float, default=0.10, help="H, the scratch headroom fraction (default 0.10)")
+    p.add_argument("--in-flight", type=_positive_int, default=2, help="convert: batches in flight (default 2)")
+    p.add_argument("--batch-rows", type=_positive_int, metavar="N", help="convert: plan this batch size instead")
+    p.add_argument("--output", metavar="DIR", help="convert: where the output goes (checks the free disk space)")
+    for name in ("read", "write", "h2d", "d2h"):
+        p.add_argument(f"--{name}-gbs", type=float, metavar="GB/S", help=f"{name} bandwidth for the time estimate")
+    p.add_argument("--measure", action="store_true", help="run one batch on the GPU: real peak and H_measured")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("export-info", parents=[common],
+                       help="how to load an export preset's codes into its consumer (Qdrant, pgvector, GGUF, ...)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="an export preset; none: list them")
+    p.add_argument("--dim", type=int, help="fill the number of dimensions into the snippet")
+    p.set_defaults(func=cmd_export_info)
 
     p = sub.add_parser("inspect", parents=[common], help="describe a quantizer JSON, an output directory or a .npy")
     p.add_argument("path", metavar="PATH")
@@ -661,11 +724,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the one at setup)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(fmt: str) -> None:
     logger = logging.getLogger("gpuquant")
     for h in [h for h in logger.handlers if getattr(h, "_gpuquant_cli", False)]:
         logger.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("gpuquant: %(message)s"))
     handler._gpuquant_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -17,6 +17,8 @@ The converted directory (:func:`write_converted`, :func:`read_converted`) holds:
                        array: file, shape, logical ``dtype`` and ``stored_dtype``; plus the source
 
 Every file is plain: ``np.load(OUTPUT / "codes.npy", mmap_mode="r")`` works without gpuquant.
+This is the format of :mod:`gpuquant.store` (which ``gpuquant convert`` streams into, in place,
+resumably); :func:`write_converted` writes a whole in-memory ``Codes`` at once, already complete.
 The directory is written into a temporary sibling (``.OUTPUT.partial-*``), each file flushed and
 fsync'ed, and then renamed into place, so a reader never sees a half-written OUTPUT. Replacing an
 existing OUTPUT (``overwrite=True``) is allowed only for a previous gpuquant output or an empty
@@ -65,7 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "gpuquant-codes"
-FORMAT_VERSION = 1
+#: 2: the streamed store (``gpuquant.store``): ``rows``, ``dim`` and ``state`` in the manifest.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 QUANTIZER = "quantizer.json"
 CODES = "codes.npy"
@@ -390,11 +393,14 @@ def _write_contents(
         "gpuquant_version": __version__,
     }
     doc.update(to_jsonable(dict(extra)))
+    doc.setdefault("rows", int(np.asarray(codes.data).shape[0]))
+    doc.setdefault("dim", int(getattr(codes, "dim", 0) or np.asarray(codes.data).shape[1]))
     doc["codes"] = _save_npy(tmp / CODES, np.asarray(codes.data))
     doc["side"] = {name: _save_npy(tmp / f"{name}.npy", np.asarray(arr)) for name, arr in codes.side.items()}
     quantizer.save(tmp / QUANTIZER)
     _fsync_file(tmp / QUANTIZER)
     doc["quantizer"] = QUANTIZER
+    doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
     with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2, allow_nan=False)
         f.write("\n")

@@ -1,0 +1,207 @@
+"""Fitting over a stream: the same state as the in-memory ``Quantizer.fit``, without holding the rows.
+
+What each scheme needs, and how it is computed here (rows converted to float32 first, as
+everywhere):
+
+* no state (``absmax``, ``float``, ``binary`` with zero thresholds, ``scalar`` with given ranges):
+  nothing to read.
+* inputs of at most :data:`GATHER_BYTES` as float32: every row is read and the reference
+  ``scheme.fit`` runs on them: identical by construction.
+* ``scalar`` min/max and absmax ranges, and the one tensor-wide scale of ``absmax`` /
+  ``scaled_fp8`` with ``granularity="tensor"`` (``max |x|``): one pass of per-column min and max
+  (NaN propagates); the reference then runs on the 2-row summary ``[mins; maxs]``, whose min, max
+  and max |x| (global or per column) are exactly those of all rows, so the range, the absmax
+  symmetrisation, the scale and every check (NaN, ±Inf) are the reference's own.
+* ``scalar`` quantile, ``quantile_method="cuvs"``: the sample is ``sample_rows(n, min(1e6 // d, n))``
+  (at most a million values), gathered by row (random reads, not a full pass) and given to the
+  reference, which then uses all of them: identical to the in-memory fit at any size.
+* ``scalar`` quantile, ``quantile_method="exact"``, and ``binary`` median: exact order statistics by
+  a radix select over order-preserving uint32 keys: three passes (11, 11 and 10 bits of the key),
+  each a histogram of the next digit among the values whose higher digits match the ranks' prefix,
+  per column or over all values. No sort, memory bounded by one batch and ``d * 2048`` counters.
+  Equal to ``np.partition``'s values (a zero may come back as -0.0 where the reference has +0.0 or
+  the other way round: they compare equal and give the same codes).
+* ``binary`` mean: a float64 column sum accumulated row by row in the input's order (numpy's own
+  order for ``X.sum(axis=0, dtype=float64)`` on a C-ordered matrix), divided by n, rounded to
+  float32: equal to the reference.
+
+NaN is refused exactly where the reference refuses it, with the reference's message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from gpuquant.engine.sources import Source
+from gpuquant.errors import InputError
+from gpuquant.schemes.base import F32, F64, State, require_rows
+from gpuquant.schemes.scalar import (
+    ScalarScheme,
+    cuvs_sample_size,
+    quantile_positions,
+    sample_rows,
+)
+
+log = logging.getLogger("gpuquant.engine")
+
+#: Inputs up to this many float32 bytes are fitted in memory (all rows gathered).
+GATHER_BYTES = 256 * 2**20
+#: Values per batch of a fit pass.
+FIT_BATCH_VALUES = 1 << 22
+DIGITS = (11, 11, 10)  # radix-select digit widths, most significant first
+NAN_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
+
+
+def needs_pass(scheme: Any) -> bool:
+    return bool(scheme.needs_fit)
+
+
+def batches(source: Source, batch_rows: int | None = None) -> Iterator[np.ndarray]:
+    """float32 batches of the whole source, in order; the next batch is read (into the second of
+    two reused buffers) while the caller works on the current one."""
+    rows = batch_rows or max(1, FIT_BATCH_VALUES // source.dim)
+    bufs = [np.empty((min(rows, source.rows), source.dim), source.dtype) for _ in range(2)]
+    ranges = [(a, min(source.rows, a + rows)) for a in range(0, source.rows, rows)]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuquant-fit-reader")
+    try:
+        pending = pool.submit(source.read_into, *ranges[0], bufs[0]) if ranges else None
+        for i in range(len(ranges)):
+            x = pending.result()  # type: ignore[union-attr]
+            if i + 1 < len(ranges):
+                pending = pool.submit(source.read_into, *ranges[i + 1], bufs[(i + 1) % 2])
+            yield np.asarray(x, dtype=F32)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _split(x: np.ndarray, fn: Callable[[np.ndarray], Any]) -> list[Any]:
+    """``fn`` over row slices of ``x`` on the numpy backend's threads (numpy releases the GIL)."""
+    from gpuquant.backends.numpy_backend import _pool, worker_count
+
+    parts = max(1, min(worker_count(), x.shape[0] // 1024))
+    if parts == 1:
+        return [fn(x)]
+    edges = np.linspace(0, x.shape[0], parts + 1).astype(int)
+    return [f.result() for f in [_pool().submit(fn, x[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]]
+
+
+def fit_stream(scheme: Any, source: Source, *, gather_bytes: int = GATHER_BYTES,
+               on_pass: Callable[[str], None] | None = None) -> State:
+    """The state ``scheme.fit`` would compute on all rows of ``source`` (see the module docstring)."""
+    n, d = source.shape
+    p = scheme.params
+    say = on_pass or (lambda what: log.info("fit: %s", what))
+    if n * d * 4 <= gather_bytes:
+        say(f"reading all {n} rows")
+        return scheme.fit(np.asarray(source.read(0, n), dtype=F32))
+    family = scheme.family
+    summary = (family == "scalar" and p["range"] in ("minmax", "absmax")) or (
+        family in ("absmax", "scaled_fp8") and p.get("granularity") == "tensor")
+    if summary:
+        per_dim = family == "scalar" and p["granularity"] == "dimension"
+        require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+        say("min/max pass")
+        lo = np.full(d, np.inf, F32)
+        hi = np.full(d, -np.inf, F32)
+        for x in batches(source):
+            for mn, mx in _split(x, lambda part: (part.min(axis=0), part.max(axis=0))):
+                np.minimum(lo, mn, out=lo)
+                np.maximum(hi, mx, out=hi)
+        return scheme.fit(np.stack([lo, hi]))
+    if family == "scalar" and p["range"] == "quantile":
+        if p["quantile_method"] == "cuvs":
+            rows = sample_rows(n, cuvs_sample_size(n, d))
+            say(f"gathering the {rows.size} sampled rows")
+            return scheme.fit(np.asarray(source.take(rows), dtype=F32))
+        per_dim = p["granularity"] == "dimension"
+        require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+        size = n if per_dim else n * d
+        lo_pos, hi_pos = quantile_positions(size, p["quantile"])
+        lo, hi = select(source, [lo_pos, hi_pos], per_dim, say)
+        lo, hi = lo.astype(F32).reshape(-1).copy(), hi.astype(F32).reshape(-1).copy()
+        ScalarScheme._check_range(lo, hi)
+        return {"lo": lo, "hi": hi}
+    if family == "binary" and p["threshold"] == "mean":
+        say("column sums")
+        acc = np.zeros(d, F64)
+        for x in batches(source):
+            if np.isnan(x).any():
+                raise InputError(NAN_MESSAGE)
+            acc = np.add.reduce(np.concatenate([acc[None, :], x.astype(F64)]), axis=0)
+        return {"thresholds": (acc / n).astype(F32)}
+    if family == "binary" and p["threshold"] == "median":
+        a, b = select(source, [(n - 1) // 2, n // 2], True, say)
+        return {"thresholds": ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)}
+    say(f"reading all {n} rows (no streaming fit for this scheme)")
+    return scheme.fit(np.asarray(source.read(0, n), dtype=F32))
+
+
+# --------------------------------------------------------------------------------------------
+# radix select
+
+
+def order_keys(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint32 keys whose unsigned order is the float order (-NaN < -inf < ... < inf < NaN)."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    flip = (u >> np.uint32(31)) * np.uint32(0x7FFFFFFF)  # negative: flip every bit; positive: the sign bit
+    return u ^ (flip | np.uint32(0x80000000))
+
+
+def keys_to_values(keys: np.ndarray) -> np.ndarray:
+    keys = np.asarray(keys, np.uint32)
+    bits = np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys)
+    return bits.astype(np.uint32).view(F32)
+
+
+def select(source: Source, ranks: list[int], per_dim: bool,
+           say: Callable[[str], None] = lambda _: None) -> list[np.ndarray]:
+    """Exact order statistics at ``ranks`` (0-based, ascending) of every column (``per_dim``) or of all
+    values, by three streaming radix-select passes. Returns one float32 array per rank, shape (d,)
+    or (1,). Refuses NaN like the reference (``fit data contains NaN``)."""
+    d = source.dim
+    cols = d if per_dim else 1
+    prefix = [np.zeros(cols, np.uint32) for _ in ranks]
+    remaining = [np.full(cols, r, np.int64) for r in ranks]
+    shift_done = 32
+    for pass_no, width in enumerate(DIGITS):
+        shift = shift_done - width
+        bins = 1 << width
+        say(f"radix select pass {pass_no + 1} of {len(DIGITS)}")
+        offsets = (np.arange(d, dtype=np.intp) * bins)[None, :] if per_dim else np.intp(0)
+        wanted = [(p[None, :] if per_dim else p[0]) for p in prefix]
+
+        def count(x: np.ndarray, pass_no: int = pass_no, shift: int = shift, shift_done: int = shift_done,
+                  bins: int = bins, offsets: Any = offsets, wanted: list[Any] = wanted) -> list[np.ndarray]:
+            """This pass's histograms (one per rank) of the rows ``x``."""
+            if pass_no == 0 and np.isnan(x).any():
+                raise InputError(NAN_MESSAGE)
+            keys = order_keys(x)
+            flat = ((keys >> np.uint32(shift)) & np.uint32(bins - 1)).astype(np.intp)
+            flat += offsets
+            if pass_no == 0:
+                return [np.bincount(flat.reshape(-1), minlength=cols * bins)] * len(ranks)
+            high = keys >> np.uint32(shift_done)
+            return [np.bincount(flat[high == want], minlength=cols * bins) for want in wanted]
+
+        hists = [np.zeros(cols * bins, np.int64) for _ in ranks]
+        for x in batches(source):
+            for part in _split(x, count):
+                for hist, h in zip(hists, part, strict=True):
+                    hist += h
+        for j in range(len(ranks)):
+            h = hists[j].reshape(cols, bins)
+            cum = np.cumsum(h, axis=1)
+            bucket = (cum <= remaining[j][:, None]).sum(axis=1)
+            below = np.where(bucket > 0, cum[np.arange(cols), np.maximum(bucket - 1, 0)], 0)
+            remaining[j] = remaining[j] - below
+            prefix[j] = (prefix[j] << np.uint32(width)) | bucket.astype(np.uint32)
+        shift_done = shift
+    return [keys_to_values(p) for p in prefix]
+
+
+__all__ = ["GATHER_BYTES", "fit_stream", "keys_to_values", "needs_pass", "order_keys", "select"]
