@@ -9,6 +9,17 @@ out; CuPy in, CuPy out on the GPU backend).
 Saved quantizers are one JSON file: format tag, gpuquant version, scheme name, family, every
 parameter, the fitted dimension and the state arrays inline (dtype, shape, and the raw little-endian
 bytes in base64, so the values round-trip exactly). Nothing is pickled.
+
+That file is the **portable calibration file**: fit on the corpus once, save, and encode queries
+later with ``Quantizer.load(path).transform(queries)``: the queries get exactly the corpus's ranges,
+thresholds or scale (never ranges computed from the queries themselves, the single-query
+calibration bug of per-batch quantizers). Besides what loading needs it carries a readable
+``calibration`` summary: scope (tensor / dimension / row / block), range method, rounding, bit
+order, signed/offset encoding, the Matryoshka ``truncate_dim`` and the dimension it was fitted on.
+
+``truncate_dim=k`` (any scheme) makes every verb first keep the first ``k`` dimensions of each row
+and L2-renormalise it (:func:`gpuquant.matryoshka.truncate_renormalize`: truncate, renormalise,
+then quantize); codes and reconstructions then have ``k`` dimensions.
 """
 
 from __future__ import annotations
@@ -24,9 +35,10 @@ import numpy as np
 
 from gpuquant._validate import as_matrix, check_dim
 from gpuquant._version import __version__
-from gpuquant.backends import Backend, resolve
+from gpuquant.backends import Backend, is_device_array, resolve_for
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError, NotFittedError
+from gpuquant.matryoshka import truncate_renormalize
 from gpuquant.schemes import FAMILIES, PRESETS, make_scheme
 
 FORMAT_TAG = "gpuquant.quantizer"
@@ -46,9 +58,16 @@ class Quantizer:
     True
     """
 
-    def __init__(self, scheme: str = "int8-row", *, backend: str = "auto", **params: Any) -> None:
+    def __init__(
+        self, scheme: str = "int8-row", *, backend: str = "auto", truncate_dim: int | None = None, **params: Any
+    ) -> None:
         self.name = scheme
         self.scheme = make_scheme(scheme, **params)
+        if truncate_dim is not None:
+            if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or truncate_dim < 1:
+                raise InputError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
+            truncate_dim = int(truncate_dim)
+        self.truncate_dim: int | None = truncate_dim
         self.backend_name = backend
         self._backend: Backend | None = None
         self.state: dict[str, np.ndarray] | None = self.scheme.initial_state()
@@ -75,7 +94,7 @@ class Quantizer:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = resolve(self.backend_name)
+            self._backend = resolve_for(self.backend_name, self.scheme)
         return self._backend
 
     def __repr__(self) -> str:
@@ -85,13 +104,15 @@ class Quantizer:
         shown = ", ".join(f"{k}={v!r}" for k, v in changed.items() if v is not None)
         fitted = f"fitted, dim={self.dim}" if self.state is not None and self.scheme.needs_fit else (
             "no fit needed" if not self.scheme.needs_fit else "not fitted")
+        if self.truncate_dim is not None:
+            shown = ", ".join(filter(None, [shown, f"truncate_dim={self.truncate_dim}"]))
         return (f"Quantizer({self.name!r}{', ' + shown if shown else ''}, family={self.family!r}, "
                 f"{self.scheme.bytes_per_value:g} B/value, {fitted}, backend={self.backend_name!r})")
 
     # -- verbs --------------------------------------------------------------------------------
     def fit(self, X: Any) -> Quantizer:
         """Train the scheme's state on every row of ``X`` (2-D float); returns ``self``."""
-        X = as_matrix(X)
+        X = self._prepare(as_matrix(X))
         if X.shape[0] == 0:
             raise InputError("cannot fit on 0 rows")
         self.scheme.check_dim(X.shape[1])
@@ -103,7 +124,7 @@ class Quantizer:
     def transform(self, X: Any, out: Any = None) -> Codes:
         """Encode ``X``; ``out=`` takes a preallocated code array (or ``Codes`` with side arrays)."""
         self._require_fitted()
-        X = as_matrix(X)
+        X = self._prepare(as_matrix(X))
         check_dim(X, self.dim)
         self.scheme.check_dim(X.shape[1])
         codes = self.backend.transform(self.scheme, self.state, X, out=out)
@@ -130,7 +151,10 @@ class Quantizer:
             "family": self.family,
             "params": self.scheme.params,
             "dim": self.dim,
+            "truncate_dim": self.truncate_dim,
             "state": None if self.state is None else {k: _encode_array(v) for k, v in self.state.items()},
+            "calibration": {**self.scheme.describe(), "truncate_dim": self.truncate_dim, "fitted_dim": self.dim,
+                            "fitted": self.is_fitted},
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -150,7 +174,7 @@ class Quantizer:
         family = doc.get("family")
         if family not in FAMILIES:
             raise InputError(f"unknown scheme family {family!r} in quantizer file")
-        q = cls(family, backend=backend, **doc.get("params", {}))
+        q = cls(family, backend=backend, truncate_dim=doc.get("truncate_dim"), **doc.get("params", {}))
         q.name = doc.get("scheme", family)
         state = doc.get("state")
         q.state = None if state is None else {k: _decode_array(v, k) for k, v in state.items()}
@@ -169,6 +193,10 @@ class Quantizer:
         return cls.from_dict(doc, backend=backend)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _prepare(self, X: Any) -> Any:
+        """The Matryoshka step (truncate, renormalise) when ``truncate_dim`` is set, else ``X``."""
+        return X if self.truncate_dim is None else truncate_renormalize(X, self.truncate_dim)
+
     def _require_fitted(self) -> None:
         if not self.is_fitted:
             raise NotFittedError(f"this {self.name!r} quantizer needs fit(X) before transform")
@@ -189,7 +217,7 @@ class Quantizer:
         if self.dim is not None and codes.dim != self.dim:
             raise InputError(f"codes have {codes.dim} dimensions but the quantizer was fitted on {self.dim}")
         expected = self.scheme.code_shape(len(codes), codes.dim)
-        if tuple(codes.data.shape) != expected or codes.data.dtype != self.scheme.code_dtype:
+        if tuple(codes.data.shape) != expected or not _dtype_matches(codes.data, self.scheme.code_dtype):
             raise InputError(
                 f"codes of {self.name!r} for dim={codes.dim} must be {self.scheme.code_dtype}{expected}, "
                 f"got {codes.data.dtype}{tuple(codes.data.shape)}"
@@ -207,6 +235,14 @@ class Quantizer:
         sizes = {v.size for v in state.values()}
         size = sizes.pop()
         return size if size > 1 else None
+
+
+def _dtype_matches(data: Any, expected: np.dtype) -> bool:
+    """Codes dtype check; CuPy has no fp8/bf16 dtypes, so on the device those codes are their raw
+    uint8/uint16 bits."""
+    if data.dtype == expected:
+        return True
+    return is_device_array(data) and expected.kind not in "iuf" and data.dtype == np.dtype(f"u{expected.itemsize}")
 
 
 def _encode_array(a: np.ndarray) -> dict[str, Any]:

@@ -5,8 +5,11 @@
 
 ``resolve("auto")`` picks ``cupy`` when it works, else ``numpy``, and remembers why the GPU was
 skipped; an explicitly named backend never falls back: if it cannot run, ``resolve`` raises
-``BackendUnavailableError`` with the reason. GPU libraries are imported only inside the cupy
-backend's module, which is imported only when that backend is asked for.
+``BackendUnavailableError`` with the reason. ``resolve_for(name, scheme)`` also asks whether the
+backend implements that scheme (:func:`supports`): ``auto`` then picks the first backend that
+does, and an explicit backend that does not raises ``BackendUnavailableError`` saying so. GPU
+libraries are imported only inside the cupy backend's module, which is imported only when that
+backend is asked for.
 """
 
 from __future__ import annotations
@@ -59,6 +62,38 @@ def availability(name: str) -> tuple[bool, str]:
 def available_backends() -> list[tuple[str, bool, str]]:
     """Every backend as (name, usable, reason)."""
     return [(name, *availability(name)) for name in _MODULES]
+
+
+def supports(name: str, scheme: Scheme) -> tuple[bool, str]:
+    """Whether backend ``name`` implements ``scheme`` (family and parameter values), and why not.
+
+    The numpy reference implements every scheme; a GPU backend answers with its ``supports(scheme)``
+    (the cupy backend: the kernel families; ``gguf`` and ``scaled_fp8`` are CPU-only for now).
+    """
+    if name == "numpy":
+        return True, "the numpy reference implements every scheme"
+    try:
+        cls = _backend_class(name)
+    except ImportError as exc:
+        return False, f"cannot import the {name} backend: {exc}"
+    own = getattr(cls, "supports", None)
+    if callable(own):  # the backend says which families and parameter values its kernels implement
+        return own(scheme)
+    return True, f"backend {name!r} declares no limits"
+
+
+def resolve_for(name: str, scheme: Scheme) -> Backend:
+    """The backend to run ``scheme`` on: like :func:`resolve`, also checking :func:`supports`."""
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            if availability(candidate)[0] and supports(candidate, scheme)[0]:
+                return _backend_class(candidate)()
+        raise BackendUnavailableError("no backend is available")  # numpy always is
+    backend = resolve(name)
+    ok, reason = supports(name, scheme)
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} cannot run this scheme: {reason}")
+    return backend
 
 
 def resolve(name: str) -> Backend:

@@ -128,7 +128,7 @@ def format_compile_error(filename: str, options: Sequence[str], log: str) -> str
         src_file, src_line = match.group("file"), int(match.group("line"))
         try:
             text = read_kernel_text(os.path.basename(src_file)).splitlines()[src_line - 1].strip()
-        except (OSError, IndexError, FileNotFoundError):
+        except (OSError, IndexError):
             text = "<source line unavailable>"
         lines.append(f"{src_file}:{src_line}: error{match.group('msg')}")
         lines.append(f"    {text}")

@@ -1,0 +1,223 @@
+"""Device training for the cupy backend: ranges, thresholds and quantiles (``kernels/train.cu``).
+
+Every function takes a C-contiguous 2-D CuPy array (float16, float32 or float64; values are taken
+as float32, float64 rounded to nearest even) and returns numpy float32 results equal to the
+reference's (``gpuquant.schemes``):
+
+* :func:`minmax` - min and max, global or per dimension, in one read pass (order-preserving uint32
+  keys and integer atomics; NaN detected in the same pass). Exact.
+* :func:`column_means` - float64 column sums (per-thread partial sums, then atomics) / n, rounded to
+  float32. The summation order differs from numpy's, so the float64 sum can differ in its last bits;
+  after rounding to float32 the mean equals the reference's except when the exact mean lies within a
+  few float64 ulps of a float32 rounding boundary.
+* :func:`column_order_statistics` - exact per-dimension order statistics (median, per-dimension
+  quantiles) from a CuPy sort of a float32 copy along the rows.
+* :func:`select_values` - exact order statistics of *all* values by radix select over the uint32
+  keys (11 + 11 + 10 bit digits: three read passes, no sort, no copy), two ranks at once.
+* :func:`quantile_range` - the scalar family's quantile range: ``method="cuvs"`` sorts the values of
+  the rows :func:`gpuquant.schemes.scalar.sample_rows` picks (the reference's own row selection, so
+  both use identical rows); ``method="exact"`` uses every row (radix select for one global range).
+
+:func:`fit` dispatches on the scheme family, like the reference ``scheme.fit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpuquant.backends import cuda_loader
+from gpuquant.backends.cupy_backend import INPUT_TYPES, THREADS, _cupy, grid_for
+from gpuquant.errors import InputError
+from gpuquant.schemes import Scheme
+from gpuquant.schemes.base import require_rows
+from gpuquant.schemes.scalar import ScalarScheme, cuvs_sample_size, quantile_positions, sample_rows
+
+TRAIN_FILE = "train.cu"
+NAN_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
+
+#: Every kernel instance (``name_expressions``) of ``kernels/train.cu``.
+NAME_EXPRESSIONS: tuple[str, ...] = tuple(
+    [f"{k}<{t}>" for k in ("to_float32", "minmax_global", "minmax_columns", "column_sums", "radix_histogram")
+     for t in INPUT_TYPES.values()] + ["radix_pick"]
+)
+_ROW_BLOCKS = 1024  # row slices of the column kernels (gridDim.y)
+
+
+def _kernel(name: str):
+    return cuda_loader.get_kernel(TRAIN_FILE, name, NAME_EXPRESSIONS)
+
+
+def _t(x: Any) -> str:
+    return INPUT_TYPES[np.dtype(x.dtype)]
+
+
+def keys_to_values(keys: np.ndarray) -> np.ndarray:
+    """Inverse of the order-preserving key (``gq::order_key``): uint32 keys to float32 values."""
+    keys = np.asarray(keys, np.uint32)
+    bits = np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+_KEY_POS_INF = 0xFF800000  # order_key(+inf); keys above are +NaN
+_KEY_NEG_INF = 0x007FFFFF  # order_key(-inf); keys below are -NaN
+
+
+def as_float32(x: Any) -> Any:
+    """``x`` as a float32 CuPy array (float64 rounded to nearest even, subnormal results kept)."""
+    cp = _cupy()
+    if x.dtype == cp.float32:
+        return x
+    y = cp.empty(x.shape, cp.float32)
+    _kernel(f"to_float32<{_t(x)}>")((grid_for(x.size),), (THREADS,), (x, y, np.int64(x.size)))
+    return y
+
+
+def minmax(x: Any, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) over all values (shape (1,)) or per column (shape (d,)); ``InputError`` on NaN."""
+    lo_keys, hi_keys = minmax_keys(x, per_dim)
+    if (hi_keys > _KEY_POS_INF).any() or (lo_keys < _KEY_NEG_INF).any():
+        raise InputError(NAN_MESSAGE)
+    return keys_to_values(lo_keys), keys_to_values(hi_keys)
+
+
+def minmax_keys(x: Any, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Order keys (``gq::order_key``) of the min and max, global (1,) or per column (d,), one pass."""
+    cp = _cupy()
+    n, d = (int(s) for s in x.shape)
+    width = d if per_dim else 1
+    kmin = cp.full(width, 0xFFFFFFFF, cp.uint32)
+    kmax = cp.zeros(width, cp.uint32)
+    if per_dim:
+        grid = (-(-d // THREADS), min(n, _ROW_BLOCKS))
+        _kernel(f"minmax_columns<{_t(x)}>")(grid, (THREADS,), (x, np.int64(n), np.int64(d), kmin, kmax))
+    else:
+        _kernel(f"minmax_global<{_t(x)}>")((grid_for(x.size),), (THREADS,), (x, np.int64(x.size), kmin, kmax))
+    return kmin.get(), kmax.get()
+
+
+def refuse_nan(x: Any) -> None:
+    """``InputError`` if the device array ``x`` holds NaN (one reduction, one sync)."""
+    cp = _cupy()
+    if x.size and bool(cp.isnan(x).any()):
+        raise InputError(NAN_MESSAGE)
+
+
+def column_means(x: Any) -> np.ndarray:
+    """float32(float64 column sum / n) per column."""
+    cp = _cupy()
+    n, d = (int(s) for s in x.shape)
+    sums = cp.zeros(d, cp.float64)
+    grid = (-(-d // THREADS), min(n, _ROW_BLOCKS))
+    _kernel(f"column_sums<{_t(x)}>")(grid, (THREADS,), (x, np.int64(n), np.int64(d), sums))
+    return (sums.get() / n).astype(np.float32)
+
+
+def column_order_statistics(x: Any, ranks: list[int]) -> np.ndarray:
+    """Rows ``ranks`` of ``x`` sorted along axis 0 (exact), shape (len(ranks), d), float32."""
+    cp = _cupy()
+    ordered = cp.sort(as_float32(x), axis=0)
+    return ordered[cp.asarray(np.asarray(ranks, np.int64))].get()
+
+
+def select_values(x: Any, k0: int, k1: int) -> tuple[np.ndarray, int]:
+    """Values of ranks ``k0`` and ``k1`` (0-based) among all of ``x``'s values, and the NaN count.
+
+    Radix select on the order-preserving keys: each pass histograms one digit of the keys that
+    share the prefix found so far (shared memory, then global), and ``radix_pick`` picks the digit
+    holding each rank. NaN keys sort outside ±Inf, so ranks that avoid them are exact.
+    """
+    cp = _cupy()
+    count = int(x.size)
+    sel = cp.asarray(np.array([0, 0, k0, k1], np.uint64))
+    hist = cp.zeros(2 * 2048, cp.uint64)
+    nans = cp.zeros(1, cp.uint64)
+    hist_kernel = _kernel(f"radix_histogram<{_t(x)}>")
+    pick = _kernel("radix_pick")
+    blocks = grid_for(count, THREADS * 16)
+    for p in range(3):
+        hist_kernel((blocks,), (THREADS,), (x, np.int64(count), np.int32(p), sel, hist, nans))
+        pick((1,), (64,), (np.int32(p), sel, hist))
+    found = sel.get()
+    return keys_to_values(found[:2].astype(np.uint32)), int(nans.get()[0])
+
+
+def quantile_range(x: Any, quantile: float, method: str, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) at cuVS's quantile positions; ``method`` "cuvs" (sampled rows) or "exact"."""
+    cp = _cupy()
+    n, d = (int(s) for s in x.shape)
+    rows = n if method == "exact" else cuvs_sample_size(n, d)
+    if rows < n:
+        x = x[cp.asarray(sample_rows(n, rows))]
+    if per_dim:
+        refuse_nan(x)
+        lo_pos, hi_pos = quantile_positions(x.shape[0], quantile)
+        lo, hi = column_order_statistics(x, [lo_pos, hi_pos])
+        return lo, hi
+    lo_pos, hi_pos = quantile_positions(int(x.size), quantile)
+    if method == "cuvs":  # cuVS sorts its sample: so do we (at most 1e6 values)
+        refuse_nan(x)
+        ordered = cp.sort(as_float32(x).reshape(-1))
+        values = ordered[cp.asarray(np.array([lo_pos, hi_pos]))].get()
+    else:
+        values, nan_count = select_values(x, lo_pos, hi_pos)
+        if nan_count:
+            raise InputError(NAN_MESSAGE)
+    return values[:1], values[1:]
+
+
+def fit(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
+    """The scheme's state trained on the device array ``x`` (same results as ``scheme.fit``)."""
+    if scheme.family == "scalar":
+        return _fit_scalar(scheme, x)
+    if scheme.family == "binary":
+        return _fit_binary(scheme, x)
+    if scheme.family == "absmax" and scheme.params["granularity"] == "tensor":
+        return _fit_absmax_tensor(scheme, x)
+    return {}
+
+
+def _fit_absmax_tensor(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
+    """One scale ``f32(f32(max|x| + eps) / qmax)`` over every value; refuses NaN and ±Inf."""
+    require_rows(x, 1, "a tensor scale")
+    lo_keys, hi_keys = minmax_keys(x, per_dim=False)
+    if hi_keys[0] >= _KEY_POS_INF or lo_keys[0] <= _KEY_NEG_INF:
+        raise InputError("fit data contains NaN or ±Inf; remove or replace those rows before fitting")
+    lo, hi = keys_to_values(lo_keys)[0], keys_to_values(hi_keys)[0]
+    m = max(abs(lo), abs(hi))
+    qmax = np.float32(127 if scheme.params["bits"] == 8 else 7)
+    s = (np.float32(m) + np.float32(scheme.params["eps"])) / qmax
+    return {"scales": np.asarray(s, np.float32).reshape(1)}
+
+
+def _fit_scalar(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
+    p = scheme.params
+    if p["range"] == "given":
+        return scheme.initial_state()
+    per_dim = p["granularity"] == "dimension"
+    require_rows(x, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+    if p["range"] == "quantile":
+        lo, hi = quantile_range(x, p["quantile"], p["quantile_method"], per_dim)
+    else:
+        lo, hi = minmax(x, per_dim)
+        if p["range"] == "absmax":
+            hi = np.maximum(np.abs(lo), np.abs(hi))
+            lo = -hi
+    lo = np.asarray(lo, np.float32).reshape(-1).copy()
+    hi = np.asarray(hi, np.float32).reshape(-1).copy()
+    ScalarScheme._check_range(lo, hi)
+    return {"lo": lo, "hi": hi}
+
+
+def _fit_binary(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
+    kind = scheme.params["threshold"]
+    if kind == "zero":
+        return {}
+    require_rows(x, 1, f"{kind} thresholds")
+    refuse_nan(x)
+    n = int(x.shape[0])
+    if kind == "mean":
+        return {"thresholds": column_means(x)}
+    a, b = column_order_statistics(x, [(n - 1) // 2, n // 2]).astype(np.float64)
+    return {"thresholds": ((a + b) / 2).astype(np.float32)}

@@ -1,0 +1,71 @@
+// device_io.cuh: device-only helpers shared by the kernels: input conversion to float32, aligned
+// vector loads, grid-stride indices. (The per-element math is in quant_math.cuh.)
+//
+// GQ_HOST_EMULATION is defined only by tests/host_emulation.cpp, which compiles the kernels' loops
+// with the host compiler (threads run one after another) and supplies __half and the vector types.
+
+#pragma once
+
+#ifndef GQ_HOST_EMULATION
+#include <cuda_fp16.h>
+#endif
+
+#include "quant_math.cuh"
+
+namespace gq {
+
+// Input values as float32: float16 widens exactly (a NaN keeps its sign and payload, as numpy's
+// conversion does; the hardware conversion would return the canonical NaN); float64 rounds to
+// nearest even (subnormal results kept: cvt.rn.f32.f64 without .ftz).
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) {
+    const unsigned b = __half_as_ushort(x);
+    if ((b & 0x7fffu) > 0x7c00u) return float_of(((b & 0x8000u) << 16) | 0x7f800000u | ((b & 0x3ffu) << 13));
+    return __half2float(x);
+}
+__device__ __forceinline__ float to_f32(double x) { return f64_to_f32(x); }
+
+__device__ __forceinline__ bool aligned(const void* p, unsigned bytes) {
+    return (reinterpret_cast<unsigned long long>(p) & (bytes - 1)) == 0;
+}
+
+// Vector moves between global memory (p aligned to the vector size) and local arrays. The local
+// side goes through memcpy (register moves after compilation): no type punning of local objects.
+template <typename V>
+__device__ __forceinline__ void load_raw(const void* p, void* local) {
+    const V w = *reinterpret_cast<const V*>(p);
+    memcpy(local, &w, sizeof(V));
+}
+template <typename V>
+__device__ __forceinline__ void store_raw(void* p, const void* local) {
+    V w;
+    memcpy(&w, local, sizeof(V));
+    *reinterpret_cast<V*>(p) = w;
+}
+
+// K consecutive values of T (K * sizeof(T) a multiple of 8, p aligned to min(16, K * sizeof(T)))
+// as float32, in 16-byte (or 8-byte) loads.
+template <typename T, int K>
+__device__ __forceinline__ void load_vec(const T* p, float* v) {
+    static_assert((K * sizeof(T)) % 8 == 0, "vector load needs whole 8-byte words");
+    constexpr int WORD = (K * sizeof(T)) % 16 == 0 ? 16 : 8;
+    constexpr int PER = WORD / sizeof(T);
+#pragma unroll
+    for (int i = 0; i < K / PER; ++i) {
+        T t[PER];
+        if (WORD == 16) {
+            load_raw<uint4>(p + i * PER, t);
+        } else {
+            load_raw<uint2>(p + i * PER, t);
+        }
+#pragma unroll
+        for (int j = 0; j < PER; ++j) v[i * PER + j] = to_f32(t[j]);
+    }
+}
+
+__device__ __forceinline__ long long thread_index() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ long long thread_count() { return (long long)gridDim.x * blockDim.x; }
+
+}  // namespace gq

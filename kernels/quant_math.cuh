@@ -1,0 +1,382 @@
+// quant_math.cuh: the per-element math of every gpuquant scheme, shared by the CUDA kernels
+// (kernels/quantize.cu) and the host test library (kernels/host_check.cpp).
+//
+// The formulas are those of gpuquant/schemes/*.py (the numpy reference, bit for bit).
+//
+// Floating point and -ftz (a deliberate decision): CuPy always compiles RawModules with
+// -ftz=true, which makes plain C++ float arithmetic and comparisons flush subnormal inputs and
+// results to zero. The reference never flushes. So every float operation whose inputs or result can
+// be subnormal is written here as inline PTX *without* the .ftz modifier (add.rn.f32, div.rn.f32,
+// setp.gt.f32, cvt.rni.f32.f32, cvt.rn.f32.f64, ...): IEEE round-to-nearest-even, no flushing, and
+// never contracted into an FMA, whatever the compiler flags. Tests for zero and finiteness use the
+// integer bit pattern. The narrow float formats (fp8 e4m3fn / e5m2, fp16, bf16) are converted with
+// integer code only, so they too are independent of flags and architecture. On the host the same
+// functions are plain C++ (build with -ffp-contract=off, no -ffast-math; x86-64 SSE is IEEE).
+
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define GQ_HD __host__ __device__ __forceinline__
+#else
+#include <cstdint>
+#include <cstring>
+#define GQ_HD inline
+#endif
+
+#if defined(__CUDACC_RTC__)
+typedef unsigned int gq_u32;
+typedef unsigned long long gq_u64;
+#else
+typedef uint32_t gq_u32;
+typedef uint64_t gq_u64;
+#endif
+
+namespace gq {
+
+// ---------------------------------------------------------------------------------------------
+// Bit casts and IEEE operations (no FTZ, no FMA).
+// ---------------------------------------------------------------------------------------------
+GQ_HD gq_u32 bits_of(float x) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(x);
+#else
+    gq_u32 u;
+    std::memcpy(&u, &x, 4);
+    return u;
+#endif
+}
+
+GQ_HD float float_of(gq_u32 u) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+#endif
+}
+
+GQ_HD bool is_zero(float x) { return (bits_of(x) & 0x7fffffffu) == 0u; }
+GQ_HD bool is_nan(float x) { return (bits_of(x) & 0x7fffffffu) > 0x7f800000u; }
+GQ_HD bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
+GQ_HD float abs_f(float x) { return float_of(bits_of(x) & 0x7fffffffu); }
+
+#ifdef __CUDA_ARCH__
+#define GQ_BINOP_F32(NAME, OP)                                                   \
+    __device__ __forceinline__ float NAME##_dev(float a, float b) {             \
+        float r;                                                                 \
+        asm(OP " %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));                       \
+        return r;                                                                \
+    }
+#define GQ_BINOP_F64(NAME, OP)                                                   \
+    __device__ __forceinline__ double NAME##_dev(double a, double b) {          \
+        double r;                                                                \
+        asm(OP " %0, %1, %2;" : "=d"(r) : "d"(a), "d"(b));                       \
+        return r;                                                                \
+    }
+GQ_BINOP_F32(add_f32, "add.rn.f32")
+GQ_BINOP_F32(sub_f32, "sub.rn.f32")
+GQ_BINOP_F32(mul_f32, "mul.rn.f32")
+GQ_BINOP_F32(div_f32, "div.rn.f32")
+GQ_BINOP_F64(add_f64, "add.rn.f64")
+GQ_BINOP_F64(sub_f64, "sub.rn.f64")
+GQ_BINOP_F64(mul_f64, "mul.rn.f64")
+GQ_BINOP_F64(div_f64, "div.rn.f64")
+#undef GQ_BINOP_F32
+#undef GQ_BINOP_F64
+#define GQ_PICK(NAME, EXPR) return NAME##_dev(a, b)
+#else
+#define GQ_PICK(NAME, EXPR) return EXPR
+#endif
+
+GQ_HD float add_f32(float a, float b) { GQ_PICK(add_f32, a + b); }
+GQ_HD float sub_f32(float a, float b) { GQ_PICK(sub_f32, a - b); }
+GQ_HD float mul_f32(float a, float b) { GQ_PICK(mul_f32, a * b); }
+GQ_HD float div_f32(float a, float b) { GQ_PICK(div_f32, a / b); }
+GQ_HD double add_f64(double a, double b) { GQ_PICK(add_f64, a + b); }
+GQ_HD double sub_f64(double a, double b) { GQ_PICK(sub_f64, a - b); }
+GQ_HD double mul_f64(double a, double b) { GQ_PICK(mul_f64, a * b); }
+GQ_HD double div_f64(double a, double b) { GQ_PICK(div_f64, a / b); }
+#undef GQ_PICK
+
+// a < b and a > b, IEEE (false when either is NaN; subnormals compared exactly).
+GQ_HD bool lt_f32(float a, float b) {
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("{ .reg .pred p; setp.lt.f32 p, %1, %2; selp.u32 %0, 1, 0, p; }" : "=r"(r) : "f"(a), "f"(b));
+    return r != 0u;
+#else
+    return a < b;
+#endif
+}
+GQ_HD bool gt_f32(float a, float b) { return lt_f32(b, a); }
+
+// Exact widening, and round-to-nearest-even narrowing (subnormal results kept).
+GQ_HD double f32_to_f64(float x) {
+#ifdef __CUDA_ARCH__
+    double r;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(x));
+    return r;
+#else
+    return (double)x;
+#endif
+}
+GQ_HD float f64_to_f32(double x) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(x));
+    return r;
+#else
+    return (float)x;
+#endif
+}
+
+// Round to an integral float: half to even (numpy rint), floor, toward zero.
+#ifdef __CUDA_ARCH__
+#define GQ_ROUND(NAME, PTX, HOST)                                                \
+    GQ_HD float NAME(float x) {                                                  \
+        float r;                                                                 \
+        asm(PTX " %0, %1;" : "=f"(r) : "f"(x));                                  \
+        return r;                                                                \
+    }
+#else
+#define GQ_ROUND(NAME, PTX, HOST)                                                \
+    GQ_HD float NAME(float x) { return HOST(x); }
+#endif
+GQ_HD float host_rint(float x);
+GQ_HD float host_floor(float x);
+GQ_HD float host_trunc(float x);
+GQ_ROUND(rint_f32, "cvt.rni.f32.f32", host_rint)
+GQ_ROUND(floor_f32, "cvt.rmi.f32.f32", host_floor)
+GQ_ROUND(trunc_f32, "cvt.rzi.f32.f32", host_trunc)
+#undef GQ_ROUND
+
+// Host versions by integer arithmetic (independent of the FPU rounding mode).
+GQ_HD float host_trunc(float x) {
+    gq_u32 u = bits_of(x);
+    int e = (int)((u >> 23) & 0xffu) - 127;
+    if (e >= 23) return x;                        // already integral, Inf or NaN
+    if (e < 0) return float_of(u & 0x80000000u);  // |x| < 1: signed zero
+    return float_of(u & ~(0x007fffffu >> e));
+}
+GQ_HD float host_floor(float x) {
+    float t = host_trunc(x);
+    return (x < t) ? t - 1.0f : t;  // x < t only for negative non-integers; t - 1 is exact
+}
+GQ_HD float host_rint(float x) {
+    float t = host_trunc(x);
+    float frac = abs_f(x - t);  // exact
+    if (frac > 0.5f || (frac == 0.5f && (((gq_u32)(int)abs_f(t)) & 1u))) {
+        return (bits_of(x) >> 31) ? t - 1.0f : t + 1.0f;
+    }
+    return t;
+}
+
+// An integral float (|x| < 2**31) to int.
+GQ_HD int int_of(float x) {
+#ifdef __CUDA_ARCH__
+    int r;
+    asm("cvt.rzi.s32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#else
+    return (int)x;
+#endif
+}
+
+// lroundf: round half away from zero (|x| < 2**31).
+GQ_HD float round_half_away_f32(float x) {
+    float t = trunc_f32(x);
+    float frac = abs_f(sub_f32(x, t));  // exact
+    if (!lt_f32(frac, 0.5f)) t = add_f32(t, float_of((bits_of(x) & 0x80000000u) | 0x3f800000u));
+    return t;
+}
+
+// A rounded value (integral, or NaN) to a level in [0, L]: NaN and negatives give 0.
+GQ_HD int clamp_level(float t, int L) {
+    if (!gt_f32(t, 0.0f)) return 0;
+    if (gt_f32(t, (float)L)) return L;
+    return int_of(t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Family "scalar". Per-range constants (computed once by the backend, in numpy, as the reference):
+//   HALF_AWAY: d0 = scale (f64), d1 = offset (f64), f0 = lo, f1 = hi
+//   FLOOR:     f0 = lo, f1 = step            TRUNC: f0 = lo, f1 = vdiff = f32(hi - lo)
+//   HALF_EVEN: f0 = scale, f1 = zp
+// ---------------------------------------------------------------------------------------------
+enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3 };
+
+struct ScalarParams {
+    double d0, d1;
+    float f0, f1;
+};
+
+// Level u in [0, L] of x (L = 2**bits - 1, H = 2**(bits - 1)).
+GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
+    const int L = (1 << bits) - 1, H = 1 << (bits - 1);
+    switch (rounding) {
+    case HALF_AWAY: {  // cuVS: x <= lo or NaN -> 0, x >= hi -> L, else lroundf(f32(scale*x + offset)) + H
+        if (!lt_f32(p.f0, x)) return 0;
+        if (!lt_f32(x, p.f1)) return L;
+        float v = f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1));
+        return int_of(round_half_away_f32(v)) + H;
+    }
+    case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
+        return clamp_level(floor_f32(div_f32(sub_f32(x, p.f0), p.f1)), L);
+    case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1); u = (int)(255 * t) or (int)(f64(t) * 15)
+        float t = is_zero(p.f1) ? 0.0f : div_f32(sub_f32(x, p.f0), p.f1);
+        if (lt_f32(t, 0.0f)) t = 0.0f;
+        if (gt_f32(t, 1.0f)) t = 1.0f;
+        if (is_nan(t)) return 0;
+        if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
+        return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
+    }
+    default:  // HALF_EVEN, affine: clip(rint(f32(x / scale) + zp), 0, L)
+        return clamp_level(rint_f32(add_f32(div_f32(x, p.f0), p.f1)), L);
+    }
+}
+
+// Reconstruction of level u.
+GQ_HD float scalar_value(int u, int rounding, int bits, ScalarParams p) {
+    const int L = (1 << bits) - 1, H = 1 << (bits - 1);
+    switch (rounding) {
+    case HALF_AWAY:  // f32((f64(u - H) - offset) / scale)
+        return f64_to_f32(div_f64(sub_f64((double)(u - H), p.d1), p.d0));
+    case FLOOR:  // f32(f64(u) * f64(step) + f64(lo))
+        return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
+    case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
+        return add_f32(p.f0, mul_f32(div_f32(add_f32((float)u, 0.5f), (float)L), p.f1));
+    default:  // f32((u - zp) * scale)
+        return mul_f32(sub_f32((float)u, p.f1), p.f0);
+    }
+}
+
+// Stored 8-bit code of a level (uint8 u, or int8 u - 128 as its byte), and back.
+GQ_HD unsigned char level_to_byte(int u, bool is_signed) {
+    return (unsigned char)((is_signed ? u - 128 : u) & 0xff);
+}
+GQ_HD int byte_to_level(unsigned char b, bool is_signed) { return is_signed ? (int)(b ^ 0x80u) : (int)b; }
+
+// 4-bit: nibble of a level (two's complement of u - 8 when signed), and back.
+GQ_HD unsigned nibble_of_level(int u, bool is_signed) { return (unsigned)((is_signed ? u - 8 : u) & 0xf); }
+GQ_HD int level_of_nibble(unsigned nib, bool is_signed) {
+    return is_signed ? (int)((nib ^ 8u)) : (int)nib;  // sign-extend(nib) + 8 == nib ^ 8
+}
+
+// Two nibbles in one byte: element 2j in the low nibble (low_first) or the high one (high_first).
+GQ_HD unsigned char pack_nibbles(unsigned first, unsigned second, bool high_first) {
+    return (unsigned char)(high_first ? (second | (first << 4)) : (first | (second << 4)));
+}
+GQ_HD unsigned unpack_nibble(unsigned char b, int which, bool high_first) {
+    const int shift = ((which == 1) != high_first) ? 4 : 0;
+    return (b >> shift) & 0xfu;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Family "absmax": s = f32(f32(m + eps) / qmax); q = clip(rint(f32(x / s)), -qmax, qmax); x' = q*s.
+// ---------------------------------------------------------------------------------------------
+GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_f32(add_f32(m, eps), (float)qmax); }
+
+GQ_HD int absmax_code(float x, float s, int qmax) {
+    float q = rint_f32(div_f32(x, is_zero(s) ? 1.0f : s));
+    if (lt_f32(q, (float)-qmax)) return -qmax;
+    if (gt_f32(q, (float)qmax)) return qmax;
+    return int_of(q);  // NaN cannot occur: rows with NaN/Inf are refused
+}
+
+GQ_HD float absmax_value(int q, float s) { return mul_f32((float)q, s); }
+
+// 4-bit two's complement nibble to -8..7.
+GQ_HD int sign_extend4(unsigned nib) { return (int)(nib ^ 8u) - 8; }
+
+// ---------------------------------------------------------------------------------------------
+// Family "float": float32 -> e4m3fn / e5m2 / fp16 / bf16, round to nearest even, by integer code.
+// ---------------------------------------------------------------------------------------------
+enum Format { E4M3 = 0, E5M2 = 1, FP16 = 2, BF16 = 3 };
+
+struct FormatInfo {
+    int ebits, mbits, width;  // exponent bits, mantissa bits, total bits
+    gq_u32 max_bits;          // code of the largest finite value (no sign)
+    gq_u32 nan_bits;          // canonical quiet NaN (no sign)
+    gq_u32 max_f32;           // float32 bits of the largest finite value
+    bool has_inf;             // IEEE-like (overflow -> Inf); e4m3fn overflows to NaN
+};
+
+GQ_HD FormatInfo format_info(int format) {
+    switch (format) {
+    case E4M3: return {4, 3, 8, 0x7eu, 0x7fu, 0x43e00000u, false};    // max 448
+    case E5M2: return {5, 2, 8, 0x7bu, 0x7eu, 0x47600000u, true};     // max 57344
+    case FP16: return {5, 10, 16, 0x7bffu, 0x7e00u, 0x477fe000u, true};  // max 65504
+    default: return {8, 7, 16, 0x7f7fu, 0x7fc0u, 0x7f7f0000u, true};   // bf16, max 3.3895e38
+    }
+}
+
+// Code (in the low `width` bits) of float32 x. saturate: clamp non-NaN values to +-max first.
+GQ_HD gq_u32 float_encode(float x, int format, bool saturate) {
+    const FormatInfo f = format_info(format);
+    const gq_u32 u = bits_of(x);
+    const gq_u32 sign = (u >> 31) << (f.width - 1);
+    gq_u32 a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | f.nan_bits;
+    if (saturate && a > f.max_f32) a = f.max_f32;
+    if (format == BF16) {  // RNE on the top 16 bits; Inf stays Inf, overflow carries into Inf
+        return sign | ((a + 0x7fffu + ((a >> 16) & 1u)) >> 16);
+    }
+    const gq_u32 inf_bits = ((1u << f.ebits) - 1u) << f.mbits;
+    if (a == 0x7f800000u) return sign | (f.has_inf ? inf_bits : f.nan_bits);
+    if (a < 0x00800000u) return sign;  // float32 subnormal: far below half the smallest code
+    const int bias = (1 << (f.ebits - 1)) - 1;
+    const int e = (int)(a >> 23) - 127;
+    const int emin = 1 - bias;
+    const gq_u32 m24 = (a & 0x007fffffu) | 0x00800000u;
+    int shift = 23 - f.mbits + (e < emin ? emin - e : 0);
+    if (shift > 25) shift = 25;  // result 0 from shift 25 on
+    gq_u32 q = m24 >> shift;
+    const gq_u32 rem = m24 & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) q += 1u;
+    // Normal: exponent field + mantissa, a mantissa carry bumps the exponent. Subnormal: q itself.
+    const gq_u32 mag = (e < emin) ? q : ((gq_u32)(e + bias - 1) << f.mbits) + q;
+    if (mag > f.max_bits) return sign | (f.has_inf ? inf_bits : f.nan_bits);
+    return sign | mag;
+}
+
+// Exact float32 value of a code. NaN codes give 0x7fc00000 | sign for fp8 and keep the payload
+// (shifted) for fp16 / bf16, as ml_dtypes and numpy do.
+GQ_HD float float_decode(gq_u32 code, int format) {
+    const FormatInfo f = format_info(format);
+    const gq_u32 sign = ((code >> (f.width - 1)) & 1u) << 31;
+    if (format == BF16) return float_of(code << 16);
+    const gq_u32 emask = (1u << f.ebits) - 1u, mmask = (1u << f.mbits) - 1u;
+    const gq_u32 e = (code >> f.mbits) & emask, m = code & mmask;
+    const int bias = (1 << (f.ebits - 1)) - 1;
+    if (f.has_inf && e == emask) {
+        if (m == 0u) return float_of(sign | 0x7f800000u);
+        if (format == FP16) return float_of(sign | 0x7f800000u | (m << 13));
+        return float_of(sign | 0x7fc00000u);
+    }
+    if (!f.has_inf && e == emask && m == mmask) return float_of(sign | 0x7fc00000u);
+    if (e == 0u) {
+        if (m == 0u) return float_of(sign);
+        int p = f.mbits - 1;  // index of the leading 1 of m
+        while (!((m >> p) & 1u)) --p;
+        const int exp = p + 1 - bias - f.mbits;
+        return float_of(sign | ((gq_u32)(exp + 127) << 23) | ((m << (23 - p)) & 0x007fffffu));
+    }
+    return float_of(sign | ((gq_u32)((int)e - bias + 127) << 23) | (m << (23 - f.mbits)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Family "binary": bit = x > threshold (IEEE; NaN -> 0). Byte order of 8 bits b[0..7]:
+// little: b[t] is 1 << t; big: b[t] is 0x80 >> t. signed: the byte ^ 0x80 (int8 = uint8 - 128).
+// ---------------------------------------------------------------------------------------------
+GQ_HD unsigned bit_mask(int t, bool big) { return big ? (0x80u >> t) : (1u << t); }
+
+// Order-preserving uint32 key of a float32 (the unsigned order of keys is the order of floats,
+// -0 < +0, NaNs outside +-Inf): used by training (min/max, radix select).
+GQ_HD gq_u32 order_key(float x) {
+    const gq_u32 u = bits_of(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+GQ_HD float key_value(gq_u32 k) { return float_of((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k); }
+
+}  // namespace gq

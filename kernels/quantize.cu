@@ -1,0 +1,597 @@
+// quantize.cu: transform (encode) and inverse_transform (decode) kernels of every scheme family.
+//
+// The per-element math lives in quant_math.cuh (shared with the host test library); this file
+// only moves data. Layout: X is a C-contiguous (n, d) matrix of T (float, __half or double), the
+// codes a C-contiguous (n, rc) matrix of code units (bytes, or 16-bit words for fp16/bf16), where
+// rc = code units per row (d, ceil(d/2) for nibbles, ceil(d/8) for bits).
+//
+// Work split (encode_rows / decode_rows): a task is (row, chunk of CPT code units: 4 values, or 8
+// for binary). Consecutive threads take consecutive tasks, so warp accesses are contiguous; a
+// grid-stride loop walks the tasks (the grid is a few blocks per SM, chosen by the caller), each
+// thread loading UNROLL tasks before converting them. A task whose input lies inside the row and is
+// aligned is loaded with one vector load (a float4 for 4 floats); its codes are stored with one
+// store when aligned; row tails, odd d and unaligned views take the scalar path. Absmax gives each
+// row (or block) a group of lanes (see LaneGroup) that holds it in registers when it fits: a max|x|
+// reduction, then the encode; longer or unaligned segments are re-read from L1/L2 instead.
+//
+// Input conversion: float16 widens exactly; float64 is rounded to float32 (nearest even, subnormal
+// results kept) before any scheme math, as the reference does.
+
+#include "device_io.cuh"
+#include "quant_math.cuh"
+
+namespace {
+
+using gq::aligned;
+using gq::load_vec;
+using gq::thread_count;
+using gq::thread_index;
+using gq::to_f32;
+
+// Each task covers Codec::CPT code units of one row (4 values: one float4 read, 4 int8 / fp8 codes
+// or 2 nibble bytes written; 8 values for binary). Consecutive threads take consecutive tasks, so a
+// warp's loads and stores are contiguous (coalesced), and each thread keeps UNROLL tasks in flight:
+// it loads all of them before converting any.
+constexpr int UNROLL = 4;
+
+// N bytes between global memory (aligned to N) and a local array, in one move.
+template <int N>
+__device__ __forceinline__ void move_out(void* p, const void* local) {
+    if (N == 1) {
+        *reinterpret_cast<unsigned char*>(p) = *reinterpret_cast<const unsigned char*>(local);
+    } else if (N == 2) {
+        gq::store_raw<unsigned short>(p, local);
+    } else if (N == 4) {
+        gq::store_raw<unsigned>(p, local);
+    } else if (N == 8) {
+        gq::store_raw<uint2>(p, local);
+    } else {
+        gq::store_raw<uint4>(p, local);
+    }
+}
+template <int N>
+__device__ __forceinline__ void move_in(void* local, const void* p) {
+    if (N == 1) {
+        *reinterpret_cast<unsigned char*>(local) = *reinterpret_cast<const unsigned char*>(p);
+    } else if (N == 2) {
+        gq::load_raw<unsigned short>(p, local);
+    } else if (N == 4) {
+        gq::load_raw<unsigned>(p, local);
+    } else if (N == 8) {
+        gq::load_raw<uint2>(p, local);
+    } else {
+        gq::load_raw<uint4>(p, local);
+    }
+}
+
+// The grid-stride walk over tasks (row, chunk): one division per thread at the start, then an
+// increment per step (a 64-bit division per task would cost more than the math of a task).
+struct TaskWalk {
+    long long tasks, per_row, row, chunk, task, step_rows, step_chunks, step;
+    __device__ TaskWalk(long long n, long long per_row_)
+        : tasks(n * per_row_), per_row(per_row_), task(thread_index()), step(thread_count()) {
+        row = task / per_row;
+        chunk = task - row * per_row;
+        step_rows = step / per_row;
+        step_chunks = step - step_rows * per_row;
+    }
+    __device__ __forceinline__ bool more() const { return task < tasks; }
+    __device__ __forceinline__ void next() {
+        task += step;
+        row += step_rows;
+        chunk += step_chunks;
+        if (chunk >= per_row) {
+            chunk -= per_row;
+            ++row;
+        }
+    }
+};
+
+// Encode skeleton. Enc::pack(v, col, d) turns Enc::EPC values (columns col.., pads past d) into a
+// code unit.
+template <typename T, typename Enc>
+__device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
+                            long long n, long long d, long long rc) {
+    typedef typename Enc::code_t C;
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, IN_BYTES = EPT * (int)sizeof(T);
+    constexpr int OUT_BYTES = CPT * (int)sizeof(C);
+    for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
+        long long row[UNROLL], chunk[UNROLL];
+        float v[UNROLL][EPT];
+        int count = 0;
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (w.more()) {
+                row[u] = w.row;
+                chunk[u] = w.chunk;
+                count = u + 1;
+                const long long col0 = w.chunk * EPT;
+                const T* src = x + w.row * d + col0;
+                if (col0 + EPT <= d && aligned(src, IN_BYTES < 16 ? IN_BYTES : 16)) {
+                    load_vec<T, EPT>(src, v[u]);
+                } else {
+#pragma unroll
+                    for (int t = 0; t < EPT; ++t) v[u][t] = (col0 + t < d) ? to_f32(src[t]) : 0.0f;
+                }
+                w.next();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (u < count) {
+                const long long col0 = chunk[u] * EPT;
+                __align__(16) C codes[CPT];
+#pragma unroll
+                for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v[u] + k * Enc::EPC, col0 + k * Enc::EPC, d);
+                C* dst = out + row[u] * rc + chunk[u] * CPT;
+                const long long left = rc - chunk[u] * CPT;
+                if (left >= CPT && aligned(dst, OUT_BYTES)) {
+                    move_out<OUT_BYTES>(dst, codes);
+                } else {
+                    for (int k = 0; k < CPT && k < left; ++k) dst[k] = codes[k];
+                }
+            }
+        }
+    }
+}
+
+// Flat walk for codecs whose code i belongs to value i and whose math does not depend on the
+// column (float casts, per-tensor 8-bit ranges): the C-contiguous matrix is one array of `total`
+// values, 4 per task (one vector load, one 4-code store), UNROLL tasks in flight per thread, no
+// per-row index math. Needs x aligned to 4 * sizeof(T) and out to 4 * sizeof(C); one thread
+// converts the last total % 4 values.
+template <typename T, typename Enc>
+__device__ void encode_flat(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
+                            long long total) {
+    typedef typename Enc::code_t C;
+    const long long quads = total / 4, step = thread_count();
+    for (long long q0 = thread_index(); q0 < quads; q0 += step * UNROLL) {
+        float v[UNROLL][4];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (q0 + u * step < quads) load_vec<T, 4>(x + 4 * (q0 + u * step), v[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (q0 + u * step < quads) {
+                __align__(8) C c[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) c[k] = enc.pack(&v[u][k], 0, 1);
+                move_out<4 * (int)sizeof(C)>(out + 4 * (q0 + u * step), c);
+            }
+        }
+    }
+    if (thread_index() == 0) {
+        for (long long i = 4 * quads; i < total; ++i) {
+            const float f = to_f32(x[i]);
+            out[i] = enc.pack(&f, 0, 1);
+        }
+    }
+}
+
+template <typename Dec>
+__device__ void decode_flat(const Dec& dec, const typename Dec::code_t* __restrict__ codes, float* __restrict__ out,
+                            long long total) {
+    typedef typename Dec::code_t C;
+    const long long quads = total / 4, step = thread_count();
+    for (long long q0 = thread_index(); q0 < quads; q0 += step * UNROLL) {
+        __align__(8) C c[UNROLL][4];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (q0 + u * step < quads) move_in<4 * (int)sizeof(C)>(c[u], codes + 4 * (q0 + u * step));
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (q0 + u * step < quads) {
+                __align__(16) float v[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) dec.unpack(c[u][k], 0, 0, v + k);
+                gq::store_raw<float4>(out + 4 * (q0 + u * step), v);
+            }
+        }
+    }
+    if (thread_index() == 0) {
+        for (long long i = 4 * quads; i < total; ++i) dec.unpack(codes[i], 0, 0, out + i);
+    }
+}
+
+// Whether the flat walk applies: both buffers aligned for its vector moves.
+template <typename T, typename C>
+__device__ __forceinline__ bool flat_ok(const T* x, const C* c) {
+    return aligned(x, 4 * sizeof(T)) && aligned(c, 4 * sizeof(C));
+}
+
+// Decode skeleton. Dec::unpack(code, row, col, v) writes Dec::EPC floats (columns col..).
+template <typename Dec>
+__device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restrict__ codes,
+                            float* __restrict__ out, long long n, long long d, long long rc) {
+    typedef typename Dec::code_t C;
+    constexpr int CPT = Dec::CPT, EPT = CPT * Dec::EPC, IN_BYTES = CPT * (int)sizeof(C);
+    for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
+        long long row[UNROLL], chunk[UNROLL];
+        __align__(16) C c[UNROLL][CPT];
+        int count = 0;
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (w.more()) {
+                row[u] = w.row;
+                chunk[u] = w.chunk;
+                count = u + 1;
+                const C* src = codes + w.row * rc + w.chunk * CPT;
+                const long long left = rc - w.chunk * CPT;
+                if (left >= CPT && aligned(src, IN_BYTES)) {
+                    move_in<IN_BYTES>(c[u], src);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < CPT; ++k) c[u][k] = (k < left) ? src[k] : C(0);
+                }
+                w.next();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (u < count) {
+                const long long col0 = chunk[u] * EPT;
+                __align__(16) float v[EPT];
+#pragma unroll
+                for (int k = 0; k < CPT; ++k) dec.unpack(c[u][k], row[u], col0 + k * Dec::EPC, v + k * Dec::EPC);
+                float* dst = out + row[u] * d + col0;
+                if (col0 + EPT <= d && aligned(dst, 16)) {
+#pragma unroll
+                    for (int i = 0; i < EPT / 4; ++i) gq::store_raw<float4>(dst + 4 * i, v + 4 * i);
+                } else {
+                    for (int t = 0; t < EPT && col0 + t < d; ++t) dst[t] = v[t];
+                }
+            }
+        }
+    }
+}
+
+// ----- scalar ---------------------------------------------------------------------------------
+// params: one gq::ScalarParams per range (1 for granularity "tensor", d for "dimension").
+// R >= 0 fixes the rounding at compile time (the encode kernels instantiate all four, so the
+// per-element switch folds away); R = -1 reads it at run time.
+template <int EPC_, int R = -1>
+struct ScalarCodec {
+    typedef unsigned char code_t;
+    static constexpr int EPC = EPC_;  // 1: one byte per value (8 bits); 2: nibbles
+    static constexpr int CPT = 4 / EPC_;
+    const gq::ScalarParams* params;
+    int per_dim, rounding, is_signed, high_first;
+    long long dcols;          // d
+    gq::ScalarParams tensor;  // params[0], loaded once per thread (granularity "tensor")
+
+    __device__ __forceinline__ gq::ScalarParams at(long long col) const { return per_dim ? params[col] : tensor; }
+    __device__ __forceinline__ int mode() const { return R >= 0 ? R : rounding; }
+
+    __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
+        if (EPC == 1) return gq::level_to_byte(gq::scalar_level(v[0], mode(), 8, at(col)), is_signed);
+        const unsigned a = gq::nibble_of_level(gq::scalar_level(v[0], mode(), 4, at(col)), is_signed);
+        const unsigned b =
+            (col + 1 < d) ? gq::nibble_of_level(gq::scalar_level(v[1], mode(), 4, at(col + 1)), is_signed) : 0u;
+        return gq::pack_nibbles(a, b, high_first);
+    }
+
+    __device__ __forceinline__ void unpack(code_t c, long long, long long col, float* v) const {
+        if (EPC == 1) {
+            v[0] = gq::scalar_value(gq::byte_to_level(c, is_signed), mode(), 8, at(col));
+            return;
+        }
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            const long long j = (col + k < dcols) ? col + k : dcols - 1;  // a pad nibble: any range
+            const int u = gq::level_of_nibble(gq::unpack_nibble(c, k, high_first), is_signed);
+            v[k] = gq::scalar_value(u, mode(), 4, at(j));
+        }
+    }
+};
+
+// ----- binary ---------------------------------------------------------------------------------
+// is_signed: the stored byte is the packed byte with its top bit flipped (offset encoding, b - 128).
+struct BinaryCodec {
+    typedef unsigned char code_t;
+    static constexpr int EPC = 8;
+    static constexpr int CPT = 1;  // 8 values in, one byte out per task
+    const float* thresholds;  // d values, or null for zero thresholds
+    int big, is_signed;
+
+    __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
+        unsigned b = 0;
+        if (col + 8 <= d) {  // a whole byte inside the row
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+                const float thr = thresholds ? thresholds[col + t] : 0.0f;
+                b |= gq::gt_f32(v[t], thr) ? gq::bit_mask(t, big) : 0u;
+            }
+        } else {
+            for (int t = 0; t < 8 && col + t < d; ++t) {
+                const float thr = thresholds ? thresholds[col + t] : 0.0f;
+                b |= gq::gt_f32(v[t], thr) ? gq::bit_mask(t, big) : 0u;
+            }
+        }
+        return (code_t)(is_signed ? (b ^ 0x80u) : b);
+    }
+
+    __device__ __forceinline__ void unpack(code_t c, long long, long long, float* v) const {
+        const unsigned b = is_signed ? (c ^ 0x80u) : c;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) v[t] = (b & gq::bit_mask(t, big)) ? 1.0f : -1.0f;
+    }
+};
+
+// ----- float casts ----------------------------------------------------------------------------
+// F, S >= 0 fix the format and saturation at compile time (the encode kernels instantiate every
+// combination, so the integer conversion folds its constants); -1 reads them at run time.
+template <typename C, int F = -1, int S = -1>
+struct FloatCodec {
+    typedef C code_t;
+    static constexpr int EPC = 1;
+    static constexpr int CPT = 4;
+    int format, saturate;
+
+    __device__ __forceinline__ code_t pack(const float* v, long long, long long) const {
+        return (code_t)gq::float_encode(v[0], F >= 0 ? F : format, S >= 0 ? S != 0 : saturate != 0);
+    }
+    __device__ __forceinline__ void unpack(code_t c, long long, long long, float* v) const {
+        v[0] = gq::float_decode(c, F >= 0 ? F : format);
+    }
+};
+
+// ----- absmax (decode side; encode is the warp kernel below) ---------------------------------
+template <int EPC_>
+struct AbsmaxDecoder {
+    typedef unsigned char code_t;
+    static constexpr int EPC = EPC_;
+    static constexpr int CPT = 4 / EPC_;
+    const float* scales;  // (n, groups), or one scale for every value (tensor)
+    long long groups, seg_len;
+    int high_first, tensor;
+
+    __device__ __forceinline__ float scale(long long row, long long col) const {
+        if (tensor) return scales[0];
+        return scales[row * groups + (groups == 1 ? 0 : col / seg_len)];
+    }
+    __device__ __forceinline__ void unpack(code_t c, long long row, long long col, float* v) const {
+        if (EPC == 1) {
+            v[0] = gq::absmax_value((int)(signed char)c, scale(row, col));
+            return;
+        }
+        const float s0 = scale(row, col);
+        const float s1 = (col + 1 < groups * seg_len) ? scale(row, col + 1) : s0;
+        v[0] = gq::absmax_value(gq::sign_extend4(gq::unpack_nibble(c, 0, high_first)), s0);
+        v[1] = gq::absmax_value(gq::sign_extend4(gq::unpack_nibble(c, 1, high_first)), s1);
+    }
+};
+
+}  // namespace
+
+// ===== kernels ================================================================================
+
+template <typename T>
+__global__ void __launch_bounds__(256, 4) scalar_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
+                              long long d, const gq::ScalarParams* params, int per_dim, int rounding,
+                              int bits, int is_signed, int high_first) {
+    const bool flat = bits == 8 && !per_dim && flat_ok(x, out);
+    switch (rounding * 2 + (bits == 8 ? 0 : 1)) {
+#define GQ_SCALAR_CASE(R, EPC)                                                                    \
+    case R * 2 + EPC - 1: {                                                                       \
+        const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]}; \
+        if (EPC == 1 && flat) {                                                                   \
+            encode_flat(enc, x, out, n * d);                                                      \
+        } else {                                                                                  \
+            encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);                           \
+        }                                                                                         \
+        break;                                                                                    \
+    }
+        GQ_SCALAR_CASE(gq::HALF_AWAY, 1) GQ_SCALAR_CASE(gq::HALF_AWAY, 2)
+        GQ_SCALAR_CASE(gq::FLOOR, 1) GQ_SCALAR_CASE(gq::FLOOR, 2)
+        GQ_SCALAR_CASE(gq::TRUNC, 1) GQ_SCALAR_CASE(gq::TRUNC, 2)
+        GQ_SCALAR_CASE(gq::HALF_EVEN, 1) GQ_SCALAR_CASE(gq::HALF_EVEN, 2)
+#undef GQ_SCALAR_CASE
+    }
+}
+
+__global__ void scalar_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+                              long long d, const gq::ScalarParams* params, int per_dim, int rounding,
+                              int bits, int is_signed, int high_first) {
+    if (bits == 8) {
+        const ScalarCodec<1> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
+        if (!per_dim && flat_ok(out, codes)) {
+            decode_flat(dec, codes, out, n * d);
+        } else {
+            decode_rows(dec, codes, out, n, d, d);
+        }
+    } else {
+        ScalarCodec<2> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
+        decode_rows(dec, codes, out, n, d, (d + 1) / 2);
+    }
+}
+
+template <typename T>
+__global__ void binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
+                              long long d, const float* thresholds, int big, int is_signed) {
+    BinaryCodec enc{thresholds, big, is_signed};
+    encode_rows(enc, x, out, n, d, (d + 7) / 8);
+}
+
+__global__ void binary_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+                              long long d, int big, int is_signed) {
+    BinaryCodec dec{nullptr, big, is_signed};
+    decode_rows(dec, codes, out, n, d, (d + 7) / 8);
+}
+
+template <typename T, typename C>
+__global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long long n, long long d,
+                             int format, int saturate) {
+    // Only the formats whose codes have C's width are reachable for a given C.
+    switch (format * 2 + (saturate ? 1 : 0)) {
+#define GQ_FLOAT_CASE(F, S)                                                             \
+    case F * 2 + S:                                                                     \
+        if (flat_ok(x, out)) {                                                          \
+            encode_flat(FloatCodec<C, F, S>{format, saturate}, x, out, n * d);          \
+        } else {                                                                        \
+            encode_rows(FloatCodec<C, F, S>{format, saturate}, x, out, n, d, d);       \
+        }                                                                               \
+        break;
+        GQ_FLOAT_CASE(gq::E4M3, 0) GQ_FLOAT_CASE(gq::E4M3, 1) GQ_FLOAT_CASE(gq::E5M2, 0)
+        GQ_FLOAT_CASE(gq::E5M2, 1) GQ_FLOAT_CASE(gq::FP16, 0) GQ_FLOAT_CASE(gq::FP16, 1)
+        GQ_FLOAT_CASE(gq::BF16, 0) GQ_FLOAT_CASE(gq::BF16, 1)
+#undef GQ_FLOAT_CASE
+    }
+}
+
+template <typename C>
+__global__ void float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
+                             int format) {
+    const FloatCodec<C> dec{format, 0};
+    if (flat_ok(out, codes)) {
+        decode_flat(dec, codes, out, n * d);
+    } else {
+        decode_rows(dec, codes, out, n, d, d);
+    }
+}
+
+// Four consecutive values as float32 (one 16-byte load for float; p aligned to 4 * sizeof(T)).
+__device__ __forceinline__ void load4(const float* p, float* v) { gq::load_raw<float4>(p, v); }
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, float* v) {
+#pragma unroll
+    for (int t = 0; t < 4; ++t) v[t] = to_f32(p[t]);
+}
+
+// Lanes of a warp share segments in groups of W lanes: W = 32 for long segments, W = seg_len / 4
+// for short ones (blocks of 4..124 values that split a warp evenly), so a warp works on 32 / W
+// segments at once and every lane has a float4 to load. A group reduces with its own lane mask.
+struct LaneGroup {
+    int width, index, lane;  // lanes per segment, group index in the warp, lane in the group
+    unsigned mask;
+    __device__ LaneGroup(long long seg_len, int warp_lane) {
+        const long long quads = seg_len / 4;
+        width = (seg_len % 4 == 0 && seg_len < 128 && 32 % quads == 0) ? (int)quads : 32;
+        index = warp_lane / width;
+        lane = warp_lane % width;
+        mask = width == 32 ? 0xffffffffu : ((1u << width) - 1u) << (index * width);
+    }
+};
+
+// Segments of up to 4 * W * ABSMAX_V4 values (a multiple of 4) stay in registers: one read of the
+// input, 4 values per lane per step, 4 int8 codes (or 4 nibbles) stored per lane per step.
+constexpr int ABSMAX_V4 = 4;
+
+// Scale of a segment from its lanes' integer max |x|; lane 0 of the group records it, and the row
+// when the segment holds NaN or Inf.
+__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
+                                                      unsigned long long* bad_row, long long seg, long long row,
+                                                      int qmax, float eps, const float* tensor_scale,
+                                                      int use_tensor_scale) {
+    m = __reduce_max_sync(grp.mask, m);
+    const float own = gq::absmax_scale(gq::float_of(m), eps, qmax);
+    const float s = use_tensor_scale ? tensor_scale[0] : own;
+    if (live && grp.lane == 0) {
+        if (!use_tensor_scale) scales[seg] = s;
+        if (!gq::is_finite(own)) atomicMin(bad_row, (unsigned long long)row);
+    }
+    return s;
+}
+
+// One group of lanes per segment (a row, or a block of seg_len values of a row; groups segments
+// per row). scales[seg] = f32(f32(max|x| + eps) / qmax); codes int8 (bits 8) or nibbles (bits 4,
+// rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
+// row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
+template <typename T>
+__global__ void __launch_bounds__(256, 4)
+    absmax_encode(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                              float* __restrict__ scales, unsigned long long* bad_row, long long n,
+                              long long d, long long seg_len, long long groups, int bits, int high_first,
+                              float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+    const LaneGroup grp(seg_len, threadIdx.x & 31);
+    const int qmax = bits == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
+    const long long rc = bits == 8 ? d : (d + 1) / 2;
+    const long long warps = thread_count() / 32, segments = n * groups;
+    // Every lane of a warp runs the same number of steps (the group reductions need their lanes);
+    // a group past the last segment computes nothing and writes nothing.
+    for (long long base = (thread_index() / 32) * per_warp; base < segments; base += warps * per_warp) {
+        const long long seg0 = base + grp.index;
+        const bool live = seg0 < segments;
+        const long long seg = live ? seg0 : segments - 1;
+        const long long row = seg / groups, g = seg - row * groups;
+        const T* src = x + row * d + g * seg_len;
+        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
+        const bool in_registers = seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
+                                  aligned(src, 4 * sizeof(T)) && aligned(dst, bits == 8 ? 4 : 2);
+        gq_u32 m = 0;
+        if (in_registers) {
+            float v[ABSMAX_V4][4];
+#pragma unroll
+            for (int i = 0; i < ABSMAX_V4; ++i) {
+                const long long j = 4 * (grp.lane + (long long)W * i);
+                if (live && j < seg_len) {
+                    load4(src + j, v[i]);
+#pragma unroll
+                    for (int t = 0; t < 4; ++t) {
+                        const gq_u32 a = gq::bits_of(v[i][t]) & 0x7fffffffu;  // integer max == max |x|
+                        m = a > m ? a : m;
+                    }
+                }
+            }
+            const float s = absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale,
+                                                 use_tensor_scale);
+#pragma unroll
+            for (int i = 0; i < ABSMAX_V4; ++i) {
+                const long long j = 4 * (grp.lane + (long long)W * i);
+                if (live && j < seg_len) {
+                    unsigned q[4];
+#pragma unroll
+                    for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
+                    if (bits == 8) {
+                        const unsigned word =
+                            (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
+                        gq::store_raw<unsigned>(dst + j, &word);
+                    } else {
+                        const unsigned short pair =
+                            (unsigned short)(gq::pack_nibbles(q[0] & 0xfu, q[1] & 0xfu, high_first) |
+                                             (gq::pack_nibbles(q[2] & 0xfu, q[3] & 0xfu, high_first) << 8));
+                        gq::store_raw<unsigned short>(dst + j / 2, &pair);
+                    }
+                }
+            }
+            continue;
+        }
+        // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
+#pragma unroll 4
+        for (long long i = grp.lane; live && i < seg_len; i += W) {
+            const gq_u32 a = gq::bits_of(to_f32(src[i])) & 0x7fffffffu;
+            m = a > m ? a : m;
+        }
+        const float s =
+            absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale, use_tensor_scale);
+        if (!live) continue;
+        if (bits == 8) {
+#pragma unroll 4
+            for (long long i = grp.lane; i < seg_len; i += W) {
+                dst[i] = (unsigned char)(gq::absmax_code(to_f32(src[i]), s, qmax) & 0xff);
+            }
+        } else {
+            const long long nbytes = (seg_len + 1) / 2;
+            for (long long b = grp.lane; b < nbytes; b += W) {
+                const unsigned lo = (unsigned)gq::absmax_code(to_f32(src[2 * b]), s, qmax) & 0xfu;
+                const unsigned hi =
+                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code(to_f32(src[2 * b + 1]), s, qmax) & 0xfu : 0u;
+                dst[b] = gq::pack_nibbles(lo, hi, high_first);
+            }
+        }
+    }
+}
+
+// tensor: every value uses scales[0] (granularity "tensor"); else scales is (n, groups).
+__global__ void absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                              float* __restrict__ out, long long n, long long d, long long seg_len,
+                              long long groups, int bits, int high_first, int tensor) {
+    if (bits == 8) {
+        AbsmaxDecoder<1> dec{scales, groups, seg_len, high_first, tensor};
+        decode_rows(dec, codes, out, n, d, d);
+    } else {
+        AbsmaxDecoder<2> dec{scales, groups, seg_len, high_first, tensor};
+        decode_rows(dec, codes, out, n, d, (d + 1) / 2);
+    }
+}

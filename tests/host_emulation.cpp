@@ -1,0 +1,119 @@
+// host_emulation.cpp: kernels/quantize.cu compiled for the host, its threads run one after another,
+// so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
+// paths, unaligned views, row tails, packing) against the numpy reference without a GPU.
+// Warp-cooperative kernels (absmax_encode) cannot run this way; their math is in host_check.cpp.
+
+#include <cstdint>
+#include <cstring>
+
+#define GQ_HOST_EMULATION 1
+#define __global__
+#define __launch_bounds__(...)
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __align__(n) alignas(n)
+
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
+struct Dim { unsigned x; };
+static Dim threadIdx{0}, blockIdx{0}, blockDim{1}, gridDim{1};
+struct __half { unsigned short bits; };
+
+#include "quant_math.cuh"
+
+inline float __half2float(__half h) { return gq::float_decode(h.bits, gq::FP16); }
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+inline unsigned __reduce_max_sync(unsigned, unsigned v) { return v; }
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+    const unsigned long long old = *p;
+    *p = v < old ? v : old;
+    return old;
+}
+
+#include "quantize.cu"
+
+// Run `launch` as a grid of `blocks` x `threads`, one thread at a time.
+template <typename F>
+static void run_grid(int blocks, int threads, F launch) {
+    gridDim.x = (unsigned)blocks;
+    blockDim.x = (unsigned)threads;
+    for (int b = 0; b < blocks; ++b) {
+        for (int t = 0; t < threads; ++t) {
+            blockIdx.x = (unsigned)b;
+            threadIdx.x = (unsigned)t;
+            launch();
+        }
+    }
+}
+
+// dtype: 0 float, 1 float16 (bits), 2 double.
+#define GQ_DISPATCH(dtype, CALL)                                                   \
+    switch (dtype) {                                                               \
+    case 0: { typedef float T; CALL; break; }                                      \
+    case 1: { typedef __half T; CALL; break; }                                     \
+    default: { typedef double T; CALL; break; }                                    \
+    }
+
+extern "C" {
+
+void emu_scalar_encode(int blocks, int threads, int dtype, const void* x, unsigned char* out, long long n,
+                       long long d, const gq::ScalarParams* params, int per_dim, int rounding, int bits,
+                       int is_signed, int high_first) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        scalar_encode<T>((const T*)x, out, n, d, params, per_dim, rounding, bits, is_signed, high_first);
+    }))
+}
+
+void emu_scalar_decode(int blocks, int threads, const unsigned char* codes, float* out, long long n, long long d,
+                       const gq::ScalarParams* params, int per_dim, int rounding, int bits, int is_signed,
+                       int high_first) {
+    run_grid(blocks, threads, [&] {
+        scalar_decode(codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first);
+    });
+}
+
+void emu_binary_encode(int blocks, int threads, int dtype, const void* x, unsigned char* out, long long n,
+                       long long d, const float* thresholds, int big, int is_signed) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        binary_encode<T>((const T*)x, out, n, d, thresholds, big, is_signed);
+    }))
+}
+
+void emu_binary_decode(int blocks, int threads, const unsigned char* codes, float* out, long long n, long long d,
+                       int big, int is_signed) {
+    run_grid(blocks, threads, [&] { binary_decode(codes, out, n, d, big, is_signed); });
+}
+
+void emu_float_encode(int blocks, int threads, int dtype, const void* x, void* out, long long n, long long d,
+                      int format, int saturate) {
+    const bool wide = format == gq::FP16 || format == gq::BF16;
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        if (wide) {
+            float_encode<T, unsigned short>((const T*)x, (unsigned short*)out, n, d, format, saturate);
+        } else {
+            float_encode<T, unsigned char>((const T*)x, (unsigned char*)out, n, d, format, saturate);
+        }
+    }))
+}
+
+void emu_float_decode(int blocks, int threads, const void* codes, float* out, long long n, long long d, int format) {
+    run_grid(blocks, threads, [&] {
+        if (format == gq::FP16 || format == gq::BF16) {
+            float_decode<unsigned short>((const unsigned short*)codes, out, n, d, format);
+        } else {
+            float_decode<unsigned char>((const unsigned char*)codes, out, n, d, format);
+        }
+    });
+}
+
+void emu_absmax_decode(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,
+                       long long n, long long d, long long seg_len, long long groups, int bits, int high_first,
+                       int tensor) {
+    run_grid(blocks, threads, [&] {
+        absmax_decode(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,195 @@
+// host_emulation_warps.cpp: the warp- and block-cooperative kernels (absmax_encode in
+// kernels/quantize.cu, everything in kernels/train.cu) compiled for the host. Each block runs its
+// threads as std::threads; __syncthreads and the warp intrinsics (__reduce_*_sync, __ballot_sync,
+// __shfl_up_sync) meet at barriers; atomics are std::atomic_ref; blocks run one after another, so
+// __shared__ can be a function-local static. Built by tests/test_kernels_host.py (-std=c++20).
+
+#include <atomic>
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define GQ_HOST_EMULATION 1
+#define __global__
+#define __launch_bounds__(...)
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __align__(n) alignas(n)
+#define __shared__ static
+
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
+struct Dim { unsigned x, y; };
+static thread_local Dim threadIdx{0, 0}, blockIdx{0, 0};
+static Dim blockDim{1, 1}, gridDim{1, 1};
+struct __half { unsigned short bits; };
+
+struct Warp {
+    std::unique_ptr<std::barrier<>> bar;
+    unsigned long long vals[32];
+};
+static std::unique_ptr<std::barrier<>> g_block_barrier;
+static std::vector<Warp> g_warps;
+
+inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
+
+// Every lane publishes v; f(values) is computed by each lane after all have published.
+template <typename F>
+inline unsigned long long warp_exchange(unsigned long long v, F f) {
+    Warp& w = g_warps[threadIdx.x / 32];
+    w.vals[threadIdx.x % 32] = v;
+    w.bar->arrive_and_wait();
+    const unsigned long long r = f(w.vals, threadIdx.x % 32);
+    w.bar->arrive_and_wait();
+    return r;
+}
+// The lanes named in mask reduce together (lanes of other masks reduce among themselves).
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
+    return (unsigned)warp_exchange(v, [mask](const unsigned long long* a, int) {
+        unsigned long long m = 0;
+        for (int i = 0; i < 32; ++i) m = ((mask >> i) & 1u) && a[i] > m ? a[i] : m;
+        return m;
+    });
+}
+inline unsigned __reduce_min_sync(unsigned, unsigned v) {
+    return (unsigned)warp_exchange(v, [](const unsigned long long* a, int) {
+        unsigned long long m = ~0ull;
+        for (int i = 0; i < 32; ++i) m = a[i] < m ? a[i] : m;
+        return m;
+    });
+}
+inline unsigned __reduce_add_sync(unsigned, unsigned v) {
+    return (unsigned)warp_exchange(v, [](const unsigned long long* a, int) {
+        unsigned long long s = 0;
+        for (int i = 0; i < 32; ++i) s += a[i];
+        return s & 0xffffffffull;
+    });
+}
+inline unsigned __ballot_sync(unsigned, int pred) {
+    return (unsigned)warp_exchange(pred ? 1 : 0, [](const unsigned long long* a, int) {
+        unsigned long long b = 0;
+        for (int i = 0; i < 32; ++i) b |= a[i] << i;
+        return b;
+    });
+}
+inline unsigned long long __shfl_up_sync(unsigned, unsigned long long v, int off) {
+    return warp_exchange(v, [off](const unsigned long long* a, int lane) { return lane >= off ? a[lane - off] : a[lane]; });
+}
+inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+
+template <typename T>
+inline T atomicMin(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+template <typename T>
+inline T atomicMax(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (v > old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
+}
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+    std::atomic_ref<T> a(*p);
+    T old = a.load();
+    while (!a.compare_exchange_weak(old, old + v)) {
+    }
+    return old;
+}
+
+#include "quant_math.cuh"
+
+inline float __half2float(__half h) { return gq::float_decode(h.bits, gq::FP16); }
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+
+#include "quantize.cu"
+#include "train.cu"
+
+// Run `kernel` on a (gx, gy) grid of `threads`-thread blocks (threads a multiple of 32).
+template <typename F>
+static void launch(unsigned gx, unsigned gy, unsigned threads, F kernel) {
+    gridDim = {gx, gy};
+    blockDim = {threads, 1};
+    for (unsigned by = 0; by < gy; ++by) {
+        for (unsigned bx = 0; bx < gx; ++bx) {
+            g_block_barrier = std::make_unique<std::barrier<>>(threads);
+            g_warps = std::vector<Warp>(threads / 32);
+            for (auto& w : g_warps) w.bar = std::make_unique<std::barrier<>>(32);
+            std::vector<std::thread> pool;
+            for (unsigned t = 0; t < threads; ++t) {
+                pool.emplace_back([=] {
+                    threadIdx = {t, 0};
+                    blockIdx = {bx, by};
+                    kernel();
+                });
+            }
+            for (auto& th : pool) th.join();
+        }
+    }
+}
+
+#define GQ_DISPATCH(dtype, CALL)                                                   \
+    switch (dtype) {                                                               \
+    case 0: { typedef float T; CALL; break; }                                      \
+    case 1: { typedef __half T; CALL; break; }                                     \
+    default: { typedef double T; CALL; break; }                                    \
+    }
+
+extern "C" {
+
+void emu_absmax_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes, float* scales,
+                       unsigned long long* bad_row, long long n, long long d, long long seg_len, long long groups,
+                       int bits, int high_first, float eps, const float* tensor_scale, int use_tensor_scale) {
+    GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] {
+        absmax_encode<T>((const T*)x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps,
+                         tensor_scale, use_tensor_scale);
+    }))
+}
+
+void emu_to_float32(int blocks, int threads, int dtype, const void* x, float* y, long long count) {
+    GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] { to_float32<T>((const T*)x, y, count); }))
+}
+
+void emu_minmax_global(int blocks, int threads, int dtype, const void* x, long long count, unsigned* kmin,
+                       unsigned* kmax) {
+    GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] { minmax_global<T>((const T*)x, count, kmin, kmax); }))
+}
+
+void emu_minmax_columns(int gx, int gy, int threads, int dtype, const void* x, long long n, long long d,
+                        unsigned* kmin, unsigned* kmax) {
+    GQ_DISPATCH(dtype, launch(gx, gy, threads, [=] { minmax_columns<T>((const T*)x, n, d, kmin, kmax); }))
+}
+
+void emu_column_sums(int gx, int gy, int threads, int dtype, const void* x, long long n, long long d, double* sums) {
+    GQ_DISPATCH(dtype, launch(gx, gy, threads, [=] { column_sums<T>((const T*)x, n, d, sums); }))
+}
+
+void emu_radix_histogram(int blocks, int threads, int dtype, const void* x, long long count, int pass,
+                         const unsigned long long* sel, unsigned long long* hist, unsigned long long* nans) {
+    GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] { radix_histogram<T>((const T*)x, count, pass, sel, hist, nans); }))
+}
+
+void emu_radix_pick(int pass, unsigned long long* sel, unsigned long long* hist) {
+    launch(1, 1, 64, [=] { radix_pick(pass, sel, hist); });
+}
+
+// The three radix-select passes as cupy_train.select_values launches them.
+void emu_select(int blocks, int threads, int dtype, const void* x, long long count, unsigned long long* sel,
+                unsigned long long* hist, unsigned long long* nans) {
+    for (int p = 0; p < 3; ++p) {
+        emu_radix_histogram(blocks, threads, dtype, x, count, p, sel, hist, nans);
+        emu_radix_pick(p, sel, hist);
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,70 @@
+"""Every kernel file and every template instance compiles with NVRTC, for compute_80 and
+compute_90, on a machine without a GPU (CI runs this). Also checks the ``-ftz`` decision: compiled
+with CuPy's ``-ftz=true``, the quantization kernels contain no flushing float instruction, so their
+results cannot depend on that flag (see kernels/quant_math.cuh)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (with NVRTC) is not installed")
+
+from gpuquant.backends import cuda_loader, cupy_backend, cupy_train  # noqa: E402
+
+INSTANCES = {
+    cupy_backend.QUANTIZE_FILE: cupy_backend.NAME_EXPRESSIONS,
+    cupy_train.TRAIN_FILE: cupy_train.NAME_EXPRESSIONS,
+}
+ARCHS = ["compute_80", "compute_90"]
+
+
+def test_every_kernel_file_has_its_instances_listed() -> None:
+    assert sorted(INSTANCES) == cuda_loader.kernel_files()
+
+
+def test_cuda_headers_found() -> None:
+    assert cuda_loader.cuda_include_dir() is not None, "cuda_fp16.h not found: install cupy-cuda13x[ctk]"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("filename", sorted(INSTANCES))
+def test_compiles(filename: str, arch: str) -> None:
+    lowered = cuda_loader.nvrtc_check(filename, INSTANCES[filename], arch)
+    assert set(lowered) == set(INSTANCES[filename])
+    assert all(name.startswith("_Z") for name in lowered.values())
+
+
+def _ptx(filename: str, options: tuple[str, ...]) -> str:
+    prog = nvrtc.createProgram(cuda_loader.build_source(filename), filename, [], [])
+    try:
+        for expr in INSTANCES[filename]:
+            nvrtc.addNameExpression(prog, expr)
+        nvrtc.compileProgram(prog, list(cuda_loader.compile_options(options)))
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+def test_quantize_kernels_do_not_flush_subnormals() -> None:
+    ptx = _ptx(cupy_backend.QUANTIZE_FILE, ("-arch=compute_90", "-ftz=true"))
+    flushing = sorted({m.group(0) for m in re.finditer(r"\b[a-z]+(\.[a-z0-9]+)*\.ftz(\.[a-z0-9]+)*", ptx)})
+    assert not flushing, f"float instructions that flush subnormals: {flushing}"
+    assert not re.search(r"\bfma\.", ptx), "an FMA contraction changes results"
+
+
+def test_compile_error_names_file_options_and_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = cuda_loader.read_kernel_text
+
+    def broken(name: str) -> str:
+        text = original(name)
+        return text + "\nconstexpr int gq_broken = 8 +;\n" if name == "quantize.cu" else text
+
+    monkeypatch.setattr(cuda_loader, "read_kernel_text", broken)
+    with pytest.raises(cuda_loader.KernelCompileError) as info:
+        cuda_loader.nvrtc_check("quantize.cu", ["binary_decode"], "compute_90")
+    message = str(info.value)
+    assert "quantize.cu" in message and "--std=c++17" in message and "-arch=compute_90" in message
+    assert "constexpr int gq_broken = 8 +;" in message
