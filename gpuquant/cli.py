@@ -9,6 +9,7 @@ Subcommands::
     gpuquant export-info [NAME] [--dim D]  how to load an export preset's codes (Qdrant, pgvector, ...)
     gpuquant inspect PATH                  a quantizer JSON, a converted directory or a .npy file
     gpuquant doctor                        GPU, driver, CUDA, CuPy, cuVS, NVML: what works, why not
+    gpuquant eval DATA --scheme S          recall@k and reconstruction error against float32 search
 
 INPUT is a ``.npy`` file holding a 2-D float matrix (memory-mapped), or ``demo`` for the dataset
 shipped with the package (2000 x 384 MiniLM embeddings, :mod:`gpuquant.data`); write ``./demo`` for
@@ -384,6 +385,38 @@ def cmd_plan(args: argparse.Namespace) -> Report:
 
 
 # ------------------------------------------------------------------------------------------------
+# eval
+
+
+def cmd_eval(args: argparse.Namespace) -> Report:
+    """Reconstruction error and recall@k of a scheme on DATA (see gpuquant.evaluate)."""
+    from gpuquant.evaluate import evaluate
+
+    X, _ = _load_input(args.data)
+    if args.quantizer:
+        if args.param:
+            raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
+        q = _load_quantizer(args.quantizer, args.backend)
+    else:
+        q = _make_quantizer(args.scheme, _params(args.param), args.backend)
+    queries = gio.load_matrix(Path(args.queries)) if args.queries else None
+    start = time.perf_counter()
+    r = evaluate(np.asarray(X), q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
+                 rescore_with=args.rescore_with, backend=args.backend)
+    r["seconds"] = time.perf_counter() - start
+    lines = [
+        f"{r['scheme']}: {r['rows']} rows x {r['dims']} dims, {r['queries']} queries, k={r['k']}",
+        f"  bytes per vector   {r['bytes_per_vector']:.1f} (float32: {4 * r['dims']})",
+        f"  recall@{r['k']:<10d} {r['recall_at_k']:.4f}",
+    ]
+    if "recall_at_k_rescored" in r:
+        lines.append(f"  rescored ({r['rescore']}x){'':<6} {r['recall_at_k_rescored']:.4f}")
+    lines += [f"  mean cosine        {r['mean_cosine']:.5f}", f"  relative error     {r['relative_error']:.5f}",
+              f"  mse                {r['mse']:.3e}"]
+    return r, "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
 # export-info
 
 
@@ -708,6 +741,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}-gbs", type=float, metavar="GB/S", help=f"{name} bandwidth for the time estimate")
     p.add_argument("--measure", action="store_true", help="run one batch on the GPU: real peak and H_measured")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("eval", parents=[common], help="recall@k and reconstruction error of a scheme on DATA")
+    p.add_argument("data", metavar="DATA", help="a .npy matrix (the corpus), or 'demo'")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")
+    how.add_argument("--quantizer", metavar="Q.json", help="a saved, fitted quantizer")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a scheme parameter (repeatable)")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--queries", metavar="Q.npy", help="query vectors (default: the first --n-queries rows)")
+    held.add_argument("--n-queries", type=_positive_int, default=1000, help="rows held out as queries (1000)")
+    p.add_argument("--k", type=_positive_int, default=10, help="neighbours (default 10)")
+    p.add_argument("--rescore", type=_positive_int, metavar="M", help="re-rank k*M candidates with the float query")
+    p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export-info", parents=[common],
                        help="how to load an export preset's codes into its consumer (Qdrant, pgvector, GGUF, ...)")

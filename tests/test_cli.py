@@ -418,3 +418,31 @@ def test_python_dash_m_gpuquant(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "gpuquant", "convert", "missing.npy", "o", "--scheme", "fp16"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr and proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# eval
+
+
+def test_eval_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = run_json(capsys, "eval", "demo", "--scheme", "st-int8", "--n-queries", "50", "--rescore", "3")
+    assert code == 0 and doc["ok"]
+    for key in ("recall_at_k", "recall_at_k_rescored", "mse", "relative_error", "mean_cosine", "bytes_per_vector"):
+        assert key in doc
+    assert doc["queries"] == 50 and doc["bytes_per_vector"] == 384 and 0.9 < doc["recall_at_k"] <= 1.0
+
+
+def test_eval_with_query_file_and_saved_quantizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuquant.data import load_demo
+
+    np.save(tmp_path / "q.npy", load_demo()[:20])
+    assert run(capsys, "fit", "demo", "--scheme", "faiss-sq8", "-o", str(tmp_path / "f.json"))[0] == 0
+    code, doc = run_json(capsys, "eval", "demo", "--quantizer", str(tmp_path / "f.json"),
+                         "--queries", str(tmp_path / "q.npy"), "--k", "5")
+    assert code == 0 and doc["queries"] == 20 and doc["k"] == 5 and "recall_at_k_rescored" not in doc
+
+
+def test_eval_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "eval", "demo", "--k", "0")[0] == 2
+    assert run(capsys, "eval", "demo", "--n-queries", "5000")[0] == 2
+    assert run(capsys, "eval", "missing.npy")[0] == 2
