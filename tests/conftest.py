@@ -44,3 +44,15 @@ def matrix(rng: np.random.Generator, n: int, d: int, *, scale: float = 1.0, edge
         idx = rng.choice(flat.size, size=min(flat.size, edges.size), replace=False)
         flat[idx] = edges[: idx.size]
     return x
+
+
+def assert_means_agree(got: np.ndarray, want: np.ndarray, x32: np.ndarray) -> None:
+    """Per-column float32 means from float64 sums taken in different orders agree within the
+    float64 summation bound, ``(n - 1) * 2**-52 * sum|x|`` per column divided by n, plus one float32
+    ulp for each side's final rounding. (With values near ±3.4e38 the order alone can move a mean
+    far: no ulp count bounds it.)"""
+    n = x32.shape[0]
+    bound = max(n - 1, 1) * 2.0**-52 * np.abs(x32.astype(np.float64)).sum(axis=0) / n
+    ulp = np.spacing(np.maximum(np.abs(got), np.abs(want)).astype(np.float32)).astype(np.float64)
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    assert (diff <= bound + ulp).all(), (diff, bound, ulp)

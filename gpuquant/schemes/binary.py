@@ -14,7 +14,8 @@ signed_encoding : how a signed byte is made from the packed byte ``b`` (signed=T
 
 Math: bit ``(i, j) = x[i, j] > thr[j]``, an IEEE comparison (subnormals are not flushed; NaN gives 0).
 Codes have shape (n, ceil(d/8)); the pad bits of the last byte are 0. State: ``thresholds``,
-float32 (d,): zeros, the mean (a float64 sum over all rows divided by n, rounded to float32), or
+float32 (d,): zeros, the mean (a float64 sum over all rows divided by n, rounded to float32; the
+summation order is not part of the spec, so backends agree within the float64 summation error), or
 the exact median (the middle value; for even n ``float32((f64(a) + f64(b)) / 2)`` of the two middle
 values). Fitting refuses NaN. The inverse gives +1.0 where a bit is set and -1.0 where not: the
 sign pattern, not the magnitudes.
