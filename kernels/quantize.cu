@@ -431,47 +431,9 @@ __global__ void scalar_decode(const unsigned char* __restrict__ codes, float* __
     }
 }
 
-#ifndef GQ_HOST_EMULATION
-// Rows of a multiple of 32 values: the matrix is a run of 32-value words, word w = values
-// 32w..32w+31 (never across rows) = code bytes 4w..4w+3. Lane l of a warp reads value l of a word
-// (one coalesced 128-byte load per word) and __ballot_sync packs the word in little bit order;
-// big order reverses the bits of each byte. A warp does WORDS words per step, their loads first,
-// and lanes 0..WORDS-1 store them (contiguous). The host emulation runs threads one at a time, so
-// it cannot ballot: this path is proven by the GPU tests, the general one by both.
-template <typename T>
-__device__ void binary_encode_words(const T* __restrict__ x, unsigned* __restrict__ out, long long words,
-                                    long long d, const float* __restrict__ thresholds, int big, int is_signed) {
-    constexpr int WORDS = 8;
-    const int lane = threadIdx.x & 31;
-    const long long warps = thread_count() / 32, words_per_row = d / 32;
-    for (long long w0 = (thread_index() / 32) * WORDS; w0 < words; w0 += warps * WORDS) {
-        float v[WORDS];
-#pragma unroll
-        for (int k = 0; k < WORDS; ++k) v[k] = (w0 + k < words) ? to_f32(x[32 * (w0 + k) + lane]) : 0.0f;
-        unsigned mine = 0;
-#pragma unroll
-        for (int k = 0; k < WORDS; ++k) {
-            const long long w = w0 + k;  // the same for every lane: the ballot is warp-uniform
-            const float thr = thresholds ? thresholds[32 * (w % words_per_row) + lane] : 0.0f;
-            unsigned b = __ballot_sync(0xffffffffu, w < words && gq::gt_f32(v[k], thr));
-            if (big) b = __byte_perm(__brev(b), 0u, 0x0123u);
-            if (is_signed) b ^= 0x80808080u;
-            if (lane == k) mine = b;
-        }
-        if (lane < WORDS && w0 + lane < words) out[w0 + lane] = mine;
-    }
-}
-#endif
-
 template <typename T>
 __global__ void binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
                               long long d, const float* thresholds, int big, int is_signed) {
-#ifndef GQ_HOST_EMULATION
-    if (d % 32 == 0 && aligned(out, 4)) {
-        binary_encode_words(x, reinterpret_cast<unsigned*>(out), n * (d / 32), d, thresholds, big, is_signed);
-        return;
-    }
-#endif
     BinaryCodec enc{thresholds, big, is_signed};
     encode_rows(enc, x, out, n, d, (d + 7) / 8);
 }
