@@ -46,7 +46,7 @@ def git_commit() -> str:
 
 def run_tests(log: Path, timeout_s: int) -> dict[str, Any]:
     """``pytest -m gpu tests``, output kept in ``log``; returns the summary line and exit code."""
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider", "-rfE"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu or cuvs", "tests", "-q", "-p", "no:cacheprovider", "-rfE"]
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -217,6 +217,7 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, copy_gbps: float) -> list
             failed["traceback"] = traceback.format_exc()[-2000:]
         cp.get_default_memory_pool().free_all_blocks()
     rows.extend(bench_training(cp, timer, x, copy_gbps))
+    rows.extend(bench_cuvs(cp, timer, x, copy_gbps))
     del x
     cp.get_default_memory_pool().free_all_blocks()
     return rows
@@ -295,6 +296,49 @@ def short_table(report: dict[str, Any]) -> str:
     if report.get("error"):
         lines.append(f"FAILED: {report['error']}")
     return "\n".join(lines)
+
+
+def bench_cuvs(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict[str, Any]]:
+    """cuVS's own scalar and binary quantizers on the same input, where cuVS is installed."""
+    try:
+        from cuvs.preprocessing.quantize import binary, scalar
+    except Exception:  # noqa: BLE001 - no cuVS here: nothing to compare
+        return []
+    from cuvs.common import Resources
+
+    res = Resources()  # one handle, reused: its creation stays out of the timings
+
+    def synced(call: Callable[[], Any]) -> Callable[[], None]:
+        return lambda: (call(), res.sync())[-1]
+
+    trained = scalar.train(scalar.QuantizerParams(quantile=0.99), x, resources=res)
+    res.sync()
+    codes = cp.empty(x.shape, cp.int8)
+    bits = cp.empty((x.shape[0], -(-x.shape[1] // 8)), cp.uint8)
+    cases: list[tuple[str, str, Callable[[], Any], int]] = [
+        ("cuVS: cuvs-sq8", "transform", synced(lambda: scalar.transform(trained, x, output=codes, resources=res)),
+         x.nbytes + codes.nbytes),
+        ("cuVS: cuvs-sq8", "inverse", synced(lambda: scalar.inverse_transform(trained, codes, resources=res)),
+         codes.nbytes + x.nbytes),
+        ("cuVS: binary", "transform", synced(lambda: binary.transform(x, output=bits, resources=res)),
+         x.nbytes + bits.nbytes),
+        ("cuVS: train (quantile 0.99, 1e6-value sample)", "train",
+         synced(lambda: scalar.train(scalar.QuantizerParams(quantile=0.99), x, resources=res)), 0),
+    ]
+    rows = []
+    for name, op, fn, moved in cases:
+        row: dict[str, Any] = {"scheme": name, "op": op, "size_bytes": int(x.nbytes), "copy_gbps": copy_gbps}
+        try:
+            seconds = timer(fn)
+            row.update(seconds=seconds, bytes_moved=int(moved or x.nbytes))
+            row["gbps"] = row["bytes_moved"] / seconds / 1e9
+            row["fraction_of_copy"] = row["gbps"] / copy_gbps
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        rows.append(row)
+    del codes, bits
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 * ``numpy``: the CPU path, always available; the reference math in row chunks on every core.
 * ``cupy``: our CUDA kernels (``kernels/*.cu``) through CuPy, when a GPU works.
+* ``cuvs``: NVIDIA cuVS's own scalar and binary quantizers, for side-by-side comparison (never
+  picked by ``auto``).
 
 ``resolve("auto")`` picks ``cupy`` when it works, else ``numpy``, and remembers why the GPU was
 skipped; an explicitly named backend never falls back: if it cannot run, ``resolve`` raises
@@ -24,6 +26,7 @@ from gpuquant.schemes import Scheme
 _MODULES = {
     "numpy": ("gpuquant.backends.numpy_backend", "NumpyBackend"),
     "cupy": ("gpuquant.backends.cupy_backend", "CupyBackend"),
+    "cuvs": ("gpuquant.backends.cuvs_backend", "CuvsBackend"),
 }
 AUTO_ORDER = ("cupy", "numpy")
 
