@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
-    path = Path(args.data) if args.data else demo_path()
+    path = Path(args.data or demo_path())
     X = np.load(path, mmap_mode="r")
     n_queries = min(args.n_queries, X.shape[0] // 10)
     rows = []
