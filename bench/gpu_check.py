@@ -59,8 +59,8 @@ def run_tests(log: Path, timeout_s: int) -> dict[str, Any]:
     summary = next((ln for ln in reversed(lines) if " in " in ln and ("passed" in ln or "failed" in ln
                                                                         or "skipped" in ln or "error" in ln)),
                    lines[-1] if lines else "no output")
-    return {"command": " ".join(cmd), "exit_code": code, "summary": summary.strip("= "),
-            "seconds": time.perf_counter() - start, "log": str(log)}
+    return {"command": " ".join(["python", *cmd[1:]]), "exit_code": code, "summary": summary.strip("= "),
+            "seconds": time.perf_counter() - start, "log": log.name}
 
 
 class Timer:
