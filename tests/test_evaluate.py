@@ -66,3 +66,24 @@ def test_explicit_queries_and_errors(rng):
         evaluate(x, "st-int8", k=200, n_queries=10, backend="numpy")
     with pytest.raises(gpuquant.InputError, match="rescore"):
         evaluate(x, "st-int8", rescore=0, backend="numpy")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["st-int8", "binary", "int8-row"])
+def test_evaluate_on_the_gpu_matches_the_cpu(rng, name):
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    ok, why = CupyBackend.is_available()
+    if not ok:
+        pytest.skip(f"no usable GPU: {why}")
+    import cupy
+
+    x = matrix(rng, 600, 48)
+    cpu = evaluate(x, name, k=5, n_queries=40, rescore=3, backend="numpy")
+    gpu = evaluate(cupy.asarray(x), name, k=5, n_queries=40, rescore=3, backend="cupy")
+    # identical codes on both backends; the float32 search may break score ties differently
+    assert gpu["bytes_per_vector"] == cpu["bytes_per_vector"]
+    assert abs(gpu["recall_at_k"] - cpu["recall_at_k"]) <= 0.02
+    assert abs(gpu["recall_at_k_rescored"] - cpu["recall_at_k_rescored"]) <= 0.02
+    assert gpu["mse"] == pytest.approx(cpu["mse"], rel=1e-4)
+    assert gpu["mean_cosine"] == pytest.approx(cpu["mean_cosine"], rel=1e-5)
