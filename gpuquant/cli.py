@@ -6,6 +6,7 @@ Subcommands::
     gpuquant fit INPUT --scheme S [--param k=v ...] -o QUANTIZER.json
     gpuquant convert INPUT OUTPUT (--scheme S [--param k=v ...] | --quantizer Q.json)
                                            fit if needed, transform, write the OUTPUT directory
+                                           (--workers N / --scheduler ADDRESS: on Dask, gpuquant.dask)
     gpuquant export-info [NAME] [--dim D]  how to load an export preset's codes (Qdrant, pgvector, ...)
     gpuquant inspect PATH                  a quantizer JSON, a converted directory or a .npy file
     gpuquant doctor                        GPU, driver, CUDA, CuPy, cuVS, NVML: what works, why not
@@ -46,7 +47,7 @@ from gpuquant.errors import GpuquantError, InputError
 log = logging.getLogger("gpuquant.cli")
 
 FORMATS = ("human", "json", "quiet")
-BACKENDS = ("auto", "numpy", "cupy")
+BACKENDS = ("auto", "numpy", "cupy", "cuvs")
 DEMO = "demo"
 ERROR_SAMPLE_ROWS = 1000
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -329,6 +330,20 @@ def _convert_device(args: argparse.Namespace) -> str:
     return implied or args.device
 
 
+def _convert_dask(args: argparse.Namespace, path: Any, q: Any, device: str, demo: bool) -> dict[str, Any]:
+    """``convert`` on a Dask cluster (``--scheduler ADDRESS`` or ``--workers N``): gpuquant.dask."""
+    if args.scheduler and args.workers:
+        raise UsageError("gpuquant convert: error: --scheduler (an existing cluster) and --workers (a local one) "
+                         "exclude each other")
+    from gpuquant import dask as gdask
+
+    with gdask.cluster_client(args.scheduler, args.workers, device) as client:
+        log.info("Dask cluster: %s", client)
+        return gdask.convert(path, args.output, q, client=client, device=device, batch_rows=args.batch_rows,
+                             resume=args.resume, overwrite=args.overwrite, shape=args.shape,
+                             source_info={"demo": demo}, progress=args.format == "human")
+
+
 def cmd_convert(args: argparse.Namespace) -> Report:
     """Stream INPUT through the quantizer into the OUTPUT store (fit first if needed); resumable."""
     from gpuquant.engine import convert
@@ -344,9 +359,12 @@ def cmd_convert(args: argparse.Namespace) -> Report:
     if demo and args.shape:
         raise InputError("--shape is for raw float32 files, not the demo dataset")
     log.info("reading %s", "the demo dataset" if demo else path)
-    doc = convert(path, args.output, q, device=device, batch_rows=args.batch_rows, resume=args.resume,
-                  overwrite=args.overwrite, progress=args.format == "human", shape=args.shape,
-                  source_info={"demo": demo})
+    if args.scheduler or args.workers:
+        doc = _convert_dask(args, path, q, device, demo)
+    else:
+        doc = convert(path, args.output, q, device=device, batch_rows=args.batch_rows, resume=args.resume,
+                      overwrite=args.overwrite, progress=args.format == "human", shape=args.shape,
+                      source_info={"demo": demo})
     doc["seconds"]["fit"] = 0.0 if args.quantizer else doc["seconds"]["fit"]
     return doc, _convert_human(doc)
 
@@ -718,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", metavar="ROWS,DIM", help="INPUT is raw float32 of this shape (ROWS may be auto: from the file size)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished store OUTPUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing gpuquant output directory")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on this Dask cluster (e.g. tcp://host:8786; needs gpuquant[dask]); OUTPUT must be "
+                        "visible to every worker at the same path")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run on a local Dask cluster of N workers (one per GPU with dask-cuda, else processes); "
+                        "--batch-rows is then the rows per task")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("plan", parents=[common], help="N_max: the batch that fits on the GPU, peak, time, disk")

@@ -57,6 +57,9 @@ FORMAT_NAME = gio.FORMAT_NAME
 FORMAT_VERSION = gio.FORMAT_VERSION
 MANIFEST, QUANTIZER, CODES = gio.MANIFEST, gio.QUANTIZER, gio.CODES
 IN_PROGRESS, COMPLETE = "in_progress", "complete"
+#: Per-range completion records of a store written by parallel tasks (``gpuquant.dask``): one file
+#: per finished row range, removed when the store is complete (whoever completes it).
+PARTS = ".parts"
 
 
 class StoreBusyError(GpuquantError, RuntimeError):
@@ -243,6 +246,7 @@ class StoreWriter:
                                        **(extra or {})})
         gio.write_json_atomic(self.path / MANIFEST, self.manifest)
         fsync_path(self.path)
+        shutil.rmtree(self.path / PARTS, ignore_errors=True)
 
     def close(self) -> None:
         for f in self.files.values():

@@ -26,6 +26,10 @@ everywhere):
   float32: equal to the reference.
 
 NaN is refused exactly where the reference refuses it, with the reference's message.
+
+The math is written once, in :func:`fit_rows`, against :class:`Rows` (read all, take sampled rows,
+a map-and-merge over row blocks, a float64 column sum): :class:`StreamRows` reads a :class:`Source`
+in batches here; ``gpuquant.dask.DaskRows`` computes the per-block partials on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -90,15 +94,95 @@ def _split(x: np.ndarray, fn: Callable[[np.ndarray], Any]) -> list[Any]:
     return [f.result() for f in [_pool().submit(fn, x[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]]
 
 
+class Rows:
+    """The row access a fit needs, so that one implementation of the math serves every layout:
+    :class:`StreamRows` (a :class:`Source`, batches in order on this machine) and
+    ``gpuquant.dask``'s rows of a Dask array (per-chunk partials merged on the client)."""
+
+    shape: tuple[int, int]
+
+    def read_all(self) -> np.ndarray:
+        """Every row, float32."""
+        raise NotImplementedError
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at the sorted indices ``rows``, float32."""
+        raise NotImplementedError
+
+    def reduce(self, fn: Callable[[np.ndarray], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        """``fn`` over float32 row blocks covering every row once, partials combined with ``merge``
+        (associative and commutative: the blocks may be merged in any order)."""
+        raise NotImplementedError
+
+    def column_sum(self) -> np.ndarray:
+        """float64 column sums (``InputError`` on NaN)."""
+        raise NotImplementedError
+
+
+class StreamRows(Rows):
+    """:class:`Rows` of a :class:`Source` read in batches, with read-ahead and per-batch work split
+    over the numpy backend's threads."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.shape = source.shape
+
+    def read_all(self) -> np.ndarray:
+        return np.asarray(self.source.read(0, self.source.rows), dtype=F32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.source.take(rows), dtype=F32)
+
+    def reduce(self, fn: Callable[[np.ndarray], Any], merge: Callable[[Any, Any], Any]) -> Any:
+        acc = None
+        for x in batches(self.source):
+            for part in _split(x, fn):
+                acc = part if acc is None else merge(acc, part)
+        return acc
+
+    def column_sum(self) -> np.ndarray:
+        """Accumulated row by row in the input's order: numpy's own order for
+        ``X.sum(axis=0, dtype=float64)`` on a C-ordered matrix."""
+        acc = np.zeros(self.source.dim, F64)
+        for x in batches(self.source):
+            acc = add_rows(acc, x)
+        return acc
+
+
+def add_rows(acc: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``acc`` plus every row of ``x`` in float64, one row after the other (``InputError`` on NaN)."""
+    if np.isnan(x).any():
+        raise InputError(NAN_MESSAGE)
+    return np.add.reduce(np.concatenate([acc[None, :], x.astype(F64)]), axis=0)
+
+
+def merge_minmax(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
+
+
+def block_minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.min(axis=0), x.max(axis=0)
+
+
+def merge_hists(a: list[np.ndarray], b: list[np.ndarray]) -> list[np.ndarray]:
+    return [p + q for p, q in zip(a, b, strict=True)]
+
+
 def fit_stream(scheme: Any, source: Source, *, gather_bytes: int = GATHER_BYTES,
                on_pass: Callable[[str], None] | None = None) -> State:
     """The state ``scheme.fit`` would compute on all rows of ``source`` (see the module docstring)."""
-    n, d = source.shape
+    return fit_rows(scheme, StreamRows(source), gather_bytes=gather_bytes, on_pass=on_pass)
+
+
+def fit_rows(scheme: Any, rows: Rows, *, gather_bytes: int = GATHER_BYTES,
+             on_pass: Callable[[str], None] | None = None) -> State:
+    """The state ``scheme.fit`` would compute on all of ``rows`` (see the module docstring)."""
+    n, d = rows.shape
     p = scheme.params
     say = on_pass or (lambda what: log.info("fit: %s", what))
     if n * d * 4 <= gather_bytes:
         say(f"reading all {n} rows")
-        return scheme.fit(np.asarray(source.read(0, n), dtype=F32))
+        return scheme.fit(rows.read_all())
     family = scheme.family
     summary = (family == "scalar" and p["range"] in ("minmax", "absmax")) or (
         family in ("absmax", "scaled_fp8") and p.get("granularity") == "tensor")
@@ -106,39 +190,30 @@ def fit_stream(scheme: Any, source: Source, *, gather_bytes: int = GATHER_BYTES,
         per_dim = family == "scalar" and p["granularity"] == "dimension"
         require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
         say("min/max pass")
-        lo = np.full(d, np.inf, F32)
-        hi = np.full(d, -np.inf, F32)
-        for x in batches(source):
-            for mn, mx in _split(x, lambda part: (part.min(axis=0), part.max(axis=0))):
-                np.minimum(lo, mn, out=lo)
-                np.maximum(hi, mx, out=hi)
-        return scheme.fit(np.stack([lo, hi]))
+        lo, hi = rows.reduce(block_minmax, merge_minmax)
+        return scheme.fit(np.stack([np.asarray(lo, F32), np.asarray(hi, F32)]))
     if family == "scalar" and p["range"] == "quantile":
         if p["quantile_method"] == "cuvs":
-            rows = sample_rows(n, cuvs_sample_size(n, d))
-            say(f"gathering the {rows.size} sampled rows")
-            return scheme.fit(np.asarray(source.take(rows), dtype=F32))
+            idx = sample_rows(n, cuvs_sample_size(n, d))
+            say(f"gathering the {idx.size} sampled rows")
+            return scheme.fit(rows.take(idx))
         per_dim = p["granularity"] == "dimension"
         require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
         size = n if per_dim else n * d
         lo_pos, hi_pos = quantile_positions(size, p["quantile"])
-        lo, hi = select(source, [lo_pos, hi_pos], per_dim, say)
+        lo, hi = select(rows, [lo_pos, hi_pos], per_dim, say)
         lo, hi = lo.astype(F32).reshape(-1).copy(), hi.astype(F32).reshape(-1).copy()
         ScalarScheme._check_range(lo, hi)
         return {"lo": lo, "hi": hi}
     if family == "binary" and p["threshold"] == "mean":
         say("column sums")
-        acc = np.zeros(d, F64)
-        for x in batches(source):
-            if np.isnan(x).any():
-                raise InputError(NAN_MESSAGE)
-            acc = np.add.reduce(np.concatenate([acc[None, :], x.astype(F64)]), axis=0)
+        acc = rows.column_sum()
         return {"thresholds": (acc / n).astype(F32)}
     if family == "binary" and p["threshold"] == "median":
-        a, b = select(source, [(n - 1) // 2, n // 2], True, say)
+        a, b = select(rows, [(n - 1) // 2, n // 2], True, say)
         return {"thresholds": ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)}
     say(f"reading all {n} rows (no streaming fit for this scheme)")
-    return scheme.fit(np.asarray(source.read(0, n), dtype=F32))
+    return scheme.fit(rows.read_all())
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,12 +233,13 @@ def keys_to_values(keys: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint32).view(F32)
 
 
-def select(source: Source, ranks: list[int], per_dim: bool,
+def select(source: Source | Rows, ranks: list[int], per_dim: bool,
            say: Callable[[str], None] = lambda _: None) -> list[np.ndarray]:
     """Exact order statistics at ``ranks`` (0-based, ascending) of every column (``per_dim``) or of all
     values, by three streaming radix-select passes. Returns one float32 array per rank, shape (d,)
     or (1,). Refuses NaN like the reference (``fit data contains NaN``)."""
-    d = source.dim
+    rows = source if isinstance(source, Rows) else StreamRows(source)
+    d = rows.shape[1]
     cols = d if per_dim else 1
     prefix = [np.zeros(cols, np.uint32) for _ in ranks]
     remaining = [np.full(cols, r, np.int64) for r in ranks]
@@ -188,11 +264,7 @@ def select(source: Source, ranks: list[int], per_dim: bool,
             high = keys >> np.uint32(shift_done)
             return [np.bincount(flat[high == want], minlength=cols * bins) for want in wanted]
 
-        hists = [np.zeros(cols * bins, np.int64) for _ in ranks]
-        for x in batches(source):
-            for part in _split(x, count):
-                for hist, h in zip(hists, part, strict=True):
-                    hist += h
+        hists = rows.reduce(count, merge_hists)
         for j in range(len(ranks)):
             h = hists[j].reshape(cols, bins)
             cum = np.cumsum(h, axis=1)
@@ -204,4 +276,4 @@ def select(source: Source, ranks: list[int], per_dim: bool,
     return [keys_to_values(p) for p in prefix]
 
 
-__all__ = ["GATHER_BYTES", "fit_stream", "keys_to_values", "needs_pass", "order_keys", "select"]
+__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_rows", "fit_stream", "keys_to_values", "needs_pass", "order_keys", "select"]

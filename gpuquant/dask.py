@@ -1,0 +1,649 @@
+"""Dask: fit, transform and convert with a Quantizer on a Dask cluster (numpy or CuPy chunks).
+
+Install with ``pip install "gpuquant[dask]"`` (``dask[array]`` and ``distributed``; add ``dask-cuda``
+for one worker per GPU). Every call runs on the active Dask scheduler: a ``distributed.Client``
+(passed as ``client=`` or the default one), else Dask's local threads.
+
+* :func:`fit` fits on a Dask array by merging per-chunk statistics, with the same code as the
+  single-machine streaming fit (:func:`gpuquant.engine.fit.fit_rows`: this module only supplies
+  the row access, :class:`DaskRows`). What equals the single-machine fit:
+
+  - inputs of at most ``gather_bytes`` as float32: gathered and fitted by the reference: identical.
+  - min/max ranges, absmax, tensor-wide scales: per-chunk column min/max merged by min/max: exact.
+  - ``quantile_method="cuvs"``: the rows :func:`gpuquant.schemes.scalar.sample_rows` picks are
+    gathered (``X[rows]``) and given to the reference: identical at any size.
+  - ``quantile_method="exact"`` and the binary median: the three-pass radix select, each pass a
+    per-chunk histogram summed over the cluster: exact order statistics, identical.
+  - binary ``threshold="mean"``: per-chunk float64 column sums (each chunk summed row by row),
+    added on the client in chunk order. The single-machine path adds every row in order, so the
+    float64 sums may differ in their last bits: both are recursive float64 sums of the same n
+    values, each within ``(n - 1) * 2**-53 * sum(|x|)`` of the exact sum per column. After the
+    division by n and the rounding to float32 (a relative step of ``2**-24``, 2**29 times coarser)
+    the thresholds agree unless the exact mean lies within that bound of a float32 rounding
+    boundary; for ``n < 2**20`` rows of values of one sign the bound is below ``2**-33`` relative.
+  - anything else: all rows gathered and fitted by the reference.
+
+  CuPy chunks are copied to the host for the statistics (the statistics are small; the copy is
+  the chunk).
+
+* :func:`transform` encodes through ``map_blocks``: one task per row chunk runs the Quantizer's
+  transform (the numpy backend on numpy chunks, the cupy backend on CuPy chunks) and returns the
+  codes and side arrays packed in one uint8 row block; ``codes`` and each side array are views of
+  it (one encode per chunk however many arrays are computed). Codes come back as numpy chunks.
+
+* :func:`to_store` / :func:`convert` write the codes into a gpuquant store
+  (:mod:`gpuquant.store`): the client takes the store's lock, fits, creates the store (files
+  preallocated); each task encodes its row chunk and writes it with ``pwrite`` at its own rows,
+  fsyncs, and then records its range in ``OUTPUT/.parts/`` (a file per range, written atomically).
+  The client advances the manifest's ``rows_done`` over the finished prefix as tasks finish (so the
+  single-machine ``--resume`` works on the store too) and marks the store complete, after the
+  usual check, only when every range is done. A task that dies (worker killed) is rerun by the
+  scheduler; rewriting a range writes the same bytes. A run that stops (``KilledWorker``, an error,
+  Ctrl-C) leaves the store unfinished: ``resume=True`` reruns only the ranges not recorded, with the
+  chunking recorded in the manifest (a store the single-machine engine started is continued from
+  its finished prefix, and the other way round). Each run records a run id in the manifest; a task
+  of an earlier run still executing on some worker writes nothing once it is not current, and on a
+  failure the client waits (up to a minute) for running write tasks before it releases the lock.
+  All workers must see the output directory at the same path (one machine, or a shared file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from gpuquant import store as gstore
+from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
+from gpuquant.errors import BackendUnavailableError, InputError
+
+log = logging.getLogger("gpuquant.dask")
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+#: Input bytes per row chunk when gpuquant chunks a file source (``convert`` without ``batch_rows``).
+CHUNK_BYTES = 64 * 2**20
+PARTS = gstore.PARTS
+
+
+def _dask() -> Any:
+    try:
+        import dask  # noqa: F401  (absolute import: the top-level dask package, not this module)
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
+        raise BackendUnavailableError(f"gpuquant.dask needs Dask: pip install 'gpuquant[dask]' ({exc})") from None
+    return da
+
+
+def _scheduler(client: Any) -> Any:
+    """``client`` or the default distributed client, else ``None`` (Dask's default scheduler)."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _compute(objs: list[Any], client: Any) -> list[Any]:
+    import dask
+
+    c = _scheduler(client)
+    return list(dask.compute(*objs, scheduler=c) if c is not None else dask.compute(*objs))
+
+
+def _host(x: Any) -> np.ndarray:
+    """A numpy array of ``x`` (CuPy arrays copied to the host)."""
+    if hasattr(x, "get") and not isinstance(x, np.ndarray):
+        return np.asarray(x.get())
+    return np.asarray(x)
+
+
+def _prepared(block: Any, k: int | None) -> np.ndarray:
+    """The float32 rows the fit sees: the Matryoshka step first when ``k`` is set (as the engine's
+    ``PreparedSource``), else a float32 conversion (as the engine's batches)."""
+    x = _host(block)
+    if k is not None:
+        from gpuquant.matryoshka import truncate_renormalize
+
+        x = _host(truncate_renormalize(x, k))
+    return np.asarray(x, dtype=F32)
+
+
+def _rows_only(X: Any) -> Any:
+    da = _dask()
+    if not isinstance(X, da.Array):
+        X = da.asarray(X)
+    if X.ndim != 2:
+        raise InputError(f"expected a 2-D Dask array (rows x dims), got {X.ndim}-D")
+    if any(np.isnan(c) for c in X.shape):
+        raise InputError("the Dask array has unknown chunk sizes: call X.compute_chunk_sizes() first")
+    if X.shape[0] == 0:
+        raise InputError("cannot fit on 0 rows")
+    if X.dtype.kind != "f":
+        raise InputError(f"expected a float Dask array, got dtype {X.dtype}")
+    return X.rechunk({1: -1}) if X.numblocks[1] > 1 else X
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+
+
+def _apply(fn: Any, block: Any, k: int | None) -> Any:
+    return fn(_prepared(block, k))
+
+
+def _block_sum(block: Any, k: int | None) -> np.ndarray:
+    x = _prepared(block, k)
+    return add_rows(np.zeros(x.shape[1], F64), x)
+
+
+class DaskRows(Rows):
+    """:class:`gpuquant.engine.fit.Rows` of a Dask array: per-chunk partials on the workers, merged in
+    a binary tree of tasks, the root on the client."""
+
+    def __init__(self, X: Any, truncate_dim: int | None = None, client: Any = None) -> None:
+        self.X = _rows_only(X)
+        self.k = truncate_dim
+        if truncate_dim is not None and truncate_dim > self.X.shape[1]:
+            raise InputError(f"truncate_dim={truncate_dim} is larger than the input's {self.X.shape[1]} dimensions")
+        self.shape = (int(self.X.shape[0]), int(truncate_dim or self.X.shape[1]))
+        self.client = client
+
+    def _blocks(self) -> list[Any]:
+        return list(self.X.to_delayed().ravel())
+
+    def read_all(self) -> np.ndarray:
+        return _prepared(_compute([self.X], self.client)[0], self.k)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return _prepared(_compute([self.X[np.asarray(rows, np.int64)]], self.client)[0], self.k)
+
+    def reduce(self, fn: Any, merge: Any) -> Any:
+        from dask import delayed
+
+        level = [delayed(_apply, pure=True)(fn, b, self.k) for b in self._blocks()]
+        while len(level) > 1:
+            nxt = [delayed(merge, pure=True)(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        return _compute(level, self.client)[0]
+
+    def column_sum(self) -> np.ndarray:
+        from dask import delayed
+
+        parts = _compute([delayed(_block_sum, pure=True)(b, self.k) for b in self._blocks()], self.client)
+        acc = np.zeros(self.shape[1], F64)
+        for p in parts:  # chunk order: deterministic for a given chunking
+            acc = acc + p
+        return acc
+
+
+def _as_quantizer(q: Any, params: dict[str, Any] | None = None) -> Any:
+    from gpuquant.api import Quantizer
+
+    if isinstance(q, Quantizer):
+        if params:
+            raise InputError("params go with a scheme name; a Quantizer already has its parameters")
+        return q
+    if not isinstance(q, str):
+        raise InputError(f"expected a Quantizer or a preset/family name, got {type(q).__name__}")
+    return Quantizer(q, backend="numpy", **(params or {}))
+
+
+def fit(quantizer_or_preset: Any, X: Any, *, client: Any = None, gather_bytes: int = GATHER_BYTES,
+        **params: Any) -> Any:
+    """Fit a :class:`gpuquant.Quantizer` (or a new one for a preset name and ``params``) on the Dask
+    array ``X`` by merging per-chunk statistics (see the module docstring); returns the quantizer."""
+    q = _as_quantizer(quantizer_or_preset, params)
+    rows = DaskRows(X, getattr(q, "truncate_dim", None), client)
+    q.scheme.check_dim(rows.shape[1])
+    if q.scheme.needs_fit:  # a scheme without state (absmax per row, casts, zero thresholds) has nothing to fit
+        q.state = {k: np.asarray(v) for k, v in fit_rows(q.scheme, rows, gather_bytes=gather_bytes).items()}
+        q.dim = rows.shape[1]
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# transform
+
+
+def layout(scheme: Any, dim: int) -> list[tuple[str, tuple[int, ...], np.dtype, int]]:
+    """``(name, shape per row, dtype, bytes per row)`` of the codes and each side array, in packing order."""
+    out = []
+    shape = tuple(scheme.code_shape(1, dim))[1:]
+    out.append(("codes", shape, np.dtype(scheme.code_dtype), int(np.prod(shape, dtype=np.int64)) * scheme.code_dtype.itemsize))
+    for name, (sh, dt) in scheme.side_shapes(1, dim).items():
+        tail = tuple(sh)[1:]
+        out.append((name, tail, np.dtype(dt), int(np.prod(tail, dtype=np.int64)) * np.dtype(dt).itemsize))
+    return out
+
+
+_QCACHE: dict[str, Any] = {}
+
+
+def _worker_quantizer(qjson: str, backend: str) -> Any:
+    key = f"{backend}:{qjson}"
+    q = _QCACHE.get(key)
+    if q is None:
+        import json
+
+        from gpuquant.api import Quantizer
+
+        q = Quantizer.from_dict(json.loads(qjson), backend=backend)
+        _QCACHE.clear()
+        _QCACHE[key] = q
+    return q
+
+
+def _dim(q: Any, X: Any) -> int:
+    return int(q.dim or getattr(q, "truncate_dim", None) or X.shape[1])
+
+
+def _encode_packed(block: Any, qjson: str, device: str, dim: int) -> np.ndarray:
+    """Encode one row chunk; codes and side arrays as one uint8 (rows, bytes per row) block."""
+    from gpuquant.backends import is_device_array
+
+    on_device = is_device_array(block)
+    # auto: CuPy chunks on the cupy backend; host chunks on "auto" (the worker's GPU when one works and
+    # implements the scheme, as the single-machine engine decides), else numpy. Same bits either way.
+    backend = {"cpu": "numpy", "gpu": "cupy"}.get(device, "cupy" if on_device else "auto")
+    if backend == "numpy" and on_device:
+        block = _host(block)
+    q = _worker_quantizer(qjson, backend)
+    codes = q.transform(block)
+    m = int(block.shape[0])
+    parts = [_host(codes.data)] + [_host(codes.side[name]) for name, *_ in layout(q.scheme, dim)[1:]]
+    return np.concatenate([np.ascontiguousarray(p).reshape(m, -1).view(np.uint8) for p in parts], axis=1)
+
+
+def _unpack(packed: np.ndarray, start: int, stop: int, tail: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    m = packed.shape[0]
+    return np.ascontiguousarray(packed[:, start:stop]).view(dtype).reshape((m, *tail))
+
+
+def _qjson(q: Any) -> str:
+    import json
+
+    return json.dumps(q.to_dict(), sort_keys=True)
+
+
+def packed(q: Any, X: Any, device: str = "auto") -> Any:
+    """The uint8 Dask array of packed codes + side arrays per row (:func:`layout` order)."""
+    da = _dask()
+    if not q.is_fitted:
+        raise InputError("the quantizer is not fitted: call gpuquant.dask.fit(q, X) first")
+    X = _rows_only(X)
+    width = sum(e[3] for e in layout(q.scheme, _dim(q, X)))
+    return X.map_blocks(_encode_packed, _qjson(q), device, _dim(q, X), dtype=np.uint8, chunks=(X.chunks[0], (width,)),
+                        meta=np.empty((0, 0), np.uint8)) if width else da.zeros(
+        (X.shape[0], 0), np.uint8, chunks=(X.chunks[0], (0,)))
+
+
+def transform(q: Any, X: Any, *, device: str = "auto") -> Any:
+    """Encode the Dask array ``X`` with the fitted ``q``: a :class:`gpuquant.Codes` whose ``data`` and
+    ``side`` arrays are Dask arrays (numpy chunks, the row chunks of ``X``), lazily computed."""
+    from gpuquant.codes import Codes
+
+    P = packed(q, X, device)
+    arrays = {}
+    off = 0
+    for name, tail, dtype, nb in layout(q.scheme, _dim(q, X)):
+        arrays[name] = P.map_blocks(_unpack, off, off + nb, tail, dtype, dtype=dtype,
+                                    chunks=(P.chunks[0], *[(t,) for t in tail]), drop_axis=[] if tail else [1],
+                                    meta=np.empty((0,) * (1 + len(tail)), dtype))
+        off += nb
+    return Codes(arrays.pop("codes"), arrays, q.name, _dim(q, X))
+
+
+# --------------------------------------------------------------------------------------------
+# writing a store
+
+
+def _part_name(a: int, b: int) -> str:
+    return f"{a:020d}-{b:020d}"
+
+
+def _parts_done(path: Path) -> set[tuple[int, int]]:
+    d = path / PARTS
+    done = set()
+    if d.is_dir():
+        for f in d.iterdir():
+            a, _, b = f.name.partition("-")
+            if a.isdigit() and b.isdigit():
+                done.add((int(a), int(b)))
+    return done
+
+
+def _write_block(block: np.ndarray, path: str, start: int, names: list[tuple[str, int]], run: str) -> tuple[int, int]:
+    """Write one packed row block at rows ``start ..`` of the store ``path``, fsync, record the range.
+
+    A task of an older run (``run`` is not the manifest's: a task left running on a worker after its
+    run stopped) or of a finished store writes nothing and returns an empty range."""
+    from gpuquant import io as gio
+
+    root = Path(path)
+    m = int(block.shape[0])
+    manifest = gstore.read_manifest(root)
+    state = manifest.get("state", {})
+    if state.get("status") != gstore.IN_PROGRESS or (state.get("dask") or {}).get("run") != run:
+        return start, start
+    writer = gstore.StoreWriter(root, manifest)
+    try:
+        off, arrays = 0, {}
+        for name, nb in names:
+            arrays[name] = block[:, off:off + nb]
+            off += nb
+        writer.write_rows(start, arrays)
+        writer.sync()
+    finally:
+        writer.close()
+    (root / PARTS).mkdir(exist_ok=True)
+    gio.write_json_atomic(root / PARTS / _part_name(start, start + m), {"rows": [start, start + m], "pid": os.getpid()})
+    return start, start + m
+
+
+class _DaskSource:
+    """The ``take`` a store check needs (:func:`gpuquant.engine.verify_sample`), over a Dask array."""
+
+    def __init__(self, X: Any, k: int | None, client: Any) -> None:
+        self.X, self.k, self.client = X, k, client
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return _prepared(_compute([self.X[np.asarray(rows, np.int64)]], self.client)[0], self.k)
+
+
+def _describe(X: Any) -> dict[str, Any]:
+    return {"kind": "dask", "path": "", "shape": [int(s) for s in X.shape], "dtype": X.dtype.name,
+            "checksum": {"method": "dask-name", "value": X.name}}
+
+
+def to_store(X: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "int8-row", *, client: Any = None,
+             device: str = "auto", resume: bool = False, overwrite: bool = False, params: dict[str, Any] | None = None,
+             source_desc: dict[str, Any] | None = None, gather_bytes: int = GATHER_BYTES,
+             progress: bool = False) -> dict[str, Any]:
+    """Fit (if needed) and write the codes of the Dask array ``X`` into the store ``dst``, one task per
+    row chunk; returns a report. See the module docstring for the protocol and :func:`convert` for
+    file sources. ``source_desc`` replaces the manifest's ``source`` (default: the Dask array's name
+    as the checksum, so ``resume`` needs the same graph). ``progress`` draws the engine's progress
+    bar on stderr when it is a terminal."""
+    from gpuquant import engine as geng
+
+    t_start = time.perf_counter()
+    dst = Path(dst)
+    if resume and overwrite:
+        raise InputError("--resume continues an unfinished output and --overwrite replaces it: choose one")
+    if device not in geng.DEVICES:
+        raise InputError(f"device must be one of {list(geng.DEVICES)}, got {device!r}")
+    X = _rows_only(X)
+    q = None if (resume and quantizer_or_preset is None) else _as_quantizer(quantizer_or_preset, params)
+    if not dst.parent.is_dir():
+        raise InputError(f"output's parent directory does not exist: {dst.parent}")
+    desc = source_desc or _describe(X)
+    fit_s = 0.0
+    with gstore.StoreLock(dst):
+        mode = gstore.check_output_free(dst, overwrite, resume)
+        if mode == "resume":
+            manifest = gstore.read_manifest(dst)
+            q = geng._check_resume(dst, manifest, cast(Any, None), desc, q)  # the source is not read there
+            chunks = tuple(int(c) for c in (manifest.get("state", {}).get("dask") or {}).get("chunks") or ())
+            # the recorded chunking, so that recorded ranges match; a store the single-machine engine
+            # started has none: its finished prefix is kept and the rest runs in X's own chunks
+            if chunks and sum(chunks) == X.shape[0] and tuple(X.chunks[0]) != chunks:
+                X = X.rechunk({0: chunks})
+            writer = gstore.reopen(dst)
+        assert q is not None  # a new store got one above; a resumed one takes the stored quantizer
+        k = getattr(q, "truncate_dim", None)
+        n = int(X.shape[0])
+        d = int(k or X.shape[1])
+        if mode != "resume":
+            if q.dim is not None and q.dim != d:
+                raise InputError(f"the input has {d} dimensions but the quantizer was fitted on {q.dim}")
+            q.scheme.check_dim(d)
+            if not q.is_fitted:
+                t0 = time.perf_counter()
+                fit(q, X, client=client, gather_bytes=gather_bytes)
+                fit_s = time.perf_counter() - t0
+            manifest_doc = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
+                            "truncate_dim": k, "source": desc, "backend": "dask", "device": device,
+                            **geng._export_loading(q, d)}
+            writer = gstore.create(dst, quantizer=q, rows=n, dim=d, manifest=manifest_doc, replace=mode == "replace")
+        # a new run id: tasks of an earlier run still running on some worker stop writing
+        writer.checkpoint(writer.rows_done, dask={"chunks": [int(c) for c in X.chunks[0]], "run": uuid.uuid4().hex})
+        check_rows: Any = _DaskSource(X, k, client)  # what verify_sample / sample_error read: take()
+        try:
+            stats = _run_parts(X, dst, q, writer, device, client, bool(progress))
+            writer.complete({"device": device}, verify=lambda st: geng.verify_sample(st, check_rows))
+        except BaseException as exc:
+            done = geng._rows_done(dst)
+            writer.close()
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
+                raise
+            raise geng.ConvertError(
+                f"the Dask run stopped ({type(exc).__name__}: {exc}); {dst} keeps {done} of {n} rows as a finished "
+                f"prefix and {len(_parts_done(dst))} finished chunks (unfinished): run again with resume=True "
+                "(--resume)") from exc
+        writer.close()
+    store = gstore.open(dst)
+    out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
+    total_s = time.perf_counter() - t_start
+    row_in = int(X.shape[1]) * X.dtype.itemsize
+    in_bytes = n * row_in
+    stream_s = stats["seconds"]
+    ran = n - (stats["skipped_rows"] or 0)
+    return {**store.manifest, "output": str(dst), "rows": n, "dims": d, "device": device,
+            "batch_rows": int(max(X.chunks[0])), "resumed_from": stats["skipped_rows"] if mode == "resume" else None,
+            "dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"], "skipped_chunks": stats["skipped"],
+                     "scheduler": stats["scheduler"]},
+            "bytes_in": in_bytes, "bytes_out": out_bytes, "mb_in": round(in_bytes / 1e6, 3),
+            "mb_out": round(out_bytes / 1e6, 3),
+            "compression_ratio": round(in_bytes / out_bytes, 4) if out_bytes else None,
+            "throughput": {"rows_per_s": round(ran / stream_s, 1) if stream_s > 0 else None,
+                           "gb_per_s_in": round(ran * row_in / stream_s / 1e9, 4) if stream_s > 0 else None},
+            "reconstruction": geng.sample_error(store, check_rows),
+            "seconds": {"fit": round(fit_s, 4), "transform": round(stats["seconds"], 4), "total": round(total_s, 4)}}
+
+
+def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: str, client: Any,
+               progress: bool) -> dict[str, Any]:
+    from dask import delayed
+
+    from gpuquant.engine.progress import Progress
+
+    n = int(X.shape[0])
+    bounds = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(np.int64)
+    ranges = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    prefix = writer.rows_done
+    done = {r for r in _parts_done(dst) if r in set(ranges)} | {r for r in ranges if r[1] <= prefix}
+    todo = [i for i, r in enumerate(ranges) if r not in done]
+    names = [(name, nb) for name, _, _, nb in layout(q.scheme, _dim(q, X))]
+    P = packed(q, X, device)
+    blocks = P.to_delayed().ravel()
+    run = writer.manifest["state"]["dask"]["run"]
+    tasks = [delayed(_write_block, pure=False)(blocks[i], str(dst), ranges[i][0], names, run) for i in todo]
+    c = _scheduler(client)
+
+    def rows_done() -> int:
+        return sum(b - a for a, b in done)
+
+    bar = Progress(n, int(X.shape[1]) * X.dtype.itemsize, start=rows_done(), enabled=progress)
+    t0 = time.perf_counter()
+    sched = type(c).__name__ if c is not None else "local"
+
+    def advance() -> None:
+        nonlocal prefix
+        old = prefix
+        for a, b in ranges:
+            if a <= prefix < b and (a, b) in done:
+                prefix = b
+        if prefix != old:
+            writer.checkpoint(prefix)
+
+    if c is None or not hasattr(c, "compute"):
+        import dask
+
+        try:
+            for r in dask.compute(*tasks, scheduler=c) if c is not None else dask.compute(*tasks):
+                done.add(tuple(r))
+            advance()
+            bar.update(rows_done())
+        finally:
+            bar.close()
+    else:
+        from distributed import as_completed
+
+        futures = c.compute(tasks)
+        last = 0.0
+        try:
+            for fut in as_completed(futures):
+                done.add(tuple(fut.result()))
+                bar.update(rows_done())
+                if time.monotonic() - last > 0.5:
+                    advance()
+                    last = time.monotonic()
+            advance()
+        except BaseException:
+            c.cancel(futures)
+            _drain(c, {f.key for f in futures})
+            with contextlib.suppress(Exception):
+                advance()
+            raise
+        finally:
+            bar.close()
+    skipped_rows = sum(ranges[i][1] - ranges[i][0] for i in range(len(ranges))) - sum(
+        ranges[i][1] - ranges[i][0] for i in todo)
+    return {"tasks": len(tasks), "skipped": len(ranges) - len(todo), "skipped_rows": int(skipped_rows),
+            "seconds": time.perf_counter() - t0, "scheduler": sched}
+
+
+def _executing(dask_worker: Any) -> list[str]:
+    return [str(ts.key) for ts in getattr(getattr(dask_worker, "state", None), "executing", ())]
+
+
+def _drain(c: Any, keys: set[Any], timeout: float = 60.0) -> None:
+    """After a failure, wait (best effort, up to ``timeout`` s) until no worker still executes one of
+    the write tasks ``keys``, so that nothing writes once the store's lock is released. (A task that
+    outlives this writes identical bytes, and nothing once a later run or the completion moved the
+    manifest on: see :func:`_write_block`.)"""
+    want = {str(k) for k in keys}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            running = c.run(_executing, on_error="ignore")
+        except Exception:  # noqa: BLE001 - no answer from the cluster: nothing more to wait for
+            return
+        if not any(want.intersection(v) for v in running.values() if isinstance(v, list)):
+            return
+        time.sleep(0.1)
+    log.warning("write tasks still running on Dask workers after %.0f s", timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# file sources
+
+
+def _read_range(src: str, shape: Any, a: int, b: int) -> np.ndarray:
+    from gpuquant.engine.sources import open_source
+
+    s = open_source(src, shape=shape)
+    try:
+        return s.read(a, b)
+    finally:
+        s.close()
+
+
+def from_source(src: Any, *, shape: Any = None, chunk_rows: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """A Dask array over a gpuquant source (``.npy``, raw float32 with ``shape``, a directory of
+    ``.npy`` shards, or an array), one task per row chunk reading with the engine's readers, and the
+    source's description (with its quick checksum) for the manifest."""
+    da = _dask()
+    from dask import delayed
+
+    from gpuquant.engine.sources import open_source
+
+    s = open_source(src, shape=shape)
+    try:
+        n, d = s.shape
+        dtype, desc = s.dtype, s.describe()
+        rows = int(chunk_rows or max(1, CHUNK_BYTES // s.row_bytes))
+        if isinstance(src, (str, os.PathLike)):
+            path = str(Path(src).resolve())
+            parts = [da.from_delayed(delayed(_read_range, pure=True)(path, shape, a, min(n, a + rows)),
+                                     (min(n, a + rows) - a, d), dtype=dtype) for a in range(0, n, rows)]
+            X = da.concatenate(parts, axis=0)
+        else:
+            X = da.from_array(np.asarray(src), chunks=(rows, d))
+    finally:
+        s.close()
+    return X, desc
+
+
+def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "int8-row", *, client: Any = None,
+            device: str = "auto", batch_rows: int | None = None, resume: bool = False, overwrite: bool = False,
+            shape: Any = None, params: dict[str, Any] | None = None, source_info: dict[str, Any] | None = None,
+            gather_bytes: int = GATHER_BYTES, progress: bool = False) -> dict[str, Any]:
+    """:func:`gpuquant.convert` on a Dask cluster: the same sources and store, rows chunked by
+    ``batch_rows`` (default: 64 MiB of input per chunk), one task per chunk. The store is
+    bit-identical to the single-machine one."""
+    if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
+        raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    X, desc = from_source(src, shape=shape, chunk_rows=batch_rows)
+    return to_store(X, dst, quantizer_or_preset, client=client, device=device, resume=resume, overwrite=overwrite,
+                    params=params, source_desc={**desc, **(source_info or {})}, gather_bytes=gather_bytes,
+                    progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# clusters
+
+
+@contextlib.contextmanager
+def cluster_client(scheduler: str | None = None, workers: int | None = None, device: str = "auto") -> Any:
+    """A ``distributed.Client``: connected to ``scheduler`` (an address), or to a new local cluster of
+    ``workers`` workers: one per GPU through ``dask_cuda.LocalCUDACluster`` when dask-cuda is installed,
+    a GPU is visible and ``device`` is not ``"cpu"``; otherwise ``workers`` processes of one thread."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise BackendUnavailableError(f"--scheduler / --workers need Dask: pip install 'gpuquant[dask]' ({exc})") from None
+    if scheduler:
+        with Client(scheduler) as c:
+            yield c
+        return
+    cluster: Any = None
+    if device != "cpu":
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            from gpuquant.backends import availability
+
+            if availability("cupy")[0]:
+                cluster = LocalCUDACluster(n_workers=workers)
+        except ImportError:
+            cluster = None
+        except Exception as exc:  # noqa: BLE001 - no usable GPU: fall back to CPU processes
+            log.info("dask-cuda cluster not started (%s); using CPU processes", exc)
+            cluster = None
+    if cluster is None:
+        if device == "gpu":
+            raise BackendUnavailableError("--device gpu with --workers needs dask-cuda and a working GPU "
+                                          "(pip install dask-cuda)")
+        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    try:
+        with Client(cluster) as c:
+            yield c
+    finally:
+        cluster.close()
+
+
+__all__ = ["DaskRows", "cluster_client", "convert", "fit", "from_source", "layout", "packed", "to_store", "transform"]
