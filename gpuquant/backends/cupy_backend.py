@@ -71,33 +71,31 @@ NAME_EXPRESSIONS: tuple[str, ...] = tuple(_instances())
 
 
 def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per-range constants of the ``scalar`` family, computed in numpy exactly as the reference.
+    """Per-range constants of the ``scalar`` family, from the reference's own functions.
 
     Returns a ``SCALAR_PARAMS_DTYPE`` array (one entry per range) holding, by rounding:
     half_away ``scale = L / (f64(hi) - f64(lo))`` (1 where hi <= lo), ``offset = -H - f64(lo) * scale``,
     ``lo``, ``hi``; floor ``lo``, ``step = f32(hi - lo) / L`` (1 where 0); trunc ``lo``,
     ``vdiff = f32(hi - lo)``; half_even ``scale = step``, ``zp = f32(0 - lo / scale)``.
     """
+    from gpuquant.schemes.scalar import affine_scale_zp, cuvs_scale_offset, floor_step
+
     p = scheme.params
     L, H = 2 ** p["bits"] - 1, 2 ** (p["bits"] - 1)
     lo = np.asarray(lo, np.float32).reshape(-1)
     hi = np.asarray(hi, np.float32).reshape(-1)
     out = np.zeros(lo.size, SCALAR_PARAMS_DTYPE)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        step = (hi - lo) / np.float32(L)
-        step = np.where(step == 0, np.float32(1), step).astype(np.float32)
         rounding = p["rounding"]
         if rounding == "half_away":
-            lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
-            scale = np.where(hi64 > lo64, L / (hi64 - lo64), 1.0)
-            out["d0"], out["d1"] = scale, -H - lo64 * scale
+            out["d0"], out["d1"] = cuvs_scale_offset(lo, hi, L, H)
             out["f0"], out["f1"] = lo, hi
         elif rounding == "floor":
-            out["f0"], out["f1"] = lo, step
+            out["f0"], out["f1"] = lo, floor_step(lo, hi, L)
         elif rounding == "trunc":
             out["f0"], out["f1"] = lo, (hi - lo).astype(np.float32)
         else:
-            out["f0"], out["f1"] = step, (np.float32(0) - lo / step).astype(np.float32)
+            out["f0"], out["f1"] = affine_scale_zp(lo, hi, L)
     return out
 
 

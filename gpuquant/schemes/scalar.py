@@ -276,15 +276,15 @@ class ScalarScheme(Scheme):
         rounding = self.params["rounding"]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if rounding == "half_away":
-                scale, offset = _cuvs_scale_offset(lo, hi, self.levels, self.half)
+                scale, offset = cuvs_scale_offset(lo, hi, self.levels, self.half)
                 return ((u - self.half - offset) / scale).astype(F32)
             if rounding == "floor":
-                step = _floor_step(lo, hi, self.levels)
+                step = floor_step(lo, hi, self.levels)
                 return (u * step.astype(F64) + lo.astype(F64)).astype(F32)
             if rounding == "trunc":
                 xi = (u.astype(F32) + F32(0.5)) / F32(self.levels)
                 return lo + xi * (hi - lo)
-            scale, zp = _affine_scale_zp(lo, hi, self.levels)
+            scale, zp = affine_scale_zp(lo, hi, self.levels)
             return ((u.astype(F32) - zp) * scale).astype(F32)
 
 
@@ -302,7 +302,8 @@ def _given_ranges(ranges: Any, granularity: str) -> list[list[float]]:
     return arr.tolist()
 
 
-def _cuvs_scale_offset(lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
+def cuvs_scale_offset(lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
+    """half_away constants: ``scale = L / (f64(hi) - f64(lo))`` (1 where hi <= lo), ``offset = -H - f64(lo) * scale``."""
     lo64, hi64 = lo.astype(F64), hi.astype(F64)
     with np.errstate(divide="ignore"):
         scale = np.where(hi64 > lo64, L / (hi64 - lo64), 1.0)
@@ -310,21 +311,22 @@ def _cuvs_scale_offset(lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> tuple[
 
 
 def _levels_half_away(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> np.ndarray:
-    scale, offset = _cuvs_scale_offset(lo, hi, L, H)
+    scale, offset = cuvs_scale_offset(lo, hi, L, H)
     v = (x.astype(F64) * scale + offset).astype(F32).astype(F64)
     u = np.trunc(v + np.copysign(0.5, v)) + H  # lroundf: exact in double for |v| < 2**52
     u = np.where(x < hi, u, L)
     return np.where(lo < x, u, 0.0)
 
 
-def _floor_step(lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
+def floor_step(lo: np.ndarray, hi: np.ndarray, L: int) -> np.ndarray:
+    """floor constant (and half_even's scale): ``step = f32(f32(hi - lo) / L)``, 1 where 0."""
     step = (hi - lo) / F32(L)
     return np.where(step == 0, F32(1), step).astype(F32)
 
 
 def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> np.ndarray:
     np.subtract(x, lo, out=t)
-    np.divide(t, _floor_step(lo, hi, L), out=t)
+    np.divide(t, floor_step(lo, hi, L), out=t)
     np.floor(t, out=t)
     return np.clip(t, 0, L, out=t)
 
@@ -342,13 +344,14 @@ def _levels_trunc(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, t: n
     return np.trunc(t, out=t)
 
 
-def _affine_scale_zp(lo: np.ndarray, hi: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
-    scale = _floor_step(lo, hi, L)
+def affine_scale_zp(lo: np.ndarray, hi: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """half_even constants: ``scale = floor_step``, ``zp = f32(0 - lo / scale)``."""
+    scale = floor_step(lo, hi, L)
     return scale, (F32(0) - lo / scale).astype(F32)
 
 
 def _levels_half_even(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.ndarray) -> np.ndarray:
-    scale, zp = _affine_scale_zp(lo, hi, L)
+    scale, zp = affine_scale_zp(lo, hi, L)
     np.divide(x, scale, out=t)
     np.add(t, zp, out=t)
     np.rint(t, out=t)
