@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,19 @@ _END = object()
 
 class _Stopped(Exception):
     pass
+
+
+def _batches(reader: Any, free_out: queue.Queue, stop: threading.Event, writer: Any) -> Iterator[tuple[int, int, Any, Any]]:
+    """The reader's batches as (start, stop, host buffer, a free output set), until its end; a
+    reader error is raised here, and the writer's own error surfaces while waiting."""
+    while True:
+        item = _get(reader.ready, stop, writer.check)
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        a, b, buf = item
+        yield a, b, buf, _get(free_out, stop, writer.check)
 
 
 def _get(q: queue.Queue, stop: threading.Event, check: Callable[[], None] | None = None) -> Any:
@@ -238,15 +251,8 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
     writer.start()
     compute_s = 0.0
     try:
-        while True:
-            item = _get(reader.ready, stop, writer.check)
-            if item is _END:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            a, b, buf = item
+        for a, b, buf, outs in _batches(reader, free_out, stop, writer):
             m = b - a
-            outs = _get(free_out, stop, writer.check)
             t0 = time.perf_counter()
             x = buf[:m]
             try:
@@ -352,15 +358,8 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                 slots.append({"stream": cupy.cuda.Stream(non_blocking=True),
                               "x": cupy.empty((batch_rows, d), source.dtype),
                               "outs": _out_set(scheme, batch_rows, d, cupy.empty, dev_dtype)})
-            while True:
-                item = _get(reader.ready, stop, writer.check)
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                a, b, buf = item
+            for a, b, buf, outs in _batches(reader, free_out, stop, writer):
                 m = b - a
-                outs = _get(free_out, stop, writer.check)
                 slot = slots[i % k]
                 s = slot["stream"]
                 dev = slot["outs"]
