@@ -35,7 +35,7 @@ import numpy as np
 
 from gpuquant._validate import as_matrix, check_dim
 from gpuquant._version import __version__
-from gpuquant.backends import Backend, is_device_array, resolve_for
+from gpuquant.backends import Backend, device_code_dtype, is_device_array, resolve_for
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError, NotFittedError
 from gpuquant.matryoshka import truncate_renormalize
@@ -217,7 +217,7 @@ class Quantizer:
         if self.dim is not None and codes.dim != self.dim:
             raise InputError(f"codes have {codes.dim} dimensions but the quantizer was fitted on {self.dim}")
         expected = self.scheme.code_shape(len(codes), codes.dim)
-        if tuple(codes.data.shape) != expected or not _dtype_matches(codes.data, self.scheme.code_dtype):
+        if tuple(codes.data.shape) != expected or not _dtype_matches(codes.data, self.scheme):
             raise InputError(
                 f"codes of {self.name!r} for dim={codes.dim} must be {self.scheme.code_dtype}{expected}, "
                 f"got {codes.data.dtype}{tuple(codes.data.shape)}"
@@ -237,12 +237,9 @@ class Quantizer:
         return size if size > 1 else None
 
 
-def _dtype_matches(data: Any, expected: np.dtype) -> bool:
-    """Codes dtype check; CuPy has no fp8/bf16 dtypes, so on the device those codes are their raw
-    uint8/uint16 bits."""
-    if data.dtype == expected:
-        return True
-    return is_device_array(data) and expected.kind not in "iuf" and data.dtype == np.dtype(f"u{expected.itemsize}")
+def _dtype_matches(data: Any, scheme: Any) -> bool:
+    """Codes dtype check; on the device fp8/bf16 codes are their raw uint bits (CuPy lacks those dtypes)."""
+    return data.dtype == scheme.code_dtype or (is_device_array(data) and data.dtype == device_code_dtype(scheme))
 
 
 def _encode_array(a: np.ndarray) -> dict[str, Any]:

@@ -15,6 +15,12 @@ the quantizer on it first when it needs a fit and is not fitted) and reports:
   the reconstructions (``"reconstructed"``), and the top k of those are compared;
 * ``bytes_per_vector``: code bytes plus side-array bytes per row.
 
+With ``truncate_dim=k`` on the quantizer, the errors and cosines compare the reconstruction with
+what the scheme quantized (the truncated, renormalised rows), while the exact neighbours, and the
+rescoring against the original rows, use the full-dimensional float32 data: recall then measures
+truncation and quantization together, as a search over the stored codes would see them. The code
+search and the rescoring against reconstructions use the queries truncated the same way.
+
 Without ``queries``, the first ``n_queries`` rows of ``X`` are held out as queries and searched
 against the rest. Runs where the data lives: numpy arrays on the CPU, CuPy arrays on the GPU (the
 quantizer's backend must be able to take them). Search is done in blocks of queries, so memory
@@ -76,7 +82,7 @@ def _search_space(q: Quantizer, codes_recon: Any, queries: Any) -> tuple[Any, An
     """(query vectors, corpus vectors) the code search ranks by inner product."""
     if q.family == "binary":
         return q.inverse_transform(q.transform(queries)), codes_recon
-    return queries, codes_recon
+    return q._prepare(queries), codes_recon
 
 
 def evaluate(
@@ -117,10 +123,11 @@ def evaluate(
     codes = q.transform(X)
     recon = q.inverse_transform(codes)
 
-    diff = recon - X
-    norms = xp.linalg.norm(X, axis=1) * xp.linalg.norm(recon, axis=1)
+    seen = q._prepare(X)  # what the scheme quantized: X itself, or its Matryoshka truncation
+    diff = recon - seen
+    norms = xp.linalg.norm(seen, axis=1) * xp.linalg.norm(recon, axis=1)
     nonzero = norms > 0
-    cosines = (X * recon).sum(axis=1)[nonzero] / norms[nonzero]
+    cosines = (seen * recon).sum(axis=1)[nonzero] / norms[nonzero]
     truth = _search(xp, queries, X, k)
     q_vecs, c_vecs = _search_space(q, recon, queries)
     report: dict[str, Any] = {
@@ -130,15 +137,18 @@ def evaluate(
         "dims": int(X.shape[1]),
         "k": k,
         "mse": float((diff * diff).mean()),
-        "relative_error": float(xp.linalg.norm(diff) / xp.linalg.norm(X)),
+        "relative_error": float(xp.linalg.norm(diff) / xp.linalg.norm(seen)),
         "mean_cosine": float(cosines.mean()) if cosines.size else float("nan"),
         "recall_at_k": _recall(xp, _search(xp, q_vecs, c_vecs, k), truth),
         "bytes_per_vector": codes.nbytes / max(1, len(codes)),
     }
     if rescore is not None:
         candidates = _search(xp, q_vecs, c_vecs, min(k * rescore, X.shape[0]))
-        rows = X if rescore_with == "original" else recon
+        if rescore_with == "original":
+            rescored = _rescore(xp, queries, X, candidates, k)
+        else:
+            rescored = _rescore(xp, q._prepare(queries), recon, candidates, k)
         report["rescore"] = rescore
         report["rescore_with"] = rescore_with
-        report["recall_at_k_rescored"] = _recall(xp, _rescore(xp, queries, rows, candidates, k), truth)
+        report["recall_at_k_rescored"] = _recall(xp, rescored, truth)
     return report

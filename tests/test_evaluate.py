@@ -54,6 +54,22 @@ def test_rescore_with_all_candidates_is_exact(rng):
     assert r["recall_at_k_rescored"] == 1.0
 
 
+def test_truncate_dim_errors_in_the_quantized_space_recall_against_full_rows(rng):
+    x = matrix(rng, 200, 32)
+    q = gpuquant.Quantizer("faiss-sq8", truncate_dim=12, backend="numpy").fit(x[10:])
+    r = evaluate(x, q, k=3, n_queries=10, rescore=2, backend="numpy")
+    corpus, queries = x[10:], x[:10]
+    seen = gpuquant.matryoshka.truncate_renormalize(corpus, 12)
+    recon = q.inverse_transform(q.transform(corpus))
+    assert recon.shape == (190, 12) and r["dims"] == 32
+    assert r["mse"] == pytest.approx(float(((recon - seen) ** 2).mean()), rel=1e-6)
+    assert r["relative_error"] == pytest.approx(float(np.linalg.norm(recon - seen) / np.linalg.norm(seen)), rel=1e-6)
+    truth = np.argsort(-(queries @ corpus.T), axis=1)[:, :3]
+    found = np.argsort(-(gpuquant.matryoshka.truncate_renormalize(queries, 12) @ recon.T), axis=1)[:, :3]
+    assert r["recall_at_k"] == pytest.approx(np.mean([len(set(a) & set(b)) / 3 for a, b in zip(truth, found)]))
+    assert 0 <= r["recall_at_k_rescored"] <= 1
+
+
 def test_explicit_queries_and_errors(rng):
     x = matrix(rng, 100, 8)
     r = evaluate(x, "st-int8", queries=matrix(rng, 7, 8), k=3, backend="numpy")

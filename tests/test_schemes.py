@@ -193,6 +193,29 @@ def test_codes_checked_on_inverse(rng):
         st.inverse_transform(np.zeros((3, 8), np.int8))
 
 
+class _DeviceCodes:
+    """Stands in for a CuPy array of codes: the API only reads its dtype and shape before dispatch."""
+
+    __cuda_array_interface__: dict = {}
+
+    def __init__(self, dtype, shape):
+        self.dtype, self.shape, self.ndim = np.dtype(dtype), shape, len(shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+
+@pytest.mark.parametrize("name, device_dtype", [("fp8-e4m3", np.uint8), ("fp8-e5m2", np.uint8),
+                                                ("bf16", np.uint16), ("fp16", np.float16)])
+def test_device_codes_as_raw_bits_accepted(name, device_dtype):
+    """CuPy has no fp8/bf16 dtypes, so device codes of every such format (e5m2 included, whose numpy
+    dtype has kind 'f') are their raw uint bits; a wrong width is still refused."""
+    q = Quantizer(name, backend="numpy")
+    q._check_codes(gpuquant.Codes(_DeviceCodes(device_dtype, (3, 8)), {}, name, 8))
+    with pytest.raises(InputError, match="must be"):
+        q._check_codes(gpuquant.Codes(_DeviceCodes(np.int32, (3, 8)), {}, name, 8))
+
+
 # -- given ranges (calibration from elsewhere) --------------------------------------------------------
 def test_given_ranges_match_fitted(rng):
     x = matrix(rng, 100, 6)

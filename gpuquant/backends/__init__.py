@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
+import numpy as np
+
 from gpuquant.codes import Codes
 from gpuquant.errors import BackendUnavailableError, InputError
 from gpuquant.schemes import Scheme
@@ -126,3 +128,11 @@ def is_device_array(x: Any) -> bool:
         return dev()[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
     except Exception:  # noqa: BLE001 - a foreign object's probe failing means "not a device array"
         return False
+
+
+def device_code_dtype(scheme: Scheme) -> np.dtype:
+    """dtype of the codes on the device (fp8 -> uint8, bf16 -> uint16: CuPy lacks those dtypes)."""
+    dtype = scheme.code_dtype
+    if scheme.family == "float" and scheme.params["format"] != "fp16":
+        return np.dtype(np.uint8 if dtype.itemsize == 1 else np.uint16)
+    return dtype

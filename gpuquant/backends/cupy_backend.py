@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends import cuda_loader
+from gpuquant.backends import cuda_loader, device_code_dtype
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
@@ -102,14 +102,6 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def binary_flip(scheme: Scheme) -> bool:
     """Whether binary codes store the packed byte with its top bit flipped (signed, offset encoding)."""
     return bool(scheme.params["signed"]) and scheme.params.get("signed_encoding", "offset") == "offset"
-
-
-def device_code_dtype(scheme: Scheme) -> np.dtype:
-    """dtype of the codes on the device (fp8 -> uint8, bf16 -> uint16: CuPy lacks those dtypes)."""
-    dtype = scheme.code_dtype
-    if scheme.family == "float" and scheme.params["format"] != "fp16":
-        return np.dtype(np.uint8 if dtype.itemsize == 1 else np.uint16)
-    return dtype
 
 
 def _cupy():

@@ -290,7 +290,8 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
     import cupy
     import cupyx
 
-    from gpuquant.backends.cupy_backend import CupyBackend, device_code_dtype
+    from gpuquant.backends import device_code_dtype
+    from gpuquant.backends.cupy_backend import CupyBackend
 
     backend = CupyBackend()
     n, d = source.shape
