@@ -1,8 +1,8 @@
 // device_io.cuh: device-only helpers shared by the kernels: input conversion to float32, aligned
 // vector loads, grid-stride indices. (The per-element math is in quant_math.cuh.)
 //
-// GQ_HOST_EMULATION is defined only by tests/host_emulation.cpp, which compiles the kernels' loops
-// with the host compiler (threads run one after another) and supplies __half and the vector types.
+// GQ_HOST_EMULATION is defined only by tests/host_emulation.h (for tests/host_emulation*.cpp), which
+// compile the kernels with the host compiler and supply __half and the vector types.
 
 #pragma once
 

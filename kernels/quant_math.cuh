@@ -1,5 +1,5 @@
 // quant_math.cuh: the per-element math of every gpuquant scheme, shared by the CUDA kernels
-// (kernels/quantize.cu) and the host test library (kernels/host_check.cpp).
+// (kernels/quantize.cu) and the host test library (tests/host_check.cpp).
 //
 // The formulas are those of gpuquant/schemes/*.py (the numpy reference, bit for bit).
 //
@@ -61,43 +61,27 @@ GQ_HD bool is_nan(float x) { return (bits_of(x) & 0x7fffffffu) > 0x7f800000u; }
 GQ_HD bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
 GQ_HD float abs_f(float x) { return float_of(bits_of(x) & 0x7fffffffu); }
 
+// add/sub/mul/div, round to nearest even. T is float or double, C its asm constraint ("f"/"d").
 #ifdef __CUDA_ARCH__
-#define GQ_BINOP_F32(NAME, OP)                                                   \
-    __device__ __forceinline__ float NAME##_dev(float a, float b) {             \
-        float r;                                                                 \
-        asm(OP " %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));                       \
+#define GQ_BINOP(NAME, T, C, PTX, OP)                                            \
+    GQ_HD T NAME(T a, T b) {                                                     \
+        T r;                                                                     \
+        asm(PTX " %0, %1, %2;" : "=" C(r) : C(a), C(b));                         \
         return r;                                                                \
     }
-#define GQ_BINOP_F64(NAME, OP)                                                   \
-    __device__ __forceinline__ double NAME##_dev(double a, double b) {          \
-        double r;                                                                \
-        asm(OP " %0, %1, %2;" : "=d"(r) : "d"(a), "d"(b));                       \
-        return r;                                                                \
-    }
-GQ_BINOP_F32(add_f32, "add.rn.f32")
-GQ_BINOP_F32(sub_f32, "sub.rn.f32")
-GQ_BINOP_F32(mul_f32, "mul.rn.f32")
-GQ_BINOP_F32(div_f32, "div.rn.f32")
-GQ_BINOP_F64(add_f64, "add.rn.f64")
-GQ_BINOP_F64(sub_f64, "sub.rn.f64")
-GQ_BINOP_F64(mul_f64, "mul.rn.f64")
-GQ_BINOP_F64(div_f64, "div.rn.f64")
-#undef GQ_BINOP_F32
-#undef GQ_BINOP_F64
-#define GQ_PICK(NAME, EXPR) return NAME##_dev(a, b)
 #else
-#define GQ_PICK(NAME, EXPR) return EXPR
+#define GQ_BINOP(NAME, T, C, PTX, OP)                                            \
+    GQ_HD T NAME(T a, T b) { return a OP b; }
 #endif
-
-GQ_HD float add_f32(float a, float b) { GQ_PICK(add_f32, a + b); }
-GQ_HD float sub_f32(float a, float b) { GQ_PICK(sub_f32, a - b); }
-GQ_HD float mul_f32(float a, float b) { GQ_PICK(mul_f32, a * b); }
-GQ_HD float div_f32(float a, float b) { GQ_PICK(div_f32, a / b); }
-GQ_HD double add_f64(double a, double b) { GQ_PICK(add_f64, a + b); }
-GQ_HD double sub_f64(double a, double b) { GQ_PICK(sub_f64, a - b); }
-GQ_HD double mul_f64(double a, double b) { GQ_PICK(mul_f64, a * b); }
-GQ_HD double div_f64(double a, double b) { GQ_PICK(div_f64, a / b); }
-#undef GQ_PICK
+GQ_BINOP(add_f32, float, "f", "add.rn.f32", +)
+GQ_BINOP(sub_f32, float, "f", "sub.rn.f32", -)
+GQ_BINOP(mul_f32, float, "f", "mul.rn.f32", *)
+GQ_BINOP(div_f32, float, "f", "div.rn.f32", /)
+GQ_BINOP(add_f64, double, "d", "add.rn.f64", +)
+GQ_BINOP(sub_f64, double, "d", "sub.rn.f64", -)
+GQ_BINOP(mul_f64, double, "d", "mul.rn.f64", *)
+GQ_BINOP(div_f64, double, "d", "div.rn.f64", /)
+#undef GQ_BINOP
 
 // a < b and a > b, IEEE (false when either is NaN; subnormals compared exactly).
 GQ_HD bool lt_f32(float a, float b) {

@@ -37,34 +37,22 @@ using gq::to_f32;
 // it loads all of them before converting any.
 constexpr int UNROLL = 4;
 
+// The word type that moves N bytes at once (N = 1, 2, 4, 8 or 16).
+template <int N> struct Word;
+template <> struct Word<1> { typedef unsigned char type; };
+template <> struct Word<2> { typedef unsigned short type; };
+template <> struct Word<4> { typedef unsigned type; };
+template <> struct Word<8> { typedef uint2 type; };
+template <> struct Word<16> { typedef uint4 type; };
+
 // N bytes between global memory (aligned to N) and a local array, in one move.
 template <int N>
 __device__ __forceinline__ void move_out(void* p, const void* local) {
-    if (N == 1) {
-        *reinterpret_cast<unsigned char*>(p) = *reinterpret_cast<const unsigned char*>(local);
-    } else if (N == 2) {
-        gq::store_raw<unsigned short>(p, local);
-    } else if (N == 4) {
-        gq::store_raw<unsigned>(p, local);
-    } else if (N == 8) {
-        gq::store_raw<uint2>(p, local);
-    } else {
-        gq::store_raw<uint4>(p, local);
-    }
+    gq::store_raw<typename Word<N>::type>(p, local);
 }
 template <int N>
 __device__ __forceinline__ void move_in(void* local, const void* p) {
-    if (N == 1) {
-        *reinterpret_cast<unsigned char*>(local) = *reinterpret_cast<const unsigned char*>(p);
-    } else if (N == 2) {
-        gq::load_raw<unsigned short>(p, local);
-    } else if (N == 4) {
-        gq::load_raw<unsigned>(p, local);
-    } else if (N == 8) {
-        gq::load_raw<uint2>(p, local);
-    } else {
-        gq::load_raw<uint4>(p, local);
-    }
+    gq::load_raw<typename Word<N>::type>(p, local);
 }
 
 // The grid-stride walk over tasks (row, chunk): one division per thread at the start, then an
@@ -475,14 +463,6 @@ __global__ void float_decode(const C* __restrict__ codes, float* __restrict__ ou
     }
 }
 
-// Four consecutive values as float32 (one 16-byte load for float; p aligned to 4 * sizeof(T)).
-__device__ __forceinline__ void load4(const float* p, float* v) { gq::load_raw<float4>(p, v); }
-template <typename T>
-__device__ __forceinline__ void load4(const T* p, float* v) {
-#pragma unroll
-    for (int t = 0; t < 4; ++t) v[t] = to_f32(p[t]);
-}
-
 // Lanes of a warp share segments in groups of W lanes: W = 32 for long segments, W = seg_len / 4
 // for short ones (blocks of 4..124 values that split a warp evenly), so a warp works on 32 / W
 // segments at once and every lane has a float4 to load. A group reduces with its own lane mask.
@@ -550,7 +530,7 @@ __global__ void __launch_bounds__(256, 4)
             for (int i = 0; i < ABSMAX_V4; ++i) {
                 const long long j = 4 * (grp.lane + (long long)W * i);
                 if (live && j < seg_len) {
-                    load4(src + j, v[i]);
+                    load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
 #pragma unroll
                     for (int t = 0; t < 4; ++t) {
                         const gq_u32 a = gq::bits_of(v[i][t]) & 0x7fffffffu;  // integer max == max |x|

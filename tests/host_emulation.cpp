@@ -3,28 +3,11 @@
 // paths, unaligned views, row tails, packing) against the numpy reference without a GPU.
 // Warp-cooperative kernels (absmax_encode) cannot run this way; their math is in host_check.cpp.
 
-#include <cstdint>
-#include <cstring>
+#include "host_emulation.h"
 
-#define GQ_HOST_EMULATION 1
-#define __global__
-#define __launch_bounds__(...)
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-#define __align__(n) alignas(n)
-
-struct uint2 { unsigned x, y; };
-struct uint4 { unsigned x, y, z, w; };
-struct float4 { float x, y, z, w; };
 struct Dim { unsigned x; };
 static Dim threadIdx{0}, blockIdx{0}, blockDim{1}, gridDim{1};
-struct __half { unsigned short bits; };
 
-#include "quant_math.cuh"
-
-inline float __half2float(__half h) { return gq::float_decode(h.bits, gq::FP16); }
-inline unsigned short __half_as_ushort(__half h) { return h.bits; }
 inline unsigned __reduce_max_sync(unsigned, unsigned v) { return v; }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
     const unsigned long long old = *p;
@@ -47,14 +30,6 @@ static void run_grid(int blocks, int threads, F launch) {
         }
     }
 }
-
-// dtype: 0 float, 1 float16 (bits), 2 double.
-#define GQ_DISPATCH(dtype, CALL)                                                   \
-    switch (dtype) {                                                               \
-    case 0: { typedef float T; CALL; break; }                                      \
-    case 1: { typedef __half T; CALL; break; }                                     \
-    default: { typedef double T; CALL; break; }                                    \
-    }
 
 extern "C" {
 

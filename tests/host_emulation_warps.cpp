@@ -12,22 +12,13 @@
 #include <thread>
 #include <vector>
 
-#define GQ_HOST_EMULATION 1
-#define __global__
-#define __launch_bounds__(...)
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-#define __align__(n) alignas(n)
+#include "host_emulation.h"
+
 #define __shared__ static
 
-struct uint2 { unsigned x, y; };
-struct uint4 { unsigned x, y, z, w; };
-struct float4 { float x, y, z, w; };
 struct Dim { unsigned x, y; };
 static thread_local Dim threadIdx{0, 0}, blockIdx{0, 0};
 static Dim blockDim{1, 1}, gridDim{1, 1};
-struct __half { unsigned short bits; };
 
 struct Warp {
     std::unique_ptr<std::barrier<>> bar;
@@ -107,11 +98,6 @@ inline T atomicAdd(T* p, T v) {
     return old;
 }
 
-#include "quant_math.cuh"
-
-inline float __half2float(__half h) { return gq::float_decode(h.bits, gq::FP16); }
-inline unsigned short __half_as_ushort(__half h) { return h.bits; }
-
 #include "quantize.cu"
 #include "train.cu"
 
@@ -137,13 +123,6 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, F kernel) {
         }
     }
 }
-
-#define GQ_DISPATCH(dtype, CALL)                                                   \
-    switch (dtype) {                                                               \
-    case 0: { typedef float T; CALL; break; }                                      \
-    case 1: { typedef __half T; CALL; break; }                                     \
-    default: { typedef double T; CALL; break; }                                    \
-    }
 
 extern "C" {
 

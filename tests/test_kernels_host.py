@@ -68,6 +68,8 @@ def build_library(source_name: str, signatures: dict[str, list], flags: tuple[st
     source = HERE / source_name
     with importlib.resources.as_file(importlib.resources.files("gpuquant.kernels")) as kernels:
         digest = hashlib.sha256(source.read_bytes() + " ".join([*FLAGS, *flags]).encode())
+        for path in sorted(HERE.glob("host_*.h")):  # the shared host prelude (tests/host_emulation.h)
+            digest.update(path.read_bytes())
         for path in sorted(Path(kernels).iterdir()):
             if path.suffix in (".cu", ".cuh"):
                 digest.update(path.read_bytes())
