@@ -38,7 +38,7 @@ from gpuquant._version import __version__
 from gpuquant.backends import Backend, device_code_dtype, is_device_array, resolve_for
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError, NotFittedError
-from gpuquant.matryoshka import truncate_renormalize
+from gpuquant.matryoshka import check_truncate_dim, truncate_renormalize
 from gpuquant.schemes import FAMILIES, PRESETS, make_scheme
 
 FORMAT_TAG = "gpuquant.quantizer"
@@ -63,11 +63,7 @@ class Quantizer:
     ) -> None:
         self.name = scheme
         self.scheme = make_scheme(scheme, **params)
-        if truncate_dim is not None:
-            if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or truncate_dim < 1:
-                raise InputError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
-            truncate_dim = int(truncate_dim)
-        self.truncate_dim: int | None = truncate_dim
+        self.truncate_dim: int | None = None if truncate_dim is None else check_truncate_dim(truncate_dim)
         self.backend_name = backend
         self._backend: Backend | None = None
         self.state: dict[str, np.ndarray] | None = self.scheme.initial_state()
@@ -270,3 +266,15 @@ def dequantize(codes: Codes, quantizer: Quantizer | str, *, backend: str = "auto
     """Decode ``codes`` with a fitted ``Quantizer`` (or, for schemes without state, a scheme name)."""
     q = Quantizer(quantizer, backend=backend) if isinstance(quantizer, str) else quantizer
     return q.inverse_transform(codes)
+
+
+def as_quantizer(spec: Quantizer | str, params: dict[str, Any] | None = None) -> Quantizer:
+    """``spec`` itself when it is a Quantizer (``params`` must then be empty), else a new Quantizer on
+    the numpy backend for the preset / family name ``spec`` with ``params``."""
+    if isinstance(spec, Quantizer):
+        if params:
+            raise InputError("params= goes with a scheme name; a Quantizer already has its parameters")
+        return spec
+    if not isinstance(spec, str):
+        raise InputError(f"expected a Quantizer or a preset/family name, got {type(spec).__name__}")
+    return Quantizer(spec, backend="numpy", **(params or {}))

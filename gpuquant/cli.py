@@ -313,13 +313,19 @@ def _rate(doc: dict[str, Any]) -> str:
     return f"{t['rows_per_s']:,.0f} rows/s, {t['gb_per_s_in']:.3f} GB/s of input"
 
 
-def _get_quantizer(args: argparse.Namespace) -> Any:
-    """The quantizer to use, built (or loaded) before any data is read, so bad options fail fast."""
+def _quantizer_args(args: argparse.Namespace, backend: str) -> tuple[Any, dict[str, Any] | None]:
+    """``(the --quantizer file, loaded on backend, None)`` or ``(--scheme, the --param values)``."""
     if args.quantizer:
         if args.param:
             raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
-        return _load_quantizer(args.quantizer, args.backend)
-    return _make_quantizer(args.scheme, _params(args.param), args.backend)
+        return _load_quantizer(args.quantizer, backend), None
+    return args.scheme, _params(args.param)
+
+
+def _get_quantizer(args: argparse.Namespace) -> Any:
+    """The quantizer to use, built (or loaded) before any data is read, so bad options fail fast."""
+    q, params = _quantizer_args(args, args.backend)
+    return q if params is None else _make_quantizer(q, params, args.backend)
 
 
 def _convert_device(args: argparse.Namespace) -> str:
@@ -365,7 +371,6 @@ def cmd_convert(args: argparse.Namespace) -> Report:
         doc = convert(path, args.output, q, device=device, batch_rows=args.batch_rows, resume=args.resume,
                       overwrite=args.overwrite, progress=args.format == "human", shape=args.shape,
                       source_info={"demo": demo})
-    doc["seconds"]["fit"] = 0.0 if args.quantizer else doc["seconds"]["fit"]
     return doc, _convert_human(doc)
 
 
@@ -386,13 +391,7 @@ def cmd_plan(args: argparse.Namespace) -> Report:
         src.close()
     if dim is None:
         raise UsageError("gpuquant plan: error: give INPUT, or --dim (and --rows) to plan without a file")
-    if args.quantizer:
-        if args.param:
-            raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
-        scheme: Any = _load_quantizer(args.quantizer, "numpy")
-        params = None
-    else:
-        scheme, params = args.scheme, _params(args.param)
+    scheme, params = _quantizer_args(args, "numpy")
     bandwidths = {k: v * 1e9 for k, v in (("read", args.read_gbs), ("write", args.write_gbs),
                                           ("h2d", args.h2d_gbs), ("d2h", args.d2h_gbs)) if v is not None}
     p = plan(scheme, params=params, dim=dim, rows=rows, dtype=dtype or "float32", op=args.op,
@@ -411,12 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> Report:
     from gpuquant.evaluate import evaluate
 
     X, _ = _load_input(args.data)
-    if args.quantizer:
-        if args.param:
-            raise InputError("--param goes with --scheme; a --quantizer file already has its parameters")
-        q = _load_quantizer(args.quantizer, args.backend)
-    else:
-        q = _make_quantizer(args.scheme, _params(args.param), args.backend)
+    q = _get_quantizer(args)
     queries = gio.load_matrix(Path(args.queries)) if args.queries else None
     start = time.perf_counter()
     r = evaluate(np.asarray(X), q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,

@@ -56,11 +56,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from gpuquant import store as gstore
+from gpuquant.api import as_quantizer
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
 from gpuquant.errors import BackendUnavailableError, InputError
 
@@ -188,23 +189,11 @@ class DaskRows(Rows):
         return acc
 
 
-def _as_quantizer(q: Any, params: dict[str, Any] | None = None) -> Any:
-    from gpuquant.api import Quantizer
-
-    if isinstance(q, Quantizer):
-        if params:
-            raise InputError("params go with a scheme name; a Quantizer already has its parameters")
-        return q
-    if not isinstance(q, str):
-        raise InputError(f"expected a Quantizer or a preset/family name, got {type(q).__name__}")
-    return Quantizer(q, backend="numpy", **(params or {}))
-
-
 def fit(quantizer_or_preset: Any, X: Any, *, client: Any = None, gather_bytes: int = GATHER_BYTES,
         **params: Any) -> Any:
     """Fit a :class:`gpuquant.Quantizer` (or a new one for a preset name and ``params``) on the Dask
     array ``X`` by merging per-chunk statistics (see the module docstring); returns the quantizer."""
-    q = _as_quantizer(quantizer_or_preset, params)
+    q = as_quantizer(quantizer_or_preset, params)
     rows = DaskRows(X, getattr(q, "truncate_dim", None), client)
     q.scheme.check_dim(rows.shape[1])
     if q.scheme.needs_fit:  # a scheme without state (absmax per row, casts, zero thresholds) has nothing to fit
@@ -249,8 +238,8 @@ def _dim(q: Any, X: Any) -> int:
     return int(q.dim or getattr(q, "truncate_dim", None) or X.shape[1])
 
 
-def _encode_packed(block: Any, qjson: str, device: str, dim: int) -> np.ndarray:
-    """Encode one row chunk; codes and side arrays as one uint8 (rows, bytes per row) block."""
+def _encode(block: Any, qjson: str, device: str, dim: int) -> dict[str, np.ndarray]:
+    """Encode one row chunk: the codes and each side array on the host, in :func:`layout` order."""
     from gpuquant.backends import is_device_array
 
     on_device = is_device_array(block)
@@ -261,9 +250,14 @@ def _encode_packed(block: Any, qjson: str, device: str, dim: int) -> np.ndarray:
         block = _host(block)
     q = _worker_quantizer(qjson, backend)
     codes = q.transform(block)
+    return {name: _host(codes.data if name == "codes" else codes.side[name]) for name, *_ in layout(q.scheme, dim)}
+
+
+def _encode_packed(block: Any, qjson: str, device: str, dim: int) -> np.ndarray:
+    """Encode one row chunk; codes and side arrays as one uint8 (rows, bytes per row) block."""
     m = int(block.shape[0])
-    parts = [_host(codes.data)] + [_host(codes.side[name]) for name, *_ in layout(q.scheme, dim)[1:]]
-    return np.concatenate([np.ascontiguousarray(p).reshape(m, -1).view(np.uint8) for p in parts], axis=1)
+    return np.concatenate([np.ascontiguousarray(p).reshape(m, -1).view(np.uint8)
+                           for p in _encode(block, qjson, device, dim).values()], axis=1)
 
 
 def _unpack(packed: np.ndarray, start: int, stop: int, tail: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -324,25 +318,33 @@ def _parts_done(path: Path) -> set[tuple[int, int]]:
     return done
 
 
-def _write_block(block: np.ndarray, path: str, start: int, names: list[tuple[str, int]], run: str) -> tuple[int, int]:
-    """Write one packed row block at rows ``start ..`` of the store ``path``, fsync, record the range.
+def _current(root: Path, run: str) -> dict[str, Any] | None:
+    """The manifest of the store ``root`` while run ``run`` is writing it, else ``None`` (an older
+    run's task, left running on a worker after its run stopped, or a finished store)."""
+    manifest = gstore.read_manifest(root)
+    state = manifest.get("state", {})
+    if state.get("status") != gstore.IN_PROGRESS or (state.get("dask") or {}).get("run") != run:
+        return None
+    return manifest
 
-    A task of an older run (``run`` is not the manifest's: a task left running on a worker after its
-    run stopped) or of a finished store writes nothing and returns an empty range."""
+
+def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start: int, run: str) -> tuple[int, int]:
+    """Encode one row chunk and write it at rows ``start ..`` of the store ``path``, fsync, record the range.
+
+    A task whose run is not current (see :func:`_current`, asked before encoding and again before
+    writing) writes nothing and returns an empty range."""
     from gpuquant import io as gio
 
     root = Path(path)
     m = int(block.shape[0])
-    manifest = gstore.read_manifest(root)
-    state = manifest.get("state", {})
-    if state.get("status") != gstore.IN_PROGRESS or (state.get("dask") or {}).get("run") != run:
+    if _current(root, run) is None:
+        return start, start
+    arrays = _encode(block, qjson, device, dim)
+    manifest = _current(root, run)
+    if manifest is None:
         return start, start
     writer = gstore.StoreWriter(root, manifest)
     try:
-        off, arrays = 0, {}
-        for name, nb in names:
-            arrays[name] = block[:, off:off + nb]
-            off += nb
         writer.write_rows(start, arrays)
         writer.sync()
     finally:
@@ -350,16 +352,6 @@ def _write_block(block: np.ndarray, path: str, start: int, names: list[tuple[str
     (root / PARTS).mkdir(exist_ok=True)
     gio.write_json_atomic(root / PARTS / _part_name(start, start + m), {"rows": [start, start + m], "pid": os.getpid()})
     return start, start + m
-
-
-class _DaskSource:
-    """The ``take`` a store check needs (:func:`gpuquant.engine.verify_sample`), over a Dask array."""
-
-    def __init__(self, X: Any, k: int | None, client: Any) -> None:
-        self.X, self.k, self.client = X, k, client
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        return _prepared(_compute([self.X[np.asarray(rows, np.int64)]], self.client)[0], self.k)
 
 
 def _describe(X: Any) -> dict[str, Any]:
@@ -380,51 +372,37 @@ def to_store(X: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "in
 
     t_start = time.perf_counter()
     dst = Path(dst)
-    if resume and overwrite:
-        raise InputError("--resume continues an unfinished output and --overwrite replaces it: choose one")
     if device not in geng.DEVICES:
         raise InputError(f"device must be one of {list(geng.DEVICES)}, got {device!r}")
     X = _rows_only(X)
-    q = None if (resume and quantizer_or_preset is None) else _as_quantizer(quantizer_or_preset, params)
-    if not dst.parent.is_dir():
-        raise InputError(f"output's parent directory does not exist: {dst.parent}")
+    q = geng.check_request(dst, quantizer_or_preset, params, resume, overwrite)
     desc = source_desc or _describe(X)
-    fit_s = 0.0
     with gstore.StoreLock(dst):
         mode = gstore.check_output_free(dst, overwrite, resume)
         if mode == "resume":
             manifest = gstore.read_manifest(dst)
-            q = geng._check_resume(dst, manifest, cast(Any, None), desc, q)  # the source is not read there
+            q = geng.check_resume(dst, manifest, desc, q)
             chunks = tuple(int(c) for c in (manifest.get("state", {}).get("dask") or {}).get("chunks") or ())
             # the recorded chunking, so that recorded ranges match; a store the single-machine engine
             # started has none: its finished prefix is kept and the rest runs in X's own chunks
             if chunks and sum(chunks) == X.shape[0] and tuple(X.chunks[0]) != chunks:
                 X = X.rechunk({0: chunks})
-            writer = gstore.reopen(dst)
         assert q is not None  # a new store got one above; a resumed one takes the stored quantizer
-        k = getattr(q, "truncate_dim", None)
-        n = int(X.shape[0])
-        d = int(k or X.shape[1])
-        if mode != "resume":
-            if q.dim is not None and q.dim != d:
-                raise InputError(f"the input has {d} dimensions but the quantizer was fitted on {q.dim}")
-            q.scheme.check_dim(d)
-            if not q.is_fitted:
-                t0 = time.perf_counter()
-                fit(q, X, client=client, gather_bytes=gather_bytes)
-                fit_s = time.perf_counter() - t0
-            manifest_doc = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
-                            "truncate_dim": k, "source": desc, "backend": "dask", "device": device,
-                            **geng._export_loading(q, d)}
-            writer = gstore.create(dst, quantizer=q, rows=n, dim=d, manifest=manifest_doc, replace=mode == "replace")
+        rows = DaskRows(X, getattr(q, "truncate_dim", None), client)  # what the checks read: take()
+        n, d = rows.shape
+        if mode == "resume":
+            fit_s = 0.0
+            writer = gstore.reopen(dst)
+        else:
+            fit_s = geng.check_and_fit(q, d, lambda: fit(q, X, client=client, gather_bytes=gather_bytes))
+            writer = geng.create_store(dst, q, n, d, desc, "dask", device, replace=mode == "replace")
         # a new run id: tasks of an earlier run still running on some worker stop writing
         writer.checkpoint(writer.rows_done, dask={"chunks": [int(c) for c in X.chunks[0]], "run": uuid.uuid4().hex})
-        check_rows: Any = _DaskSource(X, k, client)  # what verify_sample / sample_error read: take()
         try:
             stats = _run_parts(X, dst, q, writer, device, client, bool(progress))
-            writer.complete({"device": device}, verify=lambda st: geng.verify_sample(st, check_rows))
+            store = writer.complete({"device": device}, verify=lambda st: geng.verify_sample(st, rows))
         except BaseException as exc:
-            done = geng._rows_done(dst)
+            done = geng.rows_done(dst)
             writer.close()
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
                 raise
@@ -433,24 +411,15 @@ def to_store(X: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "in
                 f"prefix and {len(_parts_done(dst))} finished chunks (unfinished): run again with resume=True "
                 "(--resume)") from exc
         writer.close()
-    store = gstore.open(dst)
-    out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
     total_s = time.perf_counter() - t_start
     row_in = int(X.shape[1]) * X.dtype.itemsize
-    in_bytes = n * row_in
-    stream_s = stats["seconds"]
-    ran = n - (stats["skipped_rows"] or 0)
-    return {**store.manifest, "output": str(dst), "rows": n, "dims": d, "device": device,
-            "batch_rows": int(max(X.chunks[0])), "resumed_from": stats["skipped_rows"] if mode == "resume" else None,
-            "dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"], "skipped_chunks": stats["skipped"],
-                     "scheduler": stats["scheduler"]},
-            "bytes_in": in_bytes, "bytes_out": out_bytes, "mb_in": round(in_bytes / 1e6, 3),
-            "mb_out": round(out_bytes / 1e6, 3),
-            "compression_ratio": round(in_bytes / out_bytes, 4) if out_bytes else None,
-            "throughput": {"rows_per_s": round(ran / stream_s, 1) if stream_s > 0 else None,
-                           "gb_per_s_in": round(ran * row_in / stream_s / 1e9, 4) if stream_s > 0 else None},
-            "reconstruction": geng.sample_error(store, check_rows),
-            "seconds": {"fit": round(fit_s, 4), "transform": round(stats["seconds"], 4), "total": round(total_s, 4)}}
+    skipped = stats["skipped_rows"]
+    return geng.report(store, rows, device=device, batch_rows=int(max(X.chunks[0])),
+                       resumed_from=skipped if mode == "resume" else None,
+                       extra={"dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"],
+                                       "skipped_chunks": stats["skipped"], "scheduler": stats["scheduler"]}},
+                       bytes_in=n * row_in, row_bytes=row_in, rows_run=n - skipped, stream_s=stats["seconds"],
+                       seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s})
 
 
 def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: str, client: Any,
@@ -463,19 +432,24 @@ def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: st
     bounds = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(np.int64)
     ranges = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
     prefix = writer.rows_done
-    done = {r for r in _parts_done(dst) if r in set(ranges)} | {r for r in ranges if r[1] <= prefix}
+    known = set(ranges)
+    done = {r for r in _parts_done(dst) if r in known} | {r for r in ranges if r[1] <= prefix}
     todo = [i for i, r in enumerate(ranges) if r not in done]
-    names = [(name, nb) for name, _, _, nb in layout(q.scheme, _dim(q, X))]
-    P = packed(q, X, device)
-    blocks = P.to_delayed().ravel()
+    skipped_rows = rows_done = sum(b - a for a, b in done)
+    blocks = X.to_delayed().ravel()
     run = writer.manifest["state"]["dask"]["run"]
-    tasks = [delayed(_write_block, pure=False)(blocks[i], str(dst), ranges[i][0], names, run) for i in todo]
+    args = (_qjson(q), device, _dim(q, X), str(dst))
+    tasks = [delayed(_write_block, pure=False)(blocks[i], *args, ranges[i][0], run) for i in todo]
     c = _scheduler(client)
 
-    def rows_done() -> int:
-        return sum(b - a for a, b in done)
+    def finished(r: Any) -> None:
+        nonlocal rows_done
+        r = tuple(r)
+        if r not in done:
+            done.add(r)
+            rows_done += r[1] - r[0]
 
-    bar = Progress(n, int(X.shape[1]) * X.dtype.itemsize, start=rows_done(), enabled=progress)
+    bar = Progress(n, int(X.shape[1]) * X.dtype.itemsize, start=rows_done, enabled=progress)
     t0 = time.perf_counter()
     sched = type(c).__name__ if c is not None else "local"
 
@@ -493,9 +467,9 @@ def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: st
 
         try:
             for r in dask.compute(*tasks, scheduler=c) if c is not None else dask.compute(*tasks):
-                done.add(tuple(r))
+                finished(r)
             advance()
-            bar.update(rows_done())
+            bar.update(rows_done)
         finally:
             bar.close()
     else:
@@ -505,8 +479,8 @@ def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: st
         last = 0.0
         try:
             for fut in as_completed(futures):
-                done.add(tuple(fut.result()))
-                bar.update(rows_done())
+                finished(fut.result())
+                bar.update(rows_done)
                 if time.monotonic() - last > 0.5:
                     advance()
                     last = time.monotonic()
@@ -519,8 +493,6 @@ def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: st
             raise
         finally:
             bar.close()
-    skipped_rows = sum(ranges[i][1] - ranges[i][0] for i in range(len(ranges))) - sum(
-        ranges[i][1] - ranges[i][0] for i in todo)
     return {"tasks": len(tasks), "skipped": len(ranges) - len(todo), "skipped_rows": int(skipped_rows),
             "seconds": time.perf_counter() - t0, "scheduler": sched}
 

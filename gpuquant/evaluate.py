@@ -35,18 +35,10 @@ import numpy as np
 
 from gpuquant._validate import as_matrix
 from gpuquant.api import Quantizer
-from gpuquant.backends import is_device_array
+from gpuquant.backends import array_module
 from gpuquant.errors import InputError
 
 QUERY_BLOCK = 256
-
-
-def _xp(a: Any) -> Any:
-    if is_device_array(a):
-        import cupy
-
-        return cupy
-    return np
 
 
 def _top_k(xp: Any, scores: Any, k: int) -> Any:
@@ -55,11 +47,15 @@ def _top_k(xp: Any, scores: Any, k: int) -> Any:
     return xp.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
-def _search(xp: Any, queries: Any, corpus: Any, k: int) -> Any:
-    out = []
+def _search(xp: Any, queries: Any, corpus: Any, *ks: int) -> list[Any]:
+    """Indices of the top ``k`` inner products of each query, for each ``k`` in ``ks``, from one score
+    block per query block."""
+    out: list[list[Any]] = [[] for _ in ks]
     for start in range(0, queries.shape[0], QUERY_BLOCK):
-        out.append(_top_k(xp, queries[start:start + QUERY_BLOCK] @ corpus.T, k))
-    return xp.concatenate(out) if out else xp.zeros((0, k), np.int64)
+        scores = queries[start:start + QUERY_BLOCK] @ corpus.T
+        for found, k in zip(out, ks, strict=True):
+            found.append(_top_k(xp, scores, k))
+    return [xp.concatenate(found) if found else xp.zeros((0, k), np.int64) for found, k in zip(out, ks, strict=True)]
 
 
 def _recall(xp: Any, found: Any, truth: Any) -> float:
@@ -104,7 +100,7 @@ def evaluate(
         raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
     if rescore_with not in ("original", "reconstructed"):
         raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
-    xp = _xp(X)
+    xp = array_module(X)
     X = X.astype(np.float32, copy=False)
     if queries is None:
         if not 0 < n_queries < X.shape[0]:
@@ -128,8 +124,10 @@ def evaluate(
     norms = xp.linalg.norm(seen, axis=1) * xp.linalg.norm(recon, axis=1)
     nonzero = norms > 0
     cosines = (seen * recon).sum(axis=1)[nonzero] / norms[nonzero]
-    truth = _search(xp, queries, X, k)
+    (truth,) = _search(xp, queries, X, k)
     q_vecs, c_vecs = _search_space(q, recon, queries)
+    ks = [k] if rescore is None else [k, min(k * rescore, X.shape[0])]  # top k, and the rescoring candidates
+    found, *candidates = _search(xp, q_vecs, c_vecs, *ks)
     report: dict[str, Any] = {
         "scheme": q.name,
         "rows": int(X.shape[0]),
@@ -139,15 +137,14 @@ def evaluate(
         "mse": float((diff * diff).mean()),
         "relative_error": float(xp.linalg.norm(diff) / xp.linalg.norm(seen)),
         "mean_cosine": float(cosines.mean()) if cosines.size else float("nan"),
-        "recall_at_k": _recall(xp, _search(xp, q_vecs, c_vecs, k), truth),
+        "recall_at_k": _recall(xp, found, truth),
         "bytes_per_vector": codes.nbytes / max(1, len(codes)),
     }
     if rescore is not None:
-        candidates = _search(xp, q_vecs, c_vecs, min(k * rescore, X.shape[0]))
         if rescore_with == "original":
-            rescored = _rescore(xp, queries, X, candidates, k)
+            rescored = _rescore(xp, queries, X, candidates[0], k)
         else:
-            rescored = _rescore(xp, q._prepare(queries), recon, candidates, k)
+            rescored = _rescore(xp, q._prepare(queries), recon, candidates[0], k)
         report["rescore"] = rescore
         report["rescore_with"] = rescore_with
         report["recall_at_k_rescored"] = _recall(xp, rescored, truth)

@@ -28,6 +28,7 @@ has no atomic exchange of two directories, so OUTPUT is briefly absent, never pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,7 @@ __all__ = [
     "read_converted",
     "is_converted_dir",
     "write_json_atomic",
+    "atomic_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,35 +232,43 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync the file or directory ``path``. A directory's failure is ignored (some file systems refuse
+    fsync on directories; the renames in it are atomic regardless); a file's is raised."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
-        pass
-
-
-def write_json_atomic(path: str | os.PathLike[str], doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path`` through a temporary sibling and an atomic rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
+    """A file object (``open`` ``mode``, ``"w"`` text in UTF-8 or ``"wb"``) on a temporary sibling of
+    ``path``; when the block ends it is flushed, fsynced and renamed onto ``path``. If the block
+    raises, the temporary file is removed and ``path`` is untouched."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent or ".", prefix=f".{p.name}.", suffix=".partial")
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".partial")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(doc), f, indent=2, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], doc: Any) -> None:
+    """Write ``doc`` as JSON to ``path`` through a temporary sibling and an atomic rename."""
+    with atomic_file(path) as f:
+        json.dump(to_jsonable(doc), f, indent=2, allow_nan=False)
+        f.write("\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,6 +348,43 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_side_names(names: Iterable[str]) -> None:
+    """Raise :class:`InputError` for a side array name that cannot be a file name in the output."""
+    for name in names:
+        if not _SIDE_NAME.match(name) or name in ("codes", "manifest", "quantizer"):
+            raise InputError(f"side array name {name!r} cannot be a file name in the output")
+
+
+def manifest_head(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest's first fields: format tag and version, gpuquant version; then ``extra`` (JSON-able)."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpuquant_version": __version__,
+            **to_jsonable(dict(extra))}
+
+
+@contextlib.contextmanager
+def partial_dir(dest: Path) -> Iterator[Path]:
+    """A new temporary sibling of ``dest`` (``.DEST.partial-*``) to fill, removed if the block raises;
+    :func:`move_into_place` renames it to ``dest``."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal directory's mode
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def move_into_place(tmp: Path, dest: Path, replace: bool) -> None:
+    """fsync the filled directory ``tmp``, rename it to ``dest`` (swapping an existing ``dest`` out
+    when ``replace``) and fsync the parent directory."""
+    fsync_path(tmp)
+    if replace:
+        _swap_into_place(tmp, dest)
+    else:
+        os.rename(tmp, dest)
+    fsync_path(dest.parent)
+
+
 def write_converted(
     output: str | os.PathLike[str],
     codes: _CodesLike,
@@ -366,20 +413,11 @@ def write_converted(
     """
     dest = Path(output)
     check_output(dest, overwrite)
-    for name in codes.side:
-        if not _SIDE_NAME.match(name) or name in ("codes", "manifest", "quantizer"):
-            raise InputError(f"side array name {name!r} cannot be a file name in the output")
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal directory's mode
+    check_side_names(codes.side)
+    with partial_dir(dest) as tmp:
         doc = _write_contents(tmp, codes, quantizer, manifest)
-        _fsync_dir(tmp)
         check_output(dest, overwrite)  # again: something may have appeared meanwhile
-        _swap_into_place(tmp, dest)
-        _fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        move_into_place(tmp, dest, replace=True)
     log.info("wrote %s (%d files)", dest, len(doc["side"]) + 3)
     return dest
 
@@ -387,18 +425,13 @@ def write_converted(
 def _write_contents(
     tmp: Path, codes: _CodesLike, quantizer: _Saveable, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "gpuquant_version": __version__,
-    }
-    doc.update(to_jsonable(dict(extra)))
+    doc = manifest_head(extra)
     doc.setdefault("rows", int(np.asarray(codes.data).shape[0]))
     doc.setdefault("dim", int(getattr(codes, "dim", 0) or np.asarray(codes.data).shape[1]))
     doc["codes"] = _save_npy(tmp / CODES, np.asarray(codes.data))
     doc["side"] = {name: _save_npy(tmp / f"{name}.npy", np.asarray(arr)) for name, arr in codes.side.items()}
     quantizer.save(tmp / QUANTIZER)
-    _fsync_file(tmp / QUANTIZER)
+    fsync_path(tmp / QUANTIZER)
     doc["quantizer"] = QUANTIZER
     doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
     with open(tmp / MANIFEST, "w", encoding="utf-8") as f:

@@ -27,50 +27,46 @@ from typing import Any
 
 import numpy as np
 
+from gpuquant.backends import array_module
+from gpuquant.backends.numpy_backend import row_chunks
 from gpuquant.errors import InputError
 
 CHUNK_ROWS_VALUES = 1 << 20
 
 
-def truncate_renormalize(X: Any, k: int) -> Any:
+def check_truncate_dim(k: Any) -> int:
+    """``k`` as an int, or ``InputError`` unless it is a positive integer (bools are not)."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InputError(f"truncate_dim must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def truncate_renormalize(X: Any, k: int, out: Any = None) -> Any:
     """``X[:, :k]`` with each row scaled to unit L2 norm (float32), numpy or CuPy as ``X`` is.
+
+    ``out``: a float32 ``(n, k)`` array of ``X``'s kind to write the result into (returned).
 
     >>> import numpy as np
     >>> truncate_renormalize(np.array([[3.0, 4.0, 12.0]], np.float32), 2)
     array([[0.6, 0.8]], dtype=float32)
     """
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise InputError(f"truncate_dim must be a positive integer, got {k!r}")
+    k = check_truncate_dim(k)
     if X.shape[1] < k:
         raise InputError(f"truncate_dim={k} but the input has only {X.shape[1]} dimensions")
-    xp = _array_module(X)
+    xp = array_module(X)
     if xp is not np:
-        X = xp.asarray(X)  # CuPy view of any device array (no copy)
-    if xp is np:
-        n = X.shape[0]
-        out = np.empty((n, int(k)), np.float32)
-        step = max(1, CHUNK_ROWS_VALUES // max(int(k), 1))
-        for start in range(0, n, step):
-            out[start : start + step] = _renorm(np, X[start : start + step, :k])
-        return out
-    return _renorm(xp, X[:, :k])
+        return _renorm(xp, xp.asarray(X)[:, :k], out)  # CuPy view of any device array (no copy)
+    if out is None:
+        out = np.empty((X.shape[0], k), np.float32)
+    for start, stop in row_chunks(X.shape[0], k, CHUNK_ROWS_VALUES):
+        _renorm(np, X[start:stop, :k], out[start:stop])
+    return out
 
 
-def _renorm(xp: Any, x: Any) -> Any:
+def _renorm(xp: Any, x: Any, out: Any) -> Any:
+    """``f32(y / f32(sqrt(sum f64(y)**2)))`` per row of ``y = f32(x)`` (rows of norm 0 divided by 1), into ``out``."""
     y = xp.asarray(x, dtype=xp.float32)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         y64 = y.astype(xp.float64)
         norm = xp.sqrt((y64 * y64).sum(axis=1, keepdims=True)).astype(xp.float32)
-        return (y / xp.where(norm == 0, xp.float32(1), norm)).astype(xp.float32)
-
-
-def _array_module(X: Any) -> Any:
-    if isinstance(X, np.ndarray):
-        return np
-    from gpuquant.backends import is_device_array
-
-    if is_device_array(X):
-        import cupy
-
-        return cupy
-    return np
+        return xp.divide(y, xp.where(norm == 0, xp.float32(1), norm), out=out)

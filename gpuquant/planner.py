@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuquant.api import as_quantizer
 from gpuquant.errors import BackendUnavailableError, InputError
 
 OPS = ("fit", "transform", "inverse", "convert")
@@ -317,16 +318,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def _quantizer(scheme: Any, params: dict[str, Any] | None) -> Any:
-    from gpuquant.api import Quantizer
-
-    if isinstance(scheme, Quantizer):
-        if params:
-            raise InputError("params= goes with a scheme name; a Quantizer already has its parameters")
-        return scheme
-    return Quantizer(str(scheme), backend="numpy", **(params or {}))
-
-
 def _disk_free(path: Path) -> int | None:
     p = path
     while not p.exists() and p != p.parent:
@@ -385,7 +376,7 @@ def plan(
     if not isinstance(in_flight, int) or in_flight < 1:
         raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
     dim = int(dim)
-    q = _quantizer(scheme, params)
+    q = as_quantizer(scheme, params)
     q.scheme.check_dim(dim)
 
     if gpu_memory is not None:

@@ -41,7 +41,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,18 +71,6 @@ class StoreIncompleteError(InputError):
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # directories on some file systems refuse fsync; data files must not
-        if not path.is_dir():
-            raise
-        del exc
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,22 +141,13 @@ class StoreLock:
 
 @dataclass
 class _File:
-    name: str
-    path: Path
     fd: int
     offset: int  # where the data starts
     row_bytes: int
-    logical: str
-    stored: str
-    shape: tuple[int, ...]
 
 
-def _entry(f: _File) -> dict[str, Any]:
-    return {"file": f.path.name, "shape": list(f.shape), "dtype": f.logical, "stored_dtype": f.stored}
-
-
-def _preallocate(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, str, str]:
-    """Create ``path`` as a .npy of ``shape`` (stored dtype), space reserved; return (offset, logical, stored)."""
+def _preallocate(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
+    """Create ``path`` as a .npy of ``shape`` (stored dtype), space reserved; return its manifest entry."""
     view, logical, stored = gio.storage_view(np.empty((0,), dtype))
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=view.dtype, shape=shape)
     del mm
@@ -185,7 +163,7 @@ def _preallocate(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[i
                 # EOPNOTSUPP / EINVAL: the file system cannot reserve space; writes will say ENOSPC
     finally:
         os.close(fd)
-    return header.data_offset, logical, stored
+    return {"file": path.name, "shape": list(shape), "dtype": logical, "stored_dtype": stored}
 
 
 class StoreWriter:
@@ -194,16 +172,15 @@ class StoreWriter:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
+        #: ``(rows_done, extra)`` of the last checkpoint written (``extra`` None: the manifest's, as opened)
+        self.durable: tuple[int, dict[str, Any] | None] = (self.rows_done, None)
         self.files: dict[str, _File] = {}
-        entries = {"codes": manifest["codes"], **manifest.get("side", {})}
-        for name, e in entries.items():
+        rows = self.rows
+        for name, e in {"codes": manifest["codes"], **manifest.get("side", {})}.items():
             p = path / e["file"]
             header = gio.read_npy_header(p)
-            shape = tuple(header.shape)
-            rows = int(manifest["rows"])
-            row_bytes = header.data_bytes // rows if rows else 0
             fd = os.open(p, os.O_RDWR)
-            self.files[name] = _File(name, p, fd, header.data_offset, row_bytes, e["dtype"], e["stored_dtype"], shape)
+            self.files[name] = _File(fd, header.data_offset, header.data_bytes // rows if rows else 0)
 
     @property
     def rows(self) -> int:
@@ -228,25 +205,30 @@ class StoreWriter:
             os.fsync(f.fd)
 
     def checkpoint(self, rows_done: int, **extra: Any) -> None:
-        """fsync the data, then record ``rows_done`` in the manifest (atomically)."""
+        """fsync the data, then record ``rows_done`` in the manifest (atomically); nothing to do when
+        the last checkpoint written was this one."""
+        if self.durable == (rows_done, extra):
+            return
         self.sync()
         self.manifest["state"].update({"status": IN_PROGRESS, "rows_done": int(rows_done), "updated": now(), **extra})
         gio.write_json_atomic(self.path / MANIFEST, self.manifest)
+        self.durable = (int(rows_done), extra)
 
-    def complete(self, extra: Mapping[str, Any] | None = None, verify: Callable[[Store], None] | None = None) -> None:
-        """fsync, check (:func:`open` on the files, then ``verify(store)``), and mark the store complete."""
-        self.sync()
-        self.manifest["state"].update({"status": IN_PROGRESS, "rows_done": self.rows, "updated": now()})
-        gio.write_json_atomic(self.path / MANIFEST, self.manifest)
+    def complete(self, extra: Mapping[str, Any] | None = None, verify: Callable[[Store], None] | None = None) -> Store:
+        """fsync and record every row (unless a checkpoint did), check (:func:`open` on the files, then
+        ``verify(store)``), mark the store complete; returns it, opened."""
+        if self.durable[0] != self.rows:
+            self.checkpoint(self.rows)
         store = open(self.path, allow_incomplete=True)
         if verify is not None:
             verify(store)
-        del store
         self.manifest["state"].update({"status": COMPLETE, "rows_done": self.rows, "completed": now(),
                                        **(extra or {})})
         gio.write_json_atomic(self.path / MANIFEST, self.manifest)
-        fsync_path(self.path)
+        gio.fsync_path(self.path)
         shutil.rmtree(self.path / PARTS, ignore_errors=True)
+        store.manifest["state"] = gio.to_jsonable(self.manifest["state"])  # as written
+        return store
 
     def close(self) -> None:
         for f in self.files.values():
@@ -307,39 +289,19 @@ def create(
     if need > free:
         raise OSError(errno.ENOSPC, f"not enough disk space for {dest}: the codes need {need} bytes "
                       f"({need / 1e9:.3f} GB), {free} bytes ({free / 1e9:.3f} GB) are free")
-    for name in side:
-        if not gio._SIDE_NAME.match(name) or name in ("codes", "manifest", "quantizer"):
-            raise InputError(f"side array name {name!r} cannot be a file name in the output")
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
-        os.chmod(tmp, 0o777 & ~gio._umask())
-        doc: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                               "gpuquant_version": __version__}
-        doc.update(gio.to_jsonable(dict(manifest)))
+    gio.check_side_names(side)
+    with gio.partial_dir(dest) as tmp:
+        doc = gio.manifest_head(manifest)
         doc["rows"], doc["dim"] = int(rows), int(dim)
-        _, logical, stored = _preallocate(tmp / CODES, scheme.code_shape(rows, dim), scheme.code_dtype)
-        doc["codes"] = {"file": CODES, "shape": list(scheme.code_shape(rows, dim)), "dtype": logical,
-                        "stored_dtype": stored}
-        doc["side"] = {}
-        for name, (shape, dtype) in side.items():
-            _, lg, st = _preallocate(tmp / f"{name}.npy", shape, dtype)
-            doc["side"][name] = {"file": f"{name}.npy", "shape": list(shape), "dtype": lg, "stored_dtype": st}
+        doc["codes"] = _preallocate(tmp / CODES, scheme.code_shape(rows, dim), scheme.code_dtype)
+        doc["side"] = {name: _preallocate(tmp / f"{name}.npy", shape, dtype) for name, (shape, dtype) in side.items()}
         quantizer.save(tmp / QUANTIZER)
-        fsync_path(tmp / QUANTIZER)
         doc["quantizer"] = QUANTIZER
         doc["state"] = {"status": IN_PROGRESS, "rows_done": 0, "created": now(), "updated": now()}
-        for f in tmp.iterdir():
-            fsync_path(f)
+        for f in tmp.iterdir():  # the data files and the quantizer
+            gio.fsync_path(f)
         gio.write_json_atomic(tmp / MANIFEST, doc)
-        fsync_path(tmp)
-        if replace:
-            gio._swap_into_place(tmp, dest)
-        else:
-            os.rename(tmp, dest)
-        fsync_path(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        gio.move_into_place(tmp, dest, replace)
     return StoreWriter(dest, doc)
 
 

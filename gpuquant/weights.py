@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
+from gpuquant.io import atomic_file
 
 __all__ = ["DTYPES", "save_safetensors", "load_safetensors", "fp8_weight_tensors", "dequantize_fp8",
            "dequantize_gguf"]
@@ -92,19 +92,11 @@ def save_safetensors(
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(text).to_bytes(8, "little"))
-            f.write(text)
-            for arr in arrays:
-                f.write(arr.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(p, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for arr in arrays:
+            f.write(arr.tobytes())
     return p
 
 
@@ -183,11 +175,12 @@ def fp8_weight_tensors(prefix: str, quantizer: Any, codes: Codes) -> dict[str, n
 
 def dequantize_fp8(weight: np.ndarray, weight_scale: np.ndarray) -> np.ndarray:
     """``f32(weight) * weight_scale`` (scale (out, 1), (1,) or a scalar), float32."""
-    w = np.asarray(weight).astype(np.float32)
+    from gpuquant.schemes.scaled_fp8 import ScaledFp8Scheme
+
     s = np.asarray(weight_scale, np.float32)
     if s.ndim == 1 and s.size != 1:
         s = s.reshape(-1, 1)
-    return (w * s).astype(np.float32)
+    return ScaledFp8Scheme.dequantize(weight, s)
 
 
 def dequantize_gguf(data: Any, type_: str) -> np.ndarray:

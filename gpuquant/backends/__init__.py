@@ -117,10 +117,8 @@ def resolve(name: str) -> Backend:
     return _backend_class(name)()
 
 
-def is_device_array(x: Any) -> bool:
-    """True for CuPy arrays and anything exposing CUDA memory (``__cuda_array_interface__`` or a CUDA DLPack device)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
+def dlpack_on_cuda(x: Any) -> bool:
+    """True for objects whose DLPack device (``__dlpack_device__``) is CUDA or CUDA managed memory."""
     dev = getattr(x, "__dlpack_device__", None)
     if dev is None:
         return False
@@ -128,6 +126,20 @@ def is_device_array(x: Any) -> bool:
         return dev()[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
     except Exception:  # noqa: BLE001 - a foreign object's probe failing means "not a device array"
         return False
+
+
+def is_device_array(x: Any) -> bool:
+    """True for CuPy arrays and anything exposing CUDA memory (``__cuda_array_interface__`` or a CUDA DLPack device)."""
+    return hasattr(x, "__cuda_array_interface__") or dlpack_on_cuda(x)
+
+
+def array_module(x: Any) -> Any:
+    """The array module of ``x``: ``cupy`` for a device array (:func:`is_device_array`), else ``numpy``."""
+    if not isinstance(x, np.ndarray) and is_device_array(x):
+        import cupy
+
+        return cupy
+    return np
 
 
 def device_code_dtype(scheme: Scheme) -> np.dtype:

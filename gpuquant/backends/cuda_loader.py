@@ -16,7 +16,9 @@ Compilation:
   ``kernels/quant_math.cuh`` is written in inline PTX without ``.ftz`` so results do not depend on it.
 * :func:`get_module` builds a ``cupy.RawModule`` with the template instances as
   ``name_expressions`` and caches it per (kernel file, options, device id); CuPy's own disk cache
-  keeps the binary across processes.
+  keeps the binary across processes. :func:`get_kernel` (called on every launch) caches each
+  kernel per (file, kernel, name expressions, device id), so the options are read once per process
+  per kernel: set ``$GPUQUANT_CUDA_INCLUDE`` and the like before the first launch.
 * :func:`nvrtc_check` compiles the same source with NVRTC directly for a virtual architecture
   (``compute_80``, ``compute_90``...): it needs no GPU, which is how CI checks every kernel.
 
@@ -192,6 +194,22 @@ def get_module(filename: str, name_expressions: Sequence[str], extra_options: Se
         return module
 
 
+_kernels: dict[tuple[str, str, tuple[str, ...], int], Any] = {}
+
+
 def get_kernel(filename: str, name_expression: str, name_expressions: Sequence[str]):
-    """One kernel (``cupy.RawKernel``) of the cached module for ``filename``."""
-    return get_module(filename, name_expressions).get_function(name_expression)
+    """One kernel (``cupy.RawKernel``) of the cached module for ``filename`` on the current device.
+
+    Cached per (file, kernel, name expressions, device id): every later call returns the same
+    object after one dictionary lookup (this runs on every launch). So the compile options
+    (:func:`compile_options`: environment variables, CUDA include directory) are read once per
+    process per kernel and device, at its first launch.
+    """
+    import cupy
+
+    key = (filename, name_expression, tuple(name_expressions), cupy.cuda.runtime.getDevice())
+    kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = get_module(filename, name_expressions).get_function(name_expression)
+        kernel = _kernels.setdefault(key, kernel)  # one object per key, even when threads race here
+    return kernel

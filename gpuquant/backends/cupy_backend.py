@@ -29,14 +29,22 @@ the state as numpy arrays. Kernels need compute capability 8.0 or newer (warp re
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from gpuquant.backends import cuda_loader, device_code_dtype
+from gpuquant.backends import (
+    cuda_loader,
+    device_code_dtype,
+    dlpack_on_cuda,
+    is_device_array,
+)
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
+from gpuquant.schemes.floatcast import refuse_nonfinite_codes
 
 QUANTIZE_FILE = "quantize.cu"
 THREADS = 256
@@ -78,10 +86,15 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     ``lo``, ``hi``; floor ``lo``, ``step = f32(hi - lo) / L`` (1 where 0); trunc ``lo``,
     ``vdiff = f32(hi - lo)``; half_even ``scale = step``, ``zp = f32(0 - lo / scale)``.
     """
-    from gpuquant.schemes.scalar import affine_scale_zp, cuvs_scale_offset, floor_step
+    from gpuquant.schemes.scalar import (
+        affine_scale_zp,
+        cuvs_scale_offset,
+        floor_step,
+        trunc_vdiff,
+    )
 
     p = scheme.params
-    L, H = 2 ** p["bits"] - 1, 2 ** (p["bits"] - 1)
+    L, H = scheme.levels, scheme.half
     lo = np.asarray(lo, np.float32).reshape(-1)
     hi = np.asarray(hi, np.float32).reshape(-1)
     out = np.zeros(lo.size, SCALAR_PARAMS_DTYPE)
@@ -93,7 +106,7 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         elif rounding == "floor":
             out["f0"], out["f1"] = lo, floor_step(lo, hi, L)
         elif rounding == "trunc":
-            out["f0"], out["f1"] = lo, (hi - lo).astype(np.float32)
+            out["f0"], out["f1"] = lo, trunc_vdiff(lo, hi)
         else:
             out["f0"], out["f1"] = affine_scale_zp(lo, hi, L)
     return out
@@ -101,7 +114,7 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def binary_flip(scheme: Scheme) -> bool:
     """Whether binary codes store the packed byte with its top bit flipped (signed, offset encoding)."""
-    return bool(scheme.params["signed"]) and scheme.params.get("signed_encoding", "offset") == "offset"
+    return scheme.flip
 
 
 def _cupy():
@@ -123,21 +136,12 @@ def grid_for(work_items: int, per_block: int = THREADS) -> int:
     return int(max(1, min(cap, -(-work_items // per_block))))
 
 
-def on_device(x: Any) -> bool:
-    """True for CuPy arrays, ``__cuda_array_interface__`` objects and DLPack tensors on a CUDA device."""
-    if isinstance(x, _cupy().ndarray):
-        return True
-    if isinstance(x, np.ndarray):
-        return False
-    return hasattr(x, "__cuda_array_interface__") or _dlpack_on_cuda(x)
-
-
 def wrap_device(x: Any) -> Any:
     """A CuPy view of a device array (CuPy, DLPack on CUDA, ``__cuda_array_interface__``), no copy."""
     cp = _cupy()
     if isinstance(x, cp.ndarray):
         return x
-    if hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
+    if hasattr(x, "__dlpack__") and dlpack_on_cuda(x):
         return cp.from_dlpack(x)
     if hasattr(x, "__cuda_array_interface__"):
         return cp.asarray(x)
@@ -152,22 +156,13 @@ def as_device(x: Any) -> tuple[Any, bool]:
     contiguous array on their device.
     """
     cp = _cupy()
-    if not on_device(x):
+    if not is_device_array(x):
         return cp.asarray(np.ascontiguousarray(x)), True
     arr = wrap_device(x)
     if not arr.flags.c_contiguous:
         with arr.device:
             arr = cp.ascontiguousarray(arr)
     return arr, False
-
-
-def _dlpack_on_cuda(x: Any) -> bool:
-    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack_device__"):
-        return False
-    try:
-        return x.__dlpack_device__()[0] in (2, 13)
-    except Exception:  # noqa: BLE001 - an object that cannot say where it lives is not ours to wrap
-        return False
 
 
 def _i64(v: int) -> np.int64:
@@ -182,6 +177,13 @@ class CupyBackend:
     """GPU backend (see the module docstring)."""
 
     name = "cupy"
+
+    #: Device copies of scheme constants kept per backend (see :meth:`_constant`), least recently used dropped.
+    CONSTANTS_CACHED = 16
+
+    def __init__(self) -> None:
+        self._constants: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._constants_lock = threading.Lock()
 
     @staticmethod
     def is_available() -> tuple[bool, str]:
@@ -249,38 +251,34 @@ class CupyBackend:
         n, d = (int(s) for s in x.shape)
         p = scheme.params
         t = INPUT_TYPES[x.dtype]
-        kernel = functools.partial(cuda_loader.get_kernel, QUANTIZE_FILE, name_expressions=NAME_EXPRESSIONS)
         if scheme.family == "scalar":
-            params = scalar_params(scheme, state["lo"], state["hi"])
             rc = d if p["bits"] == 8 else (d + 1) // 2
-            kernel(f"scalar_encode<{t}>")(
-                (grid_for(n * -(-rc // 8)),), (THREADS,),
-                (x, codes, _i64(n), _i64(d), cp.asarray(params.view(np.uint8)), _i32(params.size > 1),
-                 _i32(ROUNDINGS[p["rounding"]]), _i32(p["bits"]), _i32(p["signed"]),
-                 _i32(p["nibble_order"] == "high_first")),
+            cuda_loader.get_kernel(QUANTIZE_FILE, f"scalar_encode<{t}>", NAME_EXPRESSIONS)(
+                (grid_for(n * -(-rc // 8)),), (THREADS,), (x, codes, *self._scalar_args(scheme, state, n, d)),
             )
         elif scheme.family == "binary":
             thr = state.get("thresholds")
-            thr = cp.zeros(d, cp.float32) if thr is None else cp.asarray(thr, dtype=cp.float32)
+            # No thresholds: a null pointer, which the kernel reads as zero thresholds.
+            thr = None if thr is None else self._constant("thresholds", thr, np.float32)
             rc = (d + 7) // 8
-            kernel(f"binary_encode<{t}>")(
+            cuda_loader.get_kernel(QUANTIZE_FILE, f"binary_encode<{t}>", NAME_EXPRESSIONS)(
                 (grid_for(n * -(-rc // 8)),), (THREADS,),
                 (x, codes, _i64(n), _i64(d), thr, _i32(p["bitorder"] == "big"), _i32(binary_flip(scheme))),
             )
         elif scheme.family == "float":
             c = "unsigned char" if codes.dtype.itemsize == 1 else "unsigned short"
-            kernel(f"float_encode<{t}, {c}>")(
+            cuda_loader.get_kernel(QUANTIZE_FILE, f"float_encode<{t}, {c}>", NAME_EXPRESSIONS)(
                 (grid_for(n * -(-d // 8)),), (THREADS,),
                 (x, codes, _i64(n), _i64(d), _i32(FORMATS[p["format"]]), _i32(p["saturate"])),
             )
-            if p.get("nonfinite", "keep") == "raise":
-                self._refuse_nonfinite_codes(scheme, codes)
+            if p["nonfinite"] == "raise":
+                refuse_nonfinite_codes(codes, p["format"])
         elif scheme.family == "absmax":
             seg_len, groups = self._segments(scheme, d)
             bad = cp.full(1, np.iinfo(np.uint64).max, dtype=cp.uint64)
             tensor = p["granularity"] == "tensor"
-            scales = cp.asarray(state["scales"], dtype=cp.float32) if tensor else side["scales"]
-            kernel(f"absmax_encode<{t}>")(
+            scales = self._constant("tensor_scale", state["scales"], np.float32) if tensor else side["scales"]
+            cuda_loader.get_kernel(QUANTIZE_FILE, f"absmax_encode<{t}>", NAME_EXPRESSIONS)(
                 (grid_for(n * groups * 32),), (THREADS,),
                 (x, codes, scales, bad, _i64(n), _i64(d), _i64(seg_len), _i64(groups), _i32(p["bits"]),
                  _i32(p["nibble_order"] == "high_first"), np.float32(p["eps"]), scales, _i32(tensor)),
@@ -295,7 +293,7 @@ class CupyBackend:
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:
         """Decode to float32 ``(n, d)`` (numpy codes -> numpy; CuPy codes -> CuPy)."""
         data = codes.data
-        host = not on_device(data)
+        host = not is_device_array(data)
         if host:
             data = np.ascontiguousarray(np.asarray(data))
             data = data.view(np.uint8 if data.dtype.itemsize == 1 else np.uint16)
@@ -313,27 +311,26 @@ class CupyBackend:
         p = scheme.params
         rc = int(c.shape[1])
         blocks = grid_for(n * -(-rc // 8))
-        kernel = functools.partial(cuda_loader.get_kernel, QUANTIZE_FILE, name_expressions=NAME_EXPRESSIONS)
         if scheme.family == "scalar":
-            params = scalar_params(scheme, state["lo"], state["hi"])
-            kernel("scalar_decode")(
-                (blocks,), (THREADS,),
-                (c, y, _i64(n), _i64(d), cp.asarray(params.view(np.uint8)), _i32(params.size > 1),
-                 _i32(ROUNDINGS[p["rounding"]]), _i32(p["bits"]), _i32(p["signed"]),
-                 _i32(p["nibble_order"] == "high_first")),
+            cuda_loader.get_kernel(QUANTIZE_FILE, "scalar_decode", NAME_EXPRESSIONS)(
+                (blocks,), (THREADS,), (c, y, *self._scalar_args(scheme, state, n, d)),
             )
         elif scheme.family == "binary":
-            kernel("binary_decode")(
+            cuda_loader.get_kernel(QUANTIZE_FILE, "binary_decode", NAME_EXPRESSIONS)(
                 (blocks,), (THREADS,), (c, y, _i64(n), _i64(d), _i32(p["bitorder"] == "big"), _i32(binary_flip(scheme)))
             )
         elif scheme.family == "float":
             name = "float_decode<unsigned char>" if c.dtype.itemsize == 1 else "float_decode<unsigned short>"
-            kernel(name)((blocks,), (THREADS,), (c, y, _i64(n), _i64(d), _i32(FORMATS[p["format"]])))
+            cuda_loader.get_kernel(QUANTIZE_FILE, name, NAME_EXPRESSIONS)(
+                (blocks,), (THREADS,), (c, y, _i64(n), _i64(d), _i32(FORMATS[p["format"]]))
+            )
         elif scheme.family == "absmax":
             seg_len, groups = self._segments(scheme, d)
             tensor = p["granularity"] == "tensor"
-            scales = cp.ascontiguousarray(cp.asarray(state["scales"] if tensor else side["scales"], dtype=cp.float32))
-            kernel("absmax_decode")(
+            # side["scales"] went through as_device: already C-contiguous (astype keeps that).
+            scales = (self._constant("tensor_scale", state["scales"], np.float32) if tensor
+                      else cp.asarray(side["scales"], dtype=cp.float32))
+            cuda_loader.get_kernel(QUANTIZE_FILE, "absmax_decode", NAME_EXPRESSIONS)(
                 (blocks,), (THREADS,),
                 (c, scales, y, _i64(n), _i64(d), _i64(seg_len), _i64(groups), _i32(p["bits"]),
                  _i32(p["nibble_order"] == "high_first"), _i32(tensor)),
@@ -341,27 +338,45 @@ class CupyBackend:
         else:
             raise InputError(f"the cupy backend has no kernels for family {scheme.family!r}")
 
-    # -- helpers ------------------------------------------------------------------------------
-    @staticmethod
-    def _refuse_nonfinite_codes(scheme: Scheme, codes: Any) -> None:
-        """``nonfinite="raise"``: ``InputError`` naming the first row whose codes are NaN or ±Inf."""
-        cp = _cupy()
-        fmt = scheme.params["format"]
-        bits = codes.view(cp.uint8 if codes.dtype.itemsize == 1 else cp.uint16)
-        mask = {"e4m3": 0x7F, "e5m2": 0x7C, "fp16": 0x7C00, "bf16": 0x7F80}[fmt]
-        rows = ((bits & mask) == mask).any(axis=1)
-        if codes.shape[0] and bool(rows.any()):
-            raise InputError(
-                f"row {int(rows.argmax())} holds NaN, ±Inf or a value beyond ±{scheme.max_finite:g}; "
-                f"format {fmt!r} with nonfinite='raise' refuses them"
-            )
+    def _scalar_args(self, scheme: Scheme, state: dict[str, Any], n: int, d: int) -> tuple[Any, ...]:
+        """Arguments of ``scalar_encode`` / ``scalar_decode`` after their input and output arrays."""
+        p = scheme.params
+        params = scalar_params(scheme, state["lo"], state["hi"])
+        return (_i64(n), _i64(d), self._constant("scalar_params", params.view(np.uint8), np.uint8),
+                _i32(params.size > 1), _i32(ROUNDINGS[p["rounding"]]), _i32(p["bits"]), _i32(p["signed"]),
+                _i32(p["nibble_order"] == "high_first"))
 
+    def _constant(self, kind: str, value: Any, dtype: Any) -> Any:
+        """A device copy of the host constant ``value`` as ``dtype`` (C-contiguous), cached on the backend.
+
+        Scheme constants (scalar ranges, binary thresholds, absmax tensor scales) are the same for
+        every batch, so they are uploaded once: the cache is keyed by (kind, dtype, device, current
+        stream, the exact bytes of the host value) and holds :attr:`CONSTANTS_CACHED` entries, least
+        recently used dropped. A copy is made and used on one stream only, so its upload is ordered
+        before every kernel that reads it, and its memory goes back to the pool of that stream. A
+        value already on a device is used as it is (``cupy.asarray``), not cached.
+        """
+        cp = _cupy()
+        if not isinstance(value, np.ndarray) and is_device_array(value):
+            return cp.asarray(value, dtype=dtype)
+        host = np.ascontiguousarray(value, dtype=dtype)
+        key = (kind, host.dtype.str, cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr, host.tobytes())
+        with self._constants_lock:
+            arr = self._constants.get(key)
+            if arr is not None:
+                self._constants.move_to_end(key)
+                return arr
+            arr = self._constants[key] = cp.asarray(host)
+            if len(self._constants) > self.CONSTANTS_CACHED:
+                self._constants.popitem(last=False)
+            return arr
+
+    # -- helpers ------------------------------------------------------------------------------
     @staticmethod
     def _segments(scheme: Scheme, d: int) -> tuple[int, int]:
         """(values per scale, scales per row) of an absmax scheme (one segment per row for "tensor")."""
         if scheme.params["granularity"] == "block":
-            g = scheme.params["block_size"]
-            return g, d // g
+            return scheme.params["block_size"], scheme.groups(d)
         return d, 1
 
     @staticmethod

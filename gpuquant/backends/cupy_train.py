@@ -31,11 +31,16 @@ from gpuquant.backends import cuda_loader
 from gpuquant.backends.cupy_backend import INPUT_TYPES, THREADS, _cupy, grid_for
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
-from gpuquant.schemes.base import require_rows
-from gpuquant.schemes.scalar import ScalarScheme, cuvs_sample_size, quantile_positions, sample_rows
+from gpuquant.schemes.base import (
+    NAN_FIT_MESSAGE,
+    NONFINITE_FIT_MESSAGE,
+    keys_to_values,
+    require_rows,
+)
+from gpuquant.schemes.binary import median_of, median_ranks
+from gpuquant.schemes.scalar import cuvs_sample_size, quantile_positions, sample_rows
 
 TRAIN_FILE = "train.cu"
-NAN_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
 
 #: Every kernel instance (``name_expressions``) of ``kernels/train.cu``.
 NAME_EXPRESSIONS: tuple[str, ...] = tuple(
@@ -51,13 +56,6 @@ def _kernel(name: str):
 
 def _t(x: Any) -> str:
     return INPUT_TYPES[np.dtype(x.dtype)]
-
-
-def keys_to_values(keys: np.ndarray) -> np.ndarray:
-    """Inverse of the order-preserving key (``gq::order_key``): uint32 keys to float32 values."""
-    keys = np.asarray(keys, np.uint32)
-    bits = np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys)
-    return bits.astype(np.uint32).view(np.float32)
 
 
 _KEY_POS_INF = 0xFF800000  # order_key(+inf); keys above are +NaN
@@ -78,7 +76,7 @@ def minmax(x: Any, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
     """(min, max) over all values (shape (1,)) or per column (shape (d,)); ``InputError`` on NaN."""
     lo_keys, hi_keys = minmax_keys(x, per_dim)
     if (hi_keys > _KEY_POS_INF).any() or (lo_keys < _KEY_NEG_INF).any():
-        raise InputError(NAN_MESSAGE)
+        raise InputError(NAN_FIT_MESSAGE)
     return keys_to_values(lo_keys), keys_to_values(hi_keys)
 
 
@@ -101,7 +99,7 @@ def refuse_nan(x: Any) -> None:
     """``InputError`` if the device array ``x`` holds NaN (one reduction, one sync)."""
     cp = _cupy()
     if x.size and bool(cp.isnan(x).any()):
-        raise InputError(NAN_MESSAGE)
+        raise InputError(NAN_FIT_MESSAGE)
 
 
 def column_means(x: Any) -> np.ndarray:
@@ -163,7 +161,7 @@ def quantile_range(x: Any, quantile: float, method: str, per_dim: bool) -> tuple
     else:
         values, nan_count = select_values(x, lo_pos, hi_pos)
         if nan_count:
-            raise InputError(NAN_MESSAGE)
+            raise InputError(NAN_FIT_MESSAGE)
     return values[:1], values[1:]
 
 
@@ -183,12 +181,9 @@ def _fit_absmax_tensor(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
     require_rows(x, 1, "a tensor scale")
     lo_keys, hi_keys = minmax_keys(x, per_dim=False)
     if hi_keys[0] >= _KEY_POS_INF or lo_keys[0] <= _KEY_NEG_INF:
-        raise InputError("fit data contains NaN or ±Inf; remove or replace those rows before fitting")
+        raise InputError(NONFINITE_FIT_MESSAGE)
     lo, hi = keys_to_values(lo_keys)[0], keys_to_values(hi_keys)[0]
-    m = max(abs(lo), abs(hi))
-    qmax = np.float32(127 if scheme.params["bits"] == 8 else 7)
-    s = (np.float32(m) + np.float32(scheme.params["eps"])) / qmax
-    return {"scales": np.asarray(s, np.float32).reshape(1)}
+    return {"scales": scheme.tensor_scale(max(abs(lo), abs(hi)))}
 
 
 def _fit_scalar(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
@@ -201,13 +196,7 @@ def _fit_scalar(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
         lo, hi = quantile_range(x, p["quantile"], p["quantile_method"], per_dim)
     else:
         lo, hi = minmax(x, per_dim)
-        if p["range"] == "absmax":
-            hi = np.maximum(np.abs(lo), np.abs(hi))
-            lo = -hi
-    lo = np.asarray(lo, np.float32).reshape(-1).copy()
-    hi = np.asarray(hi, np.float32).reshape(-1).copy()
-    ScalarScheme._check_range(lo, hi)
-    return {"lo": lo, "hi": hi}
+    return scheme.finish_range(lo, hi)
 
 
 def _fit_binary(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
@@ -219,5 +208,5 @@ def _fit_binary(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
     n = int(x.shape[0])
     if kind == "mean":
         return {"thresholds": column_means(x)}
-    a, b = column_order_statistics(x, [(n - 1) // 2, n // 2]).astype(np.float64)
-    return {"thresholds": ((a + b) / 2).astype(np.float32)}
+    a, b = column_order_statistics(x, list(median_ranks(n)))
+    return {"thresholds": median_of(a, b)}

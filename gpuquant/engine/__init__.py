@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ import numpy as np
 
 from gpuquant import io as gio
 from gpuquant import store as gstore
-from gpuquant.engine.fit import fit_stream
+from gpuquant.api import Quantizer, as_quantizer
+from gpuquant.engine.fit import Rows, fit_stream
 from gpuquant.engine.progress import Progress
 from gpuquant.engine.sources import PreparedSource, Source, SourceReadError, open_source
 from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError
@@ -74,27 +76,25 @@ def _device(device: str, scheme: Any) -> tuple[str, Any]:
     return "cpu", resolve("numpy")
 
 
-def _quantizer(spec: Any, params: dict[str, Any] | None) -> Any:
-    from gpuquant.api import Quantizer
-
-    if isinstance(spec, Quantizer):
-        if params:
-            raise InputError("params= goes with a scheme name; a Quantizer already has its parameters")
-        return spec
-    if not isinstance(spec, str):
-        raise InputError(f"expected a Quantizer or a preset/family name, got {type(spec).__name__}")
-    return Quantizer(spec, backend="numpy", **(params or {}))
-
-
 def _same_state(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool:
     a, b = a or {}, b or {}
     return set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
 
 
-def _check_resume(dst: Path, manifest: dict[str, Any], source: Source, desc: dict[str, Any], q: Any | None) -> Any:
-    """The stored quantizer, after refusing a resume whose source or parameters changed."""
-    from gpuquant.api import Quantizer
+def check_request(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, resume: bool,
+                  overwrite: bool) -> Any:
+    """The checks made before taking the lock: ``resume`` or ``overwrite``, the quantizer (returned;
+    ``None`` when resuming without one: the store's is used), the output's parent directory."""
+    if resume and overwrite:
+        raise InputError("--resume continues an unfinished output and --overwrite replaces it: choose one")
+    q = None if (resume and quantizer_or_preset is None) else as_quantizer(quantizer_or_preset, params)
+    if not dst.parent.is_dir():
+        raise InputError(f"output's parent directory does not exist: {dst.parent}")
+    return q
 
+
+def check_resume(dst: Path, manifest: dict[str, Any], desc: dict[str, Any], q: Any | None) -> Any:
+    """The stored quantizer, after refusing a resume whose source or parameters changed."""
     old = manifest.get("source", {})
     for key in ("kind", "shape", "dtype"):
         if old.get(key) != desc.get(key):
@@ -119,7 +119,30 @@ def _check_resume(dst: Path, manifest: dict[str, Any], source: Source, desc: dic
     return stored
 
 
-def verify_sample(store: gstore.Store, source: Source, rows: int = VERIFY_ROWS) -> None:
+def check_and_fit(q: Any, d: int, fit: Callable[[], Any]) -> float:
+    """Refuse a quantizer fitted on other than ``d`` dimensions or a scheme that cannot take ``d``;
+    run ``fit`` (which fits ``q``) unless ``q`` is fitted; returns the seconds the fit took."""
+    if q.dim is not None and q.dim != d:
+        raise InputError(f"the input has {d} dimensions but the quantizer was fitted on {q.dim}")
+    q.scheme.check_dim(d)
+    if q.is_fitted:
+        return 0.0
+    t0 = time.perf_counter()
+    fit()
+    return time.perf_counter() - t0
+
+
+def create_store(dst: Path, q: Any, rows: int, dim: int, desc: dict[str, Any], backend: str, device: str,
+                 replace: bool) -> gstore.StoreWriter:
+    """A new store for ``q``'s codes of ``rows`` x ``dim`` (:func:`gpuquant.store.create`), its manifest
+    recording the scheme, the source ``desc``, the backend and device, and how an export preset loads."""
+    manifest = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
+                "truncate_dim": getattr(q, "truncate_dim", None), "source": desc, "backend": backend,
+                "device": device, **_export_loading(q, dim)}
+    return gstore.create(dst, quantizer=q, rows=rows, dim=dim, manifest=manifest, replace=replace)
+
+
+def verify_sample(store: gstore.Store, source: Source | Rows, rows: int = VERIFY_ROWS) -> None:
     """Re-encode sampled rows (first, last, evenly spaced) with the numpy reference; compare bytes."""
     n = store.rows
     idx = np.unique(np.concatenate([[0, n - 1], np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64)]))
@@ -135,7 +158,7 @@ def verify_sample(store: gstore.Store, source: Source, rows: int = VERIFY_ROWS) 
                            f"(rows {bad[:5]}); the store stays unfinished")
 
 
-def sample_error(store: gstore.Store, source: Source, rows: int = ERROR_SAMPLE_ROWS) -> dict[str, Any]:
+def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_SAMPLE_ROWS) -> dict[str, Any]:
     """Relative reconstruction error ``||X - X^||_F / ||X||_F`` on up to ``rows`` evenly spaced rows,
     decoding what the store holds (finite entries only)."""
     n = store.rows
@@ -189,11 +212,7 @@ def convert(
     dst = Path(dst)
     if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
-    if resume and overwrite:
-        raise InputError("--resume continues an unfinished output and --overwrite replaces it: choose one")
-    q = None if (resume and quantizer_or_preset is None) else _quantizer(quantizer_or_preset, params)
-    if not dst.parent.is_dir():
-        raise InputError(f"output's parent directory does not exist: {dst.parent}")
+    q = check_request(dst, quantizer_or_preset, params, resume, overwrite)
     with gstore.StoreLock(dst):
         mode = gstore.check_output_free(dst, overwrite, resume)
         source = open_source(src, shape=shape)
@@ -206,24 +225,19 @@ def convert(
 def _convert_locked(source: Source, dst: Path, q: Any, mode: str, device: str, batch_rows: int | None,
                     show: bool, source_info: dict[str, Any] | None, streams: int, t_start: float) -> dict[str, Any]:
     desc = {**source.describe(), **(source_info or {})}
-    fit_s = 0.0
     if mode == "resume":
-        manifest = gstore.read_manifest(dst)
-        q = _check_resume(dst, manifest, source, desc, q)
+        q = check_resume(dst, gstore.read_manifest(dst), desc, q)
     if getattr(q, "truncate_dim", None) is not None:
         source = PreparedSource(source, q.truncate_dim)
     where, backend = _device(device, q.scheme)
     n, d = source.shape
-    if mode != "resume":
-        if q.dim is not None and q.dim != d:
-            raise InputError(f"the input has {d} dimensions but the quantizer was fitted on {q.dim}")
-        q.scheme.check_dim(d)
-        if not q.is_fitted:
-            log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, source.dtype)
-            t0 = time.perf_counter()
-            q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, source).items()}
-            q.dim = d
-            fit_s = time.perf_counter() - t0
+
+    def fit() -> None:
+        log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, source.dtype)
+        q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, source).items()}
+        q.dim = d
+
+    fit_s = 0.0 if mode == "resume" else check_and_fit(q, d, fit)
     rb = source.row_bytes
     plan_doc = None  # the batch size is settled (and a GPU plan that fits nothing refused) before writing
     if where == "gpu":
@@ -240,16 +254,13 @@ def _convert_locked(source: Source, dst: Path, q: Any, mode: str, device: str, b
     else:
         rows_per_batch = int(batch_rows or max(1, CPU_BATCH_BYTES // rb))
     rows_per_batch = max(1, min(rows_per_batch, n))
-    manifest_doc = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
-                    "truncate_dim": getattr(q, "truncate_dim", None), "source": desc, "backend": backend.name,
-                    "device": where, **_export_loading(q, d)}
     if mode == "resume":
         writer = gstore.reopen(dst)
         start = writer.rows_done
         log.info("resuming %s at row %d of %d", dst, start, n)
     else:
         log.info("writing %s (%d rows)", dst, n)
-        writer = gstore.create(dst, quantizer=q, rows=n, dim=d, manifest=manifest_doc, replace=mode == "replace")
+        writer = create_store(dst, q, n, d, desc, backend.name, where, replace=mode == "replace")
         start = 0
     fresh = mode != "resume"
     bar = Progress(n, rb, start=start, enabled=show)
@@ -269,10 +280,10 @@ def _convert_locked(source: Source, dst: Path, q: Any, mode: str, device: str, b
         bar.close()
         stream_s = time.perf_counter() - t0
         log.info("checking and closing %s", dst)
-        writer.complete({"device": where}, verify=lambda st: verify_sample(st, source))
+        store = writer.complete({"device": where}, verify=lambda st: verify_sample(st, source))
     except BaseException as exc:
         bar.close()
-        done = _rows_done(dst)
+        done = rows_done(dst)
         writer.close()
         if fresh and done == 0 and not isinstance(exc, (KeyboardInterrupt, ConvertError)):
             gstore.discard(dst)
@@ -288,37 +299,46 @@ def _convert_locked(source: Source, dst: Path, q: Any, mode: str, device: str, b
         raise
     writer.close()
     total_s = time.perf_counter() - t_start
-    store = gstore.open(dst)
-    rows_this_run = n - start
-    out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
-    in_bytes = source.nbytes
-    report = {
-        **store.manifest,
-        "output": str(dst),
-        "rows": n,
-        "dims": d,
-        "device": where,
-        "batch_rows": int(stats.get("batch_rows", rows_per_batch)),
-        "resumed_from": start if mode == "resume" else None,
-        "plan": plan_doc,
-        "bytes_in": int(in_bytes),
-        "bytes_out": out_bytes,
-        "mb_in": round(in_bytes / 1e6, 3),
-        "mb_out": round(out_bytes / 1e6, 3),
-        "compression_ratio": round(in_bytes / out_bytes, 4) if out_bytes else None,
-        "throughput": {"rows_per_s": round(rows_this_run / stream_s, 1) if stream_s > 0 else None,
-                       "gb_per_s_in": round(rows_this_run * rb / stream_s / 1e9, 4) if stream_s > 0 else None},
-        "reconstruction": sample_error(store, source),
-        "seconds": {"fit": round(fit_s, 4), "transform": round(stream_s, 4),
-                    "read": round(stats.get("read_s", 0.0), 4), "compute": round(stats.get("compute_s", 0.0), 4),
-                    "write": round(stats.get("write_s", 0.0), 4), "flush": round(stats.get("flush_s", 0.0), 4),
-                    "total": round(total_s, 4)},
-    }
+    doc = report(store, source, device=where, batch_rows=int(stats.get("batch_rows", rows_per_batch)),
+                 resumed_from=start if mode == "resume" else None, extra={"plan": plan_doc}, bytes_in=source.nbytes,
+                 row_bytes=rb, rows_run=n - start, stream_s=stream_s,
+                 seconds={"fit": fit_s, "transform": stream_s, "read": stats.get("read_s", 0.0),
+                          "compute": stats.get("compute_s", 0.0), "write": stats.get("write_s", 0.0),
+                          "flush": stats.get("flush_s", 0.0), "total": total_s})
     if stats.get("streams"):
-        report["streams"] = stats["streams"]
+        doc["streams"] = stats["streams"]
     if stats.get("oom_halvings"):
-        report["oom_halvings"] = stats["oom_halvings"]
-    return report
+        doc["oom_halvings"] = stats["oom_halvings"]
+    return doc
+
+
+def report(store: gstore.Store, source: Source | Rows, *, device: str, batch_rows: int, resumed_from: int | None,
+           extra: dict[str, Any], bytes_in: int, row_bytes: int, rows_run: int, stream_s: float,
+           seconds: dict[str, float]) -> dict[str, Any]:
+    """The report of a conversion into the complete ``store``: its manifest, ``extra`` (how it ran),
+    the sizes, the throughput of the ``rows_run`` rows this run streamed (``row_bytes`` of input
+    each) in ``stream_s`` seconds, the reconstruction error on rows of ``source`` and ``seconds``
+    (rounded)."""
+    out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
+    return {
+        **store.manifest,
+        "output": str(store.path),
+        "rows": store.rows,
+        "dims": store.dim,
+        "device": device,
+        "batch_rows": batch_rows,
+        "resumed_from": resumed_from,
+        **extra,
+        "bytes_in": int(bytes_in),
+        "bytes_out": out_bytes,
+        "mb_in": round(bytes_in / 1e6, 3),
+        "mb_out": round(out_bytes / 1e6, 3),
+        "compression_ratio": round(bytes_in / out_bytes, 4) if out_bytes else None,
+        "throughput": {"rows_per_s": round(rows_run / stream_s, 1) if stream_s > 0 else None,
+                       "gb_per_s_in": round(rows_run * row_bytes / stream_s / 1e9, 4) if stream_s > 0 else None},
+        "reconstruction": sample_error(store, source),
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    }
 
 
 def _export_loading(q: Any, dim: int) -> dict[str, Any]:
@@ -331,7 +351,8 @@ def _export_loading(q: Any, dim: int) -> dict[str, Any]:
     return {"loading": entry} if entry else {}
 
 
-def _rows_done(dst: Path) -> int:
+def rows_done(dst: Path) -> int:
+    """The ``rows_done`` the manifest of ``dst`` records (0 when it cannot be read)."""
     try:
         return int(gstore.read_manifest(dst).get("state", {}).get("rows_done", 0))
     except (GpuquantError, OSError, ValueError):

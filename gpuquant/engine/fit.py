@@ -43,13 +43,17 @@ import numpy as np
 
 from gpuquant.engine.sources import Source
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import F32, F64, State, require_rows
-from gpuquant.schemes.scalar import (
-    ScalarScheme,
-    cuvs_sample_size,
-    quantile_positions,
-    sample_rows,
+from gpuquant.schemes.base import (
+    F32,
+    F64,
+    NAN_FIT_MESSAGE,
+    State,
+    keys_to_values,
+    order_keys,
+    require_rows,
 )
+from gpuquant.schemes.binary import median_of, median_ranks
+from gpuquant.schemes.scalar import cuvs_sample_size, quantile_positions, sample_rows
 
 log = logging.getLogger("gpuquant.engine")
 
@@ -58,11 +62,6 @@ GATHER_BYTES = 256 * 2**20
 #: Values per batch of a fit pass.
 FIT_BATCH_VALUES = 1 << 22
 DIGITS = (11, 11, 10)  # radix-select digit widths, most significant first
-NAN_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
-
-
-def needs_pass(scheme: Any) -> bool:
-    return bool(scheme.needs_fit)
 
 
 def batches(source: Source, batch_rows: int | None = None) -> Iterator[np.ndarray]:
@@ -152,7 +151,7 @@ class StreamRows(Rows):
 def add_rows(acc: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``acc`` plus every row of ``x`` in float64, one row after the other (``InputError`` on NaN)."""
     if np.isnan(x).any():
-        raise InputError(NAN_MESSAGE)
+        raise InputError(NAN_FIT_MESSAGE)
     return np.add.reduce(np.concatenate([acc[None, :], x.astype(F64)]), axis=0)
 
 
@@ -201,36 +200,19 @@ def fit_rows(scheme: Any, rows: Rows, *, gather_bytes: int = GATHER_BYTES,
         require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
         size = n if per_dim else n * d
         lo_pos, hi_pos = quantile_positions(size, p["quantile"])
-        lo, hi = select(rows, [lo_pos, hi_pos], per_dim, say)
-        lo, hi = lo.astype(F32).reshape(-1).copy(), hi.astype(F32).reshape(-1).copy()
-        ScalarScheme._check_range(lo, hi)
-        return {"lo": lo, "hi": hi}
+        return scheme.finish_range(*select(rows, [lo_pos, hi_pos], per_dim, say))
     if family == "binary" and p["threshold"] == "mean":
         say("column sums")
         acc = rows.column_sum()
         return {"thresholds": (acc / n).astype(F32)}
     if family == "binary" and p["threshold"] == "median":
-        a, b = select(rows, [(n - 1) // 2, n // 2], True, say)
-        return {"thresholds": ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)}
+        return {"thresholds": median_of(*select(rows, list(median_ranks(n)), True, say))}
     say(f"reading all {n} rows (no streaming fit for this scheme)")
     return scheme.fit(rows.read_all())
 
 
 # --------------------------------------------------------------------------------------------
 # radix select
-
-
-def order_keys(x: np.ndarray) -> np.ndarray:
-    """float32 -> uint32 keys whose unsigned order is the float order (-NaN < -inf < ... < inf < NaN)."""
-    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
-    flip = (u >> np.uint32(31)) * np.uint32(0x7FFFFFFF)  # negative: flip every bit; positive: the sign bit
-    return u ^ (flip | np.uint32(0x80000000))
-
-
-def keys_to_values(keys: np.ndarray) -> np.ndarray:
-    keys = np.asarray(keys, np.uint32)
-    bits = np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys)
-    return bits.astype(np.uint32).view(F32)
 
 
 def select(source: Source | Rows, ranks: list[int], per_dim: bool,
@@ -255,7 +237,7 @@ def select(source: Source | Rows, ranks: list[int], per_dim: bool,
                   bins: int = bins, offsets: Any = offsets, wanted: list[Any] = wanted) -> list[np.ndarray]:
             """This pass's histograms (one per rank) of the rows ``x``."""
             if pass_no == 0 and np.isnan(x).any():
-                raise InputError(NAN_MESSAGE)
+                raise InputError(NAN_FIT_MESSAGE)
             keys = order_keys(x)
             flat = ((keys >> np.uint32(shift)) & np.uint32(bins - 1)).astype(np.intp)
             flat += offsets
@@ -276,4 +258,4 @@ def select(source: Source | Rows, ranks: list[int], per_dim: bool,
     return [keys_to_values(p) for p in prefix]
 
 
-__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_rows", "fit_stream", "keys_to_values", "needs_pass", "order_keys", "select"]
+__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_rows", "fit_stream", "keys_to_values", "order_keys", "select"]

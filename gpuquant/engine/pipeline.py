@@ -215,6 +215,43 @@ def _ranges(start: int, n: int, batch_rows: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + batch_rows)) for a in range(start, n, batch_rows)]
 
 
+def _clamp(batch_rows: int, start: int, n: int) -> int:
+    """``batch_rows``, at most the rows left (and at least 1)."""
+    return max(1, min(batch_rows, n - start)) if n > start else 1
+
+
+class _Pass:
+    """One pass over rows ``[start, n)``: the rings of free input and output buffers, the reader and
+    the writer (started by :meth:`start`; :meth:`close` stops them)."""
+
+    def __init__(self, source: Source, store: StoreWriter, start: int, batch_rows: int, progress: Progress,
+                 meta: Mapping[str, Any] | None, in_bufs: list[Any], out_sets: list[dict[str, Any]]) -> None:
+        self.free_in: queue.Queue = queue.Queue()
+        self.free_out: queue.Queue = queue.Queue()
+        for b in in_bufs:
+            self.free_in.put(b)
+        for o in out_sets:
+            self.free_out.put(o)
+        self.stop = threading.Event()
+        self.reader = Reader(source, _ranges(start, source.rows, batch_rows), self.free_in, self.stop)
+        self.writer = Writer(store, start, progress, meta=meta)
+
+    def start(self) -> None:
+        self.reader.start()
+        self.writer.start()
+
+    def batches(self) -> Iterator[tuple[int, int, Any, Any]]:
+        return _batches(self.reader, self.free_out, self.stop, self.writer)
+
+    def close(self) -> float:
+        """Stop the reader, then write and checkpoint what was submitted; returns the seconds of that flush."""
+        self.stop.set()
+        self.reader.join()
+        t_flush = time.perf_counter()
+        self.writer.finish()
+        return time.perf_counter() - t_flush
+
+
 def _out_set(scheme: Any, rows: int, d: int, alloc: Callable[[tuple[int, ...], Any], np.ndarray],
              code_dtype: Any = None) -> dict[str, np.ndarray]:
     outs = {"codes": alloc(scheme.code_shape(rows, d), code_dtype or scheme.code_dtype)}
@@ -225,6 +262,11 @@ def _out_set(scheme: Any, rows: int, d: int, alloc: Callable[[tuple[int, ...], A
 
 def _slices(outs: Mapping[str, np.ndarray], m: int) -> dict[str, np.ndarray]:
     return {k: v[:m] for k, v in outs.items()}
+
+
+def _codes_view(outs: Mapping[str, Any], m: int) -> Codes:
+    """The first ``m`` rows of an output set, as the ``out=`` of a backend's transform."""
+    return Codes(outs["codes"][:m], {k: v[:m] for k, v in outs.items() if k != "codes"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,26 +280,20 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
 
     backend = NumpyBackend()
     n, d = source.shape
-    batch_rows = max(1, min(batch_rows, n - start)) if n > start else 1
-    free_in: queue.Queue = queue.Queue()
-    free_out: queue.Queue = queue.Queue()
-    for _ in range(ring):
-        free_in.put(np.empty((batch_rows, d), source.dtype))
-        free_out.put(_out_set(scheme, batch_rows, d, np.empty))
-    stop = threading.Event()
-    reader = Reader(source, _ranges(start, n, batch_rows), free_in, stop)
-    writer = Writer(store, start, progress, meta=meta)
-    reader.start()
-    writer.start()
+    batch_rows = _clamp(batch_rows, start, n)
+    p = _Pass(source, store, start, batch_rows, progress, meta,
+              [np.empty((batch_rows, d), source.dtype) for _ in range(ring)],
+              [_out_set(scheme, batch_rows, d, np.empty) for _ in range(ring)])
+    free_in, free_out, writer = p.free_in, p.free_out, p.writer
+    p.start()
     compute_s = 0.0
     try:
-        for a, b, buf, outs in _batches(reader, free_out, stop, writer):
+        for a, b, buf, outs in p.batches():
             m = b - a
             t0 = time.perf_counter()
             x = buf[:m]
             try:
-                backend.transform(scheme, state, x,
-                                  out=Codes(outs["codes"][:m], {k: v[:m] for k, v in outs.items() if k != "codes"}))
+                backend.transform(scheme, state, x, out=_codes_view(outs, m))
             except InputError as exc:
                 free_out.put(outs)
                 raise row_error(exc, scheme, x, a, b) from None
@@ -266,13 +302,9 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
             writer.submit(a, b, _slices(outs, m), lambda outs=outs: free_out.put(outs))
             writer.check()
     finally:
-        stop.set()
-        reader.join()
-        t_flush = time.perf_counter()
-        writer.finish()
-        flush_s = time.perf_counter() - t_flush
+        flush_s = p.close()
     writer.check()
-    return {"rows_done": writer.done, "batch_rows": batch_rows, "read_s": reader.seconds,
+    return {"rows_done": writer.done, "batch_rows": batch_rows, "read_s": p.reader.seconds,
             "compute_s": compute_s, "write_s": writer.seconds, "flush_s": flush_s}
 
 
@@ -296,7 +328,7 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
     backend = CupyBackend()
     n, d = source.shape
     k = max(1, streams)
-    batch_rows = max(1, min(batch_rows, n - start)) if n > start else 1
+    batch_rows = _clamp(batch_rows, start, n)
     dev_dtype = device_code_dtype(scheme)
     pinned_rows = batch_rows
     in_bufs = [cupyx.empty_pinned((pinned_rows, d), source.dtype) for _ in range(k + 1)]
@@ -329,17 +361,10 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
               batch_rows: int, k: int, in_bufs: list[np.ndarray], out_sets: list[dict[str, np.ndarray]],
               dev_dtype: Any, progress: Progress, meta: Mapping[str, Any] | None,
               totals: dict[str, Any]) -> dict[str, Any]:
-    n, d = source.shape
+    d = source.dim
     OOM = cupy.cuda.memory.OutOfMemoryError
-    free_in: queue.Queue = queue.Queue()
-    free_out: queue.Queue = queue.Queue()
-    for b in in_bufs:
-        free_in.put(b)
-    for o in out_sets:
-        free_out.put(o)
-    stop = threading.Event()
-    reader = Reader(source, _ranges(start, n, batch_rows), free_in, stop)
-    writer = Writer(store, start, progress, meta=meta)
+    p = _Pass(source, store, start, batch_rows, progress, meta, in_bufs, out_sets)
+    free_in, free_out, writer = p.free_in, p.free_out, p.writer
     inflight: deque = deque()
     slots: list[dict[str, Any]] = []
 
@@ -350,8 +375,7 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
         writer.submit(a, b, _slices(outs, b - a), lambda outs=outs: free_out.put(outs))
 
     oom: BaseException | None = None
-    reader.start()
-    writer.start()
+    p.start()
     i = 0
     try:
         try:
@@ -359,7 +383,7 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                 slots.append({"stream": cupy.cuda.Stream(non_blocking=True),
                               "x": cupy.empty((batch_rows, d), source.dtype),
                               "outs": _out_set(scheme, batch_rows, d, cupy.empty, dev_dtype)})
-            for a, b, buf, outs in _batches(reader, free_out, stop, writer):
+            for a, b, buf, outs in p.batches():
                 m = b - a
                 slot = slots[i % k]
                 s = slot["stream"]
@@ -368,8 +392,7 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                     x = slot["x"][:m]
                     x.set(buf[:m], stream=s)
                     try:
-                        backend.transform(scheme, state, x,
-                                          out=Codes(dev["codes"][:m], {kk: v[:m] for kk, v in dev.items() if kk != "codes"}))
+                        backend.transform(scheme, state, x, out=_codes_view(dev, m))
                     except InputError as exc:
                         free_out.put(outs)
                         raise row_error(exc, scheme, buf[:m], a, b) from None
@@ -396,15 +419,11 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                 inflight.clear()
             raise
     finally:
-        stop.set()
-        reader.join()
-        t_flush = time.perf_counter()
-        writer.finish()
-        totals["flush_s"] = totals.get("flush_s", 0.0) + time.perf_counter() - t_flush
+        totals["flush_s"] = totals.get("flush_s", 0.0) + p.close()
         for ev, *_ in inflight:
             ev.synchronize()
         slots.clear()
-    totals["read_s"] += reader.seconds
+    totals["read_s"] += p.reader.seconds
     totals["write_s"] += writer.seconds
     writer.check()
     if oom is not None:

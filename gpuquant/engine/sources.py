@@ -311,13 +311,17 @@ class PreparedSource(Source):
         self.kind, self.label = inner.kind, inner.label
         self.shape = (inner.rows, k)
         self.dtype = np.dtype(np.float32)
+        self._buf: np.ndarray | None = None
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """The inner rows are read into a buffer kept for the next call with an ``out`` of the same
+        length (one reader at a time, as the engine reads), then renormalised straight into ``out``."""
         from gpuquant.matryoshka import truncate_renormalize
 
-        dst = out[: stop - start]
-        dst[...] = truncate_renormalize(self.inner.read(start, stop), self.k)
-        return dst
+        if self._buf is None or self._buf.shape[0] != out.shape[0]:
+            self._buf = np.empty((out.shape[0], self.inner.dim), self.inner.dtype)
+        x = self.inner.read_into(start, stop, self._buf)
+        return truncate_renormalize(x, self.k, out=out[: stop - start])
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         from gpuquant.matryoshka import truncate_renormalize

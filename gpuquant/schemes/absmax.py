@@ -43,11 +43,12 @@ from gpuquant.schemes.base import (
     NIBBLE_ORDERS,
     Scheme,
     State,
+    abs_max,
     choice,
     pack_nibbles,
-    require_rows,
-    scratch,
+    refuse_nonfinite_rows,
     sign_extend_nibble,
+    tensor_absmax,
     unpack_nibbles,
 )
 
@@ -119,12 +120,11 @@ class AbsmaxScheme(Scheme):
     def fit(self, X: np.ndarray) -> State:
         if self.params["granularity"] != "tensor":
             return {}
-        require_rows(X, 1, "a tensor scale")
-        if not np.isfinite(X).all():
-            raise InputError("fit data contains NaN or ±Inf; remove or replace those rows before fitting")
-        m = np.abs(X).max(initial=F32(0))
-        s = np.asarray((F32(m) + F32(self.params["eps"])) / F32(self.qmax), F32).reshape(1)
-        return {"scales": s}
+        return {"scales": self.tensor_scale(tensor_absmax(X))}
+
+    def tensor_scale(self, m: float | np.floating) -> np.ndarray:
+        """The "tensor" state's scale ``f32(f32(m + f32(eps)) / qmax)``, shape (1,), of the absmax ``m``."""
+        return np.asarray((F32(m) + F32(self.params["eps"])) / F32(self.qmax), F32).reshape(1)
 
     def encode_into(
         self,
@@ -136,17 +136,13 @@ class AbsmaxScheme(Scheme):
     ) -> None:
         n, d = X.shape
         blocks = X.reshape(n, self.groups(d), d // self.groups(d))
-        t = scratch(tmp, blocks.shape)
-        np.abs(blocks, out=t)
-        s = ((t.max(axis=2, initial=F32(0)) + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
-        bad = ~np.isfinite(s).all(axis=1)  # for "tensor" the row's own absmax only checks NaN / Inf
-        if self.params["granularity"] == "tensor":
+        t, m = abs_max(blocks, tmp)
+        own = ((m + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
+        s = own
+        if self.params["granularity"] == "tensor":  # the row's own scale then only checks NaN / Inf
             assert state is not None
             s = np.broadcast_to(np.asarray(state["scales"], F32).reshape(1, 1), (n, 1))
-        if bad.any():
-            raise InputError(
-                f"row {int(np.argmax(bad))} holds NaN or ±Inf; scheme {self.family!r} needs finite values"
-            )
+        refuse_nonfinite_rows(own, f"scheme {self.family!r} needs finite values")
         np.divide(blocks, np.where(s == 0, F32(1), s)[:, :, None], out=t)
         np.rint(t, out=t)
         np.clip(t, -self.qmax, self.qmax, out=t)

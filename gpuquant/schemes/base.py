@@ -28,6 +28,8 @@ F32 = np.float32
 F64 = np.float64
 State = dict[str, np.ndarray]
 NIBBLE_ORDERS = ("low_first", "high_first")
+NAN_FIT_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
+NONFINITE_FIT_MESSAGE = "fit data contains NaN or ±Inf; remove or replace those rows before fitting"
 
 
 class Scheme(ABC):
@@ -80,9 +82,9 @@ class Scheme(ABC):
         """State known without data (e.g. given ranges, zero thresholds), else None."""
         return None
 
-    @abstractmethod
     def fit(self, X: np.ndarray) -> State:
-        """Reference training on all rows of float32 ``X``."""
+        """Reference training on all rows of float32 ``X`` (none by default: the empty state)."""
+        return {}
 
     def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Reference encoding of float32 ``X``: new code and side arrays."""
@@ -164,9 +166,36 @@ def require_rows(X: np.ndarray, minimum: int, why: str) -> None:
         raise InputError(f"cannot fit {why} on {X.shape[0]} row(s): need at least {minimum}")
 
 
-def refuse_nan(X: np.ndarray, what: str) -> None:
+def refuse_nan(X: np.ndarray) -> None:
     if np.isnan(X).any():
-        raise InputError(f"{what} contains NaN; remove or replace NaN rows before fitting")
+        raise InputError(NAN_FIT_MESSAGE)
+
+
+def tensor_absmax(X: np.ndarray) -> np.float32:
+    """``max |x|`` over every value of fit data ``X`` (0 for no values), refusing NaN and ±Inf.
+
+    One pass: the max propagates NaN, and ``|±Inf|`` is Inf, so the max is finite exactly when
+    every value is.
+    """
+    require_rows(X, 1, "a tensor scale")
+    m = np.abs(X).max(initial=F32(0))
+    if not np.isfinite(m):
+        raise InputError(NONFINITE_FIT_MESSAGE)
+    return m
+
+
+def abs_max(x: np.ndarray, tmp: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``|x|`` (in the caller's scratch, see :func:`scratch`) and its max over the last axis (0 for
+    none); NaN propagates, so the max is finite exactly when every value is."""
+    t = np.abs(x, out=scratch(tmp, x.shape))
+    return t, t.max(axis=-1, initial=F32(0))
+
+
+def refuse_nonfinite_rows(v: np.ndarray, why: str) -> None:
+    """``InputError`` naming the first row ``i`` where ``v[i]`` (any shape per row) holds NaN or ±Inf."""
+    bad = ~np.isfinite(v).all(axis=tuple(range(1, v.ndim)))
+    if bad.any():
+        raise InputError(f"row {int(np.argmax(bad))} holds NaN or ±Inf; {why}")
 
 
 def pack_nibbles(levels: np.ndarray, order: str) -> np.ndarray:
@@ -197,3 +226,18 @@ def unpack_nibbles(packed: np.ndarray, d: int, order: str) -> np.ndarray:
 def sign_extend_nibble(nibbles: np.ndarray) -> np.ndarray:
     """4-bit two's complement (uint8 0..15) to int8 -8..7."""
     return ((nibbles.astype(np.int8) ^ 8) - 8).astype(np.int8)
+
+
+def order_keys(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint32 keys whose unsigned order is the float order (-NaN < -inf < ... < inf < NaN)
+    (``gq::order_key`` in ``kernels/train.cu``: the radix selects of the CPU and GPU fits)."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    flip = (u >> np.uint32(31)) * np.uint32(0x7FFFFFFF)  # negative: flip every bit; positive: the sign bit
+    return u ^ (flip | np.uint32(0x80000000))
+
+
+def keys_to_values(keys: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`order_keys`: uint32 keys to float32 values."""
+    keys = np.asarray(keys, np.uint32)
+    bits = np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys)
+    return bits.astype(np.uint32).view(F32)

@@ -28,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.schemes.base import F32, F64, Scheme, State, as_bool, choice, refuse_nan, require_rows
+from gpuquant.schemes.base import (
+    F32,
+    F64,
+    Scheme,
+    State,
+    as_bool,
+    choice,
+    refuse_nan,
+    require_rows,
+)
 
 
 class BinaryScheme(Scheme):
@@ -45,7 +54,7 @@ class BinaryScheme(Scheme):
         return p
 
     @property
-    def _flip(self) -> bool:
+    def flip(self) -> bool:
         """Whether the stored byte is the packed byte with its top bit flipped (offset encoding)."""
         return bool(self.params["signed"]) and self.params["signed_encoding"] == "offset"
 
@@ -75,14 +84,14 @@ class BinaryScheme(Scheme):
         if kind == "zero":
             return {}
         require_rows(X, 1, f"{kind} thresholds")
-        refuse_nan(X, "fit data")
+        refuse_nan(X)
         n = X.shape[0]
         if kind == "mean":
             thr = (X.sum(axis=0, dtype=F64) / n).astype(F32)
         else:
-            lo, hi = (n - 1) // 2, n // 2
+            lo, hi = median_ranks(n)
             part = np.partition(X, [lo, hi], axis=0)
-            thr = ((part[lo].astype(F64) + part[hi].astype(F64)) / 2).astype(F32)
+            thr = median_of(part[lo], part[hi])
         return {"thresholds": thr}
 
     @staticmethod
@@ -101,13 +110,23 @@ class BinaryScheme(Scheme):
     ) -> None:
         bits = X > self.thresholds_for(state, X.shape[1])
         packed = np.packbits(bits, axis=1, bitorder=self.params["bitorder"])
-        codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self._flip else packed
+        codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self.flip else packed
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
     ) -> np.ndarray:
         packed = np.asarray(codes).view(np.uint8)
-        if self._flip:
+        if self.flip:
             packed = packed ^ np.uint8(0x80)
         bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.params["bitorder"])
         return np.where(bits.astype(bool), F32(1), F32(-1))
+
+
+def median_ranks(n: int) -> tuple[int, int]:
+    """0-based ranks of the two middle values of ``n`` (equal for odd ``n``)."""
+    return (n - 1) // 2, n // 2
+
+
+def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The median threshold from the values at :func:`median_ranks`: ``float32((f64(a) + f64(b)) / 2)``."""
+    return ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)

@@ -38,7 +38,23 @@ FORMATS: dict[str, tuple[np.dtype, float, int]] = {
     "fp16": (np.dtype(np.float16), 65504.0, 0x7E00),
     "bf16": (np.dtype(ml_dtypes.bfloat16), float(ml_dtypes.finfo(ml_dtypes.bfloat16).max), 0x7FC0),
 }
+#: format -> mask ``m`` such that a code's bits ``b`` are NaN or ±Inf exactly when ``b & m == m``: the
+#: exponent field for e5m2, fp16 and bf16; e4m3fn has no Inf and NaN is its only all-ones pattern.
+NONFINITE_MASKS = {"e4m3": 0x7F, "e5m2": 0x7C, "fp16": 0x7C00, "bf16": 0x7F80}
 _UINT = {1: np.uint8, 2: np.uint16}
+
+
+def refuse_nonfinite_codes(codes: Any, fmt: str) -> None:
+    """Raise ``InputError`` naming the first row whose ``fmt`` codes (a numpy or CuPy array of any
+    dtype of the format's width) hold NaN or ±Inf (from the input or from overflow)."""
+    bits = codes.view(_UINT[codes.dtype.itemsize])
+    mask = NONFINITE_MASKS[fmt]
+    rows = ((bits & mask) == mask).any(axis=1)
+    if codes.shape[0] and bool(rows.any()):
+        raise InputError(
+            f"row {int(rows.argmax())} holds NaN, ±Inf or a value beyond ±{FORMATS[fmt][1]:g}; "
+            f"format {fmt!r} with nonfinite='raise' refuses them"
+        )
 
 
 class FloatScheme(Scheme):
@@ -76,9 +92,6 @@ class FloatScheme(Scheme):
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
         return (n, d)
 
-    def fit(self, X: np.ndarray) -> State:
-        return {}
-
     def encode_into(
         self,
         X: np.ndarray,
@@ -92,28 +105,13 @@ class FloatScheme(Scheme):
             x = np.clip(X, F32(-self.max_finite), F32(self.max_finite), out=scratch(tmp, X.shape))
         with np.errstate(invalid="ignore", over="ignore"):
             np.copyto(codes, x, casting="unsafe")
-        if self.params["nonfinite"] == "raise":
-            self._refuse_nonfinite(codes)
-        if has_nan(X):
+        if self.params["nonfinite"] == "raise":  # refuses every row holding NaN: none is left to rewrite
+            refuse_nonfinite_codes(codes, self.params["format"])
+        elif has_nan(X):
             nan = np.isnan(X)
             bits = codes.view(_UINT[self.code_dtype.itemsize])
             sign = np.signbit(X[nan]).astype(bits.dtype) << (8 * self.code_dtype.itemsize - 1)
             bits[nan] = sign | self.nan_bits
-
-    def _refuse_nonfinite(self, codes: np.ndarray) -> None:
-        """Raise ``InputError`` naming the first row whose codes hold NaN or ±Inf (input or overflow)."""
-        bits = codes.view(_UINT[self.code_dtype.itemsize])
-        if self.params["format"] == "e4m3":  # no Inf: NaN is the only non-finite pattern
-            bad = (bits & 0x7F) == 0x7F
-        else:
-            exp_mask = {"e5m2": 0x7C, "fp16": 0x7C00, "bf16": 0x7F80}[self.params["format"]]
-            bad = (bits & exp_mask) == exp_mask
-        rows = bad.any(axis=1)
-        if rows.any():
-            raise InputError(
-                f"row {int(np.argmax(rows))} holds NaN, ±Inf or a value beyond ±{self.max_finite:g}; "
-                f"format {self.params['format']!r} with nonfinite='raise' refuses them"
-            )
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

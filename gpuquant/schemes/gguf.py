@@ -37,7 +37,14 @@ from typing import Any
 import numpy as np
 
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import F32, Scheme, State, choice
+from gpuquant.schemes.base import (
+    F32,
+    Scheme,
+    State,
+    abs_max,
+    choice,
+    refuse_nonfinite_rows,
+)
 
 QK = 32
 #: Bytes per block: fp16 scale + codes.
@@ -51,7 +58,7 @@ def roundf(v: np.ndarray) -> np.ndarray:
     """
     a = np.abs(v)
     f = np.floor(a)
-    return np.copysign(f + (a - f >= F32(0.5)), v).astype(F32)
+    return np.copysign(f + (a - f >= F32(0.5)), v)
 
 
 class GgufScheme(Scheme):
@@ -93,9 +100,6 @@ class GgufScheme(Scheme):
                 "encoding": "int8 codes" if kind == "q8_0" else "4-bit q + 8, element j low / j+16 high nibble",
                 "scale": "fp16, little-endian, first 2 bytes of each block"}
 
-    def fit(self, X: np.ndarray) -> State:
-        return {}
-
     def encode_into(
         self,
         X: np.ndarray,
@@ -105,31 +109,30 @@ class GgufScheme(Scheme):
         tmp: np.ndarray | None = None,
     ) -> None:
         n, d = X.shape
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            raise InputError(f"row {int(np.argmax(bad))} holds NaN or ±Inf; GGUF blocks need finite values")
         nb = d // QK
         blocks = X.reshape(n, nb, QK)
+        t, amax = abs_max(blocks, tmp)  # t: |x|, then f32(x * id)
+        refuse_nonfinite_rows(amax, "GGUF blocks need finite values")
         out = codes.reshape(n, nb, self.block_bytes)
         if self.params["type"] == "q8_0":
-            dscale = (np.abs(blocks).max(axis=2) / F32(127)).astype(F32)
-            q = self._scaled(blocks, dscale)
+            dscale = amax / F32(127)
+            q = self._scaled(blocks, dscale, t)
             out[:, :, 2:] = roundf(q).astype(np.int8).view(np.uint8)
         else:
-            idx = np.abs(blocks).argmax(axis=2)[:, :, None]  # first index of the largest |x|
+            idx = t.argmax(axis=2)[:, :, None]  # first index of the largest |x|
             mx = np.take_along_axis(blocks, idx, axis=2)[:, :, 0]
-            dscale = (mx / F32(-8)).astype(F32)
-            q = self._scaled(blocks, dscale) + F32(8.5)
+            dscale = mx / F32(-8)
+            q = np.add(self._scaled(blocks, dscale, t), F32(8.5), out=t)
             level = np.minimum(np.trunc(q), 15).astype(np.uint8)  # values are in [0, 16.5): no wrap
             out[:, :, 2:] = level[:, :, : QK // 2] | (level[:, :, QK // 2 :] << 4)
         out[:, :, :2] = dscale.astype("<f2").view(np.uint8).reshape(n, nb, 2)
 
     @staticmethod
-    def _scaled(blocks: np.ndarray, dscale: np.ndarray) -> np.ndarray:
-        """``f32(x * id)`` with ``id = d ? f32(1/d) : 0`` per block."""
+    def _scaled(blocks: np.ndarray, dscale: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``f32(x * id)`` with ``id = d ? f32(1/d) : 0`` per block, written into ``out``."""
         with np.errstate(divide="ignore"):
-            inv = np.where(dscale == 0, F32(0), F32(1) / np.where(dscale == 0, F32(1), dscale)).astype(F32)
-        return (blocks * inv[:, :, None]).astype(F32)
+            inv = np.where(dscale == 0, F32(0), F32(1) / np.where(dscale == 0, F32(1), dscale))
+        return np.multiply(blocks, inv[:, :, None], out=out)
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
@@ -144,4 +147,4 @@ class GgufScheme(Scheme):
             qs = raw[:, :, 2:]
             q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.int8).astype(F32) - F32(8)
         with np.errstate(over="ignore", invalid="ignore"):
-            return (dscale * q).reshape(n, dim).astype(F32)
+            return (dscale * q).reshape(n, dim)

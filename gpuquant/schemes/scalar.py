@@ -56,6 +56,7 @@ from gpuquant.errors import InputError
 from gpuquant.schemes.base import (
     F32,
     F64,
+    NAN_FIT_MESSAGE,
     NIBBLE_ORDERS,
     Scheme,
     State,
@@ -185,10 +186,15 @@ class ScalarScheme(Scheme):
         else:
             lo, hi = X.min(axis=axis), X.max(axis=axis)
             if np.isnan(lo).any() or np.isnan(hi).any():
-                raise InputError("fit data contains NaN; remove or replace NaN rows before fitting")
-            if p["range"] == "absmax":
-                hi = np.maximum(np.abs(lo), np.abs(hi))
-                lo = -hi
+                raise InputError(NAN_FIT_MESSAGE)
+        return self.finish_range(lo, hi)
+
+    def finish_range(self, lo: np.ndarray, hi: np.ndarray) -> State:
+        """The state from a fitted min and max (or quantile pair): ``[-max|.|, max|.|]`` for
+        range="absmax", as float32 arrays of shape (1,) or (d,), checked finite with ``lo <= hi``."""
+        if self.params["range"] == "absmax":
+            hi = np.maximum(np.abs(lo), np.abs(hi))
+            lo = -hi
         lo = np.asarray(lo, F32).reshape(-1).copy()
         hi = np.asarray(hi, F32).reshape(-1).copy()
         self._check_range(lo, hi)
@@ -198,7 +204,7 @@ class ScalarScheme(Scheme):
         n, d = X.shape
         rows = n if self.params["quantile_method"] == "exact" else cuvs_sample_size(n, d)
         sample = X if rows >= n else X[sample_rows(n, rows)]
-        refuse_nan(sample, "fit data")
+        refuse_nan(sample)
         values = np.array(sample, dtype=F32) if per_dim else np.array(sample, F32).reshape(-1)
         lo_pos, hi_pos = quantile_positions(values.shape[0], self.params["quantile"])
         part = np.partition(values, [lo_pos, hi_pos], axis=0)
@@ -331,8 +337,13 @@ def _levels_floor(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, t: np.n
     return np.clip(t, 0, L, out=t)
 
 
+def trunc_vdiff(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """trunc constant: ``vdiff = f32(hi - lo)``."""
+    return (hi - lo).astype(F32)
+
+
 def _levels_trunc(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, t: np.ndarray) -> np.ndarray:
-    vdiff = (hi - lo).astype(F32)
+    vdiff = trunc_vdiff(lo, hi)
     np.subtract(x, lo, out=t)
     np.divide(t, np.where(vdiff == 0, F32(1), vdiff), out=t)
     if (vdiff == 0).any():

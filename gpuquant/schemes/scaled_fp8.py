@@ -31,16 +31,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from gpuquant.errors import InputError
-from gpuquant.schemes.base import F32, Scheme, State, choice, require_rows, scratch
+from gpuquant.schemes import floatcast
+from gpuquant.schemes.base import (
+    F32,
+    Scheme,
+    State,
+    abs_max,
+    choice,
+    refuse_nonfinite_rows,
+    tensor_absmax,
+)
 
-FORMATS: dict[str, tuple[np.dtype, float]] = {
-    "e4m3": (np.dtype(ml_dtypes.float8_e4m3fn), 448.0),
-    "e5m2": (np.dtype(ml_dtypes.float8_e5m2), 57344.0),
-}
+#: format -> (fp8 dtype, max finite value M), as the ``float`` family casts them.
+FORMATS: dict[str, tuple[np.dtype, float]] = {f: floatcast.FORMATS[f][:2] for f in ("e4m3", "e5m2")}
 FLT_EPSILON = F32(np.finfo(np.float32).eps)
 
 
@@ -86,10 +91,7 @@ class ScaledFp8Scheme(Scheme):
     def fit(self, X: np.ndarray) -> State:
         if self.params["granularity"] != "tensor":
             return {}
-        require_rows(X, 1, "a tensor scale")
-        if not np.isfinite(X).all():
-            raise InputError("fit data contains NaN or ±Inf; remove or replace those rows before fitting")
-        return {"weight_scale": self.scale_of(np.abs(X).max(initial=F32(0))).reshape(1)}
+        return {"weight_scale": self.scale_of(tensor_absmax(X)).reshape(1)}
 
     def encode_into(
         self,
@@ -99,13 +101,9 @@ class ScaledFp8Scheme(Scheme):
         side: dict[str, np.ndarray],
         tmp: np.ndarray | None = None,
     ) -> None:
-        n, d = X.shape
-        t = scratch(tmp, X.shape)
-        np.abs(X, out=t)
-        amax = t.max(axis=1, initial=F32(0))
-        bad = ~np.isfinite(amax)
-        if bad.any():
-            raise InputError(f"row {int(np.argmax(bad))} holds NaN or ±Inf; FP8 weights need finite values")
+        n = X.shape[0]
+        t, amax = abs_max(X, tmp)
+        refuse_nonfinite_rows(amax, "FP8 weights need finite values")
         if self.params["granularity"] == "channel":
             s = self.scale_of(amax).reshape(n, 1)
             side["weight_scale"][...] = s
@@ -124,4 +122,9 @@ class ScaledFp8Scheme(Scheme):
         else:
             assert state is not None
             s = np.asarray(state["weight_scale"], F32).reshape(1, 1)
-        return (np.asarray(codes).astype(F32) * s).astype(F32)
+        return self.dequantize(codes, s)
+
+    @staticmethod
+    def dequantize(codes: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``f32(f32(q) * s)`` for fp8 codes ``q`` and float32 scales ``s`` broadcast against them."""
+        return np.asarray(codes).astype(F32) * s
