@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import git_commit
 
 import gpuquant
 from gpuquant import store as gstore
@@ -153,6 +153,14 @@ def warm_file(path: Path) -> None:
             pass
 
 
+def prepare_cache(path: Path, cache: str) -> None:
+    """``cold``: evict ``path`` from the page cache; ``warm``: read it all into it."""
+    if cache == "cold":
+        evict(path)
+    else:
+        warm_file(path)
+
+
 def time_get_rows(path: Path, rows: int, repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     first = []
@@ -180,14 +188,6 @@ def time_get_rows(path: Path, rows: int, repeats: int) -> dict[str, Any]:
     return {"first_touch_ms": ms(first), "new_ids_ms": ms(fresh_ids), "repeat_ids_ms": ms(warm)}
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=int, default=2048)
@@ -211,25 +211,19 @@ def main() -> None:
         "input": {"rows": rows, "dim": dim, "gb": round(size_gb, 3)},
         "host": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                  "python": platform.python_version(), "numpy": np.__version__, "gpuquant": gpuquant.__version__,
-                 "git": git_sha()},
+                 "git": git_commit()},
         "pinned_h2d_gbps": round(h2d, 2) if h2d else None,
         "roofline": {}, "convert": [], "get_rows": None,
     }
     caches = ["warm"] if args.quick else ["warm", "cold"]
     for cache in caches:
-        if cache == "cold":
-            evict(src)
-        else:
-            warm_file(src)
+        prepare_cache(src, cache)
         results["roofline"][cache] = round(read_roofline(src), 3)
     results["write_roofline_gbps"] = round(write_roofline(work), 3)
     for device in devices:
         for scheme in args.schemes.split(","):
             for cache in caches:
-                if cache == "cold":
-                    evict(src)
-                else:
-                    warm_file(src)
+                prepare_cache(src, cache)
                 r = run_convert(src, work / "out", scheme, device)
                 r["cache"] = cache
                 r["vs_read"] = round(r["gbps_stream"] / results["roofline"][cache], 3)

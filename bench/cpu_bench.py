@@ -18,13 +18,13 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from _common import git_commit
 
 import gpuquant
 from gpuquant.backends import numpy_backend
@@ -115,16 +115,8 @@ def run(size_mib: int, repeats: int, d: int) -> dict:
         "repeats": repeats, "threads": numpy_backend.worker_count(), "copy_gbps": copy_gbps,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": sys.version.split()[0], "numpy": np.__version__},
-        "gpuquant": gpuquant.__version__, "git_commit": _git_commit(), "results": rows,
+        "gpuquant": gpuquant.__version__, "git_commit": git_commit(), "results": rows,
     }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def table(report: dict) -> str:

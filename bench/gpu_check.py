@@ -31,17 +31,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import git_commit
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DIMS = 384
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def error_text(exc: BaseException) -> str:
+    """A failed benchmark's one-line reason, as its row reports it."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def record(row: dict[str, Any], seconds: float, moved: int, copy_gbps: float, *, seconds_first: bool = False) -> None:
+    """Fills a timed row: ``bytes_moved``, ``seconds``, ``gbps`` and ``fraction_of_copy`` (the train
+    and cuVS rows, ``seconds_first``, have always written ``seconds`` before ``bytes_moved``)."""
+    if seconds_first:
+        row.update(seconds=seconds, bytes_moved=int(moved))
+        row["gbps"] = row["bytes_moved"] / seconds / 1e9
+    else:
+        row.update(bytes_moved=int(moved), seconds=seconds, gbps=moved / seconds / 1e9)
+    row["fraction_of_copy"] = row["gbps"] / copy_gbps
 
 
 def run_tests(log: Path, timeout_s: int) -> dict[str, Any]:
@@ -96,7 +106,7 @@ def environment(cp: Any) -> dict[str, Any]:
         "device": name, "compute_capability": dev.compute_capability, "sms": props["multiProcessorCount"],
         "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
         "driver": version(cp.cuda.runtime.driverGetVersion()), "cuda_runtime": version(cp.cuda.runtime.runtimeGetVersion()),
-        "cupy": cp.__version__, "python": sys.version.split()[0], "git_commit": git_commit(),
+        "cupy": cp.__version__, "python": sys.version.split()[0], "git_commit": git_commit(short=False),
     }
 
 
@@ -193,9 +203,7 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, copy_gbps: float) -> list
             out = Codes(codes.data, codes.side)
             seconds = timer(lambda: backend.transform(scheme, state, x, out=out))
             code_bytes = codes.data.nbytes + sum(v.nbytes for v in codes.side.values())
-            moved = x.nbytes + code_bytes
-            row.update(bytes_moved=int(moved), seconds=seconds, gbps=moved / seconds / 1e9)
-            row["fraction_of_copy"] = row["gbps"] / copy_gbps
+            record(row, seconds, x.nbytes + code_bytes, copy_gbps)
             expr = exprs.get(name) if not params else None
             if expr is not None:
                 dev_state = {k: cp.asarray(v) for k, v in state.items()}
@@ -206,14 +214,12 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, copy_gbps: float) -> list
                 rows.append(inv)
                 y = cp.empty(x.shape, cp.float32)
                 inv_seconds = timer(lambda: backend.inverse_transform(scheme, state, codes, out=y))
-                inv_moved = code_bytes + y.nbytes
-                inv.update(bytes_moved=int(inv_moved), seconds=inv_seconds, gbps=inv_moved / inv_seconds / 1e9)
-                inv["fraction_of_copy"] = inv["gbps"] / copy_gbps
+                record(inv, inv_seconds, code_bytes + y.nbytes, copy_gbps)
                 del y
             del codes, out
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not stop the others
             failed = rows[-1] if "seconds" not in rows[-1] else row
-            failed["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            failed["error"] = error_text(exc)
             failed["traceback"] = traceback.format_exc()[-2000:]
         cp.get_default_memory_pool().free_all_blocks()
     rows.extend(bench_training(cp, timer, x, copy_gbps))
@@ -240,12 +246,9 @@ def bench_training(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict
     for name, fn, passes in cases:
         row: dict[str, Any] = {"scheme": name, "op": "train", "size_bytes": int(x.nbytes), "copy_gbps": copy_gbps}
         try:
-            seconds = timer(fn)
-            row.update(seconds=seconds, bytes_moved=int(x.nbytes * max(passes, 1)))
-            row["gbps"] = row["bytes_moved"] / seconds / 1e9
-            row["fraction_of_copy"] = row["gbps"] / copy_gbps
+            record(row, timer(fn), x.nbytes * max(passes, 1), copy_gbps, seconds_first=True)
         except Exception as exc:  # noqa: BLE001 - report and go on
-            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            row["error"] = error_text(exc)
         rows.append(row)
         cp.get_default_memory_pool().free_all_blocks()
     return rows
@@ -329,12 +332,9 @@ def bench_cuvs(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict[str
     for name, op, fn, moved in cases:
         row: dict[str, Any] = {"scheme": name, "op": op, "size_bytes": int(x.nbytes), "copy_gbps": copy_gbps}
         try:
-            seconds = timer(fn)
-            row.update(seconds=seconds, bytes_moved=int(moved or x.nbytes))
-            row["gbps"] = row["bytes_moved"] / seconds / 1e9
-            row["fraction_of_copy"] = row["gbps"] / copy_gbps
+            record(row, timer(fn), moved or x.nbytes, copy_gbps, seconds_first=True)
         except Exception as exc:  # noqa: BLE001 - report and go on
-            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            row["error"] = error_text(exc)
         rows.append(row)
     del codes, bits
     cp.get_default_memory_pool().free_all_blocks()
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             report["results"].extend(bench_size(cp, timer, size, report["copy_gbps"]))
     except Exception as exc:  # noqa: BLE001 - whatever happened, write what we have
-        report["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        report["error"] = error_text(exc)
         report["traceback"] = traceback.format_exc()[-3000:]
     stem = f"gpu_check{'_quick' if args.quick else ''}_{stamp}"
     json_path, md_path = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"

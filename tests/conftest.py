@@ -1,8 +1,10 @@
 """Shared fixtures: fresh random data every run (seed printed in the header, fixed with
-GPUQUANT_TEST_SEED=...), and the edge values every bit-exact test must include."""
+GPUQUANT_TEST_SEED=...), the edge values every bit-exact test must include, the ``gpu`` skip, and
+helpers the test files share (reference quantizers, bit views, the in-process CLI)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -56,3 +58,54 @@ def assert_means_agree(got: np.ndarray, want: np.ndarray, x32: np.ndarray) -> No
     ulp = np.spacing(np.maximum(np.abs(got), np.abs(want)).astype(np.float32)).astype(np.float64)
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     assert (diff <= bound + ulp).all(), (diff, bound, ulp)
+
+
+# -- helpers shared by the test files -------------------------------------------------------------
+def fitted(name: str, x, **params):
+    """A numpy-backend ``Quantizer(name, **params)``, fitted on ``x`` when its scheme needs a fit."""
+    from gpuquant import Quantizer
+
+    q = Quantizer(name, backend="numpy", **params)
+    return q.fit(x) if q.scheme.needs_fit else q
+
+
+def fit_codes(name: str, x, **params):
+    """``(q, q.transform(x))`` for ``q = fitted(name, x, **params)``: the in-memory reference codes."""
+    q = fitted(name, x, **params)
+    return q, q.transform(x)
+
+
+def bits(a) -> np.ndarray:
+    """The raw bits of a host array (or ``Codes``) as unsigned integers of its width, for bit-exact comparison."""
+    a = np.asarray(a)
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def cli_run(capsys: pytest.CaptureFixture[str], *argv) -> tuple[int, str, str]:
+    """``gpuquant.cli.main`` in-process on ``str()`` of each argument: (exit code, stdout, stderr)."""
+    from gpuquant import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *argv) -> tuple[int, dict]:
+    """``cli_run`` with ``--format json`` appended: (exit code, the JSON document on stdout)."""
+    code, out, _ = cli_run(capsys, *argv, "--format", "json")
+    return code, json.loads(out)
+
+
+def cupy_usable() -> tuple[bool, str]:
+    """(True, device) when the cupy backend works here (CuPy imports and a CUDA device runs kernels)."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    return CupyBackend.is_available()
+
+
+@pytest.fixture(scope="session")
+def gpu() -> None:
+    """Skips the test without a usable GPU (see ``cupy_usable``)."""
+    ok, why = cupy_usable()
+    if not ok:
+        pytest.skip(f"no usable GPU: {why}")

@@ -12,17 +12,12 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import matrix
+from conftest import bits, cli_json, fitted, matrix
 from gpuquant import InputError, Quantizer
 from gpuquant.cli import main
 from gpuquant.matryoshka import truncate_renormalize
 
 FITTED = [p.name for p in gpuquant.presets() if Quantizer(p.name).scheme.needs_fit]
-
-
-def bits(a) -> np.ndarray:
-    a = np.asarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
 
 
 # -- the calibration file ---------------------------------------------------------------------------
@@ -65,12 +60,6 @@ def test_single_query_bug_cannot_happen(rng):
     assert not np.array_equal(np.asarray(from_corpus), np.asarray(naive))
 
 
-def run(capsys, *argv) -> tuple[int, dict]:
-    code = main([str(a) for a in argv] + ["--format", "json"])
-    out = capsys.readouterr().out
-    return code, json.loads(out)
-
-
 @pytest.mark.parametrize("name", ["st-int8", "qdrant-uint8", "es-byte", "safetensors-fp8"])
 def test_cli_fit_then_convert_with_the_calibration_file(capsys, tmp_path, rng, name):
     corpus = matrix(rng, 300, 64)
@@ -78,11 +67,11 @@ def test_cli_fit_then_convert_with_the_calibration_file(capsys, tmp_path, rng, n
     np.save(tmp_path / "corpus.npy", corpus)
     np.save(tmp_path / "queries.npy", queries)
     extra = ["--param", "granularity=\"tensor\""] if name == "safetensors-fp8" else []
-    code, doc = run(capsys, "fit", tmp_path / "corpus.npy", "--scheme", name, *extra, "--backend", "numpy",
-                    "-o", tmp_path / "calib.json")
+    code, doc = cli_json(capsys, "fit", tmp_path / "corpus.npy", "--scheme", name, *extra, "--backend", "numpy",
+                         "-o", tmp_path / "calib.json")
     assert code == 0, doc
-    code, doc = run(capsys, "convert", tmp_path / "queries.npy", tmp_path / "out", "--quantizer",
-                    tmp_path / "calib.json", "--backend", "numpy")
+    code, doc = cli_json(capsys, "convert", tmp_path / "queries.npy", tmp_path / "out", "--quantizer",
+                         tmp_path / "calib.json", "--backend", "numpy")
     assert code == 0, doc
     q = Quantizer(name, backend="numpy", **({"granularity": "tensor"} if extra else {})).fit(corpus)
     got = np.load(tmp_path / "out" / "codes.npy")
@@ -111,14 +100,10 @@ def test_truncate_renormalize_formula(rng):
 def test_truncate_dim_is_truncate_renormalise_then_quantize(tmp_path, rng, name):
     x = matrix(rng, 120, 96)
     k = 64
-    q = Quantizer(name, backend="numpy", truncate_dim=k)
-    if q.scheme.needs_fit:
-        q.fit(x)
+    q = fitted(name, x, truncate_dim=k)
     codes = q.transform(x)
-    manual = Quantizer(name, backend="numpy")
     y = truncate_renormalize(x, k)
-    if manual.scheme.needs_fit:
-        manual.fit(y)
+    manual = fitted(name, y)
     assert codes.dim == k
     assert_array_equal(bits(codes), bits(manual.transform(y)))
     assert q.inverse_transform(codes).shape == (120, k)
@@ -153,16 +138,16 @@ def test_export_info_human_and_json(capsys):
     assert main(["export-info", "pgvector-bit", "--dim", "384"]) == 0
     out = capsys.readouterr().out
     assert "bit(384)" in out and "binary_quantize" in out and "most significant bit first" in out
-    code, doc = run(capsys, "export-info", "milvus-binary")
+    code, doc = cli_json(capsys, "export-info", "milvus-binary")
     assert code == 0 and doc["export"]["consumer"] == "Milvus" and "LSB first" in doc["export"]["encoding"]
-    code, doc = run(capsys, "export-info")
+    code, doc = cli_json(capsys, "export-info")
     assert code == 0 and len(doc["exports"]) == 14
-    code, doc = run(capsys, "export-info", "st-int8")
+    code, doc = cli_json(capsys, "export-info", "st-int8")
     assert code == 2 and "not an export preset" in doc["error"]["message"]
 
 
 def test_schemes_lists_consumers(capsys):
-    code, doc = run(capsys, "schemes")
+    code, doc = cli_json(capsys, "schemes")
     rows = {r["name"]: r for r in doc["presets"]}
     assert rows["gguf-q8_0"]["consumer"] == "GGUF (llama.cpp)" and rows["st-int8"]["consumer"] == ""
     assert main(["schemes"]) == 0
@@ -173,7 +158,7 @@ def test_schemes_lists_consumers(capsys):
 @pytest.mark.parametrize("name,loading", [("vespa-pack-bits", True), ("gguf-q4_0", True), ("st-int8", False)])
 def test_convert_writes_how_to_load(capsys, tmp_path: Path, rng, name, loading):
     np.save(tmp_path / "x.npy", matrix(rng, 50, 64))
-    code, doc = run(capsys, "convert", tmp_path / "x.npy", tmp_path / "out", "--scheme", name, "--backend", "numpy")
+    code, doc = cli_json(capsys, "convert", tmp_path / "x.npy", tmp_path / "out", "--scheme", name, "--backend", "numpy")
     assert code == 0, doc
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert ("loading" in manifest) == loading

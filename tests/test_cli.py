@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import cli_run
 
 import gpuquant
 from gpuquant import cli
@@ -23,14 +24,8 @@ from gpuquant import io as gio
 PRESETS = [p.name for p in gpuquant.presets()]
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--format", "json")
+    code, out, _ = cli_run(capsys, *argv, "--format", "json")
     lines = out.strip().splitlines()
     assert len(lines) == 1, f"expected exactly one JSON document on stdout, got:\n{out}"
     return code, json.loads(lines[0])
@@ -49,7 +44,7 @@ def matrix(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 
 def test_schemes_human_lists_every_preset_with_its_peer(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "schemes")
+    code, out, _ = cli_run(capsys, "schemes")
     assert code == 0
     for p in gpuquant.presets():
         line = next(row for row in out.splitlines() if row.split()[0] == p.name)
@@ -68,12 +63,12 @@ def test_schemes_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_quiet_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "schemes", "--format", "quiet")
+    code, out, _ = cli_run(capsys, "schemes", "--format", "quiet")
     assert code == 0 and out == ""
 
 
 def test_format_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--format", "json", "schemes")
+    code, out, _ = cli_run(capsys, "--format", "json", "schemes")
     assert code == 0 and json.loads(out)["command"] == "schemes"
 
 
@@ -96,7 +91,7 @@ def test_fit_saves_a_loadable_quantizer(capsys: pytest.CaptureFixture[str], tmp_
     code, doc = run_json(capsys, "inspect", qpath)
     assert code == 0 and doc["kind"] == "quantizer"
     assert set(doc["quantizer"]["state"]) == set(ref.state)
-    code, out, _ = run(capsys, "inspect", qpath)
+    code, out, _ = cli_run(capsys, "inspect", qpath)
     assert code == 0 and "cuvs-sq8" in out and "state" in out
 
 
@@ -107,7 +102,7 @@ def test_fit_refuses_an_existing_output(capsys: pytest.CaptureFixture[str], tmp_
     code, doc = run_json(capsys, "fit", matrix[0], "--scheme", "st-int8", "-o", qpath)
     assert code == 2 and not doc["ok"] and "already exists" in doc["error"]["message"]
     assert qpath.read_text() == "keep me"
-    code, _, _ = run(capsys, "fit", matrix[0], "--scheme", "st-int8", "-o", qpath, "--overwrite")
+    code, _, _ = cli_run(capsys, "fit", matrix[0], "--scheme", "st-int8", "-o", qpath, "--overwrite")
     assert code == 0 and gpuquant.Quantizer.load(qpath).is_fitted
 
 
@@ -174,13 +169,13 @@ def test_convert_demo_report(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert doc["compression_ratio"] == pytest.approx(4 * 384 / (384 + 4), rel=1e-3)
     assert 0 < doc["reconstruction"]["rel_error"] < 0.02
     assert doc["seconds"]["total"] > 0
-    code, out_text, err = run(capsys, "inspect", out)
+    code, out_text, err = cli_run(capsys, "inspect", out)
     assert code == 0 and "int8-row" in out_text
 
 
 def test_convert_human_report_and_logs(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                        matrix: tuple[Path, np.ndarray]) -> None:
-    code, out, err = run(capsys, "convert", matrix[0], tmp_path / "o", "--scheme", "st-uint8")
+    code, out, err = cli_run(capsys, "convert", matrix[0], tmp_path / "o", "--scheme", "st-uint8")
     assert code == 0
     for word in ("203 rows x 128 dims", "MB in", "compression", "relative reconstruction error"):
         assert word in out
@@ -214,7 +209,7 @@ def test_convert_with_a_fitted_quantizer(capsys: pytest.CaptureFixture[str], tmp
 )
 def test_convert_bad_usage_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                    matrix: tuple[Path, np.ndarray], extra: list[str]) -> None:
-    code, _, err = run(capsys, "convert", matrix[0], tmp_path / "o", *extra)
+    code, _, err = cli_run(capsys, "convert", matrix[0], tmp_path / "o", *extra)
     assert code == 2 and "error" in err
     assert not (tmp_path / "o").exists()
 
@@ -385,7 +380,7 @@ def test_doctor_reports_without_crashing(capsys: pytest.CaptureFixture[str]) -> 
         assert all(f.endswith((".cu", ".cuh")) for f in kernels["files"])
     names = {b["name"]: b for b in doc["probes"]["backends"]["backends"]}
     assert names["numpy"]["usable"]
-    code, out, _ = run(capsys, "doctor")
+    code, out, _ = cli_run(capsys, "doctor")
     assert code == 0 and "numpy" in out
 
 
@@ -401,7 +396,7 @@ def test_doctor_survives_a_probe_that_raises(capsys: pytest.CaptureFixture[str],
 
 @pytest.mark.parametrize("argv", [[], ["bogus"], ["fit"], ["convert", "x.npy"], ["schemes", "--format", "xml"]])
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli_run(capsys, *argv)
     assert code == 2 and out == "" and "error" in err
 
 
@@ -436,13 +431,13 @@ def test_eval_with_query_file_and_saved_quantizer(tmp_path: Path, capsys: pytest
     from gpuquant.data import load_demo
 
     np.save(tmp_path / "q.npy", load_demo()[:20])
-    assert run(capsys, "fit", "demo", "--scheme", "faiss-sq8", "-o", str(tmp_path / "f.json"))[0] == 0
+    assert cli_run(capsys, "fit", "demo", "--scheme", "faiss-sq8", "-o", str(tmp_path / "f.json"))[0] == 0
     code, doc = run_json(capsys, "eval", "demo", "--quantizer", str(tmp_path / "f.json"),
                          "--queries", str(tmp_path / "q.npy"), "--k", "5")
     assert code == 0 and doc["queries"] == 20 and doc["k"] == 5 and "recall_at_k_rescored" not in doc
 
 
 def test_eval_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "eval", "demo", "--k", "0")[0] == 2
-    assert run(capsys, "eval", "demo", "--n-queries", "5000")[0] == 2
-    assert run(capsys, "eval", "missing.npy")[0] == 2
+    assert cli_run(capsys, "eval", "demo", "--k", "0")[0] == 2
+    assert cli_run(capsys, "eval", "demo", "--n-queries", "5000")[0] == 2
+    assert cli_run(capsys, "eval", "missing.npy")[0] == 2

@@ -8,7 +8,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import edge_values, matrix
+from conftest import edge_values, finite_edge_values, matrix
 from gpuquant.backends.cuvs_backend import CuvsBackend
 from gpuquant.schemes import make_scheme
 
@@ -53,7 +53,7 @@ def test_cuvs_sq8_parity(cp, rng, quantile, shape):
     q_ref = gpuquant.Quantizer("cuvs-sq8", backend="numpy", quantile=quantile).fit(x)
     assert_array_equal(q_cuvs.state["lo"], q_ref.state["lo"])
     assert_array_equal(q_cuvs.state["hi"], q_ref.state["hi"])
-    y = np.concatenate([x.reshape(-1), edge_values()[np.isfinite(edge_values())]])[: x.size].reshape(x.shape)
+    y = np.concatenate([x.reshape(-1), finite_edge_values()])[: x.size].reshape(x.shape)
     q_gpu = gpuquant.Quantizer.from_dict(q_cuvs.to_dict(), backend="cupy")
     for arr in (y, cp.asarray(y)):
         codes = q_cuvs.transform(arr)

@@ -16,7 +16,7 @@ pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import dask.array as da
-from conftest import assert_means_agree, matrix
+from conftest import assert_means_agree, fitted, matrix
 
 import gpuquant
 import gpuquant.dask as gd
@@ -103,8 +103,8 @@ def test_truncate_dim_fit_matches(rng: np.random.Generator) -> None:
     ref = gpuquant.Quantizer("st-int8", backend="numpy", truncate_dim=32).fit(X)
     q = gd.fit(gpuquant.Quantizer("st-int8", backend="numpy", truncate_dim=32), da.from_array(X, chunks=(100, 64)),
                gather_bytes=0)
-    assert np.array_equal(q.state["ranges"], ref.state["ranges"]) if "ranges" in ref.state else all(
-        np.array_equal(q.state[k], v) for k, v in ref.state.items())
+    for k, v in ref.state.items():
+        assert np.array_equal(q.state[k], v), k
     assert np.asarray(gd.transform(q, da.from_array(X, chunks=(100, 64))).data.compute()).tobytes() == \
         np.asarray(ref.transform(X).data).tobytes()
 
@@ -214,8 +214,6 @@ def test_killed_worker_without_retries_leaves_a_resumable_store(client: Any, sha
 def test_dask_resumes_a_store_the_engine_started(client: Any, shards: tuple[Path, np.ndarray], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine run stopped mid-stream (a write error after 3 batches) is finished by the Dask resume."""
-    from gpuquant.engine import pipeline
-
     src, _ = shards
     single = tmp_path / "single"
     gpuquant.convert(src, single, "int8-row", device="cpu", progress=False)
@@ -234,7 +232,7 @@ def test_dask_resumes_a_store_the_engine_started(client: Any, shards: tuple[Path
         gpuquant.convert(src, out, "int8-row", device="cpu", progress=False, batch_rows=100)
     monkeypatch.setattr(gstore.StoreWriter, "write_rows", real)
     done = gstore.read_manifest(out)["state"]["rows_done"]
-    assert 0 < done < 1300 and pipeline is not None
+    assert 0 < done < 1300
     X, desc = gd.from_source(src, chunk_rows=170)
     report = gd.to_store(X, out, None, client=client, source_desc=desc, resume=True)
     assert report["dask"]["skipped_chunks"] == done // 170
@@ -263,32 +261,38 @@ def test_cli_convert_with_workers(shards: tuple[Path, np.ndarray], tmp_path: Pat
 # GPU: dask-cuda, CuPy chunks (skipped without a GPU or without dask-cuda)
 
 
+@pytest.fixture(scope="module")
+def cuda_client(request: pytest.FixtureRequest) -> Any:
+    """One ``dask_cuda.LocalCUDACluster`` and its client for the module's GPU tests (skips without
+    CuPy, dask-cuda or a usable GPU)."""
+    pytest.importorskip("cupy")
+    dask_cuda = pytest.importorskip("dask_cuda")
+    request.getfixturevalue("gpu")
+    with dask_cuda.LocalCUDACluster(dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ["st-int8", "cuvs-sq8", "int8-row", "binary", "fp8-e4m3"])
-def test_dask_cuda_cupy_chunks_equal_the_reference(preset: str, rng: np.random.Generator, tmp_path: Path) -> None:
-    cp = pytest.importorskip("cupy")
-    dask_cuda = pytest.importorskip("dask_cuda")
-    from gpuquant.backends.cupy_backend import CupyBackend
+def test_dask_cuda_cupy_chunks_equal_the_reference(cuda_client: Any, preset: str, rng: np.random.Generator,
+                                                   tmp_path: Path) -> None:
+    import cupy as cp
 
-    ok, why = CupyBackend.is_available()
-    if not ok:
-        pytest.skip(f"no usable GPU: {why}")
+    c = cuda_client
     X = matrix(rng, 4000, 128)
-    ref = gpuquant.Quantizer(preset, backend="numpy")
-    ref = ref.fit(X) if ref.scheme.needs_fit else ref
-    with dask_cuda.LocalCUDACluster(dashboard_address=None) as cluster, distributed.Client(cluster) as c:
-        D = da.from_array(X, chunks=(700, 128)).map_blocks(cp.asarray, meta=cp.empty((0, 0), cp.float32))
-        q = gd.fit(gpuquant.Quantizer(preset, backend="numpy"), D, client=c, gather_bytes=0)
-        codes = gd.transform(q, D)
-        want = ref.transform(X)
-        got = c.compute(codes.data).result()
-        assert np.asarray(got).tobytes() == np.asarray(want.data).tobytes()
-        for k in want.side:
-            assert c.compute(codes.side[k]).result().tobytes() == np.asarray(want.side[k]).tobytes()
-        np.save(tmp_path / "x.npy", X)
-        gpuquant.convert(tmp_path / "x.npy", tmp_path / "single", preset, device="cpu", progress=False)
-        gd.convert(tmp_path / "x.npy", tmp_path / "gpu", preset, client=c, device="gpu", batch_rows=900)
-        _same_store(tmp_path / "single", tmp_path / "gpu")
+    ref = fitted(preset, X)
+    D = da.from_array(X, chunks=(700, 128)).map_blocks(cp.asarray, meta=cp.empty((0, 0), cp.float32))
+    q = gd.fit(gpuquant.Quantizer(preset, backend="numpy"), D, client=c, gather_bytes=0)
+    codes = gd.transform(q, D)
+    want = ref.transform(X)
+    got = c.compute(codes.data).result()
+    assert np.asarray(got).tobytes() == np.asarray(want.data).tobytes()
+    for k in want.side:
+        assert c.compute(codes.side[k]).result().tobytes() == np.asarray(want.side[k]).tobytes()
+    np.save(tmp_path / "x.npy", X)
+    gpuquant.convert(tmp_path / "x.npy", tmp_path / "single", preset, device="cpu", progress=False)
+    gd.convert(tmp_path / "x.npy", tmp_path / "gpu", preset, client=c, device="gpu", batch_rows=900)
+    _same_store(tmp_path / "single", tmp_path / "gpu")
 
 
 def test_cli_convert_on_a_running_scheduler_and_resume_refusals(client: Any, shards: tuple[Path, np.ndarray],

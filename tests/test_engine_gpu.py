@@ -8,31 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import matrix
+from conftest import fit_codes, matrix
 
 import gpuquant
 from gpuquant.backends import supports
 
 cp = pytest.importorskip("cupy")
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _gpu() -> None:
-    from gpuquant.backends.cupy_backend import CupyBackend
-
-    ok, why = CupyBackend.is_available()
-    if not ok:
-        pytest.skip(f"no usable GPU: {why}")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("gpu")]
 
 
 GPU_PRESETS = [p.name for p in gpuquant.presets()
                if supports("cupy", gpuquant.Quantizer(p.name, backend="numpy").scheme)[0]]
-
-
-def _reference(preset: str, X: np.ndarray) -> gpuquant.Codes:
-    q = gpuquant.Quantizer(preset, backend="numpy")
-    return (q.fit(X) if q.scheme.needs_fit else q).transform(X)
 
 
 @pytest.mark.parametrize("preset", GPU_PRESETS)
@@ -41,7 +27,7 @@ def test_gpu_stream_equals_the_reference(tmp_path: Path, rng: np.random.Generato
     np.save(tmp_path / "x.npy", X)
     rep = gpuquant.convert(tmp_path / "x.npy", tmp_path / "o", preset, device="gpu", batch_rows=700, progress=False)
     assert rep["device"] == "gpu" and rep["batch_rows"] == 700
-    ref = _reference(preset, X)
+    ref = fit_codes(preset, X)[1]
     st = gpuquant.open(tmp_path / "o")
     assert np.asarray(st.codes).tobytes() == np.asarray(ref.data).tobytes()
     for k, v in ref.side.items():
@@ -70,7 +56,7 @@ def test_gpu_out_of_memory_halves_the_batch(tmp_path: Path, rng: np.random.Gener
     rep = gpuquant.convert(X, tmp_path / "o", "st-int8", device="gpu", batch_rows=1000, progress=False)
     assert rep["oom_halvings"] == 1 and rep["batch_rows"] == 500
     assert "halving" in caplog.text
-    assert np.asarray(gpuquant.open(tmp_path / "o").codes).tobytes() == np.asarray(_reference("st-int8", X).data).tobytes()
+    assert np.asarray(gpuquant.open(tmp_path / "o").codes).tobytes() == np.asarray(fit_codes("st-int8", X)[1].data).tobytes()
 
 
 def test_gpu_resumes_a_cpu_run_bit_for_bit(tmp_path: Path, rng: np.random.Generator,
@@ -95,7 +81,7 @@ def test_gpu_resumes_a_cpu_run_bit_for_bit(tmp_path: Path, rng: np.random.Genera
     monkeypatch.setattr(gstore.os, "pwrite", real)
     rep = gpuquant.convert(X, tmp_path / "o", "int8-row", device="gpu", resume=True, batch_rows=256, progress=False)
     assert rep["resumed_from"] > 0 and rep["state"]["status"] == "complete"
-    ref = _reference("int8-row", X)
+    ref = fit_codes("int8-row", X)[1]
     st = gpuquant.open(tmp_path / "o")
     assert np.asarray(st.codes).tobytes() == np.asarray(ref.data).tobytes()
     assert np.asarray(st.side["scales"]).tobytes() == ref.side["scales"].tobytes()

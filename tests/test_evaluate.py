@@ -86,12 +86,7 @@ def test_explicit_queries_and_errors(rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["st-int8", "binary", "int8-row"])
-def test_evaluate_on_the_gpu_matches_the_cpu(rng, name):
-    from gpuquant.backends.cupy_backend import CupyBackend
-
-    ok, why = CupyBackend.is_available()
-    if not ok:
-        pytest.skip(f"no usable GPU: {why}")
+def test_evaluate_on_the_gpu_matches_the_cpu(gpu, rng, name):
     import cupy
 
     x = matrix(rng, 600, 48)

@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import edge_values, finite_edge_values, matrix
+from conftest import edge_values, finite_edge_values, fitted, matrix
 from consumers import (
     compressed_tensors_fp8,
     elastic_bit_bytes,
@@ -33,11 +33,6 @@ EXPORT_NAMES = ["qdrant-uint8", "qdrant-binary", "pgvector-bit", "pgvector-halfv
                 "es-bit", "es-byte", "milvus-binary", "milvus-int8", "lancedb-binary", "gguf-q8_0", "gguf-q4_0",
                 "safetensors-fp8"]
 BIT_SHAPES = [(1, 1), (3, 13), (7, 64), (40, 385)]
-
-
-def fitted(name: str, x: np.ndarray, **params) -> Quantizer:
-    q = Quantizer(name, backend="numpy", **params)
-    return q.fit(x) if q.scheme.needs_fit else q
 
 
 def test_every_export_preset_is_named_and_documented():

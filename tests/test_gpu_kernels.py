@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_means_agree, edge_values, matrix
+from conftest import assert_means_agree, edge_values, finite_edge_values, matrix
+from conftest import bits as uint_bits
 
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
@@ -26,12 +27,9 @@ BIG_SHAPE = (1025, 385)  # several blocks of tasks, rows not a multiple of anyth
 
 
 @pytest.fixture(scope="module")
-def backend():
+def backend(gpu):
     from gpuquant.backends.cupy_backend import CupyBackend
 
-    ok, why = CupyBackend.is_available()
-    if not ok:
-        pytest.skip(f"no usable GPU: {why}")
     return CupyBackend()
 
 
@@ -74,13 +72,13 @@ def build(kw: dict):
     return make_scheme(kw.pop("name"), **kw)
 
 
-def bits(a) -> np.ndarray:
-    a = np.ascontiguousarray(cp.asnumpy(a) if isinstance(a, cp.ndarray) else np.asarray(a))
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+def host(a) -> np.ndarray:
+    """A C-ordered host copy (at least 1-D) of a CuPy or host array."""
+    return np.ascontiguousarray(cp.asnumpy(a) if isinstance(a, cp.ndarray) else np.asarray(a))
 
 
 def assert_same_bits(got, want, what: str = "") -> None:
-    g, w = bits(got), bits(want)
+    g, w = uint_bits(host(got)), uint_bits(host(want))
     assert g.shape == w.shape, f"{what}: shape {g.shape} != {w.shape}"
     bad = np.flatnonzero(g.reshape(-1) != w.reshape(-1))
     assert bad.size == 0, f"{what}: {bad.size} of {g.size} differ, first {bad[:5]}: {g.reshape(-1)[bad[:5]]} vs {w.reshape(-1)[bad[:5]]}"
@@ -88,10 +86,7 @@ def assert_same_bits(got, want, what: str = "") -> None:
 
 def inputs(rng: np.random.Generator, scheme, n: int, d: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """(x in ``dtype``, its float32 view as the reference sees it) with edge values scattered in."""
-    edges = edge_values()
-    if scheme.family == "absmax":
-        edges = edges[np.isfinite(edges)]
-    x = matrix(rng, n, d, edges=edges)
+    x = matrix(rng, n, d, edges=finite_edge_values() if scheme.family == "absmax" else edge_values())
     if n >= 4 and d >= 1:
         x[1] = 0.0
         x[2] = (rng.standard_normal(d) * 1e-39).astype(np.float32)
@@ -258,7 +253,7 @@ def test_scalar_fit_matches_reference(backend, rng, kw: dict, dtype) -> None:
     for n, d in [(1, 1), (2, 3), (7, 13), (257, 384), (4000, 300), (60_000, 21)]:
         if n < 2 and kw["granularity"] == "dimension":
             continue
-        x = matrix(rng, n, d, edges=edge_values()[np.isfinite(edge_values())][:5])
+        x = matrix(rng, n, d, edges=finite_edge_values()[:5])
         x[0, 0] = np.float32(1e-42)
         xd = x.astype(dtype)
         x32 = xd.astype(np.float32)

@@ -8,7 +8,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import matrix
+from conftest import bits, fitted, matrix
 from gpuquant.backends import numpy_backend
 from gpuquant.schemes import make_scheme
 
@@ -18,11 +18,6 @@ PRESETS = [p.name for p in gpuquant.presets()]
 def reference(name: str, x32: np.ndarray, state):
     scheme = make_scheme(name)
     return scheme.encode(x32, state)
-
-
-def bits(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
 
 
 @pytest.fixture(params=[1 << 10, numpy_backend.CHUNK_VALUES], ids=["small-chunks", "default-chunks"])
@@ -71,9 +66,7 @@ def test_layouts(rng, tmp_path, chunk_values, layout, name):
         x, x32 = np.load(tmp_path / "x.npy", mmap_mode="r"), base
     else:
         x, x32 = base.tolist(), base
-    q = gpuquant.Quantizer(name, backend="numpy")
-    if q.scheme.needs_fit:
-        q.fit(x32)
+    q = fitted(name, x32)
     ref_codes, _ = reference(name, x32, q.state)
     assert_array_equal(bits(q.transform(x).data), bits(ref_codes))
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import cli_run
 
 import gpuquant
-from gpuquant import cli
 from gpuquant.errors import InputError
 from gpuquant.planner import format_bytes, parse_bytes
 
@@ -103,16 +103,10 @@ def test_bad_arguments() -> None:
 # the command
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_plan_json_from_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1000, 768), np.float32))
-    code, out, _ = _run(capsys, "plan", tmp_path / "x.npy", "--scheme", "int8-row", "--op", "transform",
-                        "--gpu-memory", "80GiB", "--format", "json")
+    code, out, _ = cli_run(capsys, "plan", tmp_path / "x.npy", "--scheme", "int8-row", "--op", "transform",
+                           "--gpu-memory", "80GiB", "--format", "json")
     doc = json.loads(out)
     assert code == 0 and doc["ok"]
     assert (doc["n_max"], doc["bytes_per_row"], doc["fixed_bytes"], doc["usable_bytes"]) == (20111709, 3844, 0, 77309411328)
@@ -120,8 +114,8 @@ def test_cli_plan_json_from_a_file(capsys: pytest.CaptureFixture[str], tmp_path:
 
 
 def test_cli_plan_human_table_and_disk_check(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, _ = _run(capsys, "plan", "--scheme", "cuvs-sq8", "--dim", "384", "--rows", "1000000",
-                        "--gpu-memory", "16GiB", "--output", tmp_path / "codes", "--read-gbs", "3")
+    code, out, _ = cli_run(capsys, "plan", "--scheme", "cuvs-sq8", "--dim", "384", "--rows", "1000000",
+                           "--gpu-memory", "16GiB", "--output", tmp_path / "codes", "--read-gbs", "3")
     assert code == 0
     for word in ("N_max", "bytes per row", "usable", "batch rows", "pinned host", "output on disk", "fits",
                  "estimated time"):
@@ -129,20 +123,20 @@ def test_cli_plan_human_table_and_disk_check(capsys: pytest.CaptureFixture[str],
 
 
 def test_cli_plan_refusal_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "plan", "--dim", "4096", "--gpu-memory", "1KiB", "--format", "json")
+    code, out, _ = cli_run(capsys, "plan", "--dim", "4096", "--gpu-memory", "1KiB", "--format", "json")
     doc = json.loads(out)
     assert code == 2 and "nothing fits" in doc["error"]["message"] and "usable" in doc["error"]["message"]
 
 
 def test_cli_plan_needs_a_shape(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, "plan", "--gpu-memory", "1GiB")
+    code, _, err = cli_run(capsys, "plan", "--gpu-memory", "1GiB")
     assert code == 2 and "--dim" in err
 
 
 def test_cli_plan_measure_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     if {n: ok for n, ok, _ in gpuquant.available_backends()}.get("cupy"):
         pytest.skip("a GPU works here: --measure runs (tests/test_engine_gpu.py)")
-    code, out, _ = _run(capsys, "plan", "--dim", "384", "--gpu-memory", "8GiB", "--measure", "--format", "json")
+    code, out, _ = cli_run(capsys, "plan", "--dim", "384", "--gpu-memory", "8GiB", "--measure", "--format", "json")
     doc = json.loads(out)
     assert code == 1 and "cupy" in doc["error"]["message"]
 

@@ -14,7 +14,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import edge_values, finite_edge_values, matrix
+from conftest import edge_values, finite_edge_values, fit_codes, matrix
 from peers import (
     cuvs_binary,
     cuvs_inverse,
@@ -30,13 +30,6 @@ from peers import (
 )
 
 SHAPES = [(1, 1), (1, 7), (3, 13), (64, 384), (257, 37), (1000, 8)]
-
-
-def fit_codes(name: str, x: np.ndarray, **params):
-    q = gpuquant.Quantizer(name, backend="numpy", **params)
-    if q.scheme.needs_fit:
-        q.fit(x)
-    return q, q.transform(x)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -94,13 +87,6 @@ def test_st_scalar(rng, shape, precision):
                    np.full((1, shape[1]), -np.inf, np.float32)])
     ranges = np.vstack([q.state["lo"], q.state["hi"]])
     assert_array_equal(np.asarray(q.transform(y)), st_quantize(y, precision, ranges))
-
-
-def test_st_constant_column_steps_one(rng):
-    x = matrix(rng, 50, 6)
-    x[:, 2] = 0.25
-    q, codes = fit_codes("st-int8", x)
-    assert_array_equal(np.asarray(codes), st_quantize(x, "int8"))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import matrix
+from conftest import fitted, matrix
 
 import gpuquant
 from gpuquant import store as gstore
@@ -24,8 +24,8 @@ def _store(tmp_path: Path, rng: np.random.Generator, preset: str = "int8-row", n
 def test_get_rows_any_order_with_repeats(tmp_path: Path, rng: np.random.Generator, preset: str) -> None:
     path, X = _store(tmp_path, rng, preset)
     st = gpuquant.open(path)
-    q = gpuquant.Quantizer(preset, backend="numpy")
-    ref = q.inverse_transform((q.fit(X) if q.scheme.needs_fit else q).transform(X))
+    q = fitted(preset, X)
+    ref = q.inverse_transform(q.transform(X))
     ids = rng.integers(0, len(X), 300)
     ids[:3] = [502, 0, 502]
     got = st.get_rows(ids)
