@@ -6,7 +6,7 @@ Subcommands::
     gpuquant fit INPUT --scheme S [--param k=v ...] -o QUANTIZER.json
     gpuquant convert INPUT OUTPUT (--scheme S [--param k=v ...] | --quantizer Q.json)
                                            fit if needed, transform, write the OUTPUT directory
-                                           (--workers N / --scheduler ADDRESS: on Dask, gpuquant.dask)
+                                           (--workers N / --scheduler ADDRESS: on Dask, gpuquant.cluster)
     gpuquant export-info [NAME] [--dim D]  how to load an export preset's codes (Qdrant, pgvector, ...)
     gpuquant inspect PATH                  a quantizer JSON, a converted directory or a .npy file
     gpuquant doctor                        GPU, driver, CUDA, CuPy, cuVS, NVML: what works, why not
@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from gpuquant import io as gio
+from gpuquant import files as gio
 from gpuquant._version import __version__
 from gpuquant.errors import GpuquantError, InputError
 
@@ -337,11 +337,11 @@ def _convert_device(args: argparse.Namespace) -> str:
 
 
 def _convert_dask(args: argparse.Namespace, path: Any, q: Any, device: str, demo: bool) -> dict[str, Any]:
-    """``convert`` on a Dask cluster (``--scheduler ADDRESS`` or ``--workers N``): gpuquant.dask."""
+    """``convert`` on a Dask cluster (``--scheduler ADDRESS`` or ``--workers N``): gpuquant.cluster."""
     if args.scheduler and args.workers:
         raise UsageError("gpuquant convert: error: --scheduler (an existing cluster) and --workers (a local one) "
                          "exclude each other")
-    from gpuquant import dask as gdask
+    from gpuquant import cluster as gdask
 
     with gdask.cluster_client(args.scheduler, args.workers, device) as client:
         log.info("Dask cluster: %s", client)

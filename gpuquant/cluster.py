@@ -65,7 +65,7 @@ from gpuquant.api import as_quantizer
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
 from gpuquant.errors import BackendUnavailableError, InputError
 
-log = logging.getLogger("gpuquant.dask")
+log = logging.getLogger("gpuquant.cluster")
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 #: Input bytes per row chunk when gpuquant chunks a file source (``convert`` without ``batch_rows``).
@@ -78,7 +78,7 @@ def _dask() -> Any:
         import dask  # noqa: F401  (absolute import: the top-level dask package, not this module)
         import dask.array as da
     except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
-        raise BackendUnavailableError(f"gpuquant.dask needs Dask: pip install 'gpuquant[dask]' ({exc})") from None
+        raise BackendUnavailableError(f"gpuquant.cluster needs Dask: pip install 'gpuquant[dask]' ({exc})") from None
     return da
 
 
@@ -275,7 +275,7 @@ def packed(q: Any, X: Any, device: str = "auto") -> Any:
     """The uint8 Dask array of packed codes + side arrays per row (:func:`layout` order)."""
     da = _dask()
     if not q.is_fitted:
-        raise InputError("the quantizer is not fitted: call gpuquant.dask.fit(q, X) first")
+        raise InputError("the quantizer is not fitted: call gpuquant.cluster.fit(q, X) first")
     X = _rows_only(X)
     width = sum(e[3] for e in layout(q.scheme, _dim(q, X)))
     return X.map_blocks(_encode_packed, _qjson(q), device, _dim(q, X), dtype=np.uint8, chunks=(X.chunks[0], (width,)),
@@ -333,7 +333,7 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
 
     A task whose run is not current (see :func:`_current`, asked before encoding and again before
     writing) writes nothing and returns an empty range."""
-    from gpuquant import io as gio
+    from gpuquant import files as gio
 
     root = Path(path)
     m = int(block.shape[0])

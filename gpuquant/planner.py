@@ -443,7 +443,7 @@ def plan(
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    from gpuquant.io import to_jsonable
+    from gpuquant.files import to_jsonable
 
     return to_jsonable(params)
 

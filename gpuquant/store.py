@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant import io as gio
+from gpuquant import files as gio
 from gpuquant._version import __version__
 from gpuquant.errors import GpuquantError, InputError
 
@@ -56,7 +56,7 @@ FORMAT_NAME = gio.FORMAT_NAME
 FORMAT_VERSION = gio.FORMAT_VERSION
 MANIFEST, QUANTIZER, CODES = gio.MANIFEST, gio.QUANTIZER, gio.CODES
 IN_PROGRESS, COMPLETE = "in_progress", "complete"
-#: Per-range completion records of a store written by parallel tasks (``gpuquant.dask``): one file
+#: Per-range completion records of a store written by parallel tasks (``gpuquant.cluster``): one file
 #: per finished row range, removed when the store is complete (whoever completes it).
 PARTS = ".parts"
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
-from gpuquant.io import atomic_file
+from gpuquant.files import atomic_file
 
 __all__ = ["DTYPES", "save_safetensors", "load_safetensors", "fp8_weight_tensors", "dequantize_fp8",
            "dequantize_gguf"]

@@ -19,7 +19,7 @@ from conftest import cli_run
 
 import gpuquant
 from gpuquant import cli
-from gpuquant import io as gio
+from gpuquant import files as gio
 
 PRESETS = [p.name for p in gpuquant.presets()]
 

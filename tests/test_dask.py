@@ -1,4 +1,4 @@
-"""gpuquant.dask: distributed fit / transform / store writing, checked bit for bit against the
+"""gpuquant.cluster: distributed fit / transform / store writing, checked bit for bit against the
 single-machine path, on a real ``distributed.LocalCluster`` of two worker processes (CPU), with a
 worker killed mid-run (the run completes; with no retries allowed it stops and ``resume`` finishes it)."""
 
@@ -19,7 +19,7 @@ import dask.array as da
 from conftest import assert_means_agree, fitted, matrix
 
 import gpuquant
-import gpuquant.dask as gd
+import gpuquant.cluster as gd
 from gpuquant import store as gstore
 from gpuquant.engine import ConvertError
 

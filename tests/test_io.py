@@ -1,4 +1,4 @@
-"""``gpuquant.io``: dtype views for ``.npy``, JSON conversion, and the converted directory's checks."""
+"""``gpuquant.files``: dtype views for ``.npy``, JSON conversion, and the converted directory's checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpuquant
-from gpuquant import io as gio
+from gpuquant import files as gio
 from gpuquant.errors import InputError
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant import io as gio
+from gpuquant import files as gio
 from gpuquant import store as gstore
 from gpuquant.api import Quantizer, as_quantizer
 from gpuquant.engine.fit import Rows, fit_stream

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant import io as gio
+from gpuquant import files as gio
 from gpuquant.errors import GpuquantError, InputError
 
 CHECKSUM_METHOD = "quick-v1"
