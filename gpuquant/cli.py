@@ -41,8 +41,9 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gpuquant import files as gio
+from gpuquant import store as gstore
 from gpuquant._version import __version__
-from gpuquant.errors import GpuquantError, InputError
+from gpuquant.errors import GpuquantError, InputError, UsageError
 
 log = logging.getLogger("gpuquant.cli")
 
@@ -53,10 +54,6 @@ ERROR_SAMPLE_ROWS = 1000
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Report = tuple[dict[str, Any], str]  # (JSON document, human text)
-
-
-class UsageError(Exception):
-    """A command-line usage error (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -463,7 +460,7 @@ def _inspect_npy(p: Path) -> Report:
 def _inspect_converted(p: Path) -> Report:
     from gpuquant import Quantizer
 
-    conv = gio.read_converted(p)
+    conv = gstore.read_converted(p)
     info = _quantizer_info(Quantizer.load(conv.quantizer_path, backend="numpy"))
     m = conv.manifest
     side = {k: _array_summary(v) if v.dtype.kind in "biuf" else {"shape": list(v.shape), "dtype": v.dtype.name}
@@ -505,7 +502,7 @@ def cmd_inspect(args: argparse.Namespace) -> Report:
         raise InputError(f"path not found: {p}")
     if p.is_dir():
         return _inspect_converted(p)
-    if p.name == gio.MANIFEST and gio.is_converted_dir(p.parent):
+    if p.name == gstore.MANIFEST and gstore.is_converted_dir(p.parent):
         return _inspect_converted(p.parent)
     with open(p, "rb") as f:
         magic = f.read(6)

@@ -6,6 +6,12 @@ per-block ``scales``) travel in ``codes.side``, a dict of arrays keyed by name; 
 arrays have an empty dict. ``codes.dim`` is the number of input dimensions (packed formats hold
 fewer bytes than dimensions, and odd dimensions leave padding). Arrays stay where they were made:
 numpy for the numpy backend, CuPy for the GPU backend.
+
+``codes.scheme`` is the name of the quantizer that made the codes, :attr:`gpuquant.Quantizer.name`:
+the preset's name (``"int8-row"``), or the family's when the quantizer was built from a family
+(``"scalar"``); a store's rows carry the name its manifest records. It is a label, never consulted
+to decode: decoding takes the quantizer's scheme. (Below the public API a backend may fill in the
+family; ``Quantizer.transform`` replaces it with the name.)
 """
 
 from __future__ import annotations

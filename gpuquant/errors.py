@@ -1,8 +1,17 @@
-"""The exceptions gpuquant raises, so callers can tell bad input from a failed run.
+"""Every exception class gpuquant defines, so callers can tell bad input from a failed run.
 
-``InputError`` subclasses ``ValueError`` (bad shapes, dtypes, parameters, NaN where a scheme refuses
-NaN); ``NotFittedError`` is raised when a quantizer that needs a range is used before ``fit``;
-``BackendUnavailableError`` when a backend that was asked for by name cannot run here.
+The tree::
+
+    GpuquantError                      every error gpuquant raises on purpose
+    ├── InputError (ValueError)        bad shapes, dtypes, parameters, paths; NaN a scheme refuses
+    │   └── StoreIncompleteError       a store read before its run finished
+    ├── NotFittedError (ValueError)    a quantizer that needs fitted state used before ``fit``
+    ├── BackendUnavailableError        a backend asked for by name cannot run here (says why)
+    ├── KernelCompileError             NVRTC refused one of gpuquant's kernel files
+    ├── ConvertError (RuntimeError)    a conversion stopped while streaming; the store is resumable
+    ├── StoreBusyError (RuntimeError)  another run holds the output's lock
+    └── SourceReadError (OSError)      reading the source failed while converting
+    UsageError (Exception)             a command-line usage error (exit code 2), the CLI's own
 """
 
 from __future__ import annotations
@@ -22,3 +31,27 @@ class NotFittedError(GpuquantError, ValueError):
 
 class BackendUnavailableError(GpuquantError, RuntimeError):
     """An explicitly requested backend cannot run on this machine (the message says why)."""
+
+
+class KernelCompileError(GpuquantError, RuntimeError):
+    """NVRTC failed to compile one of gpuquant's kernel files."""
+
+
+class ConvertError(GpuquantError, RuntimeError):
+    """The stream stopped (write or read error); the store is left resumable."""
+
+
+class StoreBusyError(GpuquantError, RuntimeError):
+    """Another run holds the output's lock."""
+
+
+class StoreIncompleteError(InputError):
+    """The store is unfinished (its manifest's ``state.status`` is ``"in_progress"``)."""
+
+
+class SourceReadError(GpuquantError, OSError):
+    """Reading the source failed while converting (I/O error, file shrank)."""
+
+
+class UsageError(Exception):
+    """A command-line usage error (exit code 2)."""

@@ -1,84 +1,54 @@
-"""File input and output of gpuquant: reading ``.npy`` matrices, and the converted-codes directory.
+"""Files gpuquant reads and writes that are not the code store: ``.npy`` input matrices, the dtype
+rule for ``.npy`` files, JSON conversion and atomic file writes. (The code store's format is
+:mod:`gpuquant.store`'s, built on these.)
 
 Reading (:func:`load_matrix`): a ``.npy`` file is checked before any data is touched (magic,
 header, dtype, ndim and that the file is as long as its header says) and then memory-mapped
 read-only, so a large input is never read whole by this function. Every problem is raised as
 :class:`gpuquant.InputError` naming the file and what is wrong with it.
 
-The converted directory (:func:`write_converted`, :func:`read_converted`) holds::
+Writing arrays whose dtype ``.npy`` cannot describe (ml_dtypes float8 / bfloat16 / int4):
+:func:`storage_view` views them as the unsigned integer of the same width (uint8 / uint16), so the
+file holds the exact bytes and plain ``np.load`` reads it; :func:`logical_view` undoes it.
 
-    OUTPUT/
-      codes.npy        the codes, exactly as the peer stores them; dtypes that ``.npy`` cannot
-                       describe (ml_dtypes float8 / bfloat16 / int4) are stored as a view of the
-                       unsigned integer of the same width (uint8 / uint16)
-      <name>.npy       one file per side array of the codes (e.g. ``scales.npy``), same rule
-      quantizer.json   the fitted quantizer (``Quantizer.load`` reads it)
-      manifest.json    format, gpuquant version, scheme, params, and for codes and every side
-                       array: file, shape, logical ``dtype`` and ``stored_dtype``; plus the source
-
-Every file is plain: ``np.load(OUTPUT / "codes.npy", mmap_mode="r")`` works without gpuquant.
-This is the format of :mod:`gpuquant.store` (which ``gpuquant convert`` streams into, in place,
-resumably); :func:`write_converted` writes a whole in-memory ``Codes`` at once, already complete.
-The directory is written into a temporary sibling (``.OUTPUT.partial-*``), each file flushed and
-fsync'ed, and then renamed into place, so a reader never sees a half-written OUTPUT. Replacing an
-existing OUTPUT (``overwrite=True``) is allowed only for a previous gpuquant output or an empty
-directory; it renames the old one aside, renames the new one in, then deletes the old one (POSIX
-has no atomic exchange of two directories, so OUTPUT is briefly absent, never partial).
+Writing a file atomically (:func:`atomic_file`, :func:`write_json_atomic`): a temporary sibling,
+flushed, fsync'ed and renamed onto the target, so a reader sees the old file or the new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
-import re
-import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import ml_dtypes  # noqa: F401  (registers float8/bfloat16/int4 names with numpy.dtype)
 import numpy as np
 
-from ._version import __version__
-from .errors import InputError
+from gpuquant.errors import InputError
 
 __all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MANIFEST",
-    "QUANTIZER",
-    "CODES",
-    "Converted",
+    "FLOAT_DTYPES",
+    "NpyHeader",
+    "atomic_file",
+    "check_length",
+    "check_matrix_header",
+    "fsync_path",
     "load_matrix",
+    "logical_view",
     "read_npy_header",
     "storage_view",
-    "logical_view",
     "to_jsonable",
-    "write_converted",
-    "read_converted",
-    "is_converted_dir",
     "write_json_atomic",
-    "atomic_file",
 ]
-
-log = logging.getLogger(__name__)
-
-FORMAT_NAME = "gpuquant-codes"
-#: 2: the streamed store (``gpuquant.store``): ``rows``, ``dim`` and ``state`` in the manifest.
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
-QUANTIZER = "quantizer.json"
-CODES = "codes.npy"
 
 #: Source dtypes a quantizer accepts.
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-_SIDE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +96,8 @@ def read_npy_header(path: str | os.PathLike[str]) -> NpyHeader:
     return NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran), offset)
 
 
-def _check_length(p: Path, header: NpyHeader) -> None:
+def check_length(p: Path, header: NpyHeader) -> None:
+    """Raise :class:`InputError` when the file is shorter than its header says."""
     have = p.stat().st_size - header.data_offset
     if have < header.data_bytes:
         raise InputError(
@@ -166,7 +137,7 @@ def load_matrix(path: str | os.PathLike[str], *, mmap: bool = True) -> np.ndarra
     p = Path(path)
     header = read_npy_header(p)
     check_matrix_header(p, header)
-    _check_length(p, header)
+    check_length(p, header)
     try:
         return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -269,224 +240,3 @@ def write_json_atomic(path: str | os.PathLike[str], doc: Any) -> None:
     with atomic_file(path) as f:
         json.dump(to_jsonable(doc), f, indent=2, allow_nan=False)
         f.write("\n")
-
-
-# --------------------------------------------------------------------------------------------
-# the converted directory
-
-
-class _Saveable(Protocol):
-    def save(self, path: str | os.PathLike[str]) -> Any: ...
-
-
-class _CodesLike(Protocol):
-    data: Any
-    side: Mapping[str, Any]
-    scheme: str
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> dict[str, Any]:
-    view, logical, stored = storage_view(np.asarray(arr))
-    with open(path, "wb") as f:
-        np.save(f, view, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"file": path.name, "shape": list(view.shape), "dtype": logical, "stored_dtype": stored}
-
-
-def is_converted_dir(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` is a directory whose ``manifest.json`` says it is a gpuquant output."""
-    manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == FORMAT_NAME
-
-
-def check_output(path: str | os.PathLike[str], overwrite: bool) -> None:
-    """Raise :class:`InputError` if writing a converted directory to ``path`` is not allowed.
-
-    Refused: an existing ``path`` without ``overwrite``; with ``overwrite``, anything but a
-    previous gpuquant output directory or an empty directory (never a file or a foreign folder);
-    a parent directory that does not exist.
-    """
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise InputError(f"output's parent directory does not exist: {p.parent}")
-    if not (p.exists() or p.is_symlink()):
-        return
-    if not overwrite:
-        raise InputError(f"output already exists: {p} (pass --overwrite / overwrite=True to replace it)")
-    if p.is_symlink() or not p.is_dir():
-        raise InputError(f"refusing to overwrite {p}: it is not a directory")
-    if not (is_converted_dir(p) or not any(p.iterdir())):
-        raise InputError(
-            f"refusing to overwrite {p}: it is not a gpuquant output directory (no gpuquant {MANIFEST})"
-        )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.rename(tmp, dest)
-        return
-    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-    os.rename(dest, old / dest.name)
-    try:
-        os.rename(tmp, dest)
-    except BaseException:
-        os.rename(old / dest.name, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def check_side_names(names: Iterable[str]) -> None:
-    """Raise :class:`InputError` for a side array name that cannot be a file name in the output."""
-    for name in names:
-        if not _SIDE_NAME.match(name) or name in ("codes", "manifest", "quantizer"):
-            raise InputError(f"side array name {name!r} cannot be a file name in the output")
-
-
-def manifest_head(extra: Mapping[str, Any]) -> dict[str, Any]:
-    """A manifest's first fields: format tag and version, gpuquant version; then ``extra`` (JSON-able)."""
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpuquant_version": __version__,
-            **to_jsonable(dict(extra))}
-
-
-@contextlib.contextmanager
-def partial_dir(dest: Path) -> Iterator[Path]:
-    """A new temporary sibling of ``dest`` (``.DEST.partial-*``) to fill, removed if the block raises;
-    :func:`move_into_place` renames it to ``dest``."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal directory's mode
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def move_into_place(tmp: Path, dest: Path, replace: bool) -> None:
-    """fsync the filled directory ``tmp``, rename it to ``dest`` (swapping an existing ``dest`` out
-    when ``replace``) and fsync the parent directory."""
-    fsync_path(tmp)
-    if replace:
-        _swap_into_place(tmp, dest)
-    else:
-        os.rename(tmp, dest)
-    fsync_path(dest.parent)
-
-
-def write_converted(
-    output: str | os.PathLike[str],
-    codes: _CodesLike,
-    quantizer: _Saveable,
-    manifest: Mapping[str, Any],
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write codes, side arrays, the quantizer and a manifest as the directory ``output``, atomically.
-
-    Args:
-        output: the directory to create.
-        codes: a :class:`gpuquant.Codes` (``data``, ``side``, ``scheme``).
-        quantizer: the fitted quantizer; its ``save`` writes ``quantizer.json``.
-        manifest: extra manifest fields (scheme, params, source, ...). ``format``,
-            ``format_version``, ``gpuquant_version``, ``codes``, ``side`` and ``quantizer`` are
-            filled in here.
-        overwrite: replace an existing gpuquant output directory (see :func:`check_output`).
-
-    Returns:
-        The path of the written directory.
-
-    Raises:
-        InputError: ``output`` exists (and may not be replaced), a side array has a name that
-            is not a plain identifier, or the parent directory is missing.
-    """
-    dest = Path(output)
-    check_output(dest, overwrite)
-    check_side_names(codes.side)
-    with partial_dir(dest) as tmp:
-        doc = _write_contents(tmp, codes, quantizer, manifest)
-        check_output(dest, overwrite)  # again: something may have appeared meanwhile
-        move_into_place(tmp, dest, replace=True)
-    log.info("wrote %s (%d files)", dest, len(doc["side"]) + 3)
-    return dest
-
-
-def _write_contents(
-    tmp: Path, codes: _CodesLike, quantizer: _Saveable, extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    doc = manifest_head(extra)
-    doc.setdefault("rows", int(np.asarray(codes.data).shape[0]))
-    doc.setdefault("dim", int(getattr(codes, "dim", 0) or np.asarray(codes.data).shape[1]))
-    doc["codes"] = _save_npy(tmp / CODES, np.asarray(codes.data))
-    doc["side"] = {name: _save_npy(tmp / f"{name}.npy", np.asarray(arr)) for name, arr in codes.side.items()}
-    quantizer.save(tmp / QUANTIZER)
-    fsync_path(tmp / QUANTIZER)
-    doc["quantizer"] = QUANTIZER
-    doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
-    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return doc
-
-
-@dataclass
-class Converted:
-    """A converted directory opened for reading: codes and side arrays memory-mapped."""
-
-    path: Path
-    manifest: dict[str, Any]
-    codes: np.ndarray
-    side: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def quantizer_path(self) -> Path:
-        return self.path / self.manifest.get("quantizer", QUANTIZER)
-
-
-def _open_entry(root: Path, entry: Mapping[str, Any], what: str) -> np.ndarray:
-    try:
-        p = root / entry["file"]
-        logical = entry["dtype"]
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{root / MANIFEST}: the entry for {what} lacks {exc}") from exc
-    header = read_npy_header(p)
-    _check_length(p, header)
-    arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    if list(arr.shape) != list(entry.get("shape", arr.shape)):
-        raise InputError(f"{p} has shape {arr.shape} but the manifest says {tuple(entry['shape'])}")
-    return logical_view(arr, logical)
-
-
-def read_converted(path: str | os.PathLike[str]) -> Converted:
-    """Open a directory written by :func:`write_converted` (codes and side arrays memory-mapped).
-
-    Raises:
-        InputError: not a gpuquant output directory, or a file in it is missing or inconsistent.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise InputError(f"not a directory: {root}")
-    if not is_converted_dir(root):
-        raise InputError(f"{root} is not a gpuquant output directory (no valid {MANIFEST})")
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(
-            f"{root} was written in format version {manifest['format_version']}; "
-            f"this gpuquant {__version__} reads up to {FORMAT_VERSION}"
-        )
-    codes = _open_entry(root, manifest.get("codes", {}), "codes")
-    side = {name: _open_entry(root, e, name) for name, e in manifest.get("side", {}).items()}
-    return Converted(root, manifest, codes, side)

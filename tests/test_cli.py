@@ -20,6 +20,7 @@ from conftest import cli_run
 import gpuquant
 from gpuquant import cli
 from gpuquant import files as gio
+from gpuquant import store as gstore
 
 PRESETS = [p.name for p in gpuquant.presets()]
 
@@ -151,7 +152,7 @@ def test_convert_every_preset_writes_what_transform_returns(
     assert manifest["source"]["shape"] == [203, 128] and manifest["source"]["dtype"] == "float32"
     assert doc["compression_ratio"] == pytest.approx(X.nbytes / ref.nbytes, rel=1e-3)
 
-    conv = gio.read_converted(out)
+    conv = gstore.read_converted(out)
     assert conv.codes.dtype == np.asarray(ref).dtype
     back = gpuquant.Quantizer.load(conv.quantizer_path, backend="numpy")
     codes_back = gpuquant.Codes(np.asarray(conv.codes), {k: np.asarray(v) for k, v in conv.side.items()},

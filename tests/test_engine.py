@@ -159,7 +159,7 @@ def test_nan_in_an_absmax_row_stops_with_the_row_and_a_resumable_state(tmp_path:
     with pytest.raises(InputError, match=r"row 321 of the input holds NaN or ±Inf.*keeps 300 of 500 rows.*--overwrite"):
         gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, progress=False)
     st = gpuquant.open(tmp_path / "o", allow_incomplete=True)
-    assert st.state["rows_done"] == 300
+    assert st.status["rows_done"] == 300
     np.testing.assert_array_equal(st.codes[:300], np.asarray(fit_codes("int8-row", X[:300])[1]))
     X[2, 0] = np.inf  # in the first batch: nothing is kept
     with pytest.raises(InputError, match="row 2 of the input"):
@@ -203,10 +203,10 @@ def test_disk_full_stops_with_a_resumable_state(tmp_path: Path, rng: np.random.G
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(gstore.os, "pwrite", full)  # call 1 is the lock file's pid, 2 and 3 two batches
+    monkeypatch.setattr(gstore.write.os, "pwrite", full)  # call 1 is the lock file's pid, 2 and 3 two batches
     with pytest.raises(ConvertError, match=r"No space left on device.*keeps 200 of 1000 rows.*--resume"):
         gpuquant.convert(X, tmp_path / "o", "fp8-e4m3", device="cpu", batch_rows=100, progress=False)
-    monkeypatch.setattr(gstore.os, "pwrite", real)
+    monkeypatch.setattr(gstore.write.os, "pwrite", real)
     rep = gpuquant.convert(X, tmp_path / "o", "fp8-e4m3", device="cpu", resume=True, batch_rows=64, progress=False)
     assert rep["resumed_from"] == 200
     assert_store_equals(tmp_path / "o", fit_codes("fp8-e4m3", X)[1])
@@ -231,7 +231,7 @@ def test_a_read_error_stops_with_a_resumable_state(tmp_path: Path, rng: np.rando
                                            r"rows.*--resume"):
         gpuquant.convert(tmp_path / "x.npy", tmp_path / "o", "int8-row", device="cpu", batch_rows=100, progress=False)
     monkeypatch.setattr(sources.os, "preadv", real)
-    assert gpuquant.open(tmp_path / "o", allow_incomplete=True).state["status"] == "in_progress"
+    assert gpuquant.open(tmp_path / "o", allow_incomplete=True).status["status"] == "in_progress"
     gpuquant.convert(tmp_path / "x.npy", tmp_path / "o", "int8-row", device="cpu", resume=True, progress=False)
     assert_store_equals(tmp_path / "o", fit_codes("int8-row", X)[1])
 
@@ -265,7 +265,7 @@ def test_resume_refuses_a_changed_source_or_scheme(tmp_path: Path, rng: np.rando
         gpuquant.convert(tmp_path / "x.npy", tmp_path / "o", "int8-row", device="cpu")
     with pytest.raises(InputError, match="row 350"):  # the same source resumes, and stops at the same row
         gpuquant.convert(tmp_path / "x.npy", tmp_path / "o", "int8-row", device="cpu", resume=True)
-    assert gpuquant.open(tmp_path / "o", allow_incomplete=True).state["rows_done"] == 300
+    assert gpuquant.open(tmp_path / "o", allow_incomplete=True).status["rows_done"] == 300
 
 
 def _slow_convert(src: Path, out: Path, *extra: str, sleep: str = "0.02") -> subprocess.Popen[str]:
@@ -305,7 +305,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, rng: np.random.Gen
         proc.stderr.close()  # type: ignore[union-attr]
     assert proc.returncode == -signal.SIGKILL
     st = gpuquant.open(tmp_path / "o", allow_incomplete=True)
-    assert st.state["status"] == "in_progress" and done <= st.state["rows_done"] < 10_000
+    assert st.status["status"] == "in_progress" and done <= st.status["rows_done"] < 10_000
     out = subprocess.run([sys.executable, "-m", "gpuquant", "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"),
                           "--scheme", "cuvs-sq8", "--resume", "--device", "cpu", "--format", "json"],
                          capture_output=True, text=True, timeout=120)
@@ -561,5 +561,5 @@ def test_the_gpu_pipeline_keeps_launched_batches_when_a_row_is_refused(tmp_path:
         w.close()
     src.close()
     st = gpuquant.open(tmp_path / "o", allow_incomplete=True)
-    assert st.state["rows_done"] == 600
+    assert st.status["rows_done"] == 600
     np.testing.assert_array_equal(st.codes[:600], np.asarray(fit_codes("int8-row", X[:600])[1]))

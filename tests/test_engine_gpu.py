@@ -75,10 +75,10 @@ def test_gpu_resumes_a_cpu_run_bit_for_bit(tmp_path: Path, rng: np.random.Genera
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(gstore.os, "pwrite", full)
+    monkeypatch.setattr(gstore.write.os, "pwrite", full)
     with pytest.raises(gpuquant.GpuquantError, match="--resume"):
         gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", batch_rows=500, progress=False)
-    monkeypatch.setattr(gstore.os, "pwrite", real)
+    monkeypatch.setattr(gstore.write.os, "pwrite", real)
     rep = gpuquant.convert(X, tmp_path / "o", "int8-row", device="gpu", resume=True, batch_rows=256, progress=False)
     assert rep["resumed_from"] > 0 and rep["state"]["status"] == "complete"
     ref = fit_codes("int8-row", X)[1]

@@ -1,4 +1,4 @@
-"""``gpuquant.files``: dtype views for ``.npy``, JSON conversion, and the converted directory's checks."""
+"""``gpuquant.files`` (dtype views for ``.npy``, JSON conversion) and ``gpuquant.store``'s whole-``Codes`` directory and its checks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 import gpuquant
 from gpuquant import files as gio
+from gpuquant import store as gstore
 from gpuquant.errors import InputError
 
 
@@ -47,30 +48,30 @@ def test_load_matrix_maps_the_file(tmp_path: Path) -> None:
 def _converted(tmp_path: Path) -> Path:
     X = np.random.default_rng(3).standard_normal((10, 64)).astype(np.float32)
     q = gpuquant.Quantizer("int4-block", backend="numpy").fit(X)
-    return gio.write_converted(tmp_path / "out", q.transform(X), q, {"scheme": "int4-block"})
+    return gstore.write_converted(tmp_path / "out", q.transform(X), q, {"scheme": "int4-block"})
 
 
 def test_read_converted_gives_codes_and_side_arrays(tmp_path: Path) -> None:
-    conv = gio.read_converted(_converted(tmp_path))
+    conv = gstore.read_converted(_converted(tmp_path))
     assert conv.codes.shape == (10, 32) and conv.side["scales"].shape == (10, 1)
-    assert conv.manifest["format"] == gio.FORMAT_NAME and conv.quantizer_path.is_file()
+    assert conv.manifest["format"] == gstore.FORMAT_NAME and conv.quantizer_path.is_file()
 
 
 def test_read_converted_detects_a_shape_mismatch(tmp_path: Path) -> None:
     out = _converted(tmp_path)
     np.save(out / "scales.npy", np.zeros((9, 1), np.float32))
     with pytest.raises(InputError, match="scales.npy has shape"):
-        gio.read_converted(out)
+        gstore.read_converted(out)
 
 
 def test_read_converted_refuses_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a gpuquant output"):
-        gio.read_converted(tmp_path)
+        gstore.read_converted(tmp_path)
 
 
 def test_side_names_must_be_file_names(tmp_path: Path) -> None:
     q = gpuquant.Quantizer("fp16")
     codes = gpuquant.Codes(np.zeros((2, 2), np.float16), {"../evil": np.zeros(2)}, "fp16", 2)
     with pytest.raises(InputError, match="side array name"):
-        gio.write_converted(tmp_path / "out", codes, q, {})
+        gstore.write_converted(tmp_path / "out", codes, q, {})
     assert list(tmp_path.iterdir()) == []

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from gpuquant.errors import GpuquantError
+from gpuquant.errors import KernelCompileError
 
 KERNEL_PACKAGE = "gpuquant.kernels"
 
@@ -44,10 +44,6 @@ BASE_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"\s*$')
 _LOG_RE = re.compile(r"^(?P<file>[^\s()]+)\((?P<line>\d+)\): (?P<kind>error|warning)(?P<msg>.*)$")
-
-
-class KernelCompileError(GpuquantError, RuntimeError):
-    """NVRTC failed to compile one of gpuquant's kernel files."""
 
 
 def read_kernel_text(filename: str) -> str:

@@ -41,7 +41,7 @@ from gpuquant.api import Quantizer, as_quantizer
 from gpuquant.engine.fit import Rows, fit_stream
 from gpuquant.engine.progress import Progress
 from gpuquant.engine.sources import PreparedSource, Source, SourceReadError, open_source
-from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError
+from gpuquant.errors import BackendUnavailableError, ConvertError, GpuquantError, InputError
 
 log = logging.getLogger("gpuquant.engine")
 
@@ -51,10 +51,6 @@ CPU_BATCH_BYTES = 8 * 2**20
 GPU_STREAMS = 2
 VERIFY_ROWS = 64
 ERROR_SAMPLE_ROWS = 1000
-
-
-class ConvertError(GpuquantError, RuntimeError):
-    """The stream stopped (write or read error); the store is left resumable."""
 
 
 def _device(device: str, scheme: Any) -> tuple[str, Any]:

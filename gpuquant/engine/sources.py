@@ -24,15 +24,11 @@ from typing import Any
 import numpy as np
 
 from gpuquant import files as gio
-from gpuquant.errors import GpuquantError, InputError
+from gpuquant.errors import InputError, SourceReadError
 
 CHECKSUM_METHOD = "quick-v1"
 CHECKSUM_BLOCK = 1 << 20
 FLOAT_DTYPES = gio.FLOAT_DTYPES
-
-
-class SourceReadError(GpuquantError, OSError):
-    """Reading the source failed while converting (I/O error, file shrank)."""
 
 
 @dataclass
@@ -234,7 +230,7 @@ class FileSource(Source):
 def _npy_file(p: Path) -> _File:
     header = gio.read_npy_header(p)
     gio.check_matrix_header(p, header)
-    gio._check_length(p, header)
+    gio.check_length(p, header)
     return _File(p, header.shape[0], header.shape[1], header.dtype, header.data_offset, header.fortran_order)
 
 

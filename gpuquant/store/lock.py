@@ -1,0 +1,68 @@
+"""The store's lock: one run at a time writes an output (see :mod:`gpuquant.store.layout`)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from gpuquant.errors import StoreBusyError
+
+
+class StoreLock:
+    """An exclusive ``flock`` on ``.NAME.lock`` next to the output directory ``NAME``.
+
+    The file is unlinked on release; acquiring re-checks that the locked file is still the one at
+    the path (another run may have unlinked it meanwhile), so two runs never both hold it.
+    """
+
+    def __init__(self, output: str | os.PathLike[str]) -> None:
+        out = Path(output)
+        self.output = out
+        self.path = out.parent / f".{out.name}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> StoreLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise StoreBusyError(
+                    f"{self.output} is being written by another gpuquant run{holder} (lock {self.path}); "
+                    "wait for it to finish, or stop it and continue with --resume") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self.fd = fd
+                return self
+            os.close(fd)  # the file we locked was unlinked by a run that just finished: retry
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            pid = os.pread(fd, 32, 0).decode().strip()
+        except OSError:
+            return ""
+        return f" (process {pid})" if pid.isdigit() else ""
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
