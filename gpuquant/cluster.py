@@ -32,7 +32,8 @@ for one worker per GPU). Every call runs on the active Dask scheduler: a ``distr
   it (one encode per chunk however many arrays are computed). Codes come back as numpy chunks.
 
 * :func:`to_store` / :func:`convert` write the codes into a gpuquant store
-  (:mod:`gpuquant.store`): the client takes the store's lock, fits, creates the store (files
+  (:mod:`gpuquant.store`) by the engine's convert run (:func:`gpuquant.engine.run.run` with a
+  :class:`DaskRunner`): the client takes the store's lock, fits, creates the store (files
   preallocated); each task encodes its row chunk and writes it with ``pwrite`` at its own rows,
   fsyncs, and then records its range in ``OUTPUT/.parts/`` (a file per range, written atomically).
   The client advances the manifest's ``rows_done`` over the finished prefix as tasks finish (so the
@@ -45,6 +46,8 @@ for one worker per GPU). Every call runs on the active Dask scheduler: a ``distr
   of an earlier run still executing on some worker writes nothing once it is not current, and on a
   failure the client waits (up to a minute) for running write tasks before it releases the lock.
   All workers must see the output directory at the same path (one machine, or a shared file system).
+
+* :func:`from_source` and :func:`cluster_client` come from :mod:`gpuquant.cluster_setup`.
 """
 
 from __future__ import annotations
@@ -62,24 +65,16 @@ import numpy as np
 
 from gpuquant import store as gstore
 from gpuquant.api import as_quantizer
+from gpuquant.cluster_setup import cluster_client, from_source
+from gpuquant.cluster_setup import import_dask as _dask
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
-from gpuquant.errors import BackendUnavailableError, InputError
+from gpuquant.engine.run import DEVICES, create_store, report, run
+from gpuquant.errors import ConvertError, InputError
 
 log = logging.getLogger("gpuquant.cluster")
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
-#: Input bytes per row chunk when gpuquant chunks a file source (``convert`` without ``batch_rows``).
-CHUNK_BYTES = 64 * 2**20
 PARTS = gstore.PARTS
-
-
-def _dask() -> Any:
-    try:
-        import dask  # noqa: F401  (absolute import: the top-level dask package, not this module)
-        import dask.array as da
-    except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
-        raise BackendUnavailableError(f"gpuquant.cluster needs Dask: pip install 'gpuquant[dask]' ({exc})") from None
-    return da
 
 
 def _scheduler(client: Any) -> Any:
@@ -368,58 +363,75 @@ def to_store(X: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "in
     file sources. ``source_desc`` replaces the manifest's ``source`` (default: the Dask array's name
     as the checksum, so ``resume`` needs the same graph). ``progress`` draws the engine's progress
     bar on stderr when it is a terminal."""
-    from gpuquant import engine as geng
-
-    t_start = time.perf_counter()
-    dst = Path(dst)
-    if device not in geng.DEVICES:
-        raise InputError(f"device must be one of {list(geng.DEVICES)}, got {device!r}")
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
     X = _rows_only(X)
-    q = geng.check_request(dst, quantizer_or_preset, params, resume, overwrite)
-    desc = source_desc or _describe(X)
-    with gstore.StoreLock(dst):
-        mode = gstore.check_output_free(dst, overwrite, resume)
-        if mode == "resume":
-            manifest = gstore.read_manifest(dst)
-            q = geng.check_resume(dst, manifest, desc, q)
-            chunks = tuple(int(c) for c in (manifest.get("state", {}).get("dask") or {}).get("chunks") or ())
-            # the recorded chunking, so that recorded ranges match; a store the single-machine engine
-            # started has none: its finished prefix is kept and the rest runs in X's own chunks
-            if chunks and sum(chunks) == X.shape[0] and tuple(X.chunks[0]) != chunks:
-                X = X.rechunk({0: chunks})
-        assert q is not None  # a new store got one above; a resumed one takes the stored quantizer
-        rows = DaskRows(X, getattr(q, "truncate_dim", None), client)  # what the checks read: take()
+    runner = DaskRunner(X, client=client, device=device, source_desc=source_desc or _describe(X),
+                        gather_bytes=gather_bytes, progress=bool(progress))
+    return run(Path(dst), quantizer_or_preset, params, runner, resume=resume, overwrite=overwrite)
+
+
+class DaskRunner:
+    """The steps of :func:`gpuquant.engine.run.run` on a Dask cluster: a Dask array's rows, the
+    cluster's fit (:func:`fit`), one write task per row chunk (:func:`_run_parts`)."""
+
+    def __init__(self, X: Any, *, client: Any, device: str, source_desc: dict[str, Any], gather_bytes: int,
+                 progress: bool) -> None:
+        self.X, self.client, self.device, self.desc = X, client, device, source_desc
+        self.gather_bytes, self.progress = gather_bytes, progress
+
+    def session(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict[str, Any]:
+        return self.desc
+
+    def resuming(self, manifest: dict[str, Any]) -> None:
+        chunks = tuple(int(c) for c in (manifest.get("state", {}).get("dask") or {}).get("chunks") or ())
+        # the recorded chunking, so that recorded ranges match; a store the single-machine engine
+        # started has none: its finished prefix is kept and the rest runs in X's own chunks
+        if chunks and sum(chunks) == self.X.shape[0] and tuple(self.X.chunks[0]) != chunks:
+            self.X = self.X.rechunk({0: chunks})
+
+    def prepare(self, q: Any) -> Rows:
+        return DaskRows(self.X, getattr(q, "truncate_dim", None), self.client)  # what the checks read: take()
+
+    def fit(self, q: Any, rows: Rows) -> None:
+        fit(q, self.X, client=self.client, gather_bytes=self.gather_bytes)
+
+    def open_writer(self, dst: Path, q: Any, rows: Rows, desc: dict[str, Any], mode: str) -> gstore.StoreWriter:
         n, d = rows.shape
         if mode == "resume":
-            fit_s = 0.0
             writer = gstore.reopen(dst)
         else:
-            fit_s = geng.check_and_fit(q, d, lambda: fit(q, X, client=client, gather_bytes=gather_bytes))
-            writer = geng.create_store(dst, q, n, d, desc, "dask", device, replace=mode == "replace")
+            writer = create_store(dst, q, n, d, desc, "dask", self.device, replace=mode == "replace")
         # a new run id: tasks of an earlier run still running on some worker stop writing
-        writer.checkpoint(writer.rows_done, dask={"chunks": [int(c) for c in X.chunks[0]], "run": uuid.uuid4().hex})
-        try:
-            stats = _run_parts(X, dst, q, writer, device, client, bool(progress))
-            store = writer.complete({"device": device}, verify=lambda st: geng.verify_sample(st, rows))
-        except BaseException as exc:
-            done = geng.rows_done(dst)
-            writer.close()
-            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
-                raise
-            raise geng.ConvertError(
-                f"the Dask run stopped ({type(exc).__name__}: {exc}); {dst} keeps {done} of {n} rows as a finished "
-                f"prefix and {len(_parts_done(dst))} finished chunks (unfinished): run again with resume=True "
-                "(--resume)") from exc
-        writer.close()
-    total_s = time.perf_counter() - t_start
-    row_in = int(X.shape[1]) * X.dtype.itemsize
-    skipped = stats["skipped_rows"]
-    return geng.report(store, rows, device=device, batch_rows=int(max(X.chunks[0])),
-                       resumed_from=skipped if mode == "resume" else None,
-                       extra={"dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"],
-                                       "skipped_chunks": stats["skipped"], "scheduler": stats["scheduler"]}},
-                       bytes_in=n * row_in, row_bytes=row_in, rows_run=n - skipped, stream_s=stats["seconds"],
-                       seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s})
+        writer.checkpoint(writer.rows_done, dask={"chunks": [int(c) for c in self.X.chunks[0]],
+                                                  "run": uuid.uuid4().hex})
+        return writer
+
+    def stream(self, writer: gstore.StoreWriter, q: Any, rows: Rows) -> dict[str, Any]:
+        return _run_parts(self.X, writer.path, q, writer, self.device, self.client, self.progress)
+
+    def failed(self, exc: BaseException, dst: Path, *, fresh: bool, done: int, rows: int) -> None:
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
+            return
+        raise ConvertError(
+            f"the Dask run stopped ({type(exc).__name__}: {exc}); {dst} keeps {done} of {rows} rows as a finished "
+            f"prefix and {len(_parts_done(dst))} finished chunks (unfinished): run again with resume=True "
+            "(--resume)") from exc
+
+    def report(self, store: gstore.Store, rows: Rows, stats: dict[str, Any], *, resumed: bool, start: int,
+               fit_s: float, total_s: float) -> dict[str, Any]:
+        X = self.X
+        n, row_in = int(X.shape[0]), int(X.shape[1]) * X.dtype.itemsize
+        skipped = stats["skipped_rows"]
+        return report(store, rows, device=self.device, batch_rows=int(max(X.chunks[0])),
+                      resumed_from=skipped if resumed else None,
+                      extra={"dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"],
+                                      "skipped_chunks": stats["skipped"], "scheduler": stats["scheduler"]}},
+                      bytes_in=n * row_in, row_bytes=row_in, rows_run=n - skipped, stream_s=stats["seconds"],
+                      seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s})
 
 
 def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: str, client: Any,
@@ -519,46 +531,6 @@ def _drain(c: Any, keys: set[Any], timeout: float = 60.0) -> None:
     log.warning("write tasks still running on Dask workers after %.0f s", timeout)
 
 
-# --------------------------------------------------------------------------------------------
-# file sources
-
-
-def _read_range(src: str, shape: Any, a: int, b: int) -> np.ndarray:
-    from gpuquant.engine.sources import open_source
-
-    s = open_source(src, shape=shape)
-    try:
-        return s.read(a, b)
-    finally:
-        s.close()
-
-
-def from_source(src: Any, *, shape: Any = None, chunk_rows: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """A Dask array over a gpuquant source (``.npy``, raw float32 with ``shape``, a directory of
-    ``.npy`` shards, or an array), one task per row chunk reading with the engine's readers, and the
-    source's description (with its quick checksum) for the manifest."""
-    da = _dask()
-    from dask import delayed
-
-    from gpuquant.engine.sources import open_source
-
-    s = open_source(src, shape=shape)
-    try:
-        n, d = s.shape
-        dtype, desc = s.dtype, s.describe()
-        rows = int(chunk_rows or max(1, CHUNK_BYTES // s.row_bytes))
-        if isinstance(src, (str, os.PathLike)):
-            path = str(Path(src).resolve())
-            parts = [da.from_delayed(delayed(_read_range, pure=True)(path, shape, a, min(n, a + rows)),
-                                     (min(n, a + rows) - a, d), dtype=dtype) for a in range(0, n, rows)]
-            X = da.concatenate(parts, axis=0)
-        else:
-            X = da.from_array(np.asarray(src), chunks=(rows, d))
-    finally:
-        s.close()
-    return X, desc
-
-
 def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "int8-row", *, client: Any = None,
             device: str = "auto", batch_rows: int | None = None, resume: bool = False, overwrite: bool = False,
             shape: Any = None, params: dict[str, Any] | None = None, source_info: dict[str, Any] | None = None,
@@ -574,48 +546,4 @@ def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "i
                     progress=progress)
 
 
-# --------------------------------------------------------------------------------------------
-# clusters
-
-
-@contextlib.contextmanager
-def cluster_client(scheduler: str | None = None, workers: int | None = None, device: str = "auto") -> Any:
-    """A ``distributed.Client``: connected to ``scheduler`` (an address), or to a new local cluster of
-    ``workers`` workers: one per GPU through ``dask_cuda.LocalCUDACluster`` when dask-cuda is installed,
-    a GPU is visible and ``device`` is not ``"cpu"``; otherwise ``workers`` processes of one thread."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise BackendUnavailableError(f"--scheduler / --workers need Dask: pip install 'gpuquant[dask]' ({exc})") from None
-    if scheduler:
-        with Client(scheduler) as c:
-            yield c
-        return
-    cluster: Any = None
-    if device != "cpu":
-        try:
-            from dask_cuda import LocalCUDACluster
-
-            from gpuquant.backends import availability
-
-            if availability("cupy")[0]:
-                cluster = LocalCUDACluster(n_workers=workers)
-        except ImportError:
-            cluster = None
-        except Exception as exc:  # noqa: BLE001 - no usable GPU: fall back to CPU processes
-            log.info("dask-cuda cluster not started (%s); using CPU processes", exc)
-            cluster = None
-    if cluster is None:
-        if device == "gpu":
-            raise BackendUnavailableError("--device gpu with --workers needs dask-cuda and a working GPU "
-                                          "(pip install dask-cuda)")
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-    try:
-        with Client(cluster) as c:
-            yield c
-    finally:
-        cluster.close()
-
-
-__all__ = ["DaskRows", "cluster_client", "convert", "fit", "from_source", "layout", "packed", "to_store", "transform"]
+__all__ = ["DaskRows", "DaskRunner", "cluster_client", "convert", "fit", "from_source", "layout", "packed", "to_store", "transform"]

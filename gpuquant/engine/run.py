@@ -1,0 +1,266 @@
+"""The convert run, written once: lock, resume check, fit, create, stream, check, report.
+
+:func:`run` is the sequence every conversion follows, whoever streams the rows:
+
+1. checks the request (``resume`` or ``overwrite``, the quantizer, the output's parent directory),
+   then locks ``dst`` (:class:`gpuquant.store.StoreLock`) and checks it: a new output,
+   ``overwrite`` (only a previous gpuquant output or an empty directory) or ``resume`` (an
+   unfinished store);
+2. opens and describes the source (the runner's): nothing is written before the input's shape,
+   dtype, length and shards are known to be good; a resume is refused when the source, scheme or
+   parameters changed (:func:`check_resume`) and then uses the store's own quantizer;
+3. fits the quantizer if it needs it (:func:`check_and_fit`, the runner's fit), unless a fitted
+   one is given or the run resumes;
+4. creates the store (every file preallocated, so a full disk is refused here; :func:`create_store`)
+   or reopens it;
+5. streams the rows (the runner's);
+6. fsyncs, checks (files, and sampled rows re-encoded with the numpy reference byte for byte:
+   :func:`verify_sample`), marks the store complete and returns the runner's report
+   (:func:`report`, with :func:`sample_error`). A failure goes to the runner, which says what is
+   kept and how to continue.
+
+A :class:`Runner` supplies the steps that differ: the single machine's
+(:class:`gpuquant.engine.local.LocalRunner`: a file or array source, the CPU or GPU pipeline) and
+the Dask cluster's (:mod:`gpuquant.cluster`: one task per row chunk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from gpuquant import files as gfiles
+from gpuquant import store as gstore
+from gpuquant.api import Quantizer, as_quantizer
+from gpuquant.engine.fit import Rows
+from gpuquant.engine.sources import Source
+from gpuquant.errors import ConvertError, GpuquantError, InputError
+
+log = logging.getLogger("gpuquant.engine")
+
+DEVICES = ("auto", "gpu", "cpu")
+VERIFY_ROWS = 64
+ERROR_SAMPLE_ROWS = 1000
+
+
+class Runner(Protocol):
+    """The steps of :func:`run` that depend on where the rows come from and who encodes them."""
+
+    #: where the rows were encoded, recorded in the manifest's ``state`` when the store completes
+    device: str
+
+    def session(self) -> contextlib.AbstractContextManager[Any]:
+        """Held while the store is locked: opens the source and closes it at the end."""
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``source``: kind, path, shape, dtype, checksum."""
+
+    def resuming(self, manifest: dict[str, Any]) -> None:
+        """Called before a resume with the store's manifest."""
+
+    def prepare(self, q: Any) -> Rows:
+        """The rows the fit and the checks read (truncated for Matryoshka); settles the device."""
+
+    def fit(self, q: Any, rows: Rows) -> None:
+        """Fit ``q`` (in place) on ``rows``."""
+
+    def open_writer(self, dst: Path, q: Any, rows: Rows, desc: dict[str, Any], mode: str) -> gstore.StoreWriter:
+        """A new store (``mode`` ``"new"`` or ``"replace"``: :func:`create_store`) or the unfinished one."""
+
+    def stream(self, writer: gstore.StoreWriter, q: Any, rows: Rows) -> dict[str, Any]:
+        """Encode and write rows ``writer.rows_done`` to the end; returns statistics for the report."""
+
+    def failed(self, exc: BaseException, dst: Path, *, fresh: bool, done: int, rows: int) -> None:
+        """Raise the error the caller sees for ``exc`` (the writer is closed, ``done`` rows are kept)."""
+
+    def report(self, store: gstore.Store, rows: Rows, stats: dict[str, Any], *, resumed: bool, start: int,
+               fit_s: float, total_s: float) -> dict[str, Any]:
+        """The run's report (a JSON-able dict; :func:`report` builds the common part)."""
+
+
+def run(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, runner: Runner, *, resume: bool,
+        overwrite: bool) -> dict[str, Any]:
+    """Convert into the store ``dst`` with ``runner`` (see the module docstring); returns the report."""
+    t_start = time.perf_counter()
+    q = check_request(dst, quantizer_or_preset, params, resume, overwrite)
+    with gstore.StoreLock(dst):
+        mode = gstore.check_output_free(dst, overwrite, resume)
+        with runner.session():
+            return _run_locked(dst, q, mode, runner, t_start)
+
+
+def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) -> dict[str, Any]:
+    desc = runner.describe()
+    resumed = mode == "resume"
+    if resumed:
+        manifest = gstore.read_manifest(dst)
+        q = check_resume(dst, manifest, desc, q)
+        runner.resuming(manifest)
+    rows = runner.prepare(q)
+    n, d = rows.shape
+    fit_s = 0.0 if resumed else check_and_fit(q, d, lambda: runner.fit(q, rows))
+    writer = runner.open_writer(dst, q, rows, desc, mode)
+    start = writer.rows_done
+    try:
+        stats = runner.stream(writer, q, rows)
+        store = writer.complete({"device": runner.device}, verify=lambda st: verify_sample(st, rows))
+    except BaseException as exc:
+        done = rows_done(dst)
+        writer.close()
+        runner.failed(exc, dst, fresh=not resumed, done=done, rows=n)
+        raise
+    writer.close()
+    return runner.report(store, rows, stats, resumed=resumed, start=start, fit_s=fit_s,
+                         total_s=time.perf_counter() - t_start)
+
+
+def _same_state(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool:
+    a, b = a or {}, b or {}
+    return set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+def check_request(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, resume: bool,
+                  overwrite: bool) -> Any:
+    """The checks made before taking the lock: ``resume`` or ``overwrite``, the quantizer (returned;
+    ``None`` when resuming without one: the store's is used), the output's parent directory."""
+    if resume and overwrite:
+        raise InputError("--resume continues an unfinished output and --overwrite replaces it: choose one")
+    q = None if (resume and quantizer_or_preset is None) else as_quantizer(quantizer_or_preset, params)
+    if not dst.parent.is_dir():
+        raise InputError(f"output's parent directory does not exist: {dst.parent}")
+    return q
+
+
+def check_resume(dst: Path, manifest: dict[str, Any], desc: dict[str, Any], q: Any | None) -> Any:
+    """The stored quantizer, after refusing a resume whose source or parameters changed."""
+    old = manifest.get("source", {})
+    for key in ("kind", "shape", "dtype"):
+        if old.get(key) != desc.get(key):
+            raise InputError(f"--resume refused: the source changed since {dst} was started ({key} was "
+                             f"{old.get(key)!r}, now {desc.get(key)!r}); use --overwrite to start again")
+    if (old.get("checksum") or {}).get("value") != (desc.get("checksum") or {}).get("value"):
+        raise InputError(f"--resume refused: the source changed since {dst} was started (its checksum "
+                         f"{(desc.get('checksum') or {}).get('method', '').split(':')[0]} differs: size, "
+                         "modification time or first/last MiB); use --overwrite to start again")
+    stored = Quantizer.load(dst / manifest.get("quantizer", gstore.QUANTIZER), backend="numpy")
+    stored.name = manifest.get("scheme", stored.name)
+    if q is not None:
+        same = (q.family == stored.family and gfiles.to_jsonable(q.scheme.params) == gfiles.to_jsonable(stored.scheme.params)
+                and (q.name == stored.name or q.name == q.family)
+                and getattr(q, "truncate_dim", None) == getattr(stored, "truncate_dim", None))
+        if not same:
+            raise InputError(f"--resume refused: {dst} was started with {stored.name!r} "
+                             f"{gfiles.to_jsonable(stored.scheme.params)}, not {q.name!r} {gfiles.to_jsonable(q.scheme.params)}")
+        if q.scheme.needs_fit and q.state is not None and not _same_state(q.state, stored.state):
+            raise InputError(f"--resume refused: the given quantizer's fitted state differs from the one {dst} "
+                             "was started with")
+    return stored
+
+
+def check_and_fit(q: Any, d: int, fit: Callable[[], Any]) -> float:
+    """Refuse a quantizer fitted on other than ``d`` dimensions or a scheme that cannot take ``d``;
+    run ``fit`` (which fits ``q``) unless ``q`` is fitted; returns the seconds the fit took."""
+    if q.dim is not None and q.dim != d:
+        raise InputError(f"the input has {d} dimensions but the quantizer was fitted on {q.dim}")
+    q.scheme.check_dim(d)
+    if q.is_fitted:
+        return 0.0
+    t0 = time.perf_counter()
+    fit()
+    return time.perf_counter() - t0
+
+
+def create_store(dst: Path, q: Any, rows: int, dim: int, desc: dict[str, Any], backend: str, device: str,
+                 replace: bool) -> gstore.StoreWriter:
+    """A new store for ``q``'s codes of ``rows`` x ``dim`` (:func:`gpuquant.store.create`), its manifest
+    recording the scheme, the source ``desc``, the backend and device, and how an export preset loads."""
+    manifest = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
+                "truncate_dim": getattr(q, "truncate_dim", None), "source": desc, "backend": backend,
+                "device": device, **_export_loading(q, dim)}
+    return gstore.create(dst, quantizer=q, rows=rows, dim=dim, manifest=manifest, replace=replace)
+
+
+def verify_sample(store: gstore.Store, source: Source | Rows, rows: int = VERIFY_ROWS) -> None:
+    """Re-encode sampled rows (first, last, evenly spaced) with the numpy reference; compare bytes."""
+    n = store.rows
+    idx = np.unique(np.concatenate([[0, n - 1], np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64)]))
+    x = np.asarray(source.take(idx), dtype=np.float32)
+    with np.errstate(all="ignore"):
+        codes, side = store.scheme.encode(x, store.quantizer.state)
+    stored = store.read_rows(idx)
+    got = stored.data
+    if got.tobytes() != np.ascontiguousarray(codes).tobytes() or any(
+            stored.side[k].tobytes() != np.ascontiguousarray(v).tobytes() for k, v in side.items()):
+        bad = [int(i) for j, i in enumerate(idx) if got[j].tobytes() != codes[j].tobytes()]
+        raise ConvertError(f"check failed: the codes stored in {store.path} differ from the reference encoding "
+                           f"(rows {bad[:5]}); the store stays unfinished")
+
+
+def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_SAMPLE_ROWS) -> dict[str, Any]:
+    """Relative reconstruction error ``||X - X^||_F / ||X||_F`` on up to ``rows`` evenly spaced rows,
+    decoding what the store holds (finite entries only)."""
+    n = store.rows
+    idx = np.unique(np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64))
+    ref = np.asarray(source.take(idx), dtype=np.float32).astype(np.float64)
+    got = store.decode(store.read_rows(idx)).astype(np.float64)
+    ok = np.isfinite(ref) & np.isfinite(got)
+    denom = float(np.linalg.norm(ref[ok]))
+    diff = ref[ok] - got[ok]
+    rel = float(np.linalg.norm(diff)) / denom if denom > 0 else float(np.linalg.norm(diff))
+    return {"rows": int(idx.size), "rel_error": rel, "max_abs_error": float(np.abs(diff).max()) if diff.size else 0.0}
+
+
+
+def report(store: gstore.Store, source: Source | Rows, *, device: str, batch_rows: int, resumed_from: int | None,
+           extra: dict[str, Any], bytes_in: int, row_bytes: int, rows_run: int, stream_s: float,
+           seconds: dict[str, float]) -> dict[str, Any]:
+    """The report of a conversion into the complete ``store``: its manifest, ``extra`` (how it ran),
+    the sizes, the throughput of the ``rows_run`` rows this run streamed (``row_bytes`` of input
+    each) in ``stream_s`` seconds, the reconstruction error on rows of ``source`` and ``seconds``
+    (rounded)."""
+    out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
+    return {
+        **store.manifest,
+        "output": str(store.path),
+        "rows": store.rows,
+        "dims": store.dim,
+        "device": device,
+        "batch_rows": batch_rows,
+        "resumed_from": resumed_from,
+        **extra,
+        "bytes_in": int(bytes_in),
+        "bytes_out": out_bytes,
+        "mb_in": round(bytes_in / 1e6, 3),
+        "mb_out": round(out_bytes / 1e6, 3),
+        "compression_ratio": round(bytes_in / out_bytes, 4) if out_bytes else None,
+        "throughput": {"rows_per_s": round(rows_run / stream_s, 1) if stream_s > 0 else None,
+                       "gb_per_s_in": round(rows_run * row_bytes / stream_s / 1e9, 4) if stream_s > 0 else None},
+        "reconstruction": sample_error(store, source),
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    }
+
+
+def _export_loading(q: Any, dim: int) -> dict[str, Any]:
+    """``{"loading": ...}`` for an export preset (how its consumer loads the codes), else ``{}``."""
+    try:
+        from gpuquant.export import loading_entry
+    except ImportError:  # pragma: no cover - the export module ships with gpuquant
+        return {}
+    entry = loading_entry(getattr(q, "preset", None), dim)
+    return {"loading": entry} if entry else {}
+
+
+def rows_done(dst: Path) -> int:
+    """The ``rows_done`` the manifest of ``dst`` records (0 when it cannot be read)."""
+    try:
+        return int(gstore.read_manifest(dst).get("state", {}).get("rows_done", 0))
+    except (GpuquantError, OSError, ValueError):
+        return 0
+
+
