@@ -1,0 +1,89 @@
+"""``gpuquant export-info`` (how a consumer loads an export preset's codes) and ``gpuquant inspect``
+(a quantizer JSON, a store or a ``.npy`` file; stores are read through :mod:`gpuquant.store`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gpuquant import files as gio
+from gpuquant import store as gstore
+from gpuquant.cli import render
+from gpuquant.cli.common import Report, array_summary, quantizer_info
+from gpuquant.errors import GpuquantError, InputError
+
+
+def cmd_export_info(args: argparse.Namespace) -> Report:
+    """How to load an export preset's codes into its consumer (or the list of export presets)."""
+    from dataclasses import asdict
+
+    from gpuquant import export
+
+    if not args.name:
+        rows = [{"name": e.preset, "consumer": e.consumer, "encoding": e.encoding} for e in export.EXPORTS.values()]
+        return {"exports": rows}, render.exports_text(rows)
+    info = export.export_info(args.name)
+    doc = {"export": export.loading_entry(args.name, args.dim) or asdict(info)}
+    return doc, export.render(info, args.dim)
+
+
+def _inspect_npy(p: Path) -> Report:
+    header = gio.read_npy_header(p)
+    doc = {"kind": "npy", "path": str(p), "shape": list(header.shape), "dtype": header.dtype.name,
+           "fortran_order": header.fortran_order, "bytes": header.data_bytes}
+    return doc, render.npy_text(doc)
+
+
+def _inspect_converted(p: Path) -> Report:
+    from gpuquant import Quantizer
+
+    conv = gstore.read_converted(p)
+    info = quantizer_info(Quantizer.load(conv.quantizer_path, backend="numpy"))
+    m = conv.manifest
+    side = {k: array_summary(v) if v.dtype.kind in "biuf" else {"shape": list(v.shape), "dtype": v.dtype.name}
+            for k, v in conv.side.items()}
+    doc = {"kind": "converted", "path": str(p), "manifest": m, "side_summary": side, "quantizer": info}
+    return doc, render.store_text(doc)
+
+
+def _inspect_quantizer(p: Path) -> Report:
+    from gpuquant import Quantizer
+
+    try:
+        q = Quantizer.load(p, backend="numpy")
+    except GpuquantError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{p} is not a gpuquant quantizer JSON ({type(exc).__name__}: {exc})") from exc
+    doc = {"kind": "quantizer", "path": str(p), "quantizer": quantizer_info(q)}
+    return doc, render.quantizer_file_text(doc)
+
+
+def cmd_inspect(args: argparse.Namespace) -> Report:
+    """Describe a quantizer JSON, a converted directory or a ``.npy`` file."""
+    p = Path(args.path)
+    if not p.exists():
+        raise InputError(f"path not found: {p}")
+    if p.is_dir():
+        return _inspect_converted(p)
+    if p.name == gstore.MANIFEST and gstore.is_converted_dir(p.parent):
+        return _inspect_converted(p.parent)
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        return _inspect_npy(p)
+    return _inspect_quantizer(p)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``export-info`` and ``inspect``."""
+    p = sub.add_parser("export-info", parents=[common],
+                       help="how to load an export preset's codes into its consumer (Qdrant, pgvector, GGUF, ...)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="an export preset; none: list them")
+    p.add_argument("--dim", type=int, help="fill the number of dimensions into the snippet")
+    p.set_defaults(func=cmd_export_info)
+
+    p = sub.add_parser("inspect", parents=[common], help="describe a quantizer JSON, an output directory or a .npy")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_inspect)

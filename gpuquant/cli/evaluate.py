@@ -1,0 +1,46 @@
+"""``gpuquant eval``: recall@k and reconstruction error of a scheme on DATA."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuquant import files as gio
+from gpuquant.cli import render
+from gpuquant.cli.common import BACKENDS, Report, get_quantizer, load_input, positive_int
+
+
+def cmd_eval(args: argparse.Namespace) -> Report:
+    """Reconstruction error and recall@k of a scheme on DATA (see gpuquant.evaluate)."""
+    from gpuquant.evaluate import evaluate
+
+    X, _ = load_input(args.data)
+    q = get_quantizer(args)
+    queries = gio.load_matrix(Path(args.queries)) if args.queries else None
+    start = time.perf_counter()
+    r = evaluate(np.asarray(X), q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
+                 rescore_with=args.rescore_with, backend=args.backend)
+    r["seconds"] = time.perf_counter() - start
+    return r, render.eval_text(r)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``eval``."""
+    p = sub.add_parser("eval", parents=[common], help="recall@k and reconstruction error of a scheme on DATA")
+    p.add_argument("data", metavar="DATA", help="a .npy matrix (the corpus), or 'demo'")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")
+    how.add_argument("--quantizer", metavar="Q.json", help="a saved, fitted quantizer")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a scheme parameter (repeatable)")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--queries", metavar="Q.npy", help="query vectors (default: the first --n-queries rows)")
+    held.add_argument("--n-queries", type=positive_int, default=1000, help="rows held out as queries (1000)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours (default 10)")
+    p.add_argument("--rescore", type=positive_int, metavar="M", help="re-rank k*M candidates with the float query")
+    p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.set_defaults(func=cmd_eval)
