@@ -16,11 +16,12 @@ from gpuquant._version import __version__
 from gpuquant.api import Quantizer, dequantize, quantize
 from gpuquant.backends import available_backends
 from gpuquant.codes import Codes
-from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError, NotFittedError
-from gpuquant.schemes import PRESETS, Preset, get_preset
-from gpuquant.planner import Plan, plan
-from gpuquant.store import Store, open  # noqa: A004 - gpuquant.open(path) opens a code store
 from gpuquant.engine import convert
+from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError, NotFittedError
+from gpuquant.planner import Plan, plan
+from gpuquant.schemes import PRESETS, Preset, get_preset
+from gpuquant.store import Store
+from gpuquant.store import open as open  # noqa: A004 - gpuquant.open(path) opens a code store
 
 
 def presets() -> list[Preset]:

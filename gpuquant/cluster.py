@@ -205,7 +205,8 @@ def layout(scheme: Any, dim: int) -> list[tuple[str, tuple[int, ...], np.dtype, 
     """``(name, shape per row, dtype, bytes per row)`` of the codes and each side array, in packing order."""
     out = []
     shape = tuple(scheme.code_shape(1, dim))[1:]
-    out.append(("codes", shape, np.dtype(scheme.code_dtype), int(np.prod(shape, dtype=np.int64)) * scheme.code_dtype.itemsize))
+    nbytes = int(np.prod(shape, dtype=np.int64)) * scheme.code_dtype.itemsize
+    out.append(("codes", shape, np.dtype(scheme.code_dtype), nbytes))
     for name, (sh, dt) in scheme.side_shapes(1, dim).items():
         tail = tuple(sh)[1:]
         out.append((name, tail, np.dtype(dt), int(np.prod(tail, dtype=np.int64)) * np.dtype(dt).itemsize))
@@ -546,4 +547,5 @@ def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "i
                     progress=progress)
 
 
-__all__ = ["DaskRows", "DaskRunner", "cluster_client", "convert", "fit", "from_source", "layout", "packed", "to_store", "transform"]
+__all__ = ["DaskRows", "DaskRunner", "cluster_client", "convert", "fit", "from_source", "layout", "packed", "to_store",
+           "transform"]

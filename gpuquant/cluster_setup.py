@@ -77,7 +77,8 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None, dev
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
-        raise BackendUnavailableError(f"--scheduler / --workers need Dask: pip install 'gpuquant[dask]' ({exc})") from None
+        raise BackendUnavailableError(
+            f"--scheduler / --workers need Dask: pip install 'gpuquant[dask]' ({exc})") from None
     if scheduler:
         with Client(scheduler) as c:
             yield c

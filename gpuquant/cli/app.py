@@ -6,6 +6,7 @@ code (see :mod:`gpuquant.cli`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -40,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record is emitted (not the one at setup)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -65,7 +66,7 @@ def _setup_logging(fmt: str) -> None:
 
 def _wants_json(argv: Sequence[str]) -> bool:
     args = list(argv)
-    pairs = zip(args, args[1:], strict=False)
+    pairs = itertools.pairwise(args)
     return "--format=json" in args or any(a == "--format" and b == "json" for a, b in pairs)
 
 
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.format, args.command, exc, EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail(args.format, args.command, RuntimeError("interrupted"), 130)
-    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as exit 1
+    except Exception as exc:  # the CLI reports every failure as exit 1 (logged with its traceback)
         log.debug("failure", exc_info=True)
         return _fail(args.format, args.command, exc, EXIT_FAILURE)
     if args.format == "json":

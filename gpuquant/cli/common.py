@@ -167,7 +167,7 @@ def backend_used(q: Any, strict: bool = False) -> str:
     """
     try:
         return str(q.backend.name)
-    except Exception:  # noqa: BLE001
+    except Exception:  # re-raised when strict, else only the label suffers
         if strict:
             raise
         return str(getattr(q, "backend_name", "?"))

@@ -94,7 +94,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """``convert`` and ``plan``."""
     p = sub.add_parser("convert", parents=[common], help="stream INPUT through a quantizer into the OUTPUT store")
     p.add_argument("input", metavar="INPUT",
-                   help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, or 'demo'")
+                   help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
+                        "or 'demo'")
     p.add_argument("output", metavar="OUTPUT", help="the store directory to write (must not exist)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", help="fit this preset or family on INPUT")
@@ -104,7 +105,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="auto (the GPU when one works and implements the scheme), gpu (never falls back), cpu")
     p.add_argument("--batch-rows", type=positive_int, metavar="N",
                    help="rows per batch (default: the planner's N_max on the GPU, 8 MiB of input on the CPU)")
-    p.add_argument("--shape", metavar="ROWS,DIM", help="INPUT is raw float32 of this shape (ROWS may be auto: from the file size)")
+    p.add_argument("--shape", metavar="ROWS,DIM",
+                   help="INPUT is raw float32 of this shape (ROWS may be auto: from the file size)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished store OUTPUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing gpuquant output directory")
     p.add_argument("--scheduler", metavar="ADDRESS",

@@ -10,6 +10,7 @@ from typing import Any
 
 from gpuquant import files as gio
 
+
 def mb(nbytes: float) -> float:
     return round(nbytes / 1e6, 3)
 
@@ -56,7 +57,7 @@ def schemes_text(rows: list[dict[str, Any]]) -> str:
 def fit_text(info: dict[str, Any], shape: tuple[int, ...], fit_s: float, out: Path) -> str:
     """``gpuquant fit``: what was fitted on what, in how long, and the quantizer."""
     lines = [f"fitted {info['scheme']} on {shape[0]} x {shape[1]} in {fit_s:.3f} s -> {out}"]
-    return "\n".join(lines + quantizer_lines(info))
+    return "\n".join([*lines, *quantizer_lines(info)])
 
 
 def convert_text(doc: dict[str, Any]) -> str:
@@ -104,7 +105,7 @@ def eval_text(r: dict[str, Any]) -> str:
 def exports_text(rows: list[dict[str, Any]]) -> str:
     """``gpuquant export-info`` without a NAME: the export presets and their consumers."""
     lines = [f"{r['name']:<18} {r['consumer']}" for r in rows]
-    return "\n".join(lines + ["details: gpuquant export-info NAME [--dim D]"])
+    return "\n".join([*lines, "details: gpuquant export-info NAME [--dim D]"])
 
 
 def npy_text(doc: dict[str, Any]) -> str:
@@ -122,17 +123,18 @@ def store_text(doc: dict[str, Any]) -> str:
         f"(stored as {m['codes']['stored_dtype']})",
         f"source   {m.get('source', {}).get('path')} {tuple(m.get('source', {}).get('shape', ()))} "
         f"{m.get('source', {}).get('dtype')}",
-        f"state    {m.get('state', {}).get('status', 'complete')}, {m.get('state', {}).get('rows_done', m.get('rows'))} "
+        f"state    {m.get('state', {}).get('status', 'complete')}, "
+        f"{m.get('state', {}).get('rows_done', m.get('rows'))} "
         f"of {m.get('rows')} rows written" + ("" if m.get("state", {}).get("status", "complete") == "complete"
                                               else " (continue with gpuquant convert ... --resume)"),
     ]
     lines += [fmt_summary(k, s) for k, s in side.items()]
-    return "\n".join(lines + quantizer_lines(info))
+    return "\n".join([*lines, *quantizer_lines(info)])
 
 
 def quantizer_file_text(doc: dict[str, Any]) -> str:
     """``gpuquant inspect`` of a quantizer JSON."""
-    return "\n".join([f"{doc['path']}: gpuquant quantizer"] + quantizer_lines(doc["quantizer"]))
+    return "\n".join([f"{doc['path']}: gpuquant quantizer", *quantizer_lines(doc["quantizer"])])
 
 
 HINTS = {

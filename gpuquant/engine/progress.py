@@ -56,7 +56,8 @@ class Progress:
         rows_s, bytes_s = self.rate()
         eta = (self.total - self.done) / rows_s if rows_s > 0 else float("inf")
         fill = int(frac * WIDTH)
-        return (f"{self.label} [{'#' * fill}{'.' * (WIDTH - fill)}] {100 * frac:5.1f}% {self.done:,}/{self.total:,} rows "
+        return (f"{self.label} [{'#' * fill}{'.' * (WIDTH - fill)}] {100 * frac:5.1f}% "
+                f"{self.done:,}/{self.total:,} rows "
                 f"{rows_s:,.0f} rows/s {bytes_s / 1e9:.2f} GB/s ETA {_eta(eta)}")
 
     def update(self, done: int) -> None:

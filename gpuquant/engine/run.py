@@ -151,12 +151,13 @@ def check_resume(dst: Path, manifest: dict[str, Any], desc: dict[str, Any], q: A
     stored = Quantizer.load(dst / manifest.get("quantizer", gstore.QUANTIZER), backend="numpy")
     stored.name = manifest.get("scheme", stored.name)
     if q is not None:
-        same = (q.family == stored.family and gfiles.to_jsonable(q.scheme.params) == gfiles.to_jsonable(stored.scheme.params)
+        new_params, old_params = gfiles.to_jsonable(q.scheme.params), gfiles.to_jsonable(stored.scheme.params)
+        same = (q.family == stored.family and new_params == old_params
                 and (q.name == stored.name or q.name == q.family)
                 and getattr(q, "truncate_dim", None) == getattr(stored, "truncate_dim", None))
         if not same:
             raise InputError(f"--resume refused: {dst} was started with {stored.name!r} "
-                             f"{gfiles.to_jsonable(stored.scheme.params)}, not {q.name!r} {gfiles.to_jsonable(q.scheme.params)}")
+                             f"{old_params}, not {q.name!r} {new_params}")
         if q.scheme.needs_fit and q.state is not None and not _same_state(q.state, stored.state):
             raise InputError(f"--resume refused: the given quantizer's fitted state differs from the one {dst} "
                              "was started with")

@@ -30,7 +30,7 @@ from gpuquant.store.layout import (
 
 def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
     value = doc.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise InputError(f"{where}: {key!r} is missing or not {getattr(kind, '__name__', kind)} (got {value!r})")
     return value
 
@@ -150,7 +150,8 @@ class Store:
             out = self.scheme.decode(self.codes[idx], side, self.quantizer.state, self.dim)
         return np.asarray(out, dtype=np.float32)
 
-    def iter_batches(self, batch_rows: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_batches(self, batch_rows: int = 65536, *, start: int = 0,
+                     stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """``(first_row, float32 rows)`` for consecutive batches of ``batch_rows`` rows."""
         if not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1:
             raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
@@ -215,7 +216,8 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False, 
         raise InputError(f"{root / qname} is missing (the fitted quantizer of this store)")
     q = Quantizer.load(root / qname, backend=backend)
     if q.family != family or gfiles.to_jsonable(q.scheme.params) != doc.get("params"):
-        raise InputError(f"{root / qname} does not match {m}: family {q.family!r} with {gfiles.to_jsonable(q.scheme.params)} "
+        raise InputError(f"{root / qname} does not match {m}: family {q.family!r} with "
+                         f"{gfiles.to_jsonable(q.scheme.params)} "
                          f"vs {family!r} with {doc.get('params')}")
     if q.dim is not None and q.dim != dim:
         raise InputError(f"{root / qname} was fitted on {q.dim} dimensions but {m} says dim={dim}")

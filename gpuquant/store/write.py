@@ -146,7 +146,7 @@ class StoreWriter:
         """Write rows ``start .. start + len`` of ``codes`` and each side array (any dtype of the same width)."""
         for name, arr in arrays.items():
             f = self.files[name]
-            buf = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+            buf = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
             pos = f.offset + start * f.row_bytes
             while len(buf):
                 n = os.pwrite(f.fd, buf, pos)
