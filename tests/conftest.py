@@ -1,10 +1,9 @@
 """Shared fixtures: fresh random data every run (seed printed in the header, fixed with
-GPUQUANT_TEST_SEED=...), the edge values every bit-exact test must include, the ``gpu`` skip, and
-helpers the test files share (reference quantizers, bit views, the in-process CLI)."""
+GPUQUANT_TEST_SEED=...) and the ``gpu`` skip. The helpers test files share are in ``helpers.py``
+(imported as ``from helpers import ...``; nothing is imported from this file)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -23,89 +22,11 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     return np.random.default_rng([SEED, *request.node.nodeid.encode()])
 
 
-def edge_values() -> np.ndarray:
-    """float32 values that break careless code: NaN (signs, payloads), ±Inf, ±0, subnormals, ties, limits."""
-    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FA00001, 0xFFFFFFFF], np.uint32)
-    special = [np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, -1.1754942e-38, 1e-40, -3e-39,
-               1.1754944e-38, 0.5, -0.5, 1.5, 2.5, -2.5, 127.5, -127.5, 0.49999997, 1.0, -1.0,
-               448.0, 464.0, 465.0, -480.0, 57344.0, 61439.0, 61440.0, 65504.0, 65519.0, 65520.0,
-               3.3895314e38, 3.4028235e38, -3.4028235e38, 1e-8, 7.0, 3.5, -3.5]
-    return np.concatenate([bits.view(np.float32), np.array(special, np.float32)])
-
-
-def finite_edge_values() -> np.ndarray:
-    v = edge_values()
-    return v[np.isfinite(v)]
-
-
-def matrix(rng: np.random.Generator, n: int, d: int, *, scale: float = 1.0, edges: np.ndarray | None = None) -> np.ndarray:
-    """Random float32 (n, d) data (several magnitudes); ``edges`` are scattered into it when given."""
-    x = (rng.standard_normal((n, d)) * scale * np.exp(rng.uniform(-3, 3, (n, 1)))).astype(np.float32)
-    if edges is not None and x.size:
-        flat = x.reshape(-1)
-        idx = rng.choice(flat.size, size=min(flat.size, edges.size), replace=False)
-        flat[idx] = edges[: idx.size]
-    return x
-
-
-def assert_means_agree(got: np.ndarray, want: np.ndarray, x32: np.ndarray) -> None:
-    """Per-column float32 means from float64 sums taken in different orders agree within the
-    float64 summation bound, ``(n - 1) * 2**-52 * sum|x|`` per column divided by n, plus one float32
-    ulp for each side's final rounding. (With values near ±3.4e38 the order alone can move a mean
-    far: no ulp count bounds it.)"""
-    n = x32.shape[0]
-    bound = max(n - 1, 1) * 2.0**-52 * np.abs(x32.astype(np.float64)).sum(axis=0) / n
-    ulp = np.spacing(np.maximum(np.abs(got), np.abs(want)).astype(np.float32)).astype(np.float64)
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    assert (diff <= bound + ulp).all(), (diff, bound, ulp)
-
-
-# -- helpers shared by the test files -------------------------------------------------------------
-def fitted(name: str, x, **params):
-    """A numpy-backend ``Quantizer(name, **params)``, fitted on ``x`` when its scheme needs a fit."""
-    from gpuquant import Quantizer
-
-    q = Quantizer(name, backend="numpy", **params)
-    return q.fit(x) if q.scheme.needs_fit else q
-
-
-def fit_codes(name: str, x, **params):
-    """``(q, q.transform(x))`` for ``q = fitted(name, x, **params)``: the in-memory reference codes."""
-    q = fitted(name, x, **params)
-    return q, q.transform(x)
-
-
-def bits(a) -> np.ndarray:
-    """The raw bits of a host array (or ``Codes``) as unsigned integers of its width, for bit-exact comparison."""
-    a = np.asarray(a)
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
-
-
-def cli_run(capsys: pytest.CaptureFixture[str], *argv) -> tuple[int, str, str]:
-    """``gpuquant.cli.main`` in-process on ``str()`` of each argument: (exit code, stdout, stderr)."""
-    from gpuquant import cli
-
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], *argv) -> tuple[int, dict]:
-    """``cli_run`` with ``--format json`` appended: (exit code, the JSON document on stdout)."""
-    code, out, _ = cli_run(capsys, *argv, "--format", "json")
-    return code, json.loads(out)
-
-
-def cupy_usable() -> tuple[bool, str]:
-    """(True, device) when the cupy backend works here (CuPy imports and a CUDA device runs kernels)."""
-    from gpuquant.backends.cupy_backend import CupyBackend
-
-    return CupyBackend.is_available()
-
-
 @pytest.fixture(scope="session")
 def gpu() -> None:
     """Skips the test without a usable GPU (see ``cupy_usable``)."""
+    from helpers import cupy_usable
+
     ok, why = cupy_usable()
     if not ok:
         pytest.skip(f"no usable GPU: {why}")

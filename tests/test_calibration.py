@@ -12,7 +12,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import bits, cli_json, fitted, matrix
+from helpers import bits, cli_json, fitted, matrix
 from gpuquant import InputError, Quantizer
 from gpuquant.cli import main
 from gpuquant.matryoshka import truncate_renormalize

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cli_run
+from helpers import cli_run
 
 import gpuquant
 from gpuquant import cli

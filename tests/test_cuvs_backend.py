@@ -8,7 +8,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import edge_values, finite_edge_values, matrix
+from helpers import edge_values, finite_edge_values, matrix
 from gpuquant.backends.cuvs_backend import CuvsBackend
 from gpuquant.schemes import make_scheme
 

@@ -16,7 +16,7 @@ pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import dask.array as da
-from conftest import assert_means_agree, fitted, matrix
+from helpers import assert_means_agree, fitted, matrix
 
 import gpuquant
 import gpuquant.cluster as gd

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cli_json, cli_run, fit_codes, matrix
+from helpers import cli_json, cli_run, fit_codes, matrix
 
 import gpuquant
 from gpuquant import store as gstore

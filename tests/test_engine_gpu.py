@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fit_codes, matrix
+from helpers import fit_codes, matrix
 
 import gpuquant
 from gpuquant.backends import supports

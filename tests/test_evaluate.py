@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpuquant
-from conftest import matrix
+from helpers import matrix
 from gpuquant.evaluate import evaluate
 
 

@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import edge_values, finite_edge_values, fitted, matrix
+from helpers import edge_values, finite_edge_values, fitted, matrix
 from consumers import (
     compressed_tensors_fp8,
     elastic_bit_bytes,

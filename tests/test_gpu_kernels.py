@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_means_agree, edge_values, finite_edge_values, matrix
-from conftest import bits as uint_bits
+from helpers import assert_means_agree, edge_values, finite_edge_values, matrix
+from helpers import bits as uint_bits
 
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_means_agree, edge_values, matrix
+from helpers import assert_means_agree, edge_values, matrix
 
 from gpuquant.backends.cupy_backend import SCALAR_PARAMS_DTYPE, binary_flip, scalar_params
 from gpuquant.backends.cupy_train import keys_to_values

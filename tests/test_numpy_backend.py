@@ -8,7 +8,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import bits, fitted, matrix
+from helpers import bits, fitted, matrix
 from gpuquant.backends import numpy_backend
 from gpuquant.schemes import make_scheme
 

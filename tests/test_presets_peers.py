@@ -14,7 +14,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import edge_values, finite_edge_values, fit_codes, matrix
+from helpers import edge_values, finite_edge_values, fit_codes, matrix
 from peers import (
     cuvs_binary,
     cuvs_inverse,

@@ -11,7 +11,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from conftest import bits, edge_values, fitted, matrix
+from helpers import bits, edge_values, fitted, matrix
 from gpuquant import InputError, NotFittedError, Quantizer
 
 PRESETS = [p.name for p in gpuquant.presets()]

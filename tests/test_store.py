@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fitted, matrix
+from helpers import fitted, matrix
 
 import gpuquant
 from gpuquant import store as gstore
