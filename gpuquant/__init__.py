@@ -8,26 +8,22 @@
 >>> # gpuquant.plan("int8-row", dim=768, rows=10**9, gpu_memory="80GiB")
 
 Layers: ``gpuquant.schemes`` (the math and its numpy reference), ``gpuquant.backends`` (numpy,
-cupy), the public API here, and the ``gpuquant`` command line. ``import gpuquant`` needs only numpy
-and ml_dtypes; CUDA libraries load when a GPU backend is first used.
+cupy), ``gpuquant.engine`` and ``gpuquant.store`` (streaming conversion into code stores), the
+public API (re-exported here; this file holds no implementation), and the ``gpuquant`` command
+line. ``import gpuquant`` needs only numpy and ml_dtypes; CUDA libraries load when a GPU backend is
+first used.
 """
 
 from gpuquant._version import __version__
-from gpuquant.api import Quantizer, dequantize, quantize
+from gpuquant.api import Quantizer, dequantize, presets, quantize
 from gpuquant.backends import available_backends
 from gpuquant.codes import Codes
 from gpuquant.engine import convert
 from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError, NotFittedError
 from gpuquant.planner import Plan, plan
-from gpuquant.schemes import PRESETS, Preset, get_preset
+from gpuquant.schemes import Preset, get_preset
 from gpuquant.store import Store
 from gpuquant.store import open as open  # noqa: A004 - gpuquant.open(path) opens a code store
-
-
-def presets() -> list[Preset]:
-    """Every named preset, in display order."""
-    return list(PRESETS.values())
-
 
 __all__ = [
     "BackendUnavailableError",

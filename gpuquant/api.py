@@ -39,7 +39,7 @@ from gpuquant.backends import Backend, device_code_dtype, is_device_array, resol
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError, NotFittedError
 from gpuquant.matryoshka import check_truncate_dim, truncate_renormalize
-from gpuquant.schemes import FAMILIES, PRESETS, make_scheme
+from gpuquant.schemes import FAMILIES, PRESETS, Preset, make_scheme
 
 FORMAT_TAG = "gpuquant.quantizer"
 FORMAT_VERSION = 1
@@ -278,3 +278,8 @@ def as_quantizer(spec: Quantizer | str, params: dict[str, Any] | None = None) ->
     if not isinstance(spec, str):
         raise InputError(f"expected a Quantizer or a preset/family name, got {type(spec).__name__}")
     return Quantizer(spec, backend="numpy", **(params or {}))
+
+
+def presets() -> list[Preset]:
+    """Every named preset, in display order."""
+    return list(PRESETS.values())
