@@ -43,14 +43,15 @@ from gpuquant.schemes.base import (
     NIBBLE_ORDERS,
     Scheme,
     State,
+    StateSpec,
     abs_max,
     choice,
     pack_nibbles,
     refuse_nonfinite_rows,
     sign_extend_nibble,
-    tensor_absmax,
     unpack_nibbles,
 )
+from gpuquant.schemes.statistics import AbsMax, FitSpec
 
 
 class AbsmaxScheme(Scheme):
@@ -117,10 +118,20 @@ class AbsmaxScheme(Scheme):
                 f"block_size={g} does not divide the row length d={d}; choose a block size that does"
             )
 
-    def fit(self, X: np.ndarray) -> State:
+    def fit_spec(self) -> FitSpec | None:
         if self.params["granularity"] != "tensor":
-            return {}
-        return {"scales": self.tensor_scale(tensor_absmax(X))}
+            return None
+        return FitSpec({"absmax": AbsMax()}, 1, "a tensor scale")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return {"scales": self.tensor_scale(stats["absmax"])}
+
+    def state_spec(self, d: int) -> StateSpec:
+        return {"scales": ((1,), np.dtype(F32))} if self.params["granularity"] == "tensor" else {}
+
+    def check_state(self, state: State) -> None:
+        if (state["scales"] < 0).any():
+            raise InputError("state array 'scales' must be >= 0")
 
     def tensor_scale(self, m: float | np.floating) -> np.ndarray:
         """The "tensor" state's scale ``f32(f32(m + f32(eps)) / qmax)``, shape (1,), of the absmax ``m``."""

@@ -23,13 +23,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gpuquant.errors import InputError
+from gpuquant.schemes.statistics import (
+    F32,
+    F64,
+    NAN_FIT_MESSAGE,
+    NONFINITE_FIT_MESSAGE,
+    FitSpec,
+    compute,
+)
 
-F32 = np.float32
-F64 = np.float64
 State = dict[str, np.ndarray]
+#: The fitted state's layout: array name -> (shape, dtype).
+StateSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 NIBBLE_ORDERS = ("low_first", "high_first")
-NAN_FIT_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
-NONFINITE_FIT_MESSAGE = "fit data contains NaN or ±Inf; remove or replace those rows before fitting"
+__all__ = ["F32", "F64", "NAN_FIT_MESSAGE", "NONFINITE_FIT_MESSAGE", "Scheme", "State", "StateSpec"]
 
 
 class Scheme(ABC):
@@ -82,9 +89,30 @@ class Scheme(ABC):
         """State known without data (e.g. given ranges, zero thresholds), else None."""
         return None
 
+    def fit_spec(self) -> FitSpec | None:
+        """The statistics the fit needs (:mod:`gpuquant.schemes.statistics`); None: no fit."""
+        return None
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        """The state from the results of :meth:`fit_spec`'s statistics (the only family-specific
+        step of every fit; each backend computes the statistics its own way)."""
+        raise NotImplementedError(f"scheme family {self.family!r} declares no fit")
+
     def fit(self, X: np.ndarray) -> State:
-        """Reference training on all rows of float32 ``X`` (none by default: the empty state)."""
+        """Reference training on all rows of float32 ``X``: the declared statistics by their numpy
+        reference, turned into the state (schemes without a fit: their initial state, or none)."""
+        spec = self.fit_spec()
+        if spec is None:
+            return self.initial_state() or {}
+        return self.from_statistics(compute(spec, X))
+
+    def state_spec(self, d: int) -> StateSpec:
+        """Names, shapes and dtypes of the fitted state for ``d`` dimensions (empty: no state)."""
         return {}
+
+    def check_state(self, state: State) -> None:
+        """Raise ``InputError`` if ``state``'s values break the family's rules (beyond shape, dtype
+        and finiteness, which :func:`gpuquant.schemes.state.check_state` checks for every family)."""
 
     def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Reference encoding of float32 ``X``: new code and side arrays."""
@@ -129,6 +157,29 @@ class Scheme(ABC):
         return self.code_dtype.itemsize * cols / 1024
 
 
+def validate_state(scheme: Scheme, state: State, d: int | None, where: str = "the quantizer file") -> None:
+    """Check a state read from outside (a saved file) against the layout ``scheme`` declares:
+    exactly the declared arrays, each float32 of the declared shape and finite, then the family's
+    own rules (:meth:`Scheme.check_state`). ``InputError`` naming the array otherwise."""
+    spec = scheme.state_spec(d or 0)
+    unknown = sorted(set(state) - set(spec))
+    if unknown:
+        raise InputError(f"unknown state array(s) {unknown} in {where} for scheme family {scheme.family!r}; "
+                         f"expected {sorted(spec)}")
+    for name, (shape, dtype) in spec.items():
+        a = state.get(name)
+        if a is None:
+            raise InputError(f"state array {name!r} is missing from {where}")
+        if a.dtype != dtype or tuple(a.shape) != shape:
+            raise InputError(f"state array {name!r} in {where} must be {dtype}{shape}, got {a.dtype}{tuple(a.shape)}")
+        if not np.isfinite(a).all():
+            raise InputError(f"state array {name!r} in {where} holds NaN or ±Inf")
+    try:
+        scheme.check_state(state)
+    except InputError as exc:
+        raise InputError(f"the state in {where} is invalid: {exc}") from None
+
+
 def scratch(tmp: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 array of ``shape``: a view of the caller's ``tmp`` buffer, or a new one."""
     if tmp is None:
@@ -159,29 +210,6 @@ def as_bool(params: dict[str, Any], key: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{key} must be True or False, got {value!r}")
     return bool(value)
-
-
-def require_rows(X: np.ndarray, minimum: int, why: str) -> None:
-    if X.shape[0] < minimum:
-        raise InputError(f"cannot fit {why} on {X.shape[0]} row(s): need at least {minimum}")
-
-
-def refuse_nan(X: np.ndarray) -> None:
-    if np.isnan(X).any():
-        raise InputError(NAN_FIT_MESSAGE)
-
-
-def tensor_absmax(X: np.ndarray) -> np.float32:
-    """``max |x|`` over every value of fit data ``X`` (0 for no values), refusing NaN and ±Inf.
-
-    One pass: the max propagates NaN, and ``|±Inf|`` is Inf, so the max is finite exactly when
-    every value is.
-    """
-    require_rows(X, 1, "a tensor scale")
-    m = np.abs(X).max(initial=F32(0))
-    if not np.isfinite(m):
-        raise InputError(NONFINITE_FIT_MESSAGE)
-    return m
 
 
 def abs_max(x: np.ndarray, tmp: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

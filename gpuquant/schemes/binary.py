@@ -30,14 +30,21 @@ import numpy as np
 
 from gpuquant.schemes.base import (
     F32,
-    F64,
     Scheme,
     State,
+    StateSpec,
     as_bool,
     choice,
-    refuse_nan,
-    require_rows,
 )
+from gpuquant.schemes.statistics import (
+    ColumnMean,
+    ColumnMedian,
+    FitSpec,
+    median_of,
+    median_ranks,
+)
+
+__all__ = ["BinaryScheme", "median_of", "median_ranks"]
 
 
 class BinaryScheme(Scheme):
@@ -79,20 +86,18 @@ class BinaryScheme(Scheme):
     def initial_state(self) -> State | None:
         return None  # zero thresholds need no state; see thresholds_for
 
-    def fit(self, X: np.ndarray) -> State:
+    def fit_spec(self) -> FitSpec | None:
         kind = self.params["threshold"]
         if kind == "zero":
-            return {}
-        require_rows(X, 1, f"{kind} thresholds")
-        refuse_nan(X)
-        n = X.shape[0]
-        if kind == "mean":
-            thr = (X.sum(axis=0, dtype=F64) / n).astype(F32)
-        else:
-            lo, hi = median_ranks(n)
-            part = np.partition(X, [lo, hi], axis=0)
-            thr = median_of(part[lo], part[hi])
-        return {"thresholds": thr}
+            return None
+        stat = ColumnMean() if kind == "mean" else ColumnMedian()
+        return FitSpec({"thresholds": stat}, 1, f"{kind} thresholds")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return {"thresholds": np.asarray(stats["thresholds"], F32)}
+
+    def state_spec(self, d: int) -> StateSpec:
+        return {} if self.params["threshold"] == "zero" else {"thresholds": ((d,), np.dtype(F32))}
 
     @staticmethod
     def thresholds_for(state: State | None, d: int) -> np.ndarray:
@@ -121,12 +126,3 @@ class BinaryScheme(Scheme):
         bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.params["bitorder"])
         return np.where(bits.astype(bool), F32(1), F32(-1))
 
-
-def median_ranks(n: int) -> tuple[int, int]:
-    """0-based ranks of the two middle values of ``n`` (equal for odd ``n``)."""
-    return (n - 1) // 2, n // 2
-
-
-def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The median threshold from the values at :func:`median_ranks`: ``float32((f64(a) + f64(b)) / 2)``."""
-    return ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)

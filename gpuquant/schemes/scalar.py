@@ -46,7 +46,6 @@ size every row is used and the range equals cuVS's exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,44 +55,31 @@ from gpuquant.errors import InputError
 from gpuquant.schemes.base import (
     F32,
     F64,
-    NAN_FIT_MESSAGE,
     NIBBLE_ORDERS,
     Scheme,
     State,
+    StateSpec,
     as_bool,
     choice,
     has_nan,
     pack_nibbles,
-    refuse_nan,
-    require_rows,
     scratch,
     sign_extend_nibble,
     unpack_nibbles,
 )
+from gpuquant.schemes.statistics import (
+    CUVS_MAX_SAMPLES,
+    CUVS_SEED,
+    FitSpec,
+    MinMax,
+    Quantile,
+    cuvs_sample_size,
+    quantile_positions,
+    sample_rows,
+)
 
-CUVS_MAX_SAMPLES = 1_000_000
-CUVS_SEED = 137
+__all__ = ["CUVS_MAX_SAMPLES", "CUVS_SEED", "ScalarScheme", "cuvs_sample_size", "quantile_positions", "sample_rows"]
 ROUNDINGS = ("half_away", "floor", "trunc", "half_even")
-
-
-def cuvs_sample_size(n: int, d: int) -> int:
-    """Rows cuVS sorts for its quantile: ``min(1_000_000 // d, n)`` (at least 1)."""
-    return max(1, min(CUVS_MAX_SAMPLES // d, n))
-
-
-def sample_rows(n: int, n_sample: int) -> np.ndarray:
-    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement."""
-    if n_sample >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(CUVS_SEED)
-    return np.sort(rng.choice(n, size=n_sample, replace=False))
-
-
-def quantile_positions(size: int, quantile: float) -> tuple[int, int]:
-    """cuVS's (pos_min, pos_max) into ``size`` sorted values for ``quantile``."""
-    q = float(np.float32(quantile))
-    pos_max = math.ceil((0.5 + 0.5 * q) * size) - 1
-    return size - pos_max - 1, pos_max
 
 
 class ScalarScheme(Scheme):
@@ -174,20 +160,28 @@ class ScalarScheme(Scheme):
             raise InputError(f"given ranges have {state['lo'].size} dimensions, input has {d}")
 
     # -- fit ----------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray) -> State:
+    def fit_spec(self) -> FitSpec | None:
         p = self.params
         if p["range"] == "given":
-            return self.initial_state()  # type: ignore[return-value]
+            return None
         per_dim = p["granularity"] == "dimension"
-        require_rows(X, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
         axis = 0 if per_dim else None
-        if p["range"] == "quantile":
-            lo, hi = self._fit_quantile(X, per_dim)
+        stat = (Quantile(p["quantile"], p["quantile_method"], axis) if p["range"] == "quantile"
+                else MinMax(axis))
+        return FitSpec({"range": stat}, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return self.finish_range(*stats["range"])
+
+    def state_spec(self, d: int) -> StateSpec:
+        if self.params["range"] == "given":
+            width = len(self.params["ranges"][0])
         else:
-            lo, hi = X.min(axis=axis), X.max(axis=axis)
-            if np.isnan(lo).any() or np.isnan(hi).any():
-                raise InputError(NAN_FIT_MESSAGE)
-        return self.finish_range(lo, hi)
+            width = d if self.params["granularity"] == "dimension" else 1
+        return {"lo": ((width,), np.dtype(F32)), "hi": ((width,), np.dtype(F32))}
+
+    def check_state(self, state: State) -> None:
+        self._check_range(state["lo"], state["hi"])
 
     def finish_range(self, lo: np.ndarray, hi: np.ndarray) -> State:
         """The state from a fitted min and max (or quantile pair): ``[-max|.|, max|.|]`` for
@@ -199,16 +193,6 @@ class ScalarScheme(Scheme):
         hi = np.asarray(hi, F32).reshape(-1).copy()
         self._check_range(lo, hi)
         return {"lo": lo, "hi": hi}
-
-    def _fit_quantile(self, X: np.ndarray, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
-        n, d = X.shape
-        rows = n if self.params["quantile_method"] == "exact" else cuvs_sample_size(n, d)
-        sample = X if rows >= n else X[sample_rows(n, rows)]
-        refuse_nan(sample)
-        values = np.array(sample, dtype=F32) if per_dim else np.array(sample, F32).reshape(-1)
-        lo_pos, hi_pos = quantile_positions(values.shape[0], self.params["quantile"])
-        part = np.partition(values, [lo_pos, hi_pos], axis=0)
-        return part[lo_pos], part[hi_pos]
 
     @staticmethod
     def _check_range(lo: np.ndarray, hi: np.ndarray) -> None:

@@ -33,16 +33,18 @@ from typing import Any
 
 import numpy as np
 
+from gpuquant.errors import InputError
 from gpuquant.schemes import floatcast
 from gpuquant.schemes.base import (
     F32,
     Scheme,
     State,
+    StateSpec,
     abs_max,
     choice,
     refuse_nonfinite_rows,
-    tensor_absmax,
 )
+from gpuquant.schemes.statistics import AbsMax, FitSpec
 
 #: format -> (fp8 dtype, max finite value M), as the ``float`` family casts them.
 FORMATS: dict[str, tuple[np.dtype, float]] = {f: floatcast.FORMATS[f][:2] for f in ("e4m3", "e5m2")}
@@ -88,10 +90,20 @@ class ScaledFp8Scheme(Scheme):
         """``max(f32(amax / M), FLT_EPSILON)`` as float32."""
         return np.maximum((np.asarray(amax, F32) / F32(self.max_finite)).astype(F32), FLT_EPSILON)
 
-    def fit(self, X: np.ndarray) -> State:
+    def fit_spec(self) -> FitSpec | None:
         if self.params["granularity"] != "tensor":
-            return {}
-        return {"weight_scale": self.scale_of(tensor_absmax(X)).reshape(1)}
+            return None
+        return FitSpec({"absmax": AbsMax()}, 1, "a tensor scale")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return {"weight_scale": self.scale_of(stats["absmax"]).reshape(1)}
+
+    def state_spec(self, d: int) -> StateSpec:
+        return {"weight_scale": ((1,), np.dtype(F32))} if self.params["granularity"] == "tensor" else {}
+
+    def check_state(self, state: State) -> None:
+        if (state["weight_scale"] <= 0).any():
+            raise InputError("state array 'weight_scale' must be > 0")
 
     def encode_into(
         self,
