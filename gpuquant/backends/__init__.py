@@ -150,6 +150,6 @@ def array_module(x: Any) -> Any:
 def device_code_dtype(scheme: Scheme) -> np.dtype:
     """dtype of the codes on the device (fp8 -> uint8, bf16 -> uint16: CuPy lacks those dtypes)."""
     dtype = scheme.code_dtype
-    if scheme.family == "float" and scheme.params["format"] != "fp16":
+    if dtype.isbuiltin == 2:  # a type numpy itself lacks (ml_dtypes fp8, bfloat16): so does CuPy
         return np.dtype(np.uint8 if dtype.itemsize == 1 else np.uint16)
     return dtype

@@ -31,6 +31,7 @@ from gpuquant.backends.cupy_device import (
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.floatcast import refuse_nonfinite_codes
+from gpuquant.schemes.granularity import PerBlock, PerTensor
 from gpuquant.schemes.scalar import (
     affine_scale_zp,
     cuvs_scale_offset,
@@ -92,13 +93,13 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     ``lo``, ``hi``; floor ``lo``, ``step = f32(hi - lo) / L`` (1 where 0); trunc ``lo``,
     ``vdiff = f32(hi - lo)``; half_even ``scale = step``, ``zp = f32(0 - lo / scale)``.
     """
-    p = scheme.params
+    p = scheme.config
     L, H = scheme.levels, scheme.half
     lo = np.asarray(lo, np.float32).reshape(-1)
     hi = np.asarray(hi, np.float32).reshape(-1)
     out = np.zeros(lo.size, SCALAR_PARAMS_DTYPE)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rounding = p["rounding"]
+        rounding = p.rounding
         if rounding == "half_away":
             out["d0"], out["d1"] = cuvs_scale_offset(lo, hi, L, H)
             out["f0"], out["f1"] = lo, hi
@@ -113,11 +114,11 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def _scalar_args(constant: Any, scheme: Scheme, state: dict[str, Any], n: int, d: int) -> tuple[Any, ...]:
     """Arguments of ``scalar_encode`` / ``scalar_decode`` after their input and output arrays."""
-    p = scheme.params
+    p = scheme.config
     params = scalar_params(scheme, state["lo"], state["hi"])
     return (i64(n), i64(d), constant("scalar_params", params.view(np.uint8), np.uint8),
-            i32(params.size > 1), i32(ROUNDINGS[p["rounding"]]), i32(p["bits"]), i32(p["signed"]),
-            i32(p["nibble_order"] == "high_first"))
+            i32(params.size > 1), i32(ROUNDINGS[p.rounding]), i32(p.bits), i32(p.signed),
+            i32(p.nibble_order == "high_first"))
 
 
 @launcher("scalar", "encode")
@@ -152,7 +153,7 @@ def binary_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     thr = None if thr is None else constant("thresholds", thr, np.float32)
     _kernel(f"binary_encode<{INPUT_TYPES[x.dtype]}>")(
         (_row_blocks(n, (d + 7) // 8),), (THREADS,),
-        (x, codes, i64(n), i64(d), thr, i32(scheme.params["bitorder"] == "big"), i32(binary_flip(scheme))),
+        (x, codes, i64(n), i64(d), thr, i32(scheme.config.bitorder == "big"), i32(binary_flip(scheme))),
     )
 
 
@@ -161,7 +162,7 @@ def binary_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, 
     n, d = (int(s) for s in y.shape)
     _kernel("binary_decode")(
         (_row_blocks(n, int(c.shape[1])),), (THREADS,),
-        (c, y, i64(n), i64(d), i32(scheme.params["bitorder"] == "big"), i32(binary_flip(scheme))),
+        (c, y, i64(n), i64(d), i32(scheme.config.bitorder == "big"), i32(binary_flip(scheme))),
     )
 
 
@@ -175,20 +176,20 @@ def _word(a: Any) -> str:
 @launcher("float", "encode")
 def float_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     n, d = (int(s) for s in x.shape)
-    p = scheme.params
+    p = scheme.config
     _kernel(f"float_encode<{INPUT_TYPES[x.dtype]}, {_word(codes)}>")(
         (_row_blocks(n, d),), (THREADS,),
-        (x, codes, i64(n), i64(d), i32(FORMATS[p["format"]]), i32(p["saturate"])),
+        (x, codes, i64(n), i64(d), i32(FORMATS[p.format]), i32(p.saturate)),
     )
-    if p["nonfinite"] == "raise":
-        refuse_nonfinite_codes(codes, p["format"])
+    if p.nonfinite == "raise":
+        refuse_nonfinite_codes(codes, p.format)
 
 
 @launcher("float", "decode")
 def float_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
     n, d = (int(s) for s in y.shape)
     _kernel(f"float_decode<{_word(c)}>")(
-        (_row_blocks(n, int(c.shape[1])),), (THREADS,), (c, y, i64(n), i64(d), i32(FORMATS[scheme.params["format"]]))
+        (_row_blocks(n, int(c.shape[1])),), (THREADS,), (c, y, i64(n), i64(d), i32(FORMATS[scheme.config.format]))
     )
 
 
@@ -197,8 +198,9 @@ def float_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, s
 
 def _segments(scheme: Scheme, d: int) -> tuple[int, int]:
     """(values per scale, scales per row) of an absmax scheme (one segment per row for "tensor")."""
-    if scheme.params["granularity"] == "block":
-        return scheme.params["block_size"], scheme.groups(d)
+    g = scheme.granularity
+    if isinstance(g, PerBlock):
+        return g.size, d // g.size
     return d, 1
 
 
@@ -206,15 +208,15 @@ def _segments(scheme: Scheme, d: int) -> tuple[int, int]:
 def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     cp = cupy_module()
     n, d = (int(s) for s in x.shape)
-    p = scheme.params
+    p = scheme.config
     seg_len, groups = _segments(scheme, d)
     bad = cp.full(1, np.iinfo(np.uint64).max, dtype=cp.uint64)
-    tensor = p["granularity"] == "tensor"
+    tensor = isinstance(scheme.granularity, PerTensor)
     scales = constant("tensor_scale", state["scales"], np.float32) if tensor else side["scales"]
     _kernel(f"absmax_encode<{INPUT_TYPES[x.dtype]}>")(
         (grid_for(n * groups * 32),), (THREADS,),
-        (x, codes, scales, bad, i64(n), i64(d), i64(seg_len), i64(groups), i32(p["bits"]),
-         i32(p["nibble_order"] == "high_first"), np.float32(p["eps"]), scales, i32(tensor)),
+        (x, codes, scales, bad, i64(n), i64(d), i64(seg_len), i64(groups), i32(p.bits),
+         i32(p.nibble_order == "high_first"), np.float32(p.eps), scales, i32(tensor)),
     )
     row = int(bad.get()[0])
     if row != np.iinfo(np.uint64).max:
@@ -225,14 +227,14 @@ def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
 def absmax_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
     cp = cupy_module()
     n, d = (int(s) for s in y.shape)
-    p = scheme.params
+    p = scheme.config
     seg_len, groups = _segments(scheme, d)
-    tensor = p["granularity"] == "tensor"
+    tensor = isinstance(scheme.granularity, PerTensor)
     # side["scales"] went through as_device: already C-contiguous (astype keeps that).
     scales = (constant("tensor_scale", state["scales"], np.float32) if tensor
               else cp.asarray(side["scales"], dtype=cp.float32))
     _kernel("absmax_decode")(
         (_row_blocks(n, int(c.shape[1])),), (THREADS,),
-        (c, scales, y, i64(n), i64(d), i64(seg_len), i64(groups), i32(p["bits"]),
-         i32(p["nibble_order"] == "high_first"), i32(tensor)),
+        (c, scales, y, i64(n), i64(d), i64(seg_len), i64(groups), i32(p.bits),
+         i32(p.nibble_order == "high_first"), i32(tensor)),
     )

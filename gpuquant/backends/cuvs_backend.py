@@ -106,7 +106,7 @@ class CuvsBackend:
 def _scalar_fit(backend: CuvsBackend, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
     from cuvs.preprocessing.quantize import scalar
 
-    trained = scalar.train(scalar.QuantizerParams(quantile=scheme.params["quantile"]), _contiguous(X))
+    trained = scalar.train(scalar.QuantizerParams(quantile=scheme.config.quantile), _contiguous(X))
     lo, hi = np.float32(trained.min), np.float32(trained.max)
     backend._trained[(float(lo), float(hi))] = trained
     return {"lo": np.array([lo], np.float32), "hi": np.array([hi], np.float32)}

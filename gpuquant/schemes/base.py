@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from gpuquant.errors import InputError
+from gpuquant.schemes.granularity import Granularity
 from gpuquant.schemes.statistics import (
     F32,
     F64,
@@ -36,34 +38,61 @@ State = dict[str, np.ndarray]
 #: The fitted state's layout: array name -> (shape, dtype).
 StateSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 NIBBLE_ORDERS = ("low_first", "high_first")
-__all__ = ["F32", "F64", "NAN_FIT_MESSAGE", "NONFINITE_FIT_MESSAGE", "Scheme", "State", "StateSpec"]
+__all__ = ["F32", "F64", "NAN_FIT_MESSAGE", "NONFINITE_FIT_MESSAGE", "Params", "Scheme", "State", "StateSpec"]
+
+
+class Params:
+    """Base of the families' typed parameters: frozen dataclasses whose ``__post_init__`` checks
+    every value once (``InputError`` naming it) and normalises it; field order is the order the
+    parameters are saved in."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as saved (quantizer files, store manifests), in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def _set(self, name: str, value: Any) -> None:
+        """Normalise a field inside ``__post_init__`` (the dataclass is frozen)."""
+        object.__setattr__(self, name, value)
 
 
 class Scheme(ABC):
     """One code format with its parameters. Subclasses define one family each."""
 
     family: ClassVar[str]
-    defaults: ClassVar[Mapping[str, Any]]
+    params_type: ClassVar[type[Params]]
+    #: True when the reconstruction keeps only the codes' pattern (binary signs), so a search must
+    #: compare quantized queries with it rather than the queries themselves.
+    search_in_code_space: ClassVar[bool] = False
+    #: Set by families whose encoding refuses rows holding NaN or ±Inf because of per-row or
+    #: per-block constants: the reason, quoted when the engine names such a row by its number.
+    nonfinite_rows_refused: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
+        known = [f.name for f in fields(self.params_type)]  # type: ignore[arg-type]
+        unknown = sorted(set(params) - set(known))
         if unknown:
             raise InputError(
                 f"unknown parameter(s) {unknown} for scheme family {self.family!r}; "
-                f"known: {sorted(self.defaults)}"
+                f"known: {sorted(known)}"
             )
-        merged = {**self.defaults, **params}
-        self.params: dict[str, Any] = self._validate(merged)
+        self.config = self.params_type(**params)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters as a dict (what quantizer files and manifests save)."""
+        return self.config.to_dict()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k != "ranges")
         return f"{type(self).__name__}({args})"
 
-    # -- what subclasses define ---------------------------------------------------------------
-    @abstractmethod
-    def _validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Check parameter values; return them normalised (JSON-serialisable)."""
+    @property
+    def granularity(self) -> Granularity | None:
+        """Which values share one set of constants (:mod:`gpuquant.schemes.granularity`); None for
+        formats without any (casts)."""
+        return None
 
+    # -- what subclasses define ---------------------------------------------------------------
     @property
     @abstractmethod
     def needs_fit(self) -> bool:
@@ -197,16 +226,14 @@ def has_nan(a: np.ndarray) -> bool:
     return bool(np.isnan(a).any())
 
 
-def choice(params: dict[str, Any], key: str, allowed: tuple[Any, ...]) -> Any:
-    """Return ``params[key]`` if it is one of ``allowed``, else raise a clear ``InputError``."""
-    value = params[key]
+def choice(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    """``value`` if it is one of ``allowed``, else a clear ``InputError`` naming parameter ``key``."""
     if value not in allowed:
         raise InputError(f"{key}={value!r} is not supported; choose one of {list(allowed)}")
     return value
 
 
-def as_bool(params: dict[str, Any], key: str) -> bool:
-    value = params[key]
+def as_bool(key: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{key} must be True or False, got {value!r}")
     return bool(value)

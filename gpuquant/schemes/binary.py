@@ -24,18 +24,21 @@ sign pattern, not the magnitudes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gpuquant.schemes.base import (
     F32,
+    Params,
     Scheme,
     State,
     StateSpec,
     as_bool,
     choice,
 )
+from gpuquant.schemes.granularity import Granularity, PerColumn
 from gpuquant.schemes.statistics import (
     ColumnMean,
     ColumnMedian,
@@ -47,38 +50,54 @@ from gpuquant.schemes.statistics import (
 __all__ = ["BinaryScheme", "median_of", "median_ranks"]
 
 
+@dataclass(frozen=True)
+class BinaryParams(Params):
+    """Parameters of the ``binary`` family (see the module docstring), checked once."""
+
+    threshold: str = "zero"
+    bitorder: str = "little"
+    signed: bool = False
+    signed_encoding: str = "offset"
+
+    def __post_init__(self) -> None:
+        choice("threshold", self.threshold, ("zero", "mean", "median"))
+        choice("bitorder", self.bitorder, ("little", "big"))
+        choice("signed_encoding", self.signed_encoding, ("offset", "twos_complement"))
+        as_bool("signed", self.signed)
+
+
 class BinaryScheme(Scheme):
     """Sign / threshold bits (see the module docstring)."""
 
     family = "binary"
-    defaults = {"threshold": "zero", "bitorder": "little", "signed": False, "signed_encoding": "offset"}
+    params_type = BinaryParams
+    config: BinaryParams
+    #: The reconstruction is a sign pattern only: searches compare quantized queries with it.
+    search_in_code_space = True
 
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "threshold", ("zero", "mean", "median"))
-        choice(p, "bitorder", ("little", "big"))
-        choice(p, "signed_encoding", ("offset", "twos_complement"))
-        as_bool(p, "signed")
-        return p
+    @property
+    def granularity(self) -> Granularity | None:
+        return None if self.config.threshold == "zero" else PerColumn()
 
     @property
     def flip(self) -> bool:
         """Whether the stored byte is the packed byte with its top bit flipped (offset encoding)."""
-        return bool(self.params["signed"]) and self.params["signed_encoding"] == "offset"
+        return bool(self.config.signed) and self.config.signed_encoding == "offset"
 
     def describe(self) -> dict[str, Any]:
-        p = self.params
-        return {"scope": "dimension" if p["threshold"] != "zero" else "none",
-                "range_method": f"threshold {p['threshold']}", "rounding": "x > threshold",
-                "bit_order": "lsb_first" if p["bitorder"] == "little" else "msb_first",
-                "encoding": (p["signed_encoding"] if p["signed"] else "unsigned")}
+        p = self.config
+        return {"scope": "dimension" if p.threshold != "zero" else "none",
+                "range_method": f"threshold {p.threshold}", "rounding": "x > threshold",
+                "bit_order": "lsb_first" if p.bitorder == "little" else "msb_first",
+                "encoding": (p.signed_encoding if p.signed else "unsigned")}
 
     @property
     def needs_fit(self) -> bool:
-        return self.params["threshold"] != "zero"
+        return self.config.threshold != "zero"
 
     @property
     def code_dtype(self) -> np.dtype:
-        return np.dtype(np.int8 if self.params["signed"] else np.uint8)
+        return np.dtype(np.int8 if self.config.signed else np.uint8)
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
         return (n, (d + 7) // 8)
@@ -87,7 +106,7 @@ class BinaryScheme(Scheme):
         return None  # zero thresholds need no state; see thresholds_for
 
     def fit_spec(self) -> FitSpec | None:
-        kind = self.params["threshold"]
+        kind = self.config.threshold
         if kind == "zero":
             return None
         stat = ColumnMean() if kind == "mean" else ColumnMedian()
@@ -97,7 +116,7 @@ class BinaryScheme(Scheme):
         return {"thresholds": np.asarray(stats["thresholds"], F32)}
 
     def state_spec(self, d: int) -> StateSpec:
-        return {} if self.params["threshold"] == "zero" else {"thresholds": ((d,), np.dtype(F32))}
+        return {} if self.config.threshold == "zero" else {"thresholds": ((d,), np.dtype(F32))}
 
     @staticmethod
     def thresholds_for(state: State | None, d: int) -> np.ndarray:
@@ -114,7 +133,7 @@ class BinaryScheme(Scheme):
         tmp: np.ndarray | None = None,
     ) -> None:
         bits = X > self.thresholds_for(state, X.shape[1])
-        packed = np.packbits(bits, axis=1, bitorder=self.params["bitorder"])
+        packed = np.packbits(bits, axis=1, bitorder=self.config.bitorder)
         codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self.flip else packed
 
     def decode(
@@ -123,6 +142,6 @@ class BinaryScheme(Scheme):
         packed = np.asarray(codes).view(np.uint8)
         if self.flip:
             packed = packed ^ np.uint8(0x80)
-        bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.params["bitorder"])
+        bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.config.bitorder)
         return np.where(bits.astype(bool), F32(1), F32(-1))
 
