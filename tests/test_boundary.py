@@ -102,7 +102,7 @@ def test_the_declared_state_is_what_the_fit_returns(rng: np.random.Generator, na
 
 
 def test_every_kernel_family_has_both_launchers() -> None:
-    from gpuquant.backends.cupy_launchers import LAUNCHERS
+    from gpuquant.backends.cupy_backend import LAUNCHERS
 
     families = {family for family, _ in LAUNCHERS}
     assert families <= set(FAMILIES)

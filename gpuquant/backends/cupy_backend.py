@@ -42,18 +42,14 @@ from gpuquant.backends.cupy_device import (
     cupy_module,
     wrap_device,
 )
-from gpuquant.backends.cupy_launchers import (
-    LAUNCHERS,
-    NAME_EXPRESSIONS,
-    QUANTIZE_FILE,
-    SCALAR_PARAMS_DTYPE,
-    binary_flip,
-    scalar_params,
-)
+from gpuquant.backends.cupy_families import scalar as _scalar
+from gpuquant.backends.cupy_families.binary import binary_flip
+from gpuquant.backends.cupy_launch import LAUNCHERS, NAME_EXPRESSIONS, QUANTIZE_FILE
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
 
+SCALAR_PARAMS_DTYPE, scalar_params = _scalar.SCALAR_PARAMS_DTYPE, _scalar.scalar_params
 MIN_COMPUTE_CAPABILITY = 80
 #: The families the kernels implement (every parameter of each).
 FAMILIES = tuple(dict.fromkeys(family for family, _ in LAUNCHERS))
