@@ -107,10 +107,6 @@ class AbsmaxScheme(Scheme):
     def qmax(self) -> int:
         return 127 if self.config.bits == 8 else 7
 
-    @property
-    def needs_fit(self) -> bool:
-        return isinstance(self.granularity, PerTensor)
-
     def describe(self) -> dict[str, Any]:
         p = self.config
         return {"scope": p.granularity + (f" of {p.block_size}" if isinstance(self.granularity, PerBlock) else ""),

@@ -94,9 +94,9 @@ class Scheme(ABC):
 
     # -- what subclasses define ---------------------------------------------------------------
     @property
-    @abstractmethod
     def needs_fit(self) -> bool:
-        """Whether ``fit`` must run before ``transform`` (False: the codes need no trained state)."""
+        """Whether ``fit`` must run before ``transform``: the scheme declares statistics to learn."""
+        return self.fit_spec() is not None
 
     @property
     @abstractmethod

@@ -92,10 +92,6 @@ class BinaryScheme(Scheme):
                 "encoding": (p.signed_encoding if p.signed else "unsigned")}
 
     @property
-    def needs_fit(self) -> bool:
-        return self.config.threshold != "zero"
-
-    @property
     def code_dtype(self) -> np.dtype:
         return np.dtype(np.int8 if self.config.signed else np.uint8)
 

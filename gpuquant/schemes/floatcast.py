@@ -93,10 +93,6 @@ class FloatScheme(Scheme):
                 "encoding": self.config.format + (" saturating" if self.config.saturate else "")}
 
     @property
-    def needs_fit(self) -> bool:
-        return False
-
-    @property
     def code_dtype(self) -> np.dtype:
         return FORMATS[self.config.format][0]
 

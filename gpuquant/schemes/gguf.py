@@ -86,10 +86,6 @@ class GgufScheme(Scheme):
         return PerBlock(QK)
 
     @property
-    def needs_fit(self) -> bool:
-        return False
-
-    @property
     def code_dtype(self) -> np.dtype:
         return np.dtype(np.uint8)
 

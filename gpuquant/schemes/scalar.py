@@ -132,10 +132,6 @@ class ScalarScheme(Scheme):
         return GRANULARITIES[self.config.granularity]()
 
     # -- layout -------------------------------------------------------------------------------
-    @property
-    def needs_fit(self) -> bool:
-        return self.config.range != "given"
-
     def describe(self) -> dict[str, Any]:
         p = self.config
         method = p.range

@@ -82,10 +82,6 @@ class ScaledFp8Scheme(Scheme):
         return GRANULARITIES[self.config.granularity]()
 
     @property
-    def needs_fit(self) -> bool:
-        return isinstance(self.granularity, PerTensor)
-
-    @property
     def code_dtype(self) -> np.dtype:
         return FORMATS[self.config.format][0]
 
