@@ -1,10 +1,13 @@
 """What every scheme provides, and the helpers the families share.
 
-A scheme is the math of one code format: validated parameters, the code layout for an ``(n, d)``
-input, the fitted state it needs (float32 arrays such as ranges or thresholds), and three numpy
-reference functions:
+A scheme is the math of one code format: its parameters (a frozen :class:`Params` dataclass,
+validated once; ``scheme.config``), the code layout for an ``(n, d)`` input, what its fit needs and
+the fitted state it makes (float32 arrays such as ranges or thresholds, laid out as
+``state_spec(d)`` declares), and three numpy reference functions:
 
-* ``fit(X) -> state``: trains on all rows of ``X`` (float32, 2-D);
+* ``fit(X) -> state``: trains on all rows of ``X`` (float32, 2-D): the statistics ``fit_spec()``
+  names (:mod:`gpuquant.schemes.statistics`), turned into the state by ``from_statistics``; every
+  other fit (streaming, Dask, device) computes the same statistics its own way;
 * ``encode(X, state) -> (codes, side)``: codes laid out as the peer stores them, plus side arrays;
 * ``decode(codes, side, state, dim) -> float32``: the reconstruction.
 
