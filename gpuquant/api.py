@@ -40,6 +40,7 @@ from gpuquant.codes import Codes
 from gpuquant.errors import InputError, NotFittedError
 from gpuquant.matryoshka import check_truncate_dim, truncate_renormalize
 from gpuquant.schemes import FAMILIES, PRESETS, Preset, make_scheme
+from gpuquant.schemes.base import validate_state
 
 FORMAT_TAG = "gpuquant.quantizer"
 FORMAT_VERSION = 1
@@ -175,6 +176,8 @@ class Quantizer:
         state = doc.get("state")
         q.state = None if state is None else {k: _decode_array(v, k) for k, v in state.items()}
         q.dim = doc.get("dim")
+        if q.state is not None:
+            validate_state(q.scheme, q.state, q.dim)
         return q
 
     @classmethod

@@ -4,24 +4,24 @@ Install with ``pip install "gpuquant[dask]"`` (``dask[array]`` and ``distributed
 for one worker per GPU). Every call runs on the active Dask scheduler: a ``distributed.Client``
 (passed as ``client=`` or the default one), else Dask's local threads.
 
-* :func:`fit` fits on a Dask array by merging per-chunk statistics, with the same code as the
-  single-machine streaming fit (:func:`gpuquant.engine.fit.fit_rows`: this module only supplies
-  the row access, :class:`DaskRows`). What equals the single-machine fit:
+* :func:`fit` fits on a Dask array by merging per-chunk partials of the statistics the scheme
+  declares (``scheme.fit_spec()``), with the same code as the single-machine streaming fit
+  (:func:`gpuquant.engine.fit.fit_rows`: this module only supplies the row access,
+  :class:`DaskRows`). What equals the single-machine fit:
 
   - inputs of at most ``gather_bytes`` as float32: gathered and fitted by the reference: identical.
-  - min/max ranges, absmax, tensor-wide scales: per-chunk column min/max merged by min/max: exact.
-  - ``quantile_method="cuvs"``: the rows :func:`gpuquant.schemes.scalar.sample_rows` picks are
-    gathered (``X[rows]``) and given to the reference: identical at any size.
-  - ``quantile_method="exact"`` and the binary median: the three-pass radix select, each pass a
-    per-chunk histogram summed over the cluster: exact order statistics, identical.
-  - binary ``threshold="mean"``: per-chunk float64 column sums (each chunk summed row by row),
+  - ``MinMax`` and ``AbsMax``: per-chunk column min/max merged by min/max: exact.
+  - ``Quantile`` with ``method="cuvs"``: the rows :func:`gpuquant.schemes.statistics.sample_rows`
+    picks are gathered (``X[rows]``) and given to the reference: identical at any size.
+  - ``Quantile`` with ``method="exact"`` and ``ColumnMedian``: the three-pass radix select, each
+    pass a per-chunk histogram summed over the cluster: exact order statistics, identical.
+  - ``ColumnMean``: per-chunk float64 column sums (each chunk summed row by row),
     added on the client in chunk order. The single-machine path adds every row in order, so the
     float64 sums may differ in their last bits: both are recursive float64 sums of the same n
     values, each within ``(n - 1) * 2**-53 * sum(|x|)`` of the exact sum per column. After the
     division by n and the rounding to float32 (a relative step of ``2**-24``, 2**29 times coarser)
     the thresholds agree unless the exact mean lies within that bound of a float32 rounding
     boundary; for ``n < 2**20`` rows of values of one sign the bound is below ``2**-33`` relative.
-  - anything else: all rows gathered and fitted by the reference.
 
   CuPy chunks are copied to the host for the statistics (the statistics are small; the copy is
   the chunk).

@@ -76,7 +76,7 @@ def _rescore(xp: Any, queries: Any, rows: Any, candidates: Any, k: int) -> Any:
 
 def _search_space(q: Quantizer, codes_recon: Any, queries: Any) -> tuple[Any, Any]:
     """(query vectors, corpus vectors) the code search ranks by inner product."""
-    if q.family == "binary":
+    if q.scheme.search_in_code_space:
         return q.inverse_transform(q.transform(queries)), codes_recon
     return q._prepare(queries), codes_recon
 

@@ -52,6 +52,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ import numpy as np
 
 from gpuquant.api import as_quantizer
 from gpuquant.errors import BackendUnavailableError, InputError
+from gpuquant.schemes import statistics as st
 
 OPS = ("fit", "transform", "inverse", "convert")
 DEFAULT_HEADROOM = 0.10
@@ -68,7 +70,6 @@ DEFAULT_IN_FLIGHT = 2
 BATCH_CAP_BYTES = 256 * 2**20
 #: Bytes per second assumed for the time estimate when none are given or measured.
 DEFAULT_BANDWIDTHS: dict[str, float] = {"read": 2e9, "write": 1e9, "h2d": 25e9, "d2h": 25e9}
-CUVS_MAX_SAMPLES = 1_000_000
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
@@ -118,48 +119,43 @@ def row_bytes(scheme: Any, d: int, dtype: Any = np.float32) -> dict[str, int]:
 
 
 def state_bytes(scheme: Any, d: int) -> int:
-    """Bytes of the fitted state (float32 arrays) for ``d`` dimensions; 0 for schemes without one.
+    """Bytes of the fitted state for ``d`` dimensions, from the layout the scheme declares
+    (``state_spec``); 0 for schemes without state."""
+    return int(sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+                   for shape, dt in scheme.state_spec(d).values()))
 
-    The scheme's reference ``fit`` runs on 16 random rows of ``d`` values and its arrays are counted
-    (the state's size depends on ``d`` only); the table below is the fallback.
-    """
-    try:
-        state = scheme.fit(np.random.default_rng(0).standard_normal((16, d)).astype(np.float32)) \
-            if scheme.needs_fit else scheme.initial_state()
-        return int(sum(np.asarray(v).nbytes for v in (state or {}).values()))
-    except Exception:  # noqa: BLE001 - fall back to the table
-        pass
-    p, family = scheme.params, scheme.family
-    if family == "scalar":
-        per_dim = p["granularity"] == "dimension"
-        if p["range"] == "given":
-            per_dim = len(p["ranges"][0]) > 1
-        return 2 * (d if per_dim else 1) * 4
-    if family == "binary" and p["threshold"] != "zero":
-        return d * 4
-    return 0
+
+def _quantile_terms(stat: st.Quantile, d: int, rows: int | None) -> tuple[int, int, str]:
+    if stat.method == "cuvs":
+        sample_rows = max(1, st.CUVS_MAX_SAMPLES // d)
+        if rows is not None:
+            sample_rows = min(sample_rows, rows)
+        return 0, sample_rows * d * 4 * 2, "cuVS sample sorted as float32 (copy + sort buffer)"
+    if stat.axis == 0:
+        return 2 * d * 4, 0, "per-dimension order statistics sort a float32 copy"
+    return 0, 0, "radix select over the rows (three read passes, no copy)"
+
+
+#: What each statistic (:mod:`gpuquant.schemes.statistics`) costs the device fit beyond one read
+#: of the rows: (bytes per row, fixed bytes, note), or None for a plain read pass.
+FIT_TERMS: dict[type[st.Statistic], Callable[[Any, int, int | None], tuple[int, int, str] | None]] = {
+    st.MinMax: lambda stat, d, rows: None,
+    st.AbsMax: lambda stat, d, rows: None,
+    st.Quantile: _quantile_terms,
+    st.ColumnMean: lambda stat, d, rows: None,
+    st.ColumnMedian: lambda stat, d, rows: (2 * d * 4, 0, "per-dimension median sorts a float32 copy"),
+}
 
 
 def _fit_terms(scheme: Any, d: int, rows: int | None, b_x: int) -> tuple[int, int, str]:
     """(per-row, fixed, note) of the ``fit`` op (gpuquant's device training, cupy_train)."""
-    p, family = scheme.params, scheme.family
     per_row, fixed = d * b_x, state_bytes(scheme, d)
     note = "one read pass over the rows on the device"
-    if family == "scalar" and p["range"] == "quantile":
-        if p["quantile_method"] == "cuvs":
-            sample_rows = max(1, CUVS_MAX_SAMPLES // d)
-            if rows is not None:
-                sample_rows = min(sample_rows, rows)
-            fixed += sample_rows * d * 4 * 2
-            note = "cuVS sample sorted as float32 (copy + sort buffer)"
-        elif p["granularity"] == "dimension":
-            per_row += 2 * d * 4
-            note = "per-dimension order statistics sort a float32 copy"
-        else:
-            note = "radix select over the rows (three read passes, no copy)"
-    elif family == "binary" and p["threshold"] == "median":
-        per_row += 2 * d * 4
-        note = "per-dimension median sorts a float32 copy"
+    spec = scheme.fit_spec()
+    for stat in (spec.stats.values() if spec else ()):
+        terms = st.implementation(FIT_TERMS, stat, "the planner")(stat, d, rows)
+        if terms is not None:
+            per_row, fixed, note = per_row + terms[0], fixed + terms[1], terms[2]
     return per_row, fixed, note
 
 

@@ -162,7 +162,9 @@ def _offsets(p: Path, kv: tuple[str, Any]) -> tuple[int, int]:
 
 def fp8_weight_tensors(prefix: str, quantizer: Any, codes: Codes) -> dict[str, np.ndarray]:
     """``{prefix.weight: F8_E4M3 codes, prefix.weight_scale: F32 scale}`` for a ``scaled_fp8`` quantizer's codes."""
-    if quantizer.scheme.family != "scaled_fp8":
+    from gpuquant.schemes.scaled_fp8 import ScaledFp8Scheme
+
+    if not isinstance(quantizer.scheme, ScaledFp8Scheme):
         raise InputError(f"fp8_weight_tensors needs a scaled_fp8 quantizer (safetensors-fp8), not {quantizer.family!r}")
     if "weight_scale" in codes.side:
         scale = np.asarray(codes.side["weight_scale"], np.float32)

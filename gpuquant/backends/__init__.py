@@ -5,12 +5,12 @@
 * ``cuvs``: NVIDIA cuVS's own scalar and binary quantizers, for side-by-side comparison (never
   picked by ``auto``).
 
-``resolve("auto")`` picks ``cupy`` when it works, else ``numpy``, and remembers why the GPU was
-skipped; an explicitly named backend never falls back: if it cannot run, ``resolve`` raises
-``BackendUnavailableError`` with the reason. ``resolve_for(name, scheme)`` also asks whether the
-backend implements that scheme (:func:`supports`): ``auto`` then picks the first backend that
-does, and an explicit backend that does not raises ``BackendUnavailableError`` saying so. GPU
-libraries are imported only inside the cupy backend's module, which is imported only when that
+``auto`` is decided in one place, :func:`pick_auto`: the first backend of :data:`AUTO_ORDER`
+(``cupy``, then ``numpy``) that works here and, given a scheme, implements it (its ``supports``),
+with the reason each one before it was skipped. An explicitly named backend never falls back: if
+it cannot run, ``resolve`` raises ``BackendUnavailableError`` with the reason, and
+``resolve_for(name, scheme)`` raises it too when the backend does not implement the scheme. GPU
+libraries are imported only inside the GPU backends' modules, which are imported only when that
 backend is asked for.
 """
 
@@ -41,6 +41,11 @@ class Backend(Protocol):
     @staticmethod
     def is_available() -> tuple[bool, str]: ...
 
+    @staticmethod
+    def supports(scheme: Scheme) -> tuple[bool, str]:
+        """Whether this backend implements ``scheme`` (family and parameter values), and why not."""
+        ...
+
     def fit(self, scheme: Scheme, X: Any) -> dict[str, Any]: ...
 
     def transform(self, scheme: Scheme, state: dict[str, Any] | None, X: Any, out: Any = None) -> Codes: ...
@@ -70,30 +75,34 @@ def available_backends() -> list[tuple[str, bool, str]]:
 
 
 def supports(name: str, scheme: Scheme) -> tuple[bool, str]:
-    """Whether backend ``name`` implements ``scheme`` (family and parameter values), and why not.
-
-    The numpy reference implements every scheme; a GPU backend answers with its ``supports(scheme)``
-    (the cupy backend: the kernel families; ``gguf`` and ``scaled_fp8`` are CPU-only for now).
-    """
-    if name == "numpy":
-        return True, "the numpy reference implements every scheme"
+    """Whether backend ``name`` implements ``scheme`` (family and parameter values), and why not:
+    the backend's own ``supports`` (the numpy reference implements every scheme; the GPU
+    backends the families they register implementations for)."""
     try:
         cls = _backend_class(name)
     except ImportError as exc:
         return False, f"cannot import the {name} backend: {exc}"
-    own = getattr(cls, "supports", None)
-    if callable(own):  # the backend says which families and parameter values its kernels implement
-        return own(scheme)
-    return True, f"backend {name!r} declares no limits"
+    return cls.supports(scheme)
+
+
+def pick_auto(scheme: Scheme | None = None) -> tuple[str, dict[str, str]]:
+    """The backend ``auto`` means here: the first of :data:`AUTO_ORDER` that is available and (given
+    ``scheme``) implements it; returned with ``{name: reason}`` for each backend skipped before it."""
+    skipped: dict[str, str] = {}
+    for candidate in AUTO_ORDER:
+        ok, reason = availability(candidate)
+        if ok and scheme is not None:
+            ok, reason = supports(candidate, scheme)
+        if ok:
+            return candidate, skipped
+        skipped[candidate] = reason
+    raise BackendUnavailableError("no backend is available")  # numpy always is
 
 
 def resolve_for(name: str, scheme: Scheme) -> Backend:
     """The backend to run ``scheme`` on: like :func:`resolve`, also checking :func:`supports`."""
     if name == "auto":
-        for candidate in AUTO_ORDER:
-            if availability(candidate)[0] and supports(candidate, scheme)[0]:
-                return _backend_class(candidate)()
-        raise BackendUnavailableError("no backend is available")  # numpy always is
+        return _backend_class(pick_auto(scheme)[0])()
     backend = resolve(name)
     ok, reason = supports(name, scheme)
     if not ok:
@@ -104,11 +113,7 @@ def resolve_for(name: str, scheme: Scheme) -> Backend:
 def resolve(name: str) -> Backend:
     """The backend called ``name`` (or the first usable one for ``"auto"``)."""
     if name == "auto":
-        for candidate in AUTO_ORDER:
-            ok, _ = availability(candidate)
-            if ok:
-                return _backend_class(candidate)()
-        raise BackendUnavailableError("no backend is available")  # numpy always is
+        return _backend_class(pick_auto()[0])()
     if name not in _MODULES:
         raise InputError(f"unknown backend {name!r}; choose one of {['auto', *_MODULES]}")
     ok, reason = availability(name)
@@ -145,6 +150,6 @@ def array_module(x: Any) -> Any:
 def device_code_dtype(scheme: Scheme) -> np.dtype:
     """dtype of the codes on the device (fp8 -> uint8, bf16 -> uint16: CuPy lacks those dtypes)."""
     dtype = scheme.code_dtype
-    if scheme.family == "float" and scheme.params["format"] != "fp16":
+    if dtype.isbuiltin == 2:  # a type numpy itself lacks (ml_dtypes fp8, bfloat16): so does CuPy
         return np.dtype(np.uint8 if dtype.itemsize == 1 else np.uint16)
     return dtype

@@ -28,149 +28,40 @@ the state as numpy arrays. Kernels need compute capability 8.0 or newer (warp re
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from gpuquant.backends import (
-    cuda_loader,
-    device_code_dtype,
-    dlpack_on_cuda,
-    is_device_array,
+from gpuquant.backends import cupy_train, device_code_dtype, is_device_array
+from gpuquant.backends.cupy_device import (
+    INPUT_TYPES,
+    THREADS,
+    as_device,
+    cupy_module,
+    wrap_device,
 )
+from gpuquant.backends.cupy_families import scalar as _scalar
+from gpuquant.backends.cupy_families.binary import binary_flip
+from gpuquant.backends.cupy_launch import LAUNCHERS, NAME_EXPRESSIONS, QUANTIZE_FILE
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
-from gpuquant.schemes.floatcast import refuse_nonfinite_codes
 
-QUANTIZE_FILE = "quantize.cu"
-THREADS = 256
-BLOCKS_PER_SM = 8
+SCALAR_PARAMS_DTYPE, scalar_params = _scalar.SCALAR_PARAMS_DTYPE, _scalar.scalar_params
 MIN_COMPUTE_CAPABILITY = 80
-
-INPUT_TYPES: dict[np.dtype, str] = {
-    np.dtype(np.float32): "float",
-    np.dtype(np.float16): "__half",
-    np.dtype(np.float64): "double",
-}
-FAMILIES = ("scalar", "absmax", "float", "binary")
-ROUNDINGS = {"half_away": 0, "floor": 1, "trunc": 2, "half_even": 3}
-FORMATS = {"e4m3": 0, "e5m2": 1, "fp16": 2, "bf16": 3}
-
-#: One ``gq::ScalarParams`` (kernels/quant_math.cuh) per range.
-SCALAR_PARAMS_DTYPE = np.dtype([("d0", "<f8"), ("d1", "<f8"), ("f0", "<f4"), ("f1", "<f4")])
+#: The families the kernels implement (every parameter of each).
+FAMILIES = tuple(dict.fromkeys(family for family, _ in LAUNCHERS))
+__all__ = ["FAMILIES", "INPUT_TYPES", "NAME_EXPRESSIONS", "QUANTIZE_FILE", "SCALAR_PARAMS_DTYPE", "THREADS",
+           "CupyBackend", "binary_flip", "scalar_params"]
 
 
-def _instances() -> list[str]:
-    names = []
-    for t in INPUT_TYPES.values():
-        names += [f"scalar_encode<{t}>", f"binary_encode<{t}>", f"absmax_encode<{t}>"]
-        names += [f"float_encode<{t}, unsigned char>", f"float_encode<{t}, unsigned short>"]
-    names += ["scalar_decode", "binary_decode", "absmax_decode"]
-    names += ["float_decode<unsigned char>", "float_decode<unsigned short>"]
-    return names
-
-
-#: Every kernel instance (``name_expressions``) of ``kernels/quantize.cu``.
-NAME_EXPRESSIONS: tuple[str, ...] = tuple(_instances())
-
-
-def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per-range constants of the ``scalar`` family, from the reference's own functions.
-
-    Returns a ``SCALAR_PARAMS_DTYPE`` array (one entry per range) holding, by rounding:
-    half_away ``scale = L / (f64(hi) - f64(lo))`` (1 where hi <= lo), ``offset = -H - f64(lo) * scale``,
-    ``lo``, ``hi``; floor ``lo``, ``step = f32(hi - lo) / L`` (1 where 0); trunc ``lo``,
-    ``vdiff = f32(hi - lo)``; half_even ``scale = step``, ``zp = f32(0 - lo / scale)``.
-    """
-    from gpuquant.schemes.scalar import (
-        affine_scale_zp,
-        cuvs_scale_offset,
-        floor_step,
-        trunc_vdiff,
-    )
-
-    p = scheme.params
-    L, H = scheme.levels, scheme.half
-    lo = np.asarray(lo, np.float32).reshape(-1)
-    hi = np.asarray(hi, np.float32).reshape(-1)
-    out = np.zeros(lo.size, SCALAR_PARAMS_DTYPE)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rounding = p["rounding"]
-        if rounding == "half_away":
-            out["d0"], out["d1"] = cuvs_scale_offset(lo, hi, L, H)
-            out["f0"], out["f1"] = lo, hi
-        elif rounding == "floor":
-            out["f0"], out["f1"] = lo, floor_step(lo, hi, L)
-        elif rounding == "trunc":
-            out["f0"], out["f1"] = lo, trunc_vdiff(lo, hi)
-        else:
-            out["f0"], out["f1"] = affine_scale_zp(lo, hi, L)
-    return out
-
-
-def binary_flip(scheme: Scheme) -> bool:
-    """Whether binary codes store the packed byte with its top bit flipped (signed, offset encoding)."""
-    return scheme.flip
-
-
-def _cupy():
-    import cupy
-
-    return cupy
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_id: int) -> int:
-    cp = _cupy()
-    return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
-
-
-def grid_for(work_items: int, per_block: int = THREADS) -> int:
-    """Blocks for ``work_items`` items: enough to cover them, at most a few per SM (grid-stride)."""
-    cp = _cupy()
-    cap = _sm_count(cp.cuda.Device().id) * BLOCKS_PER_SM
-    return int(max(1, min(cap, -(-work_items // per_block))))
-
-
-def wrap_device(x: Any) -> Any:
-    """A CuPy view of a device array (CuPy, DLPack on CUDA, ``__cuda_array_interface__``), no copy."""
-    cp = _cupy()
-    if isinstance(x, cp.ndarray):
-        return x
-    if hasattr(x, "__dlpack__") and dlpack_on_cuda(x):
-        return cp.from_dlpack(x)
-    if hasattr(x, "__cuda_array_interface__"):
-        return cp.asarray(x)
-    raise InputError(f"expected a device array, got {type(x).__name__}")
-
-
-def as_device(x: Any) -> tuple[Any, bool]:
-    """``(cupy_array, came_from_host)``: device arrays wrapped without a copy, C-contiguous.
-
-    numpy (or anything array-like on the host) is uploaded; DLPack device tensors and
-    ``__cuda_array_interface__`` objects are wrapped; non-contiguous device arrays are copied to a
-    contiguous array on their device.
-    """
-    cp = _cupy()
-    if not is_device_array(x):
-        return cp.asarray(np.ascontiguousarray(x)), True
-    arr = wrap_device(x)
-    if not arr.flags.c_contiguous:
-        with arr.device:
-            arr = cp.ascontiguousarray(arr)
-    return arr, False
-
-
-def _i64(v: int) -> np.int64:
-    return np.int64(v)
-
-
-def _i32(v: int) -> np.int32:
-    return np.int32(v)
+def _launcher(scheme: Scheme, mode: str) -> Any:
+    try:
+        return LAUNCHERS[(scheme.family, mode)]
+    except KeyError:
+        raise InputError(f"the cupy backend has no kernels for family {scheme.family!r}") from None
 
 
 class CupyBackend:
@@ -210,15 +101,13 @@ class CupyBackend:
     @staticmethod
     def supports(scheme: Scheme) -> tuple[bool, str]:
         """Whether the kernels implement ``scheme``: every parameter of the four kernel families."""
-        if scheme.family in FAMILIES:
+        if (scheme.family, "encode") in LAUNCHERS:
             return True, "implemented by the GPU kernels"
         return False, f"scheme family {scheme.family!r} has no GPU kernels yet (use backend='numpy')"
 
     # -- fit ----------------------------------------------------------------------------------
     def fit(self, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
         """Train on the device; the state comes back as numpy float32 arrays."""
-        from gpuquant.backends import cupy_train
-
         x, _ = as_device(X)
         with x.device:
             return cupy_train.fit(scheme, x)
@@ -247,47 +136,7 @@ class CupyBackend:
             return Codes(host_codes, host_side, scheme.family, d)
 
     def _encode(self, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
-        cp = _cupy()
-        n, d = (int(s) for s in x.shape)
-        p = scheme.params
-        t = INPUT_TYPES[x.dtype]
-        if scheme.family == "scalar":
-            rc = d if p["bits"] == 8 else (d + 1) // 2
-            cuda_loader.get_kernel(QUANTIZE_FILE, f"scalar_encode<{t}>", NAME_EXPRESSIONS)(
-                (grid_for(n * -(-rc // 8)),), (THREADS,), (x, codes, *self._scalar_args(scheme, state, n, d)),
-            )
-        elif scheme.family == "binary":
-            thr = state.get("thresholds")
-            # No thresholds: a null pointer, which the kernel reads as zero thresholds.
-            thr = None if thr is None else self._constant("thresholds", thr, np.float32)
-            rc = (d + 7) // 8
-            cuda_loader.get_kernel(QUANTIZE_FILE, f"binary_encode<{t}>", NAME_EXPRESSIONS)(
-                (grid_for(n * -(-rc // 8)),), (THREADS,),
-                (x, codes, _i64(n), _i64(d), thr, _i32(p["bitorder"] == "big"), _i32(binary_flip(scheme))),
-            )
-        elif scheme.family == "float":
-            c = "unsigned char" if codes.dtype.itemsize == 1 else "unsigned short"
-            cuda_loader.get_kernel(QUANTIZE_FILE, f"float_encode<{t}, {c}>", NAME_EXPRESSIONS)(
-                (grid_for(n * -(-d // 8)),), (THREADS,),
-                (x, codes, _i64(n), _i64(d), _i32(FORMATS[p["format"]]), _i32(p["saturate"])),
-            )
-            if p["nonfinite"] == "raise":
-                refuse_nonfinite_codes(codes, p["format"])
-        elif scheme.family == "absmax":
-            seg_len, groups = self._segments(scheme, d)
-            bad = cp.full(1, np.iinfo(np.uint64).max, dtype=cp.uint64)
-            tensor = p["granularity"] == "tensor"
-            scales = self._constant("tensor_scale", state["scales"], np.float32) if tensor else side["scales"]
-            cuda_loader.get_kernel(QUANTIZE_FILE, f"absmax_encode<{t}>", NAME_EXPRESSIONS)(
-                (grid_for(n * groups * 32),), (THREADS,),
-                (x, codes, scales, bad, _i64(n), _i64(d), _i64(seg_len), _i64(groups), _i32(p["bits"]),
-                 _i32(p["nibble_order"] == "high_first"), np.float32(p["eps"]), scales, _i32(tensor)),
-            )
-            row = int(bad.get()[0])
-            if row != np.iinfo(np.uint64).max:
-                raise InputError(f"row {row} holds NaN or ±Inf; scheme 'absmax' needs finite values")
-        else:
-            raise InputError(f"the cupy backend has no kernels for family {scheme.family!r}")
+        _launcher(scheme, "encode")(self._constant, scheme, state, x, codes, side)
 
     # -- inverse ------------------------------------------------------------------------------
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:
@@ -306,45 +155,7 @@ class CupyBackend:
             return self._download(y, out) if host else y
 
     def _decode(self, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
-        cp = _cupy()
-        n, d = (int(s) for s in y.shape)
-        p = scheme.params
-        rc = int(c.shape[1])
-        blocks = grid_for(n * -(-rc // 8))
-        if scheme.family == "scalar":
-            cuda_loader.get_kernel(QUANTIZE_FILE, "scalar_decode", NAME_EXPRESSIONS)(
-                (blocks,), (THREADS,), (c, y, *self._scalar_args(scheme, state, n, d)),
-            )
-        elif scheme.family == "binary":
-            cuda_loader.get_kernel(QUANTIZE_FILE, "binary_decode", NAME_EXPRESSIONS)(
-                (blocks,), (THREADS,), (c, y, _i64(n), _i64(d), _i32(p["bitorder"] == "big"), _i32(binary_flip(scheme)))
-            )
-        elif scheme.family == "float":
-            name = "float_decode<unsigned char>" if c.dtype.itemsize == 1 else "float_decode<unsigned short>"
-            cuda_loader.get_kernel(QUANTIZE_FILE, name, NAME_EXPRESSIONS)(
-                (blocks,), (THREADS,), (c, y, _i64(n), _i64(d), _i32(FORMATS[p["format"]]))
-            )
-        elif scheme.family == "absmax":
-            seg_len, groups = self._segments(scheme, d)
-            tensor = p["granularity"] == "tensor"
-            # side["scales"] went through as_device: already C-contiguous (astype keeps that).
-            scales = (self._constant("tensor_scale", state["scales"], np.float32) if tensor
-                      else cp.asarray(side["scales"], dtype=cp.float32))
-            cuda_loader.get_kernel(QUANTIZE_FILE, "absmax_decode", NAME_EXPRESSIONS)(
-                (blocks,), (THREADS,),
-                (c, scales, y, _i64(n), _i64(d), _i64(seg_len), _i64(groups), _i32(p["bits"]),
-                 _i32(p["nibble_order"] == "high_first"), _i32(tensor)),
-            )
-        else:
-            raise InputError(f"the cupy backend has no kernels for family {scheme.family!r}")
-
-    def _scalar_args(self, scheme: Scheme, state: dict[str, Any], n: int, d: int) -> tuple[Any, ...]:
-        """Arguments of ``scalar_encode`` / ``scalar_decode`` after their input and output arrays."""
-        p = scheme.params
-        params = scalar_params(scheme, state["lo"], state["hi"])
-        return (_i64(n), _i64(d), self._constant("scalar_params", params.view(np.uint8), np.uint8),
-                _i32(params.size > 1), _i32(ROUNDINGS[p["rounding"]]), _i32(p["bits"]), _i32(p["signed"]),
-                _i32(p["nibble_order"] == "high_first"))
+        _launcher(scheme, "decode")(self._constant, scheme, state, c, side, y)
 
     def _constant(self, kind: str, value: Any, dtype: Any) -> Any:
         """A device copy of the host constant ``value`` as ``dtype`` (C-contiguous), cached on the backend.
@@ -356,7 +167,7 @@ class CupyBackend:
         before every kernel that reads it, and its memory goes back to the pool of that stream. A
         value already on a device is used as it is (``cupy.asarray``), not cached.
         """
-        cp = _cupy()
+        cp = cupy_module()
         if not isinstance(value, np.ndarray) and is_device_array(value):
             return cp.asarray(value, dtype=dtype)
         host = np.ascontiguousarray(value, dtype=dtype)
@@ -373,16 +184,9 @@ class CupyBackend:
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
-    def _segments(scheme: Scheme, d: int) -> tuple[int, int]:
-        """(values per scale, scales per row) of an absmax scheme (one segment per row for "tensor")."""
-        if scheme.params["granularity"] == "block":
-            return scheme.params["block_size"], scheme.groups(d)
-        return d, 1
-
-    @staticmethod
     def _device_output(out: Any, host: bool, shape: tuple[int, ...], dtype: np.dtype, what: str) -> Any:
         """A device array to write into: a new one, or the caller's device ``out`` after checks."""
-        cp = _cupy()
+        cp = cupy_module()
         if out is None or host:
             if host and out is not None:
                 if not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape) or out.dtype.itemsize != dtype.itemsize:

@@ -18,7 +18,9 @@ reference's (``gpuquant.schemes``):
   the rows :func:`gpuquant.schemes.scalar.sample_rows` picks (the reference's own row selection, so
   both use identical rows); ``method="exact"`` uses every row (radix select for one global range).
 
-:func:`fit` dispatches on the scheme family, like the reference ``scheme.fit``.
+:func:`fit` computes the statistics the scheme declares (:data:`DEVICE`: one implementation per
+statistic of :mod:`gpuquant.schemes.statistics`) and lets the scheme turn them into its state,
+like the reference ``scheme.fit``.
 """
 
 from __future__ import annotations
@@ -28,17 +30,13 @@ from typing import Any
 import numpy as np
 
 from gpuquant.backends import cuda_loader
-from gpuquant.backends.cupy_backend import INPUT_TYPES, THREADS, _cupy, grid_for
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, grid_for
+from gpuquant.backends.cupy_device import cupy_module as _cupy
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
-from gpuquant.schemes.base import (
-    NAN_FIT_MESSAGE,
-    NONFINITE_FIT_MESSAGE,
-    keys_to_values,
-    require_rows,
-)
-from gpuquant.schemes.binary import median_of, median_ranks
-from gpuquant.schemes.scalar import cuvs_sample_size, quantile_positions, sample_rows
+from gpuquant.schemes import statistics as st
+from gpuquant.schemes.base import NAN_FIT_MESSAGE, NONFINITE_FIT_MESSAGE, keys_to_values
+from gpuquant.schemes.statistics import median_of, median_ranks, quantile_positions
 
 TRAIN_FILE = "train.cu"
 
@@ -145,9 +143,9 @@ def quantile_range(x: Any, quantile: float, method: str, per_dim: bool) -> tuple
     """(lo, hi) at cuVS's quantile positions; ``method`` "cuvs" (sampled rows) or "exact"."""
     cp = _cupy()
     n, d = (int(s) for s in x.shape)
-    rows = n if method == "exact" else cuvs_sample_size(n, d)
-    if rows < n:
-        x = x[cp.asarray(sample_rows(n, rows))]
+    idx = st.quantile_rows(st.Quantile(quantile, method), n, d)
+    if idx is not None:
+        x = x[cp.asarray(idx)]
     if per_dim:
         refuse_nan(x)
         lo_pos, hi_pos = quantile_positions(x.shape[0], quantile)
@@ -167,46 +165,39 @@ def quantile_range(x: Any, quantile: float, method: str, per_dim: bool) -> tuple
 
 def fit(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
     """The scheme's state trained on the device array ``x`` (same results as ``scheme.fit``)."""
-    if scheme.family == "scalar":
-        return _fit_scalar(scheme, x)
-    if scheme.family == "binary":
-        return _fit_binary(scheme, x)
-    if scheme.family == "absmax" and scheme.params["granularity"] == "tensor":
-        return _fit_absmax_tensor(scheme, x)
-    return {}
+    spec = scheme.fit_spec()
+    if spec is None:
+        return scheme.initial_state() or {}
+    st.require_rows(int(x.shape[0]), spec.min_rows, spec.why)
+    return scheme.from_statistics(
+        {name: st.implementation(DEVICE, stat, "the cupy backend's fit")(stat, x) for name, stat in spec.stats.items()})
 
 
-def _fit_absmax_tensor(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
-    """One scale ``f32(f32(max|x| + eps) / qmax)`` over every value; refuses NaN and ±Inf."""
-    require_rows(x, 1, "a tensor scale")
+def _absmax(stat: st.AbsMax, x: Any) -> np.float32:
+    """``max |x|`` over every value from one min/max pass; refuses NaN and ±Inf."""
     lo_keys, hi_keys = minmax_keys(x, per_dim=False)
     if hi_keys[0] >= _KEY_POS_INF or lo_keys[0] <= _KEY_NEG_INF:
         raise InputError(NONFINITE_FIT_MESSAGE)
     lo, hi = keys_to_values(lo_keys)[0], keys_to_values(hi_keys)[0]
-    return {"scales": scheme.tensor_scale(max(abs(lo), abs(hi)))}
+    return st.absmax_of(max(abs(lo), abs(hi)))
 
 
-def _fit_scalar(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
-    p = scheme.params
-    if p["range"] == "given":
-        return scheme.initial_state()
-    per_dim = p["granularity"] == "dimension"
-    require_rows(x, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
-    if p["range"] == "quantile":
-        lo, hi = quantile_range(x, p["quantile"], p["quantile_method"], per_dim)
-    else:
-        lo, hi = minmax(x, per_dim)
-    return scheme.finish_range(lo, hi)
-
-
-def _fit_binary(scheme: Scheme, x: Any) -> dict[str, np.ndarray]:
-    kind = scheme.params["threshold"]
-    if kind == "zero":
-        return {}
-    require_rows(x, 1, f"{kind} thresholds")
+def _column_mean(stat: st.ColumnMean, x: Any) -> np.ndarray:
     refuse_nan(x)
-    n = int(x.shape[0])
-    if kind == "mean":
-        return {"thresholds": column_means(x)}
-    a, b = column_order_statistics(x, list(median_ranks(n)))
-    return {"thresholds": median_of(a, b)}
+    return column_means(x)
+
+
+def _column_median(stat: st.ColumnMedian, x: Any) -> np.ndarray:
+    refuse_nan(x)
+    a, b = column_order_statistics(x, list(median_ranks(int(x.shape[0]))))
+    return median_of(a, b)
+
+
+#: The device implementation of each statistic (:mod:`gpuquant.schemes.statistics`).
+DEVICE: dict[type[st.Statistic], Any] = {
+    st.MinMax: lambda stat, x: minmax(x, stat.axis == 0),
+    st.AbsMax: _absmax,
+    st.Quantile: lambda stat, x: quantile_range(x, stat.q, stat.method, stat.axis == 0),
+    st.ColumnMean: _column_mean,
+    st.ColumnMedian: _column_median,
+}

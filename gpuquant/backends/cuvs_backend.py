@@ -19,6 +19,7 @@ backend is never picked by ``auto`` (name it to compare against cuVS).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,21 +28,21 @@ from gpuquant.codes import Codes
 from gpuquant.errors import BackendUnavailableError, InputError
 from gpuquant.schemes import Scheme
 
-#: Parameters of the scalar scheme that cuVS implements (any quantile).
-CUVS_SCALAR = {"granularity": "tensor", "range": "quantile", "quantile_method": "cuvs",
-               "rounding": "half_away", "bits": 8, "signed": True}
-#: Parameters of the binary scheme that cuVS implements.
-CUVS_BINARY = {"threshold": "zero", "bitorder": "little", "signed": False}
+#: family -> the parameter values cuVS implements (the scalar quantizer: any quantile).
+REQUIRES: dict[str, dict[str, Any]] = {
+    "scalar": {"granularity": "tensor", "range": "quantile", "quantile_method": "cuvs",
+               "rounding": "half_away", "bits": 8, "signed": True},
+    "binary": {"threshold": "zero", "bitorder": "little", "signed": False, "signed_encoding": "offset"},
+}
+#: (family, "fit" | "transform" | "inverse") -> implementation, registered below next to its code.
+IMPLEMENTATIONS: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
-def _scheme_kind(scheme: Scheme) -> str | None:
-    p = scheme.params
-    if scheme.family == "scalar" and all(p.get(k) == v for k, v in CUVS_SCALAR.items()):
-        return "scalar"
-    if scheme.family == "binary" and all(p.get(k) == v for k, v in CUVS_BINARY.items()) and \
-            p.get("signed_encoding", "offset") == "offset":
-        return "binary"
-    return None
+def implements(family: str, mode: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        IMPLEMENTATIONS[(family, mode)] = fn
+        return fn
+    return register
 
 
 class CuvsBackend:
@@ -66,45 +67,24 @@ class CuvsBackend:
 
     @staticmethod
     def supports(scheme: Scheme) -> tuple[bool, str]:
-        if _scheme_kind(scheme) is not None:
+        required = REQUIRES.get(scheme.family)
+        if required is not None and all(scheme.params.get(k) == v for k, v in required.items()):
             return True, "implemented by cuVS"
         return False, ("cuVS implements only the cuvs-sq8 scalar quantizer (any quantile) and the binary "
                        "quantizer with zero threshold and little bit order")
 
     # -- verbs --------------------------------------------------------------------------------
     def fit(self, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
-        if _scheme_kind(scheme) == "binary":
-            return {}
-        from cuvs.preprocessing.quantize import scalar
-
-        trained = scalar.train(scalar.QuantizerParams(quantile=scheme.params["quantile"]), _contiguous(X))
-        lo, hi = np.float32(trained.min), np.float32(trained.max)
-        self._trained[(float(lo), float(hi))] = trained
-        return {"lo": np.array([lo], np.float32), "hi": np.array([hi], np.float32)}
+        return IMPLEMENTATIONS[(scheme.family, "fit")](self, scheme, X)
 
     def transform(self, scheme: Scheme, state: dict[str, Any] | None, X: Any, out: Any = None) -> Codes:
         if out is not None:
             raise InputError("backend 'cuvs' does not take out=; use backend='cupy' for preallocated outputs")
-        n, d = X.shape
-        x = _contiguous(X)
-        if _scheme_kind(scheme) == "binary":
-            from cuvs.preprocessing.quantize import binary
-
-            return Codes(_like(X, binary.transform(x)), {}, scheme.family, d)
-        from cuvs.preprocessing.quantize import scalar
-
-        return Codes(_like(X, scalar.transform(self._quantizer(state), x)), {}, scheme.family, d)
+        data = IMPLEMENTATIONS[(scheme.family, "transform")](self, state, _contiguous(X))
+        return Codes(_like(X, data), {}, scheme.family, X.shape[1])
 
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:
-        if _scheme_kind(scheme) == "binary":
-            from gpuquant.backends.cupy_backend import CupyBackend
-
-            return CupyBackend().inverse_transform(scheme, state, codes, out=out)
-        if out is not None:
-            raise InputError("backend 'cuvs' does not take out=; use backend='cupy' for preallocated outputs")
-        from cuvs.preprocessing.quantize import scalar
-
-        return _like(codes.data, scalar.inverse_transform(self._quantizer(state), _contiguous(codes.data)))
+        return IMPLEMENTATIONS[(scheme.family, "inverse")](self, scheme, state, codes, out)
 
     # -- helpers ------------------------------------------------------------------------------
     def _quantizer(self, state: dict[str, Any] | None) -> Any:
@@ -117,6 +97,57 @@ class CuvsBackend:
                 "state on backend='cupy' (same codes)."
             )
         return trained
+
+
+# -- scalar: cuvs.preprocessing.quantize.scalar -------------------------------------------------
+
+
+@implements("scalar", "fit")
+def _scalar_fit(backend: CuvsBackend, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
+    from cuvs.preprocessing.quantize import scalar
+
+    trained = scalar.train(scalar.QuantizerParams(quantile=scheme.config.quantile), _contiguous(X))
+    lo, hi = np.float32(trained.min), np.float32(trained.max)
+    backend._trained[(float(lo), float(hi))] = trained
+    return {"lo": np.array([lo], np.float32), "hi": np.array([hi], np.float32)}
+
+
+@implements("scalar", "transform")
+def _scalar_transform(backend: CuvsBackend, state: dict[str, Any] | None, x: Any) -> Any:
+    from cuvs.preprocessing.quantize import scalar
+
+    return scalar.transform(backend._quantizer(state), x)
+
+
+@implements("scalar", "inverse")
+def _scalar_inverse(backend: CuvsBackend, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any) -> Any:
+    if out is not None:
+        raise InputError("backend 'cuvs' does not take out=; use backend='cupy' for preallocated outputs")
+    from cuvs.preprocessing.quantize import scalar
+
+    return _like(codes.data, scalar.inverse_transform(backend._quantizer(state), _contiguous(codes.data)))
+
+
+# -- binary: cuvs.preprocessing.quantize.binary (no fit, no inverse: gpuquant's kernel decodes) --
+
+
+@implements("binary", "fit")
+def _binary_fit(backend: CuvsBackend, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
+    return {}
+
+
+@implements("binary", "transform")
+def _binary_transform(backend: CuvsBackend, state: dict[str, Any] | None, x: Any) -> Any:
+    from cuvs.preprocessing.quantize import binary
+
+    return binary.transform(x)
+
+
+@implements("binary", "inverse")
+def _binary_inverse(backend: CuvsBackend, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any) -> Any:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    return CupyBackend().inverse_transform(scheme, state, codes, out=out)
 
 
 def _contiguous(a: Any) -> Any:

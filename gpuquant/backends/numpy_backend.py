@@ -93,6 +93,10 @@ class NumpyBackend:
     def is_available() -> tuple[bool, str]:
         return True, "always available"
 
+    @staticmethod
+    def supports(scheme: Scheme) -> tuple[bool, str]:
+        return True, "the numpy reference implements every scheme"
+
     def fit(self, scheme: Scheme, X: np.ndarray) -> dict[str, np.ndarray]:
         return scheme.fit(as_float32(X))
 

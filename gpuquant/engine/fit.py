@@ -1,27 +1,26 @@
 """Fitting over a stream: the same state as the in-memory ``Quantizer.fit``, without holding the rows.
 
-What each scheme needs, and how it is computed here (rows converted to float32 first, as
-everywhere):
+A scheme declares the statistics its fit needs (:mod:`gpuquant.schemes.statistics`); this module
+computes each statistic over rows it cannot hold at once, and the scheme turns the results into its
+state (``scheme.from_statistics``). Rows are converted to float32 first, as everywhere.
 
-* no state (``absmax``, ``float``, ``binary`` with zero thresholds, ``scalar`` with given ranges):
-  nothing to read.
+* schemes without a fit spec (no state, or state known without data): nothing to read.
 * inputs of at most :data:`GATHER_BYTES` as float32: every row is read and the reference
   ``scheme.fit`` runs on them: identical by construction.
-* ``scalar`` min/max and absmax ranges, and the one tensor-wide scale of ``absmax`` /
-  ``scaled_fp8`` with ``granularity="tensor"`` (``max |x|``): one pass of per-column min and max
-  (NaN propagates); the reference then runs on the 2-row summary ``[mins; maxs]``, whose min, max
-  and max |x| (global or per column) are exactly those of all rows, so the range, the absmax
-  symmetrisation, the scale and every check (NaN, ±Inf) are the reference's own.
-* ``scalar`` quantile, ``quantile_method="cuvs"``: the sample is ``sample_rows(n, min(1e6 // d, n))``
-  (at most a million values), gathered by row (random reads, not a full pass) and given to the
-  reference, which then uses all of them: identical to the in-memory fit at any size.
-* ``scalar`` quantile, ``quantile_method="exact"``, and ``binary`` median: exact order statistics by
-  a radix select over order-preserving uint32 keys: three passes (11, 11 and 10 bits of the key),
-  each a histogram of the next digit among the values whose higher digits match the ranks' prefix,
-  per column or over all values. No sort, memory bounded by one batch and ``d * 2048`` counters.
+* ``MinMax`` and ``AbsMax``: one pass of per-column min and max (NaN propagates); the reference
+  statistic then runs on the 2-row summary ``[mins; maxs]``, whose min, max and max |x| (global or
+  per column) are exactly those of all rows, so the values and every check (NaN, ±Inf) are the
+  reference's own.
+* ``Quantile`` with ``method="cuvs"``: the sample is ``sample_rows(n, min(1e6 // d, n))`` (at most
+  a million values), gathered by row (random reads, not a full pass) and given to the reference,
+  which then uses all of them: identical to the in-memory fit at any size.
+* ``Quantile`` with ``method="exact"`` and ``ColumnMedian``: exact order statistics by a radix
+  select over order-preserving uint32 keys: three passes (11, 11 and 10 bits of the key), each a
+  histogram of the next digit among the values whose higher digits match the ranks' prefix, per
+  column or over all values. No sort, memory bounded by one batch and ``d * 2048`` counters.
   Equal to ``np.partition``'s values (a zero may come back as -0.0 where the reference has +0.0 or
   the other way round: they compare equal and give the same codes).
-* ``binary`` mean: a float64 column sum accumulated row by row in the input's order (numpy's own
+* ``ColumnMean``: a float64 column sum accumulated row by row in the input's order (numpy's own
   order for ``X.sum(axis=0, dtype=float64)`` on a C-ordered matrix), divided by n, rounded to
   float32: equal to the reference.
 
@@ -29,7 +28,7 @@ NaN is refused exactly where the reference refuses it, with the reference's mess
 
 The math is written once, in :func:`fit_rows`, against :class:`Rows` (read all, take sampled rows,
 a map-and-merge over row blocks, a float64 column sum): :class:`StreamRows` reads a :class:`Source`
-in batches here; ``gpuquant.dask.DaskRows`` computes the per-block partials on a Dask cluster.
+in batches here; ``gpuquant.cluster.DaskRows`` computes the per-block partials on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ import numpy as np
 
 from gpuquant.engine.sources import Source
 from gpuquant.errors import InputError
+from gpuquant.schemes import statistics as st
 from gpuquant.schemes.base import (
     F32,
     F64,
@@ -50,10 +50,7 @@ from gpuquant.schemes.base import (
     State,
     keys_to_values,
     order_keys,
-    require_rows,
 )
-from gpuquant.schemes.binary import median_of, median_ranks
-from gpuquant.schemes.scalar import cuvs_sample_size, quantile_positions, sample_rows
 
 log = logging.getLogger("gpuquant.engine")
 
@@ -96,7 +93,7 @@ def _split(x: np.ndarray, fn: Callable[[np.ndarray], Any]) -> list[Any]:
 class Rows:
     """The row access a fit needs, so that one implementation of the math serves every layout:
     :class:`StreamRows` (a :class:`Source`, batches in order on this machine) and
-    ``gpuquant.dask``'s rows of a Dask array (per-chunk partials merged on the client)."""
+    ``gpuquant.cluster``'s rows of a Dask array (per-chunk partials merged on the client)."""
 
     shape: tuple[int, int]
 
@@ -177,38 +174,55 @@ def fit_rows(scheme: Any, rows: Rows, *, gather_bytes: int = GATHER_BYTES,
              on_pass: Callable[[str], None] | None = None) -> State:
     """The state ``scheme.fit`` would compute on all of ``rows`` (see the module docstring)."""
     n, d = rows.shape
-    p = scheme.params
     say = on_pass or (lambda what: log.info("fit: %s", what))
+    spec = scheme.fit_spec()
+    if spec is None:  # no state to learn, or one known without data
+        return scheme.fit(np.empty((0, d), F32))
     if n * d * 4 <= gather_bytes:
         say(f"reading all {n} rows")
         return scheme.fit(rows.read_all())
-    family = scheme.family
-    summary = (family == "scalar" and p["range"] in ("minmax", "absmax")) or (
-        family in ("absmax", "scaled_fp8") and p.get("granularity") == "tensor")
-    if summary:
-        per_dim = family == "scalar" and p["granularity"] == "dimension"
-        require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
-        say("min/max pass")
-        lo, hi = rows.reduce(block_minmax, merge_minmax)
-        return scheme.fit(np.stack([np.asarray(lo, F32), np.asarray(hi, F32)]))
-    if family == "scalar" and p["range"] == "quantile":
-        if p["quantile_method"] == "cuvs":
-            idx = sample_rows(n, cuvs_sample_size(n, d))
-            say(f"gathering the {idx.size} sampled rows")
-            return scheme.fit(rows.take(idx))
-        per_dim = p["granularity"] == "dimension"
-        require_rows(np.empty((n, 0), F32), 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
-        size = n if per_dim else n * d
-        lo_pos, hi_pos = quantile_positions(size, p["quantile"])
-        return scheme.finish_range(*select(rows, [lo_pos, hi_pos], per_dim, say))
-    if family == "binary" and p["threshold"] == "mean":
-        say("column sums")
-        acc = rows.column_sum()
-        return {"thresholds": (acc / n).astype(F32)}
-    if family == "binary" and p["threshold"] == "median":
-        return {"thresholds": median_of(*select(rows, list(median_ranks(n)), True, say))}
-    say(f"reading all {n} rows (no streaming fit for this scheme)")
-    return scheme.fit(rows.read_all())
+    st.require_rows(n, spec.min_rows, spec.why)
+    results = {name: st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say)
+               for name, stat in spec.stats.items()}
+    return scheme.from_statistics(results)
+
+
+def _summary(stat: st.Statistic, rows: Rows, say: Callable[[str], None]) -> Any:
+    """``MinMax`` / ``AbsMax``: the reference on the 2-row summary of per-column mins and maxes."""
+    say("min/max pass")
+    lo, hi = rows.reduce(block_minmax, merge_minmax)
+    return st.REFERENCE[type(stat)](stat, np.stack([np.asarray(lo, F32), np.asarray(hi, F32)]))
+
+
+def _quantile(stat: st.Quantile, rows: Rows, say: Callable[[str], None]) -> Any:
+    n, d = rows.shape
+    if stat.method == "cuvs":
+        idx = st.quantile_rows(stat, n, d)
+        idx = np.arange(n) if idx is None else idx
+        say(f"gathering the {idx.size} sampled rows")
+        return st.REFERENCE[st.Quantile](stat, rows.take(idx))
+    per_dim = stat.axis == 0
+    lo_pos, hi_pos = st.quantile_positions(n if per_dim else n * d, stat.q)
+    return tuple(select(rows, [lo_pos, hi_pos], per_dim, say))
+
+
+def _column_mean(stat: st.ColumnMean, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
+    say("column sums")
+    return (rows.column_sum() / rows.shape[0]).astype(F32)
+
+
+def _column_median(stat: st.ColumnMedian, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
+    return st.median_of(*select(rows, list(st.median_ranks(rows.shape[0])), True, say))
+
+
+#: The streaming implementation of each statistic (:mod:`gpuquant.schemes.statistics`).
+STREAMING: dict[type[st.Statistic], Callable[[Any, Rows, Callable[[str], None]], Any]] = {
+    st.MinMax: _summary,
+    st.AbsMax: _summary,
+    st.Quantile: _quantile,
+    st.ColumnMean: _column_mean,
+    st.ColumnMedian: _column_median,
+}
 
 
 # --------------------------------------------------------------------------------------------

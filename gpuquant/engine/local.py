@@ -47,7 +47,7 @@ GPU_STREAMS = 2
 
 def _device(device: str, scheme: Any) -> tuple[str, Any]:
     """(``"gpu"`` | ``"cpu"``, backend) for ``device``; an explicit ``"gpu"`` never falls back."""
-    from gpuquant.backends import availability, resolve, resolve_for, supports
+    from gpuquant.backends import pick_auto, resolve, resolve_for
 
     if device not in DEVICES:
         raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
@@ -55,12 +55,10 @@ def _device(device: str, scheme: Any) -> tuple[str, Any]:
         return "cpu", resolve("numpy")
     if device == "gpu":
         return "gpu", resolve_for("cupy", scheme)
-    ok, reason = availability("cupy")
-    if ok:
-        ok, reason = supports("cupy", scheme)
-    if ok:
+    name, skipped = pick_auto(scheme)
+    if name == "cupy":
         return "gpu", resolve("cupy")
-    log.info("device auto: CPU (%s)", reason)
+    log.info("device auto: CPU (%s)", skipped.get("cupy", ""))
     return "cpu", resolve("numpy")
 
 

@@ -85,11 +85,12 @@ def _get(q: queue.Queue, stop: threading.Event, check: Callable[[], None] | None
 
 def row_error(exc: InputError, scheme: Any, x: np.ndarray, start: int, stop: int) -> InputError:
     """An encoding error of batch ``[start, stop)`` restated with absolute row numbers."""
-    if scheme.family == "absmax":
+    why = scheme.nonfinite_rows_refused
+    if why is not None:
         bad = ~np.isfinite(np.asarray(x, dtype=np.float32)).all(axis=1)
         if bad.any():
             return InputError(f"row {start + int(np.argmax(bad))} of the input holds NaN or ±Inf; scheme "
-                              f"{scheme.family!r} (per-row/per-block scales) needs finite values")
+                              f"{scheme.family!r} ({why}) needs finite values")
     return InputError(f"in rows {start}..{stop - 1} of the input: {exc}")
 
 

@@ -33,6 +33,7 @@ come from each row itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,90 +42,119 @@ from gpuquant.errors import InputError
 from gpuquant.schemes.base import (
     F32,
     NIBBLE_ORDERS,
+    Params,
     Scheme,
     State,
+    StateSpec,
     abs_max,
     choice,
     pack_nibbles,
     refuse_nonfinite_rows,
     sign_extend_nibble,
-    tensor_absmax,
     unpack_nibbles,
 )
+from gpuquant.schemes.granularity import (
+    Granularity,
+    PerBlock,
+    PerRow,
+    PerTensor,
+    spelling,
+)
+from gpuquant.schemes.statistics import AbsMax, FitSpec
+
+#: The family's spellings of its granularities.
+GRANULARITIES: dict[str, type[Granularity]] = {"row": PerRow, "block": PerBlock, "tensor": PerTensor}
+
+
+@dataclass(frozen=True)
+class AbsmaxParams(Params):
+    """Parameters of the ``absmax`` family (see the module docstring), checked once."""
+
+    granularity: str = "row"
+    bits: int = 8
+    block_size: int = 64
+    eps: float = 0.0
+    nibble_order: str = "low_first"
+
+    def __post_init__(self) -> None:
+        self._set("granularity", spelling(self.granularity, GRANULARITIES))
+        choice("bits", self.bits, (8, 4))
+        choice("nibble_order", self.nibble_order, NIBBLE_ORDERS)
+        g = self.block_size
+        if not isinstance(g, (int, np.integer)) or not 32 <= g <= 4096 or g % 2:
+            raise InputError(f"block_size must be an even integer in [32, 4096], got {g!r}")
+        self._set("block_size", int(g))
+        eps = self.eps
+        if not isinstance(eps, (int, float)) or not 0.0 <= eps < np.inf:
+            raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
+        self._set("eps", float(eps))
 
 
 class AbsmaxScheme(Scheme):
     """Symmetric per-row / per-block quantizer (see the module docstring)."""
 
     family = "absmax"
-    defaults = {
-        "granularity": "row",
-        "bits": 8,
-        "block_size": 64,
-        "eps": 0.0,
-        "nibble_order": "low_first",
-    }
+    params_type = AbsmaxParams
+    config: AbsmaxParams
+    nonfinite_rows_refused = "per-row/per-block scales"
 
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "granularity", ("row", "block", "tensor"))
-        choice(p, "bits", (8, 4))
-        choice(p, "nibble_order", NIBBLE_ORDERS)
-        g = p["block_size"]
-        if not isinstance(g, (int, np.integer)) or not 32 <= g <= 4096 or g % 2:
-            raise InputError(f"block_size must be an even integer in [32, 4096], got {g!r}")
-        p["block_size"] = int(g)
-        eps = p["eps"]
-        if not isinstance(eps, (int, float)) or not 0.0 <= eps < np.inf:
-            raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
-        p["eps"] = float(eps)
-        return p
+    @property
+    def granularity(self) -> Granularity:
+        kind = GRANULARITIES[self.config.granularity]
+        return PerBlock(self.config.block_size) if kind is PerBlock else kind()
 
     @property
     def qmax(self) -> int:
-        return 127 if self.params["bits"] == 8 else 7
-
-    @property
-    def needs_fit(self) -> bool:
-        return self.params["granularity"] == "tensor"
+        return 127 if self.config.bits == 8 else 7
 
     def describe(self) -> dict[str, Any]:
-        p = self.params
-        return {"scope": p["granularity"] + (f" of {p['block_size']}" if p["granularity"] == "block" else ""),
-                "range_method": "absmax", "rounding": "half_even", "encoding": f"signed int{p['bits']}",
-                **({"nibble_order": p["nibble_order"]} if p["bits"] == 4 else {})}
+        p = self.config
+        return {"scope": p.granularity + (f" of {p.block_size}" if isinstance(self.granularity, PerBlock) else ""),
+                "range_method": "absmax", "rounding": "half_even", "encoding": f"signed int{p.bits}",
+                **({"nibble_order": p.nibble_order} if p.bits == 4 else {})}
 
     @property
     def code_dtype(self) -> np.dtype:
-        return np.dtype(np.int8 if self.params["bits"] == 8 else np.uint8)
+        return np.dtype(np.int8 if self.config.bits == 8 else np.uint8)
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
-        return (n, d) if self.params["bits"] == 8 else (n, (d + 1) // 2)
+        return (n, d) if self.config.bits == 8 else (n, (d + 1) // 2)
 
     def groups(self, d: int) -> int:
         """Scales per row."""
-        return d // self.params["block_size"] if self.params["granularity"] == "block" else 1
+        return d // self.config.block_size if isinstance(self.granularity, PerBlock) else 1
 
     def side_shapes(self, n: int, d: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        if self.params["granularity"] == "tensor":
+        if isinstance(self.granularity, PerTensor):
             return {}
-        shape = (n, self.groups(d)) if self.params["granularity"] == "block" else (n,)
+        shape = (n, self.groups(d)) if isinstance(self.granularity, PerBlock) else (n,)
         return {"scales": (shape, np.dtype(F32))}
 
     def check_dim(self, d: int) -> None:
-        g = self.params["block_size"]
-        if self.params["granularity"] == "block" and d % g:
+        g = self.config.block_size
+        if isinstance(self.granularity, PerBlock) and d % g:
             raise InputError(
                 f"block_size={g} does not divide the row length d={d}; choose a block size that does"
             )
 
-    def fit(self, X: np.ndarray) -> State:
-        if self.params["granularity"] != "tensor":
-            return {}
-        return {"scales": self.tensor_scale(tensor_absmax(X))}
+    def fit_spec(self) -> FitSpec | None:
+        if not isinstance(self.granularity, PerTensor):
+            return None
+        return FitSpec({"absmax": AbsMax()}, 1, "a tensor scale")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return {"scales": self.tensor_scale(stats["absmax"])}
+
+    def state_spec(self, d: int) -> StateSpec:
+        return {"scales": ((1,), np.dtype(F32))} if isinstance(self.granularity, PerTensor) else {}
+
+    def check_state(self, state: State) -> None:
+        if (state["scales"] < 0).any():
+            raise InputError("state array 'scales' must be >= 0")
 
     def tensor_scale(self, m: float | np.floating) -> np.ndarray:
         """The "tensor" state's scale ``f32(f32(m + f32(eps)) / qmax)``, shape (1,), of the absmax ``m``."""
-        return np.asarray((F32(m) + F32(self.params["eps"])) / F32(self.qmax), F32).reshape(1)
+        return np.asarray((F32(m) + F32(self.config.eps)) / F32(self.qmax), F32).reshape(1)
 
     def encode_into(
         self,
@@ -137,33 +167,33 @@ class AbsmaxScheme(Scheme):
         n, d = X.shape
         blocks = X.reshape(n, self.groups(d), d // self.groups(d))
         t, m = abs_max(blocks, tmp)
-        own = ((m + F32(self.params["eps"])) / F32(self.qmax)).astype(F32)
+        own = ((m + F32(self.config.eps)) / F32(self.qmax)).astype(F32)
         s = own
-        if self.params["granularity"] == "tensor":  # the row's own scale then only checks NaN / Inf
+        if isinstance(self.granularity, PerTensor):  # the row's own scale then only checks NaN / Inf
             assert state is not None
             s = np.broadcast_to(np.asarray(state["scales"], F32).reshape(1, 1), (n, 1))
         refuse_nonfinite_rows(own, f"scheme {self.family!r} needs finite values")
         np.divide(blocks, np.where(s == 0, F32(1), s)[:, :, None], out=t)
         np.rint(t, out=t)
         np.clip(t, -self.qmax, self.qmax, out=t)
-        if self.params["granularity"] == "block":
+        if isinstance(self.granularity, PerBlock):
             side["scales"][...] = s
-        elif self.params["granularity"] == "row":
+        elif isinstance(self.granularity, PerRow):
             side["scales"][...] = s[:, 0]
-        if self.params["bits"] == 8:
+        if self.config.bits == 8:
             np.copyto(codes, t.reshape(n, d), casting="unsafe")
         else:
             nibbles = t.reshape(n, d).astype(np.int8).view(np.uint8) & 0x0F
-            codes[...] = pack_nibbles(nibbles, self.params["nibble_order"])
+            codes[...] = pack_nibbles(nibbles, self.config.nibble_order)
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
     ) -> np.ndarray:
         q = codes
-        if self.params["bits"] == 4:
-            q = sign_extend_nibble(unpack_nibbles(codes, dim, self.params["nibble_order"]))
+        if self.config.bits == 4:
+            q = sign_extend_nibble(unpack_nibbles(codes, dim, self.config.nibble_order))
         n = q.shape[0]
-        if self.params["granularity"] == "tensor":
+        if isinstance(self.granularity, PerTensor):
             assert state is not None
             s = np.broadcast_to(np.asarray(state["scales"], F32).reshape(1), (n,))
         else:

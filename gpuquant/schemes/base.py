@@ -1,10 +1,13 @@
 """What every scheme provides, and the helpers the families share.
 
-A scheme is the math of one code format: validated parameters, the code layout for an ``(n, d)``
-input, the fitted state it needs (float32 arrays such as ranges or thresholds), and three numpy
-reference functions:
+A scheme is the math of one code format: its parameters (a frozen :class:`Params` dataclass,
+validated once; ``scheme.config``), the code layout for an ``(n, d)`` input, what its fit needs and
+the fitted state it makes (float32 arrays such as ranges or thresholds, laid out as
+``state_spec(d)`` declares), and three numpy reference functions:
 
-* ``fit(X) -> state``: trains on all rows of ``X`` (float32, 2-D);
+* ``fit(X) -> state``: trains on all rows of ``X`` (float32, 2-D): the statistics ``fit_spec()``
+  names (:mod:`gpuquant.schemes.statistics`), turned into the state by ``from_statistics``; every
+  other fit (streaming, Dask, device) computes the same statistics its own way;
 * ``encode(X, state) -> (codes, side)``: codes laid out as the peer stores them, plus side arrays;
 * ``decode(codes, side, state, dim) -> float32``: the reconstruction.
 
@@ -18,49 +21,85 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from gpuquant.errors import InputError
+from gpuquant.schemes.granularity import Granularity
+from gpuquant.schemes.statistics import (
+    F32,
+    F64,
+    NAN_FIT_MESSAGE,
+    NONFINITE_FIT_MESSAGE,
+    FitSpec,
+    compute,
+)
 
-F32 = np.float32
-F64 = np.float64
 State = dict[str, np.ndarray]
+#: The fitted state's layout: array name -> (shape, dtype).
+StateSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 NIBBLE_ORDERS = ("low_first", "high_first")
-NAN_FIT_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
-NONFINITE_FIT_MESSAGE = "fit data contains NaN or ±Inf; remove or replace those rows before fitting"
+__all__ = ["F32", "F64", "NAN_FIT_MESSAGE", "NONFINITE_FIT_MESSAGE", "Params", "Scheme", "State", "StateSpec"]
+
+
+class Params:
+    """Base of the families' typed parameters: frozen dataclasses whose ``__post_init__`` checks
+    every value once (``InputError`` naming it) and normalises it; field order is the order the
+    parameters are saved in."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as saved (quantizer files, store manifests), in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def _set(self, name: str, value: Any) -> None:
+        """Normalise a field inside ``__post_init__`` (the dataclass is frozen)."""
+        object.__setattr__(self, name, value)
 
 
 class Scheme(ABC):
     """One code format with its parameters. Subclasses define one family each."""
 
     family: ClassVar[str]
-    defaults: ClassVar[Mapping[str, Any]]
+    params_type: ClassVar[type[Params]]
+    #: True when the reconstruction keeps only the codes' pattern (binary signs), so a search must
+    #: compare quantized queries with it rather than the queries themselves.
+    search_in_code_space: ClassVar[bool] = False
+    #: Set by families whose encoding refuses rows holding NaN or ±Inf because of per-row or
+    #: per-block constants: the reason, quoted when the engine names such a row by its number.
+    nonfinite_rows_refused: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
+        known = [f.name for f in fields(self.params_type)]  # type: ignore[arg-type]
+        unknown = sorted(set(params) - set(known))
         if unknown:
             raise InputError(
                 f"unknown parameter(s) {unknown} for scheme family {self.family!r}; "
-                f"known: {sorted(self.defaults)}"
+                f"known: {sorted(known)}"
             )
-        merged = {**self.defaults, **params}
-        self.params: dict[str, Any] = self._validate(merged)
+        self.config = self.params_type(**params)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters as a dict (what quantizer files and manifests save)."""
+        return self.config.to_dict()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k != "ranges")
         return f"{type(self).__name__}({args})"
 
-    # -- what subclasses define ---------------------------------------------------------------
-    @abstractmethod
-    def _validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Check parameter values; return them normalised (JSON-serialisable)."""
-
     @property
-    @abstractmethod
+    def granularity(self) -> Granularity | None:
+        """Which values share one set of constants (:mod:`gpuquant.schemes.granularity`); None for
+        formats without any (casts)."""
+        return None
+
+    # -- what subclasses define ---------------------------------------------------------------
+    @property
     def needs_fit(self) -> bool:
-        """Whether ``fit`` must run before ``transform`` (False: the codes need no trained state)."""
+        """Whether ``fit`` must run before ``transform``: the scheme declares statistics to learn."""
+        return self.fit_spec() is not None
 
     @property
     @abstractmethod
@@ -82,9 +121,30 @@ class Scheme(ABC):
         """State known without data (e.g. given ranges, zero thresholds), else None."""
         return None
 
+    def fit_spec(self) -> FitSpec | None:
+        """The statistics the fit needs (:mod:`gpuquant.schemes.statistics`); None: no fit."""
+        return None
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        """The state from the results of :meth:`fit_spec`'s statistics (the only family-specific
+        step of every fit; each backend computes the statistics its own way)."""
+        raise NotImplementedError(f"scheme family {self.family!r} declares no fit")
+
     def fit(self, X: np.ndarray) -> State:
-        """Reference training on all rows of float32 ``X`` (none by default: the empty state)."""
+        """Reference training on all rows of float32 ``X``: the declared statistics by their numpy
+        reference, turned into the state (schemes without a fit: their initial state, or none)."""
+        spec = self.fit_spec()
+        if spec is None:
+            return self.initial_state() or {}
+        return self.from_statistics(compute(spec, X))
+
+    def state_spec(self, d: int) -> StateSpec:
+        """Names, shapes and dtypes of the fitted state for ``d`` dimensions (empty: no state)."""
         return {}
+
+    def check_state(self, state: State) -> None:
+        """Raise ``InputError`` if ``state``'s values break the family's rules (beyond shape, dtype
+        and finiteness, which :func:`gpuquant.schemes.state.check_state` checks for every family)."""
 
     def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Reference encoding of float32 ``X``: new code and side arrays."""
@@ -129,6 +189,29 @@ class Scheme(ABC):
         return self.code_dtype.itemsize * cols / 1024
 
 
+def validate_state(scheme: Scheme, state: State, d: int | None, where: str = "the quantizer file") -> None:
+    """Check a state read from outside (a saved file) against the layout ``scheme`` declares:
+    exactly the declared arrays, each float32 of the declared shape and finite, then the family's
+    own rules (:meth:`Scheme.check_state`). ``InputError`` naming the array otherwise."""
+    spec = scheme.state_spec(d or 0)
+    unknown = sorted(set(state) - set(spec))
+    if unknown:
+        raise InputError(f"unknown state array(s) {unknown} in {where} for scheme family {scheme.family!r}; "
+                         f"expected {sorted(spec)}")
+    for name, (shape, dtype) in spec.items():
+        a = state.get(name)
+        if a is None:
+            raise InputError(f"state array {name!r} is missing from {where}")
+        if a.dtype != dtype or tuple(a.shape) != shape:
+            raise InputError(f"state array {name!r} in {where} must be {dtype}{shape}, got {a.dtype}{tuple(a.shape)}")
+        if not np.isfinite(a).all():
+            raise InputError(f"state array {name!r} in {where} holds NaN or ±Inf")
+    try:
+        scheme.check_state(state)
+    except InputError as exc:
+        raise InputError(f"the state in {where} is invalid: {exc}") from None
+
+
 def scratch(tmp: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 array of ``shape``: a view of the caller's ``tmp`` buffer, or a new one."""
     if tmp is None:
@@ -146,42 +229,17 @@ def has_nan(a: np.ndarray) -> bool:
     return bool(np.isnan(a).any())
 
 
-def choice(params: dict[str, Any], key: str, allowed: tuple[Any, ...]) -> Any:
-    """Return ``params[key]`` if it is one of ``allowed``, else raise a clear ``InputError``."""
-    value = params[key]
+def choice(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    """``value`` if it is one of ``allowed``, else a clear ``InputError`` naming parameter ``key``."""
     if value not in allowed:
         raise InputError(f"{key}={value!r} is not supported; choose one of {list(allowed)}")
     return value
 
 
-def as_bool(params: dict[str, Any], key: str) -> bool:
-    value = params[key]
+def as_bool(key: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{key} must be True or False, got {value!r}")
     return bool(value)
-
-
-def require_rows(X: np.ndarray, minimum: int, why: str) -> None:
-    if X.shape[0] < minimum:
-        raise InputError(f"cannot fit {why} on {X.shape[0]} row(s): need at least {minimum}")
-
-
-def refuse_nan(X: np.ndarray) -> None:
-    if np.isnan(X).any():
-        raise InputError(NAN_FIT_MESSAGE)
-
-
-def tensor_absmax(X: np.ndarray) -> np.float32:
-    """``max |x|`` over every value of fit data ``X`` (0 for no values), refusing NaN and ±Inf.
-
-    One pass: the max propagates NaN, and ``|±Inf|`` is Inf, so the max is finite exactly when
-    every value is.
-    """
-    require_rows(X, 1, "a tensor scale")
-    m = np.abs(X).max(initial=F32(0))
-    if not np.isfinite(m):
-        raise InputError(NONFINITE_FIT_MESSAGE)
-    return m
 
 
 def abs_max(x: np.ndarray, tmp: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -24,54 +24,76 @@ sign pattern, not the magnitudes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gpuquant.schemes.base import (
     F32,
-    F64,
+    Params,
     Scheme,
     State,
+    StateSpec,
     as_bool,
     choice,
-    refuse_nan,
-    require_rows,
 )
+from gpuquant.schemes.granularity import Granularity, PerColumn
+from gpuquant.schemes.statistics import (
+    ColumnMean,
+    ColumnMedian,
+    FitSpec,
+    median_of,
+    median_ranks,
+)
+
+__all__ = ["BinaryScheme", "median_of", "median_ranks"]
+
+
+@dataclass(frozen=True)
+class BinaryParams(Params):
+    """Parameters of the ``binary`` family (see the module docstring), checked once."""
+
+    threshold: str = "zero"
+    bitorder: str = "little"
+    signed: bool = False
+    signed_encoding: str = "offset"
+
+    def __post_init__(self) -> None:
+        choice("threshold", self.threshold, ("zero", "mean", "median"))
+        choice("bitorder", self.bitorder, ("little", "big"))
+        choice("signed_encoding", self.signed_encoding, ("offset", "twos_complement"))
+        as_bool("signed", self.signed)
 
 
 class BinaryScheme(Scheme):
     """Sign / threshold bits (see the module docstring)."""
 
     family = "binary"
-    defaults = {"threshold": "zero", "bitorder": "little", "signed": False, "signed_encoding": "offset"}
+    params_type = BinaryParams
+    config: BinaryParams
+    #: The reconstruction is a sign pattern only: searches compare quantized queries with it.
+    search_in_code_space = True
 
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "threshold", ("zero", "mean", "median"))
-        choice(p, "bitorder", ("little", "big"))
-        choice(p, "signed_encoding", ("offset", "twos_complement"))
-        as_bool(p, "signed")
-        return p
+    @property
+    def granularity(self) -> Granularity | None:
+        return None if self.config.threshold == "zero" else PerColumn()
 
     @property
     def flip(self) -> bool:
         """Whether the stored byte is the packed byte with its top bit flipped (offset encoding)."""
-        return bool(self.params["signed"]) and self.params["signed_encoding"] == "offset"
+        return bool(self.config.signed) and self.config.signed_encoding == "offset"
 
     def describe(self) -> dict[str, Any]:
-        p = self.params
-        return {"scope": "dimension" if p["threshold"] != "zero" else "none",
-                "range_method": f"threshold {p['threshold']}", "rounding": "x > threshold",
-                "bit_order": "lsb_first" if p["bitorder"] == "little" else "msb_first",
-                "encoding": (p["signed_encoding"] if p["signed"] else "unsigned")}
-
-    @property
-    def needs_fit(self) -> bool:
-        return self.params["threshold"] != "zero"
+        p = self.config
+        return {"scope": "dimension" if p.threshold != "zero" else "none",
+                "range_method": f"threshold {p.threshold}", "rounding": "x > threshold",
+                "bit_order": "lsb_first" if p.bitorder == "little" else "msb_first",
+                "encoding": (p.signed_encoding if p.signed else "unsigned")}
 
     @property
     def code_dtype(self) -> np.dtype:
-        return np.dtype(np.int8 if self.params["signed"] else np.uint8)
+        return np.dtype(np.int8 if self.config.signed else np.uint8)
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
         return (n, (d + 7) // 8)
@@ -79,20 +101,18 @@ class BinaryScheme(Scheme):
     def initial_state(self) -> State | None:
         return None  # zero thresholds need no state; see thresholds_for
 
-    def fit(self, X: np.ndarray) -> State:
-        kind = self.params["threshold"]
+    def fit_spec(self) -> FitSpec | None:
+        kind = self.config.threshold
         if kind == "zero":
-            return {}
-        require_rows(X, 1, f"{kind} thresholds")
-        refuse_nan(X)
-        n = X.shape[0]
-        if kind == "mean":
-            thr = (X.sum(axis=0, dtype=F64) / n).astype(F32)
-        else:
-            lo, hi = median_ranks(n)
-            part = np.partition(X, [lo, hi], axis=0)
-            thr = median_of(part[lo], part[hi])
-        return {"thresholds": thr}
+            return None
+        stat = ColumnMean() if kind == "mean" else ColumnMedian()
+        return FitSpec({"thresholds": stat}, 1, f"{kind} thresholds")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return {"thresholds": np.asarray(stats["thresholds"], F32)}
+
+    def state_spec(self, d: int) -> StateSpec:
+        return {} if self.config.threshold == "zero" else {"thresholds": ((d,), np.dtype(F32))}
 
     @staticmethod
     def thresholds_for(state: State | None, d: int) -> np.ndarray:
@@ -109,7 +129,7 @@ class BinaryScheme(Scheme):
         tmp: np.ndarray | None = None,
     ) -> None:
         bits = X > self.thresholds_for(state, X.shape[1])
-        packed = np.packbits(bits, axis=1, bitorder=self.params["bitorder"])
+        packed = np.packbits(bits, axis=1, bitorder=self.config.bitorder)
         codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self.flip else packed
 
     def decode(
@@ -118,15 +138,6 @@ class BinaryScheme(Scheme):
         packed = np.asarray(codes).view(np.uint8)
         if self.flip:
             packed = packed ^ np.uint8(0x80)
-        bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.params["bitorder"])
+        bits = np.unpackbits(packed, axis=1, count=dim, bitorder=self.config.bitorder)
         return np.where(bits.astype(bool), F32(1), F32(-1))
 
-
-def median_ranks(n: int) -> tuple[int, int]:
-    """0-based ranks of the two middle values of ``n`` (equal for odd ``n``)."""
-    return (n - 1) // 2, n // 2
-
-
-def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The median threshold from the values at :func:`median_ranks`: ``float32((f64(a) + f64(b)) / 2)``."""
-    return ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)

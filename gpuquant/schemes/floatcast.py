@@ -23,13 +23,23 @@ casts back to float32, which is exact. No fit.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import F32, Scheme, State, as_bool, choice, has_nan, scratch
+from gpuquant.schemes.base import (
+    F32,
+    Params,
+    Scheme,
+    State,
+    as_bool,
+    choice,
+    has_nan,
+    scratch,
+)
 
 FORMATS: dict[str, tuple[np.dtype, float, int]] = {
     # name: (dtype, max finite, canonical quiet NaN bits without sign)
@@ -57,37 +67,42 @@ def refuse_nonfinite_codes(codes: Any, fmt: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class FloatParams(Params):
+    """Parameters of the ``float`` family (see the module docstring), checked once."""
+
+    format: str = "e4m3"
+    saturate: bool = False
+    nonfinite: str = "keep"
+
+    def __post_init__(self) -> None:
+        choice("format", self.format, tuple(FORMATS))
+        choice("nonfinite", self.nonfinite, ("keep", "raise"))
+        as_bool("saturate", self.saturate)
+
+
 class FloatScheme(Scheme):
     """Round-to-nearest-even casts to narrow float formats (see the module docstring)."""
 
     family = "float"
-    defaults = {"format": "e4m3", "saturate": False, "nonfinite": "keep"}
-
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "format", tuple(FORMATS))
-        choice(p, "nonfinite", ("keep", "raise"))
-        as_bool(p, "saturate")
-        return p
+    params_type = FloatParams
+    config: FloatParams
 
     def describe(self) -> dict[str, Any]:
         return {"scope": "none", "range_method": "none", "rounding": "half_even",
-                "encoding": self.params["format"] + (" saturating" if self.params["saturate"] else "")}
-
-    @property
-    def needs_fit(self) -> bool:
-        return False
+                "encoding": self.config.format + (" saturating" if self.config.saturate else "")}
 
     @property
     def code_dtype(self) -> np.dtype:
-        return FORMATS[self.params["format"]][0]
+        return FORMATS[self.config.format][0]
 
     @property
     def max_finite(self) -> float:
-        return FORMATS[self.params["format"]][1]
+        return FORMATS[self.config.format][1]
 
     @property
     def nan_bits(self) -> int:
-        return FORMATS[self.params["format"]][2]
+        return FORMATS[self.config.format][2]
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
         return (n, d)
@@ -101,12 +116,12 @@ class FloatScheme(Scheme):
         tmp: np.ndarray | None = None,
     ) -> None:
         x = X
-        if self.params["saturate"]:
+        if self.config.saturate:
             x = np.clip(X, F32(-self.max_finite), F32(self.max_finite), out=scratch(tmp, X.shape))
         with np.errstate(invalid="ignore", over="ignore"):
             np.copyto(codes, x, casting="unsafe")
-        if self.params["nonfinite"] == "raise":  # refuses every row holding NaN: none is left to rewrite
-            refuse_nonfinite_codes(codes, self.params["format"])
+        if self.config.nonfinite == "raise":  # refuses every row holding NaN: none is left to rewrite
+            refuse_nonfinite_codes(codes, self.config.format)
         elif has_nan(X):
             nan = np.isnan(X)
             bits = codes.view(_UINT[self.code_dtype.itemsize])

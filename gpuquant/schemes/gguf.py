@@ -32,6 +32,7 @@ such weights are outside what these formats are for. Subnormal inputs are not fl
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,12 +40,14 @@ import numpy as np
 from gpuquant.errors import InputError
 from gpuquant.schemes.base import (
     F32,
+    Params,
     Scheme,
     State,
     abs_max,
     choice,
     refuse_nonfinite_rows,
 )
+from gpuquant.schemes.granularity import Granularity, PerBlock
 
 QK = 32
 #: Bytes per block: fp16 scale + codes.
@@ -61,19 +64,26 @@ def roundf(v: np.ndarray) -> np.ndarray:
     return np.copysign(f + (a - f >= F32(0.5)), v)
 
 
+@dataclass(frozen=True)
+class GgufParams(Params):
+    """Parameters of the ``gguf`` family (see the module docstring), checked once."""
+
+    type: str = "q8_0"
+
+    def __post_init__(self) -> None:
+        choice("type", self.type, tuple(BLOCK_BYTES))
+
+
 class GgufScheme(Scheme):
     """llama.cpp Q8_0 / Q4_0 blocks (see the module docstring)."""
 
     family = "gguf"
-    defaults = {"type": "q8_0"}
-
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "type", tuple(BLOCK_BYTES))
-        return p
+    params_type = GgufParams
+    config: GgufParams
 
     @property
-    def needs_fit(self) -> bool:
-        return False
+    def granularity(self) -> Granularity:
+        return PerBlock(QK)
 
     @property
     def code_dtype(self) -> np.dtype:
@@ -81,7 +91,7 @@ class GgufScheme(Scheme):
 
     @property
     def block_bytes(self) -> int:
-        return BLOCK_BYTES[self.params["type"]]
+        return BLOCK_BYTES[self.config.type]
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
         return (n, -(-d // QK) * self.block_bytes)
@@ -89,12 +99,12 @@ class GgufScheme(Scheme):
     def check_dim(self, d: int) -> None:
         if d % QK:
             raise InputError(
-                f"GGUF {self.params['type'].upper()} needs rows whose length is a multiple of {QK}; "
+                f"GGUF {self.config.type.upper()} needs rows whose length is a multiple of {QK}; "
                 f"got d={d} (pad the rows or choose another scheme)"
             )
 
     def describe(self) -> dict[str, Any]:
-        kind = self.params["type"]
+        kind = self.config.type
         return {"scope": f"block of {QK}", "range_method": "absmax" if kind == "q8_0" else "signed max / -8",
                 "rounding": "half_away (roundf)" if kind == "q8_0" else "trunc(x/d + 8.5)",
                 "encoding": "int8 codes" if kind == "q8_0" else "4-bit q + 8, element j low / j+16 high nibble",
@@ -114,7 +124,7 @@ class GgufScheme(Scheme):
         t, amax = abs_max(blocks, tmp)  # t: |x|, then f32(x * id)
         refuse_nonfinite_rows(amax, "GGUF blocks need finite values")
         out = codes.reshape(n, nb, self.block_bytes)
-        if self.params["type"] == "q8_0":
+        if self.config.type == "q8_0":
             dscale = amax / F32(127)
             q = self._scaled(blocks, dscale, t)
             out[:, :, 2:] = roundf(q).astype(np.int8).view(np.uint8)
@@ -141,7 +151,7 @@ class GgufScheme(Scheme):
         nb = dim // QK
         raw = np.ascontiguousarray(codes).reshape(n, nb, self.block_bytes)
         dscale = raw[:, :, :2].copy().view("<f2").astype(F32)  # (n, nb, 1)
-        if self.params["type"] == "q8_0":
+        if self.config.type == "q8_0":
             q = raw[:, :, 2:].view(np.int8).astype(F32)
         else:
             qs = raw[:, :, 2:]

@@ -2,7 +2,8 @@
 
 Parameters
 ----------
-granularity : ``"tensor"`` (one range) or ``"dimension"`` (one range per column).
+granularity : ``"tensor"`` (one range) or ``"dimension"`` (one range per column; ``"column"`` is accepted
+    and saved as ``"dimension"``, see :mod:`gpuquant.schemes.granularity`).
 range : ``"minmax"``, ``"quantile"``, ``"absmax"`` (``[-max|x|, max|x|]``) or ``"given"``
     (``ranges=[lo, hi]``, each a scalar or a length-d list: calibration ranges from elsewhere).
 quantile : in (0, 1] (range="quantile"), default 0.99.
@@ -46,8 +47,8 @@ size every row is used and the range equals cuVS's exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,116 +57,112 @@ from gpuquant.errors import InputError
 from gpuquant.schemes.base import (
     F32,
     F64,
-    NAN_FIT_MESSAGE,
     NIBBLE_ORDERS,
+    Params,
     Scheme,
     State,
+    StateSpec,
     as_bool,
     choice,
     has_nan,
     pack_nibbles,
-    refuse_nan,
-    require_rows,
     scratch,
     sign_extend_nibble,
     unpack_nibbles,
 )
+from gpuquant.schemes.granularity import Granularity, PerColumn, PerTensor, spelling
+from gpuquant.schemes.statistics import (
+    CUVS_MAX_SAMPLES,
+    CUVS_SEED,
+    FitSpec,
+    MinMax,
+    Quantile,
+    cuvs_sample_size,
+    quantile_positions,
+    sample_rows,
+)
 
-CUVS_MAX_SAMPLES = 1_000_000
-CUVS_SEED = 137
+__all__ = ["CUVS_MAX_SAMPLES", "CUVS_SEED", "ScalarScheme", "cuvs_sample_size", "quantile_positions", "sample_rows"]
 ROUNDINGS = ("half_away", "floor", "trunc", "half_even")
+#: The family's spellings of its granularities (saved as written here).
+GRANULARITIES: dict[str, type[Granularity]] = {"tensor": PerTensor, "dimension": PerColumn}
 
 
-def cuvs_sample_size(n: int, d: int) -> int:
-    """Rows cuVS sorts for its quantile: ``min(1_000_000 // d, n)`` (at least 1)."""
-    return max(1, min(CUVS_MAX_SAMPLES // d, n))
+@dataclass(frozen=True)
+class ScalarParams(Params):
+    """Parameters of the ``scalar`` family (see the module docstring), checked once."""
 
+    granularity: str = "tensor"
+    range: str = "minmax"
+    quantile: float = 0.99
+    quantile_method: str = "cuvs"
+    rounding: str = "half_even"
+    bits: int = 8
+    signed: bool = False
+    nibble_order: str = "low_first"
+    ranges: Any = None
 
-def sample_rows(n: int, n_sample: int) -> np.ndarray:
-    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement."""
-    if n_sample >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(CUVS_SEED)
-    return np.sort(rng.choice(n, size=n_sample, replace=False))
-
-
-def quantile_positions(size: int, quantile: float) -> tuple[int, int]:
-    """cuVS's (pos_min, pos_max) into ``size`` sorted values for ``quantile``."""
-    q = float(np.float32(quantile))
-    pos_max = math.ceil((0.5 + 0.5 * q) * size) - 1
-    return size - pos_max - 1, pos_max
+    def __post_init__(self) -> None:
+        self._set("granularity", spelling(self.granularity, GRANULARITIES))
+        choice("range", self.range, ("minmax", "quantile", "absmax", "given"))
+        choice("quantile_method", self.quantile_method, ("cuvs", "exact"))
+        choice("rounding", self.rounding, ROUNDINGS)
+        choice("bits", self.bits, (8, 4))
+        choice("nibble_order", self.nibble_order, NIBBLE_ORDERS)
+        as_bool("signed", self.signed)
+        q = self.quantile
+        if not isinstance(q, (int, float)) or not 0.0 < float(np.float32(q)) <= 1.0:
+            raise InputError(f"quantile must be in (0, 1], got {q!r}")
+        self._set("quantile", float(q))
+        if self.range == "given":
+            self._set("ranges", _given_ranges(self.ranges, self.granularity))
+        elif self.ranges is not None:
+            raise InputError("ranges=... is only used with range='given'")
 
 
 class ScalarScheme(Scheme):
     """Affine range quantizer (see the module docstring for the exact math)."""
 
     family = "scalar"
-    defaults = {
-        "granularity": "tensor",
-        "range": "minmax",
-        "quantile": 0.99,
-        "quantile_method": "cuvs",
-        "rounding": "half_even",
-        "bits": 8,
-        "signed": False,
-        "nibble_order": "low_first",
-        "ranges": None,
-    }
+    params_type = ScalarParams
+    config: ScalarParams
 
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "granularity", ("tensor", "dimension"))
-        choice(p, "range", ("minmax", "quantile", "absmax", "given"))
-        choice(p, "quantile_method", ("cuvs", "exact"))
-        choice(p, "rounding", ROUNDINGS)
-        choice(p, "bits", (8, 4))
-        choice(p, "nibble_order", NIBBLE_ORDERS)
-        as_bool(p, "signed")
-        q = p["quantile"]
-        if not isinstance(q, (int, float)) or not 0.0 < float(np.float32(q)) <= 1.0:
-            raise InputError(f"quantile must be in (0, 1], got {q!r}")
-        p["quantile"] = float(q)
-        if p["range"] == "given":
-            p["ranges"] = _given_ranges(p["ranges"], p["granularity"])
-        elif p["ranges"] is not None:
-            raise InputError("ranges=... is only used with range='given'")
-        return p
+    @property
+    def granularity(self) -> Granularity:
+        return GRANULARITIES[self.config.granularity]()
 
     # -- layout -------------------------------------------------------------------------------
-    @property
-    def needs_fit(self) -> bool:
-        return self.params["range"] != "given"
-
     def describe(self) -> dict[str, Any]:
-        p = self.params
-        method = p["range"]
+        p = self.config
+        method = p.range
         if method == "quantile":
-            method = f"quantile {p['quantile']} ({p['quantile_method']})"
-        return {"scope": p["granularity"], "range_method": method, "rounding": p["rounding"],
-                "encoding": (f"signed int{p['bits']} = level - {self.half}" if p["signed"]
-                             else f"unsigned {p['bits']}-bit level"),
-                **({"nibble_order": p["nibble_order"]} if p["bits"] == 4 else {})}
+            method = f"quantile {p.quantile} ({p.quantile_method})"
+        return {"scope": p.granularity, "range_method": method, "rounding": p.rounding,
+                "encoding": (f"signed int{p.bits} = level - {self.half}" if p.signed
+                             else f"unsigned {p.bits}-bit level"),
+                **({"nibble_order": p.nibble_order} if p.bits == 4 else {})}
 
     @property
     def code_dtype(self) -> np.dtype:
-        if self.params["bits"] == 8 and self.params["signed"]:
+        if self.config.bits == 8 and self.config.signed:
             return np.dtype(np.int8)
         return np.dtype(np.uint8)
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
-        return (n, d) if self.params["bits"] == 8 else (n, (d + 1) // 2)
+        return (n, d) if self.config.bits == 8 else (n, (d + 1) // 2)
 
     @property
     def levels(self) -> int:
-        return 2 ** self.params["bits"] - 1
+        return 2 ** self.config.bits - 1
 
     @property
     def half(self) -> int:
-        return 2 ** (self.params["bits"] - 1)
+        return 2 ** (self.config.bits - 1)
 
     def initial_state(self) -> State | None:
-        if self.params["range"] != "given":
+        if self.config.range != "given":
             return None
-        lo, hi = np.asarray(self.params["ranges"], dtype=F32)
+        lo, hi = np.asarray(self.config.ranges, dtype=F32)
         return {"lo": lo.copy(), "hi": hi.copy()}
 
     def check_dim(self, d: int) -> None:
@@ -174,48 +171,39 @@ class ScalarScheme(Scheme):
             raise InputError(f"given ranges have {state['lo'].size} dimensions, input has {d}")
 
     # -- fit ----------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray) -> State:
-        p = self.params
-        if p["range"] == "given":
-            return self.initial_state()  # type: ignore[return-value]
-        per_dim = p["granularity"] == "dimension"
-        require_rows(X, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+    def fit_spec(self) -> FitSpec | None:
+        p = self.config
+        if p.range == "given":
+            return None
+        per_dim = isinstance(self.granularity, PerColumn)
         axis = 0 if per_dim else None
-        if p["range"] == "quantile":
-            lo, hi = self._fit_quantile(X, per_dim)
+        stat = (Quantile(p.quantile, p.quantile_method, axis) if p.range == "quantile"
+                else MinMax(axis))
+        return FitSpec({"range": stat}, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return self.finish_range(*stats["range"])
+
+    def state_spec(self, d: int) -> StateSpec:
+        if self.config.range == "given":
+            width = len(self.config.ranges[0])
         else:
-            lo, hi = X.min(axis=axis), X.max(axis=axis)
-            if np.isnan(lo).any() or np.isnan(hi).any():
-                raise InputError(NAN_FIT_MESSAGE)
-        return self.finish_range(lo, hi)
+            width = d if isinstance(self.granularity, PerColumn) else 1
+        return {"lo": ((width,), np.dtype(F32)), "hi": ((width,), np.dtype(F32))}
+
+    def check_state(self, state: State) -> None:
+        check_range(state["lo"], state["hi"])
 
     def finish_range(self, lo: np.ndarray, hi: np.ndarray) -> State:
         """The state from a fitted min and max (or quantile pair): ``[-max|.|, max|.|]`` for
         range="absmax", as float32 arrays of shape (1,) or (d,), checked finite with ``lo <= hi``."""
-        if self.params["range"] == "absmax":
+        if self.config.range == "absmax":
             hi = np.maximum(np.abs(lo), np.abs(hi))
             lo = -hi
         lo = np.asarray(lo, F32).reshape(-1).copy()
         hi = np.asarray(hi, F32).reshape(-1).copy()
-        self._check_range(lo, hi)
+        check_range(lo, hi)
         return {"lo": lo, "hi": hi}
-
-    def _fit_quantile(self, X: np.ndarray, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
-        n, d = X.shape
-        rows = n if self.params["quantile_method"] == "exact" else cuvs_sample_size(n, d)
-        sample = X if rows >= n else X[sample_rows(n, rows)]
-        refuse_nan(sample)
-        values = np.array(sample, dtype=F32) if per_dim else np.array(sample, F32).reshape(-1)
-        lo_pos, hi_pos = quantile_positions(values.shape[0], self.params["quantile"])
-        part = np.partition(values, [lo_pos, hi_pos], axis=0)
-        return part[lo_pos], part[hi_pos]
-
-    @staticmethod
-    def _check_range(lo: np.ndarray, hi: np.ndarray) -> None:
-        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-            raise InputError("the fitted range is not finite (the data holds ±Inf inside the range)")
-        if (lo > hi).any():
-            raise InputError("a range has lo > hi")
 
     # -- encode / decode ----------------------------------------------------------------------
     def encode_into(
@@ -235,12 +223,12 @@ class ScalarScheme(Scheme):
 
         ``t`` is float32 scratch of ``x``'s shape; the float32 roundings compute in it.
         """
-        rounding = self.params["rounding"]
+        rounding = self.config.rounding
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if rounding == "half_away":
                 return _levels_half_away(x, lo, hi, self.levels, self.half)
             if rounding == "trunc":
-                u = _levels_trunc(x, lo, hi, self.params["bits"], t)
+                u = _levels_trunc(x, lo, hi, self.config.bits, t)
             elif rounding == "floor":
                 u = _levels_floor(x, lo, hi, self.levels, t)
             else:
@@ -251,25 +239,25 @@ class ScalarScheme(Scheme):
 
     def store_into(self, u: np.ndarray, codes: np.ndarray) -> None:
         """Levels to codes as stored: uint8 ``u``, int8 ``u - H``, or packed nibbles."""
-        p = self.params
-        if p["bits"] == 8:
-            if p["signed"]:
+        p = self.config
+        if p.bits == 8:
+            if p.signed:
                 np.subtract(u, 128, out=u)
             np.copyto(codes, u, casting="unsafe")
             return
         nib = u.astype(np.uint8)
-        if p["signed"]:
+        if p.signed:
             nib = (nib - self.half) & 0x0F  # two's complement nibble of u - H
-        codes[...] = pack_nibbles(nib, p["nibble_order"])
+        codes[...] = pack_nibbles(nib, p.nibble_order)
 
     def unstore(self, codes: np.ndarray, dim: int) -> np.ndarray:
         """Codes back to unsigned levels (float64, exact)."""
-        p = self.params
-        if p["bits"] == 8:
+        p = self.config
+        if p.bits == 8:
             u = codes.astype(F64)
-            return u + 128 if p["signed"] else u
-        nib = unpack_nibbles(codes, dim, p["nibble_order"])
-        if p["signed"]:
+            return u + 128 if p.signed else u
+        nib = unpack_nibbles(codes, dim, p.nibble_order)
+        if p.signed:
             return sign_extend_nibble(nib).astype(F64) + self.half
         return nib.astype(F64)
 
@@ -279,7 +267,7 @@ class ScalarScheme(Scheme):
         assert state is not None
         u = self.unstore(codes, dim)
         lo, hi = state["lo"], state["hi"]
-        rounding = self.params["rounding"]
+        rounding = self.config.rounding
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if rounding == "half_away":
                 scale, offset = cuvs_scale_offset(lo, hi, self.levels, self.half)
@@ -294,6 +282,14 @@ class ScalarScheme(Scheme):
             return ((u.astype(F32) - zp) * scale).astype(F32)
 
 
+def check_range(lo: np.ndarray, hi: np.ndarray) -> None:
+    """``InputError`` unless every ``lo`` and ``hi`` is finite with ``lo <= hi``."""
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise InputError("the fitted range is not finite (the data holds ±Inf inside the range)")
+    if (lo > hi).any():
+        raise InputError("a range has lo > hi")
+
+
 def _given_ranges(ranges: Any, granularity: str) -> list[list[float]]:
     if ranges is None:
         raise InputError("range='given' needs ranges=[lo, hi] (scalars or per-dimension lists)")
@@ -304,7 +300,7 @@ def _given_ranges(ranges: Any, granularity: str) -> list[list[float]]:
         raise InputError(f"ranges must have shape (2,) or (2, d), got {np.shape(ranges)}")
     if granularity == "tensor" and arr.shape[1] != 1:
         raise InputError("granularity='tensor' takes one range: ranges=[lo, hi]")
-    ScalarScheme._check_range(arr[0], arr[1])
+    check_range(arr[0], arr[1])
     return arr.tolist()
 
 

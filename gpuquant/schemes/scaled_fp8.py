@@ -29,69 +29,96 @@ would poison every value. With a "tensor" scale fitted elsewhere, values beyond 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gpuquant.errors import InputError
 from gpuquant.schemes import floatcast
 from gpuquant.schemes.base import (
     F32,
+    Params,
     Scheme,
     State,
+    StateSpec,
     abs_max,
     choice,
     refuse_nonfinite_rows,
-    tensor_absmax,
 )
+from gpuquant.schemes.granularity import Granularity, PerRow, PerTensor, spelling
+from gpuquant.schemes.statistics import AbsMax, FitSpec
 
 #: format -> (fp8 dtype, max finite value M), as the ``float`` family casts them.
 FORMATS: dict[str, tuple[np.dtype, float]] = {f: floatcast.FORMATS[f][:2] for f in ("e4m3", "e5m2")}
 FLT_EPSILON = F32(np.finfo(np.float32).eps)
 
 
+#: The family's spellings of its granularities (an output channel is a row of the weight).
+GRANULARITIES: dict[str, type[Granularity]] = {"channel": PerRow, "tensor": PerTensor}
+
+
+@dataclass(frozen=True)
+class ScaledFp8Params(Params):
+    """Parameters of the ``scaled_fp8`` family (see the module docstring), checked once."""
+
+    granularity: str = "channel"
+    format: str = "e4m3"
+
+    def __post_init__(self) -> None:
+        self._set("granularity", spelling(self.granularity, GRANULARITIES))
+        choice("format", self.format, tuple(FORMATS))
+
+
 class ScaledFp8Scheme(Scheme):
     """FP8 cast after dividing by a per-channel or per-tensor float32 scale (see the module docstring)."""
 
     family = "scaled_fp8"
-    defaults = {"granularity": "channel", "format": "e4m3"}
-
-    def _validate(self, p: dict[str, Any]) -> dict[str, Any]:
-        choice(p, "granularity", ("channel", "tensor"))
-        choice(p, "format", tuple(FORMATS))
-        return p
+    params_type = ScaledFp8Params
+    config: ScaledFp8Params
 
     @property
-    def needs_fit(self) -> bool:
-        return self.params["granularity"] == "tensor"
+    def granularity(self) -> Granularity:
+        return GRANULARITIES[self.config.granularity]()
 
     @property
     def code_dtype(self) -> np.dtype:
-        return FORMATS[self.params["format"]][0]
+        return FORMATS[self.config.format][0]
 
     @property
     def max_finite(self) -> float:
-        return FORMATS[self.params["format"]][1]
+        return FORMATS[self.config.format][1]
 
     def code_shape(self, n: int, d: int) -> tuple[int, int]:
         return (n, d)
 
     def side_shapes(self, n: int, d: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        if self.params["granularity"] == "channel":
+        if isinstance(self.granularity, PerRow):
             return {"weight_scale": ((n, 1), np.dtype(F32))}
         return {}
 
     def describe(self) -> dict[str, Any]:
-        return {"scope": self.params["granularity"], "range_method": f"absmax / {self.max_finite:g}",
-                "rounding": "half_even (fp8 cast after clipping)", "encoding": f"fp8 {self.params['format']}"}
+        return {"scope": self.config.granularity, "range_method": f"absmax / {self.max_finite:g}",
+                "rounding": "half_even (fp8 cast after clipping)", "encoding": f"fp8 {self.config.format}"}
 
     def scale_of(self, amax: np.ndarray) -> np.ndarray:
         """``max(f32(amax / M), FLT_EPSILON)`` as float32."""
         return np.maximum((np.asarray(amax, F32) / F32(self.max_finite)).astype(F32), FLT_EPSILON)
 
-    def fit(self, X: np.ndarray) -> State:
-        if self.params["granularity"] != "tensor":
-            return {}
-        return {"weight_scale": self.scale_of(tensor_absmax(X)).reshape(1)}
+    def fit_spec(self) -> FitSpec | None:
+        if not isinstance(self.granularity, PerTensor):
+            return None
+        return FitSpec({"absmax": AbsMax()}, 1, "a tensor scale")
+
+    def from_statistics(self, stats: dict[str, Any]) -> State:
+        return {"weight_scale": self.scale_of(stats["absmax"]).reshape(1)}
+
+    def state_spec(self, d: int) -> StateSpec:
+        return {"weight_scale": ((1,), np.dtype(F32))} if isinstance(self.granularity, PerTensor) else {}
+
+    def check_state(self, state: State) -> None:
+        if (state["weight_scale"] <= 0).any():
+            raise InputError("state array 'weight_scale' must be > 0")
 
     def encode_into(
         self,
@@ -104,7 +131,7 @@ class ScaledFp8Scheme(Scheme):
         n = X.shape[0]
         t, amax = abs_max(X, tmp)
         refuse_nonfinite_rows(amax, "FP8 weights need finite values")
-        if self.params["granularity"] == "channel":
+        if isinstance(self.granularity, PerRow):
             s = self.scale_of(amax).reshape(n, 1)
             side["weight_scale"][...] = s
         else:
@@ -117,7 +144,7 @@ class ScaledFp8Scheme(Scheme):
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int
     ) -> np.ndarray:
-        if self.params["granularity"] == "channel":
+        if isinstance(self.granularity, PerRow):
             s = np.asarray(side["weight_scale"], F32).reshape(-1, 1)
         else:
             assert state is not None

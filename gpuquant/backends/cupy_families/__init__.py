@@ -1,0 +1,5 @@
+"""The cupy backend's kernel launchers, one module per family; importing this package registers
+them (:mod:`gpuquant.backends.cupy_launch`). A new family with GPU kernels adds its module here and
+one import line below."""
+
+from gpuquant.backends.cupy_families import absmax, binary, floatcast, scalar  # noqa: F401 - registration

@@ -1,0 +1,202 @@
+"""What a fit reads from the data: the statistics schemes declare, and their numpy reference.
+
+A scheme that needs training says so with :meth:`gpuquant.schemes.base.Scheme.fit_spec`: a
+:class:`FitSpec` naming the statistics it needs (each a small frozen description such as
+``MinMax(axis=0)``) and the fewest rows that make them meaningful. The scheme then turns their
+results into its state (:meth:`~gpuquant.schemes.base.Scheme.from_statistics`). Every layer that
+fits (the numpy reference below, the streaming fit, the Dask fit, the device fit, and the planner's
+byte counts) implements *statistics*, once each, and never asks which family it serves: a family
+built from existing statistics needs no code outside its scheme module.
+
+The statistics, over float32 data ``X`` of shape ``(n, d)``; ``axis=None`` means over every value,
+``axis=0`` over the rows of each column (one result per dimension):
+
+* :class:`MinMax` ``(axis)``: ``(min, max)``; NaN propagates and is refused (:data:`NAN_FIT_MESSAGE`).
+* :class:`AbsMax` ``(axis)``: ``max |x|`` (0 for no values); NaN and ±Inf are refused
+  (:data:`NONFINITE_FIT_MESSAGE`). Only ``axis=None`` is used so far.
+* :class:`Quantile` ``(q, method, axis)``: the pair of order statistics at cuVS's positions
+  (:func:`quantile_positions`); ``method="cuvs"`` reads the rows :func:`sample_rows` picks
+  (at most ``1_000_000 // d``), ``"exact"`` every row. NaN in what is read is refused.
+* :class:`ColumnMean`: ``float32(float64 column sum / n)``; NaN refused.
+* :class:`ColumnMedian`: the exact middle value per column (for even ``n``
+  ``float32((f64(a) + f64(b)) / 2)`` of the two middle values); NaN refused.
+
+Each implementation is mergeable over row blocks (min/max and sums merge directly; order statistics
+by histogram passes over order-preserving keys, :mod:`gpuquant.engine.fit`). Statistics that need a
+different merge (a covariance: sums of outer products; k-means: assignment passes) are added as
+new classes here plus one implementation per layer; no family code changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from gpuquant.errors import InputError
+
+F32 = np.float32
+F64 = np.float64
+NAN_FIT_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
+NONFINITE_FIT_MESSAGE = "fit data contains NaN or ±Inf; remove or replace those rows before fitting"
+CUVS_MAX_SAMPLES = 1_000_000
+CUVS_SEED = 137
+Axis = Literal[0] | None
+
+
+class Statistic:
+    """Base of the statistic descriptions (frozen dataclasses: hashable, comparable, printable)."""
+
+
+@dataclass(frozen=True)
+class MinMax(Statistic):
+    axis: Axis = None
+
+
+@dataclass(frozen=True)
+class AbsMax(Statistic):
+    axis: Axis = None
+
+
+@dataclass(frozen=True)
+class Quantile(Statistic):
+    q: float
+    method: str = "cuvs"
+    axis: Axis = None
+
+
+@dataclass(frozen=True)
+class ColumnMean(Statistic):
+    pass
+
+
+@dataclass(frozen=True)
+class ColumnMedian(Statistic):
+    pass
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """What a scheme's fit needs: named statistics, and the fewest rows (with the phrase for the
+    error message: ``cannot fit {why} on {n} row(s): need at least {min_rows}``)."""
+
+    stats: dict[str, Statistic] = field(default_factory=dict)
+    min_rows: int = 1
+    why: str = "a range"
+
+
+def require_rows(n: int, minimum: int, why: str) -> None:
+    if n < minimum:
+        raise InputError(f"cannot fit {why} on {n} row(s): need at least {minimum}")
+
+
+def refuse_nan(X: np.ndarray) -> None:
+    if np.isnan(X).any():
+        raise InputError(NAN_FIT_MESSAGE)
+
+
+def cuvs_sample_size(n: int, d: int) -> int:
+    """Rows cuVS sorts for its quantile: ``min(1_000_000 // d, n)`` (at least 1)."""
+    return max(1, min(CUVS_MAX_SAMPLES // d, n))
+
+
+def sample_rows(n: int, n_sample: int) -> np.ndarray:
+    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement."""
+    if n_sample >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(CUVS_SEED)
+    return np.sort(rng.choice(n, size=n_sample, replace=False))
+
+
+def quantile_positions(size: int, quantile: float) -> tuple[int, int]:
+    """cuVS's (pos_min, pos_max) into ``size`` sorted values for ``quantile``."""
+    q = float(np.float32(quantile))
+    pos_max = math.ceil((0.5 + 0.5 * q) * size) - 1
+    return size - pos_max - 1, pos_max
+
+
+def quantile_rows(stat: Quantile, n: int, d: int) -> np.ndarray | None:
+    """The rows a quantile reads: the cuVS sample's indices, or None for every row."""
+    rows = n if stat.method == "exact" else cuvs_sample_size(n, d)
+    return None if rows >= n else sample_rows(n, rows)
+
+
+def median_ranks(n: int) -> tuple[int, int]:
+    """0-based ranks of the two middle values of ``n`` (equal for odd ``n``)."""
+    return (n - 1) // 2, n // 2
+
+
+def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The median from the values at :func:`median_ranks`: ``float32((f64(a) + f64(b)) / 2)``."""
+    return ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)
+
+
+def absmax_of(m: Any) -> np.float32:
+    """``m`` (a ``max |x|``) checked finite: NaN propagates through the max, so one test covers both."""
+    m = F32(m)
+    if not np.isfinite(m):
+        raise InputError(NONFINITE_FIT_MESSAGE)
+    return m
+
+
+# -- the numpy reference of each statistic, on all rows in memory -----------------------------
+
+
+def _minmax(stat: MinMax, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = X.min(axis=stat.axis), X.max(axis=stat.axis)
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        raise InputError(NAN_FIT_MESSAGE)
+    return lo, hi
+
+
+def _absmax(stat: AbsMax, X: np.ndarray) -> np.float32:
+    return absmax_of(np.abs(X).max(initial=F32(0)))
+
+
+def _quantile(stat: Quantile, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = quantile_rows(stat, *X.shape)
+    sample = X if idx is None else X[idx]
+    refuse_nan(sample)
+    values = np.array(sample, dtype=F32) if stat.axis == 0 else np.array(sample, F32).reshape(-1)
+    lo_pos, hi_pos = quantile_positions(values.shape[0], stat.q)
+    part = np.partition(values, [lo_pos, hi_pos], axis=0)
+    return part[lo_pos], part[hi_pos]
+
+
+def _column_mean(stat: ColumnMean, X: np.ndarray) -> np.ndarray:
+    refuse_nan(X)
+    return (X.sum(axis=0, dtype=F64) / X.shape[0]).astype(F32)
+
+
+def _column_median(stat: ColumnMedian, X: np.ndarray) -> np.ndarray:
+    refuse_nan(X)
+    lo, hi = median_ranks(X.shape[0])
+    part = np.partition(X, [lo, hi], axis=0)
+    return median_of(part[lo], part[hi])
+
+
+#: The numpy reference of each statistic (all rows in memory).
+REFERENCE: dict[type[Statistic], Callable[[Any, np.ndarray], Any]] = {
+    MinMax: _minmax,
+    AbsMax: _absmax,
+    Quantile: _quantile,
+    ColumnMean: _column_mean,
+    ColumnMedian: _column_median,
+}
+
+
+def implementation(table: dict[type[Statistic], Any], stat: Statistic, where: str) -> Any:
+    """``table``'s implementation of ``stat``, or an error naming the layer that lacks it."""
+    try:
+        return table[type(stat)]
+    except KeyError:
+        raise NotImplementedError(f"{where} has no implementation of the statistic {stat!r}") from None
+
+
+def compute(spec: FitSpec, X: np.ndarray) -> dict[str, Any]:
+    """The numpy reference: every statistic of ``spec`` on all rows of float32 ``X``."""
+    require_rows(X.shape[0], spec.min_rows, spec.why)
+    return {name: implementation(REFERENCE, stat, "the numpy reference")(stat, X) for name, stat in spec.stats.items()}
