@@ -65,7 +65,7 @@ import numpy as np
 
 from gpuquant import store as gstore
 from gpuquant.api import as_quantizer
-from gpuquant.cluster_setup import cluster_client, from_source
+from gpuquant.cluster_setup import NO_DASHBOARD, cluster_client, from_source
 from gpuquant.cluster_setup import import_dask as _dask
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
 from gpuquant.engine.run import DEVICES, create_store, report, run
@@ -547,5 +547,5 @@ def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "i
                     progress=progress)
 
 
-__all__ = ["DaskRows", "DaskRunner", "cluster_client", "convert", "fit", "from_source", "layout", "packed", "to_store",
-           "transform"]
+__all__ = ["NO_DASHBOARD", "DaskRows", "DaskRunner", "cluster_client", "convert", "fit", "from_source", "layout",
+           "packed", "to_store", "transform"]

@@ -69,6 +69,13 @@ def from_source(src: Any, *, shape: Any = None, chunk_rows: int | None = None) -
 
 
 
+#: Keyword arguments for a local cluster that serves no dashboard and binds no fixed port:
+#: ``dashboard_address=None`` alone still starts the scheduler's HTTP server on port 8787 (with a
+#: warning and another port when 8787 is taken), so its address is set to port 0 (the OS picks one).
+NO_DASHBOARD: dict[str, Any] = {"dashboard_address": None,
+                                "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+
+
 @contextlib.contextmanager
 def cluster_client(scheduler: str | None = None, workers: int | None = None, device: str = "auto") -> Any:
     """A ``distributed.Client``: connected to ``scheduler`` (an address), or to a new local cluster of
@@ -91,7 +98,7 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None, dev
             from gpuquant.backends import availability
 
             if availability("cupy")[0]:
-                cluster = LocalCUDACluster(n_workers=workers)
+                cluster = LocalCUDACluster(n_workers=workers, **NO_DASHBOARD)
         except ImportError:
             cluster = None
         except Exception as exc:  # noqa: BLE001 - no usable GPU: fall back to CPU processes
@@ -102,7 +109,7 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None, dev
             raise BackendUnavailableError("--device gpu with --workers needs dask-cuda and a working GPU "
                                           "(pip install dask-cuda)")
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               **NO_DASHBOARD)
     try:
         with Client(cluster) as c:
             yield c

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,9 +220,10 @@ def fsync_path(path: Path) -> None:
 def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     """A file object (``open`` ``mode``, ``"w"`` text in UTF-8 or ``"wb"``) on a temporary sibling of
     ``path``; when the block ends it is flushed, fsynced and renamed onto ``path``. If the block
-    raises, the temporary file is removed and ``path`` is untouched."""
+    raises, the temporary file is removed and ``path`` is untouched. The file's mode follows the
+    umask, as ``open`` would make it (``mkstemp``'s is always 0600)."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".partial")
+    fd, tmp = _new_sibling(p)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -233,6 +233,16 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_sibling(p: Path) -> tuple[int, str]:
+    """A new, empty ``.NAME.XXXXXXXX.partial`` next to ``p``, opened for writing with mode 0666 & ~umask."""
+    while True:
+        tmp = p.parent / f".{p.name}.{os.urandom(4).hex()}.partial"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def write_json_atomic(path: str | os.PathLike[str], doc: Any) -> None:

@@ -137,10 +137,10 @@ def quantizer_file_text(doc: dict[str, Any]) -> str:
     return "\n".join([f"{doc['path']}: gpuquant quantizer", *quantizer_lines(doc["quantizer"])])
 
 
-HINTS = {
-    "nvml": 'pip install "gpuquant[cuda13]" (or [cuda12]) installs nvidia-ml-py',
-    "cupy": 'pip install "gpuquant[cuda13]" (CUDA 13 driver) or "gpuquant[cuda12]"',
-    "cuvs": 'pip install "gpuquant[cuvs]"',
+HINTS = {  # gpuquant is not on PyPI: extras install from a clone of its repository
+    "nvml": 'pip install ".[cuda13]" (or ".[cuda12]") in a clone of gpuquant installs nvidia-ml-py',
+    "cupy": 'pip install ".[cuda13]" (CUDA 13 driver) or ".[cuda12]" in a clone of gpuquant',
+    "cuvs": 'pip install ".[cuda13,cuvs]" in a clone of gpuquant',
 }
 
 

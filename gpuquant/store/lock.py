@@ -11,16 +11,17 @@ from gpuquant.errors import StoreBusyError
 
 
 class StoreLock:
-    """An exclusive ``flock`` on ``.NAME.lock`` next to the output directory ``NAME``.
+    """An exclusive ``flock`` on ``.NAME.lock`` next to the output directory ``NAME``, with symbolic
+    links resolved (two paths to one directory share its lock).
 
     The file is unlinked on release; acquiring re-checks that the locked file is still the one at
     the path (another run may have unlinked it meanwhile), so two runs never both hold it.
     """
 
     def __init__(self, output: str | os.PathLike[str]) -> None:
-        out = Path(output)
-        self.output = out
-        self.path = out.parent / f".{out.name}.lock"
+        self.output = Path(output)
+        real = Path(os.path.realpath(output))  # one lock per directory, whatever the path that names it
+        self.path = real.parent / f".{real.name}.lock"
         self.fd: int | None = None
 
     def acquire(self) -> StoreLock:
