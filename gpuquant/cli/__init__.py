@@ -30,7 +30,7 @@ Layout (this package only re-exports):
 - :mod:`~gpuquant.cli.common`: what commands share (the parser class, ``--format``, scheme options,
   reading INPUT, building the quantizer, JSON summaries);
 - :mod:`~gpuquant.cli.render`: the human text of every command;
-- one module per group of commands, each with ``register(subparsers, common)`` adding its
+- one module per group of commands, each with ``register(subparsers, parents)`` adding its
   subparsers (``set_defaults(func=cmd_...)``; a ``cmd_*`` function takes the parsed arguments and
   returns ``(JSON document, human text)``): :mod:`~gpuquant.cli.quantizers` (schemes, fit),
   :mod:`~gpuquant.cli.convert` (convert, plan), :mod:`~gpuquant.cli.evaluate` (eval),

@@ -24,7 +24,8 @@ log = logging.getLogger("gpuquant.cli")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 #: The command modules, in the order their subcommands appear in ``gpuquant --help``; each has
-#: ``register(subparsers, common)``, which adds its subparsers with ``set_defaults(func=...)``.
+#: ``register(subparsers, parents)``, which adds its subparsers (with ``parents``: ``--format``) and
+#: ``set_defaults(func=...)``.
 COMMANDS = (quantizers, convert, evaluate, describe, doctor)
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpuquant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in COMMANDS:
-        module.register(sub, common)
+        module.register(sub, [common])
     return parser
 
 

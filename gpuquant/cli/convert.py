@@ -90,9 +90,9 @@ def cmd_plan(args: argparse.Namespace) -> Report:
     return p.to_dict(), p.text()
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``convert`` and ``plan``."""
-    p = sub.add_parser("convert", parents=[common], help="stream INPUT through a quantizer into the OUTPUT store")
+    p = sub.add_parser("convert", parents=parents, help="stream INPUT through a quantizer into the OUTPUT store")
     p.add_argument("input", metavar="INPUT",
                    help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
                         "or 'demo'")
@@ -117,7 +117,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "--batch-rows is then the rows per task")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("plan", parents=[common], help="N_max: the batch that fits on the GPU, peak, time, disk")
+    p = sub.add_parser("plan", parents=parents, help="N_max: the batch that fits on the GPU, peak, time, disk")
     p.add_argument("input", metavar="INPUT", nargs="?", help="a .npy, raw (with --shape), shard directory or 'demo'")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")

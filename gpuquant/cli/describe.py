@@ -76,14 +76,14 @@ def cmd_inspect(args: argparse.Namespace) -> Report:
     return _inspect_quantizer(p)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``export-info`` and ``inspect``."""
-    p = sub.add_parser("export-info", parents=[common],
+    p = sub.add_parser("export-info", parents=parents,
                        help="how to load an export preset's codes into its consumer (Qdrant, pgvector, GGUF, ...)")
     p.add_argument("name", metavar="NAME", nargs="?", help="an export preset; none: list them")
     p.add_argument("--dim", type=int, help="fill the number of dimensions into the snippet")
     p.set_defaults(func=cmd_export_info)
 
-    p = sub.add_parser("inspect", parents=[common], help="describe a quantizer JSON, an output directory or a .npy")
+    p = sub.add_parser("inspect", parents=parents, help="describe a quantizer JSON, an output directory or a .npy")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_inspect)

@@ -16,7 +16,7 @@ def cmd_doctor(args: argparse.Namespace) -> Report:
     return doc, render.doctor_text(doc)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``doctor``."""
-    p = sub.add_parser("doctor", parents=[common], help="what GPU support works here, and why not")
+    p = sub.add_parser("doctor", parents=parents, help="what GPU support works here, and why not")
     p.set_defaults(func=cmd_doctor)

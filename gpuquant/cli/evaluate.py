@@ -28,9 +28,9 @@ def cmd_eval(args: argparse.Namespace) -> Report:
     return r, render.eval_text(r)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``eval``."""
-    p = sub.add_parser("eval", parents=[common], help="recall@k and reconstruction error of a scheme on DATA")
+    p = sub.add_parser("eval", parents=parents, help="recall@k and reconstruction error of a scheme on DATA")
     p.add_argument("data", metavar="DATA", help="a .npy matrix (the corpus), or 'demo'")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")

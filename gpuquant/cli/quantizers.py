@@ -78,12 +78,12 @@ def cmd_fit(args: argparse.Namespace) -> Report:
     return doc, render.fit_text(info, X.shape, fit_s, out)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``schemes`` and ``fit``."""
-    p = sub.add_parser("schemes", parents=[common], help="list the presets and the peers they match")
+    p = sub.add_parser("schemes", parents=parents, help="list the presets and the peers they match")
     p.set_defaults(func=cmd_schemes)
 
-    p = sub.add_parser("fit", parents=[common], help="fit a quantizer and save it as JSON")
+    p = sub.add_parser("fit", parents=parents, help="fit a quantizer and save it as JSON")
     p.add_argument("input", metavar="INPUT", help="a .npy file (2-D float) or 'demo'")
     p.add_argument("--scheme", required=True, help="a preset name (see `gpuquant schemes`) or a family")
     add_scheme_args(p)
