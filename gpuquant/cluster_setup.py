@@ -24,12 +24,10 @@ CHUNK_BYTES = 64 * 2**20
 def import_dask() -> Any:
     """``dask.array``, or :class:`gpuquant.BackendUnavailableError` saying how to install it."""
     try:
-        import dask  # noqa: F401  (absolute import: the top-level dask package, not this module)
         import dask.array as da
     except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
         raise BackendUnavailableError(f"gpuquant.cluster needs Dask: pip install 'gpuquant[dask]' ({exc})") from None
     return da
-
 
 
 def _read_range(src: str, shape: Any, a: int, b: int) -> np.ndarray:
@@ -66,7 +64,6 @@ def from_source(src: Any, *, shape: Any = None, chunk_rows: int | None = None) -
     finally:
         s.close()
     return X, desc
-
 
 
 #: Keyword arguments for a local cluster that serves no dashboard and binds no fixed port:

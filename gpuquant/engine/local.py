@@ -62,7 +62,6 @@ def _device(device: str, scheme: Any) -> tuple[str, Any]:
     return "cpu", resolve("numpy")
 
 
-
 class LocalRunner:
     """The steps of :func:`gpuquant.engine.run.run` on this machine (see the module docstring)."""
 

@@ -217,7 +217,6 @@ def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_S
     return {"rows": int(idx.size), "rel_error": rel, "max_abs_error": float(np.abs(diff).max()) if diff.size else 0.0}
 
 
-
 def report(store: gstore.Store, source: Source | Rows, *, device: str, batch_rows: int, resumed_from: int | None,
            extra: dict[str, Any], bytes_in: int, row_bytes: int, rows_run: int, stream_s: float,
            seconds: dict[str, float]) -> dict[str, Any]:
