@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,19 @@ def test_files_are_plain_numpy(tmp_path: Path, rng: np.random.Generator) -> None
     assert m["state"]["status"] == "complete" and m["state"]["rows_done"] == 503
     assert m["gpuquant_version"] == gpuquant.__version__ and m["source"]["kind"] == "array"
     assert "Store(" in repr(st) and "complete" in repr(st)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_every_file_of_a_store_follows_the_umask(tmp_path: Path, rng: np.random.Generator, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        path, _ = _store(tmp_path, rng, "int8-row", n=20)
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}
+    assert set(modes) == {"manifest.json", "quantizer.json", "codes.npy", "scales.npy"}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
 
 
 def test_fp8_codes_come_back_in_their_dtype(tmp_path: Path, rng: np.random.Generator) -> None:
