@@ -171,3 +171,18 @@ def test_the_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     assert not (tmp_path / ".o.lock").exists()
     with gstore.StoreLock(out):  # free again
         pass
+
+
+@pytest.mark.parametrize("link", ["output", "parent"])
+def test_the_lock_holds_through_symbolic_links(tmp_path: Path, link: str) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "o").mkdir()
+    if link == "output":
+        (tmp_path / "real" / "alias").symlink_to(tmp_path / "real" / "o")
+        other = tmp_path / "real" / "alias"
+    else:
+        (tmp_path / "alias").symlink_to(tmp_path / "real")
+        other = tmp_path / "alias" / "o"
+    with gstore.StoreLock(tmp_path / "real" / "o"):
+        with pytest.raises(gstore.StoreBusyError, match=str(other)):
+            gstore.StoreLock(other).acquire()
