@@ -85,16 +85,38 @@ def test_faiss_sq4_nan(rng):
 def test_absmax_refuses_non_finite(rng, name, bad):
     x = matrix(rng, 10, 64)
     x[7, 5] = bad
-    with pytest.raises(InputError, match="rows 0..9.*row 7"):
+    with pytest.raises(InputError, match="^row 7 of the input holds NaN or ±Inf"):
         gpuquant.quantize(x, name, backend="numpy")
 
 
-@pytest.mark.parametrize("name", ["st-int8", "cuvs-sq8", "faiss-sq8", "uint8-affine"])
-def test_fit_refuses_nan(rng, name):
+@pytest.mark.parametrize("name,params", [("st-int8", {}), ("cuvs-sq8", {}), ("faiss-sq8", {}), ("uint8-affine", {}),
+                                         ("es-byte", {}), ("binary", {"threshold": "median"}),
+                                         ("cuvs-sq8", {"quantile_method": "exact"})])
+def test_fit_refuses_nan_naming_the_row(rng, name, params):
     x = matrix(rng, 20, 4)
     x[3, 1] = np.nan
-    with pytest.raises(InputError, match="NaN"):
-        Quantizer(name, backend="numpy").fit(x)
+    x[9, 0] = np.nan
+    with pytest.raises(InputError, match=r"^fit data contains NaN (or ±Inf )?\(row 3\)"):
+        Quantizer(name, backend="numpy", **params).fit(x)
+
+
+def test_row_errors_pickle_whole(rng):  # Dask workers send them back to the client
+    import pickle
+    x = matrix(rng, 5, 64)
+    x[2, 0] = np.inf
+    with pytest.raises(InputError) as info:
+        gpuquant.quantize(x, "gguf-q8_0", backend="numpy")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is type(info.value) and str(again) == str(info.value) and again.row == 2
+
+
+def test_cuvs_fit_names_the_sampled_row_of_the_input(rng):
+    from gpuquant.schemes.scalar import sample_rows
+    x = matrix(rng, 300, 4000)  # 1e6 // 4000 = 250 of the 300 rows are sampled
+    bad = int(sample_rows(300, 250)[200])
+    x[bad, 17] = np.nan
+    with pytest.raises(InputError, match=rf"^fit data contains NaN \(row {bad}\)"):
+        Quantizer("cuvs-sq8", backend="numpy").fit(x)
 
 
 def test_binary_nan_is_zero_bit_and_subnormals_compare_exactly():
