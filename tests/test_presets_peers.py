@@ -222,3 +222,18 @@ def test_cuvs_binary(rng, shape):
         q = gpuquant.Quantizer("binary", backend="numpy", threshold="mean").fit(finite)
         thr = (finite.astype(np.float64).sum(0) / shape[0]).astype(np.float32)
         assert_array_equal(np.asarray(q.transform(finite)), cuvs_binary(finite, thr))
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_gguf_blocks_too_small_for_their_inverse_scale(rng, kind):
+    # below |max| ~ 2.35e-38 (Q4_0) / 3.7e-37 (Q8_0) 1/d overflows: every x * id is ±inf or NaN
+    gguf = pytest.importorskip("gguf")
+    scales = np.float32(10.0) ** rng.uniform(-45, -35, size=(40, 1, 1)).astype(np.float32)
+    x = (rng.standard_normal((40, 4, 32)).astype(np.float32) * scales).reshape(40, 128)
+    x[0, :4] = [1e-40, -1e-40, 0.0, -0.0]
+    x[1, :32] = 0.0
+    x[2, 32:64] = np.float32(-2.35e-38)
+    codes = np.asarray(gpuquant.quantize(x, f"gguf-{kind}", backend="numpy"))
+    with np.errstate(all="ignore"):
+        theirs = gguf.quants.quantize(x, getattr(gguf.GGMLQuantizationType, kind.upper()))
+    assert_array_equal(codes, theirs)
