@@ -75,7 +75,7 @@ def test_cuvs_sampling_rule(rng):
     assert (exact["lo"], exact["hi"]) == cuvs_train(x, 0.99)
 
 
-@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] > 1])
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("precision", ["int8", "uint8"])
 def test_st_scalar(rng, shape, precision):
     x = matrix(rng, *shape, edges=finite_edge_values()[:20])
@@ -97,6 +97,17 @@ def test_st_binary(rng, shape, precision):
     assert_array_equal(np.asarray(codes), st_quantize(x, precision))
 
 
+@pytest.mark.parametrize("precision", ["int8", "uint8"])
+def test_st_scalar_empty_input_with_ranges(rng, precision):
+    x = matrix(rng, 50, 6)
+    q, _ = fit_codes(f"st-{precision}", x)
+    empty = np.zeros((0, 6), np.float32)
+    ranges = np.vstack([q.state["lo"], q.state["hi"]])
+    assert_array_equal(np.asarray(q.transform(empty)), st_quantize(empty, precision, ranges))
+    given = gpuquant.Quantizer(f"st-{precision}", backend="numpy", range="given", ranges=ranges.tolist())
+    assert_array_equal(np.asarray(given.transform(empty)), st_quantize(empty, precision, ranges))
+
+
 def test_real_sentence_transformers(rng):
     st = pytest.importorskip("sentence_transformers.util.quantization")
     x = matrix(rng, 300, 64)
@@ -105,7 +116,7 @@ def test_real_sentence_transformers(rng):
         assert_array_equal(np.asarray(ours), st.quantize_embeddings(x, precision=precision))
 
 
-@pytest.mark.parametrize("shape", [(2, 5), (7, 13), (300, 37), (64, 128)])
+@pytest.mark.parametrize("shape", [(1, 9), (2, 5), (7, 13), (300, 37), (64, 128)])
 @pytest.mark.parametrize("bits", [8, 4])
 def test_faiss_formula(rng, shape, bits):
     x = matrix(rng, *shape, edges=finite_edge_values()[:10])
@@ -114,11 +125,12 @@ def test_faiss_formula(rng, shape, bits):
     assert_array_equal(np.asarray(q.transform(y)), faiss_sq_encode(y, x.min(0), x.max(0), bits))
 
 
+@pytest.mark.parametrize("n", [500, 1])
 @pytest.mark.parametrize("d", [1, 7, 37, 384])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_real_faiss(rng, d, bits):
+def test_real_faiss(rng, n, d, bits):
     faiss = pytest.importorskip("faiss")
-    x = matrix(rng, 500, d, edges=finite_edge_values()[:10])
+    x = matrix(rng, n, d, edges=finite_edge_values()[:10])
     x[:, 0] = 1.5  # a constant dimension: vdiff == 0
     qt = faiss.ScalarQuantizer.QT_8bit if bits == 8 else faiss.ScalarQuantizer.QT_4bit
     sq = faiss.ScalarQuantizer(d, qt)

@@ -160,8 +160,14 @@ def test_bad_input_named(bad, match):
 def test_fit_on_empty_and_single_row():
     with pytest.raises(InputError, match="0 rows"):
         Quantizer("st-int8", backend="numpy").fit(np.zeros((0, 4), np.float32))
-    with pytest.raises(InputError, match="1 row"):
-        Quantizer("st-int8", backend="numpy").fit(np.ones((1, 4), np.float32))
+    q = Quantizer("st-int8", backend="numpy").fit(np.ones((1, 4), np.float32))
+    assert_array_equal(q.state["lo"], q.state["hi"])
+    assert np.asarray(q.transform(np.zeros((0, 4), np.float32))).shape == (0, 4)
+
+
+def test_reversed_given_ranges_refused_saying_what_sentence_transformers_does():
+    with pytest.raises(InputError, match=r"lo > hi in dimension 1 \(lo=2, hi=1\).*sentence-transformers would"):
+        Quantizer("st-int8", backend="numpy", range="given", ranges=[[0, 2, 1], [1, 1, 0.5]])
 
 
 def test_transform_before_fit_and_wrong_dim(rng):
