@@ -230,7 +230,7 @@ def test_cuvs_binary(rng, shape):
     x = matrix(rng, *shape, edges=edge_values())
     assert_array_equal(np.asarray(gpuquant.quantize(x, "binary", backend="numpy")), cuvs_binary(x))
     finite = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-    if shape[0] > 1:
+    if shape[0] > 1:  # cuVS's transform with a given threshold; the mean itself is ours, not cuVS's
         q = gpuquant.Quantizer("binary", backend="numpy", threshold="mean").fit(finite)
         thr = (finite.astype(np.float64).sum(0) / shape[0]).astype(np.float32)
         assert_array_equal(np.asarray(q.transform(finite)), cuvs_binary(finite, thr))
@@ -249,3 +249,22 @@ def test_gguf_blocks_too_small_for_their_inverse_scale(rng, kind):
     with np.errstate(all="ignore"):
         theirs = gguf.quants.quantize(x, getattr(gguf.GGMLQuantizationType, kind.upper()))
     assert_array_equal(codes, theirs)
+
+
+def test_binary_preset_claims_cuvs_only_for_threshold_zero():
+    # cuVS's mean sums in float32 and its median sorts a ~10% row sample: ours are exact, so not cuVS's
+    preset = gpuquant.schemes.PRESETS["binary"]
+    assert preset.params["threshold"] == "zero" and preset.peer.endswith("with threshold zero")
+    assert "not cuVS's" in preset.summary
+
+
+@pytest.mark.parametrize("name", ["fp8-e4m3", "st-int8", "cuvs-sq8", "int8-row", "gguf-q4_0"])
+def test_float64_input_is_rounded_to_float32_first(rng, name):
+    # the documented rule (presets module, README): one float32 rounding, then the float32 math
+    x64 = rng.standard_normal((9, 64)) * 100
+    x64[0, 0] = 464.00000000000006  # ml_dtypes from float64: e4m3 NaN; from float32 (464.0): 448
+    x32 = x64.astype(np.float32)
+    q64, codes64 = fit_codes(name, x64)
+    q32, codes32 = fit_codes(name, x32)
+    assert_array_equal(np.asarray(codes64).view(np.uint8), np.asarray(codes32).view(np.uint8))
+    assert "float64 rounded to nearest even" in gpuquant.schemes.presets.__doc__

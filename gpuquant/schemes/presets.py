@@ -1,7 +1,11 @@
 """Named presets: a family plus parameters that reproduce one peer's codes bit for bit.
 
 Each preset accepts overrides (``Quantizer("cuvs-sq8", quantile=0.95)``); the peer column says
-whose codes it reproduces with its defaults, on float32 input. Export presets (``consumer`` set)
+whose codes it reproduces with its defaults, on float32 input. Other float input is converted to
+float32 first: float16 exactly, float64 rounded to nearest even. A peer that quantizes float64
+directly rounds only once, so on float64 input its codes can differ from ours by one level, or in
+overflow (ml_dtypes casts float64 464.00000000000006 to e4m3 NaN; rounded to float32 it is 464.0,
+which casts to 448). Export presets (``consumer`` set)
 make codes in the exact encoding a vector database or weight format loads; how to load them is in
 :mod:`gpuquant.export` (``gpuquant export-info NAME``).
 """
@@ -71,8 +75,9 @@ PRESETS: dict[str, Preset] = {
                "the seed's symmetric int4: scale = max|w| / 7 per group",
                "int4, one float32 scale per block of 64, two codes per byte"),
         Preset("binary", "binary", dict(threshold="zero", bitorder="little", signed=False),
-               "cuVS binary quantizer (preprocessing.quantize.binary)",
-               "x > threshold (zero / mean / median), LSB first"),
+               "cuVS binary quantizer (preprocessing.quantize.binary) with threshold zero",
+               "x > threshold, LSB first; threshold='mean' / 'median' are gpuquant's own (float64 mean, "
+               "exact median of every row), not cuVS's (float32 sum; median of a ~10% row sample)"),
         # -- export presets: the encoding each consumer loads (see gpuquant/export.py) ----------
         Preset("qdrant-uint8", "scalar",
                dict(granularity="tensor", range="quantile", quantile=0.99, quantile_method="cuvs",
