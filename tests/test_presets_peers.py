@@ -3,7 +3,7 @@
 The peers' formulas live in tests/peers.py (written from the peers' sources, not from gpuquant);
 where the real package is installed (faiss-cpu, ml_dtypes, sentence-transformers) it is used too.
 NaN is excluded where the peer's result is an undefined C cast (sentence-transformers, FAISS,
-the seeds' astype of NaN); our NaN policy is tested separately in test_schemes.py.
+the numpy recipes' astype of NaN); our NaN policy is tested separately in test_schemes.py.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from numpy.testing import assert_array_equal
 import gpuquant
 from helpers import edge_values, finite_edge_values, fit_codes, matrix
 from peers import (
+    affine_uint8_recipe,
     cuvs_binary,
     cuvs_inverse,
     cuvs_train,
     cuvs_transform,
     faiss_sq_encode,
+    int4_groups_recipe,
+    int8_rowwise_recipe,
+    int8_rowwise_recipe_read,
     pack_low_first,
-    seed_affine_uint8,
-    seed_int4_groups,
-    seed_int8_rowwise,
-    seed_int8_rowwise_read,
     st_quantize,
 )
 
@@ -179,35 +179,35 @@ def test_float_saturate(rng, fmt):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int8_row_seed(rng, shape):
+def test_int8_row_recipe(rng, shape):
     x = matrix(rng, *shape, edges=finite_edge_values())
     codes = gpuquant.quantize(x, "int8-row", backend="numpy")
-    q, s = seed_int8_rowwise(x)
+    q, s = int8_rowwise_recipe(x)
     assert_array_equal(np.asarray(codes), q)
     assert_array_equal(codes.side["scales"].view(np.uint32), s.view(np.uint32))
     recon = gpuquant.dequantize(codes, "int8-row", backend="numpy")
-    assert_array_equal(recon.view(np.uint32), seed_int8_rowwise_read(q, s).view(np.uint32))
+    assert_array_equal(recon.view(np.uint32), int8_rowwise_recipe_read(q, s).view(np.uint32))
 
 
 def test_int8_row_zero_rows():
     x = np.zeros((3, 8), np.float32)
     x[1, 2] = -0.0
     codes = gpuquant.quantize(x, "int8-row", backend="numpy")
-    assert_array_equal(np.asarray(codes), seed_int8_rowwise(x)[0])
+    assert_array_equal(np.asarray(codes), int8_rowwise_recipe(x)[0])
 
 
 @pytest.mark.parametrize("shape,per", [((n, d), per) for n, d in [(1, 1), (5, 8), (300, 37), (2, 1000)]
                                        for per in ("tensor", "dimension") if n > 1 or per == "tensor"])
-def test_uint8_affine_seed(rng, shape, per):
+def test_uint8_affine_recipe(rng, shape, per):
     x = matrix(rng, *shape, edges=finite_edge_values()[:6])
     q, codes = fit_codes("uint8-affine", x, granularity=per)
     if per == "tensor":
         with np.errstate(divide="ignore", invalid="ignore"):
-            ref = seed_affine_uint8(x) if x.max() > x.min() else None
+            ref = affine_uint8_recipe(x) if x.max() > x.min() else None
         if ref is not None:
             assert_array_equal(np.asarray(codes), ref)
     else:
-        cols = [seed_affine_uint8(x[:, j:j + 1]) for j in range(shape[1]) if x[:, j].max() > x[:, j].min()]
+        cols = [affine_uint8_recipe(x[:, j:j + 1]) for j in range(shape[1]) if x[:, j].max() > x[:, j].min()]
         keep = [j for j in range(shape[1]) if x[:, j].max() > x[:, j].min()]
         if keep:
             assert_array_equal(np.asarray(codes)[:, keep], np.hstack(cols))
@@ -215,12 +215,12 @@ def test_uint8_affine_seed(rng, shape, per):
 
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("n", [1, 3, 100])
-def test_int4_block_seed(rng, group, n):
+def test_int4_block_recipe(rng, group, n):
     d = group * 3
     x = matrix(rng, n, d, edges=finite_edge_values())
     x[0, :group] = 0.0  # an all-zero block: scale 0, codes 0
     codes = gpuquant.quantize(x, "int4-block", backend="numpy", block_size=group)
-    q, s = seed_int4_groups(x, group)
+    q, s = int4_groups_recipe(x, group)
     assert_array_equal(np.asarray(codes), pack_low_first(q & 0xF))
     assert_array_equal(codes.side["scales"].view(np.uint32), s.view(np.uint32))
 

@@ -32,7 +32,7 @@ even, never fused:
 * trunc (FAISS ScalarQuantizer, RS_minmax): ``vdiff = f32(hi - lo)``; ``t = f32((x - lo) / vdiff)``
   (0 where vdiff == 0), clamped to [0, 1]; bits=8: ``u = (int) f32(255 * t)``; bits=4:
   ``u = (int) f64(f64(t) * 15.0)``. Inverse: ``lo + f32((u + 0.5f) / L) * vdiff`` in float32.
-* half_even (affine, the seed's ``round(x/scale + zero_point)``): ``scale = f32((hi - lo) / L)``, 1
+* half_even (the affine uint8 recipe ``round(x/scale + zero_point)``): ``scale = f32((hi - lo) / L)``, 1
   where 0; ``zp = f32(0 - lo / scale)``; ``u = clip(rint(f32(x / scale) + zp), 0, L)``.
   Inverse: ``f32((u - zp) * scale)``.
 
