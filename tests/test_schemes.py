@@ -294,3 +294,23 @@ def test_every_preset_edge_values_deterministic(rng):
                 q.transform(y.copy())
             continue
         assert_array_equal(first, bits(q.transform(y.copy())))
+
+
+@pytest.mark.parametrize("name,suggested", [("st-in8", "'st-int8'"), ("cuvs_sq8", "'cuvs-sq8'"), ("scalr", "'scalar'")])
+def test_unknown_scheme_names_say_did_you_mean(name, suggested):
+    with pytest.raises(InputError, match=rf"unknown scheme '{name}'; did you mean {suggested}"):
+        Quantizer(name)
+
+
+def test_unknown_backend_refused_at_construction():
+    with pytest.raises(InputError, match=r"unknown backend 'tpu'; choose one of \['auto', 'numpy'"):
+        Quantizer("int8-row", backend="tpu")
+
+
+def test_inverse_transform_refuses_codes_of_another_scheme(rng):
+    x = matrix(rng, 30, 8)
+    codes = fitted("st-uint8", x).transform(x)  # the same dtype and shape as faiss-sq8's codes
+    with pytest.raises(InputError, match="'st-uint8' codes; this quantizer decodes 'faiss-sq8'"):
+        fitted("faiss-sq8", x).inverse_transform(codes)
+    same_family = Quantizer("scalar", backend="numpy", range="given", ranges=[-3.0, 3.0])
+    assert same_family.inverse_transform(same_family.transform(x)).shape == x.shape
