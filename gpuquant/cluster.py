@@ -70,6 +70,7 @@ from gpuquant.cluster_setup import import_dask as _dask
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
 from gpuquant.engine.run import DEVICES, create_store, report, run
 from gpuquant.errors import ConvertError, InputError
+from gpuquant.schemes.statistics import RowError
 
 log = logging.getLogger("gpuquant.cluster")
 
@@ -335,7 +336,10 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     m = int(block.shape[0])
     if _current(root, run) is None:
         return start, start
-    arrays = _encode(block, qjson, device, dim)
+    try:
+        arrays = _encode(block, qjson, device, dim)
+    except RowError as exc:  # the chunk's row, as a row of the input
+        raise exc.shifted(start) from None
     manifest = _current(root, run)
     if manifest is None:
         return start, start

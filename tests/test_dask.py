@@ -185,6 +185,14 @@ def _killer(arm: str, parts: str | None = None) -> Any:
     return kill_once
 
 
+def test_a_nan_row_is_named_by_its_row_of_the_input(client: Any, tmp_path: Path, rng: np.random.Generator) -> None:
+    X = matrix(rng, 600, 64)
+    X[437, 3] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    with pytest.raises(ConvertError, match=r"\(RowError: row 437 of the input holds NaN or ±Inf; GGUF"):
+        gd.convert(tmp_path / "x.npy", tmp_path / "o", "gguf-q8_0", client=client, batch_rows=100, device="cpu")
+
+
 def test_killed_worker_is_retried_and_the_store_is_bit_identical(client: Any, shards: tuple[Path, np.ndarray],
                                                                  tmp_path: Path) -> None:
     src, _ = shards
