@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import stat
 from pathlib import Path
@@ -80,6 +81,22 @@ def test_get_rows_checks_ids(tmp_path: Path, rng: np.random.Generator) -> None:
         st.get_rows([-1])
     with pytest.raises(InputError, match="row ids must be integers, got dtype float64"):
         st.get_rows([1.5])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"start": -5}, "start must be a non-negative integer, got -5"),
+    ({"stop": -1}, "stop must be a non-negative integer or None, got -1"),
+    ({"start": 1.5}, "start must be a non-negative integer, got 1.5"),
+    ({"stop": "9"}, "stop must be a non-negative integer or None, got '9'"),
+])
+def test_iter_batches_refuses_negative_or_non_integer_bounds(tmp_path: Path, rng: np.random.Generator,
+                                                             kwargs: dict[str, object], message: str) -> None:
+    st = gpuquant.open(_store(tmp_path, rng, n=50, d=16)[0])
+    with pytest.raises(InputError, match=re.escape(message)):
+        st.iter_batches(batch_rows=10, **kwargs)  # type: ignore[arg-type]  # refused when called, not when iterated
+    batches = list(st.iter_batches(batch_rows=10, start=np.int64(5), stop=23))
+    assert [a for a, _ in batches] == [5, 15] and [len(b) for _, b in batches] == [10, 8]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in batches]), st.get_rows(np.arange(5, 23)))
 
 
 def _corrupt(path: Path, what: str) -> None:

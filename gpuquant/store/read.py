@@ -35,6 +35,11 @@ def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wh
     return value
 
 
+def _is_int(v: Any) -> bool:
+    """Whether ``v`` is an integer (Python or numpy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _open_array(root: Path, entry: Any, what: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     m = root / MANIFEST
     if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
@@ -152,12 +157,19 @@ class Store:
 
     def iter_batches(self, batch_rows: int = 65536, *, start: int = 0,
                      stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first_row, float32 rows)`` for consecutive batches of ``batch_rows`` rows."""
+        """``(first_row, float32 rows)`` for consecutive batches of ``batch_rows`` rows, from row ``start``
+        up to ``stop`` (at most the store's rows). The arguments are checked when called."""
         if not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1:
             raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
-        stop = self.rows if stop is None else min(int(stop), self.rows)
-        for a in range(int(start), stop, int(batch_rows)):
-            b = min(stop, a + int(batch_rows))
+        if not _is_int(start) or start < 0:
+            raise InputError(f"start must be a non-negative integer, got {start!r}")
+        if stop is not None and (not _is_int(stop) or stop < 0):
+            raise InputError(f"stop must be a non-negative integer or None, got {stop!r}")
+        return self._batches(int(batch_rows), int(start), self.rows if stop is None else min(int(stop), self.rows))
+
+    def _batches(self, batch_rows: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        for a in range(start, stop, batch_rows):
+            b = min(stop, a + batch_rows)
             side = {k: v[a:b] for k, v in self.side.items()}
             with np.errstate(all="ignore"):
                 yield a, np.asarray(self.scheme.decode(self.codes[a:b], side, self.quantizer.state, self.dim),
