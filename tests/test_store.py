@@ -83,6 +83,14 @@ def test_get_rows_checks_ids(tmp_path: Path, rng: np.random.Generator) -> None:
         st.get_rows([1.5])
 
 
+@pytest.mark.parametrize("method", ["get_rows", "codes_of", "read_rows"])
+def test_row_ids_must_be_one_dimensional(tmp_path: Path, rng: np.random.Generator, method: str) -> None:
+    st = gpuquant.open(_store(tmp_path, rng, n=50, d=16)[0])
+    with pytest.raises(InputError, match=re.escape("row ids must be a 1-D sequence (or one id), got shape (2, 3)")):
+        getattr(st, method)(np.arange(6).reshape(2, 3))
+    assert len(getattr(st, method)(7)) == 1 and len(getattr(st, method)([])) == 0  # one id, and none, still work
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"start": -5}, "start must be a non-negative integer, got -5"),
     ({"stop": -1}, "stop must be a non-negative integer or None, got -1"),

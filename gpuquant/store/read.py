@@ -182,6 +182,8 @@ class Store:
                 idx = idx.astype(np.int64)
             else:
                 raise InputError(f"row ids must be integers, got dtype {idx.dtype}")
+        if idx.ndim > 1:
+            raise InputError(f"row ids must be a 1-D sequence (or one id), got shape {idx.shape}")
         idx = idx.reshape(-1).astype(np.int64, copy=False)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.rows):
             bad = int(idx[(idx < 0) | (idx >= self.rows)][0])
