@@ -187,6 +187,27 @@ def test_an_unfinished_store_opens_only_when_asked(tmp_path: Path, rng: np.rando
         st.get_rows([200])
 
 
+@pytest.mark.parametrize(("state", "message"), [
+    ({"status": "in_progress", "rows_done": -1}, "must be an integer in 0..503, got -1"),
+    ({"status": "in_progress", "rows_done": 504}, "must be an integer in 0..503, got 504"),
+    ({"status": "in_progress", "rows_done": "200"}, "must be an integer in 0..503, got '200'"),
+    ({"status": "in_progress", "rows_done": 2.5}, "must be an integer in 0..503, got 2.5"),
+    ({"status": "in_progress", "rows_done": True}, "must be an integer in 0..503, got True"),
+    ({"status": "in_progress"}, "must be an integer in 0..503, got None"),
+    ({"status": "complete", "rows_done": 200}, "a complete store has every row done: 503, got 200"),
+])
+def test_rows_done_in_the_manifest_is_range_checked(tmp_path: Path, rng: np.random.Generator,
+                                                    state: dict[str, object], message: str) -> None:
+    path, _ = _store(tmp_path, rng)
+    m = json.loads((path / "manifest.json").read_text())
+    m["state"] = state
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=r"manifest.json: 'state.rows_done' " + re.escape(message)):
+        gpuquant.open(path, allow_incomplete=True)
+    with pytest.raises(InputError, match=r"'state.rows_done' " + re.escape(message)):  # --resume reads it too
+        gstore.reopen(path)
+
+
 def test_the_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     out = tmp_path / "o"
     with gstore.StoreLock(out) as lock:

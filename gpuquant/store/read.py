@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wh
     return value
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int | np.integer]:
     """Whether ``v`` is an integer (Python or numpy), not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
@@ -200,7 +200,8 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False, 
 
     Checked: the manifest's format tag and version; a known scheme family whose parameters match
     ``quantizer.json``; rows and dim; every file present, of the dtype and shape the scheme gives
-    for ``rows x dim`` and not truncated; and ``state.status == "complete"`` (unless
+    for ``rows x dim`` and not truncated; ``state.rows_done`` in ``0..rows`` (``rows`` once complete);
+    and ``state.status == "complete"`` (unless
     ``allow_incomplete``: then only ``get_rows`` of rows already written works).
     """
     from gpuquant.api import Quantizer
@@ -246,8 +247,20 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False, 
                          f"do not match the scheme's {sorted(want)}")
     side = {name: _open_array(root, side_doc[name], f"side array {name!r}", shape, np.dtype(dt))
             for name, (shape, dt) in want.items()}
+    _check_rows_done(state, rows, m)  # after the files: a wrong 'rows' is named by the file that disagrees
     q.name = doc.get("scheme", q.name)
     return Store(root, doc, q, codes, side)
+
+
+def _check_rows_done(state: Mapping[str, Any], rows: int, m: Path) -> None:
+    """``state.rows_done``: an integer in ``0..rows`` (it says which rows are final), and ``rows`` once
+    complete; a complete store may leave it out."""
+    done = state.get("rows_done")
+    if state["status"] == COMPLETE:
+        if done is not None and (not _is_int(done) or done != rows):
+            raise InputError(f"{m}: 'state.rows_done' a complete store has every row done: {rows}, got {done!r}")
+    elif not _is_int(done) or not 0 <= done <= rows:
+        raise InputError(f"{m}: 'state.rows_done' must be an integer in 0..{rows}, got {done!r}")
 
 
 @dataclass
