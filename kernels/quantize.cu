@@ -378,46 +378,66 @@ struct AbsmaxDecoder {
 }  // namespace
 
 // ===== kernels ================================================================================
+// A kernel whose arguments select a mode (rounding, bits, format, saturation) switches on them once,
+// before any loop, and calls its path function `<kernel>_path<..., modes>` with its own arguments:
+// every mode gets a loop of its own with the mode folded in at compile time. bench/sass_report.py
+// compiles each path function on its own (a kernel of the same arguments and launch bounds) to
+// count the instructions of the loop that path runs.
+
+template <typename T, int R, int EPC>
+__device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsigned char* __restrict__ out,
+                                                   long long n, long long d, const gq::ScalarParams* params,
+                                                   int per_dim, int rounding, int, int is_signed, int high_first) {
+    const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]};
+    if (EPC == 1 && !per_dim && flat_ok(x, out)) {
+        encode_flat(enc, x, out, n * d);
+    } else {
+        encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+    }
+}
+
+// The scalar kernels' switch: rounding R and 8-bit (EPC 1) or 4-bit (EPC 2) codes.
+#define GQ_SCALAR_SWITCH(PATH, ...)                                                               \
+    switch (rounding * 2 + (bits == 8 ? 0 : 1)) {                                                 \
+    case gq::HALF_AWAY * 2: PATH<__VA_ARGS__ gq::HALF_AWAY, 1>(GQ_SCALAR_ARGS); break;            \
+    case gq::HALF_AWAY * 2 + 1: PATH<__VA_ARGS__ gq::HALF_AWAY, 2>(GQ_SCALAR_ARGS); break;        \
+    case gq::FLOOR * 2: PATH<__VA_ARGS__ gq::FLOOR, 1>(GQ_SCALAR_ARGS); break;                    \
+    case gq::FLOOR * 2 + 1: PATH<__VA_ARGS__ gq::FLOOR, 2>(GQ_SCALAR_ARGS); break;                \
+    case gq::TRUNC * 2: PATH<__VA_ARGS__ gq::TRUNC, 1>(GQ_SCALAR_ARGS); break;                    \
+    case gq::TRUNC * 2 + 1: PATH<__VA_ARGS__ gq::TRUNC, 2>(GQ_SCALAR_ARGS); break;                \
+    case gq::HALF_EVEN * 2: PATH<__VA_ARGS__ gq::HALF_EVEN, 1>(GQ_SCALAR_ARGS); break;            \
+    case gq::HALF_EVEN * 2 + 1: PATH<__VA_ARGS__ gq::HALF_EVEN, 2>(GQ_SCALAR_ARGS); break;        \
+    }
 
 template <typename T>
 __global__ void __launch_bounds__(256, 4) scalar_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
                               long long d, const gq::ScalarParams* params, int per_dim, int rounding,
                               int bits, int is_signed, int high_first) {
-    const bool flat = bits == 8 && !per_dim && flat_ok(x, out);
-    switch (rounding * 2 + (bits == 8 ? 0 : 1)) {
-#define GQ_SCALAR_CASE(R, EPC)                                                                    \
-    case R * 2 + EPC - 1: {                                                                       \
-        const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]}; \
-        if (EPC == 1 && flat) {                                                                   \
-            encode_flat(enc, x, out, n * d);                                                      \
-        } else {                                                                                  \
-            encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);                           \
-        }                                                                                         \
-        break;                                                                                    \
-    }
-        GQ_SCALAR_CASE(gq::HALF_AWAY, 1) GQ_SCALAR_CASE(gq::HALF_AWAY, 2)
-        GQ_SCALAR_CASE(gq::FLOOR, 1) GQ_SCALAR_CASE(gq::FLOOR, 2)
-        GQ_SCALAR_CASE(gq::TRUNC, 1) GQ_SCALAR_CASE(gq::TRUNC, 2)
-        GQ_SCALAR_CASE(gq::HALF_EVEN, 1) GQ_SCALAR_CASE(gq::HALF_EVEN, 2)
-#undef GQ_SCALAR_CASE
+#define GQ_SCALAR_ARGS x, out, n, d, params, per_dim, rounding, bits, is_signed, high_first
+    GQ_SCALAR_SWITCH(scalar_encode_path, T,)
+#undef GQ_SCALAR_ARGS
+}
+
+template <int R, int EPC>
+__device__ __forceinline__ void scalar_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ out,
+                                                   long long n, long long d, const gq::ScalarParams* params,
+                                                   int per_dim, int rounding, int, int is_signed, int high_first) {
+    const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
+    if (EPC == 1 && !per_dim && flat_ok(out, codes)) {
+        decode_flat(dec, codes, out, n * d);
+    } else {
+        decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
     }
 }
 
 __global__ void scalar_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
                               long long d, const gq::ScalarParams* params, int per_dim, int rounding,
                               int bits, int is_signed, int high_first) {
-    if (bits == 8) {
-        const ScalarCodec<1> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-        if (!per_dim && flat_ok(out, codes)) {
-            decode_flat(dec, codes, out, n * d);
-        } else {
-            decode_rows(dec, codes, out, n, d, d);
-        }
-    } else {
-        ScalarCodec<2> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-        decode_rows(dec, codes, out, n, d, (d + 1) / 2);
-    }
+#define GQ_SCALAR_ARGS codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first
+    GQ_SCALAR_SWITCH(scalar_decode_path, )
+#undef GQ_SCALAR_ARGS
 }
+#undef GQ_SCALAR_SWITCH
 
 template <typename T>
 __global__ void binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
@@ -432,19 +452,23 @@ __global__ void binary_decode(const unsigned char* __restrict__ codes, float* __
     decode_rows(dec, codes, out, n, d, (d + 7) / 8);
 }
 
+template <typename T, typename C, int F, int S>
+__device__ __forceinline__ void float_encode_path(const T* __restrict__ x, C* __restrict__ out, long long n,
+                                                  long long d, int format, int saturate) {
+    if (flat_ok(x, out)) {
+        encode_flat(FloatCodec<C, F, S>{format, saturate}, x, out, n * d);
+    } else {
+        encode_rows(FloatCodec<C, F, S>{format, saturate}, x, out, n, d, d);
+    }
+}
+
 template <typename T, typename C>
 __global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long long n, long long d,
                              int format, int saturate) {
     // Only the formats whose codes have C's width are reachable for a given C.
     switch (format * 2 + (saturate ? 1 : 0)) {
-#define GQ_FLOAT_CASE(F, S)                                                             \
-    case F * 2 + S:                                                                     \
-        if (flat_ok(x, out)) {                                                          \
-            encode_flat(FloatCodec<C, F, S>{format, saturate}, x, out, n * d);          \
-        } else {                                                                        \
-            encode_rows(FloatCodec<C, F, S>{format, saturate}, x, out, n, d, d);       \
-        }                                                                               \
-        break;
+#define GQ_FLOAT_CASE(F, S) \
+    case F * 2 + S: float_encode_path<T, C, F, S>(x, out, n, d, format, saturate); break;
         GQ_FLOAT_CASE(gq::E4M3, 0) GQ_FLOAT_CASE(gq::E4M3, 1) GQ_FLOAT_CASE(gq::E5M2, 0)
         GQ_FLOAT_CASE(gq::E5M2, 1) GQ_FLOAT_CASE(gq::FP16, 0) GQ_FLOAT_CASE(gq::FP16, 1)
         GQ_FLOAT_CASE(gq::BF16, 0) GQ_FLOAT_CASE(gq::BF16, 1)
@@ -452,14 +476,25 @@ __global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long 
     }
 }
 
-template <typename C>
-__global__ void float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
-                             int format) {
-    const FloatCodec<C> dec{format, 0};
+template <typename C, int F>
+__device__ __forceinline__ void float_decode_path(const C* __restrict__ codes, float* __restrict__ out, long long n,
+                                                  long long d, int format) {
+    const FloatCodec<C, F> dec{format, 0};
     if (flat_ok(out, codes)) {
         decode_flat(dec, codes, out, n * d);
     } else {
         decode_rows(dec, codes, out, n, d, d);
+    }
+}
+
+template <typename C>
+__global__ void float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
+                             int format) {
+    switch (format) {
+#define GQ_FLOAT_CASE(F) \
+    case F: float_decode_path<C, F>(codes, out, n, d, format); break;
+        GQ_FLOAT_CASE(gq::E4M3) GQ_FLOAT_CASE(gq::E5M2) GQ_FLOAT_CASE(gq::FP16) GQ_FLOAT_CASE(gq::BF16)
+#undef GQ_FLOAT_CASE
     }
 }
 
@@ -587,15 +622,22 @@ __global__ void __launch_bounds__(256, 4)
     }
 }
 
+template <int EPC>
+__device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
+                                                   const float* __restrict__ scales, float* __restrict__ out,
+                                                   long long n, long long d, long long seg_len, long long groups,
+                                                   int, int high_first, int tensor) {
+    const AbsmaxDecoder<EPC> dec{scales, groups, seg_len, high_first, tensor};
+    decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+}
+
 // tensor: every value uses scales[0] (granularity "tensor"); else scales is (n, groups).
 __global__ void absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
                               float* __restrict__ out, long long n, long long d, long long seg_len,
                               long long groups, int bits, int high_first, int tensor) {
     if (bits == 8) {
-        AbsmaxDecoder<1> dec{scales, groups, seg_len, high_first, tensor};
-        decode_rows(dec, codes, out, n, d, d);
+        absmax_decode_path<1>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
     } else {
-        AbsmaxDecoder<2> dec{scales, groups, seg_len, high_first, tensor};
-        decode_rows(dec, codes, out, n, d, (d + 1) / 2);
+        absmax_decode_path<2>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
     }
 }
