@@ -382,14 +382,15 @@ struct AbsmaxDecoder {
 // before any loop, and calls its path function `<kernel>_path<..., modes>` with its own arguments:
 // every mode gets a loop of its own with the mode folded in at compile time. bench/sass_report.py
 // compiles each path function on its own (a kernel of the same arguments and launch bounds) to
-// count the instructions of the loop that path runs.
+// count the instructions of the loop that path runs; its FLAT argument picks the walk that the
+// kernels (FLAT = -1) choose at run time, once, before the loop (1: encode_flat/decode_flat).
 
-template <typename T, int R, int EPC>
+template <typename T, int R, int EPC, int FLAT = -1>
 __device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsigned char* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-    if (EPC == 1 && !per_dim && flat_ok(x, out)) {
+    if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(x, out)) {
         encode_flat(enc, x, out, n * d);
     } else {
         encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);
@@ -418,12 +419,12 @@ __global__ void __launch_bounds__(256, 4) scalar_encode(const T* __restrict__ x,
 #undef GQ_SCALAR_ARGS
 }
 
-template <int R, int EPC>
+template <int R, int EPC, int FLAT = -1>
 __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-    if (EPC == 1 && !per_dim && flat_ok(out, codes)) {
+    if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
         decode_flat(dec, codes, out, n * d);
     } else {
         decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
@@ -452,10 +453,10 @@ __global__ void binary_decode(const unsigned char* __restrict__ codes, float* __
     decode_rows(dec, codes, out, n, d, (d + 7) / 8);
 }
 
-template <typename T, typename C, int F, int S>
+template <typename T, typename C, int F, int S, int FLAT = -1>
 __device__ __forceinline__ void float_encode_path(const T* __restrict__ x, C* __restrict__ out, long long n,
                                                   long long d, int format, int saturate) {
-    if (flat_ok(x, out)) {
+    if (FLAT >= 0 ? FLAT == 1 : flat_ok(x, out)) {
         encode_flat(FloatCodec<C, F, S>{format, saturate}, x, out, n * d);
     } else {
         encode_rows(FloatCodec<C, F, S>{format, saturate}, x, out, n, d, d);
@@ -476,11 +477,11 @@ __global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long 
     }
 }
 
-template <typename C, int F>
+template <typename C, int F, int FLAT = -1>
 __device__ __forceinline__ void float_decode_path(const C* __restrict__ codes, float* __restrict__ out, long long n,
                                                   long long d, int format) {
     const FloatCodec<C, F> dec{format, 0};
-    if (flat_ok(out, codes)) {
+    if (FLAT >= 0 ? FLAT == 1 : flat_ok(out, codes)) {
         decode_flat(dec, codes, out, n * d);
     } else {
         decode_rows(dec, codes, out, n, d, d);
