@@ -399,7 +399,7 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
     elif kernel == "absmax_decode":
-        modes = ["1" if int(args[7]) == 8 else "2"]
+        modes = ["1" if int(args[7]) == 8 else "2", "true" if int(args[4]) <= 0xFFFFFFFF else "false"]
     else:
         return None
     return f"{kernel}_path<{', '.join(targs + modes)}>"

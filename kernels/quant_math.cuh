@@ -339,14 +339,11 @@ GQ_HD float float_decode(gq_u32 code, int format) {
         return float_of(sign | 0x7fc00000u);
     }
     if (!f.has_inf && e == emask && m == mmask) return float_of(sign | 0x7fc00000u);
-    if (e == 0u) {
-        if (m == 0u) return float_of(sign);
-        int p = f.mbits - 1;  // index of the leading 1 of m
-        while (!((m >> p) & 1u)) --p;
-        const int exp = p + 1 - bias - f.mbits;
-        return float_of(sign | ((gq_u32)(exp + 127) << 23) | ((m << (23 - p)) & 0x007fffffu));
-    }
-    return float_of(sign | ((gq_u32)((int)e - bias + 127) << 23) | (m << (23 - f.mbits)));
+    // Finite: the code's exponent and mantissa fields placed in a float32 (exponent field e,
+    // subnormal when e = 0) are the value times 2^(bias - 127) for normal and subnormal codes alike;
+    // one exact multiplication by 2^(127 - bias) (no .ftz: the float32 may be subnormal) rescales it.
+    const float unscaled = float_of((e << 23) | (m << (23 - f.mbits)));
+    return float_of(bits_of(mul_f32(unscaled, float_of((gq_u32)(254 - bias) << 23))) | sign);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -350,7 +350,9 @@ struct FloatCodec {
 };
 
 // ----- absmax (decode side; encode is the warp kernel below) ---------------------------------
-template <int EPC_>
+// NARROW: every column index fits in 32 bits (d < 2^32), so the block of a column is found by
+// gq::DivU32 (multiply and shifts) instead of a 64-bit division per value.
+template <int EPC_, bool NARROW>
 struct AbsmaxDecoder {
     typedef unsigned char code_t;
     static constexpr int EPC = EPC_;
@@ -358,10 +360,12 @@ struct AbsmaxDecoder {
     const float* scales;  // (n, groups), or one scale for every value (tensor)
     long long groups, seg_len;
     int high_first, tensor;
+    gq::DivU32 block_of;  // col / seg_len (NARROW)
 
     __device__ __forceinline__ float scale(long long row, long long col) const {
         if (tensor) return scales[0];
-        return scales[row * groups + (groups == 1 ? 0 : col / seg_len)];
+        if (groups == 1) return scales[row];
+        return scales[row * groups + (NARROW ? (long long)block_of((unsigned)col) : col / seg_len)];
     }
     __device__ __forceinline__ void unpack(code_t c, long long row, long long col, float* v) const {
         if (EPC == 1) {
@@ -378,6 +382,9 @@ struct AbsmaxDecoder {
 }  // namespace
 
 // ===== kernels ================================================================================
+// Kernels run 256 threads per block and are compiled for 4 resident blocks per SM (at most 64
+// registers), the occupancy the grid of the launchers assumes; binary_encode, which would spill at
+// 64 registers, is left to the compiler (80 registers, 3 blocks).
 // A kernel whose arguments select a mode (rounding, bits, format, saturation) switches on them once,
 // before any loop, and calls its path function `<kernel>_path<..., modes>` with its own arguments:
 // every mode gets a loop of its own with the mode folded in at compile time. bench/sass_report.py
@@ -411,7 +418,8 @@ __device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsi
     }
 
 template <typename T>
-__global__ void __launch_bounds__(256, 4) scalar_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
+__global__ void __launch_bounds__(256, 4)
+    scalar_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
                               long long d, const gq::ScalarParams* params, int per_dim, int rounding,
                               int bits, int is_signed, int high_first) {
 #define GQ_SCALAR_ARGS x, out, n, d, params, per_dim, rounding, bits, is_signed, high_first
@@ -431,7 +439,8 @@ __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restri
     }
 }
 
-__global__ void scalar_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+__global__ void __launch_bounds__(256, 4)
+    scalar_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
                               long long d, const gq::ScalarParams* params, int per_dim, int rounding,
                               int bits, int is_signed, int high_first) {
 #define GQ_SCALAR_ARGS codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first
@@ -447,7 +456,8 @@ __global__ void binary_encode(const T* __restrict__ x, unsigned char* __restrict
     encode_rows(enc, x, out, n, d, (d + 7) / 8);
 }
 
-__global__ void binary_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+__global__ void __launch_bounds__(256, 4)
+    binary_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
                               long long d, int big, int is_signed) {
     BinaryCodec dec{nullptr, big, is_signed};
     decode_rows(dec, codes, out, n, d, (d + 7) / 8);
@@ -464,7 +474,8 @@ __device__ __forceinline__ void float_encode_path(const T* __restrict__ x, C* __
 }
 
 template <typename T, typename C>
-__global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long long n, long long d,
+__global__ void __launch_bounds__(256, 4)
+    float_encode(const T* __restrict__ x, C* __restrict__ out, long long n, long long d,
                              int format, int saturate) {
     // Only the formats whose codes have C's width are reachable for a given C.
     switch (format * 2 + (saturate ? 1 : 0)) {
@@ -489,7 +500,8 @@ __device__ __forceinline__ void float_decode_path(const C* __restrict__ codes, f
 }
 
 template <typename C>
-__global__ void float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
+__global__ void __launch_bounds__(256, 4)
+    float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
                              int format) {
     switch (format) {
 #define GQ_FLOAT_CASE(F) \
@@ -623,22 +635,27 @@ __global__ void __launch_bounds__(256, 4)
     }
 }
 
-template <int EPC>
+template <int EPC, bool NARROW>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
                                                    const float* __restrict__ scales, float* __restrict__ out,
                                                    long long n, long long d, long long seg_len, long long groups,
                                                    int, int high_first, int tensor) {
-    const AbsmaxDecoder<EPC> dec{scales, groups, seg_len, high_first, tensor};
+    const gq::DivU32 block_of(NARROW ? seg_len : 1);
+    const AbsmaxDecoder<EPC, NARROW> dec{scales, groups, seg_len, high_first, tensor, block_of};
     decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
 }
 
 // tensor: every value uses scales[0] (granularity "tensor"); else scales is (n, groups).
-__global__ void absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
-                              float* __restrict__ out, long long n, long long d, long long seg_len,
-                              long long groups, int bits, int high_first, int tensor) {
+__global__ void __launch_bounds__(256, 4)
+    absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                  float* __restrict__ out, long long n, long long d, long long seg_len, long long groups, int bits,
+                  int high_first, int tensor) {
+    const bool narrow = d <= 0xffffffffLL;  // every column index (and seg_len <= d) fits in 32 bits
+#define GQ_ABSMAX_ARGS codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor
     if (bits == 8) {
-        absmax_decode_path<1>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+        narrow ? absmax_decode_path<1, true>(GQ_ABSMAX_ARGS) : absmax_decode_path<1, false>(GQ_ABSMAX_ARGS);
     } else {
-        absmax_decode_path<2>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+        narrow ? absmax_decode_path<2, true>(GQ_ABSMAX_ARGS) : absmax_decode_path<2, false>(GQ_ABSMAX_ARGS);
     }
+#undef GQ_ABSMAX_ARGS
 }

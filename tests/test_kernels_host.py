@@ -57,6 +57,8 @@ EMU_SIGNATURES = {
     "emu_float_encode": [I32, I32, I32, VP, VP, I64, I64, I32, I32],
     "emu_float_decode": [I32, I32, VP, VP, I64, I64, I32],
     "emu_absmax_decode": [I32, I32, VP, VP, VP, I64, I64, I64, I64, I32, I32, I32],
+    "emu_absmax_decode_wide": [I32, I32, VP, VP, VP, I64, I64, I64, I64, I32, I32, I32],
+    "emu_div_u32": [ctypes.c_ulonglong, VP, VP, I64],
 }
 
 
@@ -462,10 +464,28 @@ def test_emulated_absmax_decode(emu, rng, granularity: str, bits: int, order: st
             state, side = {}, {"scales": scales.reshape(scheme.side_shapes(n, d)["scales"][0])}
         want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
         for blocks, threads in GRIDS:
-            got = placed(np.full((n, d), np.nan, np.float32), misalign)
-            emu.emu_absmax_decode(blocks, threads, ptr(codes), ptr(scales), ptr(got), n, d, seg, groups, bits,
-                                  int(order == "high_first"), int(granularity == "tensor"))
-            same_bits(got, want)
+            for decode in (emu.emu_absmax_decode, emu.emu_absmax_decode_wide):  # 32-bit and 64-bit block index
+                got = placed(np.full((n, d), np.nan, np.float32), misalign)
+                decode(blocks, threads, ptr(codes), ptr(scales), ptr(got), n, d, seg, groups, bits,
+                       int(order == "high_first"), int(granularity == "tensor"))
+                same_bits(got, want)
+
+
+def test_division_by_an_invariant_divisor(emu, rng) -> None:
+    """gq::DivU32 (absmax decode's block index) equals x // s for every edge of x and s."""
+    top = 2**32 - 1
+    divisors = [1, 2, 3, 5, 7, 31, 32, 33, 40, 64, 96, 127, 128, 1000, 2**16 - 1, 2**16, 2**16 + 1, 2**31 - 1, 2**31,
+                2**31 + 1, top - 1, top, *rng.integers(1, 2**32, 40).tolist(), *rng.integers(1, 5000, 40).tolist()]
+    for s in divisors:
+        k = np.unique(np.concatenate([[0, 1, top // s], rng.integers(0, top // s + 1, 2000)])).astype(np.uint64)
+        multiples = k * np.uint64(s)
+        x = np.concatenate([[0, 1, s - 1, s, s + 1, top, top - 1, 2**31, 2**31 - 1], multiples,
+                            np.maximum(multiples.astype(np.int64) - 1, 0), multiples + 1,
+                            rng.integers(0, 2**32, 5000)])
+        x = x[x <= top].astype(np.uint32)
+        q = np.empty_like(x)
+        emu.emu_div_u32(s, ptr(x), ptr(q), x.size)
+        np.testing.assert_array_equal(q, x.astype(np.uint64) // np.uint64(s), err_msg=f"divisor {s}")
 
 
 # -- warp- and block-cooperative kernels (absmax encode, training), threads emulated -------------------
