@@ -265,6 +265,7 @@ class LoopPath:
     input_load_bits: int
     local_memory_ops: int
     calls: list[str] = field(default_factory=list)
+    listing: list[str] = field(default_factory=list)  # the common path, one instruction a line
 
 
 def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPath | None:
@@ -287,8 +288,8 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPat
         # DP over the body without back edges, in topological order: (wide, other, widest load) -> most
         # instructions (a clamp or NaN early-out is shorter than the common in-range path)
         order = _topological(body - cold, succ, dom)
-        states: dict[int, dict[tuple[int, int, int], int]] = {head: {(0, 0, 0): 0}}
-        paths: list[tuple[int, int, int, int]] = []
+        states: dict[int, dict[tuple[int, int, int], tuple[int, tuple[int, ...]]]] = {head: {(0, 0, 0): (0, ())}}
+        paths: list[tuple[int, int, int, int, tuple[int, ...]]] = []
         for b in order:
             ins = block_ins[b]
             oth = [_width(i) for i in ins if i.op.startswith(other)]
@@ -296,25 +297,27 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPat
                 continue
             wide = sum(1 for i in ins if i.op.startswith(spec.kind) and _width(i) == spec.bits)
             widest = max((_width(i) for i in ins if i.op.startswith("LDG")), default=0)
-            for (w, o, lb), cost in states[b].items():
-                key, cost = (w + wide, min(o + oth.count(spec.other_bits), 64), max(lb, widest)), cost + len(ins)
+            for (w, o, lb), (cost, via) in states[b].items():
+                key = (w + wide, min(o + oth.count(spec.other_bits), 64), max(lb, widest))
+                cost, via = cost + len(ins), (*via, b)
                 if b in latches:
-                    paths.append((*key, cost))
+                    paths.append((*key, cost, via))
                 for t in succ[b]:
                     if t in body and t not in cold and t not in dom[b]:
                         slot = states.setdefault(t, {})
-                        slot[key] = max(slot.get(key, cost), cost)
+                        slot[key] = max(slot.get(key, (cost, via)), (cost, via))
         want = spec.count if spec.count is not None else max((p[0] for p in paths), default=0)
         ok = [p for p in paths if p[0] == want and want > 0 and
               (p[1] == spec.other_count if spec.vectors else p[1] >= spec.other_count)]
         if not ok:
             continue
-        w, _, lb, cost = max(ok, key=lambda p: p[3])
+        w, _, lb, cost, via = max(ok, key=lambda p: p[3])
         size = sum(len(v) for v in block_ins.values())
         calls = sorted({i.target or "?" for v in block_ins.values() for i in v if i.op.startswith("CALL")})
         local = sum(1 for v in block_ins.values() for i in v if i.op.startswith(("LDL", "STL")))
         if best is None or size < best[0]:
-            best = (size, LoopPath(cost, spec.vectors or w, lb, local, calls))
+            listing = [f"{i.pred} {i.op} {i.text}".strip() for b in via for i in block_ins[b]]
+            best = (size, LoopPath(cost, spec.vectors or w, lb, local, calls, listing))
     return None if best is None else best[1]
 
 
@@ -399,7 +402,9 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
     elif kernel == "absmax_decode":
-        modes = ["1" if int(args[7]) == 8 else "2", "true" if int(args[4]) <= 0xFFFFFFFF else "false"]
+        tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
+        layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
+        modes = ["1" if int(args[7]) == 8 else "2", str(layout)]
     else:
         return None
     return f"{kernel}_path<{', '.join(targs + modes)}>"
@@ -483,11 +488,16 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
     return out
 
 
+#: The common path of each (preset, op) of the last :func:`analyse` call (``--show``).
+listings: dict[tuple[str, str], list[str]] = {}
+
+
 def analyse(d: int) -> list[dict[str, Any]]:
     """Every record (see the module docstring)."""
     todo = jobs(d)
     work = [j for j in todo if isinstance(j, Job)]
     measured: dict[tuple[str, str], dict[str, Any]] = {}
+    listings.clear()
     for filename in sorted({j.filename for j in work}):
         mine = [j for j in work if j.filename == filename]
         exprs = sorted({j.expr for j in mine})
@@ -502,6 +512,7 @@ def analyse(d: int) -> list[dict[str, Any]]:
             loop = hot_loop(*funcs[fn], j.spec)
             res = usage[real_names[j.expr]]
             measured[(j.preset, j.op)] = _record(j, loop, res)
+            listings[(j.preset, j.op)] = loop.listing if loop else []
     return [measured[(j.preset, j.op)] if isinstance(j, Job) else j for j in todo]
 
 
@@ -557,8 +568,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write the records here (and a .md table next to it)")
     ap.add_argument("--dim", type=int, default=768, help="columns of the float32 input (default 768)")
+    ap.add_argument("--show", metavar="PRESET:OP", action="append", default=[],
+                    help="also print the common path of this record's hot loop (repeatable)")
     args = ap.parse_args(argv)
     records = analyse(args.dim)
+    for item in args.show:
+        preset, _, op = item.partition(":")
+        print(f"== {preset} {op}: common path of the hot loop", *listings.get((preset, op), ["(none)"]), sep="\n")
     text = table(records)
     if args.json:
         report = {"arch": ARCH, "dim": args.dim, "budgets": BUDGETS, "options": list(CUPY_OPTIONS),

@@ -350,22 +350,25 @@ struct FloatCodec {
 };
 
 // ----- absmax (decode side; encode is the warp kernel below) ---------------------------------
-// NARROW: every column index fits in 32 bits (d < 2^32), so the block of a column is found by
-// gq::DivU32 (multiply and shifts) instead of a 64-bit division per value.
-template <int EPC_, bool NARROW>
+// Where the scale of a value comes from, fixed per launch: one scale for the tensor, one per row
+// (groups == 1), or one per block of seg_len values, the block found by gq::DivU32 (multiply and
+// shifts) when every column index fits in 32 bits, else by a 64-bit division.
+enum ScaleLayout { TENSOR_SCALE = 0, ROW_SCALE = 1, BLOCK_SCALE = 2, BLOCK_SCALE_WIDE = 3 };
+
+template <int EPC_, int LAYOUT>
 struct AbsmaxDecoder {
     typedef unsigned char code_t;
     static constexpr int EPC = EPC_;
     static constexpr int CPT = 4 / EPC_;
     const float* scales;  // (n, groups), or one scale for every value (tensor)
     long long groups, seg_len;
-    int high_first, tensor;
-    gq::DivU32 block_of;  // col / seg_len (NARROW)
+    int high_first;
+    gq::DivU32 block_of;  // col / seg_len (BLOCK_SCALE)
 
     __device__ __forceinline__ float scale(long long row, long long col) const {
-        if (tensor) return scales[0];
-        if (groups == 1) return scales[row];
-        return scales[row * groups + (NARROW ? (long long)block_of((unsigned)col) : col / seg_len)];
+        if (LAYOUT == TENSOR_SCALE) return scales[0];
+        if (LAYOUT == ROW_SCALE) return scales[row];
+        return scales[row * groups + (LAYOUT == BLOCK_SCALE ? (long long)block_of((unsigned)col) : col / seg_len)];
     }
     __device__ __forceinline__ void unpack(code_t c, long long row, long long col, float* v) const {
         if (EPC == 1) {
@@ -373,7 +376,8 @@ struct AbsmaxDecoder {
             return;
         }
         const float s0 = scale(row, col);
-        const float s1 = (col + 1 < groups * seg_len) ? scale(row, col + 1) : s0;
+        const bool own = LAYOUT >= BLOCK_SCALE && col + 1 < groups * seg_len;  // the pair may span two blocks
+        const float s1 = own ? scale(row, col + 1) : s0;
         v[0] = gq::absmax_value(gq::sign_extend4(gq::unpack_nibble(c, 0, high_first)), s0);
         v[1] = gq::absmax_value(gq::sign_extend4(gq::unpack_nibble(c, 1, high_first)), s1);
     }
@@ -635,13 +639,13 @@ __global__ void __launch_bounds__(256, 4)
     }
 }
 
-template <int EPC, bool NARROW>
+template <int EPC, int LAYOUT>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
                                                    const float* __restrict__ scales, float* __restrict__ out,
                                                    long long n, long long d, long long seg_len, long long groups,
-                                                   int, int high_first, int tensor) {
-    const gq::DivU32 block_of(NARROW ? seg_len : 1);
-    const AbsmaxDecoder<EPC, NARROW> dec{scales, groups, seg_len, high_first, tensor, block_of};
+                                                   int, int high_first, int) {
+    const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
+    const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
     decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
 }
 
@@ -650,12 +654,17 @@ __global__ void __launch_bounds__(256, 4)
     absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
                   float* __restrict__ out, long long n, long long d, long long seg_len, long long groups, int bits,
                   int high_first, int tensor) {
-    const bool narrow = d <= 0xffffffffLL;  // every column index (and seg_len <= d) fits in 32 bits
-#define GQ_ABSMAX_ARGS codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor
-    if (bits == 8) {
-        narrow ? absmax_decode_path<1, true>(GQ_ABSMAX_ARGS) : absmax_decode_path<1, false>(GQ_ABSMAX_ARGS);
-    } else {
-        narrow ? absmax_decode_path<2, true>(GQ_ABSMAX_ARGS) : absmax_decode_path<2, false>(GQ_ABSMAX_ARGS);
+    // BLOCK_SCALE needs every column index (and seg_len <= d) to fit in 32 bits.
+    const int layout = tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE : d <= 0xffffffffLL ? BLOCK_SCALE
+                                                                                          : BLOCK_SCALE_WIDE;
+    switch (layout * 2 + (bits == 8 ? 0 : 1)) {
+#define GQ_ABSMAX_CASE(L)                                                                                     \
+    case L * 2: absmax_decode_path<1, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
+        break;                                                                                                \
+    case L * 2 + 1: absmax_decode_path<2, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
+        break;
+        GQ_ABSMAX_CASE(TENSOR_SCALE) GQ_ABSMAX_CASE(ROW_SCALE) GQ_ABSMAX_CASE(BLOCK_SCALE)
+        GQ_ABSMAX_CASE(BLOCK_SCALE_WIDE)
+#undef GQ_ABSMAX_CASE
     }
-#undef GQ_ABSMAX_ARGS
 }

@@ -91,15 +91,15 @@ void emu_absmax_decode(int blocks, int threads, const unsigned char* codes, cons
     });
 }
 
-// The same decode with the 64-bit division per value (the path for rows of 2^32 values or more).
+// Block scales found by the 64-bit division per value (the path of rows of 2^32 values or more).
 void emu_absmax_decode_wide(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,
                             long long n, long long d, long long seg_len, long long groups, int bits, int high_first,
                             int tensor) {
     run_grid(blocks, threads, [&] {
         if (bits == 8) {
-            absmax_decode_path<1, false>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+            absmax_decode_path<1, BLOCK_SCALE_WIDE>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
         } else {
-            absmax_decode_path<2, false>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+            absmax_decode_path<2, BLOCK_SCALE_WIDE>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
         }
     });
 }
