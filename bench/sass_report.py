@@ -258,6 +258,23 @@ def _width(ins: Instr) -> int:
     return int(sub.group(1)) if sub else int(m.group(1)) if m else 32
 
 
+def _feasible(ins: list[Instr], succ: list[int], spans: list[tuple[int, int]], labels: dict[str, int],
+              *kinds: str) -> list[int]:
+    """Successors of a block that a path counting its memory ops can take: a block ending in
+    ``@P BRA`` whose counted ops run under ``@P`` (or ``@!P``) must take (or skip) that branch."""
+    last = ins[-1]
+    if not (last.op.startswith("BRA") and last.pred and last.target in labels):
+        return succ
+    guards = {i.pred for i in ins if i.op.startswith(kinds) and i.pred}
+    taken = next(b for b, (start, _) in enumerate(spans) if start == labels[last.target])
+    negated = last.pred[1:] if last.pred.startswith("@!") else "@!" + last.pred[1:]
+    if last.pred in guards:
+        return [taken]
+    if negated in guards:
+        return [t for t in succ if t != taken] or succ
+    return succ
+
+
 @dataclass
 class LoopPath:
     instructions: int
@@ -297,12 +314,13 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPat
                 continue
             wide = sum(1 for i in ins if i.op.startswith(spec.kind) and _width(i) == spec.bits)
             widest = max((_width(i) for i in ins if i.op.startswith("LDG")), default=0)
+            targets = _feasible(ins, succ[b], spans, labels, spec.kind, other)
             for (w, o, lb), (cost, via) in states[b].items():
                 key = (w + wide, min(o + oth.count(spec.other_bits), 64), max(lb, widest))
                 cost, via = cost + len(ins), (*via, b)
                 if b in latches:
                     paths.append((*key, cost, via))
-                for t in succ[b]:
+                for t in targets:
                     if t in body and t not in cold and t not in dom[b]:
                         slot = states.setdefault(t, {})
                         slot[key] = max(slot.get(key, (cost, via)), (cost, via))

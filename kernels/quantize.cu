@@ -240,9 +240,10 @@ __device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restri
 
 // ----- scalar ---------------------------------------------------------------------------------
 // params: one gq::ScalarParams per range (1 for granularity "tensor", d for "dimension").
-// R >= 0 fixes the rounding at compile time (the encode kernels instantiate all four, so the
-// per-element switch folds away); R = -1 reads it at run time.
-template <int EPC_, int R = -1>
+// R >= 0 fixes the rounding at compile time (the kernels instantiate all four, so the per-element
+// switch folds away); R = -1 reads it at run time. PD = 0 fixes one range for every column (the
+// flat walks), -1 reads per_dim at run time.
+template <int EPC_, int R = -1, int PD = -1>
 struct ScalarCodec {
     typedef unsigned char code_t;
     static constexpr int EPC = EPC_;  // 1: one byte per value (8 bits); 2: nibbles
@@ -252,7 +253,12 @@ struct ScalarCodec {
     long long dcols;          // d
     gq::ScalarParams tensor;  // params[0], loaded once per thread (granularity "tensor")
 
-    __device__ __forceinline__ gq::ScalarParams at(long long col) const { return per_dim ? params[col] : tensor; }
+    __device__ __forceinline__ gq::ScalarParams at(long long col) const {
+        return (PD >= 0 ? PD : per_dim) ? params[col] : tensor;
+    }
+    __device__ __forceinline__ ScalarCodec<EPC_, R, 0> one_range() const {
+        return {params, 0, rounding, is_signed, high_first, dcols, tensor};
+    }
     __device__ __forceinline__ int mode() const { return R >= 0 ? R : rounding; }
 
     __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
@@ -402,7 +408,7 @@ __device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsi
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]};
     if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(x, out)) {
-        encode_flat(enc, x, out, n * d);
+        encode_flat(enc.one_range(), x, out, n * d);
     } else {
         encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);
     }
@@ -437,7 +443,7 @@ __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restri
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
     if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
-        decode_flat(dec, codes, out, n * d);
+        decode_flat(dec.one_range(), codes, out, n * d);
     } else {
         decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
     }
