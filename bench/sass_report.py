@@ -462,8 +462,11 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
     if kernel == "absmax_encode":
         d, seg = int(args[5]), int(args[6])
-        quads = seg // 4
-        width = quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
+        quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)
+        if seg % 16 == 0 and 0 < sixteens <= 32 and 32 % sixteens == 0:
+            width = sixteens
+        else:
+            width = quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
         if seg % 4 == 0 and d % 4 == 0 and seg <= 16 * width:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)

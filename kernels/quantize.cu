@@ -57,10 +57,11 @@ __device__ __forceinline__ void move_in(void* local, const void* p) {
 
 // The grid-stride walk over tasks (row, chunk): one division per thread at the start, then an
 // increment per step (a 64-bit division per task would cost more than the math of a task).
+// (Also walks absmax segments: task = segment, chunk = block of the row, from a warp's own start.)
 struct TaskWalk {
     long long tasks, per_row, row, chunk, task, step_rows, step_chunks, step;
-    __device__ TaskWalk(long long n, long long per_row_)
-        : tasks(n * per_row_), per_row(per_row_), task(thread_index()), step(thread_count()) {
+    __device__ TaskWalk(long long n, long long per_row_, long long start = thread_index(), long long step_ = thread_count())
+        : tasks(n * per_row_), per_row(per_row_), task(start), step(step_) {
         row = task / per_row;
         chunk = task - row * per_row;
         step_rows = step / per_row;
@@ -521,15 +522,21 @@ __global__ void __launch_bounds__(256, 4)
     }
 }
 
-// Lanes of a warp share segments in groups of W lanes: W = 32 for long segments, W = seg_len / 4
-// for short ones (blocks of 4..124 values that split a warp evenly), so a warp works on 32 / W
-// segments at once and every lane has a float4 to load. A group reduces with its own lane mask.
+// Lanes of a warp share segments in groups of W lanes, so that a warp works on 32 / W segments at
+// once: W = seg_len / 16 for blocks of 16..512 values that split a warp evenly (every lane holds
+// ABSMAX_V4 float4 = 16 values: the fixed cost of a segment, its reduction and scale, is paid once
+// per 16 values), else W = seg_len / 4 for blocks of 4..124 values (a float4 per lane), else 32.
+// A group reduces with its own lane mask.
 struct LaneGroup {
     int width, index, lane;  // lanes per segment, group index in the warp, lane in the group
     unsigned mask;
     __device__ LaneGroup(long long seg_len, int warp_lane) {
-        const long long quads = seg_len / 4;
-        width = (seg_len % 4 == 0 && seg_len < 128 && 32 % quads == 0) ? (int)quads : 32;
+        const long long quads = seg_len / 4, sixteens = seg_len / 16;
+        if (seg_len % 16 == 0 && sixteens <= 32 && 32 % sixteens == 0) {
+            width = (int)sixteens;
+        } else {
+            width = (seg_len % 4 == 0 && seg_len < 128 && 32 % quads == 0) ? (int)quads : 32;
+        }
         index = warp_lane / width;
         lane = warp_lane % width;
         mask = width == 32 ? 0xffffffffu : ((1u << width) - 1u) << (index * width);
@@ -572,11 +579,13 @@ __global__ void __launch_bounds__(256, 4)
     const long long warps = thread_count() / 32, segments = n * groups;
     // Every lane of a warp runs the same number of steps (the group reductions need their lanes);
     // a group past the last segment computes nothing and writes nothing.
-    for (long long base = (thread_index() / 32) * per_warp; base < segments; base += warps * per_warp) {
-        const long long seg0 = base + grp.index;
-        const bool live = seg0 < segments;
-        const long long seg = live ? seg0 : segments - 1;
-        const long long row = seg / groups, g = seg - row * groups;
+    // The segment's row and block follow by increments (no 64-bit division per segment).
+    const long long first = (thread_index() / 32) * per_warp;
+    TaskWalk w(n, groups, first + grp.index, warps * per_warp);
+    for (long long base = first; base < segments; base += warps * per_warp, w.next()) {
+        const bool live = w.more();  // this group's segment exists
+        const long long seg = live ? w.task : segments - 1;
+        const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
         unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
         const bool in_registers = seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&

@@ -495,7 +495,11 @@ def test_division_by_an_invariant_divisor(emu, rng) -> None:
     ("row", 8, "low_first", 1e-8), ("row", 4, "high_first", 0.0), ("block", 4, "low_first", 0.0),
     ("block", 8, "low_first", 1e-8), ("tensor", 8, "low_first", 0.0), ("tensor", 4, "high_first", 0.0)])
 def test_emulated_absmax_encode(warps, rng, granularity: str, bits: int, order: str, eps: float, dtype) -> None:
-    for n, d, g in [(1, 1, 32), (5, 7, 32), (9, 64, 32), (4, 384, 64), (3, 1000, 40), (6, 33, 32)]:
+    # lanes per segment: 1 (rows of 16), 2, 4, 8, 16, 32 (16 values a lane); 2 (rows of 8: a float4 a
+    # lane); 32 (blocks of 48, rows of 384, 1000: several float4 a lane, or the two-pass loop)
+    shapes = [(1, 1, 32), (5, 7, 32), (9, 64, 32), (4, 384, 64), (3, 1000, 40), (6, 33, 32), (5, 16, 32),
+              (3, 256, 128), (2, 1024, 512), (4, 256, 256), (3, 96, 48), (4, 8, 32)]
+    for n, d, g in shapes:
         if granularity == "block" and d % g:
             continue
         scheme = make_scheme("absmax", granularity=granularity, bits=bits, block_size=g, eps=eps, nibble_order=order)

@@ -43,7 +43,7 @@ OVER_BUDGET: dict[tuple[str, str], str] = {
     ("fp16", "transform"): "issue fraction over 0.5",
     ("int8-row", "transform"): "32-bit input loads",
     ("uint8-affine", "transform"): "CALL: f32 division slow path",
-    ("int4-block", "transform"): "issue fraction over 0.5; CALL: 64-bit division, f32 division slow path",
+    ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "inverse"): "issue fraction over 0.5",
     ("binary", "transform"): "3 blocks/SM",
     ("qdrant-uint8", "transform"): "issue fraction over 0.5",
