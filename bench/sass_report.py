@@ -471,8 +471,10 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
-    kind = "LDG" if op == "transform" else "STG"
-    return Spec(kind, 128, TASKS_IN_FLIGHT * per_task, code_bits, TASKS_IN_FLIGHT)
+    if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
+        tasks = TASKS_IN_FLIGHT // per_task
+        return Spec("LDG", 128, tasks * per_task, code_bits, tasks)
+    return Spec("STG", 128, TASKS_IN_FLIGHT * per_task, code_bits, TASKS_IN_FLIGHT)
 
 
 @dataclass

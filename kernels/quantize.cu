@@ -87,12 +87,15 @@ __device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename En
     typedef typename Enc::code_t C;
     constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, IN_BYTES = EPT * (int)sizeof(T);
     constexpr int OUT_BYTES = CPT * (int)sizeof(C);
+    // Tasks in flight: UNROLL, or fewer for tasks of more than 16 bytes (binary: 32), so that a
+    // thread keeps 64 bytes in flight within 64 registers.
+    constexpr int U = IN_BYTES > 16 ? UNROLL * 16 / IN_BYTES : UNROLL;
     for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
-        long long row[UNROLL], chunk[UNROLL];
-        float v[UNROLL][EPT];
+        long long row[U], chunk[U];
+        float v[U][EPT];
         int count = 0;
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             if (w.more()) {
                 row[u] = w.row;
                 chunk[u] = w.chunk;
@@ -109,7 +112,7 @@ __device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename En
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             if (u < count) {
                 const long long col0 = chunk[u] * EPT;
                 __align__(16) C codes[CPT];
@@ -394,8 +397,7 @@ struct AbsmaxDecoder {
 
 // ===== kernels ================================================================================
 // Kernels run 256 threads per block and are compiled for 4 resident blocks per SM (at most 64
-// registers), the occupancy the grid of the launchers assumes; binary_encode, which would spill at
-// 64 registers, is left to the compiler (80 registers, 3 blocks).
+// registers), the occupancy the grid of the launchers assumes.
 // A kernel whose arguments select a mode (rounding, bits, format, saturation) switches on them once,
 // before any loop, and calls its path function `<kernel>_path<..., modes>` with its own arguments:
 // every mode gets a loop of its own with the mode folded in at compile time. bench/sass_report.py
@@ -461,7 +463,8 @@ __global__ void __launch_bounds__(256, 4)
 #undef GQ_SCALAR_SWITCH
 
 template <typename T>
-__global__ void binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
+__global__ void __launch_bounds__(256, 4)
+    binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
                               long long d, const float* thresholds, int big, int is_signed) {
     BinaryCodec enc{thresholds, big, is_signed};
     encode_rows(enc, x, out, n, d, (d + 7) / 8);
