@@ -287,6 +287,17 @@ struct ScalarCodec {
     }
 };
 
+// 8-bit codes with one range decode through a table of the 256 values: filled by the block with the
+// codec's own unpack (so bit for bit the same), then one shared-memory load per value instead of the
+// per-value math (a float64 division for half_away).
+struct TableDecoder {
+    typedef unsigned char code_t;
+    static constexpr int EPC = 1;
+    static constexpr int CPT = 4;
+    const float* table;
+    __device__ __forceinline__ void unpack(code_t c, long long, long long, float* v) const { v[0] = table[c]; }
+};
+
 // ----- binary ---------------------------------------------------------------------------------
 // is_signed: the stored byte is the packed byte with its top bit flipped (offset encoding, b - 128).
 struct BinaryCodec {
@@ -446,7 +457,12 @@ __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restri
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
     if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
-        decode_flat(dec.one_range(), codes, out, n * d);
+        if constexpr (EPC == 1) {
+            __shared__ float table[256];
+            for (int c = threadIdx.x; c < 256; c += blockDim.x) dec.one_range().unpack((unsigned char)c, 0, 0, table + c);
+            __syncthreads();
+            decode_flat(TableDecoder{table}, codes, out, n * d);
+        }
     } else {
         decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
     }

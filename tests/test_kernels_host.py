@@ -51,7 +51,6 @@ SIGNATURES = {
 
 EMU_SIGNATURES = {
     "emu_scalar_encode": [I32, I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
-    "emu_scalar_decode": [I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
     "emu_binary_encode": [I32, I32, I32, VP, VP, I64, I64, VP, I32, I32],
     "emu_binary_decode": [I32, I32, VP, VP, I64, I64, I32, I32],
     "emu_float_encode": [I32, I32, I32, VP, VP, I64, I64, I32, I32],
@@ -103,6 +102,7 @@ def emu() -> ctypes.CDLL:
 
 WARP_SIGNATURES = {
     "emu_absmax_encode": [I32, I32, I32, VP, VP, VP, VP, I64, I64, I64, I64, I32, I32, F32, VP, I32],
+    "emu_scalar_decode": [I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
     "emu_to_float32": [I32, I32, I32, VP, VP, I64],
     "emu_minmax_global": [I32, I32, I32, VP, I64, VP, VP],
     "emu_minmax_columns": [I32, I32, I32, I32, VP, I64, I64, VP, VP],
@@ -397,7 +397,7 @@ def variant_id(v) -> str:
 @pytest.mark.parametrize("misalign", [False, True], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("variant", EMU_VARIANTS, ids=variant_id)
-def test_emulated_kernels(emu, rng, variant, dtype, misalign: bool) -> None:
+def test_emulated_kernels(emu, warps, rng, variant, dtype, misalign: bool) -> None:
     family, kw = variant
     for n, d in EMU_SHAPES:
         x, x32 = emu_inputs(rng, n, d, dtype)
@@ -437,7 +437,8 @@ def test_emulated_kernels(emu, rng, variant, dtype, misalign: bool) -> None:
             want_x = scheme.decode(np.ascontiguousarray(codes), {}, state, d)
             got_x = placed(np.full((n, d), np.nan, np.float32), misalign)
             if family == "scalar":
-                emu.emu_scalar_decode(blocks, threads, ptr(codes), ptr(got_x), n, d, ptr(params), *args)
+                # its block shares a table: threads run concurrently (the warps library)
+                warps.emu_scalar_decode(blocks, threads, ptr(codes), ptr(got_x), n, d, ptr(params), *args)
             elif family == "binary":
                 emu.emu_binary_decode(blocks, threads, ptr(codes), ptr(got_x), n, d, int(p["bitorder"] == "big"),
                                       int(binary_flip(scheme)))
