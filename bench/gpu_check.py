@@ -233,7 +233,8 @@ def copy_bandwidth(cp: Any, timer: Timer, nbytes: int) -> float:
 READ_ONLY_KERNEL = r"""
 extern "C" __global__ void read_only(const float4* __restrict__ x, long long n, float* sink) {
     float acc = 0.0f;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += step) {
         const float4 v = x[i];
         acc += v.x + v.y + v.z + v.w;
     }
@@ -449,7 +450,8 @@ def markdown(report: dict[str, Any]) -> str:
         speed = f"{r['speedup_vs_cupy_expr']:.1f}x" if "speedup_vs_cupy_expr" in r else "-"
         read = f"{_frac(r, 'fraction_of_read')} / {_frac(r, 'kernel_fraction_of_read')}" if "read_gbps" in r else "-"
         lines.append(f"{head} {_ms(r, 'seconds')} | {r['gbps']:.0f} | {r['fraction_of_copy']:.2f} | "
-                     f"{_ms(r, 'kernel_seconds')} | {_frac(r, 'kernel_fraction_of_copy')} | {read} | {expr} | {speed} |")
+                     f"{_ms(r, 'kernel_seconds')} | {_frac(r, 'kernel_fraction_of_copy')} | {read} | {expr} | "
+                     f"{speed} |")
     return "\n".join(lines)
 
 
@@ -460,8 +462,9 @@ def short_table(report: dict[str, Any]) -> str:
     lines = [
         f"== gpu_check: {report.get('environment', {}).get('device', '?')}",
         f"tests: {report.get('tests', {}).get('summary', 'not run')}",
-        f"copy: {report.get('copy_gbps', float('nan')):.0f} GB/s, read-only: {report.get('read_gbps', float('nan')):.0f}"
-        f" GB/s; largest input per d: " + ", ".join(f"d={d}: {s / 2**30:.2f} GiB" for d, s in largest.items()),
+        f"copy: {report.get('copy_gbps', float('nan')):.0f} GB/s, read-only: "
+        f"{report.get('read_gbps', float('nan')):.0f} GB/s; largest input per d: "
+        + ", ".join(f"d={d}: {s / 2**30:.2f} GiB" for d, s in largest.items()),
         f"{'scheme':<34} {'op':<9} {'d':>5} {'call ms':>8} {'kern ms':>8} {'of copy':>8} {'kernel':>7} "
         f"{'of read':>8} {'spread':>7} {'vs CuPy':>8}",
     ]
@@ -529,7 +532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-tests", action="store_true", help="skip the pytest run")
     ap.add_argument("--sizes-gib", default=",".join(f"{s:g}" for s in SIZES_GIB),
                     help="input sizes in GiB, comma-separated (default %(default)s)")
-    ap.add_argument("--dims", default=",".join(map(str, DIMS)), help="row lengths d, comma-separated (default %(default)s)")
+    ap.add_argument("--dims", default=",".join(map(str, DIMS)),
+                    help="row lengths d, comma-separated (default %(default)s)")
     ap.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=5,
                     help="interleaved timing rounds, at least 5 (default 5)")
     ap.add_argument("--test-timeout", type=int, default=420, help="seconds allowed for the test run")

@@ -53,16 +53,17 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
 import numpy as np
 
 import gpuquant
-from gpuquant.backends import cuda_loader, cupy_backend, cupy_train
+from gpuquant.backends import cuda_loader, cupy_backend, cupy_train, device_code_dtype
 from gpuquant.schemes import make_scheme
 
 ARCH = "sm_90"
@@ -82,10 +83,9 @@ def issue_budget(code_bytes_per_float_byte: float) -> float:
 # ----- compile and disassemble ------------------------------------------------------------------
 def _tool(name: str) -> str:
     """Path of a CUDA binary from the nvidia-cuda-* wheels (``nvidia/cu13/bin``), else from PATH."""
-    for base in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        for found in sorted(Path(base, "nvidia").glob(f"*/bin/{name}")):
-            return str(found)
-    return name
+    paths = sysconfig.get_paths()
+    found = [str(p) for base in {paths["purelib"], paths["platlib"]} for p in Path(base, "nvidia").glob(f"*/bin/{name}")]
+    return sorted(found)[0] if found else name
 
 
 def cache_dir() -> Path:
@@ -253,9 +253,9 @@ class Spec:
 
 
 def _width(ins: Instr) -> int:
-    m = re.search(r"\.(8|16|32|64|128)\b", ins.op)
-    sub = re.search(r"\.U?(8|16)\b", ins.op)
-    return int(sub.group(1)) if sub else int(m.group(1)) if m else 32
+    """Bits a memory instruction moves (LDG.E.128 128, LDG.E.U16 16, plain LDG.E 32)."""
+    m = re.search(r"\.U?(8|16)\b", ins.op) or re.search(r"\.(32|64|128)\b", ins.op)
+    return int(m.group(1)) if m else 32
 
 
 def _feasible(ins: list[Instr], succ: list[int], spans: list[tuple[int, int]], labels: dict[str, int],
@@ -345,18 +345,9 @@ class _HostArray(np.ndarray):
         return np.asarray(self)
 
 
-class _NoDevice:
-    """The few CuPy calls the launch code makes before a launch, on the host."""
-
-    uint64, float32 = np.uint64, np.float32
-
-    @staticmethod
-    def full(shape: Any, value: Any, dtype: Any) -> np.ndarray:
-        return np.full(shape, value, dtype).view(_HostArray)
-
-    @staticmethod
-    def asarray(a: Any, dtype: Any = None) -> np.ndarray:
-        return np.asarray(a, dtype)
+#: The few CuPy calls the launch code makes before a launch, on the host.
+_NO_DEVICE = SimpleNamespace(uint64=np.uint64, float32=np.float32, asarray=lambda a, dtype=None: np.asarray(a, dtype),
+                             full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray))
 
 
 @contextmanager
@@ -367,17 +358,14 @@ def recorded_launches() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
     def get_kernel(filename: str, name: str, names: Any) -> Any:
         return lambda grid, block, args: calls.append((name, tuple(args)))
 
-    with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(cupy_backend, "_cupy", lambda: _NoDevice))
-        stack.enter_context(mock.patch.object(cupy_backend, "grid_for", lambda *a, **k: 1))
-        stack.enter_context(mock.patch.object(cuda_loader, "get_kernel", get_kernel))
+    with (mock.patch.object(cupy_backend, "_cupy", lambda: _NO_DEVICE),
+          mock.patch.object(cupy_backend, "grid_for", lambda *a, **k: 1),
+          mock.patch.object(cuda_loader, "get_kernel", get_kernel)):
         yield calls
 
 
 def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, tuple[str, tuple[Any, ...]]]:
     """{"transform": (kernel, args), "inverse": ...} as the cupy backend launches them for float32 (n, d)."""
-    from gpuquant.backends import device_code_dtype
-
     x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     state = scheme.fit(x) or {}
     backend = cupy_backend.CupyBackend()
@@ -497,8 +485,6 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
         if not ok:
             out += [{"preset": preset.name, "op": op, "kernel": None, "note": why} for op in ("transform", "inverse")]
             continue
-        from gpuquant.backends import device_code_dtype
-
         rc = scheme.code_shape(1, d)[1]
         ratio = rc * device_code_dtype(scheme).itemsize / (4 * d)
         for op, (expr, args) in backend_launches(scheme, d).items():
@@ -511,8 +497,7 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
     return out
 
 
-#: The common path of each (preset, op) of the last :func:`analyse` call (``--show``).
-listings: dict[tuple[str, str], list[str]] = {}
+listings: dict[tuple[str, str], list[str]] = {}  # common path per (preset, op) of the last analyse()
 
 
 def analyse(d: int) -> list[dict[str, Any]]:
@@ -525,7 +510,8 @@ def analyse(d: int) -> list[dict[str, Any]]:
         mine = [j for j in work if j.filename == filename]
         exprs = sorted({j.expr for j in mine})
         real, real_names = compile_cubin(filename, cuda_loader.build_source(filename), exprs)
-        probes = {f"gq_probe_{i}": (e, p) for i, (e, p) in enumerate(sorted({(j.expr, j.path) for j in mine if j.path}))}
+        paths = sorted({(j.expr, j.path) for j in mine if j.path})
+        probes = {f"gq_probe_{i}": (expr, path) for i, (expr, path) in enumerate(paths)}
         probe, _ = compile_cubin(filename, probe_source(filename, probes), list(probes))
         funcs = {**disassemble(real), **disassemble(probe)}
         usage = resource_usage(real)

@@ -60,7 +60,8 @@ __device__ __forceinline__ void move_in(void* local, const void* p) {
 // (Also walks absmax segments: task = segment, chunk = block of the row, from a warp's own start.)
 struct TaskWalk {
     long long tasks, per_row, row, chunk, task, step_rows, step_chunks, step;
-    __device__ TaskWalk(long long n, long long per_row_, long long start = thread_index(), long long step_ = thread_count())
+    __device__ TaskWalk(long long n, long long per_row_, long long start = thread_index(),
+                        long long step_ = thread_count())
         : tasks(n * per_row_), per_row(per_row_), task(start), step(step_) {
         row = task / per_row;
         chunk = task - row * per_row;
@@ -459,7 +460,9 @@ __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restri
     if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
         if constexpr (EPC == 1) {
             __shared__ float table[256];
-            for (int c = threadIdx.x; c < 256; c += blockDim.x) dec.one_range().unpack((unsigned char)c, 0, 0, table + c);
+            for (int c = threadIdx.x; c < 256; c += blockDim.x) {
+                dec.one_range().unpack((unsigned char)c, 0, 0, table + c);
+            }
             __syncthreads();
             decode_flat(TableDecoder{table}, codes, out, n * d);
         }

@@ -91,11 +91,13 @@ void emu_absmax_decode_wide(int blocks, int threads, const unsigned char* codes,
                             long long n, long long d, long long seg_len, long long groups, int bits, int high_first,
                             int tensor) {
     run_grid(blocks, threads, [&] {
+#define GQ_ARGS codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor
         if (bits == 8) {
-            absmax_decode_path<1, BLOCK_SCALE_WIDE>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+            absmax_decode_path<1, BLOCK_SCALE_WIDE>(GQ_ARGS);
         } else {
-            absmax_decode_path<2, BLOCK_SCALE_WIDE>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
+            absmax_decode_path<2, BLOCK_SCALE_WIDE>(GQ_ARGS);
         }
+#undef GQ_ARGS
     });
 }
 
