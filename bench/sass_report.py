@@ -12,15 +12,14 @@ and the training passes its fit launches), float32 input of ``--dim`` columns:
    (``-ftz=true``, ``-arch=sm_90``, ``--device-as-default-execution-space``). Registers and resident
    blocks are those of the real kernel instance, compiled the same way. Cubins are cached on disk,
    keyed by a hash of source and options (``$GPUQUANT_SASS_CACHE``, default ``~/.cache/gpuquant-sass``).
-3. ``nvdisasm`` (the ``nvidia-cuda-nvdisasm`` wheel) disassembles it; the control-flow graph gives
-   the loops (back edges to a dominating block). The *hot loop* is the innermost loop that has a
-   *common path*: a path from the loop head to a back edge that performs the iteration's expected
-   wide memory operations (float32 transforms: its 16-byte input loads; inverses: its 16-byte
-   output stores; e.g. 4 per iteration for the 4-value tasks with 4 tasks in flight), one vector
-   store (or load) of codes per task and none narrower, no block holding a ``CALL`` (the slow paths
-   of divisions), and the most
-   instructions among such paths (aligned data, values inside the range, no NaN, fast division:
-   the early-outs are the shorter ways). Training passes take the loop with the most loads.
+3. ``nvdisasm`` (``nvidia-cuda-nvdisasm`` wheel) disassembles it; the loops are back edges to a
+   dominating block. The *hot loop* is the innermost loop with a *common path*: head to back edge,
+   with the iteration's 16-byte input loads (transforms; inverses: output stores; 4 for 4 tasks of
+   4 values), a vector code store (load) per task and none narrower, no block with a ``CALL`` (the
+   slow paths of divisions), a ``@P BRA`` taken or not as its block's counted ``@P`` operations
+   require, and the most instructions among such paths (values in range, no NaN, fast division:
+   early-outs are shorter). A branch on a launch-wide value is charged its longer side, so counts
+   err high. Training passes take the loop with the most loads.
 
 Keys of a record: ``instr_per_16B`` = instructions on the common path / (its float32 bytes / 16)
 (input bytes for transforms and training passes, output bytes for inverses); ``issue_fraction`` =
