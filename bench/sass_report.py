@@ -82,8 +82,8 @@ def issue_budget(code_bytes_per_float_byte: float) -> float:
 # ----- compile and disassemble ------------------------------------------------------------------
 def _tool(name: str) -> str:
     """Path of a CUDA binary from the nvidia-cuda-* wheels (``nvidia/cu13/bin``), else from PATH."""
-    paths = sysconfig.get_paths()
-    found = [str(p) for base in {paths["purelib"], paths["platlib"]} for p in Path(base, "nvidia").glob(f"*/bin/{name}")]
+    bases = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    found = [str(p) for base in bases for p in Path(base, "nvidia").glob(f"*/bin/{name}")]
     return sorted(found)[0] if found else name
 
 
@@ -401,7 +401,8 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
     """The ``<kernel>_path<...>`` call the kernel's mode switch makes for ``args`` (None: no switch)."""
     if kernel in ("scalar_encode", "scalar_decode"):
         flat = int(args[7]) == 8 and not int(args[5])  # 8-bit codes, one range: the flat walk
-        modes = [str(int(args[6])), "1" if int(args[7]) == 8 else "2", str(int(flat))]
+        columns = kernel == "scalar_encode" and int(args[5])  # per dimension: the column walk (a full grid)
+        modes = [str(int(args[6])), "1" if int(args[7]) == 8 else "2", "1" if flat else "2" if columns else "0"]
     elif kernel == "float_encode":
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":

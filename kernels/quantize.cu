@@ -1,9 +1,10 @@
 // quantize.cu: transform (encode) and inverse_transform (decode) kernels of every scheme family.
 //
 // The per-element math lives in quant_math.cuh (shared with the host test library), the codecs
-// that apply it to a task's values in codecs.cuh; this file only moves data. Layout: X is a C-contiguous (n, d) matrix of T (float, __half or double), the
-// codes a C-contiguous (n, rc) matrix of code units (bytes, or 16-bit words for fp16/bf16), where
-// rc = code units per row (d, ceil(d/2) for nibbles, ceil(d/8) for bits).
+// that apply it to a task's values in codecs.cuh; this file only moves data. Layout: X is a
+// C-contiguous (n, d) matrix of T (float, __half or double), the codes a C-contiguous (n, rc)
+// matrix of code units (bytes, or 16-bit words for fp16/bf16), where rc = code units per row (d,
+// ceil(d/2) for nibbles, ceil(d/8) for bits).
 //
 // Work split (encode_rows / decode_rows): a task is (row, chunk of CPT code units: 4 values, or 8
 // for binary). Consecutive threads take consecutive tasks, so warp accesses are contiguous; a
@@ -78,17 +79,45 @@ struct TaskWalk {
     }
 };
 
+// One encode task: its EPT input values (columns col0.., zeros past d; a vector load when inside the
+// row and aligned), and its CPT codes stored (one store when aligned, else code by code).
+template <typename T, int EPT>
+__device__ __forceinline__ void load_task(const T* src, long long col0, long long d, float* v) {
+    constexpr int IN_BYTES = EPT * (int)sizeof(T);
+    if (col0 + EPT <= d && aligned(src, IN_BYTES < 16 ? IN_BYTES : 16)) {
+        load_vec<T, EPT>(src, v);
+    } else {
+#pragma unroll
+        for (int t = 0; t < EPT; ++t) v[t] = (col0 + t < d) ? to_f32(src[t]) : 0.0f;
+    }
+}
+template <typename Enc>
+__device__ __forceinline__ void store_task(const Enc& enc, const float* v, typename Enc::code_t* dst, long long col0,
+                                           long long left, long long d) {
+    typedef typename Enc::code_t C;
+    constexpr int CPT = Enc::CPT, OUT_BYTES = CPT * (int)sizeof(C);
+    __align__(16) C codes[CPT];
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v + k * Enc::EPC, col0 + k * Enc::EPC, d);
+    if (left >= CPT && aligned(dst, OUT_BYTES)) {
+        move_out<OUT_BYTES>(dst, codes);
+    } else {
+        for (int k = 0; k < CPT && k < left; ++k) dst[k] = codes[k];
+    }
+}
+
+// Tasks in flight per thread: UNROLL, or fewer for tasks of more than 16 bytes (binary: 32), so
+// that a thread keeps 64 bytes in flight within 64 registers.
+template <typename T, typename Enc>
+constexpr int TASKS_IN_FLIGHT =
+    Enc::CPT * Enc::EPC * (int)sizeof(T) > 16 ? UNROLL * 16 / (Enc::CPT * Enc::EPC * (int)sizeof(T)) : UNROLL;
+
 // Encode skeleton. Enc::pack(v, col, d) turns Enc::EPC values (columns col.., pads past d) into a
 // code unit.
 template <typename T, typename Enc>
 __device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
                             long long n, long long d, long long rc) {
-    typedef typename Enc::code_t C;
-    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, IN_BYTES = EPT * (int)sizeof(T);
-    constexpr int OUT_BYTES = CPT * (int)sizeof(C);
-    // Tasks in flight: UNROLL, or fewer for tasks of more than 16 bytes (binary: 32), so that a
-    // thread keeps 64 bytes in flight within 64 registers.
-    constexpr int U = IN_BYTES > 16 ? UNROLL * 16 / IN_BYTES : UNROLL;
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
     for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
         long long row[U], chunk[U];
         float v[U][EPT];
@@ -99,33 +128,48 @@ __device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename En
                 row[u] = w.row;
                 chunk[u] = w.chunk;
                 count = u + 1;
-                const long long col0 = w.chunk * EPT;
-                const T* src = x + w.row * d + col0;
-                if (col0 + EPT <= d && aligned(src, IN_BYTES < 16 ? IN_BYTES : 16)) {
-                    load_vec<T, EPT>(src, v[u]);
-                } else {
-#pragma unroll
-                    for (int t = 0; t < EPT; ++t) v[u][t] = (col0 + t < d) ? to_f32(src[t]) : 0.0f;
-                }
+                load_task<T, EPT>(x + w.row * d + w.chunk * EPT, w.chunk * EPT, d, v[u]);
                 w.next();
             }
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             if (u < count) {
-                const long long col0 = chunk[u] * EPT;
-                __align__(16) C codes[CPT];
-#pragma unroll
-                for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v[u] + k * Enc::EPC, col0 + k * Enc::EPC, d);
-                C* dst = out + row[u] * rc + chunk[u] * CPT;
-                const long long left = rc - chunk[u] * CPT;
-                if (left >= CPT && aligned(dst, OUT_BYTES)) {
-                    move_out<OUT_BYTES>(dst, codes);
-                } else {
-                    for (int k = 0; k < CPT && k < left; ++k) dst[k] = codes[k];
-                }
+                store_task(enc, v[u], out + row[u] * rc + chunk[u] * CPT, chunk[u] * EPT, rc - chunk[u] * CPT, d);
             }
         }
+    }
+}
+
+// Column walk, for codecs whose constants depend on the column (per-dimension ranges), on a grid
+// of at least one thread per task of a row (columns_fit): thread t keeps the task t % per_row of
+// every row it visits, rows t / per_row + k * R (R = threads / per_row; the last threads % per_row
+// threads idle), so the constants of its columns are loaded once, before the loop, and each step
+// is a pointer increment.
+__device__ __forceinline__ bool columns_fit(long long per_row) { return thread_count() >= per_row; }
+
+template <typename T, typename Enc>
+__device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
+                               long long n, long long d, long long rc) {
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
+    const long long per_row = (rc + CPT - 1) / CPT, rows_per_step = thread_count() / per_row;
+    const long long t = thread_index(), chunk = t % per_row, col0 = chunk * EPT, left = rc - chunk * CPT;
+    if (t >= rows_per_step * per_row) return;
+    const T* src = x + (t / per_row) * d + col0;
+    typename Enc::code_t* dst = out + (t / per_row) * rc + chunk * CPT;
+    const long long src_step = rows_per_step * d, dst_step = rows_per_step * rc;
+    for (long long r = t / per_row; r < n; r += rows_per_step * U) {
+        float v[U][EPT];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (r + u * rows_per_step < n) load_task<T, EPT>(src + u * src_step, col0, d, v[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (r + u * rows_per_step < n) store_task(enc, v[u], dst + u * dst_step, col0, left, d);
+        }
+        src += U * src_step;
+        dst += U * dst_step;
     }
 }
 
@@ -250,18 +294,23 @@ __device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restri
 // before any loop, and calls its path function `<kernel>_path<..., modes>` with its own arguments:
 // every mode gets a loop of its own with the mode folded in at compile time. bench/sass_report.py
 // compiles each path function on its own (a kernel of the same arguments and launch bounds) to
-// count the instructions of the loop that path runs; its FLAT argument picks the walk that the
-// kernels (FLAT = -1) choose at run time, once, before the loop (1: encode_flat/decode_flat).
+// count the instructions of the loop that path runs; its FLAT (WALK) argument picks the walk that
+// the kernels (-1) choose at run time, once, before the loop (1: encode_flat/decode_flat).
 
-template <typename T, int R, int EPC, int FLAT = -1>
+template <typename T, int R, int EPC, int WALK = -1>  // WALK: 0 rows, 1 flat, 2 columns, -1 chosen here
 __device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsigned char* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-    if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(x, out)) {
+    const long long rc = EPC == 1 ? d : (d + 1) / 2;
+    const int walk = WALK >= 0 ? WALK : EPC == 1 && !per_dim && flat_ok(x, out) ? 1
+                                      : per_dim && columns_fit((rc + enc.CPT - 1) / enc.CPT) ? 2 : 0;
+    if (walk == 1) {
         encode_flat(enc.one_range(), x, out, n * d);
+    } else if (walk == 2) {
+        encode_columns(enc, x, out, n, d, rc);
     } else {
-        encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+        encode_rows(enc, x, out, n, d, rc);
     }
 }
 
