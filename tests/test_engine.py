@@ -339,7 +339,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, rng: np.random.Gen
 
 def test_a_second_run_on_the_same_output_refuses_while_one_runs(tmp_path: Path, rng: np.random.Generator) -> None:
     np.save(tmp_path / "x.npy", matrix(rng, 4000, 16))
-    proc = _slow_convert(tmp_path / "x.npy", tmp_path / "o")
+    # 80 batches of 0.5 s: the first run holds the lock for about 40 s after the wait below, so the
+    # second one (a fresh interpreter, slow to start on a loaded machine) always meets it running.
+    proc = _slow_convert(tmp_path / "x.npy", tmp_path / "o", sleep="0.5")
     try:
         _wait_for_rows(tmp_path / "o", proc, 100)
         second = subprocess.run([sys.executable, "-m", "gpuquant", "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"),
