@@ -256,9 +256,9 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
         ),
         ExportInfo(
             "safetensors-fp8", "safetensors (vLLM / compressed-tensors)",
-            "F8_E4M3 weight = fp8(clip(w / s, -448, 448)) (round to nearest even) and F32 weight_scale "
-            "s = max(amax / 448, 2**-23), per output channel (rows, 1) or per tensor (1,) with "
-            "granularity='tensor'.",
+            "F8_E4M3 weight = fp8(clip(w / s + 0, -448, 448)) (round to nearest even; -0 -> +0) and F32 "
+            "weight_scale s = amax / 448 (2**-23 where that is 0), per output channel (rows, 1) or per "
+            "tensor (1,) with granularity='tensor'.",
             """from gpuquant import weights
 t = weights.fp8_weight_tensors("model.layers.0.mlp.down_proj", q, codes)   # .weight, .weight_scale
 weights.save_safetensors("model.safetensors", t, metadata={"format": "pt"})
@@ -272,7 +272,8 @@ weights.save_safetensors("model.safetensors", t, metadata={"format": "pt"})
 # a whole checkpoint: gpuquant convert-model MODEL_DIR OUTPUT_DIR --scheme fp8""",
             "Weights: no queries. __metadata__ holds str -> str only (save_safetensors checks).",
             "Refused (InputError naming the row): NaN or +-Inf (the scale would be meaningless).",
-            "compressed-tensors calculate_qparams (symmetric FP8: amax / 448, clamped to float32 eps).",
+            "compressed-tensors calculate_qparams (symmetric FP8: amax / 448, a zero scale replaced by float32 "
+            "eps) and its compressor's quantize (w / s plus the zero point 0).",
         ),
     ]
 }

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import bits, cli_json, cli_run, tiny_llama
 
+import gpuquant
 from gpuquant.checkpoint import SCHEMES, convert_model, dequantize, pack_int32, quantize, unpack_int32
 from gpuquant.checkpoint import run as crun
 from gpuquant.errors import InputError
@@ -196,6 +197,18 @@ def test_an_interrupted_conversion_resumes_tensor_by_tensor(tmp_path: Path, rng:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "q", "ref"]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp8_scheme_gives_the_safetensors_fp8_preset_bytes(rng: np.random.Generator, dtype: str) -> None:
+    w = weights(rng, 67, 384).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32).astype(np.float32)
+    q, s = quantize(w, SCHEMES["fp8"])
+    codes = gpuquant.quantize(w, "safetensors-fp8", backend="numpy")
+    np.testing.assert_array_equal(bits(codes), bits(q))
+    np.testing.assert_array_equal(bits(codes.side["weight_scale"]), bits(s))
+    assert bits(q)[2, :5].tolist() == [0] * 5  # -0 weights: +0 codes
+    assert 0 < s[3, 0] < np.finfo(np.float32).eps  # a tiny positive scale is kept, only 0 becomes eps
+    assert s[1, 0] == np.finfo(np.float32).eps
+
+
 def test_nan_weight_is_refused_naming_tensor_and_row(tmp_path: Path, rng: np.random.Generator) -> None:
     fake_checkpoint(tmp_path / "m", rng, sharded=False)
     w = np.ones((4, 256), np.float32)
@@ -241,6 +254,10 @@ def test_bytes_equal_compressed_tensors_compressors(rng: np.random.Generator, na
     assert set(want) == set(got)
     for k in got:
         assert _torch_bytes(want[k]) == np.ascontiguousarray(got[k]).tobytes(), k
+    if name == "fp8":  # the safetensors-fp8 preset shares the formula: the same bytes
+        codes = gpuquant.quantize(w, "safetensors-fp8", backend="numpy")
+        assert _torch_bytes(want["weight"]) == np.asarray(codes).tobytes()
+        assert _torch_bytes(want["weight_scale"]) == codes.side["weight_scale"].tobytes()
 
 
 @pytest.mark.models

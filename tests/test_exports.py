@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from helpers import edge_values, finite_edge_values, fitted, matrix, tiny_llama
+from helpers import bits, edge_values, finite_edge_values, fitted, matrix, tiny_llama
 from consumers import (
     compressed_tensors_fp8,
     elastic_bit_bytes,
@@ -260,13 +260,40 @@ def test_fp8_equals_compressed_tensors(rng, granularity):
     w = matrix(rng, 64, 96, edges=finite_edge_values()[:40])
     w[np.abs(w) > 1e30] = 1.0
     w[5] = 0.0  # an all-zero channel: scale = float32 eps
+    w[6] *= np.float32(1e-36)  # a tiny channel: a positive scale below float32 eps, kept as it is
     q = fitted("safetensors-fp8", w, granularity=granularity)
     codes = q.transform(w)
     ref_q, ref_s = compressed_tensors_fp8(w, per_channel=granularity == "channel")
     assert_array_equal(np.asarray(codes).view(np.uint8), ref_q.view(np.uint8))
     scale = codes.side["weight_scale"] if granularity == "channel" else q.state["weight_scale"]
-    assert_array_equal(scale, ref_s)
+    assert_array_equal(bits(scale), bits(ref_s))
 
+
+@pytest.mark.models
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_fp8_equals_compressed_tensors_itself(rng, granularity):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    w = matrix(rng, 64, 96, edges=finite_edge_values())
+    w[np.abs(w) > 1e30] = 1.0
+    w[5], w[7, :9] = 0.0, -0.0
+    w[6] *= np.float32(1e-36)
+    q = fitted("safetensors-fp8", w, granularity=granularity)
+    codes = q.transform(w)
+    args = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy=granularity, dynamic=False)
+    x = torch.from_numpy(w)
+    lo, hi = (x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)) if granularity == "channel" else (
+        x.amin().reshape(1), x.amax().reshape(1))
+    s, zp = calculate_qparams(lo, hi, args)
+    want = BaseCompressor.get_value_from_registry("float-quantized").compress(
+        {"weight": x, "weight_scale": s, "weight_zero_point": zp}, QuantizationScheme(targets=["Linear"], weights=args))
+    assert_array_equal(bits(codes), want["weight"].view(torch.uint8).numpy())
+    scale = codes.side["weight_scale"] if granularity == "channel" else q.state["weight_scale"]
+    assert_array_equal(bits(scale).ravel(), bits(want["weight_scale"].numpy()).ravel())
 
 
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])

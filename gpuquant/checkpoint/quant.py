@@ -7,6 +7,9 @@ channel), float32 throughout (weights of other float dtypes are widened exactly 
     amax  = max |W| over the group                                    (exact)
     s     = f32(amax / h),  s = eps(f32) = 2**-23 where that is 0      h: half the code range
     t     = clip(f32(W / s) + 0, lo, hi)                              (+0 turns -0 into +0)
+
+The two first steps are :func:`gpuquant.schemes.scaled_fp8.symmetric_scale` and ``scaled_values``,
+the formula of the ``safetensors-fp8`` preset: ``--scheme fp8`` gives that preset's bytes.
     q     = rint(t) as int8  (int schemes)   |   fp8_e4m3fn(t) (round to nearest even)
     W'    = f32(q) * s                                                (dequantization)
 
@@ -34,9 +37,9 @@ import ml_dtypes
 import numpy as np
 
 from gpuquant.errors import InputError
+from gpuquant.schemes.scaled_fp8 import scaled_values, symmetric_scale
 
 F32 = np.float32
-EPS = F32(np.finfo(np.float32).eps)
 GROUP = 128
 
 
@@ -88,11 +91,8 @@ def quantize(w: np.ndarray, scheme: WeightScheme, first_row: int = 0) -> tuple[n
     bad = np.flatnonzero(~np.isfinite(amax).all(axis=1))
     if bad.size:
         raise InputError(f"row {first_row + int(bad[0])} holds NaN or +-Inf: it has no scale")
-    s = (amax / F32(scheme.half)).astype(F32)
-    s[s == 0] = EPS
-    t = x / s[:, :, None]
-    t += F32(0)
-    np.clip(t, F32(scheme.lo), F32(scheme.hi), out=t)
+    s = symmetric_scale(amax, scheme.half)
+    t = scaled_values(x, s[:, :, None], scheme.lo, scheme.hi, out=np.empty_like(x))
     q = CAST[scheme.type](t)
     return q.reshape(rows, cols), s
 
