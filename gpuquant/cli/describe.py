@@ -1,5 +1,6 @@
 """``gpuquant export-info`` (how a consumer loads an export preset's codes) and ``gpuquant inspect``
-(a quantizer JSON, a store or a ``.npy`` file; stores are read through :mod:`gpuquant.store`)."""
+(a quantizer JSON, a store, a ``.npy`` file or another input source; stores are read through
+:mod:`gpuquant.store`, inputs through :func:`gpuquant.engine.sources.open_source`)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def _inspect_quantizer(p: Path) -> Report:
 
 
 def cmd_inspect(args: argparse.Namespace) -> Report:
-    """Describe a quantizer JSON, a converted directory or a ``.npy`` file."""
+    """Describe a quantizer JSON, a converted directory, a ``.npy`` file or a Parquet / HDF5 / big-ann input."""
     p = Path(args.path)
     if not p.exists():
         raise InputError(f"path not found: {p}")
