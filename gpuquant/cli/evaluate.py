@@ -11,14 +11,14 @@ import numpy as np
 
 from gpuquant import files as gio
 from gpuquant.cli import render
-from gpuquant.cli.common import BACKENDS, Report, get_quantizer, load_input, positive_int
+from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, load_input, positive_int
 
 
 def cmd_eval(args: argparse.Namespace) -> Report:
     """Reconstruction error and recall@k of a scheme on DATA (see gpuquant.evaluate)."""
     from gpuquant.evaluate import evaluate
 
-    X, _ = load_input(args.data)
+    X, _ = load_input(args.data, args.column, args.dataset)
     q = get_quantizer(args)
     queries = gio.load_matrix(Path(args.queries)) if args.queries else None
     start = time.perf_counter()
@@ -43,4 +43,5 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--rescore", type=positive_int, metavar="M", help="re-rank k*M candidates with the float query")
     p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    add_source_args(p)
     p.set_defaults(func=cmd_eval)

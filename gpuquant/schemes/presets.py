@@ -124,7 +124,7 @@ PRESETS: dict[str, Preset] = {
                "GGUF (llama.cpp)"),
         Preset("safetensors-fp8", "scaled_fp8", dict(granularity="channel", format="e4m3"),
                "safetensors F8_E4M3 weight + F32 weight_scale (compressed-tensors FP8, vLLM)",
-               "fp8 e4m3 of w / s, s = max(amax / 448, 2**-23) per channel (or per tensor)",
+               "fp8 e4m3 of w / s + 0, s = amax / 448 (2**-23 if 0) per channel (or per tensor)",
                "safetensors (vLLM / compressed-tensors)"),
     ]
 }
