@@ -22,6 +22,11 @@ for one worker per GPU). Every call runs on the active Dask scheduler: a ``distr
     division by n and the rounding to float32 (a relative step of ``2**-24``, 2**29 times coarser)
     the thresholds agree unless the exact mean lies within that bound of a float32 rounding
     boundary; for ``n < 2**20`` rows of values of one sign the bound is below ``2**-33`` relative.
+  - ``ColumnMeanF32``: a chain of tasks over the chunks in row order carrying the float32 running
+    sum: the single-machine loop, identical.
+  - ``KMeans``: the training rows gathered (``X[rows]``), then the reference: identical.
+  - ``Covariance``: per-chunk float64 moments merged by addition (last bits may differ from one
+    pass in order, as for ``ColumnMean``).
 
   CuPy chunks are copied to the host for the statistics (the statistics are small; the copy is
   the chunk).
@@ -142,6 +147,10 @@ def _block_sum(block: Any, k: int | None) -> np.ndarray:
     return add_rows(np.zeros(x.shape[1], F64), x)
 
 
+def _fold_block(fn: Any, acc: Any, block: Any, k: int | None) -> Any:
+    return fn(np.copy(acc), _prepared(block, k))
+
+
 class DaskRows(Rows):
     """:class:`gpuquant.engine.fit.Rows` of a Dask array: per-chunk partials on the workers, merged in
     a binary tree of tasks, the root on the client."""
@@ -182,6 +191,15 @@ class DaskRows(Rows):
         for p in parts:  # chunk order: deterministic for a given chunking
             acc = acc + p
         return acc
+
+    def fold(self, fn: Any, init: Any) -> Any:
+        """A chain of tasks, one per chunk in row order, each carrying the accumulator on."""
+        from dask import delayed
+
+        acc = init
+        for b in self._blocks():
+            acc = delayed(_fold_block, pure=True)(fn, acc, b, self.k)
+        return _compute([acc], self.client)[0]
 
 
 def fit(quantizer_or_preset: Any, X: Any, *, client: Any = None, gather_bytes: int = GATHER_BYTES,

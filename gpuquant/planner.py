@@ -136,6 +136,11 @@ def _quantile_terms(stat: st.Quantile, d: int, rows: int | None) -> tuple[int, i
     return 0, 0, "radix select over the rows (three read passes, no copy)"
 
 
+def _kmeans_terms(stat: st.KMeans, d: int, rows: int | None) -> tuple[int, int, str]:
+    sample = stat.max_rows if rows is None else min(rows, stat.max_rows)
+    return 0, sample * d * 4 + sample * stat.k * 8, "k-means training rows gathered, float64 distances"
+
+
 #: What each statistic (:mod:`gpuquant.schemes.statistics`) costs the device fit beyond one read
 #: of the rows: (bytes per row, fixed bytes, note), or None for a plain read pass.
 FIT_TERMS: dict[type[st.Statistic], Callable[[Any, int, int | None], tuple[int, int, str] | None]] = {
@@ -144,6 +149,9 @@ FIT_TERMS: dict[type[st.Statistic], Callable[[Any, int, int | None], tuple[int, 
     st.Quantile: _quantile_terms,
     st.ColumnMean: lambda stat, d, rows: None,
     st.ColumnMedian: lambda stat, d, rows: (2 * d * 4, 0, "per-dimension median sorts a float32 copy"),
+    st.ColumnMeanF32: lambda stat, d, rows: None,
+    st.KMeans: _kmeans_terms,
+    st.Covariance: lambda stat, d, rows: (0, d * d * 8, "float64 X^T X accumulated"),
 }
 
 

@@ -31,15 +31,17 @@ from gpuquant.schemes.granularity import PerBlock, PerColumn, PerRow, PerTensor
 PACKAGE = Path(gpuquant.__file__).parent
 STATISTICS = [st.MinMax(None), st.MinMax(0), st.AbsMax(), st.Quantile(0.9, "exact", None),
               st.Quantile(0.95, "exact", 0), st.Quantile(0.99, "cuvs", None), st.Quantile(0.5, "cuvs", 0),
-              st.ColumnMean(), st.ColumnMedian()]
+              st.ColumnMean(), st.ColumnMedian(), st.ColumnMeanF32(), st.KMeans(1, 1, 2, 0, 500), st.Covariance()]
+#: Statistics that refuse ±Inf as well as NaN (with ``NONFINITE_FIT_MESSAGE``).
+FINITE_ONLY = (st.AbsMax, st.ColumnMeanF32, st.KMeans, st.Covariance)
 
 
 def _bits(result: Any) -> list[np.ndarray]:
     """A statistic's result as integer views (``+0.0`` and ``-0.0`` kept apart only where they can
     differ: order statistics may return either zero, so zeros are compared as zeros)."""
-    parts = result if isinstance(result, tuple) else (result,)
-    return [np.where(np.asarray(p, np.float32) == 0, np.float32(0), np.asarray(p, np.float32)).view(np.uint32)
-            for p in parts]
+    parts = [np.asarray(p) for p in (result if isinstance(result, tuple) else (result,))]
+    parts = [p if p.dtype == np.float64 else p.astype(np.float32) for p in parts]  # Covariance: float64
+    return [np.where(p == 0, p.dtype.type(0), p).view(f"u{p.dtype.itemsize}") for p in parts]
 
 
 @pytest.mark.parametrize("stat", STATISTICS, ids=repr)
@@ -54,7 +56,7 @@ def test_each_streamed_statistic_equals_the_reference(rng: np.random.Generator, 
         np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.parametrize("stat", [s for s in STATISTICS if not isinstance(s, st.AbsMax)], ids=repr)
+@pytest.mark.parametrize("stat", [s for s in STATISTICS if not isinstance(s, FINITE_ONLY)], ids=repr)
 def test_each_statistic_refuses_nan_with_the_reference_message(stat: st.Statistic) -> None:
     X = np.ones((40, 3), np.float32)
     X[17, 1] = np.nan
@@ -64,13 +66,15 @@ def test_each_statistic_refuses_nan_with_the_reference_message(stat: st.Statisti
             fn()
 
 
-def test_absmax_refuses_infinity_in_every_layer() -> None:
+@pytest.mark.parametrize("stat", [s for s in STATISTICS if isinstance(s, FINITE_ONLY)], ids=repr)
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_finite_only_statistics_refuse_nan_and_infinity_in_every_layer(stat: st.Statistic, bad: float) -> None:
     X = np.ones((40, 3), np.float32)
-    X[3, 2] = -np.inf
+    X[3, 2] = bad
     with pytest.raises(gpuquant.InputError, match=re.escape(st.NONFINITE_FIT_MESSAGE)):
-        st.REFERENCE[st.AbsMax](st.AbsMax(), X)
+        st.REFERENCE[type(stat)](stat, X)
     with pytest.raises(gpuquant.InputError, match=re.escape(st.NONFINITE_FIT_MESSAGE)):
-        efit.STREAMING[st.AbsMax](st.AbsMax(), efit.StreamRows(ArraySource(X)), lambda _: None)
+        efit.STREAMING[type(stat)](stat, efit.StreamRows(ArraySource(X)), lambda _: None)
 
 
 def test_every_layer_implements_every_statistic() -> None:
@@ -84,11 +88,11 @@ def test_every_layer_implements_every_statistic() -> None:
 
 def test_a_statistic_no_layer_knows_is_named_in_the_error() -> None:
     @dataclasses.dataclass(frozen=True)
-    class Covariance(st.Statistic):
+    class Lattice(st.Statistic):
         pass
 
     with pytest.raises(NotImplementedError, match="the streaming fit has no implementation of the statistic"):
-        st.implementation(efit.STREAMING, Covariance(), "the streaming fit")
+        st.implementation(efit.STREAMING, Lattice(), "the streaming fit")
 
 
 @pytest.mark.parametrize("name", [p.name for p in gpuquant.presets()])

@@ -20,10 +20,12 @@ from gpuquant.api import Quantizer
 
 DATA = Path(__file__).parent / "data" / "release_quantizers"
 FILES = sorted(p.stem for p in DATA.glob("*.json"))
+#: Presets added since that release: each gets its file from the first release that ships it.
+UNRELEASED = {"faiss-rabitq"}
 
 
 def test_every_preset_has_a_release_file() -> None:
-    assert {p.name for p in gpuquant.presets()} <= set(FILES)
+    assert {p.name for p in gpuquant.presets()} - UNRELEASED <= set(FILES)
 
 
 @pytest.mark.parametrize("name", FILES)

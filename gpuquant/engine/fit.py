@@ -23,6 +23,12 @@ state (``scheme.from_statistics``). Rows are converted to float32 first, as ever
 * ``ColumnMean``: a float64 column sum accumulated row by row in the input's order (numpy's own
   order for ``X.sum(axis=0, dtype=float64)`` on a C-ordered matrix), divided by n, rounded to
   float32: equal to the reference.
+* ``ColumnMeanF32``: the float32 running sum carried from batch to batch in row order
+  (:meth:`Rows.fold`): the reference's own loop, so equal to it.
+* ``KMeans``: the training rows (:func:`gpuquant.schemes.statistics.train_rows`) gathered by row,
+  then the reference's k-means on them: identical at any size.
+* ``Covariance``: per-block float64 moments merged by addition; the blocks' order changes the
+  float64 sums' last bits only (one block, as for inputs the reference could hold: identical).
 
 NaN is refused exactly where the reference refuses it, with the reference's message.
 
@@ -114,6 +120,11 @@ class Rows:
         """float64 column sums (``InputError`` on NaN)."""
         raise NotImplementedError
 
+    def fold(self, fn: Callable[[Any, np.ndarray], Any], init: Any) -> Any:
+        """``acc = fn(acc, block)`` over float32 row blocks in row order, one after the other, from
+        ``acc = init`` (for sums whose order is part of the result)."""
+        raise NotImplementedError
+
 
 class StreamRows(Rows):
     """:class:`Rows` of a :class:`Source` read in batches, with read-ahead and per-batch work split
@@ -142,6 +153,12 @@ class StreamRows(Rows):
         acc = np.zeros(self.source.dim, F64)
         for x in batches(self.source):
             acc = add_rows(acc, x)
+        return acc
+
+    def fold(self, fn: Callable[[Any, np.ndarray], Any], init: Any) -> Any:
+        acc = init
+        for x in batches(self.source):
+            acc = fn(acc, x)
         return acc
 
 
@@ -215,6 +232,27 @@ def _column_median(stat: st.ColumnMedian, rows: Rows, say: Callable[[str], None]
     return st.median_of(*select(rows, list(st.median_ranks(rows.shape[0])), True, say))
 
 
+def _column_mean_f32(stat: st.ColumnMeanF32, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
+    say("float32 running column sums")
+
+    def add(total: np.ndarray, x: np.ndarray) -> np.ndarray:
+        st.refuse_nonfinite(x)
+        return st.running_column_sum(total, x)
+
+    return st.mean_f32(rows.fold(add, np.zeros(rows.shape[1], F32)), rows.shape[0])
+
+
+def _kmeans(stat: st.KMeans, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
+    idx = st.train_rows(rows.shape[0], stat.max_rows, stat.seed)
+    say(f"gathering the {idx.size} k-means training rows")
+    return st.kmeans_codebooks(stat, rows.take(idx))
+
+
+def _covariance(stat: st.Covariance, rows: Rows, say: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    say("float64 moments (column sums and X^T X)")
+    return st.covariance_of(rows.reduce(st.moments, st.merge_moments))
+
+
 #: The streaming implementation of each statistic (:mod:`gpuquant.schemes.statistics`).
 STREAMING: dict[type[st.Statistic], Callable[[Any, Rows, Callable[[str], None]], Any]] = {
     st.MinMax: _summary,
@@ -222,6 +260,9 @@ STREAMING: dict[type[st.Statistic], Callable[[Any, Rows, Callable[[str], None]],
     st.Quantile: _quantile,
     st.ColumnMean: _column_mean,
     st.ColumnMedian: _column_median,
+    st.ColumnMeanF32: _column_mean_f32,
+    st.KMeans: _kmeans,
+    st.Covariance: _covariance,
 }
 
 

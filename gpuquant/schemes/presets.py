@@ -73,6 +73,9 @@ PRESETS: dict[str, Preset] = {
         Preset("binary", "binary", dict(threshold="zero", bitorder="little", signed=False),
                "cuVS binary quantizer (preprocessing.quantize.binary)",
                "x > threshold (zero / mean / median), LSB first"),
+        Preset("faiss-rabitq", "rabitq", dict(bits=1, metric="ip", center="mean"),
+               "FAISS IndexRaBitQ(d, METRIC_INNER_PRODUCT, 1).sa_encode, center = the trained mean",
+               "1 sign bit per dimension + 8 bytes of factors per row, LSB first"),
         # -- export presets: the encoding each consumer loads (see gpuquant/export.py) ----------
         Preset("qdrant-uint8", "scalar",
                dict(granularity="tensor", range="quantile", quantile=0.99, quantile_method="cuvs",
