@@ -30,7 +30,7 @@ def estimate(quantizer: Quantizer, queries: Any, codes: Codes | Any, *, qb: int 
         raise InputError(f"estimate works on {' and '.join(with_one)} codes, not {quantizer.family!r}")
     if isinstance(qb, bool) or not isinstance(qb, (int, np.integer)) or not 0 <= qb <= 8:
         raise InputError(f"qb must be an integer from 0 to 8, got {qb!r}")
-    Q = quantizer._prepare(as_matrix(queries, "queries")).astype(np.float32)
+    Q = quantizer._transformed(as_matrix(queries, "queries")).astype(np.float32)
     data = np.asarray(codes.data if isinstance(codes, Codes) else codes)
     quantizer._check_codes(Codes(data, {}, quantizer.name, Q.shape[1]))
     return quantizer.scheme.estimate(Q, data, quantizer.state, qb=int(qb), metric=metric)

@@ -89,7 +89,7 @@ def _code_scores(q: Quantizer, codes: Any) -> Any:
     if not q.scheme.has_estimator:
         return None
     data = np.asarray(codes.data)
-    return lambda block: q.scheme.search_scores(q._prepare(block).astype(np.float32), data, q.state)
+    return lambda block: q.scheme.search_scores(q._transformed(block).astype(np.float32), data, q.state)
 
 
 def evaluate(

@@ -204,6 +204,13 @@ def fit_rows(scheme: Any, rows: Rows, *, gather_bytes: int = GATHER_BYTES,
     return scheme.from_statistics(results)
 
 
+def fit_pre_transform(pre: Any, rows: Rows, on_pass: Callable[[str], None] | None = None) -> None:
+    """Fit a quantizer's pre-transform (:class:`gpuquant.transforms.PreTransform`) on ``rows`` (after
+    the Matryoshka step) by the streamed statistics it asks for."""
+    say = on_pass or (lambda what: log.info("pre-transform fit: %s", what))
+    pre.fit(lambda stat: st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say), rows.shape[1])
+
+
 def _summary(stat: st.Statistic, rows: Rows, say: Callable[[str], None]) -> Any:
     """``MinMax`` / ``AbsMax``: the reference on the 2-row summary of per-column mins and maxes."""
     say("min/max pass")
@@ -313,4 +320,5 @@ def select(source: Source | Rows, ranks: list[int], per_dim: bool,
     return [keys_to_values(p) for p in prefix]
 
 
-__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_rows", "fit_stream", "keys_to_values", "order_keys", "select"]
+__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_pre_transform", "fit_rows", "fit_stream", "keys_to_values",
+           "order_keys", "select"]
