@@ -183,3 +183,15 @@ def test_no_module_outside_the_schemes_branches_on_a_family_name() -> None:
                  for path in PACKAGE.rglob("*.py") if "schemes" not in path.relative_to(PACKAGE).parts
                  for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+@pytest.mark.parametrize("stat", [st.ColumnMeanF32(), st.KMeans(2, 4, 3, 7, 300), st.MinMax(0)], ids=repr)
+def test_each_statistic_on_dask_chunks_equals_the_reference(rng: np.random.Generator, stat: st.Statistic) -> None:
+    da = pytest.importorskip("dask.array")
+    from gpuquant.cluster import DaskRows
+
+    X = matrix(rng, 997, 12, edges=finite_edge_values()) / np.float32(1e30)  # keep float32 sums finite
+    want = st.REFERENCE[type(stat)](stat, X)
+    got = efit.STREAMING[type(stat)](stat, DaskRows(da.from_array(X, chunks=(101, 12))), lambda _: None)
+    for g, w in zip(_bits(got), _bits(want), strict=True):
+        np.testing.assert_array_equal(g, w)

@@ -250,3 +250,15 @@ def test_planner_counts_the_matrices_as_fixed_bytes():
     assert rot.fixed_bytes - base.fixed_bytes == 384 * 384 * 4
     pq = gpuquant.plan("pq", dim=384, rows=1000, gpu_memory="1GiB", params={"m": 48})
     assert pq.fixed_bytes == 256 * 384 * 4
+
+
+def test_dask_fit_and_transform_with_pre_transforms(rng):
+    da = pytest.importorskip("dask.array")
+    from gpuquant import cluster
+
+    x = correlated(rng, 700, 64)
+    dx = da.from_array(x, chunks=(100, 64))
+    q = cluster.fit(Quantizer("faiss-sq8", backend="numpy", pca_dim=32, rotate="hadamard"), dx, gather_bytes=0)
+    ref = Quantizer("faiss-sq8", backend="numpy", pca_dim=32, rotate="hadamard").fit(x)
+    assert np.allclose(q.pre.state["pca_components"], ref.pre.state["pca_components"], atol=1e-5)
+    assert_array_equal(bits(np.asarray(cluster.transform(q, dx).data.compute())), bits(q.transform(x).data))
