@@ -168,3 +168,20 @@ def test_a_streamed_fit_needs_only_the_training_rows(rng):
     streamed = fit_stream(q.scheme, ArraySource(x), gather_bytes=0)
     assert_array_equal(bits(streamed["centroids"]), bits(q.fit(x).state["centroids"]))
     assert_array_equal(bits(streamed["centroids"]), bits(q.scheme.fit(x[rows])["centroids"]))
+
+
+def test_no_gpu_kernels_yet_so_cupy_refuses_and_auto_picks_numpy(monkeypatch):
+    from gpuquant import backends
+    from gpuquant.schemes import make_scheme
+
+    scheme = make_scheme("pq")
+    assert backends.supports("cupy", scheme) == (False, "scheme family 'pq' has no GPU kernels yet (use backend='numpy')")
+    monkeypatch.setattr(backends, "availability", lambda name: (True, "pretend"))
+    assert backends.pick_auto(scheme)[0] == "numpy"
+
+
+def test_planner_counts_the_codebooks_as_fixed_bytes():
+    import gpuquant
+
+    p = gpuquant.plan("pq", dim=384, rows=1000, gpu_memory="1GiB", params={"m": 48, "nbits": 4})
+    assert p.fixed_bytes == 48 * 16 * 8 * 4

@@ -311,3 +311,16 @@ def test_center_streams_in_batches(rng):
     finally:
         efit.FIT_BATCH_VALUES = saved
     assert_array_equal(bits(streamed["center"]), bits(rabitq_center(x)))
+
+
+def test_no_gpu_kernels_yet_so_cupy_refuses_and_auto_picks_numpy(monkeypatch):
+    from gpuquant import backends
+    from gpuquant.schemes import make_scheme
+
+    scheme = make_scheme("faiss-rabitq")
+    assert backends.supports("cupy", scheme) == (
+        False, "scheme family 'rabitq' has no GPU kernels yet (use backend='numpy')")
+    monkeypatch.setattr(backends, "availability", lambda name: (True, "pretend"))
+    assert backends.pick_auto(scheme)[0] == "numpy"
+    with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernels yet"):
+        backends.resolve_for("cupy", scheme)
