@@ -262,3 +262,16 @@ def test_dask_fit_and_transform_with_pre_transforms(rng):
     ref = Quantizer("faiss-sq8", backend="numpy", pca_dim=32, rotate="hadamard").fit(x)
     assert np.allclose(q.pre.state["pca_components"], ref.pre.state["pca_components"], atol=1e-5)
     assert_array_equal(bits(np.asarray(cluster.transform(q, dx).data.compute())), bits(q.transform(x).data))
+
+
+def test_cli_convert_and_inspect_show_the_pre_transform(capsys, tmp_path, rng):
+    from helpers import cli_run
+
+    np.save(tmp_path / "x.npy", correlated(rng, 300, 24))
+    code, _, err = cli_run(capsys, "convert", tmp_path / "x.npy", tmp_path / "o", "--scheme", "faiss-sq8",
+                           "--param", "pca_dim=12", "--param", 'rotate="orthogonal"')
+    assert code == 0, err
+    code, out, _ = cli_run(capsys, "inspect", tmp_path / "o")
+    assert code == 0 and 'pre      pca_dim=12, rotate="orthogonal", rotate_seed=0, fitted on 24 dims' in out
+    code, doc = cli_json(capsys, "inspect", tmp_path / "o")
+    assert doc["quantizer"]["pre_transform"]["state"]["rotation"]["shape"] == [12, 12]
