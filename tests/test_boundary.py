@@ -49,8 +49,13 @@ def _bits(result: Any) -> list[np.ndarray]:
 def test_each_streamed_statistic_equals_the_reference(rng: np.random.Generator, stat: st.Statistic,
                                                       shape: tuple[int, int]) -> None:
     X = matrix(rng, *shape, edges=finite_edge_values())
-    want = st.REFERENCE[type(stat)](stat, X)
     rows = efit.StreamRows(ArraySource(X))
+    try:
+        want = st.REFERENCE[type(stat)](stat, X)
+    except gpuquant.InputError as exc:  # a float32 sum of the edge values overflows: refused alike
+        with pytest.raises(gpuquant.InputError, match=re.escape(str(exc))):
+            efit.STREAMING[type(stat)](stat, rows, lambda _: None)
+        return
     got = efit.STREAMING[type(stat)](stat, rows, lambda _: None)
     for g, w in zip(_bits(got), _bits(want), strict=True):
         np.testing.assert_array_equal(g, w)

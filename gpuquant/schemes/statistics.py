@@ -171,8 +171,9 @@ def refuse_nonfinite(X: np.ndarray) -> None:
 def running_column_sum(total: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``total`` (float32 (d,), updated in place and returned) plus the rows of ``X`` one after the
     other, in float32 (:class:`ColumnMeanF32`'s order; streamed, batch after batch in row order)."""
-    for row in X:
-        total += row
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by mean_f32
+        for row in X:
+            total += row
     return total
 
 
