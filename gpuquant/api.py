@@ -155,8 +155,11 @@ class Quantizer:
         codes = self._as_codes(codes)
         self._check_codes(codes)
         if self.pre.active:
-            recon = self.backend.inverse_transform(self.scheme, self.state, codes)
-            return self.pre.inverse(recon)
+            recon = self.pre.inverse(np.asarray(self.backend.inverse_transform(self.scheme, self.state, codes)))
+            if out is None:
+                return recon
+            out[...] = recon
+            return out
         return self.backend.inverse_transform(self.scheme, self.state, codes, out=out)
 
     # -- persistence ---------------------------------------------------------------------------

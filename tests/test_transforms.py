@@ -129,6 +129,8 @@ def test_every_scheme_takes_the_pre_transforms_and_round_trips_through_a_file(rn
     recon = q.inverse_transform(codes)
     assert recon.shape == x.shape and recon.dtype == np.float32
     assert_array_equal(bits(recon), bits(q.pre.inverse(q.scheme.decode(codes.data, codes.side, q.state, codes.dim))))
+    out = np.empty_like(x)
+    assert q.inverse_transform(codes, out=out) is out and np.array_equal(bits(out), bits(recon))
     loaded = Quantizer.load(q.save(tmp_path / "q.json"), backend="numpy")
     assert loaded.pre.params() == q.pre.params()
     for key, value in q.pre.state.items():
