@@ -20,6 +20,7 @@ from gpuquant.backends import available_backends
 from gpuquant.codes import Codes
 from gpuquant.engine import convert
 from gpuquant.errors import BackendUnavailableError, GpuquantError, InputError, NotFittedError
+from gpuquant.estimate import estimate
 from gpuquant.planner import Plan, plan
 from gpuquant.schemes import Preset, get_preset
 from gpuquant.store import Store
@@ -39,6 +40,7 @@ __all__ = [
     "available_backends",
     "convert",
     "dequantize",
+    "estimate",
     "get_preset",
     "plan",
     "presets",

@@ -20,6 +20,13 @@ order, signed/offset encoding, the Matryoshka ``truncate_dim`` and the dimension
 ``truncate_dim=k`` (any scheme) makes every verb first keep the first ``k`` dimensions of each row
 and L2-renormalise it (:func:`gpuquant.matryoshka.truncate_renormalize`: truncate, renormalise,
 then quantize); codes and reconstructions then have ``k`` dimensions.
+
+``pca_dim=k`` and ``rotate="orthogonal" | "hadamard"`` (with ``rotate_seed``) are pre-transforms
+for any scheme (:class:`gpuquant.transforms.PreTransform`): applied after the truncation and before
+the scheme (truncate, PCA, rotate, quantize), fitted by ``fit`` first (PCA from the streamed
+``Covariance`` statistic), saved in the quantizer file under ``pre_transform`` and checked on load;
+``inverse_transform`` undoes them, so reconstructions have the truncated input's dimensions. They
+run in numpy (CuPy input is refused while they are set).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from gpuquant.errors import InputError, NotFittedError
 from gpuquant.matryoshka import check_truncate_dim, truncate_renormalize
 from gpuquant.schemes import FAMILIES, PRESETS, Preset, make_scheme
 from gpuquant.schemes.base import validate_state
+from gpuquant.schemes.statistics import REFERENCE
+from gpuquant.transforms import PreTransform
 
 FORMAT_TAG = "gpuquant.quantizer"
 FORMAT_VERSION = 1
@@ -60,11 +69,13 @@ class Quantizer:
     """
 
     def __init__(
-        self, scheme: str = "int8-row", *, backend: str = "auto", truncate_dim: int | None = None, **params: Any
+        self, scheme: str = "int8-row", *, backend: str = "auto", truncate_dim: int | None = None,
+        pca_dim: int | None = None, rotate: str | None = None, rotate_seed: int = 0, **params: Any
     ) -> None:
         self.name = scheme
         self.scheme = make_scheme(scheme, **params)
         self.truncate_dim: int | None = None if truncate_dim is None else check_truncate_dim(truncate_dim)
+        self.pre = PreTransform(pca_dim, rotate, rotate_seed)
         self.backend_name = check_name(backend)
         self._backend: Backend | None = None
         self.state: dict[str, np.ndarray] | None = self.scheme.initial_state()
@@ -86,7 +97,7 @@ class Quantizer:
     @property
     def is_fitted(self) -> bool:
         """True once ``fit`` ran, or when the scheme needs no fit."""
-        return self.state is not None or not self.scheme.needs_fit
+        return (self.state is not None or not self.scheme.needs_fit) and self.pre.is_fitted
 
     @property
     def backend(self) -> Backend:
@@ -101,8 +112,12 @@ class Quantizer:
         shown = ", ".join(f"{k}={v!r}" for k, v in changed.items() if v is not None)
         fitted = f"fitted, dim={self.dim}" if self.state is not None and self.scheme.needs_fit else (
             "no fit needed" if not self.scheme.needs_fit else "not fitted")
+        if self.pre.active:
+            fitted = f"pre-transform fitted on {self.pre.input_dim} dims" if self.pre.is_fitted else "not fitted"
         if self.truncate_dim is not None:
             shown = ", ".join(filter(None, [shown, f"truncate_dim={self.truncate_dim}"]))
+        pre = ", ".join(f"{k}={v!r}" for k, v in self.pre.params().items() if v not in (None, 0))
+        shown = ", ".join(filter(None, [shown, pre]))
         return (f"Quantizer({self.name!r}{', ' + shown if shown else ''}, family={self.family!r}, "
                 f"{self.scheme.bytes_per_value:g} B/value, {fitted}, backend={self.backend_name!r})")
 
@@ -112,16 +127,20 @@ class Quantizer:
         X = self._prepare(as_matrix(X))
         if X.shape[0] == 0:
             raise InputError("cannot fit on 0 rows")
+        if self.pre.active:
+            x = self._host(X)
+            self.pre.fit(lambda stat: REFERENCE[type(stat)](stat, x), x.shape[1])
+            X = self.pre.apply(x)
         self.scheme.check_dim(X.shape[1])
         state = self.backend.fit(self.scheme, X)
         self.state = {k: np.asarray(v) for k, v in state.items()} if self.scheme.needs_fit else (state or None)
-        self.dim = X.shape[1] if self.scheme.needs_fit else self._dim_of(self.state)
+        self.dim = X.shape[1] if self.scheme.needs_fit or self.pre.active else self._dim_of(self.state)
         return self
 
     def transform(self, X: Any, out: Any = None) -> Codes:
         """Encode ``X``; ``out=`` takes a preallocated code array (or ``Codes`` with side arrays)."""
         self._require_fitted()
-        X = self._prepare(as_matrix(X))
+        X = self._transformed(as_matrix(X))
         check_dim(X, self.dim)
         self.scheme.check_dim(X.shape[1])
         codes = self.backend.transform(self.scheme, self.state, X, out=out)
@@ -135,12 +154,18 @@ class Quantizer:
         self._require_fitted()
         codes = self._as_codes(codes)
         self._check_codes(codes)
+        if self.pre.active:
+            recon = self.pre.inverse(np.asarray(self.backend.inverse_transform(self.scheme, self.state, codes)))
+            if out is None:
+                return recon
+            out[...] = recon
+            return out
         return self.backend.inverse_transform(self.scheme, self.state, codes, out=out)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document ``save`` writes."""
-        return {
+        """The JSON document ``save`` writes (``pre_transform`` only when one is set)."""
+        doc = {
             "format": FORMAT_TAG,
             "format_version": FORMAT_VERSION,
             "gpuquant_version": __version__,
@@ -153,6 +178,10 @@ class Quantizer:
             "calibration": {**self.scheme.describe(), "truncate_dim": self.truncate_dim, "fitted_dim": self.dim,
                             "fitted": self.is_fitted},
         }
+        if self.pre.active:
+            doc["pre_transform"] = {**self.pre.params(), "input_dim": self.pre.input_dim,
+                                    "state": {k: _encode_array(v) for k, v in self.pre.state.items()}}
+        return doc
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the quantizer as one JSON file (atomically: a temporary file renamed into place)."""
@@ -171,8 +200,13 @@ class Quantizer:
         family = doc.get("family")
         if family not in FAMILIES:
             raise InputError(f"unknown scheme family {family!r} in quantizer file")
-        q = cls(family, backend=backend, truncate_dim=doc.get("truncate_dim"), **doc.get("params", {}))
+        pre = doc.get("pre_transform") or {}
+        pre_params = {k: pre[k] for k in ("pca_dim", "rotate", "rotate_seed") if k in pre}
+        q = cls(family, backend=backend, truncate_dim=doc.get("truncate_dim"), **pre_params, **doc.get("params", {}))
         q.name = doc.get("scheme", family)
+        if q.pre.active:
+            q.pre.state = {k: _decode_array(v, k) for k, v in (pre.get("state") or {}).items()}
+            _validate_pre(q.pre, pre.get("input_dim"), doc.get("dim"))
         state = doc.get("state")
         q.state = None if state is None else {k: _decode_array(v, k) for k, v in state.items()}
         q.dim = doc.get("dim")
@@ -195,6 +229,17 @@ class Quantizer:
     def _prepare(self, X: Any) -> Any:
         """The Matryoshka step (truncate, renormalise) when ``truncate_dim`` is set, else ``X``."""
         return X if self.truncate_dim is None else truncate_renormalize(X, self.truncate_dim)
+
+    def _transformed(self, X: Any) -> Any:
+        """What the scheme sees: the Matryoshka step, then the pre-transforms."""
+        X = self._prepare(X)
+        return self.pre.apply(self._host(X)) if self.pre.active else X
+
+    @staticmethod
+    def _host(X: Any) -> np.ndarray:
+        if is_device_array(X):
+            raise InputError("pca_dim and rotate run on the CPU: pass numpy arrays")
+        return np.asarray(X, np.float32)
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
@@ -237,6 +282,30 @@ class Quantizer:
         sizes = {v.size for v in state.values()}
         size = sizes.pop()
         return size if size > 1 else None
+
+
+def _validate_pre(pre: PreTransform, d: Any, dim: int | None) -> None:
+    """The saved pre-transform state against the layout its parameters declare (``InputError``);
+    sets its ``input_dim``. A file saved before fitting has none and no state."""
+    if d is None:
+        if pre.state:
+            raise InputError("the pre_transform in the quantizer file has state but no input_dim")
+        return
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise InputError(f"the pre_transform's input_dim in the quantizer file must be a positive integer, got {d!r}")
+    if dim is not None and pre.out_dim(d) != dim:
+        raise InputError(f"the pre_transform in the quantizer file gives {pre.out_dim(d)} dimensions, "
+                         f"but the scheme was fitted on {dim}")
+    spec = pre.state_spec(d)
+    if sorted(pre.state) != sorted(spec):
+        raise InputError(f"the pre_transform state in the quantizer file holds {sorted(pre.state)}, "
+                         f"expected {sorted(spec)}")
+    for name, (shape, dtype) in spec.items():
+        a = pre.state[name]
+        if a.dtype != dtype or tuple(a.shape) != shape or not np.isfinite(a).all():
+            raise InputError(f"pre_transform array {name!r} in the quantizer file must be finite "
+                             f"{dtype}{shape}, got {a.dtype}{tuple(a.shape)}")
+    pre.input_dim = d
 
 
 def _dtype_matches(data: Any, scheme: Any) -> bool:

@@ -22,6 +22,11 @@ for one worker per GPU). Every call runs on the active Dask scheduler: a ``distr
     division by n and the rounding to float32 (a relative step of ``2**-24``, 2**29 times coarser)
     the thresholds agree unless the exact mean lies within that bound of a float32 rounding
     boundary; for ``n < 2**20`` rows of values of one sign the bound is below ``2**-33`` relative.
+  - ``ColumnMeanF32``: a chain of tasks over the chunks in row order carrying the float32 running
+    sum: the single-machine loop, identical.
+  - ``KMeans``: the training rows gathered (``X[rows]``), then the reference: identical.
+  - ``Covariance``: per-chunk float64 moments merged by addition (last bits may differ from one
+    pass in order, as for ``ColumnMean``).
 
   CuPy chunks are copied to the host for the statistics (the statistics are small; the copy is
   the chunk).
@@ -67,7 +72,7 @@ from gpuquant import store as gstore
 from gpuquant.api import as_quantizer
 from gpuquant.cluster_setup import NO_DASHBOARD, cluster_client, from_source
 from gpuquant.cluster_setup import import_dask as _dask
-from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
+from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_pre_transform, fit_rows
 from gpuquant.engine.run import DEVICES, create_store, report, run
 from gpuquant.errors import ConvertError, InputError
 from gpuquant.schemes.statistics import RowError
@@ -104,15 +109,17 @@ def _host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _prepared(block: Any, k: int | None) -> np.ndarray:
-    """The float32 rows the fit sees: the Matryoshka step first when ``k`` is set (as the engine's
-    ``PreparedSource``), else a float32 conversion (as the engine's batches)."""
+def _prepared(block: Any, k: int | None, pre: Any = None) -> np.ndarray:
+    """The float32 rows the fit sees: the Matryoshka step first when ``k`` is set, then the fitted
+    pre-transform ``pre`` if given (as the engine's ``PreparedSource``), else a float32 conversion
+    (as the engine's batches)."""
     x = _host(block)
     if k is not None:
         from gpuquant.matryoshka import truncate_renormalize
 
         x = _host(truncate_renormalize(x, k))
-    return np.asarray(x, dtype=F32)
+    x = np.asarray(x, dtype=F32)
+    return x if pre is None else pre.apply(x)
 
 
 def _rows_only(X: Any) -> Any:
@@ -134,40 +141,45 @@ def _rows_only(X: Any) -> Any:
 # fit
 
 
-def _apply(fn: Any, block: Any, k: int | None) -> Any:
-    return fn(_prepared(block, k))
+def _apply(fn: Any, block: Any, k: int | None, pre: Any) -> Any:
+    return fn(_prepared(block, k, pre))
 
 
-def _block_sum(block: Any, k: int | None) -> np.ndarray:
-    x = _prepared(block, k)
+def _block_sum(block: Any, k: int | None, pre: Any) -> np.ndarray:
+    x = _prepared(block, k, pre)
     return add_rows(np.zeros(x.shape[1], F64), x)
+
+
+def _fold_block(fn: Any, acc: Any, block: Any, k: int | None, pre: Any) -> Any:
+    return fn(np.copy(acc), _prepared(block, k, pre))
 
 
 class DaskRows(Rows):
     """:class:`gpuquant.engine.fit.Rows` of a Dask array: per-chunk partials on the workers, merged in
     a binary tree of tasks, the root on the client."""
 
-    def __init__(self, X: Any, truncate_dim: int | None = None, client: Any = None) -> None:
+    def __init__(self, X: Any, truncate_dim: int | None = None, client: Any = None, pre: Any = None) -> None:
         self.X = _rows_only(X)
         self.k = truncate_dim
         if truncate_dim is not None and truncate_dim > self.X.shape[1]:
             raise InputError(f"truncate_dim={truncate_dim} is larger than the input's {self.X.shape[1]} dimensions")
-        self.shape = (int(self.X.shape[0]), int(truncate_dim or self.X.shape[1]))
-        self.client = client
+        dim = int(truncate_dim or self.X.shape[1])
+        self.shape = (int(self.X.shape[0]), dim if pre is None else pre.out_dim(dim))
+        self.client, self.pre = client, pre
 
     def _blocks(self) -> list[Any]:
         return list(self.X.to_delayed().ravel())
 
     def read_all(self) -> np.ndarray:
-        return _prepared(_compute([self.X], self.client)[0], self.k)
+        return _prepared(_compute([self.X], self.client)[0], self.k, self.pre)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        return _prepared(_compute([self.X[np.asarray(rows, np.int64)]], self.client)[0], self.k)
+        return _prepared(_compute([self.X[np.asarray(rows, np.int64)]], self.client)[0], self.k, self.pre)
 
     def reduce(self, fn: Any, merge: Any) -> Any:
         from dask import delayed
 
-        level = [delayed(_apply, pure=True)(fn, b, self.k) for b in self._blocks()]
+        level = [delayed(_apply, pure=True)(fn, b, self.k, self.pre) for b in self._blocks()]
         while len(level) > 1:
             nxt = [delayed(merge, pure=True)(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
             if len(level) % 2:
@@ -178,11 +190,20 @@ class DaskRows(Rows):
     def column_sum(self) -> np.ndarray:
         from dask import delayed
 
-        parts = _compute([delayed(_block_sum, pure=True)(b, self.k) for b in self._blocks()], self.client)
+        parts = _compute([delayed(_block_sum, pure=True)(b, self.k, self.pre) for b in self._blocks()], self.client)
         acc = np.zeros(self.shape[1], F64)
         for p in parts:  # chunk order: deterministic for a given chunking
             acc = acc + p
         return acc
+
+    def fold(self, fn: Any, init: Any) -> Any:
+        """A chain of tasks, one per chunk in row order, each carrying the accumulator on."""
+        from dask import delayed
+
+        acc = init
+        for b in self._blocks():
+            acc = delayed(_fold_block, pure=True)(fn, acc, b, self.k, self.pre)
+        return _compute([acc], self.client)[0]
 
 
 def fit(quantizer_or_preset: Any, X: Any, *, client: Any = None, gather_bytes: int = GATHER_BYTES,
@@ -190,7 +211,11 @@ def fit(quantizer_or_preset: Any, X: Any, *, client: Any = None, gather_bytes: i
     """Fit a :class:`gpuquant.Quantizer` (or a new one for a preset name and ``params``) on the Dask
     array ``X`` by merging per-chunk statistics (see the module docstring); returns the quantizer."""
     q = as_quantizer(quantizer_or_preset, params)
-    rows = DaskRows(X, getattr(q, "truncate_dim", None), client)
+    rows = DaskRows(X, q.truncate_dim, client)
+    if q.pre.active:
+        if not q.pre.is_fitted:
+            fit_pre_transform(q.pre, rows)
+        rows = DaskRows(X, q.truncate_dim, client, q.pre)
     q.scheme.check_dim(rows.shape[1])
     if q.scheme.needs_fit:  # a scheme without state (absmax per row, casts, zero thresholds) has nothing to fit
         q.state = {k: np.asarray(v) for k, v in fit_rows(q.scheme, rows, gather_bytes=gather_bytes).items()}
@@ -232,7 +257,8 @@ def _worker_quantizer(qjson: str, backend: str) -> Any:
 
 
 def _dim(q: Any, X: Any) -> int:
-    return int(q.dim or getattr(q, "truncate_dim", None) or X.shape[1])
+    d = int(q.truncate_dim or X.shape[1])
+    return int(q.dim or (q.pre.out_dim(d) if q.pre.active else d))
 
 
 def _encode(block: Any, qjson: str, device: str, dim: int) -> dict[str, np.ndarray]:
@@ -399,7 +425,8 @@ class DaskRunner:
             self.X = self.X.rechunk({0: chunks})
 
     def prepare(self, q: Any) -> Rows:
-        return DaskRows(self.X, getattr(q, "truncate_dim", None), self.client)  # what the checks read: take()
+        # what the checks read (take()); q's pre-transform is fitted in place before they read
+        return DaskRows(self.X, q.truncate_dim, self.client, q.pre if q.pre.active else None)
 
     def fit(self, q: Any, rows: Rows) -> None:
         fit(q, self.X, client=self.client, gather_bytes=self.gather_bytes)

@@ -9,7 +9,9 @@ the quantizer on it first when it needs a fit and is not fitted) and reports:
   product ``q . x`` in float32 over the corpus) that a search over the codes finds. The code search
   ranks by ``q . x'`` with ``x'`` the reconstruction (dequantized dot product) for scalar and float
   formats; for binary codes it ranks by Hamming distance between the binarized query and the codes,
-  computed exactly as ``d - 2 * hamming = s(q) . s(x)`` on the ±1 decodings;
+  computed exactly as ``d - 2 * hamming = s(q) . s(x)`` on the ±1 decodings; families with their
+  peer's estimator (``rabitq``, ``pq``: ``scheme.has_estimator``) rank by it (the scheme's
+  ``search_scores``, float query; :func:`gpuquant.estimate.estimate`);
 * ``recall_at_k_rescored`` (when ``rescore=m``): the code search keeps ``k * m`` candidates, which
   are re-ranked with the float32 query against the original rows (``rescore_with="original"``) or
   the reconstructions (``"reconstructed"``), and the top k of those are compared;
@@ -47,12 +49,13 @@ def _top_k(xp: Any, scores: Any, k: int) -> Any:
     return xp.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
-def _search(xp: Any, queries: Any, corpus: Any, *ks: int) -> list[Any]:
-    """Indices of the top ``k`` inner products of each query, for each ``k`` in ``ks``, from one score
-    block per query block."""
+def _search(xp: Any, queries: Any, corpus: Any, *ks: int, score: Any = None) -> list[Any]:
+    """Indices of the top ``k`` inner products (or ``score(query block)``, larger is nearer) of each
+    query, for each ``k`` in ``ks``, from one score block per query block."""
     out: list[list[Any]] = [[] for _ in ks]
     for start in range(0, queries.shape[0], QUERY_BLOCK):
-        scores = queries[start:start + QUERY_BLOCK] @ corpus.T
+        block = queries[start:start + QUERY_BLOCK]
+        scores = block @ corpus.T if score is None else score(block)
         for found, k in zip(out, ks, strict=True):
             found.append(_top_k(xp, scores, k))
     return [xp.concatenate(found) if found else xp.zeros((0, k), np.int64) for found, k in zip(out, ks, strict=True)]
@@ -79,6 +82,14 @@ def _search_space(q: Quantizer, codes_recon: Any, queries: Any) -> tuple[Any, An
     if q.scheme.search_in_code_space:
         return q.inverse_transform(q.transform(queries)), codes_recon
     return q._prepare(queries), codes_recon
+
+
+def _code_scores(q: Quantizer, codes: Any) -> Any:
+    """The code search's scorer (larger is nearer) for schemes with a peer estimator, else None."""
+    if not q.scheme.has_estimator:
+        return None
+    data = np.asarray(codes.data)
+    return lambda block: q.scheme.search_scores(q._transformed(block).astype(np.float32), data, q.state)
 
 
 def evaluate(
@@ -125,9 +136,10 @@ def evaluate(
     nonzero = norms > 0
     cosines = (seen * recon).sum(axis=1)[nonzero] / norms[nonzero]
     (truth,) = _search(xp, queries, X, k)
-    q_vecs, c_vecs = _search_space(q, recon, queries)
+    score = _code_scores(q, codes)
+    q_vecs, c_vecs = (queries, recon) if score else _search_space(q, recon, queries)
     ks = [k] if rescore is None else [k, min(k * rescore, X.shape[0])]  # top k, and the rescoring candidates
-    found, *candidates = _search(xp, q_vecs, c_vecs, *ks)
+    found, *candidates = _search(xp, q_vecs, c_vecs, *ks, score=score)
     report: dict[str, Any] = {
         "scheme": q.name,
         "rows": int(X.shape[0]),

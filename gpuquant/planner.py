@@ -122,8 +122,13 @@ def row_bytes(scheme: Any, d: int, dtype: Any = np.float32) -> dict[str, int]:
 def state_bytes(scheme: Any, d: int) -> int:
     """Bytes of the fitted state for ``d`` dimensions, from the layout the scheme declares
     (``state_spec``); 0 for schemes without state."""
-    return int(sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
-                   for shape, dt in scheme.state_spec(d).values()))
+    return spec_bytes(scheme.state_spec(d))
+
+
+def spec_bytes(spec: dict[str, tuple[tuple[int, ...], Any]]) -> int:
+    """Bytes of the arrays a declared state layout holds (a scheme's, or a pre-transform's
+    matrices, which the planner counts as fixed bytes)."""
+    return int(sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for shape, dt in spec.values()))
 
 
 def _quantile_terms(stat: st.Quantile, d: int, rows: int | None) -> tuple[int, int, str]:
@@ -137,6 +142,11 @@ def _quantile_terms(stat: st.Quantile, d: int, rows: int | None) -> tuple[int, i
     return 0, 0, "radix select over the rows (three read passes, no copy)"
 
 
+def _kmeans_terms(stat: st.KMeans, d: int, rows: int | None) -> tuple[int, int, str]:
+    sample = stat.max_rows if rows is None else min(rows, stat.max_rows)
+    return 0, sample * d * 4 + sample * stat.k * 8, "k-means training rows gathered, float64 distances"
+
+
 #: What each statistic (:mod:`gpuquant.schemes.statistics`) costs the device fit beyond one read
 #: of the rows: (bytes per row, fixed bytes, note), or None for a plain read pass.
 FIT_TERMS: dict[type[st.Statistic], Callable[[Any, int, int | None], tuple[int, int, str] | None]] = {
@@ -145,6 +155,9 @@ FIT_TERMS: dict[type[st.Statistic], Callable[[Any, int, int | None], tuple[int, 
     st.Quantile: _quantile_terms,
     st.ColumnMean: lambda stat, d, rows: None,
     st.ColumnMedian: lambda stat, d, rows: (2 * d * 4, 0, "per-dimension median sorts a float32 copy"),
+    st.ColumnMeanF32: lambda stat, d, rows: None,
+    st.KMeans: _kmeans_terms,
+    st.Covariance: lambda stat, d, rows: (0, d * d * 8, "float64 X^T X accumulated"),
 }
 
 
@@ -374,7 +387,8 @@ def plan(
         raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
     dim = int(dim)
     q = as_quantizer(scheme, params)
-    q.scheme.check_dim(dim)
+    sdim = q.pre.out_dim(dim) if q.pre.active else dim  # what the scheme sees after PCA / rotation
+    q.scheme.check_dim(sdim)
 
     if gpu_memory is not None:
         free, source = parse_bytes(gpu_memory), "given (--gpu-memory)"
@@ -395,6 +409,7 @@ def plan(
     else:
         k = in_flight
         per_row = k * (rb["input"] + rb["codes"] + rb["side"])
+    fixed += spec_bytes(q.pre.state_spec(dim)) + (state_bytes(q.scheme, sdim) - state_bytes(q.scheme, dim))
     n_max = max(0, (usable - fixed) // per_row) if usable > fixed else 0
     p = Plan(op=op, scheme=q.name, family=q.family, params=_jsonable(q.scheme.params), rows=rows, dim=dim,
              dtype=dtype.name, memory_source=source, free_bytes=int(free), other_bytes=other_b,

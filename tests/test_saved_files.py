@@ -21,6 +21,8 @@ from gpuquant.api import Quantizer
 
 DATA = Path(__file__).parent / "data" / "release_quantizers"
 FILES = sorted(p.stem for p in DATA.glob("*.json"))
+#: Presets added since that release: each gets its file from the first release that ships it.
+UNRELEASED = {"faiss-rabitq"}
 
 
 def _fp8_signed_zero(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -36,7 +38,7 @@ CHANGED = {"safetensors-fp8": _fp8_signed_zero, "scaled_fp8-tensor": _fp8_signed
 
 
 def test_every_preset_has_a_release_file() -> None:
-    assert {p.name for p in gpuquant.presets()} <= set(FILES)
+    assert {p.name for p in gpuquant.presets()} - UNRELEASED <= set(FILES)
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -114,7 +114,7 @@ def _corrupt(path: Path, what: str) -> None:
     elif what == "version":
         m["format_version"] = 99
     elif what == "family":
-        m["family"] = "pq"
+        m["family"] = "lattice"
     elif what == "rows":
         m["rows"] = 10
     elif what == "params":
@@ -142,7 +142,7 @@ def _corrupt(path: Path, what: str) -> None:
     [
         ("format", r"manifest.json is not a gpuquant store manifest \(format 'something-else', expected 'gpuquant-codes'\)"),
         ("version", r"manifest.json has format version 99; this gpuquant .* reads versions 1 to 2"),
-        ("family", r"manifest.json: unknown scheme family 'pq'"),
+        ("family", r"manifest.json: unknown scheme family 'lattice'"),
         ("rows", r"codes.npy holds int8\(503, 128\) but the store needs int8\(10, 128\) for its codes"),
         ("params", r"quantizer.json does not match .*manifest.json"),
         ("side", r"manifest.json: side arrays \[\] do not match the scheme's \['scales'\]"),

@@ -193,6 +193,11 @@ def _column_median(stat: st.ColumnMedian, x: Any) -> np.ndarray:
     return median_of(a, b)
 
 
+def _not_on_the_device(stat: st.Statistic, x: Any) -> Any:
+    raise NotImplementedError(f"the statistic {stat!r} is not on the GPU yet: fit on the CPU "
+                              "(backend='numpy', or the streaming fit)")
+
+
 #: The device implementation of each statistic (:mod:`gpuquant.schemes.statistics`).
 DEVICE: dict[type[st.Statistic], Any] = {
     st.MinMax: lambda stat, x: minmax(x, stat.axis == 0),
@@ -200,4 +205,7 @@ DEVICE: dict[type[st.Statistic], Any] = {
     st.Quantile: lambda stat, x: quantile_range(x, stat.q, stat.method, stat.axis == 0),
     st.ColumnMean: _column_mean,
     st.ColumnMedian: _column_median,
+    st.ColumnMeanF32: _not_on_the_device,
+    st.KMeans: _not_on_the_device,
+    st.Covariance: _not_on_the_device,
 }

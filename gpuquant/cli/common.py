@@ -155,6 +155,9 @@ def quantizer_info(q: Any) -> dict[str, Any]:
         "code_dtype": np.dtype(q.scheme.code_dtype).name,
         "bytes_per_value": float(q.scheme.bytes_per_value),
         "state": {k: array_summary(v) for k, v in (state or {}).items()},
+        **({"pre_transform": {**q.pre.params(), "input_dim": q.pre.input_dim,
+                              "state": {k: array_summary(v) for k, v in q.pre.state.items()}}}
+           if q.pre.active else {}),
     }
 
 

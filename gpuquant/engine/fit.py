@@ -23,6 +23,12 @@ state (``scheme.from_statistics``). Rows are converted to float32 first, as ever
 * ``ColumnMean``: a float64 column sum accumulated row by row in the input's order (numpy's own
   order for ``X.sum(axis=0, dtype=float64)`` on a C-ordered matrix), divided by n, rounded to
   float32: equal to the reference.
+* ``ColumnMeanF32``: the float32 running sum carried from batch to batch in row order
+  (:meth:`Rows.fold`): the reference's own loop, so equal to it.
+* ``KMeans``: the training rows (:func:`gpuquant.schemes.statistics.train_rows`) gathered by row,
+  then the reference's k-means on them: identical at any size.
+* ``Covariance``: per-block float64 moments merged by addition; the blocks' order changes the
+  float64 sums' last bits only (one block, as for inputs the reference could hold: identical).
 
 NaN is refused exactly where the reference refuses it, with the reference's message, naming the
 first row of the input that holds it (a pass over the input, on that error only).
@@ -118,6 +124,11 @@ class Rows:
         """The first row holding NaN (or ±Inf too, when ``nonfinite``); None where not known."""
         return None
 
+    def fold(self, fn: Callable[[Any, np.ndarray], Any], init: Any) -> Any:
+        """``acc = fn(acc, block)`` over float32 row blocks in row order, one after the other, from
+        ``acc = init`` (for sums whose order is part of the result)."""
+        raise NotImplementedError
+
 
 class StreamRows(Rows):
     """:class:`Rows` of a :class:`Source` read in batches, with read-ahead and per-batch work split
@@ -156,6 +167,12 @@ class StreamRows(Rows):
                 return start + st.first_row(bad)
             start += x.shape[0]
         return None
+
+    def fold(self, fn: Callable[[Any, np.ndarray], Any], init: Any) -> Any:
+        acc = init
+        for x in batches(self.source):
+            acc = fn(acc, x)
+        return acc
 
 
 def add_rows(acc: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -215,6 +232,13 @@ def _fit_rows(scheme: Any, rows: Rows, gather_bytes: int, on_pass: Callable[[str
     return scheme.from_statistics(results)
 
 
+def fit_pre_transform(pre: Any, rows: Rows, on_pass: Callable[[str], None] | None = None) -> None:
+    """Fit a quantizer's pre-transform (:class:`gpuquant.transforms.PreTransform`) on ``rows`` (after
+    the Matryoshka step) by the streamed statistics it asks for."""
+    say = on_pass or (lambda what: log.info("pre-transform fit: %s", what))
+    pre.fit(lambda stat: st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say), rows.shape[1])
+
+
 def _summary(stat: st.Statistic, rows: Rows, say: Callable[[str], None]) -> Any:
     """``MinMax`` / ``AbsMax``: the reference on the 2-row summary of per-column mins and maxes."""
     say("min/max pass")
@@ -246,6 +270,30 @@ def _column_median(stat: st.ColumnMedian, rows: Rows, say: Callable[[str], None]
     return st.median_of(*select(rows, list(st.median_ranks(rows.shape[0])), True, say))
 
 
+def _column_mean_f32(stat: st.ColumnMeanF32, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
+    say("float32 running column sums")
+
+    def add(total: np.ndarray, x: np.ndarray) -> np.ndarray:
+        st.refuse_nonfinite(x)
+        return st.running_column_sum(total, x)
+
+    return st.mean_f32(rows.fold(add, np.zeros(rows.shape[1], F32)), rows.shape[0])
+
+
+def _kmeans(stat: st.KMeans, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
+    idx = st.train_rows(rows.shape[0], stat.max_rows, stat.seed)
+    say(f"gathering the {idx.size} k-means training rows")
+    try:
+        return st.kmeans_codebooks(stat, rows.take(idx))
+    except st.RowError as exc:  # the training sample's row, as a row of the input
+        raise st.RowError(int(idx[exc.row]), exc.template, of_input=True) from None
+
+
+def _covariance(stat: st.Covariance, rows: Rows, say: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    say("float64 moments (column sums and X^T X)")
+    return st.covariance_of(rows.reduce(st.moments, st.merge_moments))
+
+
 #: The streaming implementation of each statistic (:mod:`gpuquant.schemes.statistics`).
 STREAMING: dict[type[st.Statistic], Callable[[Any, Rows, Callable[[str], None]], Any]] = {
     st.MinMax: _summary,
@@ -253,6 +301,9 @@ STREAMING: dict[type[st.Statistic], Callable[[Any, Rows, Callable[[str], None]],
     st.Quantile: _quantile,
     st.ColumnMean: _column_mean,
     st.ColumnMedian: _column_median,
+    st.ColumnMeanF32: _column_mean_f32,
+    st.KMeans: _kmeans,
+    st.Covariance: _covariance,
 }
 
 
@@ -303,4 +354,5 @@ def select(source: Source | Rows, ranks: list[int], per_dim: bool,
     return [keys_to_values(p) for p in prefix]
 
 
-__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_rows", "fit_stream", "keys_to_values", "order_keys", "select"]
+__all__ = ["GATHER_BYTES", "Rows", "StreamRows", "fit_pre_transform", "fit_rows", "fit_stream", "keys_to_values",
+           "order_keys", "select"]

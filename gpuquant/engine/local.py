@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from gpuquant import store as gstore
-from gpuquant.engine.fit import Rows, fit_stream
+from gpuquant.engine.fit import Rows, StreamRows, fit_pre_transform, fit_stream
 from gpuquant.engine.progress import Progress
 from gpuquant.engine.run import DEVICES, create_store, report, run
 from gpuquant.engine.sources import PreparedSource, Source, open_source
@@ -95,15 +95,21 @@ class LocalRunner:
     def prepare(self, q: Any) -> Rows:
         assert self.source is not None
         rows: Any = self.source
-        if getattr(q, "truncate_dim", None) is not None:
-            rows = PreparedSource(self.source, q.truncate_dim)
+        pre = q.pre if q.pre.active else None
+        if q.truncate_dim is not None or pre is not None:
+            rows = PreparedSource(self.source, q.truncate_dim, pre)
         self.device, self.backend = _device(self.requested, q.scheme)
         return rows
 
     def fit(self, q: Any, rows: Any) -> None:
         n, d = rows.shape
         log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, rows.dtype)
-        q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, rows).items()}
+        if not q.pre.is_fitted:
+            assert self.source is not None
+            seen = self.source if q.truncate_dim is None else PreparedSource(self.source, q.truncate_dim)
+            fit_pre_transform(q.pre, StreamRows(seen))
+        if q.scheme.needs_fit:
+            q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, rows).items()}
         q.dim = d
 
     def _settle_batch(self, q: Any, rows: Any) -> None:

@@ -154,7 +154,8 @@ def check_resume(dst: Path, manifest: dict[str, Any], desc: dict[str, Any], q: A
         new_params, old_params = gfiles.to_jsonable(q.scheme.params), gfiles.to_jsonable(stored.scheme.params)
         same = (q.family == stored.family and new_params == old_params
                 and (q.name == stored.name or q.name == q.family)
-                and getattr(q, "truncate_dim", None) == getattr(stored, "truncate_dim", None))
+                and getattr(q, "truncate_dim", None) == getattr(stored, "truncate_dim", None)
+                and q.pre.params() == stored.pre.params())
         if not same:
             raise InputError(f"--resume refused: {dst} was started with {stored.name!r} "
                              f"{old_params}, not {q.name!r} {new_params}")

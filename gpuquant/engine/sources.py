@@ -307,33 +307,44 @@ def open_source(src: Any, *, shape: Any = None, column: str | None = None, datas
 
 
 class PreparedSource(Source):
-    """Rows of ``inner`` after the quantizer's Matryoshka step (keep ``k`` dims, L2-renormalise):
-    float32, ``k`` dimensions (:func:`gpuquant.matryoshka.truncate_renormalize`)."""
+    """Rows of ``inner`` after the quantizer's Matryoshka step (keep ``k`` dims, L2-renormalise;
+    :func:`gpuquant.matryoshka.truncate_renormalize`) and, when given, its fitted pre-transform
+    (``pre``: :class:`gpuquant.transforms.PreTransform`): float32, the dimensions the scheme sees."""
 
-    def __init__(self, inner: Source, k: int) -> None:
+    def __init__(self, inner: Source, k: int | None, pre: Any = None) -> None:
         super().__init__()
-        if k > inner.dim:
+        if k is not None and k > inner.dim:
             raise InputError(f"truncate_dim={k} is larger than the input's {inner.dim} dimensions")
-        self.inner, self.k = inner, k
+        self.inner, self.k, self.pre = inner, k, pre
         self.kind, self.label = inner.kind, inner.label
-        self.shape = (inner.rows, k)
+        dim = inner.dim if k is None else k
+        self.shape = (inner.rows, dim if pre is None else pre.out_dim(dim))
         self.dtype = np.dtype(np.float32)
         self._buf: np.ndarray | None = None
 
-    def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        """The inner rows are read into a buffer kept for the next call with an ``out`` of the same
-        length (one reader at a time, as the engine reads), then renormalised straight into ``out``."""
+    def _prepare(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         from gpuquant.matryoshka import truncate_renormalize
 
+        if self.k is not None:
+            x = truncate_renormalize(x, self.k, out=out if self.pre is None else None)
+            if self.pre is None:
+                return x
+        y = x if self.pre is None else self.pre.apply(np.asarray(x, np.float32))
+        if out is None:
+            return np.asarray(y, np.float32)
+        out[...] = y  # never a view of the read buffer, which the next read reuses
+        return out
+
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """The inner rows are read into a buffer kept for the next call with an ``out`` of the same
+        length (one reader at a time, as the engine reads), then prepared straight into ``out``."""
         if self._buf is None or self._buf.shape[0] != out.shape[0]:
             self._buf = np.empty((out.shape[0], self.inner.dim), self.inner.dtype)
         x = self.inner.read_into(start, stop, self._buf)
-        return truncate_renormalize(x, self.k, out=out[: stop - start])
+        return self._prepare(x, out[: stop - start])
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        from gpuquant.matryoshka import truncate_renormalize
-
-        return truncate_renormalize(self.inner.take(rows), self.k)
+        return self._prepare(self.inner.take(rows))
 
     @property
     def nbytes(self) -> int:

@@ -178,6 +178,23 @@ class Scheme(ABC):
     ) -> np.ndarray:
         """Reference decoding to float32, shape ``(n, dim)``."""
 
+    def estimate(self, Q: np.ndarray, codes: np.ndarray, state: State | None, *, qb: int = 0,
+                 metric: str | None = None) -> np.ndarray:
+        """Distance estimates ``(len(Q), len(codes))`` float32 from float32 queries to coded rows as
+        the family's peer search computes them without decoding (families that have one override
+        this; ``qb``: query bits, ``metric``: ``"l2"`` or ``"ip"``)."""
+        raise InputError(f"scheme family {self.family!r} has no distance estimator")
+
+    def search_scores(self, Q: np.ndarray, codes: np.ndarray, state: State | None) -> np.ndarray:
+        """How the peer's search ranks the codes for float32 queries ``Q``, larger is nearer (families
+        with an estimator; the others are searched through their reconstruction)."""
+        raise InputError(f"scheme family {self.family!r} has no distance estimator")
+
+    @property
+    def has_estimator(self) -> bool:
+        """Whether the family defines :meth:`estimate` (searches then rank by :meth:`search_scores`)."""
+        return type(self).estimate is not Scheme.estimate
+
     def describe(self) -> dict[str, Any]:
         """The calibration summary saved with a quantizer: scope, range method, rounding, bit order,
         signed/offset encoding (informative; the parameters and state are what loading uses)."""

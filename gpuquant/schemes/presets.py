@@ -78,6 +78,9 @@ PRESETS: dict[str, Preset] = {
                "cuVS binary quantizer (preprocessing.quantize.binary) with threshold zero",
                "x > threshold, LSB first; threshold='mean' / 'median' are gpuquant's own (float64 mean, "
                "exact median of every row), not cuVS's (float32 sum; median of a ~10% row sample)"),
+        Preset("faiss-rabitq", "rabitq", dict(bits=1, metric="ip", center="mean"),
+               "FAISS IndexRaBitQ(d, METRIC_INNER_PRODUCT, 1).sa_encode, center = the trained mean",
+               "1 sign bit per dimension + 8 bytes of factors per row, LSB first"),
         # -- export presets: the encoding each consumer loads (see gpuquant/export.py) ----------
         Preset("qdrant-uint8", "scalar",
                dict(granularity="tensor", range="quantile", quantile=0.99, quantile_method="cuvs",

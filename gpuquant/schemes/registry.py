@@ -16,13 +16,16 @@ from gpuquant.schemes.base import Scheme
 from gpuquant.schemes.binary import BinaryScheme
 from gpuquant.schemes.floatcast import FloatScheme
 from gpuquant.schemes.gguf import GgufScheme
+from gpuquant.schemes.pq import PqScheme
 from gpuquant.schemes.presets import PRESETS, Preset
+from gpuquant.schemes.rabitq import RabitqScheme
 from gpuquant.schemes.scalar import ScalarScheme
 from gpuquant.schemes.scaled_fp8 import ScaledFp8Scheme
 
 FAMILIES: dict[str, type[Scheme]] = {
     cls.family: cls
-    for cls in (ScalarScheme, AbsmaxScheme, FloatScheme, BinaryScheme, GgufScheme, ScaledFp8Scheme)
+    for cls in (ScalarScheme, AbsmaxScheme, FloatScheme, BinaryScheme, GgufScheme, ScaledFp8Scheme,
+                RabitqScheme, PqScheme)
 }
 
 def get_preset(name: str) -> Preset:

@@ -20,6 +20,15 @@ The statistics, over float32 data ``X`` of shape ``(n, d)``; ``axis=None`` means
 * :class:`ColumnMean`: ``float32(float64 column sum / n)``; NaN refused.
 * :class:`ColumnMedian`: the exact middle value per column (for even ``n``
   ``float32((f64(a) + f64(b)) / 2)`` of the two middle values); NaN refused.
+* :class:`ColumnMeanF32`: FAISS's float32 centroid: a float32 running sum over the rows in order,
+  ``((0 + x[0]) + x[1]) + ...`` per column (:func:`running_column_sum`), divided by ``float32(n)``;
+  NaN and ±Inf refused, and a sum that overflows float32.
+* :class:`KMeans` ``(m, k, iterations, seed, max_rows)``: ``k`` k-means centroids in each of ``m``
+  equal sub-spaces of the columns, float32 ``(m, k, d/m)``, trained on the rows
+  :func:`train_rows` picks (:mod:`gpuquant.schemes.kmeans`); NaN and ±Inf in them refused.
+* :class:`Covariance`: the float64 column mean ``mu = s / n`` and covariance ``G / n - mu mu^T``
+  from the moments ``(n, s = sum x, G = sum x x^T)`` (float64), which merge by addition; NaN and
+  ±Inf refused, and a covariance that overflows float64.
 
 Every refusal is a :class:`RowError` naming the first row that holds the bad value (a row of the
 quantile's sample is named as the row of ``X`` it came from). A layer that sees only part of the
@@ -28,9 +37,9 @@ row (a summary of many rows, a device reduction) says :data:`NAN_FIT_MESSAGE` or
 :data:`NONFINITE_FIT_MESSAGE` instead.
 
 Each implementation is mergeable over row blocks (min/max and sums merge directly; order statistics
-by histogram passes over order-preserving keys, :mod:`gpuquant.engine.fit`). Statistics that need a
-different merge (a covariance: sums of outer products; k-means: assignment passes) are added as
-new classes here plus one implementation per layer; no family code changes.
+by histogram passes over order-preserving keys, :mod:`gpuquant.engine.fit`). ``ColumnMeanF32`` is
+a fold over the rows in order instead (a float32 running sum does not merge); ``KMeans`` gathers
+its training rows; ``Covariance`` merges its moments by addition.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gpuquant.errors import InputError
+from gpuquant.schemes.kmeans import kmeans
 
 F32 = np.float32
 F64 = np.float64
@@ -115,6 +125,25 @@ class ColumnMedian(Statistic):
 
 
 @dataclass(frozen=True)
+class ColumnMeanF32(Statistic):
+    pass
+
+
+@dataclass(frozen=True)
+class KMeans(Statistic):
+    m: int
+    k: int
+    iterations: int
+    seed: int
+    max_rows: int
+
+
+@dataclass(frozen=True)
+class Covariance(Statistic):
+    pass
+
+
+@dataclass(frozen=True)
 class FitSpec:
     """What a scheme's fit needs: named statistics, and the fewest rows (with the phrase for the
     error message: ``cannot fit {why} on {n} row(s): need at least {min_rows}``)."""
@@ -172,6 +201,71 @@ def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a.astype(F64) + b.astype(F64)) / 2).astype(F32)
 
 
+def refuse_nonfinite(X: np.ndarray) -> None:
+    """:class:`RowError` naming the first row of ``X`` that holds NaN or ±Inf."""
+    bad = ~np.isfinite(X)
+    if bad.any():
+        raise RowError(first_row(bad), NONFINITE_FIT_ROW)
+
+
+def running_column_sum(total: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``total`` (float32 (d,), updated in place and returned) plus the rows of ``X`` one after the
+    other, in float32 (:class:`ColumnMeanF32`'s order; streamed, batch after batch in row order)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by mean_f32
+        for row in X:
+            total += row
+    return total
+
+
+def mean_f32(total: np.ndarray, n: int) -> np.ndarray:
+    """:class:`ColumnMeanF32` from the running sum of ``n`` rows (``InputError`` if it overflowed)."""
+    if not np.isfinite(total).all():
+        raise InputError("the column sums of the fit data overflow float32: no finite float32 mean")
+    return total / F32(n)
+
+
+def train_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """Indices (ascending) of the rows :class:`KMeans` trains on: all ``n``, or ``max_rows`` of them
+    drawn without replacement with ``numpy.random.default_rng(seed)`` (a streamed fit gathers just these)."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+
+
+def kmeans_codebooks(stat: KMeans, X: np.ndarray) -> np.ndarray:
+    """:class:`KMeans` on the training rows ``X`` (already picked by :func:`train_rows`): k-means with
+    seed ``seed + j`` in sub-space ``j``, float32 ``(m, k, d/m)``."""
+    refuse_nonfinite(X)
+    sub = X.reshape(X.shape[0], stat.m, X.shape[1] // stat.m)
+    return np.stack([kmeans(np.ascontiguousarray(sub[:, j]), stat.k, stat.iterations, stat.seed + j)
+                     for j in range(stat.m)])
+
+
+Moments = tuple[int, np.ndarray, np.ndarray]
+
+
+def moments(X: np.ndarray) -> Moments:
+    """``(n, float64 column sums, float64 X^T X)`` of one block of rows (NaN and ±Inf refused)."""
+    refuse_nonfinite(X)
+    x = X.astype(F64)
+    return X.shape[0], x.sum(axis=0), x.T @ x
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def covariance_of(m: Moments) -> tuple[np.ndarray, np.ndarray]:
+    """:class:`Covariance` from merged moments: float64 ``(mean, covariance)``."""
+    n, total, gram = m
+    mean = total / n
+    with np.errstate(over="ignore", invalid="ignore"):
+        cov = gram / n - np.outer(mean, mean)
+    if not np.isfinite(cov).all():
+        raise InputError("the fit data's covariance overflows float64")
+    return mean, cov
+
+
 def absmax_of(m: Any) -> np.float32:
     """``m`` (a ``max |x|``) checked finite: NaN propagates through the max, so one test covers both."""
     m = F32(m)
@@ -222,6 +316,19 @@ def _column_median(stat: ColumnMedian, X: np.ndarray) -> np.ndarray:
     return median_of(part[lo], part[hi])
 
 
+def _column_mean_f32(stat: ColumnMeanF32, X: np.ndarray) -> np.ndarray:
+    refuse_nonfinite(X)
+    return mean_f32(running_column_sum(np.zeros(X.shape[1], F32), X), X.shape[0])
+
+
+def _kmeans(stat: KMeans, X: np.ndarray) -> np.ndarray:
+    idx = train_rows(X.shape[0], stat.max_rows, stat.seed)
+    try:
+        return kmeans_codebooks(stat, X[idx])
+    except RowError as exc:  # name the row of X, not of the training sample
+        raise RowError(int(idx[exc.row]), exc.template) from None
+
+
 #: The numpy reference of each statistic (all rows in memory).
 REFERENCE: dict[type[Statistic], Callable[[Any, np.ndarray], Any]] = {
     MinMax: _minmax,
@@ -229,6 +336,9 @@ REFERENCE: dict[type[Statistic], Callable[[Any, np.ndarray], Any]] = {
     Quantile: _quantile,
     ColumnMean: _column_mean,
     ColumnMedian: _column_median,
+    ColumnMeanF32: _column_mean_f32,
+    KMeans: _kmeans,
+    Covariance: lambda stat, X: covariance_of(moments(X)),
 }
 
 
