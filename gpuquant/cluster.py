@@ -402,10 +402,7 @@ class DaskRunner:
 
     def open_writer(self, dst: Path, q: Any, rows: Rows, desc: dict[str, Any], mode: str) -> gstore.StoreWriter:
         n, d = rows.shape
-        if mode == "resume":
-            writer = gstore.reopen(dst)
-        else:
-            writer = create_store(dst, q, n, d, desc, "dask", self.device, replace=mode == "replace")
+        writer = gstore.reopen(dst) if mode == "resume" else create_store(dst, q, n, d, desc, "dask", self.device)
         # a new run id: tasks of an earlier run still running on some worker stop writing
         writer.checkpoint(writer.rows_done, dask={"chunks": [int(c) for c in self.X.chunks[0]],
                                                   "run": uuid.uuid4().hex})

@@ -130,7 +130,7 @@ class LocalRunner:
             log.info("resuming %s at row %d of %d", dst, writer.rows_done, n)
             return writer
         log.info("writing %s (%d rows)", dst, n)
-        return create_store(dst, q, n, d, desc, self.backend.name, self.device, replace=mode == "replace")
+        return create_store(dst, q, n, d, desc, self.backend.name, self.device)
 
     def stream(self, writer: gstore.StoreWriter, q: Any, rows: Any) -> dict[str, Any]:
         n, start = rows.shape[0], writer.rows_done

@@ -4,8 +4,9 @@
 
 1. checks the request (``resume`` or ``overwrite``, the quantizer, the output's parent directory),
    then locks ``dst`` (:class:`gpuquant.store.StoreLock`) and checks it: a new output,
-   ``overwrite`` (only a previous gpuquant output or an empty directory) or ``resume`` (an
-   unfinished store);
+   ``overwrite`` (only a previous gpuquant output or an empty directory; the new store is built
+   beside it and exchanged for it only once complete) or ``resume`` (an unfinished store, or the
+   unfinished staged replacement of a complete one);
 2. opens and describes the source (the runner's): nothing is written before the input's shape,
    dtype, length and shards are known to be good; a resume is refused when the source, scheme or
    parameters changed (:func:`check_resume`) and then uses the store's own quantizer;
@@ -71,7 +72,8 @@ class Runner(Protocol):
         """Fit ``q`` (in place) on ``rows``."""
 
     def open_writer(self, dst: Path, q: Any, rows: Rows, desc: dict[str, Any], mode: str) -> gstore.StoreWriter:
-        """A new store (``mode`` ``"new"`` or ``"replace"``: :func:`create_store`) or the unfinished one."""
+        """A new store at ``dst`` (``mode`` ``"new"``: :func:`create_store`) or the unfinished one there
+        (``"resume"``); ``dst`` is the output or, for an overwrite, its staged replacement."""
 
     def stream(self, writer: gstore.StoreWriter, q: Any, rows: Rows) -> dict[str, Any]:
         """Encode and write rows ``writer.rows_done`` to the end; returns statistics for the report."""
@@ -97,25 +99,33 @@ def run(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, runn
 
 def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) -> dict[str, Any]:
     desc = runner.describe()
-    resumed = mode == "resume"
+    resumed = mode.startswith("resume")
+    target = gstore.staging_path(dst) if mode.endswith("replace") else dst  # an overwrite builds beside dst
     if resumed:
-        manifest = gstore.read_manifest(dst)
-        q = check_resume(dst, manifest, desc, q)
+        manifest = gstore.read_manifest(target)
+        q = check_resume(target, manifest, desc, q)
         runner.resuming(manifest)
     rows = runner.prepare(q)
     n, d = rows.shape
     fit_s = 0.0 if resumed else check_and_fit(q, d, lambda: runner.fit(q, rows))
-    writer = runner.open_writer(dst, q, rows, desc, mode)
+    if mode == "replace":
+        gstore.stage(dst)
+    writer = runner.open_writer(target, q, rows, desc, "resume" if resumed else "new")
     start = writer.rows_done
     try:
         stats = runner.stream(writer, q, rows)
         store = writer.complete({"device": runner.device}, verify=lambda st: verify_sample(st, rows))
     except BaseException as exc:
-        done = rows_done(dst)
+        done = rows_done(target)
         writer.close()
-        runner.failed(exc, dst, fresh=not resumed, done=done, rows=n)
+        if target != dst:
+            log.warning("%s is unchanged: an overwrite replaces it only once the new store is complete (%s "
+                        "holds the new one: --resume continues it, --overwrite starts it again)", dst, target)
+        runner.failed(exc, target, fresh=not resumed, done=done, rows=n)
         raise
     writer.close()
+    if target != dst:
+        store = gstore.replace_with(target, dst)
     return runner.report(store, rows, stats, resumed=resumed, start=start, fit_s=fit_s,
                          total_s=time.perf_counter() - t_start)
 
@@ -177,14 +187,14 @@ def check_and_fit(q: Any, d: int, fit: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def create_store(dst: Path, q: Any, rows: int, dim: int, desc: dict[str, Any], backend: str, device: str,
-                 replace: bool) -> gstore.StoreWriter:
+def create_store(dst: Path, q: Any, rows: int, dim: int, desc: dict[str, Any], backend: str,
+                 device: str) -> gstore.StoreWriter:
     """A new store for ``q``'s codes of ``rows`` x ``dim`` (:func:`gpuquant.store.create`), its manifest
     recording the scheme, the source ``desc``, the backend and device, and how an export preset loads."""
     manifest = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
                 "truncate_dim": getattr(q, "truncate_dim", None), "source": desc, "backend": backend,
                 "device": device, **_export_loading(q, dim)}
-    return gstore.create(dst, quantizer=q, rows=rows, dim=dim, manifest=manifest, replace=replace)
+    return gstore.create(dst, quantizer=q, rows=rows, dim=dim, manifest=manifest)
 
 
 def verify_sample(store: gstore.Store, source: Source | Rows, rows: int = VERIFY_ROWS) -> None:

@@ -18,11 +18,21 @@ from gpuquant.store.layout import (
     check_output,
     is_converted_dir,
     read_manifest,
+    staging_path,
 )
 from gpuquant.store.lock import StoreLock
 from gpuquant.store.read import Converted, Store, read_converted
 from gpuquant.store.read import open_store as open  # noqa: A004 - gpuquant.store.open(path), as gpuquant.open
-from gpuquant.store.write import StoreWriter, check_output_free, create, discard, reopen, write_converted
+from gpuquant.store.write import (
+    StoreWriter,
+    check_output_free,
+    create,
+    discard,
+    reopen,
+    replace_with,
+    stage,
+    write_converted,
+)
 
 __all__ = [
     "CODES",
@@ -48,5 +58,8 @@ __all__ = [
     "read_converted",
     "read_manifest",
     "reopen",
+    "replace_with",
+    "stage",
+    "staging_path",
     "write_converted",
 ]

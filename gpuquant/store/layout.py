@@ -35,8 +35,17 @@ Writing a whole in-memory ``Codes`` at once (:func:`gpuquant.store.write_convert
 layout, already complete: the directory is filled in a temporary sibling (``.OUTPUT.partial-*``),
 each file flushed and fsync'ed, and then renamed into place, so a reader never sees a half-written
 OUTPUT. Replacing an existing OUTPUT (``overwrite``) is allowed only for a previous gpuquant output or
-an empty directory; the old one is renamed aside, the new one in, then the old one deleted (POSIX has
-no atomic exchange of two directories, so OUTPUT is briefly absent, never partial).
+an empty directory; the two directories are exchanged atomically (Linux ``renameat2`` with
+``RENAME_EXCHANGE``) and the old one deleted. Where the file system cannot exchange, the old one is
+renamed aside, the new one in (renamed back if that fails), then the old one deleted: OUTPUT is then
+briefly absent, never partial.
+
+A streamed run with ``overwrite`` never touches the previous OUTPUT until the new store is complete:
+it writes the new store beside it, in ``.OUTPUT.overwrite`` (same format, ``in_progress``), and
+exchanges the two only after the new one is checked and marked complete. A run that fails (a NaN row,
+an interruption, a full disk) leaves the old OUTPUT as it was; ``--resume`` on OUTPUT continues the
+staged store and then exchanges, ``--overwrite`` starts the staged store again. The disk must hold
+both stores until the exchange.
 
 This module holds the names and the manifest's checks; :mod:`gpuquant.store.lock`,
 :mod:`gpuquant.store.write` and :mod:`gpuquant.store.read` the rest.
@@ -67,11 +76,20 @@ IN_PROGRESS, COMPLETE = "in_progress", "complete"
 #: per finished row range, removed when the store is complete (whoever completes it).
 PARTS = ".parts"
 
+#: The staged replacement of an output, written beside it by a streamed ``overwrite`` run.
+STAGING_SUFFIX = ".overwrite"
+
 _SIDE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def staging_path(output: str | os.PathLike[str]) -> Path:
+    """Where a streamed ``overwrite`` of ``output`` builds the new store: ``.NAME.overwrite`` beside it."""
+    p = Path(output)
+    return p.parent / f".{p.name}{STAGING_SUFFIX}"
 
 
 def is_converted_dir(path: str | os.PathLike[str]) -> bool:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import logging
@@ -30,9 +31,11 @@ from gpuquant.store.layout import (
     QUANTIZER,
     check_output,
     check_side_names,
+    is_converted_dir,
     manifest_head,
     now,
     read_manifest,
+    staging_path,
 )
 from gpuquant.store.read import Store, open_store
 
@@ -49,9 +52,31 @@ def _umask() -> int:
     return mask
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange the directories ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the C library or the file system cannot."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_into_place(tmp: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(tmp, dest)
+        return
+    if _exchange(tmp, dest):  # tmp now names the old one
+        shutil.rmtree(tmp, ignore_errors=True)
         return
     old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
     os.rename(dest, old / dest.name)
@@ -189,8 +214,16 @@ class StoreWriter:
         self.files = {}
 
 
+def _unfinished(path: Path) -> bool:
+    with contextlib.suppress(GpuquantError, OSError, ValueError):
+        return bool(read_manifest(path).get("state", {}).get("status") == IN_PROGRESS)
+    return False
+
+
 def check_output_free(output: Path, overwrite: bool, resume: bool) -> str:
-    """What to do with ``output``: ``"new"``, ``"replace"`` or ``"resume"``; ``InputError`` when not allowed."""
+    """What to do with ``output``: ``"new"``, ``"replace"`` (build beside it, in :func:`staging_path`),
+    ``"resume"`` or ``"resume-replace"`` (continue the staged replacement of a complete ``output``);
+    ``InputError`` when not allowed."""
     if not output.parent.is_dir():
         raise InputError(f"output's parent directory does not exist: {output.parent}")
     exists = output.exists() or output.is_symlink()
@@ -200,6 +233,8 @@ def check_output_free(output: Path, overwrite: bool, resume: bool) -> str:
                              "(run without --resume to start)")
         st = read_manifest(output)
         if st.get("state", {}).get("status") == COMPLETE:
+            if _unfinished(staging_path(output)):
+                return "resume-replace"
             raise InputError(f"--resume: {output} is already complete; there is nothing to continue "
                              "(pass --overwrite to convert again)")
         return "resume"
@@ -217,6 +252,25 @@ def check_output_free(output: Path, overwrite: bool, resume: bool) -> str:
     return "replace"
 
 
+def stage(output: Path) -> Path:
+    """The empty place for the staged replacement of ``output`` (a previous staged store, which this
+    run starts again, removed; anything else there is refused)."""
+    staged = staging_path(output)
+    if staged.exists() or staged.is_symlink():
+        if staged.is_symlink() or not is_converted_dir(staged):
+            raise InputError(f"{staged} is in the way of --overwrite (it is not a gpuquant store): remove it")
+        shutil.rmtree(staged)
+    return staged
+
+
+def replace_with(staged: Path, output: Path) -> Store:
+    """Put the complete store ``staged`` in the place of ``output`` (atomically where the file system
+    can exchange two directories) and open it there."""
+    _swap_into_place(staged, output)
+    gfiles.fsync_path(output.parent)
+    return open_store(output)
+
+
 def create(
     output: str | os.PathLike[str],
     *,
@@ -224,13 +278,11 @@ def create(
     rows: int,
     dim: int,
     manifest: Mapping[str, Any],
-    replace: bool = False,
 ) -> StoreWriter:
     """Set up a new store (in a temporary sibling, then renamed into place) and open it for writing.
 
     Every data file is created at full size with its space reserved (``posix_fallocate``), so a full
-    disk is reported here, before any row is converted. ``replace`` swaps out an existing output
-    (checked by the caller) once the new one is set up. Nothing is left behind if this fails.
+    disk is reported here, before any row is converted. Nothing is left behind if this fails.
     """
     dest = Path(output)
     scheme = quantizer.scheme
@@ -253,7 +305,7 @@ def create(
         for f in tmp.iterdir():  # the data files and the quantizer
             gfiles.fsync_path(f)
         gfiles.write_json_atomic(tmp / MANIFEST, doc)
-        move_into_place(tmp, dest, replace)
+        move_into_place(tmp, dest, replace=False)
     return StoreWriter(dest, doc)
 
 

@@ -1,0 +1,98 @@
+"""Outputs survive failures: ``--overwrite`` replaces the previous store only once the new one is
+complete (a NaN row, an interruption or a full disk leave the old store readable, and ``--resume``
+finishes the replacement)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import fit_codes, matrix
+
+import gpuquant
+from gpuquant.engine import ConvertError
+from gpuquant.engine import pipeline
+from gpuquant.errors import InputError
+
+
+def _same_store(path: Path, codes: gpuquant.Codes) -> None:
+    st = gpuquant.open(path)
+    assert np.asarray(st.codes).tobytes() == np.asarray(codes.data).tobytes()
+    for k, v in codes.side.items():
+        assert np.asarray(st.side[k]).tobytes() == np.asarray(v).tobytes(), k
+
+
+def _names(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_a_failed_overwrite_keeps_the_old_store(tmp_path: Path, rng: np.random.Generator) -> None:
+    X = matrix(rng, 500, 16)
+    gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", progress=False)
+    old = fit_codes("int8-row", X)[1]
+    Y = X * 2
+    Y[321, 4] = np.nan
+    with pytest.raises(InputError, match="row 321 of the input"):
+        gpuquant.convert(Y, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True, progress=False)
+    _same_store(tmp_path / "o", old)  # still complete and readable, unchanged
+    Y[2, 0] = np.inf  # in the first batch: nothing of the new store is kept
+    with pytest.raises(InputError, match="row 2 of the input"):
+        gpuquant.convert(Y, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True, progress=False)
+    _same_store(tmp_path / "o", old)
+    assert _names(tmp_path) == ["o"]
+
+
+def test_an_interrupted_overwrite_keeps_the_old_store_and_resumes(tmp_path: Path, rng: np.random.Generator,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    X = matrix(rng, 500, 16)
+    gpuquant.convert(X, tmp_path / "o", "fp16", device="cpu", progress=False)
+    real = pipeline.Writer.run
+
+    def interrupted(self: Any) -> None:  # the writer thread stops after two batches
+        orig = self.store.write_rows
+
+        def write_rows(start: int, arrays: Any) -> None:
+            if start >= 200:
+                raise KeyboardInterrupt
+            orig(start, arrays)
+        self.store.write_rows = write_rows
+        real(self)
+
+    monkeypatch.setattr(pipeline.Writer, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gpuquant.convert(X * 3, tmp_path / "o", "fp16", device="cpu", batch_rows=100, overwrite=True, progress=False)
+    _same_store(tmp_path / "o", fit_codes("fp16", X)[1])
+    monkeypatch.setattr(pipeline.Writer, "run", real)
+    rep = gpuquant.convert(X * 3, tmp_path / "o", "fp16", device="cpu", batch_rows=100, resume=True, progress=False)
+    assert rep["resumed_from"] == 200 and rep["output"] == str(tmp_path / "o")
+    _same_store(tmp_path / "o", fit_codes("fp16", X * 3)[1])
+    assert _names(tmp_path) == ["o"]
+    with pytest.raises(InputError, match="already complete"):
+        gpuquant.convert(X * 3, tmp_path / "o", "fp16", device="cpu", resume=True, progress=False)
+
+
+def test_a_full_disk_during_an_overwrite_keeps_the_old_store(tmp_path: Path, rng: np.random.Generator,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    X = matrix(rng, 1000, 32)
+    gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", progress=False)
+    real = os.pwrite
+    calls = {"n": 0}
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(ConvertError, match="No space left"):
+        gpuquant.convert(X + 1, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True,
+                         progress=False)
+    monkeypatch.setattr(os, "pwrite", real)
+    _same_store(tmp_path / "o", fit_codes("int8-row", X)[1])
+    gpuquant.convert(X + 1, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True, progress=False)
+    _same_store(tmp_path / "o", fit_codes("int8-row", X + 1)[1])
+    assert _names(tmp_path) == ["o"]
