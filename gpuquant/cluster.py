@@ -412,7 +412,7 @@ class DaskRunner:
         return _run_parts(self.X, writer.path, q, writer, self.device, self.client, self.progress)
 
     def failed(self, exc: BaseException, dst: Path, *, fresh: bool, done: int, rows: int) -> None:
-        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
+        if not isinstance(exc, Exception):  # SystemExit: as it is
             return
         raise ConvertError(
             f"the Dask run stopped ({type(exc).__name__}: {exc}); {dst} keeps {done} of {rows} rows as a finished "

@@ -12,6 +12,7 @@ The tree::
     ├── StoreBusyError (RuntimeError)  another run holds the output's lock
     └── SourceReadError (OSError)      reading the source failed while converting
     UsageError (Exception)             a command-line usage error (exit code 2), the CLI's own
+    Interrupted (KeyboardInterrupt)    a run stopped by Ctrl-C or SIGTERM; says what is kept
 """
 
 from __future__ import annotations
@@ -55,3 +56,13 @@ class SourceReadError(GpuquantError, OSError):
 
 class UsageError(Exception):
     """A command-line usage error (exit code 2)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or, in the command line, SIGTERM (a ``KeyboardInterrupt``, so code that
+    catches Ctrl-C catches both); the message says what is kept and how to continue. ``exit_code`` is
+    the shell's for the signal: 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str = "interrupted", exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -4,13 +4,18 @@ finishes the replacement)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from helpers import fit_codes, matrix
+from test_engine import _slow_convert, _wait_for_rows
 
 import gpuquant
 from gpuquant.engine import ConvertError
@@ -96,3 +101,33 @@ def test_a_full_disk_during_an_overwrite_keeps_the_old_store(tmp_path: Path, rng
     gpuquant.convert(X + 1, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True, progress=False)
     _same_store(tmp_path / "o", fit_codes("int8-row", X + 1)[1])
     assert _names(tmp_path) == ["o"]
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path: Path, rng: np.random.Generator,
+                                                             sig: int, code: int, word: str) -> None:
+    X = matrix(rng, 6000, 32)
+    np.save(tmp_path / "x.npy", X)
+    proc = _slow_convert(tmp_path / "x.npy", tmp_path / "o")
+    try:
+        _wait_for_rows(tmp_path / "o", proc, 500)  # a checkpoint on disk: the run is streaming
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, err
+    doc = json.loads(out)  # exactly one JSON document
+    kept = gpuquant.open(tmp_path / "o", allow_incomplete=True).status["rows_done"]
+    assert 500 <= kept < 6000
+    message = doc["error"]["message"]
+    assert doc["ok"] is False and doc["error"]["exit_code"] == code
+    assert message.startswith(word) and f"keeps {kept} of 6000 rows" in message and "--resume" in message
+    assert f"keeps {kept} of 6000 rows" in err
+    resumed = subprocess.run([sys.executable, "-m", "gpuquant", "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"),
+                              "--resume", "--device", "cpu", "--format", "json"], capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["resumed_from"] == kept
+    _same_store(tmp_path / "o", fit_codes("cuvs-sq8", X)[1])

@@ -6,22 +6,27 @@ code (see :mod:`gpuquant.cli`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from gpuquant import files as gio
 from gpuquant._version import __version__
 from gpuquant.cli import convert, describe, doctor, evaluate, quantizers
 from gpuquant.cli.common import FORMATS, Parser, common_parser
-from gpuquant.errors import InputError, UsageError
+from gpuquant.errors import InputError, Interrupted, UsageError
 
 log = logging.getLogger("gpuquant.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: The shell's exit codes for a run stopped by SIGINT (Ctrl-C) and SIGTERM: 128 + the signal number.
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 #: The command modules, in the order their subcommands appear in ``gpuquant --help``; each has
 #: ``register(subparsers, parents)``, which adds its subparsers (with ``parents``: ``--format``) and
@@ -65,6 +70,26 @@ def _setup_logging(fmt: str) -> None:
     logger.setLevel(logging.WARNING if fmt == "quiet" else logging.INFO)
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM stops the command as Ctrl-C does (the run checkpoints, says what
+    it keeps, and the one JSON document is printed); a second SIGTERM while it stops is ignored, so
+    the checkpoint completes. Only in the main thread (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted("terminated (SIGTERM)", EXIT_SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _wants_json(argv: Sequence[str]) -> bool:
     args = list(argv)
     pairs = itertools.pairwise(args)
@@ -85,7 +110,8 @@ def _fail(fmt: str, command: str | None, exc: BaseException, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 2 bad usage or input, 1 failure)."""
+    """Run the command line; return the exit code (0 ok, 2 bad usage or input, 1 failure, 130 Ctrl-C,
+    143 SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -98,11 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.format, None, UsageError("gpuquant: error: a COMMAND is required"), EXIT_USAGE)
     _setup_logging(args.format)
     try:
-        doc, text = args.func(args)
+        with _sigterm_interrupts():
+            doc, text = args.func(args)
     except (InputError, UsageError, FileNotFoundError) as exc:
         return _fail(args.format, args.command, exc, EXIT_USAGE)
-    except KeyboardInterrupt:
-        return _fail(args.format, args.command, RuntimeError("interrupted"), 130)
+    except KeyboardInterrupt as exc:
+        return _fail(args.format, args.command, RuntimeError(str(exc) or "interrupted"),
+                     getattr(exc, "exit_code", EXIT_SIGINT))
     except Exception as exc:  # the CLI reports every failure as exit 1 (logged with its traceback)
         log.debug("failure", exc_info=True)
         return _fail(args.format, args.command, exc, EXIT_FAILURE)

@@ -155,7 +155,7 @@ class LocalRunner:
         return stats
 
     def failed(self, exc: BaseException, dst: Path, *, fresh: bool, done: int, rows: int) -> None:
-        if fresh and done == 0 and not isinstance(exc, (KeyboardInterrupt, ConvertError)):
+        if fresh and done == 0 and not isinstance(exc, ConvertError):
             gstore.discard(dst)
             return
         where_msg = f"{dst} keeps {done} of {rows} rows (unfinished)"

@@ -18,7 +18,8 @@
 6. fsyncs, checks (files, and sampled rows re-encoded with the numpy reference byte for byte:
    :func:`verify_sample`), marks the store complete and returns the runner's report
    (:func:`report`, with :func:`sample_error`). A failure goes to the runner, which says what is
-   kept and how to continue.
+   kept and how to continue; an interruption (Ctrl-C, SIGTERM in the CLI) is re-raised as
+   :class:`gpuquant.errors.Interrupted` saying the rows kept and ``--resume``.
 
 A :class:`Runner` supplies the steps that differ: the single machine's
 (:class:`gpuquant.engine.local.LocalRunner`: a file or array source, the CPU or GPU pipeline) and
@@ -41,7 +42,7 @@ from gpuquant import store as gstore
 from gpuquant.api import Quantizer, as_quantizer
 from gpuquant.engine.fit import Rows
 from gpuquant.engine.sources import Source
-from gpuquant.errors import ConvertError, GpuquantError, InputError
+from gpuquant.errors import ConvertError, GpuquantError, InputError, Interrupted
 
 log = logging.getLogger("gpuquant.engine")
 
@@ -121,6 +122,8 @@ def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) ->
         if target != dst:
             log.warning("%s is unchanged: an overwrite replaces it only once the new store is complete (%s "
                         "holds the new one: --resume continues it, --overwrite starts it again)", dst, target)
+        if isinstance(exc, KeyboardInterrupt):
+            raise _interrupted(exc, target, done, n) from exc
         runner.failed(exc, target, fresh=not resumed, done=done, rows=n)
         raise
     writer.close()
@@ -128,6 +131,13 @@ def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) ->
         store = gstore.replace_with(target, dst)
     return runner.report(store, rows, stats, resumed=resumed, start=start, fit_s=fit_s,
                          total_s=time.perf_counter() - t_start)
+
+
+def _interrupted(exc: KeyboardInterrupt, kept: Path, done: int, rows: int) -> Interrupted:
+    """What an interruption (Ctrl-C, SIGTERM) says once the rows written are checkpointed."""
+    what = str(exc) or "interrupted"
+    return Interrupted(f"{what}: {kept} keeps {done} of {rows} rows (unfinished): run the same command again "
+                       "with --resume to continue", getattr(exc, "exit_code", 130))
 
 
 def _same_state(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool:
