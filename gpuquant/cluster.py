@@ -346,7 +346,8 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     finally:
         writer.close()
     (root / PARTS).mkdir(exist_ok=True)
-    gio.write_json_atomic(root / PARTS / _part_name(start, start + m), {"rows": [start, start + m], "pid": os.getpid()})
+    gio.write_json_atomic(root / PARTS / _part_name(start, start + m),
+                          {"rows": [start, start + m], "pid": os.getpid(), "checksums": writer.pending})
     return start, start + m
 
 

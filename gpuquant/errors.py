@@ -10,6 +10,8 @@ The tree::
     ├── KernelCompileError             NVRTC refused one of gpuquant's kernel files
     ├── ConvertError (RuntimeError)    a conversion stopped while streaming; the store is resumable
     ├── StoreBusyError (RuntimeError)  another run holds the output's lock
+    ├── StoreCorruptError (RuntimeError)  a store's content differs from its recorded checksums
+    ├── ChecksumsMissingError          a store (or rows of it) without checksums to verify against
     └── SourceReadError (OSError)      reading the source failed while converting
     UsageError (Exception)             a command-line usage error (exit code 2), the CLI's own
     Interrupted (KeyboardInterrupt)    a run stopped by Ctrl-C or SIGTERM; says what is kept
@@ -44,6 +46,14 @@ class ConvertError(GpuquantError, RuntimeError):
 
 class StoreBusyError(GpuquantError, RuntimeError):
     """Another run holds the output's lock."""
+
+
+class StoreCorruptError(GpuquantError, RuntimeError):
+    """A store's bytes differ from the checksums recorded when they were written (names the rows)."""
+
+
+class ChecksumsMissingError(GpuquantError):
+    """A store, or some of its rows, has no recorded checksums to verify against (an older store)."""
 
 
 class StoreIncompleteError(InputError):

@@ -20,11 +20,13 @@ from gpuquant import files as gio
 from gpuquant._version import __version__
 from gpuquant.cli import convert, describe, doctor, evaluate, quantizers
 from gpuquant.cli.common import FORMATS, Parser, common_parser
-from gpuquant.errors import InputError, Interrupted, UsageError
+from gpuquant.errors import ChecksumsMissingError, InputError, Interrupted, UsageError
 
 log = logging.getLogger("gpuquant.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: ``verify``: the store (or some of its rows) has no checksums to check against.
+EXIT_UNVERIFIED = 3
 #: The shell's exit codes for a run stopped by SIGINT (Ctrl-C) and SIGTERM: 128 + the signal number.
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
@@ -110,8 +112,8 @@ def _fail(fmt: str, command: str | None, exc: BaseException, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 2 bad usage or input, 1 failure, 130 Ctrl-C,
-    143 SIGTERM)."""
+    """Run the command line; return the exit code (0 ok, 2 bad usage or input, 1 failure, 3 nothing to
+    verify, 130 Ctrl-C, 143 SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -128,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc, text = args.func(args)
     except (InputError, UsageError, FileNotFoundError) as exc:
         return _fail(args.format, args.command, exc, EXIT_USAGE)
+    except ChecksumsMissingError as exc:
+        return _fail(args.format, args.command, exc, EXIT_UNVERIFIED)
     except KeyboardInterrupt as exc:
         return _fail(args.format, args.command, RuntimeError(str(exc) or "interrupted"),
                      getattr(exc, "exit_code", EXIT_SIGINT))

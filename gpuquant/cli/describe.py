@@ -1,5 +1,6 @@
-"""``gpuquant export-info`` (how a consumer loads an export preset's codes) and ``gpuquant inspect``
-(a quantizer JSON, a store or a ``.npy`` file; stores are read through :mod:`gpuquant.store`)."""
+"""``gpuquant export-info`` (how a consumer loads an export preset's codes), ``gpuquant inspect``
+(a quantizer JSON, a store or a ``.npy`` file; stores are read through :mod:`gpuquant.store`) and
+``gpuquant verify`` (a store's content against its checksums)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,14 @@ def cmd_inspect(args: argparse.Namespace) -> Report:
     return _inspect_quantizer(p)
 
 
+def cmd_verify(args: argparse.Namespace) -> Report:
+    """Re-read a store and check it against the checksums recorded when it was written."""
+    v = gstore.verify(args.store)
+    return {"path": str(args.store), "verify": v}, (
+        f"{args.store}: intact: {v['rows_checked']} rows in {v['ranges']} ranges match their {v['method']} "
+        f"checksums ({v['bytes_read'] / 1e6:.3f} MB read)")
+
+
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``export-info`` and ``inspect``."""
     p = sub.add_parser("export-info", parents=parents,
@@ -87,3 +96,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("inspect", parents=parents, help="describe a quantizer JSON, an output directory or a .npy")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", parents=parents,
+                       help="re-read a store and check every row against the checksums recorded when it was "
+                            "written (exit 0 intact, 1 damaged, 2 not a store, 3 no checksums to check)")
+    p.add_argument("store", metavar="STORE", help="the store directory to check")
+    p.set_defaults(func=cmd_verify)

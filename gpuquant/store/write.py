@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 from gpuquant import files as gfiles
 from gpuquant.errors import GpuquantError, InputError
 from gpuquant.store.layout import (
+    CHECKSUM_METHOD,
     CODES,
     COMPLETE,
     IN_PROGRESS,
@@ -34,6 +36,7 @@ from gpuquant.store.layout import (
     is_converted_dir,
     manifest_head,
     now,
+    range_sums,
     read_manifest,
     staging_path,
 )
@@ -149,6 +152,11 @@ class StoreWriter:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
+        sums = manifest.setdefault("checksums", {"method": CHECKSUM_METHOD, "ranges": []})
+        sums["ranges"] = [r for r in sums.get("ranges", []) if r["rows"][1] <= self.rows_done]
+        #: the checksums of rows written since the last checkpoint (the writer thread adds, checkpoints take)
+        self.pending: list[dict[str, Any]] = []
+        self._pending_lock = threading.Lock()
         #: ``(rows_done, extra)`` of the last checkpoint written (``extra`` None: the manifest's, as opened)
         self.durable: tuple[int, dict[str, Any] | None] = (self.rows_done, None)
         self.files: dict[str, _File] = {}
@@ -168,7 +176,12 @@ class StoreWriter:
         return int(self.manifest["state"]["rows_done"])
 
     def write_rows(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write rows ``start .. start + len`` of ``codes`` and each side array (any dtype of the same width)."""
+        """Write rows ``start .. start + len`` of ``codes`` and each side array (any dtype of the same width);
+        their checksums are recorded with the checkpoint that covers them."""
+        rows = len(arrays["codes"])
+        sums = range_sums(arrays, 0, rows, offset=start)
+        with self._pending_lock:
+            self.pending.append(sums)
         for name, arr in arrays.items():
             f = self.files[name]
             buf = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
@@ -187,9 +200,28 @@ class StoreWriter:
         if self.durable == (rows_done, extra):
             return
         self.sync()
+        self._record_sums(lambda r: r["rows"][1] <= rows_done)
         self.manifest["state"].update({"status": IN_PROGRESS, "rows_done": int(rows_done), "updated": now(), **extra})
         gfiles.write_json_atomic(self.path / MANIFEST, self.manifest)
         self.durable = (int(rows_done), extra)
+
+    def _record_sums(self, covered: Callable[[dict[str, Any]], bool]) -> None:
+        """Move the pending checksums that ``covered`` accepts into the manifest, ranges in row order."""
+        with self._pending_lock:
+            done = [r for r in self.pending if covered(r)]
+            self.pending = [r for r in self.pending if not covered(r)]
+        if done:
+            ranges = self.manifest["checksums"]["ranges"]
+            ranges[:] = sorted({tuple(r["rows"]): r for r in ranges + done}.values(), key=lambda r: r["rows"][0])
+
+    def _collect_parts(self) -> None:
+        """Take the checksums that parallel tasks recorded with their finished ranges (``PARTS``)."""
+        parts = self.path / PARTS
+        if parts.is_dir():
+            for f in sorted(parts.iterdir()):
+                with contextlib.suppress(OSError, ValueError):
+                    self.pending.extend(json.loads(f.read_text(encoding="utf-8")).get("checksums", []))
+        self._record_sums(lambda r: True)
 
     def complete(self, extra: Mapping[str, Any] | None = None, verify: Callable[[Store], None] | None = None) -> Store:
         """fsync and record every row (unless a checkpoint did), check (:func:`open` on the files, then
@@ -199,6 +231,7 @@ class StoreWriter:
         store = open_store(self.path, allow_incomplete=True)
         if verify is not None:
             verify(store)
+        self._collect_parts()
         self.manifest["state"].update({"status": COMPLETE, "rows_done": self.rows, "completed": now(),
                                        **(extra or {})})
         gfiles.write_json_atomic(self.path / MANIFEST, self.manifest)
@@ -392,6 +425,9 @@ def _write_contents(
     gfiles.fsync_path(tmp / QUANTIZER)
     doc["quantizer"] = QUANTIZER
     doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
+    arrays = {"codes": np.asarray(codes.data), **{k: np.asarray(v) for k, v in codes.side.items()}}
+    doc["checksums"] = {"method": CHECKSUM_METHOD,
+                        "ranges": [range_sums(arrays, 0, doc["rows"])] if doc["rows"] else []}
     with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2, allow_nan=False)
         f.write("\n")
