@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import fit_codes, matrix
+from helpers import disk_full_after, fit_codes, matrix
 from test_engine import _slow_convert, _wait_for_rows
 
 import gpuquant
-from gpuquant.engine import ConvertError
-from gpuquant.engine import pipeline
+from gpuquant.engine import ConvertError, pipeline
 from gpuquant.errors import InputError
 
 
@@ -83,27 +82,17 @@ def test_a_full_disk_during_an_overwrite_keeps_the_old_store(tmp_path: Path, rng
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     X = matrix(rng, 1000, 32)
     gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", progress=False)
-    real = os.pwrite
-    calls = {"n": 0}
-
-    def full(fd: int, data: Any, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(28, "No space left on device")
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(ConvertError, match="No space left"):
+    with disk_full_after(monkeypatch, 3), pytest.raises(ConvertError, match="No space left"):
         gpuquant.convert(X + 1, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True,
                          progress=False)
-    monkeypatch.setattr(os, "pwrite", real)
     _same_store(tmp_path / "o", fit_codes("int8-row", X)[1])
     gpuquant.convert(X + 1, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, overwrite=True, progress=False)
     _same_store(tmp_path / "o", fit_codes("int8-row", X + 1)[1])
     assert _names(tmp_path) == ["o"]
 
 
-@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize(("sig", "code", "word"),
+                         [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_sigterm_and_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path: Path, rng: np.random.Generator,
                                                              sig: int, code: int, word: str) -> None:
     X = matrix(rng, 6000, 32)

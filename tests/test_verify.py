@@ -3,14 +3,13 @@ flipped byte anywhere in the data files; stores without checksums say so (exit 3
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from helpers import cli_json, cli_run, fit_codes, matrix
+from helpers import cli_json, cli_run, disk_full_after, fit_codes, matrix
 
 import gpuquant
 from gpuquant import store as gstore
@@ -35,7 +34,7 @@ def test_a_streamed_store_verifies_and_a_flipped_byte_is_caught(capsys: pytest.C
     row_bytes = np.asarray(gpuquant.open(tmp_path / "o").codes[:1]).nbytes
     _flip(tmp_path / "o" / "codes.npy", 150 * row_bytes)  # a byte of row 850
     gpuquant.open(tmp_path / "o")  # the quick checks do not read the data: still opens
-    code, out, err = cli_run(capsys, "verify", tmp_path / "o")
+    code, _, err = cli_run(capsys, "verify", tmp_path / "o")
     assert code == 1 and "rows 600..899" in err and "codes.npy" in err
 
 
@@ -55,23 +54,13 @@ def test_resume_keeps_the_checksums_of_the_rows_already_written(capsys: pytest.C
                                                                 rng: np.random.Generator,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     X = matrix(rng, 1000, 16)
-    real, calls = os.pwrite, {"n": 0}
-
-    def full(fd: int, data: Any, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise OSError(28, "No space left on device")
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(gpuquant.engine.ConvertError):
+    with disk_full_after(monkeypatch, 5), pytest.raises(gpuquant.engine.ConvertError):
         gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", batch_rows=100, progress=False)
-    monkeypatch.setattr(os, "pwrite", real)
     kept = gpuquant.open(tmp_path / "o", allow_incomplete=True).status["rows_done"]
     assert 0 < kept < 1000
     gpuquant.convert(X, tmp_path / "o", "int8-row", device="cpu", batch_rows=300, resume=True, progress=False)
     ranges = [r["rows"] for r in gstore.read_manifest(tmp_path / "o")["checksums"]["ranges"]]
-    assert ranges[0][0] == 0 and ranges[-1][1] == 1000 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert ranges[0][0] == 0 and ranges[-1][1] == 1000 and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert cli_json(capsys, "verify", tmp_path / "o")[0] == 0
 
 
