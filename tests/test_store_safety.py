@@ -18,6 +18,7 @@ from helpers import disk_full_after, fit_codes, matrix
 from test_engine import _slow_convert, _wait_for_rows
 
 import gpuquant
+from gpuquant import store as gstore
 from gpuquant.engine import ConvertError, pipeline
 from gpuquant.errors import InputError
 
@@ -120,3 +121,35 @@ def test_sigterm_and_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path: Path, rng
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["resumed_from"] == kept
     _same_store(tmp_path / "o", fit_codes("cuvs-sq8", X)[1])
+
+
+def test_leftovers_of_a_killed_set_up_are_removed_by_the_next_run(tmp_path: Path, rng: np.random.Generator) -> None:
+    X = matrix(rng, 100, 16)
+    for leftover in (".o.partial-k1ll3d", ".o.old-k1ll3d/o", ".p.partial-x"):  # as a SIGKILL leaves them
+        (tmp_path / leftover).mkdir(parents=True)
+        (tmp_path / leftover / "codes.npy").write_bytes(b"\0" * 4096)
+    (tmp_path / ".o.lock").write_text("12345\n")  # a killed run's lock file: no process holds its flock
+    gpuquant.convert(X, tmp_path / "o", "fp16", device="cpu", progress=False)
+    assert _names(tmp_path) == [".p.partial-x", "o"]  # another output's leftovers are not this run's to judge
+    q, codes = fit_codes("fp16", X)
+    gstore.write_converted(tmp_path / "p", codes, q, {"scheme": "fp16", "family": q.family})
+    assert _names(tmp_path) == ["o", "p"]
+
+
+def test_a_full_disk_leaves_no_lock_or_temporary_file(tmp_path: Path, rng: np.random.Generator,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    X = matrix(rng, 100, 16)
+    with disk_full_after(monkeypatch, 0), pytest.raises(OSError, match="No space left"):
+        gpuquant.convert(X, tmp_path / "o", "fp16", device="cpu", progress=False)
+    assert _names(tmp_path) == []
+    q = gpuquant.Quantizer("cuvs-sq8").fit(X)
+    real = os.replace
+
+    def full(a: Any, b: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        q.save(tmp_path / "q.json")
+    monkeypatch.setattr(os, "replace", real)
+    assert _names(tmp_path) == []

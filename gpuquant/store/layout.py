@@ -33,7 +33,10 @@ when the source's kind, shape, dtype or checksum, or the scheme and parameters, 
 
 A lock file next to the output (``.OUTPUT.lock``, ``fcntl.flock``) keeps a second run from writing
 the same output at the same time; it is removed when the run ends (a killed run leaves the file,
-but not the lock: the kernel drops ``flock`` locks with the process).
+but not the lock: the kernel drops ``flock`` locks with the process, and the next run takes the file
+and removes it). Every writer of OUTPUT holds the lock, so what a killed run leaves beside it (a
+set-up directory ``.OUTPUT.partial-*``, an old store ``.OUTPUT.old-*`` swapped out) is removed by
+the next run that locks OUTPUT.
 
 Nothing is unpickled: the .npy files are read with ``allow_pickle=False`` and their headers are
 checked before they are mapped.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from gpuquant.store.layout import (
     read_manifest,
     staging_path,
 )
+from gpuquant.store.lock import StoreLock
 from gpuquant.store.read import Store, open_store
 
 log = logging.getLogger("gpuquant.store")
@@ -91,10 +93,24 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_leftovers(dest: Path) -> None:
+    """Remove what a killed run left beside ``dest``: set-up directories (``.DEST.partial-*``) and a
+    swapped-out old store (``.DEST.old-*``). Only while holding ``dest``'s :class:`StoreLock`: every
+    run that makes them holds it, so none of them is in use. (A staged overwrite, ``.DEST.overwrite``,
+    is kept: ``--resume`` continues it.)"""
+    name = glob.escape(dest.name)
+    for p in [*dest.parent.glob(f".{name}.partial-*"), *dest.parent.glob(f".{name}.old-*")]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            log.warning("removed %s, left behind by a gpuquant run that was killed", p)
+
+
 @contextlib.contextmanager
 def partial_dir(dest: Path) -> Iterator[Path]:
     """A new temporary sibling of ``dest`` (``.DEST.partial-*``) to fill, removed if the block raises;
-    :func:`move_into_place` renames it to ``dest``."""
+    :func:`move_into_place` renames it to ``dest``. The caller holds ``dest``'s lock; leftovers of
+    killed runs are removed first (:func:`remove_leftovers`)."""
+    remove_leftovers(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal directory's mode
@@ -401,11 +417,12 @@ def write_converted(
     Raises:
         InputError: ``output`` exists (and may not be replaced), a side array has a name that
             is not a plain identifier, or the parent directory is missing.
+        StoreBusyError: another run holds ``output``'s lock.
     """
     dest = Path(output)
     check_output(dest, overwrite)
     check_side_names(codes.side)
-    with partial_dir(dest) as tmp:
+    with StoreLock(dest), partial_dir(dest) as tmp:
         doc = _write_contents(tmp, codes, quantizer, manifest)
         check_output(dest, overwrite)  # again: something may have appeared meanwhile
         move_into_place(tmp, dest, replace=True)
