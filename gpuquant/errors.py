@@ -19,6 +19,8 @@ The tree::
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GpuquantError(Exception):
     """Base class of every error gpuquant raises on purpose."""
@@ -65,7 +67,12 @@ class SourceReadError(GpuquantError, OSError):
 
 
 class UsageError(Exception):
-    """A command-line usage error (exit code 2)."""
+    """A command-line usage error (exit code 2); ``details`` (JSON-able) go into ``--format json``'s
+    error document."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class Interrupted(KeyboardInterrupt):

@@ -107,7 +107,8 @@ def _fail(fmt: str, command: str | None, exc: BaseException, code: int) -> int:
     message = str(exc) or type(exc).__name__
     sys.stderr.write(f"{message}\n" if isinstance(exc, UsageError) else f"gpuquant: error: {message}\n")
     _emit(fmt, {"ok": False, "command": command,
-                "error": {"type": type(exc).__name__, "message": message, "exit_code": code}})
+                "error": {"type": type(exc).__name__, "message": message, "exit_code": code,
+                          **(getattr(exc, "details", None) or {})}})
     return code
 
 

@@ -1,5 +1,6 @@
 """``gpuquant export-info`` (how a consumer loads an export preset's codes), ``gpuquant inspect``
-(a quantizer JSON, a store or a ``.npy`` file; stores are read through :mod:`gpuquant.store`) and
+(a quantizer JSON, a store or a ``.npy`` file; stores are opened with the checks of
+:func:`gpuquant.open`, a ``.npy`` file's length is checked against its header) and
 ``gpuquant verify`` (a store's content against its checksums)."""
 
 from __future__ import annotations
@@ -31,19 +32,18 @@ def cmd_export_info(args: argparse.Namespace) -> Report:
 
 def _inspect_npy(p: Path) -> Report:
     header = gio.read_npy_header(p)
+    gio.check_length(p, header)
     doc = {"kind": "npy", "path": str(p), "shape": list(header.shape), "dtype": header.dtype.name,
            "fortran_order": header.fortran_order, "bytes": header.data_bytes}
     return doc, render.npy_text(doc)
 
 
 def _inspect_converted(p: Path) -> Report:
-    from gpuquant import Quantizer
-
-    conv = gstore.read_converted(p)
-    info = quantizer_info(Quantizer.load(conv.quantizer_path, backend="numpy"))
-    m = conv.manifest
+    store = gstore.open(p, allow_incomplete=True)  # the checks of gpuquant.open: a broken store is refused
+    info = quantizer_info(store.quantizer)
+    m = store.manifest
     side = {k: array_summary(v) if v.dtype.kind in "biuf" else {"shape": list(v.shape), "dtype": v.dtype.name}
-            for k, v in conv.side.items()}
+            for k, v in store.side.items()}
     doc = {"kind": "converted", "path": str(p), "manifest": m, "side_summary": side, "quantizer": info}
     return doc, render.store_text(doc)
 
@@ -94,7 +94,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_export_info)
 
     p = sub.add_parser("inspect", parents=parents, help="describe a quantizer JSON, an output directory or a .npy")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a quantizer JSON, a store directory (or its manifest.json) or a .npy")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("verify", parents=parents,
