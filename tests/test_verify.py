@@ -25,7 +25,8 @@ def _flip(path: Path, offset_from_end: int) -> None:
 def test_a_streamed_store_verifies_and_a_flipped_byte_is_caught(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                                 rng: np.random.Generator, preset: str) -> None:
     X = matrix(rng, 1000, 64)
-    gpuquant.convert(X, tmp_path / "o", preset, device="cpu", batch_rows=300, progress=False)
+    rep = gpuquant.convert(X, tmp_path / "o", preset, device="cpu", batch_rows=300, progress=False)
+    assert rep["checksums"] == {"method": "blake2b-128", "ranges": 4}  # the report counts them
     manifest = gstore.read_manifest(tmp_path / "o")
     ranges = manifest["checksums"]["ranges"]
     assert [r["rows"] for r in ranges] == [[0, 300], [300, 600], [600, 900], [900, 1000]]
