@@ -125,7 +125,8 @@ def test_sigterm_and_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path: Path, rng
 
 def test_leftovers_of_a_killed_set_up_are_removed_by_the_next_run(tmp_path: Path, rng: np.random.Generator) -> None:
     X = matrix(rng, 100, 16)
-    for leftover in (".o.partial-k1ll3d", ".o.old-k1ll3d/o", ".p.partial-x"):  # as a SIGKILL leaves them
+    for leftover in (".o.partial-k1ll3d", ".o.old-k1ll3d/o", "..o.overwrite.partial-k1ll3d",
+                     ".p.partial-x"):  # as a SIGKILL leaves them
         (tmp_path / leftover).mkdir(parents=True)
         (tmp_path / leftover / "codes.npy").write_bytes(b"\0" * 4096)
     (tmp_path / ".o.lock").write_text("12345\n")  # a killed run's lock file: no process holds its flock

@@ -94,12 +94,12 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 
 
 def remove_leftovers(dest: Path) -> None:
-    """Remove what a killed run left beside ``dest``: set-up directories (``.DEST.partial-*``) and a
-    swapped-out old store (``.DEST.old-*``). Only while holding ``dest``'s :class:`StoreLock`: every
-    run that makes them holds it, so none of them is in use. (A staged overwrite, ``.DEST.overwrite``,
-    is kept: ``--resume`` continues it.)"""
-    name = glob.escape(dest.name)
-    for p in [*dest.parent.glob(f".{name}.partial-*"), *dest.parent.glob(f".{name}.old-*")]:
+    """Remove what a killed run left beside ``dest``: set-up directories (``.DEST.partial-*``, also
+    those of its staged overwrite) and a swapped-out old store (``.DEST.old-*``). Only while holding
+    ``dest``'s :class:`StoreLock`: every run that makes them holds it, so none of them is in use. (A
+    staged overwrite, ``.DEST.overwrite``, is kept: ``--resume`` continues it.)"""
+    names = [glob.escape(n) for n in (dest.name, staging_path(dest).name)]
+    for p in [q for n in names for kind in ("partial", "old") for q in dest.parent.glob(f".{n}.{kind}-*")]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed %s, left behind by a gpuquant run that was killed", p)
