@@ -67,7 +67,8 @@ def test_an_interrupted_overwrite_keeps_the_old_store_and_resumes(tmp_path: Path
         real(self)
 
     monkeypatch.setattr(pipeline.Writer, "run", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    kept = r"\.o\.overwrite keeps 200 of 500 rows.*--resume in place of --overwrite"
+    with pytest.raises(KeyboardInterrupt, match=kept):
         gpuquant.convert(X * 3, tmp_path / "o", "fp16", device="cpu", batch_rows=100, overwrite=True, progress=False)
     _same_store(tmp_path / "o", fit_codes("fp16", X)[1])
     monkeypatch.setattr(pipeline.Writer, "run", real)

@@ -123,7 +123,7 @@ def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) ->
             log.warning("%s is unchanged: an overwrite replaces it only once the new store is complete (%s "
                         "holds the new one: --resume continues it, --overwrite starts it again)", dst, target)
         if isinstance(exc, KeyboardInterrupt):
-            raise _interrupted(exc, target, done, n) from exc
+            raise _interrupted(exc, target, done, n, staged=target != dst) from exc
         runner.failed(exc, target, fresh=not resumed, done=done, rows=n)
         raise
     writer.close()
@@ -133,11 +133,13 @@ def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) ->
                          total_s=time.perf_counter() - t_start)
 
 
-def _interrupted(exc: KeyboardInterrupt, kept: Path, done: int, rows: int) -> Interrupted:
-    """What an interruption (Ctrl-C, SIGTERM) says once the rows written are checkpointed."""
+def _interrupted(exc: KeyboardInterrupt, kept: Path, done: int, rows: int, *, staged: bool) -> Interrupted:
+    """What an interruption (Ctrl-C, SIGTERM) says once the rows written are checkpointed (``staged``:
+    ``kept`` is an overwrite's new store, built beside the output, which stays as it was)."""
     what = str(exc) or "interrupted"
+    how = "with --resume in place of --overwrite" if staged else "with --resume"
     return Interrupted(f"{what}: {kept} keeps {done} of {rows} rows (unfinished): run the same command again "
-                       "with --resume to continue", getattr(exc, "exit_code", 130))
+                       f"{how} to continue", getattr(exc, "exit_code", 130))
 
 
 def _same_state(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool:
