@@ -155,3 +155,20 @@ def test_a_full_disk_leaves_no_lock_or_temporary_file(tmp_path: Path, rng: np.ra
         q.save(tmp_path / "q.json")
     monkeypatch.setattr(os, "replace", real)
     assert _names(tmp_path) == []
+
+
+def test_an_old_store_not_yet_deleted_after_an_overwrite_is_removed_next_time(
+        tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuquant.store import write as gwrite
+
+    X = matrix(rng, 100, 16)
+    gpuquant.convert(X, tmp_path / "o", "fp16", device="cpu", progress=False)
+    real = gwrite.shutil.rmtree
+    monkeypatch.setattr(gwrite.shutil, "rmtree", lambda *a, **k: None)  # killed before the old one is deleted
+    gpuquant.convert(X * 2, tmp_path / "o", "fp16", device="cpu", overwrite=True, progress=False)
+    monkeypatch.setattr(gwrite.shutil, "rmtree", real)
+    _same_store(tmp_path / "o", fit_codes("fp16", X * 2)[1])
+    old = [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.old-")]
+    assert len(old) == 1 and gpuquant.open(tmp_path / old[0] / "o").complete  # the old store, aside
+    gpuquant.convert(X * 3, tmp_path / "o", "fp16", device="cpu", overwrite=True, progress=False)
+    assert _names(tmp_path) == ["o"]

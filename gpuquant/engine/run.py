@@ -3,7 +3,8 @@
 :func:`run` is the sequence every conversion follows, whoever streams the rows:
 
 1. checks the request (``resume`` or ``overwrite``, the quantizer, the output's parent directory),
-   then locks ``dst`` (:class:`gpuquant.store.StoreLock`) and checks it: a new output,
+   then locks ``dst`` (:class:`gpuquant.store.StoreLock`), removes what killed runs left beside it
+   (:func:`gpuquant.store.remove_leftovers`) and checks it: a new output,
    ``overwrite`` (only a previous gpuquant output or an empty directory; the new store is built
    beside it and exchanged for it only once complete) or ``resume`` (an unfinished store, or the
    unfinished staged replacement of a complete one);
@@ -93,6 +94,7 @@ def run(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, runn
     t_start = time.perf_counter()
     q = check_request(dst, quantizer_or_preset, params, resume, overwrite)
     with gstore.StoreLock(dst):
+        gstore.remove_leftovers(dst)
         mode = gstore.check_output_free(dst, overwrite, resume)
         with runner.session():
             return _run_locked(dst, q, mode, runner, t_start)

@@ -80,17 +80,21 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(tmp, dest)
         return
-    if _exchange(tmp, dest):  # tmp now names the old one
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
+    # the old store goes to .DEST.old-*, then is deleted: a run killed meanwhile leaves it there, where
+    # the next run removes it (remove_leftovers)
     old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-    os.rename(dest, old / dest.name)
     try:
-        os.rename(tmp, dest)
-    except BaseException:
-        os.rename(old / dest.name, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, dest):  # tmp now names the old one
+            os.rename(tmp, old / dest.name)
+        else:
+            os.rename(dest, old / dest.name)
+            try:
+                os.rename(tmp, dest)
+            except BaseException:
+                os.rename(old / dest.name, dest)
+                raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_leftovers(dest: Path) -> None:
@@ -108,9 +112,7 @@ def remove_leftovers(dest: Path) -> None:
 @contextlib.contextmanager
 def partial_dir(dest: Path) -> Iterator[Path]:
     """A new temporary sibling of ``dest`` (``.DEST.partial-*``) to fill, removed if the block raises;
-    :func:`move_into_place` renames it to ``dest``. The caller holds ``dest``'s lock; leftovers of
-    killed runs are removed first (:func:`remove_leftovers`)."""
-    remove_leftovers(dest)
+    :func:`move_into_place` renames it to ``dest``."""
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give it a normal directory's mode
@@ -422,10 +424,12 @@ def write_converted(
     dest = Path(output)
     check_output(dest, overwrite)
     check_side_names(codes.side)
-    with StoreLock(dest), partial_dir(dest) as tmp:
-        doc = _write_contents(tmp, codes, quantizer, manifest)
-        check_output(dest, overwrite)  # again: something may have appeared meanwhile
-        move_into_place(tmp, dest, replace=True)
+    with StoreLock(dest):
+        remove_leftovers(dest)
+        with partial_dir(dest) as tmp:
+            doc = _write_contents(tmp, codes, quantizer, manifest)
+            check_output(dest, overwrite)  # again: something may have appeared meanwhile
+            move_into_place(tmp, dest, replace=True)
     log.info("wrote %s (%d files)", dest, len(doc["side"]) + 3)
     return dest
 
