@@ -113,7 +113,7 @@ def test_sigterm_and_ctrl_c_checkpoint_and_say_how_to_resume(tmp_path: Path, rng
     kept = gpuquant.open(tmp_path / "o", allow_incomplete=True).status["rows_done"]
     assert 500 <= kept < 6000
     message = doc["error"]["message"]
-    assert doc["ok"] is False and doc["error"]["exit_code"] == code
+    assert doc["ok"] is False and doc["error"]["exit_code"] == code and doc["error"]["type"] == "Interrupted"
     assert message.startswith(word) and f"keeps {kept} of 6000 rows" in message and "--resume" in message
     assert f"keeps {kept} of 6000 rows" in err
     resumed = subprocess.run([sys.executable, "-m", "gpuquant", "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"),

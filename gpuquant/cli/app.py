@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChecksumsMissingError as exc:
         return _fail(args.format, args.command, exc, EXIT_UNVERIFIED)
     except KeyboardInterrupt as exc:
-        return _fail(args.format, args.command, RuntimeError(str(exc) or "interrupted"),
+        return _fail(args.format, args.command, exc if str(exc) else RuntimeError("interrupted"),
                      getattr(exc, "exit_code", EXIT_SIGINT))
     except Exception as exc:  # the CLI reports every failure as exit 1 (logged with its traceback)
         log.debug("failure", exc_info=True)
