@@ -172,3 +172,26 @@ def test_an_old_store_not_yet_deleted_after_an_overwrite_is_removed_next_time(
     assert len(old) == 1 and gpuquant.open(tmp_path / old[0] / "o").complete  # the old store, aside
     gpuquant.convert(X * 3, tmp_path / "o", "fp16", device="cpu", overwrite=True, progress=False)
     assert _names(tmp_path) == ["o"]
+
+
+def test_sigterm_during_an_overwrite_keeps_the_old_store(tmp_path: Path, rng: np.random.Generator) -> None:
+    X = matrix(rng, 6000, 32)
+    np.save(tmp_path / "x.npy", X)
+    gpuquant.convert(X[:100], tmp_path / "o", "fp16", device="cpu", progress=False)
+    proc = _slow_convert(tmp_path / "x.npy", tmp_path / "o", "--overwrite")
+    try:
+        _wait_for_rows(tmp_path / ".o.overwrite", proc, 500)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and "--resume in place of --overwrite" in json.loads(out)["error"]["message"]
+    _same_store(tmp_path / "o", fit_codes("fp16", X[:100])[1])
+    resumed = subprocess.run([sys.executable, "-m", "gpuquant", "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"),
+                              "--resume", "--device", "cpu", "--format", "json"], capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_store(tmp_path / "o", fit_codes("cuvs-sq8", X)[1])
+    assert _names(tmp_path) == ["o", "x.npy"]
