@@ -79,6 +79,6 @@ def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
     gaps = _gaps(ranges, store.rows)
     if gaps:
         raise ChecksumsMissingError(f"{root}: rows {', '.join(f'{a}..{b - 1}' for a, b in gaps)} have no checksums "
-                                    "(written by an older gpuquant); the rows that have one match")
+                                    "(written by an older gpuquant, or their record was lost); the rows that have one match")
     return {"status": "intact", "rows_checked": store.rows, "ranges": len(ranges), "bytes_read": int(read),
             "method": CHECKSUM_METHOD}
