@@ -78,7 +78,8 @@ def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
             read += arr[a:b].nbytes
     gaps = _gaps(ranges, store.rows)
     if gaps:
-        raise ChecksumsMissingError(f"{root}: rows {', '.join(f'{a}..{b - 1}' for a, b in gaps)} have no checksums "
-                                    "(written by an older gpuquant, or their record was lost); the rows that have one match")
+        rows = ", ".join(f"{a}..{b - 1}" for a, b in gaps)
+        raise ChecksumsMissingError(f"{root}: rows {rows} have no checksums (written by an older gpuquant, or their "
+                                    "record was lost); the rows that have one match")
     return {"status": "intact", "rows_checked": store.rows, "ranges": len(ranges), "bytes_read": int(read),
             "method": CHECKSUM_METHOD}
