@@ -77,3 +77,14 @@ def test_a_store_without_checksums_says_so(capsys: pytest.CaptureFixture[str], t
     assert code == 3 and "no checksums" in doc["error"]["message"]
     code, doc = cli_json(capsys, "verify", tmp_path / "nothing")
     assert code == 2
+
+
+def test_rows_without_a_checksum_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                          rng: np.random.Generator) -> None:
+    gpuquant.convert(matrix(rng, 100, 16), tmp_path / "o", "fp16", device="cpu", batch_rows=30, progress=False)
+    m = tmp_path / "o" / "manifest.json"
+    doc = json.loads(m.read_text())
+    del doc["checksums"]["ranges"][1]  # rows 30..59: as a store an older gpuquant started and this one resumed
+    m.write_text(json.dumps(doc))
+    code, doc = cli_json(capsys, "verify", tmp_path / "o")
+    assert code == 3 and "rows 30..59 have no checksums" in doc["error"]["message"]
