@@ -58,6 +58,13 @@ def add_scheme_args(p: argparse.ArgumentParser) -> None:
                    help="auto (GPU when one works, else numpy), numpy, or cupy (never falls back)")
 
 
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """``--column`` (Parquet) and ``--dataset`` (HDF5): which part of INPUT holds the rows."""
+    p.add_argument("--column", metavar="NAME", help="Parquet input: the list<float> column (default: the only one)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="HDF5 input: the 2-D dataset (default: train, else the only one)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -98,10 +105,14 @@ def resolve_input(name: str) -> tuple[Path, bool]:
     return Path(name), False
 
 
-def load_input(name: str) -> tuple[np.ndarray, dict[str, Any]]:
+def load_input(name: str, column: str | None = None, dataset: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """INPUT in memory (a ``.npy``, the demo, or a Parquet / HDF5 / big-ann input) and its description."""
+    from gpuquant.engine.readers import load_rows
+
     path, demo = resolve_input(name)
     log.info("reading %s", "the demo dataset" if demo else path)
-    X = gio.load_matrix(path)
+    X = None if demo else load_rows(path, column=column, dataset=dataset)
+    X = gio.load_matrix(path) if X is None else X
     source = {
         "path": str(path.resolve()),
         "demo": demo,

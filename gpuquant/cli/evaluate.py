@@ -11,14 +11,14 @@ import numpy as np
 
 from gpuquant import files as gio
 from gpuquant.cli import render
-from gpuquant.cli.common import BACKENDS, Report, get_quantizer, load_input, positive_int
+from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, load_input, positive_int
 
 
 def cmd_eval(args: argparse.Namespace) -> Report:
     """Reconstruction error and recall@k of a scheme on DATA (see gpuquant.evaluate)."""
     from gpuquant.evaluate import evaluate
 
-    X, _ = load_input(args.data)
+    X, _ = load_input(args.data, args.column, args.dataset)
     q = get_quantizer(args)
     queries = gio.load_matrix(Path(args.queries)) if args.queries else None
     start = time.perf_counter()
@@ -45,4 +45,5 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="with --rescore: rank the candidates by the original vectors (default) or the decoded ones")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (GPU when one works, else numpy), numpy, cupy or cuvs")
+    add_source_args(p)
     p.set_defaults(func=cmd_eval)

@@ -15,6 +15,7 @@ from gpuquant.cli import render
 from gpuquant.cli.common import (
     Report,
     add_scheme_args,
+    add_source_args,
     backend_used,
     load_input,
     make_quantizer,
@@ -67,7 +68,7 @@ def cmd_fit(args: argparse.Namespace) -> Report:
     _check_new_file(out, args.overwrite)
     q = make_quantizer(args.scheme, scheme_params(args.param), args.backend)
     backend_used(q, strict=True)
-    X, source = load_input(args.input)
+    X, source = load_input(args.input, args.column, args.dataset)
     log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
     t0 = time.perf_counter()
     q.fit(X)
@@ -90,4 +91,5 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("-o", "--output", required=True, metavar="QUANTIZER.json",
                    help="where to write the fitted quantizer")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_source_args(p)
     p.set_defaults(func=cmd_fit)

@@ -164,7 +164,7 @@ def check_request(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | 
 def check_resume(dst: Path, manifest: dict[str, Any], desc: dict[str, Any], q: Any | None) -> Any:
     """The stored quantizer, after refusing a resume whose source or parameters changed."""
     old = manifest.get("source", {})
-    for key in ("kind", "shape", "dtype"):
+    for key in ("kind", "shape", "dtype", "column", "dataset"):
         if old.get(key) != desc.get(key):
             raise InputError(f"--resume refused: the source changed since {dst} was started ({key} was "
                              f"{old.get(key)!r}, now {desc.get(key)!r}); use --overwrite to start again")
