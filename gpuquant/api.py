@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuquant import files as gfiles
 from gpuquant._validate import as_matrix, check_dim
 from gpuquant._version import __version__
 from gpuquant.backends import Backend, check_name, device_code_dtype, is_device_array, resolve_for
@@ -186,9 +187,8 @@ class Quantizer:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the quantizer as one JSON file (atomically: a temporary file renamed into place)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        with gfiles.atomic_file(path) as f:  # removed if writing fails (a full disk leaves nothing behind)
+            f.write(json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod

@@ -376,7 +376,8 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     finally:
         writer.close()
     (root / PARTS).mkdir(exist_ok=True)
-    gio.write_json_atomic(root / PARTS / _part_name(start, start + m), {"rows": [start, start + m], "pid": os.getpid()})
+    gio.write_json_atomic(root / PARTS / _part_name(start, start + m),
+                          {"rows": [start, start + m], "pid": os.getpid(), "checksums": writer.pending})
     return start, start + m
 
 
@@ -433,10 +434,7 @@ class DaskRunner:
 
     def open_writer(self, dst: Path, q: Any, rows: Rows, desc: dict[str, Any], mode: str) -> gstore.StoreWriter:
         n, d = rows.shape
-        if mode == "resume":
-            writer = gstore.reopen(dst)
-        else:
-            writer = create_store(dst, q, n, d, desc, "dask", self.device, replace=mode == "replace")
+        writer = gstore.reopen(dst) if mode == "resume" else create_store(dst, q, n, d, desc, "dask", self.device)
         # a new run id: tasks of an earlier run still running on some worker stop writing
         writer.checkpoint(writer.rows_done, dask={"chunks": [int(c) for c in self.X.chunks[0]],
                                                   "run": uuid.uuid4().hex})
@@ -446,7 +444,7 @@ class DaskRunner:
         return _run_parts(self.X, writer.path, q, writer, self.device, self.client, self.progress)
 
     def failed(self, exc: BaseException, dst: Path, *, fresh: bool, done: int, rows: int) -> None:
-        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
+        if not isinstance(exc, Exception):  # SystemExit: as it is
             return
         raise ConvertError(
             f"the Dask run stopped ({type(exc).__name__}: {exc}); {dst} keeps {done} of {rows} rows as a finished "

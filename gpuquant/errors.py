@@ -10,11 +10,16 @@ The tree::
     ├── KernelCompileError             NVRTC refused one of gpuquant's kernel files
     ├── ConvertError (RuntimeError)    a conversion stopped while streaming; the store is resumable
     ├── StoreBusyError (RuntimeError)  another run holds the output's lock
+    ├── StoreCorruptError (RuntimeError)  a store's content differs from its recorded checksums
+    ├── ChecksumsMissingError          a store (or rows of it) without checksums to verify against
     └── SourceReadError (OSError)      reading the source failed while converting
     UsageError (Exception)             a command-line usage error (exit code 2), the CLI's own
+    Interrupted (KeyboardInterrupt)    a run stopped by Ctrl-C or SIGTERM; says what is kept
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class GpuquantError(Exception):
@@ -45,6 +50,14 @@ class StoreBusyError(GpuquantError, RuntimeError):
     """Another run holds the output's lock."""
 
 
+class StoreCorruptError(GpuquantError, RuntimeError):
+    """A store's bytes differ from the checksums recorded when they were written (names the rows)."""
+
+
+class ChecksumsMissingError(GpuquantError):
+    """A store, or some of its rows, has no recorded checksums to verify against (an older store)."""
+
+
 class StoreIncompleteError(InputError):
     """The store is unfinished (its manifest's ``state.status`` is ``"in_progress"``)."""
 
@@ -54,4 +67,19 @@ class SourceReadError(GpuquantError, OSError):
 
 
 class UsageError(Exception):
-    """A command-line usage error (exit code 2)."""
+    """A command-line usage error (exit code 2); ``details`` (JSON-able) go into ``--format json``'s
+    error document."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or, in the command line, SIGTERM (a ``KeyboardInterrupt``, so code that
+    catches Ctrl-C catches both); the message says what is kept and how to continue. ``exit_code`` is
+    the shell's for the signal: 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str = "interrupted", exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

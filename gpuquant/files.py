@@ -40,6 +40,7 @@ __all__ = [
     "fsync_path",
     "load_matrix",
     "logical_view",
+    "native",
     "read_npy_header",
     "storage_view",
     "to_jsonable",
@@ -73,7 +74,7 @@ def read_npy_header(path: str | os.PathLike[str]) -> NpyHeader:
 
     Raises:
         InputError: the file is missing, not a regular file, not a ``.npy`` file, has an
-            unreadable header or an object dtype.
+            unreadable header, a negative dimension or an object dtype.
     """
     p = Path(path)
     if not p.exists():
@@ -90,6 +91,8 @@ def read_npy_header(path: str | os.PathLike[str]) -> NpyHeader:
             offset = f.tell()
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"{p} is not a readable .npy file ({exc})") from exc
+    if any(int(s) < 0 for s in shape):
+        raise InputError(f"{p} is not a valid .npy file: its header claims a negative dimension, shape {shape}")
     if dtype.hasobject:
         raise InputError(f"{p} holds Python objects (dtype {dtype}); gpuquant reads numeric arrays only")
     return NpyHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran), offset)
@@ -105,18 +108,24 @@ def check_length(p: Path, header: NpyHeader) -> None:
         )
 
 
-def check_matrix_header(p: Path, header: NpyHeader) -> None:
-    """Raise :class:`InputError` unless the header describes a non-empty 2-D float matrix."""
+def native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order (big-endian float input is converted as it is read)."""
+    return dtype.newbyteorder("=")
+
+
+def check_matrix_header(p: Path, header: NpyHeader, *, allow_no_rows: bool = False) -> None:
+    """Raise :class:`InputError` unless the header describes a 2-D float matrix (either byte order),
+    not empty (``allow_no_rows``: zero rows are allowed, as in one shard of a directory)."""
     if len(header.shape) != 2:
         raise InputError(
             f"{p} holds a {len(header.shape)}-D array of shape {header.shape}; "
             "expected a 2-D matrix (rows x dims)"
         )
-    if header.dtype not in FLOAT_DTYPES:
+    if native(header.dtype) not in FLOAT_DTYPES:
         raise InputError(
             f"{p} has dtype {header.dtype}; expected float32 (float16 and float64 are accepted too)"
         )
-    if header.shape[0] == 0 or header.shape[1] == 0:
+    if (header.shape[0] == 0 and not allow_no_rows) or header.shape[1] == 0:
         raise InputError(f"{p} is empty: shape {header.shape}")
 
 

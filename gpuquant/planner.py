@@ -85,7 +85,7 @@ def parse_bytes(text: str | int | float) -> int:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value, unit = float(text), ""
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
         if not m or m.group(2).lower() not in _UNITS:
             raise InputError(f"cannot read {text!r} as a size; write e.g. 80GiB, 512MiB, 40GB or a byte count")
         value, unit = float(m.group(1)), m.group(2).lower()
@@ -434,10 +434,7 @@ def plan(
         p.batches = -(-rows // p.batch_rows)
 
     if op == "convert" and rows is not None:
-        p.output_bytes = rows * (rb["codes"] + rb["side"])
-        if output is not None:
-            p.disk_free_bytes = _disk_free(Path(output))
-            p.disk_fits = None if p.disk_free_bytes is None else p.output_bytes <= p.disk_free_bytes
+        p.output_bytes, p.disk_free_bytes, p.disk_fits = _output_on_disk(rows, rb, output)
 
     bw = {**DEFAULT_BANDWIDTHS, **(bandwidths or {})}
     p.bandwidth_source = "given" if bandwidths else "assumed defaults"
@@ -446,12 +443,46 @@ def plan(
         bw.update({k2: v for k2, v in p.measured["bandwidths"].items() if v})
         p.bandwidth_source = "measured h2d/d2h" + (", given" if bandwidths else ", assumed disk")
     if op == "convert" and rows is not None:
-        links = {"disk read": rows * rb["input"] / bw["read"], "host-to-device": rows * rb["input"] / bw["h2d"],
-                 "device-to-host": p.output_bytes / bw["d2h"], "disk write": p.output_bytes / bw["write"]}
-        p.bound_by = max(links, key=links.__getitem__)
-        p.estimated_seconds = round(links[p.bound_by], 3)
+        out = int(p.output_bytes or 0)  # set above for a convert with known rows
+        links = {**_disk_links(rows * rb["input"], out, bw), "host-to-device": rows * rb["input"] / bw["h2d"],
+                 "device-to-host": out / bw["d2h"]}
+        p.bound_by, p.estimated_seconds = _slowest(links)
         p.bandwidths = bw
     return p
+
+
+def _output_on_disk(rows: int, rb: dict[str, int], output: str | os.PathLike[str] | None
+                    ) -> tuple[int, int | None, bool | None]:
+    """(bytes the codes take on disk, free bytes where ``output`` goes, whether they fit; None: unknown)."""
+    need = rows * (rb["codes"] + rb["side"])
+    free = None if output is None else _disk_free(Path(output))
+    return need, free, None if free is None else need <= free
+
+
+def _disk_links(bytes_in: int, bytes_out: int, bw: dict[str, float]) -> dict[str, float]:
+    return {"disk read": bytes_in / bw["read"], "disk write": bytes_out / bw["write"]}
+
+
+def _slowest(links: dict[str, float]) -> tuple[str, float]:
+    """The link that bounds the run and its seconds (the links overlap: the slowest one sets the pace)."""
+    bound = max(links, key=links.__getitem__)
+    return bound, round(links[bound], 3)
+
+
+def cpu_run(scheme: Any = "int8-row", *, dim: int, rows: int, dtype: Any = "float32",
+            params: dict[str, Any] | None = None, output: str | os.PathLike[str] | None = None,
+            bandwidths: dict[str, float] | None = None) -> dict[str, Any]:
+    """What a CPU ``convert`` of ``rows`` x ``dim`` writes and the time its disk traffic takes, with the
+    bandwidths of :func:`plan` (``read``, ``write``): a lower bound, as the CPU's encoding speed is not
+    modelled. Keys: ``output_bytes``, ``disk_free_bytes``, ``disk_fits``, ``estimated_seconds``,
+    ``bound_by``, ``bandwidths``."""
+    q = as_quantizer(scheme, params)
+    rb = row_bytes(q.scheme, int(dim), np.dtype(dtype))
+    out, free, fits = _output_on_disk(int(rows), rb, output)
+    bw = {k: v for k, v in {**DEFAULT_BANDWIDTHS, **(bandwidths or {})}.items() if k in ("read", "write")}
+    bound, seconds = _slowest(_disk_links(int(rows) * rb["input"], out, bw))
+    return {"output_bytes": out, "disk_free_bytes": free, "disk_fits": fits, "estimated_seconds": seconds,
+            "bound_by": bound, "bandwidths": bw}
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

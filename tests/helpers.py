@@ -1,14 +1,18 @@
 """Helpers the test files share: the edge values every bit-exact test must include, random
 matrices, bit views, reference quantizers, the in-process CLI, and :func:`same_on_backends`, which
 runs one test body on the numpy reference and on other backends and compares the results bit for
-bit (after CuPy's ``numpy_cupy_array_equal``). Import them with ``from helpers import ...``."""
+bit (after CuPy's ``numpy_cupy_array_equal``), and :func:`disk_full_after` (a simulated full
+disk). Import them with ``from helpers import ...``."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import inspect
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -158,6 +162,24 @@ def same_on_backends(*backends: str) -> Callable[[Callable[..., Any]], Callable[
         return test
 
     return decorate
+
+
+@contextlib.contextmanager
+def disk_full_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> Iterator[None]:
+    """Inside the block, ``os.pwrite`` (the store's data writes) fails with ENOSPC after ``writes`` calls."""
+    real, calls = os.pwrite, {"n": 0}
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        calls["n"] += 1
+        if calls["n"] > writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(os, "pwrite", real)
 
 
 def tiny_llama(seed: int, hidden: int, layers: int) -> tuple[Any, Any, Any]:

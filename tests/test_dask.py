@@ -159,6 +159,7 @@ def test_cluster_convert_of_shards_is_bit_identical(client: Any, shards: tuple[P
     assert report["dask"]["tasks_run"] == 8 and report["dask"]["scheduler"] == "Client"
     assert gstore.open(out).complete
     _same_store(single, out)
+    assert gstore.verify(out)["rows_checked"] == 1300  # the tasks' checksums, merged at completion
 
 
 def _killer(arm: str, parts: str | None = None) -> Any:
@@ -244,6 +245,7 @@ def test_killed_worker_without_retries_leaves_a_resumable_store(client: Any, sha
         report = gpuquant.convert(src, out, None, resume=True, device="cpu", progress=False)
         assert report["resumed_from"] == state["rows_done"]
     _same_store(single, out)
+    assert gstore.verify(out)["rows_checked"] == 1300
 
 
 def test_dask_resumes_a_store_the_engine_started(client: Any, shards: tuple[Path, np.ndarray], tmp_path: Path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,7 +31,13 @@ Report = tuple[dict[str, Any], str]  # (JSON document, human text)
 
 
 class Parser(argparse.ArgumentParser):
-    """ArgumentParser that raises :class:`UsageError` instead of exiting, so ``main`` decides."""
+    """ArgumentParser that raises :class:`UsageError` instead of exiting, so ``main`` decides. A value
+    that starts with a minus and a digit (``--gpu-memory -5GiB``) is a value, not an unknown option,
+    so its own check says what is wrong with it (newer Pythons' argparse reads it so too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: error: {message}")

@@ -17,7 +17,7 @@ from gpuquant.cli.common import (
     quantizer_args,
     resolve_input,
 )
-from gpuquant.errors import InputError, UsageError
+from gpuquant.errors import BackendUnavailableError, InputError, UsageError
 
 log = logging.getLogger("gpuquant.cli")
 
@@ -85,11 +85,35 @@ def cmd_plan(args: argparse.Namespace) -> Report:
     scheme, params = quantizer_args(args, "numpy")
     bandwidths = {k: v * 1e9 for k, v in (("read", args.read_gbs), ("write", args.write_gbs),
                                           ("h2d", args.h2d_gbs), ("d2h", args.d2h_gbs)) if v is not None}
-    p = plan(scheme, params=params, dim=dim, rows=rows, dtype=dtype or "float32", op=args.op,
-             gpu_memory=args.gpu_memory, other=args.other, headroom=args.headroom, in_flight=args.in_flight,
-             batch_rows=args.batch_rows, output=args.output, bandwidths=bandwidths or None, measure=args.measure)
+    try:
+        p = plan(scheme, params=params, dim=dim, rows=rows, dtype=dtype or "float32", op=args.op,
+                 gpu_memory=args.gpu_memory, other=args.other, headroom=args.headroom, in_flight=args.in_flight,
+                 batch_rows=args.batch_rows, output=args.output, bandwidths=bandwidths or None, measure=args.measure)
+    except BackendUnavailableError as exc:
+        if args.gpu_memory is not None or args.measure:
+            raise
+        raise _no_gpu(exc, scheme, params, dim, rows, dtype or "float32", args.output, bandwidths) from None
     p.require()
     return p.to_dict(), p.text()
+
+
+def _no_gpu(exc: Exception, scheme: Any, params: dict[str, Any] | None, dim: int, rows: int | None, dtype: str,
+            output: str | None, bandwidths: dict[str, float]) -> UsageError:
+    """``plan`` with no GPU here and no ``--gpu-memory``: a usage error that says what a CPU run of
+    the same input writes and how long its disk traffic takes (when the rows are known)."""
+    from gpuquant.planner import cpu_run, format_bytes
+
+    text = f"gpuquant plan: error: {exc}"
+    if rows is None:
+        return UsageError(text)
+    cpu = cpu_run(scheme, dim=dim, rows=rows, dtype=dtype, params=params, output=output, bandwidths=bandwidths)
+    room = "" if cpu["disk_fits"] is None else (
+        f" ({format_bytes(cpu['disk_free_bytes'])} free: {'fits' if cpu['disk_fits'] else 'DOES NOT FIT'})")
+    bw = ", ".join(f"{k} {v / 1e9:g} GB/s" for k, v in cpu["bandwidths"].items())
+    return UsageError(f"{text}. A CPU run (convert --device cpu) of {rows:,} rows writes "
+                      f"{format_bytes(cpu['output_bytes'])}{room} and takes at least {cpu['estimated_seconds']:.1f} s "
+                      f"(bound by {cpu['bound_by']}; {'given' if bandwidths else 'assumed'} {bw}; the CPU's "
+                      "encoding speed is not modelled)", details={"cpu_run": cpu})
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -126,7 +150,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")
     how.add_argument("--quantizer", metavar="Q.json", help="a saved quantizer")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a scheme parameter (repeatable)")
-    p.add_argument("--op", choices=("fit", "transform", "inverse", "convert"), default="convert")
+    p.add_argument("--op", choices=("fit", "transform", "inverse", "convert"), default="convert",
+                   help="the operation to plan (default convert: read, encode and write in batches)")
     p.add_argument("--rows", type=positive_int, help="rows (default: INPUT's)")
     p.add_argument("--dim", type=positive_int, help="dimensions (default: INPUT's)")
     p.add_argument("--dtype", choices=("float16", "float32", "float64"), default=None, help="input dtype (float32)")

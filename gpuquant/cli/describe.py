@@ -1,6 +1,8 @@
-"""``gpuquant export-info`` (how a consumer loads an export preset's codes) and ``gpuquant inspect``
-(a quantizer JSON, a store, a ``.npy`` file or another input source; stores are read through
-:mod:`gpuquant.store`, inputs through :func:`gpuquant.engine.sources.open_source`)."""
+"""``gpuquant export-info`` (how a consumer loads an export preset's codes), ``gpuquant inspect``
+(a quantizer JSON, a store, a ``.npy`` file or another input source; stores are opened with the checks
+of :func:`gpuquant.open`, a ``.npy`` file's length is checked against its header, inputs are read
+through :func:`gpuquant.engine.sources.open_source`) and ``gpuquant verify`` (a store's content
+against its checksums)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ def cmd_export_info(args: argparse.Namespace) -> Report:
 
 def _inspect_npy(p: Path) -> Report:
     header = gio.read_npy_header(p)
+    gio.check_length(p, header)
     doc = {"kind": "npy", "path": str(p), "shape": list(header.shape), "dtype": header.dtype.name,
            "fortran_order": header.fortran_order, "bytes": header.data_bytes}
     return doc, render.npy_text(doc)
@@ -48,13 +51,11 @@ def _inspect_source(p: Path, args: argparse.Namespace) -> Report:
 
 
 def _inspect_converted(p: Path) -> Report:
-    from gpuquant import Quantizer
-
-    conv = gstore.read_converted(p)
-    info = quantizer_info(Quantizer.load(conv.quantizer_path, backend="numpy"))
-    m = conv.manifest
+    store = gstore.open(p, allow_incomplete=True)  # the checks of gpuquant.open: a broken store is refused
+    info = quantizer_info(store.quantizer)
+    m = store.manifest
     side = {k: array_summary(v) if v.dtype.kind in "biuf" else {"shape": list(v.shape), "dtype": v.dtype.name}
-            for k, v in conv.side.items()}
+            for k, v in store.side.items()}
     doc = {"kind": "converted", "path": str(p), "manifest": m, "side_summary": side, "quantizer": info}
     return doc, render.store_text(doc)
 
@@ -92,6 +93,14 @@ def cmd_inspect(args: argparse.Namespace) -> Report:
     return _inspect_quantizer(p)
 
 
+def cmd_verify(args: argparse.Namespace) -> Report:
+    """Re-read a store and check it against the checksums recorded when it was written."""
+    v = gstore.verify(args.store)
+    return {"path": str(args.store), "verify": v}, (
+        f"{args.store}: intact: {v['rows_checked']} rows in {v['ranges']} ranges match their {v['method']} "
+        f"checksums ({v['bytes_read'] / 1e6:.3f} MB read)")
+
+
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``export-info`` and ``inspect``."""
     p = sub.add_parser("export-info", parents=parents,
@@ -101,6 +110,12 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_export_info)
 
     p = sub.add_parser("inspect", parents=parents, help="describe a quantizer JSON, an output directory or a .npy")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a quantizer JSON, a store directory (or its manifest.json) or a .npy")
     add_source_args(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", parents=parents,
+                       help="re-read a store and check every row against the checksums recorded when it was "
+                            "written (exit 0 intact, 1 damaged, 2 not a store, 3 no checksums to check)")
+    p.add_argument("store", metavar="STORE", help="the store directory to check")
+    p.set_defaults(func=cmd_verify)

@@ -41,7 +41,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     held.add_argument("--n-queries", type=positive_int, default=1000, help="rows held out as queries (1000)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours (default 10)")
     p.add_argument("--rescore", type=positive_int, metavar="M", help="re-rank k*M candidates with the float query")
-    p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original",
+                   help="with --rescore: rank the candidates by the original vectors (default) or the decoded ones")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (GPU when one works, else numpy), numpy, cupy or cuvs")
     add_source_args(p)
     p.set_defaults(func=cmd_eval)

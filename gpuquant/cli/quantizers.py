@@ -88,7 +88,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("input", metavar="INPUT", help="a .npy file (2-D float) or 'demo'")
     p.add_argument("--scheme", required=True, help="a preset name (see `gpuquant schemes`) or a family")
     add_scheme_args(p)
-    p.add_argument("-o", "--output", required=True, metavar="QUANTIZER.json")
+    p.add_argument("-o", "--output", required=True, metavar="QUANTIZER.json",
+                   help="where to write the fitted quantizer")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_source_args(p)
     p.set_defaults(func=cmd_fit)

@@ -138,7 +138,7 @@ class LocalRunner:
             log.info("resuming %s at row %d of %d", dst, writer.rows_done, n)
             return writer
         log.info("writing %s (%d rows)", dst, n)
-        return create_store(dst, q, n, d, desc, self.backend.name, self.device, replace=mode == "replace")
+        return create_store(dst, q, n, d, desc, self.backend.name, self.device)
 
     def stream(self, writer: gstore.StoreWriter, q: Any, rows: Any) -> dict[str, Any]:
         n, start = rows.shape[0], writer.rows_done
@@ -163,7 +163,7 @@ class LocalRunner:
         return stats
 
     def failed(self, exc: BaseException, dst: Path, *, fresh: bool, done: int, rows: int) -> None:
-        if fresh and done == 0 and not isinstance(exc, (KeyboardInterrupt, ConvertError)):
+        if fresh and done == 0 and not isinstance(exc, ConvertError):
             gstore.discard(dst)
             return
         where_msg = f"{dst} keeps {done} of {rows} rows (unfinished)"

@@ -3,9 +3,11 @@
 :func:`run` is the sequence every conversion follows, whoever streams the rows:
 
 1. checks the request (``resume`` or ``overwrite``, the quantizer, the output's parent directory),
-   then locks ``dst`` (:class:`gpuquant.store.StoreLock`) and checks it: a new output,
-   ``overwrite`` (only a previous gpuquant output or an empty directory) or ``resume`` (an
-   unfinished store);
+   then locks ``dst`` (:class:`gpuquant.store.StoreLock`), removes what killed runs left beside it
+   (:func:`gpuquant.store.remove_leftovers`) and checks it: a new output,
+   ``overwrite`` (only a previous gpuquant output or an empty directory; the new store is built
+   beside it and exchanged for it only once complete) or ``resume`` (an unfinished store, or the
+   unfinished staged replacement of a complete one);
 2. opens and describes the source (the runner's): nothing is written before the input's shape,
    dtype, length and shards are known to be good; a resume is refused when the source, scheme or
    parameters changed (:func:`check_resume`) and then uses the store's own quantizer;
@@ -17,7 +19,8 @@
 6. fsyncs, checks (files, and sampled rows re-encoded with the numpy reference byte for byte:
    :func:`verify_sample`), marks the store complete and returns the runner's report
    (:func:`report`, with :func:`sample_error`). A failure goes to the runner, which says what is
-   kept and how to continue.
+   kept and how to continue; an interruption (Ctrl-C, SIGTERM in the CLI) is re-raised as
+   :class:`gpuquant.errors.Interrupted` saying the rows kept and ``--resume``.
 
 A :class:`Runner` supplies the steps that differ: the single machine's
 (:class:`gpuquant.engine.local.LocalRunner`: a file or array source, the CPU or GPU pipeline) and
@@ -40,7 +43,7 @@ from gpuquant import store as gstore
 from gpuquant.api import Quantizer, as_quantizer
 from gpuquant.engine.fit import Rows
 from gpuquant.engine.sources import Source
-from gpuquant.errors import ConvertError, GpuquantError, InputError
+from gpuquant.errors import ConvertError, GpuquantError, InputError, Interrupted
 
 log = logging.getLogger("gpuquant.engine")
 
@@ -71,7 +74,8 @@ class Runner(Protocol):
         """Fit ``q`` (in place) on ``rows``."""
 
     def open_writer(self, dst: Path, q: Any, rows: Rows, desc: dict[str, Any], mode: str) -> gstore.StoreWriter:
-        """A new store (``mode`` ``"new"`` or ``"replace"``: :func:`create_store`) or the unfinished one."""
+        """A new store at ``dst`` (``mode`` ``"new"``: :func:`create_store`) or the unfinished one there
+        (``"resume"``); ``dst`` is the output or, for an overwrite, its staged replacement."""
 
     def stream(self, writer: gstore.StoreWriter, q: Any, rows: Rows) -> dict[str, Any]:
         """Encode and write rows ``writer.rows_done`` to the end; returns statistics for the report."""
@@ -90,6 +94,7 @@ def run(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, runn
     t_start = time.perf_counter()
     q = check_request(dst, quantizer_or_preset, params, resume, overwrite)
     with gstore.StoreLock(dst):
+        gstore.remove_leftovers(dst)
         mode = gstore.check_output_free(dst, overwrite, resume)
         with runner.session():
             return _run_locked(dst, q, mode, runner, t_start)
@@ -97,27 +102,46 @@ def run(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | None, runn
 
 def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) -> dict[str, Any]:
     desc = runner.describe()
-    resumed = mode == "resume"
+    resumed = mode.startswith("resume")
+    target = gstore.staging_path(dst) if mode.endswith("replace") else dst  # an overwrite builds beside dst
     if resumed:
-        manifest = gstore.read_manifest(dst)
-        q = check_resume(dst, manifest, desc, q)
+        manifest = gstore.read_manifest(target)
+        q = check_resume(target, manifest, desc, q)
         runner.resuming(manifest)
     rows = runner.prepare(q)
     n, d = rows.shape
     fit_s = 0.0 if resumed else check_and_fit(q, d, lambda: runner.fit(q, rows))
-    writer = runner.open_writer(dst, q, rows, desc, mode)
+    if mode == "replace":
+        gstore.stage(dst)
+    writer = runner.open_writer(target, q, rows, desc, "resume" if resumed else "new")
     start = writer.rows_done
     try:
         stats = runner.stream(writer, q, rows)
         store = writer.complete({"device": runner.device}, verify=lambda st: verify_sample(st, rows))
     except BaseException as exc:
-        done = rows_done(dst)
+        done = rows_done(target)
         writer.close()
-        runner.failed(exc, dst, fresh=not resumed, done=done, rows=n)
+        if target != dst:
+            log.warning("%s is unchanged: an overwrite replaces it only once the new store is complete (%s "
+                        "holds the new one: --resume continues it, --overwrite starts it again)", dst, target)
+        if isinstance(exc, KeyboardInterrupt):
+            raise _interrupted(exc, target, done, n, staged=target != dst) from exc
+        runner.failed(exc, target, fresh=not resumed, done=done, rows=n)
         raise
     writer.close()
+    if target != dst:
+        store = gstore.replace_with(target, dst)
     return runner.report(store, rows, stats, resumed=resumed, start=start, fit_s=fit_s,
                          total_s=time.perf_counter() - t_start)
+
+
+def _interrupted(exc: KeyboardInterrupt, kept: Path, done: int, rows: int, *, staged: bool) -> Interrupted:
+    """What an interruption (Ctrl-C, SIGTERM) says once the rows written are checkpointed (``staged``:
+    ``kept`` is an overwrite's new store, built beside the output, which stays as it was)."""
+    what = str(exc) or "interrupted"
+    how = "with --resume in place of --overwrite" if staged else "with --resume"
+    return Interrupted(f"{what}: {kept} keeps {done} of {rows} rows (unfinished): run the same command again "
+                       f"{how} to continue", getattr(exc, "exit_code", 130))
 
 
 def _same_state(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool:
@@ -178,14 +202,14 @@ def check_and_fit(q: Any, d: int, fit: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def create_store(dst: Path, q: Any, rows: int, dim: int, desc: dict[str, Any], backend: str, device: str,
-                 replace: bool) -> gstore.StoreWriter:
+def create_store(dst: Path, q: Any, rows: int, dim: int, desc: dict[str, Any], backend: str,
+                 device: str) -> gstore.StoreWriter:
     """A new store for ``q``'s codes of ``rows`` x ``dim`` (:func:`gpuquant.store.create`), its manifest
     recording the scheme, the source ``desc``, the backend and device, and how an export preset loads."""
     manifest = {"scheme": q.name, "preset": q.preset, "family": q.family, "params": q.scheme.params,
                 "truncate_dim": getattr(q, "truncate_dim", None), "source": desc, "backend": backend,
                 "device": device, **_export_loading(q, dim)}
-    return gstore.create(dst, quantizer=q, rows=rows, dim=dim, manifest=manifest, replace=replace)
+    return gstore.create(dst, quantizer=q, rows=rows, dim=dim, manifest=manifest)
 
 
 def verify_sample(store: gstore.Store, source: Source | Rows, rows: int = VERIFY_ROWS) -> None:
@@ -221,13 +245,16 @@ def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_S
 def report(store: gstore.Store, source: Source | Rows, *, device: str, batch_rows: int, resumed_from: int | None,
            extra: dict[str, Any], bytes_in: int, row_bytes: int, rows_run: int, stream_s: float,
            seconds: dict[str, float]) -> dict[str, Any]:
-    """The report of a conversion into the complete ``store``: its manifest, ``extra`` (how it ran),
+    """The report of a conversion into the complete ``store``: its manifest (the number of checksummed
+    ranges, not the digests), ``extra`` (how it ran),
     the sizes, the throughput of the ``rows_run`` rows this run streamed (``row_bytes`` of input
     each) in ``stream_s`` seconds, the reconstruction error on rows of ``source`` and ``seconds``
     (rounded)."""
     out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
+    sums = store.manifest.get("checksums") or {}
     return {
         **store.manifest,
+        "checksums": {"method": sums.get("method"), "ranges": len(sums.get("ranges", []))},  # not every digest
         "output": str(store.path),
         "rows": store.rows,
         "dims": store.dim,

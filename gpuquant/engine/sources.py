@@ -3,19 +3,21 @@ directory of ``.npy`` shards, or an array in memory (Parquet, HDF5 and big-ann f
 :mod:`gpuquant.engine.readers`, opened through :func:`open_source` too).
 
 Every source is checked when it is opened, before anything is written: 2-D, a float dtype
-(float16/32/64), not empty, not truncated (each file at least as long as its header says; a raw file
-exactly ``rows * dim * 4`` bytes), shards agreeing on dims and dtype. Reading a batch
+(float16/32/64, either byte order: big-endian values are byte-swapped as they are read, so every
+source yields this machine's byte order), not empty, not truncated (each file at least as long as its
+header says; a raw file exactly ``rows * dim * 4`` bytes), shards agreeing on dims and dtype. Reading a batch
 (:meth:`Source.read_into`) copies rows ``[start, stop)`` into a caller's buffer with ``preadv`` (C
 order), so nothing is memory-mapped and resident memory stays bounded by the buffers; a short read
 (the file shrank while converting) raises :class:`SourceReadError`.
 
 Shards are the directory's ``*.npy`` files in natural order (``part-2`` before ``part-10``);
-they are concatenated along the rows.
+they are concatenated along the rows; a shard without rows is skipped (logged).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ import numpy as np
 
 from gpuquant import files as gio
 from gpuquant.errors import InputError, SourceReadError
+
+log = logging.getLogger("gpuquant.engine")
 
 CHECKSUM_METHOD = "quick-v1"
 CHECKSUM_BLOCK = 1 << 20
@@ -132,13 +136,13 @@ class ArraySource(Source):
                              f"got {type(X).__name__} (for device arrays use Quantizer.transform)")
         if X.ndim != 2:
             raise InputError(f"the input must be 2-D (rows, dims), got shape {X.shape}")
-        if X.dtype not in FLOAT_DTYPES:
+        if gio.native(X.dtype) not in FLOAT_DTYPES:
             raise InputError(f"the input has dtype {X.dtype}; expected float32 (float16 and float64 are accepted too)")
         if X.shape[0] == 0 or X.shape[1] == 0:
             raise InputError(f"the input is empty: shape {X.shape}")
         self.X = X
         self.shape = (int(X.shape[0]), int(X.shape[1]))
-        self.dtype = X.dtype
+        self.dtype = gio.native(X.dtype)
         self.label = f"<array {X.dtype}{X.shape}>"
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
@@ -166,7 +170,7 @@ class FileSource(Source):
         self.files = files
         self.label = label
         self.shape = (sum(f.rows for f in files), files[0].dim)
-        self.dtype = files[0].dtype
+        self.dtype = gio.native(files[0].dtype)
         self.starts = np.cumsum([0] + [f.rows for f in files])
         self._fds: dict[int, int] = {}
         self._maps: dict[int, np.ndarray] = {}
@@ -195,6 +199,8 @@ class FileSource(Source):
                 np.copyto(part, mm[a:b])
             else:
                 self._pread(i, f.offset + a * f.dim * f.dtype.itemsize, part)
+                if not f.dtype.isnative:
+                    part.byteswap(inplace=True)
             pos += b - a
             i += 1
         return dst
@@ -225,15 +231,26 @@ class FileSource(Source):
         self._maps.clear()
 
 
-def _npy_file(p: Path) -> _File:
+def _npy_file(p: Path, allow_no_rows: bool = False) -> _File:
     header = gio.read_npy_header(p)
-    gio.check_matrix_header(p, header)
+    gio.check_matrix_header(p, header, allow_no_rows=allow_no_rows)
     gio.check_length(p, header)
     return _File(p, header.shape[0], header.shape[1], header.dtype, header.data_offset, header.fortran_order)
 
 
 def _npy_shards(p: Path) -> list[Path]:
     return sorted((q for q in p.iterdir() if q.suffix == ".npy" and not q.name.startswith(".")), key=_natural_key)
+
+
+def _shards(directory: Path, files: list[_File]) -> list[_File]:
+    """The shards that hold rows (an empty one is skipped, logged); ``InputError`` when none does."""
+    kept = [f for f in files if f.rows]
+    for f in files:
+        if not f.rows:
+            log.warning("skipping %s: an empty shard (0 rows)", f.path)
+    if not kept:
+        raise InputError(f"{directory} is empty: its {len(files)} .npy shards hold no rows")
+    return kept
 
 
 def parse_shape(shape: Any) -> tuple[int, int]:
@@ -279,19 +296,26 @@ def open_source(src: Any, *, shape: Any = None, column: str | None = None, datas
             raise InputError(f"input is not a regular file: {p} is a directory without .npy shards "
                              "(a directory is read as the row-wise concatenation of its .npy files, "
                              "or of its .parquet files)")
-        files = [_npy_file(q) for q in shards]
+        files = _shards(p, [_npy_file(q, allow_no_rows=True) for q in shards])
         first = files[0]
         for f in files[1:]:
-            if f.dim != first.dim or f.dtype != first.dtype:
+            if f.dim != first.dim or gio.native(f.dtype) != gio.native(first.dtype):
                 raise InputError(f"shards disagree: {f.path} is {f.dtype.name} with {f.dim} dims, "
                                  f"but {first.path} is {first.dtype.name} with {first.dim} dims")
         return FileSource("shards", files, label or str(p.resolve()))
     if not p.is_file():
         raise InputError(f"input is not a regular file: {p}")
+    with open(p, "rb") as f:
+        npy = f.read(6) == b"\x93NUMPY"
+    if shape is None and not npy:
+        try:
+            gio.read_npy_header(p)
+        except InputError as exc:
+            raise InputError(f"{exc}; if it holds raw float32 values, give its shape: --shape ROWS,DIM (ROWS may "
+                             "be auto: from the file size)") from None
     if shape is not None:
-        with open(p, "rb") as f:
-            if f.read(6) == b"\x93NUMPY":
-                raise InputError(f"{p} is a .npy file; its header gives the shape: drop --shape")
+        if npy:
+            raise InputError(f"{p} is a .npy file; its header gives the shape: drop --shape")
         n, d = parse_shape(shape)
         size, row = p.stat().st_size, d * 4
         if n == -1:

@@ -2,7 +2,8 @@
 a fitted quantizer and a manifest; :mod:`gpuquant.store.layout` describes it). This package only
 re-exports: the names and manifest checks (:mod:`~gpuquant.store.layout`), the lock
 (:mod:`~gpuquant.store.lock`), writing (:mod:`~gpuquant.store.write`) and reading
-(:mod:`~gpuquant.store.read`; ``gpuquant.open`` is :func:`open`).
+(:mod:`~gpuquant.store.read`; ``gpuquant.open`` is :func:`open`) and checking the content
+against its checksums (:mod:`~gpuquant.store.verify`).
 """
 
 from gpuquant.errors import StoreBusyError, StoreIncompleteError
@@ -18,11 +19,23 @@ from gpuquant.store.layout import (
     check_output,
     is_converted_dir,
     read_manifest,
+    staging_path,
 )
 from gpuquant.store.lock import StoreLock
 from gpuquant.store.read import Converted, Store, read_converted
 from gpuquant.store.read import open_store as open  # noqa: A004 - gpuquant.store.open(path), as gpuquant.open
-from gpuquant.store.write import StoreWriter, check_output_free, create, discard, reopen, write_converted
+from gpuquant.store.verify import verify
+from gpuquant.store.write import (
+    StoreWriter,
+    check_output_free,
+    create,
+    discard,
+    remove_leftovers,
+    reopen,
+    replace_with,
+    stage,
+    write_converted,
+)
 
 __all__ = [
     "CODES",
@@ -47,6 +60,11 @@ __all__ = [
     "open",
     "read_converted",
     "read_manifest",
+    "remove_leftovers",
     "reopen",
+    "replace_with",
+    "stage",
+    "staging_path",
+    "verify",
     "write_converted",
 ]

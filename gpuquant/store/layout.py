@@ -17,6 +17,13 @@ only after the data files were fsynced, so a run killed at any moment leaves a m
 check (every file's header and size, and sampled rows re-encoded with the numpy reference and
 compared byte for byte).
 
+``checksums`` records the content at write time (a format addition: stores without it still open):
+``{"method": "blake2b-128", "ranges": [{"rows": [a, b], "sums": {"codes": HEX, "scales": HEX}}]}``,
+one entry per written batch, a BLAKE2b-128 digest of the exact bytes of rows ``[a, b)`` of each file
+(``codes`` and each side array by name). A batch's entry is recorded with the checkpoint that covers
+it, so the ranges of a complete store cover every row once. ``gpuquant verify`` re-reads the files
+against them (:mod:`gpuquant.store.verify`); ``gpuquant.open`` does not read the data.
+
 ``source`` records where the rows came from: ``kind`` (npy, raw, shards, array, demo), ``path``,
 ``shape``, ``dtype`` and a quick ``checksum``: BLAKE2b-128 over, for each file in order, its size,
 its mtime in nanoseconds and its first and last MiB (method ``"quick-v1"``). It is cheap on files of
@@ -26,7 +33,10 @@ when the source's kind, shape, dtype or checksum, or the scheme and parameters, 
 
 A lock file next to the output (``.OUTPUT.lock``, ``fcntl.flock``) keeps a second run from writing
 the same output at the same time; it is removed when the run ends (a killed run leaves the file,
-but not the lock: the kernel drops ``flock`` locks with the process).
+but not the lock: the kernel drops ``flock`` locks with the process, and the next run takes the file
+and removes it). Every writer of OUTPUT holds the lock, so what a killed run leaves beside it (a
+set-up directory ``.OUTPUT.partial-*``, an old store ``.OUTPUT.old-*`` swapped out) is removed by
+the next run that locks OUTPUT.
 
 Nothing is unpickled: the .npy files are read with ``allow_pickle=False`` and their headers are
 checked before they are mapped.
@@ -35,8 +45,17 @@ Writing a whole in-memory ``Codes`` at once (:func:`gpuquant.store.write_convert
 layout, already complete: the directory is filled in a temporary sibling (``.OUTPUT.partial-*``),
 each file flushed and fsync'ed, and then renamed into place, so a reader never sees a half-written
 OUTPUT. Replacing an existing OUTPUT (``overwrite``) is allowed only for a previous gpuquant output or
-an empty directory; the old one is renamed aside, the new one in, then the old one deleted (POSIX has
-no atomic exchange of two directories, so OUTPUT is briefly absent, never partial).
+an empty directory; the two directories are exchanged atomically (Linux ``renameat2`` with
+``RENAME_EXCHANGE``) and the old one deleted. Where the file system cannot exchange, the old one is
+renamed aside, the new one in (renamed back if that fails), then the old one deleted: OUTPUT is then
+briefly absent, never partial.
+
+A streamed run with ``overwrite`` never touches the previous OUTPUT until the new store is complete:
+it writes the new store beside it, in ``.OUTPUT.overwrite`` (same format, ``in_progress``), and
+exchanges the two only after the new one is checked and marked complete. A run that fails (a NaN row,
+an interruption, a full disk) leaves the old OUTPUT as it was; ``--resume`` on OUTPUT continues the
+staged store and then exchanges, ``--overwrite`` starts the staged store again. The disk must hold
+both stores until the exchange.
 
 This module holds the names and the manifest's checks; :mod:`gpuquant.store.lock`,
 :mod:`gpuquant.store.write` and :mod:`gpuquant.store.read` the rest.
@@ -45,12 +64,15 @@ This module holds the names and the manifest's checks; :mod:`gpuquant.store.lock
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gpuquant import files as gfiles
 from gpuquant._version import __version__
@@ -67,11 +89,41 @@ IN_PROGRESS, COMPLETE = "in_progress", "complete"
 #: per finished row range, removed when the store is complete (whoever completes it).
 PARTS = ".parts"
 
+#: How the manifest's ``checksums`` digest each range: BLAKE2b with 16-byte digests.
+CHECKSUM_METHOD = "blake2b-128"
+_DIGEST_CHUNK_BYTES = 16 * 2**20
+
+#: The staged replacement of an output, written beside it by a streamed ``overwrite`` run.
+STAGING_SUFFIX = ".overwrite"
+
 _SIDE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def digest(arr: np.ndarray, start: int, stop: int) -> str:
+    """The checksum of rows ``[start, stop)`` of ``arr``: BLAKE2b-128 of their bytes, in C order, read
+    a few MiB at a time (``arr`` may be a memory map)."""
+    h = hashlib.blake2b(digest_size=16)
+    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
+    step = max(1, _DIGEST_CHUNK_BYTES // row_bytes)
+    for a in range(start, stop, step):
+        h.update(np.ascontiguousarray(arr[a:min(stop, a + step)]).reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def range_sums(arrays: Mapping[str, np.ndarray], start: int, stop: int, offset: int = 0) -> dict[str, Any]:
+    """A ``checksums`` entry for rows ``[offset + start, offset + stop)``: each array's :func:`digest`
+    of its rows ``[start, stop)``."""
+    return {"rows": [offset + start, offset + stop], "sums": {k: digest(v, start, stop) for k, v in arrays.items()}}
+
+
+def staging_path(output: str | os.PathLike[str]) -> Path:
+    """Where a streamed ``overwrite`` of ``output`` builds the new store: ``.NAME.overwrite`` beside it."""
+    p = Path(output)
+    return p.parent / f".{p.name}{STAGING_SUFFIX}"
 
 
 def is_converted_dir(path: str | os.PathLike[str]) -> bool:

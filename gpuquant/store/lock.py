@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from pathlib import Path
 
 from gpuquant.errors import StoreBusyError
@@ -15,7 +16,10 @@ class StoreLock:
     links resolved (two paths to one directory share its lock).
 
     The file is unlinked on release; acquiring re-checks that the locked file is still the one at
-    the path (another run may have unlinked it meanwhile), so two runs never both hold it.
+    the path (another run may have unlinked it meanwhile), so two runs never both hold it. The file
+    names its holder (``PID@HOST``, for the message a second run gets); that note is best effort: on
+    a full disk it stays empty and the lock holds regardless. A file left by a killed run is no lock
+    (the kernel drops ``flock`` locks with their process): the next run takes it and removes it.
     """
 
     def __init__(self, output: str | os.PathLike[str]) -> None:
@@ -40,19 +44,21 @@ class StoreLock:
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                 self.fd = fd
+                with contextlib.suppress(OSError):  # a full disk: the note is lost, the lock holds
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
                 return self
             os.close(fd)  # the file we locked was unlinked by a run that just finished: retry
 
     @staticmethod
     def _holder(fd: int) -> str:
         try:
-            pid = os.pread(fd, 32, 0).decode().strip()
+            note = os.pread(fd, 300, 0).decode(errors="replace").strip()
         except OSError:
             return ""
-        return f" (process {pid})" if pid.isdigit() else ""
+        pid, _, host = note.partition("@")
+        return f" (process {pid}{f' on {host}' if host else ''})" if pid.isdigit() else ""
 
     def release(self) -> None:
         if self.fd is None:

@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import glob
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ import numpy as np
 from gpuquant import files as gfiles
 from gpuquant.errors import GpuquantError, InputError
 from gpuquant.store.layout import (
+    CHECKSUM_METHOD,
     CODES,
     COMPLETE,
     IN_PROGRESS,
@@ -30,10 +34,14 @@ from gpuquant.store.layout import (
     QUANTIZER,
     check_output,
     check_side_names,
+    is_converted_dir,
     manifest_head,
     now,
+    range_sums,
     read_manifest,
+    staging_path,
 )
+from gpuquant.store.lock import StoreLock
 from gpuquant.store.read import Store, open_store
 
 log = logging.getLogger("gpuquant.store")
@@ -49,18 +57,56 @@ def _umask() -> int:
     return mask
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange the directories ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the C library or the file system cannot."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_into_place(tmp: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(tmp, dest)
         return
+    # the old store goes to .DEST.old-*, then is deleted: a run killed meanwhile leaves it there, where
+    # the next run removes it (remove_leftovers)
     old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-    os.rename(dest, old / dest.name)
     try:
-        os.rename(tmp, dest)
-    except BaseException:
-        os.rename(old / dest.name, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, dest):  # tmp now names the old one
+            os.rename(tmp, old / dest.name)
+        else:
+            os.rename(dest, old / dest.name)
+            try:
+                os.rename(tmp, dest)
+            except BaseException:
+                os.rename(old / dest.name, dest)
+                raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(dest: Path) -> None:
+    """Remove what a killed run left beside ``dest``: set-up directories (``.DEST.partial-*``, also
+    those of its staged overwrite) and a swapped-out old store (``.DEST.old-*``). Only while holding
+    ``dest``'s :class:`StoreLock`: every run that makes them holds it, so none of them is in use. (A
+    staged overwrite, ``.DEST.overwrite``, is kept: ``--resume`` continues it.)"""
+    names = [glob.escape(n) for n in (dest.name, staging_path(dest).name)]
+    for p in [q for n in names for kind in ("partial", "old") for q in dest.parent.glob(f".{n}.{kind}-*")]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            log.warning("removed %s, left behind by a gpuquant run that was killed", p)
 
 
 @contextlib.contextmanager
@@ -124,6 +170,11 @@ class StoreWriter:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = path
         self.manifest = manifest
+        sums = manifest.setdefault("checksums", {"method": CHECKSUM_METHOD, "ranges": []})
+        sums["ranges"] = [r for r in sums.get("ranges", []) if r["rows"][1] <= self.rows_done]
+        #: the checksums of rows written since the last checkpoint (the writer thread adds, checkpoints take)
+        self.pending: list[dict[str, Any]] = []
+        self._pending_lock = threading.Lock()
         #: ``(rows_done, extra)`` of the last checkpoint written (``extra`` None: the manifest's, as opened)
         self.durable: tuple[int, dict[str, Any] | None] = (self.rows_done, None)
         self.files: dict[str, _File] = {}
@@ -143,7 +194,12 @@ class StoreWriter:
         return int(self.manifest["state"]["rows_done"])
 
     def write_rows(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write rows ``start .. start + len`` of ``codes`` and each side array (any dtype of the same width)."""
+        """Write rows ``start .. start + len`` of ``codes`` and each side array (any dtype of the same width);
+        their checksums are recorded with the checkpoint that covers them."""
+        rows = len(arrays["codes"])
+        sums = range_sums(arrays, 0, rows, offset=start)
+        with self._pending_lock:
+            self.pending.append(sums)
         for name, arr in arrays.items():
             f = self.files[name]
             buf = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
@@ -162,9 +218,28 @@ class StoreWriter:
         if self.durable == (rows_done, extra):
             return
         self.sync()
+        self._record_sums(lambda r: r["rows"][1] <= rows_done)
         self.manifest["state"].update({"status": IN_PROGRESS, "rows_done": int(rows_done), "updated": now(), **extra})
         gfiles.write_json_atomic(self.path / MANIFEST, self.manifest)
         self.durable = (int(rows_done), extra)
+
+    def _record_sums(self, covered: Callable[[dict[str, Any]], bool]) -> None:
+        """Move the pending checksums that ``covered`` accepts into the manifest, ranges in row order."""
+        with self._pending_lock:
+            done = [r for r in self.pending if covered(r)]
+            self.pending = [r for r in self.pending if not covered(r)]
+        if done:
+            ranges = self.manifest["checksums"]["ranges"]
+            ranges[:] = sorted({tuple(r["rows"]): r for r in ranges + done}.values(), key=lambda r: r["rows"][0])
+
+    def _collect_parts(self) -> None:
+        """Take the checksums that parallel tasks recorded with their finished ranges (``PARTS``)."""
+        parts = self.path / PARTS
+        if parts.is_dir():
+            for f in sorted(parts.iterdir()):
+                with contextlib.suppress(OSError, ValueError):
+                    self.pending.extend(json.loads(f.read_text(encoding="utf-8")).get("checksums", []))
+        self._record_sums(lambda r: True)
 
     def complete(self, extra: Mapping[str, Any] | None = None, verify: Callable[[Store], None] | None = None) -> Store:
         """fsync and record every row (unless a checkpoint did), check (:func:`open` on the files, then
@@ -174,6 +249,7 @@ class StoreWriter:
         store = open_store(self.path, allow_incomplete=True)
         if verify is not None:
             verify(store)
+        self._collect_parts()
         self.manifest["state"].update({"status": COMPLETE, "rows_done": self.rows, "completed": now(),
                                        **(extra or {})})
         gfiles.write_json_atomic(self.path / MANIFEST, self.manifest)
@@ -189,8 +265,16 @@ class StoreWriter:
         self.files = {}
 
 
+def _unfinished(path: Path) -> bool:
+    with contextlib.suppress(GpuquantError, OSError, ValueError):
+        return bool(read_manifest(path).get("state", {}).get("status") == IN_PROGRESS)
+    return False
+
+
 def check_output_free(output: Path, overwrite: bool, resume: bool) -> str:
-    """What to do with ``output``: ``"new"``, ``"replace"`` or ``"resume"``; ``InputError`` when not allowed."""
+    """What to do with ``output``: ``"new"``, ``"replace"`` (build beside it, in :func:`staging_path`),
+    ``"resume"`` or ``"resume-replace"`` (continue the staged replacement of a complete ``output``);
+    ``InputError`` when not allowed."""
     if not output.parent.is_dir():
         raise InputError(f"output's parent directory does not exist: {output.parent}")
     exists = output.exists() or output.is_symlink()
@@ -200,6 +284,8 @@ def check_output_free(output: Path, overwrite: bool, resume: bool) -> str:
                              "(run without --resume to start)")
         st = read_manifest(output)
         if st.get("state", {}).get("status") == COMPLETE:
+            if _unfinished(staging_path(output)):
+                return "resume-replace"
             raise InputError(f"--resume: {output} is already complete; there is nothing to continue "
                              "(pass --overwrite to convert again)")
         return "resume"
@@ -217,6 +303,25 @@ def check_output_free(output: Path, overwrite: bool, resume: bool) -> str:
     return "replace"
 
 
+def stage(output: Path) -> Path:
+    """The empty place for the staged replacement of ``output`` (a previous staged store, which this
+    run starts again, removed; anything else there is refused)."""
+    staged = staging_path(output)
+    if staged.exists() or staged.is_symlink():
+        if staged.is_symlink() or not is_converted_dir(staged):
+            raise InputError(f"{staged} is in the way of --overwrite (it is not a gpuquant store): remove it")
+        shutil.rmtree(staged)
+    return staged
+
+
+def replace_with(staged: Path, output: Path) -> Store:
+    """Put the complete store ``staged`` in the place of ``output`` (atomically where the file system
+    can exchange two directories) and open it there."""
+    _swap_into_place(staged, output)
+    gfiles.fsync_path(output.parent)
+    return open_store(output)
+
+
 def create(
     output: str | os.PathLike[str],
     *,
@@ -224,13 +329,11 @@ def create(
     rows: int,
     dim: int,
     manifest: Mapping[str, Any],
-    replace: bool = False,
 ) -> StoreWriter:
     """Set up a new store (in a temporary sibling, then renamed into place) and open it for writing.
 
     Every data file is created at full size with its space reserved (``posix_fallocate``), so a full
-    disk is reported here, before any row is converted. ``replace`` swaps out an existing output
-    (checked by the caller) once the new one is set up. Nothing is left behind if this fails.
+    disk is reported here, before any row is converted. Nothing is left behind if this fails.
     """
     dest = Path(output)
     scheme = quantizer.scheme
@@ -253,7 +356,7 @@ def create(
         for f in tmp.iterdir():  # the data files and the quantizer
             gfiles.fsync_path(f)
         gfiles.write_json_atomic(tmp / MANIFEST, doc)
-        move_into_place(tmp, dest, replace)
+        move_into_place(tmp, dest, replace=False)
     return StoreWriter(dest, doc)
 
 
@@ -316,14 +419,17 @@ def write_converted(
     Raises:
         InputError: ``output`` exists (and may not be replaced), a side array has a name that
             is not a plain identifier, or the parent directory is missing.
+        StoreBusyError: another run holds ``output``'s lock.
     """
     dest = Path(output)
     check_output(dest, overwrite)
     check_side_names(codes.side)
-    with partial_dir(dest) as tmp:
-        doc = _write_contents(tmp, codes, quantizer, manifest)
-        check_output(dest, overwrite)  # again: something may have appeared meanwhile
-        move_into_place(tmp, dest, replace=True)
+    with StoreLock(dest):
+        remove_leftovers(dest)
+        with partial_dir(dest) as tmp:
+            doc = _write_contents(tmp, codes, quantizer, manifest)
+            check_output(dest, overwrite)  # again: something may have appeared meanwhile
+            move_into_place(tmp, dest, replace=True)
     log.info("wrote %s (%d files)", dest, len(doc["side"]) + 3)
     return dest
 
@@ -340,6 +446,9 @@ def _write_contents(
     gfiles.fsync_path(tmp / QUANTIZER)
     doc["quantizer"] = QUANTIZER
     doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
+    arrays = {"codes": np.asarray(codes.data), **{k: np.asarray(v) for k, v in codes.side.items()}}
+    doc["checksums"] = {"method": CHECKSUM_METHOD,
+                        "ranges": [range_sums(arrays, 0, doc["rows"])] if doc["rows"] else []}
     with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2, allow_nan=False)
         f.write("\n")
