@@ -432,7 +432,7 @@ class DaskRunner:
                       extra={"dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"],
                                       "skipped_chunks": stats["skipped"], "scheduler": stats["scheduler"]}},
                       bytes_in=n * row_in, row_bytes=row_in, rows_run=n - skipped, stream_s=stats["seconds"],
-                      seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s})
+                      seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s}, stats={})
 
 
 def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: str, client: Any,

@@ -81,6 +81,15 @@ def _search_space(q: Quantizer, codes_recon: Any, queries: Any) -> tuple[Any, An
     return q._prepare(queries), codes_recon
 
 
+def sample_recall(q: Quantizer, queries: np.ndarray, corpus: np.ndarray, recon: np.ndarray, k: int = 10) -> float:
+    """recall@k of the code search (``queries`` against ``recon``, the decoded codes of ``corpus``)
+    against the exact float32 search of ``corpus``: the convert report's sample of a code-space scheme."""
+    (truth,) = _search(np, queries, corpus, k)
+    q_vecs, c_vecs = _search_space(q, recon, queries)
+    (found,) = _search(np, q_vecs, c_vecs, k)
+    return _recall(np, found, truth)
+
+
 def evaluate(
     X: Any,
     quantizer: Quantizer | str,

@@ -150,7 +150,7 @@ class LocalRunner:
                 stats = {"rows_done": n}
         finally:
             bar.close()
-        stats = {**stats, "stream_s": time.perf_counter() - t0}
+        stats = {**stats, "stream_s": time.perf_counter() - t0, "counted_from": start}
         log.info("checking and closing %s", writer.path)
         return stats
 
@@ -175,7 +175,7 @@ class LocalRunner:
                      row_bytes=rows.row_bytes, rows_run=n - start, stream_s=stream_s,
                      seconds={"fit": fit_s, "transform": stream_s, "read": stats.get("read_s", 0.0),
                               "compute": stats.get("compute_s", 0.0), "write": stats.get("write_s", 0.0),
-                              "flush": stats.get("flush_s", 0.0), "total": total_s})
+                              "flush": stats.get("flush_s", 0.0), "total": total_s}, stats=stats)
         if stats.get("streams"):
             doc["streams"] = stats["streams"]
         if stats.get("oom_halvings"):

@@ -286,6 +286,8 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
               [np.empty((batch_rows, d), source.dtype) for _ in range(ring)],
               [_out_set(scheme, batch_rows, d, np.empty) for _ in range(ring)])
     free_in, free_out, writer = p.free_in, p.free_out, p.writer
+    counter = scheme.edge_counter(state, np)
+    edges = np.zeros(2, np.int64)
     p.start()
     compute_s = 0.0
     try:
@@ -294,10 +296,12 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
             t0 = time.perf_counter()
             x = buf[:m]
             try:
-                backend.transform(scheme, state, x, out=_codes_view(outs, m))
+                codes = backend.transform(scheme, state, x, out=_codes_view(outs, m))
             except InputError as exc:
                 free_out.put(outs)
                 raise row_error(exc, scheme, x, a, b) from None
+            with np.errstate(all="ignore"):  # overflow and NaN are what is counted
+                edges += counter(np.asarray(x, np.float32), codes.data, codes.side)
             compute_s += time.perf_counter() - t0
             free_in.put(buf)
             writer.submit(a, b, _slices(outs, m), lambda outs=outs: free_out.put(outs))
@@ -306,7 +310,12 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
         flush_s = p.close()
     writer.check()
     return {"rows_done": writer.done, "batch_rows": batch_rows, "read_s": p.reader.seconds,
-            "compute_s": compute_s, "write_s": writer.seconds, "flush_s": flush_s}
+            "compute_s": compute_s, "write_s": writer.seconds, "flush_s": flush_s, **_edge_stats(edges)}
+
+
+def _edge_stats(edges: Any) -> dict[str, int]:
+    """The stream's edge counts (:meth:`gpuquant.schemes.base.Scheme.edge_counter`) for the report."""
+    return {"nonfinite_outputs": int(edges[0]), "clipped_inputs": int(edges[1])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,11 +344,12 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
     in_bufs = [cupyx.empty_pinned((pinned_rows, d), source.dtype) for _ in range(k + 1)]
     out_sets = [_out_set(scheme, pinned_rows, d, cupyx.empty_pinned, dev_dtype) for _ in range(k + 1)]
     done = start
-    totals = {"read_s": 0.0, "write_s": 0.0, "oom_halvings": 0}
+    totals = {"read_s": 0.0, "write_s": 0.0, "oom_halvings": 0, "nonfinite_outputs": 0, "clipped_inputs": 0}
+    counter = scheme.edge_counter(state, cupy)  # its constants uploaded once, not per batch
     while True:
         try:
             result = _gpu_pass(cupy, backend, source, scheme, state, store, done, batch_rows, k, in_bufs, out_sets,
-                               dev_dtype, progress, meta, totals)
+                               dev_dtype, progress, meta, totals, counter)
             return {**totals, **result, "batch_rows": batch_rows, "streams": k}
         except _OutOfMemory as oom:
             done = oom.rows_done
@@ -361,7 +371,7 @@ class _OutOfMemory(Exception):
 def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, store: StoreWriter, start: int,
               batch_rows: int, k: int, in_bufs: list[np.ndarray], out_sets: list[dict[str, np.ndarray]],
               dev_dtype: Any, progress: Progress, meta: Mapping[str, Any] | None,
-              totals: dict[str, Any]) -> dict[str, Any]:
+              totals: dict[str, Any], counter: Any) -> dict[str, Any]:
     d = source.dim
     OOM = cupy.cuda.memory.OutOfMemoryError
     p = _Pass(source, store, start, batch_rows, progress, meta, in_bufs, out_sets)
@@ -383,7 +393,8 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
             for _ in range(k):
                 slots.append({"stream": cupy.cuda.Stream(non_blocking=True),
                               "x": cupy.empty((batch_rows, d), source.dtype),
-                              "outs": _out_set(scheme, batch_rows, d, cupy.empty, dev_dtype)})
+                              "outs": _out_set(scheme, batch_rows, d, cupy.empty, dev_dtype),
+                              "edges": cupy.zeros(2, np.int64)})
             for a, b, buf, outs in p.batches():
                 m = b - a
                 slot = slots[i % k]
@@ -393,10 +404,14 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                     x = slot["x"][:m]
                     x.set(buf[:m], stream=s)
                     try:
-                        backend.transform(scheme, state, x, out=_codes_view(dev, m))
+                        codes = backend.transform(scheme, state, x, out=_codes_view(dev, m))
                     except InputError as exc:
                         free_out.put(outs)
                         raise row_error(exc, scheme, buf[:m], a, b) from None
+                    x32 = x if x.dtype == np.float32 else x.astype(np.float32)
+                    nonfinite, clipped = counter(x32, codes.data, codes.side)  # on the stream: no sync
+                    slot["edges"][0] += nonfinite
+                    slot["edges"][1] += clipped
                     for name, arr in dev.items():
                         arr[:m].get(stream=s, out=outs[name][:m], blocking=False)
                     ev = cupy.cuda.Event(disable_timing=True)
@@ -408,10 +423,12 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                 writer.check()
             while inflight:
                 retire()
+            _tally(slots, totals)
         except OOM as exc:
             oom = exc
             while inflight:  # batches launched before the failure are complete and correct
                 retire()
+            _tally(slots, totals)
         except BaseException:
             try:  # keep what was launched before the failure (a device error may fail this too)
                 while inflight:
@@ -430,3 +447,11 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
     if oom is not None:
         raise _OutOfMemory(writer.done) from oom
     return {"rows_done": writer.done}
+
+
+def _tally(slots: list[dict[str, Any]], totals: dict[str, Any]) -> None:
+    """Add the streams' device edge counts to ``totals`` (one device-to-host copy per stream and pass)."""
+    for slot in slots:
+        nonfinite, clipped = (int(v) for v in slot["edges"].get())
+        totals["nonfinite_outputs"] += nonfinite
+        totals["clipped_inputs"] += clipped
