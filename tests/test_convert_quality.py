@@ -115,3 +115,22 @@ def test_the_gpu_stream_counts_what_the_cpu_stream_counts(tmp_path: Path, rng: n
         results.append((stats["nonfinite_outputs"], stats["clipped_inputs"]))
     codes, side = q.scheme.encode(X, q.state)
     assert results[0] == results[1] == q.scheme.edge_counts(X, codes, side, q.state)
+
+
+@pytest.mark.parametrize("preset", ["st-int8", "int8-row"])
+def test_a_full_disk_is_refused_before_the_fit_pass_reads_the_input(tmp_path: Path, rng: np.random.Generator,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     preset: str) -> None:
+    from gpuquant.engine.sources import FileSource
+    from gpuquant.store import write
+
+    np.save(tmp_path / "x.npy", matrix(rng, 1000, 32))
+    reads: list[int] = []
+    real_read = FileSource.read_into
+    monkeypatch.setattr(FileSource, "read_into", lambda self, a, b, out: (reads.append(a), real_read(self, a, b, out)))
+    monkeypatch.setattr(write, "free_bytes", lambda path: 1000)
+    code, out, err = cli_run(capsys, "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"), "--scheme", preset,
+                             "--device", "cpu")
+    assert code == 1 and "not enough disk space" in err and "1000 bytes (0.000 GB) are free" in err
+    assert reads == [] and not (tmp_path / "o").exists()

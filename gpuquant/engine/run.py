@@ -9,10 +9,11 @@
 2. opens and describes the source (the runner's): nothing is written before the input's shape,
    dtype, length and shards are known to be good; a resume is refused when the source, scheme or
    parameters changed (:func:`check_resume`) and then uses the store's own quantizer;
-3. fits the quantizer if it needs it (:func:`check_and_fit`, the runner's fit), unless a fitted
-   one is given or the run resumes;
-4. creates the store (every file preallocated, so a full disk is refused here; :func:`create_store`)
-   or reopens it;
+3. refuses a new store that the free disk space cannot hold (:func:`gpuquant.store.check_space`,
+   before the fit pass reads the input), then fits the quantizer if it needs it
+   (:func:`check_and_fit`, the runner's fit), unless a fitted one is given or the run resumes;
+4. creates the store (every file preallocated, so a disk filled meanwhile is refused here;
+   :func:`create_store`) or reopens it;
 5. streams the rows (the runner's);
 6. fsyncs, checks (files, and sampled rows re-encoded with the numpy reference byte for byte:
    :func:`verify_sample`), marks the store complete and returns the runner's report
@@ -105,6 +106,8 @@ def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) ->
         runner.resuming(manifest)
     rows = runner.prepare(q)
     n, d = rows.shape
+    if not resumed:  # a full disk is refused before the fit pass reads the input
+        gstore.check_space(dst, q.scheme, n, d)
     fit_s = 0.0 if resumed else check_and_fit(q, d, lambda: runner.fit(q, rows))
     writer = runner.open_writer(dst, q, rows, desc, mode)
     start = writer.rows_done

@@ -22,7 +22,7 @@ from gpuquant.store.layout import (
 from gpuquant.store.lock import StoreLock
 from gpuquant.store.read import Converted, Store, read_converted
 from gpuquant.store.read import open_store as open  # noqa: A004 - gpuquant.store.open(path), as gpuquant.open
-from gpuquant.store.write import StoreWriter, check_output_free, create, discard, reopen, write_converted
+from gpuquant.store.write import StoreWriter, check_output_free, check_space, create, discard, reopen, write_converted
 
 __all__ = [
     "CODES",
@@ -41,6 +41,7 @@ __all__ = [
     "StoreWriter",
     "check_output",
     "check_output_free",
+    "check_space",
     "create",
     "discard",
     "is_converted_dir",
