@@ -34,7 +34,8 @@ import numpy as np
 from gpuquant import store as gstore
 from gpuquant.engine.fit import Rows, fit_stream
 from gpuquant.engine.progress import Progress
-from gpuquant.engine.run import DEVICES, create_store, report, run
+from gpuquant.api import as_quantizer
+from gpuquant.engine.run import DEVICES, check_and_fit, create_store, report, run
 from gpuquant.engine.sources import PreparedSource, Source, open_source
 from gpuquant.errors import ConvertError, InputError, SourceReadError
 
@@ -99,10 +100,7 @@ class LocalRunner:
         return rows
 
     def fit(self, q: Any, rows: Any) -> None:
-        n, d = rows.shape
-        log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, rows.dtype)
-        q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, rows).items()}
-        q.dim = d
+        fit_streaming(q, rows)
 
     def _settle_batch(self, q: Any, rows: Any) -> None:
         """The batch size, settled (and a GPU plan that fits nothing refused) before writing."""
@@ -181,6 +179,38 @@ class LocalRunner:
         if stats.get("oom_halvings"):
             doc["oom_halvings"] = stats["oom_halvings"]
         return doc
+
+
+def fit_streaming(q: Any, rows: Source) -> None:
+    """Fit ``q`` (in place) on every row of ``rows`` with the streaming fit (the in-memory fit's state)."""
+    n, d = rows.shape
+    log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, rows.dtype)
+    q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, rows).items()}
+    q.dim = d
+
+
+def fit_input(src: Any, quantizer_or_preset: Any = "int8-row", *, shape: Any = None,
+              params: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Fit a quantizer on every row of ``src`` (whatever :func:`convert` reads: a ``.npy``, raw
+    float32 with ``shape``, a directory of shards, an array), streaming, so memory stays bounded
+    whatever the input's size; the state is the one :func:`convert` fits. Returns ``(the fitted
+    quantizer, the source's description)``. A scheme without a fit reads one row (its dimension)."""
+    q = as_quantizer(quantizer_or_preset, params)
+    source = open_source(src, shape=shape)
+    try:
+        rows: Source = source
+        if getattr(q, "truncate_dim", None) is not None:
+            rows = PreparedSource(source, q.truncate_dim)
+        n, d = rows.shape
+        if n == 0:
+            raise InputError("cannot fit on 0 rows")
+        if q.scheme.needs_fit:
+            check_and_fit(q, d, lambda: fit_streaming(q, rows))
+        else:
+            q.fit(source.take(np.arange(1)))
+        return q, {**source.describe(), "bytes": int(source.nbytes)}
+    finally:
+        source.close()
 
 
 def convert(
