@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from gpuquant import store as gstore
+from gpuquant.api import as_quantizer
 from gpuquant.engine.fit import Rows, fit_stream
 from gpuquant.engine.progress import Progress
-from gpuquant.api import as_quantizer
 from gpuquant.engine.run import DEVICES, check_and_fit, create_store, report, run
 from gpuquant.engine.sources import PreparedSource, Source, open_source
 from gpuquant.errors import ConvertError, InputError, SourceReadError
@@ -198,9 +198,8 @@ def fit_input(src: Any, quantizer_or_preset: Any = "int8-row", *, shape: Any = N
     q = as_quantizer(quantizer_or_preset, params)
     source = open_source(src, shape=shape)
     try:
-        rows: Source = source
-        if getattr(q, "truncate_dim", None) is not None:
-            rows = PreparedSource(source, q.truncate_dim)
+        k = getattr(q, "truncate_dim", None)
+        rows = source if k is None else PreparedSource(source, k)
         n, d = rows.shape
         if n == 0:
             raise InputError("cannot fit on 0 rows")
