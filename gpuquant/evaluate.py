@@ -81,6 +81,16 @@ def _search_space(q: Quantizer, codes_recon: Any, queries: Any) -> tuple[Any, An
     return q._prepare(queries), codes_recon
 
 
+def check_options(k: int, rescore: int | None, rescore_with: str) -> None:
+    """``InputError`` for a ``k``, ``rescore`` or ``rescore_with`` that :func:`evaluate` cannot take."""
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    if rescore is not None and rescore < 1:
+        raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
+    if rescore_with not in ("original", "reconstructed"):
+        raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
+
+
 def sample_recall(q: Quantizer, queries: np.ndarray, corpus: np.ndarray, recon: np.ndarray, k: int = 10) -> float:
     """recall@k of the code search (``queries`` against ``recon``, the decoded codes of ``corpus``)
     against the exact float32 search of ``corpus``: the convert report's sample of a code-space scheme."""
@@ -103,12 +113,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Reconstruction error and recall@k of ``quantizer`` on corpus ``X`` (see the module docstring)."""
     X = as_matrix(X)
-    if k < 1:
-        raise InputError(f"k must be >= 1, got {k}")
-    if rescore is not None and rescore < 1:
-        raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
-    if rescore_with not in ("original", "reconstructed"):
-        raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
+    check_options(k, rescore, rescore_with)
     xp = array_module(X)
     X = X.astype(np.float32, copy=False)
     if queries is None:

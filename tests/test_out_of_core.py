@@ -48,3 +48,49 @@ def test_fit_refuses_an_empty_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, doc = cli_json(capsys, "fit", str(tmp_path / "x.npy"), "--scheme", "st-int8", "-o",
                          str(tmp_path / "q.json"), "--format", "json")
     assert code == 2 and not (tmp_path / "q.json").exists()
+
+
+@pytest.mark.parametrize(("preset", "rescore", "rescore_with"), [("st-int8", None, "original"),
+                                                                 ("int4-block", 4, "original"),
+                                                                 ("binary", 3, "reconstructed"),
+                                                                 ("fp8-e4m3", 2, "reconstructed")])
+def test_streamed_eval_gives_the_in_memory_figures(tmp_path: Path, rng: np.random.Generator, preset: str,
+                                                   rescore: int | None, rescore_with: str) -> None:
+    from gpuquant.engine.evaluation import evaluate_input
+    from gpuquant.evaluate import evaluate
+
+    X = matrix(rng, 2500, 64)
+    np.save(tmp_path / "x.npy", X)
+    want = evaluate(X, preset, k=7, n_queries=200, rescore=rescore, rescore_with=rescore_with, backend="numpy")
+    got = evaluate_input(tmp_path / "x.npy", preset, k=7, n_queries=200, rescore=rescore, rescore_with=rescore_with,
+                         backend="numpy", batch_rows=333)
+    assert set(got) == set(want)
+    for key in ("scheme", "rows", "queries", "dims", "k", "bytes_per_vector", "rescore", "rescore_with"):
+        assert got.get(key) == want.get(key), key
+    # Hamming scores tie in bulk, and which of the tied rows a top-k keeps is unspecified either way
+    tol = 0.02 if preset == "binary" else 0.0
+    for key in ("recall_at_k", "recall_at_k_rescored"):
+        assert got.get(key) == pytest.approx(want.get(key), abs=tol), key
+    for key in ("mse", "relative_error", "mean_cosine"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5), key
+
+
+def test_eval_of_shards_a_raw_file_and_a_seeded_sample(tmp_path: Path, rng: np.random.Generator,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuquant.evaluate import evaluate
+
+    X = matrix(rng, 3000, 32)
+    inputs = _inputs(tmp_path, X)
+    docs = []
+    for kind in ("npy", "shards", "raw"):
+        code, doc = cli_json(capsys, "eval", *inputs[kind], "--scheme", "st-int8", "--n-queries", "100",
+                             "--backend", "numpy", "--format", "json")
+        assert code == 0 and doc["rows"] == 2900
+        docs.append(doc)
+    assert docs[0]["recall_at_k"] == docs[1]["recall_at_k"] == docs[2]["recall_at_k"]
+    code, doc = cli_json(capsys, "eval", *inputs["npy"], "--scheme", "st-int8", "--n-queries", "100",
+                         "--sample-rows", "1000", "--seed", "5", "--backend", "numpy", "--format", "json")
+    idx = np.sort(np.random.default_rng(5).choice(3000, size=1000, replace=False))
+    want = evaluate(X[idx], "st-int8", n_queries=100, backend="numpy")
+    assert code == 0 and doc["sample_rows"] == 1000 and doc["rows"] == 900
+    assert doc["recall_at_k"] == want["recall_at_k"] and doc["mse"] == want["mse"]

@@ -91,20 +91,6 @@ def resolve_input(name: str) -> tuple[Path, bool]:
     return Path(name), False
 
 
-def load_input(name: str) -> tuple[np.ndarray, dict[str, Any]]:
-    path, demo = resolve_input(name)
-    log.info("reading %s", "the demo dataset" if demo else path)
-    X = gio.load_matrix(path)
-    source = {
-        "path": str(path.resolve()),
-        "demo": demo,
-        "shape": list(X.shape),
-        "dtype": X.dtype.name,
-        "bytes": int(X.nbytes),
-    }
-    return X, source
-
-
 def _to_numpy(a: Any) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
