@@ -17,6 +17,11 @@ the rings whatever the input size:
   every ``checkpoint_s`` seconds notes the rows written, fsyncs the files and records that count in
   the manifest (:meth:`gpuquant.store.StoreWriter.checkpoint`), so a fsync never stalls the stream.
 
+The compute stage also counts each batch's edges for the report (the scheme's
+:meth:`~gpuquant.schemes.base.Scheme.edge_counter`: values stored as NaN/±Inf, inputs clipped to
+the range ends): on the CPU with numpy; on the GPU with cupy on the batch's stream, into one device
+counter per stream that is read once at the end of the pass (no synchronisation per batch).
+
 Rings: ``k + 1`` input and ``k + 1`` output buffers (CPU: k = 2). Every error stops the stream:
 batches already computed are still written and checkpointed, then the error is raised; a rerun with
 ``resume`` continues from the checkpoint. On the GPU an out-of-memory error halves the batch size
