@@ -105,6 +105,7 @@ def test_the_gpu_stream_counts_what_the_cpu_stream_counts(tmp_path: Path, rng: n
     for run, out in ((pipeline.run_cpu, "cpu"), (pipeline.run_gpu, "gpu")):
         if out == "gpu":
             _use_fake_cupy(monkeypatch, 150, [])  # with one halving of the batch
+            monkeypatch.setattr(pipeline, "EDGE_CHUNK_VALUES", 37 * 128)  # several chunks per batch, and a tail
         src = open_source(tmp_path / "x.npy")
         with gstore.StoreLock(tmp_path / out):
             w = _create_writer(tmp_path / out, preset, q, src)

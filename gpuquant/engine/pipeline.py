@@ -19,8 +19,9 @@ the rings whatever the input size:
 
 The compute stage also counts each batch's edges for the report (the scheme's
 :meth:`~gpuquant.schemes.base.Scheme.edge_counter`: values stored as NaN/±Inf, inputs clipped to
-the range ends): on the CPU with numpy; on the GPU with cupy on the batch's stream, into one device
-counter per stream that is read once at the end of the pass (no synchronisation per batch).
+the range ends): on the CPU with numpy; on the GPU with cupy on the batch's stream (in chunks of
+:data:`EDGE_CHUNK_VALUES`, so its temporaries stay small), into one device counter per stream that
+is read once at the end of the pass (no synchronisation per batch).
 
 Rings: ``k + 1`` input and ``k + 1`` output buffers (CPU: k = 2). Every error stops the stream:
 batches already computed are still written and checkpointed, then the error is raised; a rerun with
@@ -56,6 +57,8 @@ log = logging.getLogger("gpuquant.engine")
 CHECKPOINT_S = float(os.environ.get("GPUQUANT_CHECKPOINT_SECONDS", "2.0"))
 #: Testing aid: seconds the writer sleeps after each batch (so a test can kill a run mid-way).
 DEBUG_BATCH_SLEEP = "GPUQUANT_DEBUG_BATCH_SLEEP"
+#: Values per chunk when the GPU stream counts a batch's edges (bounds the counter's temporaries).
+EDGE_CHUNK_VALUES = 1 << 22
 _END = object()
 
 
@@ -413,10 +416,7 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                     except InputError as exc:
                         free_out.put(outs)
                         raise row_error(exc, scheme, buf[:m], a, b) from None
-                    x32 = x if x.dtype == np.float32 else x.astype(np.float32)
-                    nonfinite, clipped = counter(x32, codes.data, codes.side)  # on the stream: no sync
-                    slot["edges"][0] += nonfinite
-                    slot["edges"][1] += clipped
+                    _count_edges(counter, x, codes, slot["edges"])
                     for name, arr in dev.items():
                         arr[:m].get(stream=s, out=outs[name][:m], blocking=False)
                     ev = cupy.cuda.Event(disable_timing=True)
@@ -452,6 +452,20 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
     if oom is not None:
         raise _OutOfMemory(writer.done) from oom
     return {"rows_done": writer.done}
+
+
+def _count_edges(counter: Any, x: Any, codes: Codes, acc: Any) -> None:
+    """Add one device batch's edge counts to the device counter ``acc``, on the current stream (no
+    sync), in row chunks of :data:`EDGE_CHUNK_VALUES` values so that the counter's temporaries stay
+    small beside the batch buffers the planner counts."""
+    m, d = x.shape
+    step = max(1, EDGE_CHUNK_VALUES // max(1, d))
+    for a in range(0, m, step):
+        xa = x[a:a + step]
+        nonfinite, clipped = counter(xa if xa.dtype == np.float32 else xa.astype(np.float32), codes.data[a:a + step],
+                                     {k: v[a:a + step] for k, v in codes.side.items()})
+        acc[0] += nonfinite
+        acc[1] += clipped
 
 
 def _tally(slots: list[dict[str, Any]], totals: dict[str, Any]) -> None:
