@@ -126,10 +126,11 @@ def test_cluster_convert_of_shards_is_bit_identical(client: Any, shards: tuple[P
                                                     preset: str, params: dict[str, Any]) -> None:
     src, _ = shards
     single = tmp_path / "single"
-    gpuquant.convert(src, single, preset, params=params, device="cpu", progress=False)
+    local = gpuquant.convert(src, single, preset, params=params, device="cpu", progress=False)
     out = tmp_path / "dask"
     report = gd.convert(src, out, preset, params=params, client=client, batch_rows=170, gather_bytes=0)
     assert report["dask"]["tasks_run"] == 8 and report["dask"]["scheduler"] == "Client"
+    assert report["quality"] == local["quality"]  # counted from the store: the cluster's tasks do not count
     assert gstore.open(out).complete
     _same_store(single, out)
 
