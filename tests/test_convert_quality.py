@@ -101,6 +101,9 @@ def test_the_gpu_stream_counts_what_the_cpu_stream_counts(tmp_path: Path, rng: n
     q = fitted(preset, X[:100] * F32(0.01))
     X[::7] *= F32(3000)
     np.save(tmp_path / "x.npy", X)
+    from gpuquant.backends import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "CHUNK_VALUES", 29 * 128)  # the CPU counts several chunks per batch
     results = []
     for run, out in ((pipeline.run_cpu, "cpu"), (pipeline.run_gpu, "gpu")):
         if out == "gpu":

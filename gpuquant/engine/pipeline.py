@@ -35,6 +35,7 @@ resident memory, and no page faults are taken on the output.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -308,8 +309,7 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
             except InputError as exc:
                 free_out.put(outs)
                 raise row_error(exc, scheme, x, a, b) from None
-            with np.errstate(all="ignore"):  # overflow and NaN are what is counted
-                edges += counter(np.asarray(x, np.float32), codes.data, codes.side)
+            edges += _cpu_edges(counter, x, codes)
             compute_s += time.perf_counter() - t0
             free_in.put(buf)
             writer.submit(a, b, _slices(outs, m), lambda outs=outs: free_out.put(outs))
@@ -454,16 +454,38 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
     return {"rows_done": writer.done}
 
 
+def _edge_parts(counter: Any, x: Any, codes: Codes, values: int) -> list[Callable[[], tuple[Any, Any]]]:
+    """One call of the edge ``counter`` per row chunk of about ``values`` values of the batch ``x``
+    (the chunk converted to float32 there), so its temporaries stay chunk-sized."""
+    m, d = x.shape
+    step = max(1, values // max(1, d))
+
+    def part(a: int) -> tuple[Any, Any]:
+        xa = x[a:a + step]
+        return counter(xa if xa.dtype == np.float32 else xa.astype(np.float32), codes.data[a:a + step],
+                       {k: v[a:a + step] for k, v in codes.side.items()})
+
+    return [functools.partial(part, a) for a in range(0, m, step)]
+
+
+def _cpu_edges(counter: Any, x: np.ndarray, codes: Codes) -> np.ndarray:
+    """One host batch's edge counts, its chunks counted on the numpy backend's threads."""
+    from gpuquant.backends.numpy_backend import CHUNK_VALUES, _pool
+
+    def run(part: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        with np.errstate(all="ignore"):  # overflow and NaN are what is counted
+            return part()
+
+    futures = [_pool().submit(run, part) for part in _edge_parts(counter, x, codes, CHUNK_VALUES)]
+    return np.array([f.result() for f in futures], np.int64).reshape(-1, 2).sum(axis=0)
+
+
 def _count_edges(counter: Any, x: Any, codes: Codes, acc: Any) -> None:
     """Add one device batch's edge counts to the device counter ``acc``, on the current stream (no
-    sync), in row chunks of :data:`EDGE_CHUNK_VALUES` values so that the counter's temporaries stay
-    small beside the batch buffers the planner counts."""
-    m, d = x.shape
-    step = max(1, EDGE_CHUNK_VALUES // max(1, d))
-    for a in range(0, m, step):
-        xa = x[a:a + step]
-        nonfinite, clipped = counter(xa if xa.dtype == np.float32 else xa.astype(np.float32), codes.data[a:a + step],
-                                     {k: v[a:a + step] for k, v in codes.side.items()})
+    sync), in chunks of :data:`EDGE_CHUNK_VALUES` values: small temporaries beside the batch buffers
+    the planner counts."""
+    for part in _edge_parts(counter, x, codes, EDGE_CHUNK_VALUES):
+        nonfinite, clipped = part()
         acc[0] += nonfinite
         acc[1] += clipped
 
