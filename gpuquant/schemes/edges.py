@@ -26,8 +26,9 @@ Counter = Callable[[Any, Any, Mapping[str, Any]], tuple[Any, Any]]
 
 
 def count(xp: Any, mask: Any) -> Any:
-    """The number of true values in ``mask`` (an integer; a 0-d array on the device)."""
-    return xp.count_nonzero(mask)
+    """The number of true values in ``mask``: a numpy integer, or a 0-d device array (a sum, never
+    read back here: older CuPy's ``count_nonzero`` returned a Python int, which waits for the device)."""
+    return np.count_nonzero(mask) if xp is np else mask.sum(dtype=xp.int64)
 
 
 def nibbles(xp: Any, packed: Any, d: int, order: str) -> Any:
