@@ -87,7 +87,10 @@ def test_rows_written_before_a_resume_are_counted_from_the_store(tmp_path: Path,
     expected = _fp8_nonfinite(X)
     assert doc["quality"]["nonfinite_outputs"] == expected
     tail = _fp8_nonfinite(X[123:])
-    assert edge_totals(st, src, {"nonfinite_outputs": tail, "counted_from": 123}, 50)["nonfinite_outputs"] == expected
+    assert edge_totals(st, src, {"nonfinite_outputs": tail, "uncounted": [(0, 123)]}, 50)["nonfinite_outputs"] == expected
+    middle = _fp8_nonfinite(X[:100]) + _fp8_nonfinite(X[300:])
+    assert edge_totals(st, src, {"nonfinite_outputs": middle, "uncounted": [(100, 300)]}, 64)["nonfinite_outputs"] \
+        == expected
     assert edge_totals(st, src, {}, 64)["nonfinite_outputs"] == expected
 
 

@@ -148,7 +148,7 @@ class LocalRunner:
                 stats = {"rows_done": n}
         finally:
             bar.close()
-        stats = {**stats, "stream_s": time.perf_counter() - t0, "counted_from": start}
+        stats = {**stats, "stream_s": time.perf_counter() - t0, "uncounted": [(0, start)]}
         log.info("checking and closing %s", writer.path)
         return stats
 

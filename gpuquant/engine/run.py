@@ -242,14 +242,13 @@ def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_S
 
 def edge_totals(store: gstore.Store, source: Source | Rows, stats: dict[str, Any], batch_rows: int) -> dict[str, Any]:
     """The report's ``quality``: values stored as NaN/±Inf and inputs clipped to the range ends over
-    every row. The stream counted rows ``stats["counted_from"]`` to the end; rows before (a resumed
-    run, or a runner that does not count) are counted here from the source and the store."""
+    every row. The stream counted every row but the ranges ``stats["uncounted"]`` (default: every
+    row), which an earlier run wrote (a resume): those are counted here from the source and the store."""
     nonfinite, clipped = int(stats.get("nonfinite_outputs", 0)), int(stats.get("clipped_inputs", 0))
-    first = int(stats.get("counted_from", store.rows))
-    if first:
-        counter = store.scheme.edge_counter(store.quantizer.state, np)
-        for a in range(0, first, batch_rows):
-            b = min(first, a + batch_rows)
+    counter = store.scheme.edge_counter(store.quantizer.state, np)
+    for first, last in stats.get("uncounted", [(0, store.rows)]):
+        for a in range(first, last, batch_rows):
+            b = min(last, a + batch_rows)
             x = np.asarray(source.take(np.arange(a, b)), np.float32)
             side = {k: np.asarray(v[a:b]) for k, v in store.side.items()}
             with np.errstate(all="ignore"):
