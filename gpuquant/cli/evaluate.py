@@ -27,7 +27,7 @@ def cmd_eval(args: argparse.Namespace) -> Report:
     start = time.perf_counter()
     r = evaluate_input(path, q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
                        rescore_with=args.rescore_with, backend=args.backend, shape=args.shape,
-                       sample_rows=args.sample_rows, seed=args.seed)
+                       sample_rows=args.sample_rows, seed=args.seed, progress=args.format == "human")
     r["seconds"] = time.perf_counter() - start
     return r, render.eval_text(r)
 

@@ -28,6 +28,7 @@ import numpy as np
 from gpuquant.api import Quantizer
 from gpuquant.engine.fit import FIT_BATCH_VALUES, batches
 from gpuquant.engine.local import fit_streaming
+from gpuquant.engine.progress import Progress
 from gpuquant.engine.sources import PreparedSource, Source, open_source
 from gpuquant.errors import InputError
 from gpuquant.evaluate import _recall, _rescore, _search_space, _top_k, check_options, evaluate
@@ -71,9 +72,10 @@ class _TopK:
 def evaluate_input(src: Any, quantizer: Quantizer | str, queries: Any = None, *, k: int = 10, n_queries: int = 1000,
                    rescore: int | None = None, rescore_with: str = "original", backend: str = "auto",
                    shape: Any = None, sample_rows: int | None = None, seed: int = 0,
-                   batch_rows: int | None = None) -> dict[str, Any]:
+                   batch_rows: int | None = None, progress: bool = False) -> dict[str, Any]:
     """:func:`gpuquant.evaluate.evaluate` of the corpus ``src`` read in batches, or of a seeded
-    sample of ``sample_rows`` of its rows (see the module docstring)."""
+    sample of ``sample_rows`` of its rows (see the module docstring); ``progress`` draws the
+    stream's progress bar on stderr (when it is a terminal; logged either way)."""
     source = open_source(src, shape=shape)
     try:
         if sample_rows is not None:
@@ -85,7 +87,7 @@ def evaluate_input(src: Any, quantizer: Quantizer | str, queries: Any = None, *,
                               rescore=rescore, rescore_with=rescore_with, backend=backend)
             return {**report, "sample_rows": int(idx.size), "seed": seed}
         return _stream(source, quantizer, queries, k=k, n_queries=n_queries, rescore=rescore,
-                       rescore_with=rescore_with, backend=backend, batch_rows=batch_rows)
+                       rescore_with=rescore_with, backend=backend, batch_rows=batch_rows, progress=progress)
     finally:
         source.close()
 
@@ -114,7 +116,8 @@ def _fit(q: Quantizer, corpus: Source) -> None:
 
 
 def _stream(source: Source, quantizer: Quantizer | str, queries: Any, *, k: int, n_queries: int,
-            rescore: int | None, rescore_with: str, backend: str, batch_rows: int | None) -> dict[str, Any]:
+            rescore: int | None, rescore_with: str, backend: str, batch_rows: int | None,
+            progress: bool) -> dict[str, Any]:
     check_options(k, rescore, rescore_with)
     queries, corpus = _split(source, queries, n_queries)
     n, d = corpus.shape
@@ -127,21 +130,26 @@ def _stream(source: Source, quantizer: Quantizer | str, queries: Any, *, k: int,
     found = _TopK(len(queries), k if rescore is None else min(k * rescore, n))
     sq_diff = sq_seen = cos_sum = 0.0
     cos_rows = code_bytes = first = 0
-    for x in batches(corpus, batch_rows or max(1, FIT_BATCH_VALUES // d)):
-        codes = q.transform(x)
-        recon = np.asarray(q.inverse_transform(codes), F32)
-        seen = q._prepare(x)
-        diff = (recon - seen).astype(np.float64)
-        sq_diff += float((diff * diff).sum())
-        sq_seen += float((seen.astype(np.float64) ** 2).sum())
-        norms = np.linalg.norm(seen, axis=1) * np.linalg.norm(recon, axis=1)
-        nonzero = norms > 0
-        cos_sum += float(((seen * recon).sum(axis=1)[nonzero] / norms[nonzero]).astype(np.float64).sum())
-        cos_rows += int(nonzero.sum())
-        code_bytes += int(codes.nbytes)
-        truth.add(queries @ x.T, first)
-        found.add(q_vecs @ recon.T, first)
-        first += x.shape[0]
+    bar = Progress(n, corpus.row_bytes, enabled=progress, label="evaluating")
+    try:
+        for x in batches(corpus, batch_rows or max(1, FIT_BATCH_VALUES // d)):
+            codes = q.transform(x)
+            recon = np.asarray(q.inverse_transform(codes), F32)
+            seen = q._prepare(x)
+            diff = (recon - seen).astype(np.float64)
+            sq_diff += float((diff * diff).sum())
+            sq_seen += float((seen.astype(np.float64) ** 2).sum())
+            norms = np.linalg.norm(seen, axis=1) * np.linalg.norm(recon, axis=1)
+            nonzero = norms > 0
+            cos_sum += float(((seen * recon).sum(axis=1)[nonzero] / norms[nonzero]).astype(np.float64).sum())
+            cos_rows += int(nonzero.sum())
+            code_bytes += int(codes.nbytes)
+            truth.add(queries @ x.T, first)
+            found.add(q_vecs @ recon.T, first)
+            first += x.shape[0]
+            bar.update(first)
+    finally:
+        bar.close()
     report: dict[str, Any] = {
         "scheme": q.name, "rows": int(n), "queries": len(queries), "dims": int(d), "k": k,
         "mse": sq_diff / (n * (q.truncate_dim or d)), "relative_error": float(np.sqrt(sq_diff / sq_seen)),
