@@ -1,7 +1,7 @@
 """CPU benchmark: gpuquant's numpy backend against the code users run today, side by side.
 
 For each case, on the same float32 input (fresh random normal data, never zeros):
-ours (``Quantizer(..., backend="numpy")``), the peer (the seed's naive numpy for ``int8-row``;
+ours (``Quantizer(..., backend="numpy")``), the peer (the plain numpy row-wise int8 recipe for ``int8-row``;
 sentence-transformers ``quantize_embeddings`` for ``st-int8`` (its formula, verbatim, when the
 package is not installed); faiss-cpu ``ScalarQuantizer.compute_codes`` for ``faiss-sq8``), and the
 memory roofline: a multi-threaded copy of the input measured in the same run, scaled to the case's
@@ -30,8 +30,8 @@ import gpuquant
 from gpuquant.backends import numpy_backend
 
 
-def seed_int8_rowwise(x: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's write_int8_rowwise batch body (../shared/seeds/000), verbatim."""
+def rowwise_int8_recipe(x: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """The plain numpy row-wise int8 recipe: ``s = (max|x| + eps) / 127``, ``clip(round(x / s), -127, 127)``."""
     m = np.max(np.abs(x), axis=1, keepdims=True) + eps
     s = (m / 127.0).astype(np.float32)
     q = np.clip(np.round(x / s), -127, 127).astype(np.int8)
@@ -82,7 +82,7 @@ def run(size_mib: int, repeats: int, d: int) -> dict:
 
     cases = []
     q_row = gpuquant.Quantizer("int8-row", backend="numpy")
-    cases.append(("int8-row", lambda: q_row.transform(x), lambda: seed_int8_rowwise(x), "seed naive numpy", 1 + 4 / d))
+    cases.append(("int8-row", lambda: q_row.transform(x), lambda: rowwise_int8_recipe(x), "plain numpy recipe", 1 + 4 / d))
     q_st = gpuquant.Quantizer("st-int8", backend="numpy").fit(x[: min(n, 100_000)])
     ranges = np.vstack([q_st.state["lo"], q_st.state["hi"]])
     st_fn, st_label = st_quantize_int8(x, ranges)

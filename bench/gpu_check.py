@@ -1,20 +1,30 @@
 """GPU check: the GPU test suite and the GPU benchmarks in one command, a short table printed last.
 
-    python bench/gpu_check.py --out $OUT      # tests + 1 GiB and 4 GiB benchmarks (about 5-8 min on an H100)
-    python bench/gpu_check.py --quick         # tests + 256 MiB benchmarks (a smoke run)
-    python bench/gpu_check.py --no-tests      # benchmarks only
+    python bench/gpu_check.py --out $OUT      # tests + 64 MiB, 1 GiB and 4 GiB at d = 384, 768, 1024, 4096
+    python bench/gpu_check.py --quick         # tests + 256 MiB at d = 384 (a smoke run)
+    python bench/gpu_check.py --no-tests --dims 768 --sizes-gib 1
 
 1. ``pytest -m gpu tests`` in a subprocess; its output is saved next to the results.
-2. Device copy bandwidth (a large device-to-device copy; bytes read + written), then for every
-   preset and a few family variants the cupy backend's transform throughput on fresh random
-   float32 inputs (never zeros) of each size: warm-up, CUDA events, median of ``--repeats`` (>= 5),
-   bytes moved = input read + codes and side arrays written; the same formula as a plain CuPy
-   expression for comparison; inverse_transform for a few schemes; training: exact quantile (radix
-   select over all values) vs cuVS-compatible (sample and sort) vs ``cupy.quantile``, and min/max.
-3. JSON and a markdown table under ``bench/results/`` (and copies in ``--out``): device, driver,
-   CUDA runtime, CuPy, git commit; per row ``scheme``, ``bytes_moved``, ``seconds``, ``gbps``,
-   ``copy_gbps``, ``fraction_of_copy``, ``cupy_expr_seconds``, ``speedup_vs_cupy_expr``.
-4. The short table, last. A failing benchmark is reported in its row and the others go on.
+2. Rooflines: device copy bandwidth (a large device-to-device copy; bytes read + written) and
+   read-only bandwidth (a kernel that reads every float4 of a large array and writes nothing).
+3. For every (d, size): every preset and a few family variants, the cupy backend's transform on
+   fresh random float32 input (never zeros), inverse_transform for a few schemes, and the training
+   passes (exact quantile by radix select vs cuVS-compatible sample-and-sort vs ``cupy.quantile``,
+   min/max). Each case is timed two ways with CUDA events: the whole call (``seconds``: Python,
+   launch set-up and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
+   captured from the backend, replayed back to back ``KERNEL_BATCH`` times so that launch overhead
+   hides behind the queue). Cases are interleaved: every round times each case once, ``--rounds``
+   (>= 5) rounds, so drift over the run shows as a spread; each time is reported as min / median /
+   max. Bytes moved = input read + codes and side arrays written; ``fraction_of_copy`` of the copy
+   roofline, and for read-only passes (training, binary codes) ``fraction_of_read`` of the
+   read-only roofline too. The same formula as a plain CuPy expression for comparison.
+4. JSON and a markdown table under ``bench/results/`` (and copies in ``--out``): device, driver,
+   CUDA runtime, CuPy, git commit; per row ``scheme``, ``op``, ``dim``, ``size_bytes``,
+   ``bytes_moved``, ``seconds`` (median) with ``seconds_min``/``seconds_max``, ``gbps``,
+   ``fraction_of_copy``, ``kernel_seconds`` (median, min, max), ``kernel_gbps``,
+   ``kernel_fraction_of_copy``, ``fraction_of_read`` / ``kernel_fraction_of_read`` (read-only
+   passes), ``cupy_expr_seconds``, ``speedup_vs_cupy_expr``.
+5. The short table, last. A failing benchmark is reported in its row and the others go on.
 """
 
 from __future__ import annotations
@@ -27,15 +37,20 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from _common import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DIMS = 384
+DIMS = (384, 768, 1024, 4096)
+SIZES_GIB = (1 / 16, 1, 4)  # the 64 MiB point shows the fixed cost per call
+KERNEL_BATCH = 10  # back-to-back replays of a call's kernels per timing
 
 
 def error_text(exc: BaseException) -> str:
@@ -52,6 +67,30 @@ def record(row: dict[str, Any], seconds: float, moved: int, copy_gbps: float, *,
     else:
         row.update(bytes_moved=int(moved), seconds=seconds, gbps=moved / seconds / 1e9)
     row["fraction_of_copy"] = row["gbps"] / copy_gbps
+
+
+def spread(times: list[float]) -> tuple[float, float, float]:
+    """(min, median, max) of a list of timings."""
+    return min(times), statistics.median(times), max(times)
+
+
+def fill_times(row: dict[str, Any], call: list[float], kernel: list[float], moved: int, copy_gbps: float,
+               read_gbps: float | None, *, seconds_first: bool = False) -> None:
+    """A timed row from its interleaved timings: whole call and kernels alone, min/median/max, the
+    copy fraction of both, and the read-only fraction of both when ``read_gbps`` is given."""
+    lo, med, hi = spread(call)
+    record(row, med, moved, copy_gbps, seconds_first=seconds_first)
+    row.update(seconds_min=lo, seconds_max=hi)
+    if kernel:
+        klo, kmed, khi = spread(kernel)
+        row.update(kernel_seconds=kmed, kernel_seconds_min=klo, kernel_seconds_max=khi,
+                   kernel_gbps=row["bytes_moved"] / kmed / 1e9)
+        row["kernel_fraction_of_copy"] = row["kernel_gbps"] / copy_gbps
+    if read_gbps:
+        row["read_gbps"] = read_gbps
+        row["fraction_of_read"] = row["gbps"] / read_gbps
+        if kernel:
+            row["kernel_fraction_of_read"] = row["kernel_gbps"] / read_gbps
 
 
 def run_tests(log: Path, timeout_s: int) -> dict[str, Any]:
@@ -74,24 +113,98 @@ def run_tests(log: Path, timeout_s: int) -> dict[str, Any]:
 
 
 class Timer:
-    """Median device time of a callable: one warm-up, then ``repeats`` runs timed with CUDA events."""
+    """Device time of a callable with CUDA events: ``once`` times one round (``batch`` calls back to
+    back, per call); ``__call__`` is the median of ``repeats`` rounds after a warm-up."""
 
     def __init__(self, cp: Any, repeats: int) -> None:
         self.cp, self.repeats = cp, repeats
 
-    def __call__(self, fn: Callable[[], Any]) -> float:
+    def once(self, fn: Callable[[], Any], batch: int = 1) -> float:
         cp = self.cp
-        fn()
-        cp.cuda.Device().synchronize()
-        times = []
-        for _ in range(self.repeats):
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for _ in range(batch):
             fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
-        return statistics.median(times)
+        stop.record()
+        stop.synchronize()
+        return cp.cuda.get_elapsed_time(start, stop) / 1e3 / batch
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        fn()
+        self.cp.cuda.Device().synchronize()
+        return statistics.median(self.once(fn) for _ in range(self.repeats))
+
+
+@dataclass
+class Case:
+    """One benchmark row to time: the whole ``call``, and ``launches`` (kernel, grid, block, args)
+    that one call made, replayed alone. ``moved``: bytes read + written by one call."""
+
+    row: dict[str, Any]
+    call: Callable[[], Any]
+    moved: int
+    read_only: bool = False
+    launches: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)
+    seconds_first: bool = False
+    expr: tuple[str, dict] | None = None  # (preset, state) of the plain CuPy expression to compare
+
+    def kernels(self) -> None:
+        for kernel, grid, block, args in self.launches:
+            kernel(grid, block, args)
+
+
+@contextmanager
+def captured_launches() -> Iterator[list[tuple[Any, Any, Any, Any]]]:
+    """Every launch of gpuquant's kernels inside the block: (kernel, grid, block, args); they still run."""
+    from gpuquant.backends import cuda_loader
+
+    real = cuda_loader.get_kernel
+    launches: list[tuple[Any, Any, Any, Any]] = []
+
+    def get_kernel(filename: str, name: str, names: Any) -> Any:
+        kernel = real(filename, name, names)
+
+        def launch(grid: Any, block: Any, args: Any, **kw: Any) -> Any:
+            launches.append((kernel, grid, block, args))
+            return kernel(grid, block, args, **kw)
+
+        return launch
+
+    with mock.patch.object(cuda_loader, "get_kernel", get_kernel):
+        yield launches
+
+
+def prepared(row: dict[str, Any], call: Callable[[], Any], moved: int, **kw: Any) -> Case:
+    """A case whose call ran once (warm-up) with its kernel launches captured."""
+    with captured_launches() as launches:
+        call()
+    return Case(row, call, moved, launches=list(launches), **kw)
+
+
+def interleaved(cases: list[Case], rounds: int, once: Callable[..., float]) -> dict[int, tuple[list, list]]:
+    """Per case index: (call times, kernel times), each case timed once per round, rounds in turn."""
+    times: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(cases))}
+    for _ in range(rounds):
+        for i, case in enumerate(cases):
+            times[i][0].append(once(case.call))
+            if case.launches:
+                times[i][1].append(once(case.kernels, KERNEL_BATCH))
+    return times
+
+
+def time_cases(cases: list[Case], timer: Timer, rounds: int, copy_gbps: float, read_gbps: float) -> None:
+    """Times every case (interleaved) and fills its row; a case whose timing fails reports its error."""
+    live = [c for c in cases if "error" not in c.row]
+    try:
+        times = interleaved(live, rounds, timer.once)
+    except Exception as exc:  # noqa: BLE001 - one failure stops the rounds; every row says so
+        for case in live:
+            case.row["error"] = error_text(exc)
+        return
+    for i, case in enumerate(live):
+        call, kernel = times[i]
+        fill_times(case.row, call, kernel, case.moved, copy_gbps, read_gbps if case.read_only else None,
+                   seconds_first=case.seconds_first)
 
 
 def environment(cp: Any) -> dict[str, Any]:
@@ -115,6 +228,29 @@ def copy_bandwidth(cp: Any, timer: Timer, nbytes: int) -> float:
     dst = cp.empty_like(src)
     seconds = timer(lambda: cp.copyto(dst, src))
     return 2 * src.nbytes / seconds / 1e9
+
+
+READ_ONLY_KERNEL = r"""
+extern "C" __global__ void read_only(const float4* __restrict__ x, long long n, float* sink) {
+    float acc = 0.0f;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += step) {
+        const float4 v = x[i];
+        acc += v.x + v.y + v.z + v.w;
+    }
+    if (acc == 1234.5f) sink[0] = acc;  // keeps the loads; never true for the normal data used
+}
+"""
+
+
+def read_bandwidth(cp: Any, timer: Timer, nbytes: int) -> float:
+    """Read-only roofline: every float4 of a large array read once, nothing written (bytes read / s)."""
+    x = cp.random.standard_normal(nbytes // 4, dtype=cp.float32)
+    sink = cp.zeros(1, cp.float32)
+    kernel = cp.RawKernel(READ_ONLY_KERNEL, "read_only")
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    seconds = timer(lambda: kernel((sms * 8,), (256,), (x, cp.int64(x.size // 4), sink)))
+    return x.nbytes / seconds / 1e9
 
 
 # -- plain CuPy expressions of the same formulas (for comparison; not bit-exact) ------------------
@@ -156,7 +292,7 @@ def cupy_expressions(cp: Any) -> dict[str, Callable[[Any, dict], Any]]:
         "cuvs-sq8": cuvs, "st-int8": st_int8, "st-uint8": lambda x, s: (st_int8(x, s).view(cp.uint8) ^ 0x80),
         "faiss-sq8": faiss8, "faiss-sq4": faiss4, "uint8-affine": affine, "int8-row": int8_row,
         "int4-block": int4_block, "fp16": lambda x, s: x.astype(cp.float16), "bf16": bf16,
-        # cupy.packbits has no axis argument; rows of DIMS (a multiple of 8) values pack the same flat
+        # cupy.packbits has no axis argument; rows of d values (each d of DIMS a multiple of 8) pack the same flat
         "binary": lambda x, s: cp.packbits((x > 0).ravel(), bitorder="little").reshape(x.shape[0], -1),
         "st-ubinary": lambda x, s: cp.packbits((x > 0).ravel()).reshape(x.shape[0], -1),
         "st-binary": lambda x, s: (cp.packbits((x > 0).ravel()) ^ 0x80).view(cp.int8).reshape(x.shape[0], -1),
@@ -180,61 +316,88 @@ def label(name: str, params: dict) -> str:
     return name if not params else name + "(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
-def bench_size(cp: Any, timer: Timer, size_bytes: int, copy_gbps: float) -> list[dict[str, Any]]:
+def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, roofs: dict[str, float]
+               ) -> list[dict[str, Any]]:
+    """Every case of one (size, d), timed interleaved; the rows in order."""
+    n = size_bytes // (4 * dim)
+    x = cp.random.standard_normal((n, dim), dtype=cp.float32)
+    x *= cp.float32(3)
+    x += cp.float32(0.25)  # fresh, never zero, not centred
+    cases = scheme_cases(cp, x) + training_cases(cp, x) + cuvs_cases(cp, x)
+    for case in cases:
+        case.row.update(dim=dim, size_bytes=int(x.nbytes), copy_gbps=roofs["copy"])
+    time_cases(cases, timer, rounds, roofs["copy"], roofs["read"])
+    expr_times(cp, timer, x, cases)
+    rows = [c.row for c in cases]
+    del cases, x
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def _failed(row: dict[str, Any], exc: BaseException) -> Case:
+    row["error"] = error_text(exc)
+    row["traceback"] = traceback.format_exc()[-2000:]
+    return Case(row, lambda: None, 0)
+
+
+def scheme_cases(cp: Any, x: Any) -> list[Case]:
+    """Transform of every benchmarked scheme (and inverse of ``INVERSE_SCHEMES``), into ``out=`` arrays.
+
+    Every case's codes stay on the device until the rounds end (about 5x the input for all schemes)."""
     from gpuquant.backends.cupy_backend import CupyBackend
     from gpuquant.codes import Codes
     from gpuquant.schemes import make_scheme
 
     backend = CupyBackend()
-    exprs = cupy_expressions(cp)
-    n = size_bytes // (4 * DIMS)
-    x = cp.random.standard_normal((n, DIMS), dtype=cp.float32)
-    x *= cp.float32(3)
-    x += cp.float32(0.25)  # fresh, never zero, not centred
-    rows: list[dict[str, Any]] = []
+    cases: list[Case] = []
+    y = cp.empty(x.shape, cp.float32)  # one reconstruction buffer for every inverse (timed one at a time)
     for name, params in BENCH_SCHEMES:
-        row: dict[str, Any] = {"scheme": label(name, params), "op": "transform", "size_bytes": int(x.nbytes),
-                               "copy_gbps": copy_gbps}
-        rows.append(row)
+        row: dict[str, Any] = {"scheme": label(name, params), "op": "transform"}
         try:
             scheme = make_scheme(name, **params)
-            state = backend.fit(scheme, x[: min(n, 200_000)]) if scheme.needs_fit else (scheme.initial_state() or {})
+            fit_rows = x[: min(int(x.shape[0]), 200_000)]
+            state = backend.fit(scheme, fit_rows) if scheme.needs_fit else (scheme.initial_state() or {})
             codes = backend.transform(scheme, state, x)
             out = Codes(codes.data, codes.side)
-            seconds = timer(lambda: backend.transform(scheme, state, x, out=out))
             code_bytes = codes.data.nbytes + sum(v.nbytes for v in codes.side.values())
-            record(row, seconds, x.nbytes + code_bytes, copy_gbps)
-            expr = exprs.get(name) if not params else None
-            if expr is not None:
-                dev_state = {k: cp.asarray(v) for k, v in state.items()}
-                row["cupy_expr_seconds"] = timer(lambda: expr(x, dev_state))
-                row["speedup_vs_cupy_expr"] = row["cupy_expr_seconds"] / seconds
+            read_only = scheme.family == "binary"
+            case = prepared(row, lambda s=scheme, st=state, o=out: backend.transform(s, st, x, out=o),
+                            x.nbytes + code_bytes, read_only=read_only)
+            case.expr = (name, state) if not params else None
+            cases.append(case)
             if name in INVERSE_SCHEMES and not params:
-                inv = {"scheme": row["scheme"], "op": "inverse", "size_bytes": int(x.nbytes), "copy_gbps": copy_gbps}
-                rows.append(inv)
-                y = cp.empty(x.shape, cp.float32)
-                inv_seconds = timer(lambda: backend.inverse_transform(scheme, state, codes, out=y))
-                record(inv, inv_seconds, code_bytes + y.nbytes, copy_gbps)
-                del y
-            del codes, out
+                inv = {"scheme": row["scheme"], "op": "inverse"}
+                cases.append(prepared(inv, lambda s=scheme, st=state, c=codes, o=y: backend.inverse_transform(
+                    s, st, c, out=o), code_bytes + y.nbytes))
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not stop the others
-            failed = rows[-1] if "seconds" not in rows[-1] else row
-            failed["error"] = error_text(exc)
-            failed["traceback"] = traceback.format_exc()[-2000:]
+            cases.append(_failed(row, exc))
+    return cases
+
+
+def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
+    """The same formula as a plain CuPy expression (median whole call), next to each transform."""
+    exprs = cupy_expressions(cp)
+    for case in cases:
+        name, state = case.expr or (None, {})
+        expr = exprs.get(name) if name else None
+        if expr is None or "seconds" not in case.row:
+            continue
+        try:
+            dev_state = {k: cp.asarray(v) for k, v in state.items()}
+            case.row["cupy_expr_seconds"] = timer(lambda: expr(x, dev_state))
+            case.row["speedup_vs_cupy_expr"] = case.row["cupy_expr_seconds"] / case.row["seconds"]
+        except Exception as exc:  # noqa: BLE001 - the comparison is optional
+            case.row["cupy_expr_error"] = error_text(exc)
         cp.get_default_memory_pool().free_all_blocks()
-    rows.extend(bench_training(cp, timer, x, copy_gbps))
-    rows.extend(bench_cuvs(cp, timer, x, copy_gbps))
-    del x
-    cp.get_default_memory_pool().free_all_blocks()
-    return rows
 
 
-def bench_training(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict[str, Any]]:
+def training_cases(cp: Any, x: Any) -> list[Case]:
+    """The training passes (read-only): bytes moved = input bytes x passes over it."""
     from gpuquant.backends import cupy_train
     from gpuquant.schemes.scalar import quantile_positions
 
     lo_pos, hi_pos = quantile_positions(int(x.size), 0.99)
-    cases: list[tuple[str, Callable[[], Any], int]] = [
+    specs: list[tuple[str, Callable[[], Any], int]] = [
         ("train: exact quantile (radix select, all values)", lambda: cupy_train.select_values(x, lo_pos, hi_pos), 3),
         ("train: cuVS-compatible quantile (1e6-value sample, sort)",
          lambda: cupy_train.quantile_range(x, 0.99, "cuvs", per_dim=False), 0),
@@ -242,16 +405,25 @@ def bench_training(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict
         ("train: min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=False), 1),
         ("train: per-dimension min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=True), 1),
     ]
-    rows = []
-    for name, fn, passes in cases:
-        row: dict[str, Any] = {"scheme": name, "op": "train", "size_bytes": int(x.nbytes), "copy_gbps": copy_gbps}
+    cases = []
+    for name, fn, passes in specs:
+        row: dict[str, Any] = {"scheme": name, "op": "train"}
         try:
-            record(row, timer(fn), x.nbytes * max(passes, 1), copy_gbps, seconds_first=True)
+            cases.append(prepared(row, fn, x.nbytes * max(passes, 1), read_only=True, seconds_first=True))
         except Exception as exc:  # noqa: BLE001 - report and go on
-            row["error"] = error_text(exc)
-        rows.append(row)
-        cp.get_default_memory_pool().free_all_blocks()
-    return rows
+            cases.append(_failed(row, exc))
+    return cases
+
+
+def _ms(row: dict[str, Any], key: str) -> str:
+    """``median (min-max)`` of a timing in ms, or ``-``."""
+    if key not in row:
+        return "-"
+    return f"{row[key] * 1e3:.3f} ({row[key + '_min'] * 1e3:.3f}-{row[key + '_max'] * 1e3:.3f})"
+
+
+def _frac(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -260,49 +432,63 @@ def markdown(report: dict[str, Any]) -> str:
         f"GPU check: {env.get('device', '?')} (driver {env.get('driver', '?')}, CUDA runtime "
         f"{env.get('cuda_runtime', '?')}, CuPy {env.get('cupy', '?')}, commit {env.get('git_commit', '?')[:10]})",
         f"tests: {report.get('tests', {}).get('summary', 'not run')}",
-        f"device copy bandwidth: {report.get('copy_gbps', float('nan')):.0f} GB/s (read + write)",
+        f"device copy bandwidth: {report.get('copy_gbps', float('nan')):.0f} GB/s (read + write); read-only: "
+        f"{report.get('read_gbps', float('nan')):.0f} GB/s; {report.get('rounds', '?')} interleaved rounds; "
+        "times: median (min-max)",
         "",
-        "| scheme | op | input | seconds | GB/s | of copy | CuPy expr (s) | speedup vs CuPy expr |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| scheme | op | d | input | call ms | GB/s | of copy | kernel ms | kernel of copy | of read (call / kernel) "
+        "| CuPy expr (s) | speedup vs CuPy expr |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.get("results", []):
-        size = f"{r['size_bytes'] / 2**30:.2f} GiB"
+        size = f"{r['size_bytes'] / 2**30:.3f} GiB"
+        head = f"| {r['scheme']} | {r['op']} | {r.get('dim', '-')} | {size} |"
         if "error" in r:
-            lines.append(f"| {r['scheme']} | {r['op']} | {size} | FAILED: {r['error'][:80]} | | | | |")
+            lines.append(f"{head} FAILED: {r['error'][:80]} | | | | | | | |")
             continue
         expr = f"{r['cupy_expr_seconds'] * 1e3:.2f} ms" if "cupy_expr_seconds" in r else "-"
         speed = f"{r['speedup_vs_cupy_expr']:.1f}x" if "speedup_vs_cupy_expr" in r else "-"
-        lines.append(f"| {r['scheme']} | {r['op']} | {size} | {r['seconds'] * 1e3:.3f} ms | {r['gbps']:.0f} | "
-                     f"{r['fraction_of_copy']:.2f} | {expr} | {speed} |")
+        read = f"{_frac(r, 'fraction_of_read')} / {_frac(r, 'kernel_fraction_of_read')}" if "read_gbps" in r else "-"
+        lines.append(f"{head} {_ms(r, 'seconds')} | {r['gbps']:.0f} | {r['fraction_of_copy']:.2f} | "
+                     f"{_ms(r, 'kernel_seconds')} | {_frac(r, 'kernel_fraction_of_copy')} | {read} | {expr} | "
+                     f"{speed} |")
     return "\n".join(lines)
 
 
 def short_table(report: dict[str, Any]) -> str:
-    """The last thing printed: tests, copy bandwidth, and the largest size's transform throughput."""
+    """The last thing printed: tests, rooflines, and each d's largest-size rows (median; spread in %)."""
     results = [r for r in report.get("results", []) if "error" not in r]
-    largest = max((r["size_bytes"] for r in results), default=0)
+    largest = {r.get("dim"): r["size_bytes"] for r in sorted(results, key=lambda r: r["size_bytes"])}
     lines = [
         f"== gpu_check: {report.get('environment', {}).get('device', '?')}",
         f"tests: {report.get('tests', {}).get('summary', 'not run')}",
-        f"copy: {report.get('copy_gbps', float('nan')):.0f} GB/s; inputs of {largest / 2**30:.2f} GiB:",
-        f"{'scheme':<34} {'op':<9} {'ms':>8} {'GB/s':>7} {'of copy':>8} {'vs CuPy':>8}",
+        f"copy: {report.get('copy_gbps', float('nan')):.0f} GB/s, read-only: "
+        f"{report.get('read_gbps', float('nan')):.0f} GB/s; largest input per d: "
+        + ", ".join(f"d={d}: {s / 2**30:.2f} GiB" for d, s in largest.items()),
+        f"{'scheme':<34} {'op':<9} {'d':>5} {'call ms':>8} {'kern ms':>8} {'of copy':>8} {'kernel':>7} "
+        f"{'of read':>8} {'spread':>7} {'vs CuPy':>8}",
     ]
     for r in results:
-        if r["size_bytes"] != largest:
+        if r["size_bytes"] != largest[r.get("dim")]:
             continue
         vs = f"{r['speedup_vs_cupy_expr']:.1f}x" if "speedup_vs_cupy_expr" in r else "-"
-        lines.append(f"{r['scheme'][:34]:<34} {r['op']:<9} {r['seconds'] * 1e3:>8.3f} {r['gbps']:>7.0f} "
-                     f"{r['fraction_of_copy']:>8.2f} {vs:>8}")
-    failed = [r for r in report.get("results", []) if "error" in r]
-    for r in failed:
-        lines.append(f"FAILED {r['scheme']} {r['op']} ({r['size_bytes'] / 2**30:.2f} GiB): {r['error'][:100]}")
+        kern = f"{r['kernel_seconds'] * 1e3:.3f}" if "kernel_seconds" in r else "-"
+        spread_pct = f"{(r['seconds_max'] - r['seconds_min']) / r['seconds'] * 100:.0f}%" if "seconds_max" in r else "-"
+        read = _frac(r, "kernel_fraction_of_read" if "kernel_fraction_of_read" in r else "fraction_of_read")
+        lines.append(f"{r['scheme'][:34]:<34} {r['op']:<9} {r.get('dim', '-'):>5} {r['seconds'] * 1e3:>8.3f} "
+                     f"{kern:>8} {r['fraction_of_copy']:>8.2f} {_frac(r, 'kernel_fraction_of_copy'):>7} "
+                     f"{read:>8} {spread_pct:>7} {vs:>8}")
+    for r in report.get("results", []):
+        if "error" in r:
+            lines.append(f"FAILED {r['scheme']} {r['op']} d={r.get('dim')} ({r['size_bytes'] / 2**30:.2f} GiB): "
+                         f"{r['error'][:100]}")
     if report.get("error"):
         lines.append(f"FAILED: {report['error']}")
     return "\n".join(lines)
 
 
-def bench_cuvs(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict[str, Any]]:
-    """cuVS's own scalar and binary quantizers on the same input, where cuVS is installed."""
+def cuvs_cases(cp: Any, x: Any) -> list[Case]:
+    """cuVS's own scalar and binary quantizers on the same input, where cuVS is installed (whole call only)."""
     try:
         from cuvs.preprocessing.quantize import binary, scalar
     except Exception:  # noqa: BLE001 - no cuVS here: nothing to compare
@@ -318,53 +504,66 @@ def bench_cuvs(cp: Any, timer: Timer, x: Any, copy_gbps: float) -> list[dict[str
     res.sync()
     codes = cp.empty(x.shape, cp.int8)
     bits = cp.empty((x.shape[0], -(-x.shape[1] // 8)), cp.uint8)
-    cases: list[tuple[str, str, Callable[[], Any], int]] = [
+    specs: list[tuple[str, str, Callable[[], Any], int, bool]] = [
         ("cuVS: cuvs-sq8", "transform", synced(lambda: scalar.transform(trained, x, output=codes, resources=res)),
-         x.nbytes + codes.nbytes),
+         x.nbytes + codes.nbytes, False),
         ("cuVS: cuvs-sq8", "inverse", synced(lambda: scalar.inverse_transform(trained, codes, resources=res)),
-         codes.nbytes + x.nbytes),
+         codes.nbytes + x.nbytes, False),
         ("cuVS: binary", "transform", synced(lambda: binary.transform(x, output=bits, resources=res)),
-         x.nbytes + bits.nbytes),
+         x.nbytes + bits.nbytes, True),
         ("cuVS: train (quantile 0.99, 1e6-value sample)", "train",
-         synced(lambda: scalar.train(scalar.QuantizerParams(quantile=0.99), x, resources=res)), 0),
+         synced(lambda: scalar.train(scalar.QuantizerParams(quantile=0.99), x, resources=res)), x.nbytes, True),
     ]
-    rows = []
-    for name, op, fn, moved in cases:
-        row: dict[str, Any] = {"scheme": name, "op": op, "size_bytes": int(x.nbytes), "copy_gbps": copy_gbps}
+    cases = []
+    for name, op, fn, moved, read_only in specs:
+        row: dict[str, Any] = {"scheme": name, "op": op}
         try:
-            record(row, timer(fn), moved or x.nbytes, copy_gbps, seconds_first=True)
+            fn()
+            cases.append(Case(row, fn, moved, read_only=read_only, seconds_first=True))
         except Exception as exc:  # noqa: BLE001 - report and go on
-            row["error"] = error_text(exc)
-        rows.append(row)
-    del codes, bits
-    cp.get_default_memory_pool().free_all_blocks()
-    return rows
+            cases.append(_failed(row, exc))
+    return cases
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None, help="also copy the results into this directory")
+    ap.add_argument("--quick", action="store_true", help="256 MiB inputs at d = 384 only (a smoke run)")
+    ap.add_argument("--no-tests", action="store_true", help="skip the pytest run")
+    ap.add_argument("--sizes-gib", default=",".join(f"{s:g}" for s in SIZES_GIB),
+                    help="input sizes in GiB, comma-separated (default %(default)s)")
+    ap.add_argument("--dims", default=",".join(map(str, DIMS)),
+                    help="row lengths d, comma-separated (default %(default)s)")
+    ap.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=5,
+                    help="interleaved timing rounds, at least 5 (default 5)")
+    ap.add_argument("--test-timeout", type=int, default=420, help="seconds allowed for the test run")
+    args = ap.parse_args(argv)
+    args.rounds = max(5, args.rounds)
+    args.sizes = [256 * 2**20] if args.quick else [int(float(s) * 2**30) for s in args.sizes_gib.split(",")]
+    args.dim_list = [384] if args.quick else [int(d) for d in args.dims.split(",")]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=None, help="also copy the results into this directory")
-    ap.add_argument("--quick", action="store_true", help="256 MiB inputs only (a smoke run)")
-    ap.add_argument("--no-tests", action="store_true", help="skip the pytest run")
-    ap.add_argument("--sizes-gib", default="1,4", help="input sizes in GiB, comma-separated (default 1,4)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--test-timeout", type=int, default=420, help="seconds allowed for the test run")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report: dict[str, Any] = {"benchmark": "gpu_check", "time": stamp, "quick": args.quick, "repeats": max(5, args.repeats)}
+    report: dict[str, Any] = {"benchmark": "gpu_check", "time": stamp, "quick": args.quick, "rounds": args.rounds,
+                              "kernel_batch": KERNEL_BATCH}
     if not args.no_tests:
         report["tests"] = run_tests(RESULTS / f"gpu_tests_{stamp}.txt", args.test_timeout)
     try:
         import cupy as cp
 
         report["environment"] = environment(cp)
-        timer = Timer(cp, max(5, args.repeats))
-        sizes = [256 * 2**20] if args.quick else [int(float(s) * 2**30) for s in args.sizes_gib.split(",")]
-        report["copy_gbps"] = copy_bandwidth(cp, timer, max(sizes))
+        timer = Timer(cp, args.rounds)
+        report["copy_gbps"] = copy_bandwidth(cp, timer, max(args.sizes))
+        report["read_gbps"] = read_bandwidth(cp, timer, max(args.sizes))
+        roofs = {"copy": report["copy_gbps"], "read": report["read_gbps"]}
         report["results"] = []
-        for size in sizes:
-            report["results"].extend(bench_size(cp, timer, size, report["copy_gbps"]))
+        for dim in args.dim_list:
+            for size in args.sizes:
+                report["results"].extend(bench_size(cp, timer, size, dim, args.rounds, roofs))
     except Exception as exc:  # noqa: BLE001 - whatever happened, write what we have
         report["error"] = error_text(exc)
         report["traceback"] = traceback.format_exc()[-3000:]

@@ -3,7 +3,7 @@
     python bench/quality.py [DATA.npy] [--n-queries 1000] [--k 10] [--rescore 4]
 
 DATA defaults to the demo slice shipped with the package (2000 MiniLM rows); the README's table
-used the 20,000-row file of ../shared/data. Held-out queries are the first rows, searched against
+used a 20,000-row file of the same model's embeddings of documentation passages. Held-out queries are the first rows, searched against
 the rest (see ``gpuquant.evaluate``). Writes ``bench/results/quality_<name>.{json,md}``.
 """
 

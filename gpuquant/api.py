@@ -35,7 +35,7 @@ import numpy as np
 
 from gpuquant._validate import as_matrix, check_dim
 from gpuquant._version import __version__
-from gpuquant.backends import Backend, device_code_dtype, is_device_array, resolve_for
+from gpuquant.backends import Backend, check_name, device_code_dtype, is_device_array, resolve_for
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError, NotFittedError
 from gpuquant.matryoshka import check_truncate_dim, truncate_renormalize
@@ -65,7 +65,7 @@ class Quantizer:
         self.name = scheme
         self.scheme = make_scheme(scheme, **params)
         self.truncate_dim: int | None = None if truncate_dim is None else check_truncate_dim(truncate_dim)
-        self.backend_name = backend
+        self.backend_name = check_name(backend)
         self._backend: Backend | None = None
         self.state: dict[str, np.ndarray] | None = self.scheme.initial_state()
         self.dim: int | None = self._dim_of(self.state)
@@ -213,6 +213,9 @@ class Quantizer:
         return Codes(data, {}, self.name, self.dim or data.shape[1])
 
     def _check_codes(self, codes: Codes) -> None:
+        if codes.scheme and codes.scheme not in (self.name, self.family):
+            raise InputError(f"these codes are {codes.scheme!r} codes; this quantizer decodes {self.name!r} "
+                             "(use the quantizer that made them)")
         if self.dim is not None and codes.dim != self.dim:
             raise InputError(f"codes have {codes.dim} dimensions but the quantizer was fitted on {self.dim}")
         expected = self.scheme.code_shape(len(codes), codes.dim)

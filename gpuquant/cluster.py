@@ -70,6 +70,7 @@ from gpuquant.cluster_setup import import_dask as _dask
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_rows
 from gpuquant.engine.run import DEVICES, create_store, report, run
 from gpuquant.errors import ConvertError, InputError
+from gpuquant.schemes.statistics import RowError
 
 log = logging.getLogger("gpuquant.cluster")
 
@@ -346,7 +347,10 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     m = int(block.shape[0])
     if _current(root, run) is None:
         return start, start, 0, 0
-    arrays = _encode(block, qjson, device, dim)
+    try:
+        arrays = _encode(block, qjson, device, dim)
+    except RowError as exc:  # the chunk's row, as a row of the input
+        raise exc.shifted(start) from None
     manifest = _current(root, run)
     if manifest is None:
         return start, start, 0, 0
@@ -552,13 +556,14 @@ def _drain(c: Any, keys: set[Any], timeout: float = 60.0) -> None:
 def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "int8-row", *, client: Any = None,
             device: str = "auto", batch_rows: int | None = None, resume: bool = False, overwrite: bool = False,
             shape: Any = None, params: dict[str, Any] | None = None, source_info: dict[str, Any] | None = None,
-            gather_bytes: int = GATHER_BYTES, progress: bool = False) -> dict[str, Any]:
+            gather_bytes: int = GATHER_BYTES, progress: bool = False, column: str | None = None,
+            dataset: str | None = None) -> dict[str, Any]:
     """:func:`gpuquant.convert` on a Dask cluster: the same sources and store, rows chunked by
     ``batch_rows`` (default: 64 MiB of input per chunk), one task per chunk. The store is
     bit-identical to the single-machine one."""
     if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
-    X, desc = from_source(src, shape=shape, chunk_rows=batch_rows)
+    X, desc = from_source(src, shape=shape, chunk_rows=batch_rows, column=column, dataset=dataset)
     return to_store(X, dst, quantizer_or_preset, client=client, device=device, resume=resume, overwrite=overwrite,
                     params=params, source_desc={**desc, **(source_info or {})}, gather_bytes=gather_bytes,
                     progress=progress)

@@ -30,33 +30,36 @@ def import_dask() -> Any:
     return da
 
 
-def _read_range(src: str, shape: Any, a: int, b: int) -> np.ndarray:
+def _read_range(src: str, options: dict[str, Any], a: int, b: int) -> np.ndarray:
     from gpuquant.engine.sources import open_source
 
-    s = open_source(src, shape=shape)
+    s = open_source(src, **options)
     try:
         return s.read(a, b)
     finally:
         s.close()
 
 
-def from_source(src: Any, *, shape: Any = None, chunk_rows: int | None = None) -> tuple[Any, dict[str, Any]]:
+def from_source(src: Any, *, shape: Any = None, chunk_rows: int | None = None, column: str | None = None,
+                dataset: str | None = None) -> tuple[Any, dict[str, Any]]:
     """A Dask array over a gpuquant source (``.npy``, raw float32 with ``shape``, a directory of
-    ``.npy`` shards, or an array), one task per row chunk reading with the engine's readers, and the
-    source's description (with its quick checksum) for the manifest."""
+    ``.npy`` shards, Parquet with ``column``, HDF5 with ``dataset``, big-ann files, or an array), one
+    task per row chunk reading with the engine's readers, and the source's description (with its
+    quick checksum) for the manifest."""
     da = import_dask()
     from dask import delayed
 
     from gpuquant.engine.sources import open_source
 
-    s = open_source(src, shape=shape)
+    options = {"shape": shape, "column": column, "dataset": dataset}
+    s = open_source(src, **options)
     try:
         n, d = s.shape
         dtype, desc = s.dtype, s.describe()
         rows = int(chunk_rows or max(1, CHUNK_BYTES // s.row_bytes))
         if isinstance(src, (str, os.PathLike)):
             path = str(Path(src).resolve())
-            parts = [da.from_delayed(delayed(_read_range, pure=True)(path, shape, a, min(n, a + rows)),
+            parts = [da.from_delayed(delayed(_read_range, pure=True)(path, options, a, min(n, a + rows)),
                                      (min(n, a + rows) - a, d), dtype=dtype) for a in range(0, n, rows)]
             X = da.concatenate(parts, axis=0)
         else:

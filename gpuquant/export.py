@@ -107,12 +107,13 @@ PUT /collections/docs
             "pgvector-bit", "pgvector",
             "bit(D): x > 0, most significant bit first (binary_quantize); uint8 codes, ceil(D/8) bytes.",
             """CREATE TABLE items (id bigint PRIMARY KEY, embedding bit(D));
-gpuquant.export.write_pgvector_copy("items.tsv", codes, ids=ids)   # id<TAB>0101... per row
+from gpuquant import export                                        # Python: the COPY file
+export.write_pgvector_copy("items.tsv", codes, ids=ids)            # id<TAB>0101... per row
 \\copy items (id, embedding) FROM 'items.tsv'
 CREATE INDEX ON items USING hnsw (embedding bit_hamming_ops);
 SELECT id FROM items ORDER BY embedding <~> '0101...' LIMIT 10;""",
             "Query bits: the same preset, or binary_quantize(query::vector)::bit(D) in SQL (same bits). "
-            "gpuquant.export.pgvector_literals(codes) gives the '0101...' literals.",
+            "export.pgvector_literals(codes) (from gpuquant import export) gives the '0101...' literals.",
             "NaN -> 0 bit, +Inf -> 1, -Inf -> 0.",
             "pgvector src/vector.c binary_quantize: rx[i / 8] |= (ax[i] > 0) << (7 - (i % 8)).",
         ),
@@ -121,7 +122,8 @@ SELECT id FROM items ORDER BY embedding <~> '0101...' LIMIT 10;""",
             "halfvec(D): IEEE half per value, float32 -> half round to nearest even (pgvector's "
             "Float4ToHalf); float16 codes.",
             """CREATE TABLE items (id bigint PRIMARY KEY, embedding halfvec(D));
-gpuquant.export.write_pgvector_copy("items.tsv", codes, ids=ids)   # id<TAB>[0.1,-0.2,...] per row
+from gpuquant import export                                        # Python: the COPY file
+export.write_pgvector_copy("items.tsv", codes, ids=ids)            # id<TAB>[0.1,-0.2,...] per row
 \\copy items (id, embedding) FROM 'items.tsv'
 CREATE INDEX ON items USING hnsw (embedding halfvec_cosine_ops);""",
             "Queries: '[...]'::halfvec(D) of the float query (pgvector rounds it the same way).",
@@ -164,7 +166,7 @@ feed: {"put": "id:docs:doc::1", "fields": {"embedding": {"values": codes[i].toli
             "the hex form is the same bytes, two hex digits each.",
             """PUT docs
 {"mappings": {"properties": {"embedding": {"type": "dense_vector", "element_type": "bit", "dims": 8*ceil(D/8)}}}}
-doc: {"embedding": gpuquant.export.to_hex(codes)[i]}        # or codes[i].tolist() (signed bytes)
+doc: {"embedding": export.to_hex(codes)[i]}    # from gpuquant import export; or codes[i].tolist() (signed bytes)
 query: {"knn": {"field": "embedding", "query_vector": "<hex>", "k": 10, "num_candidates": 100}}
 OpenSearch: {"type": "knn_vector", "dimension": 8*ceil(D/8), "data_type": "binary",
              "space_type": "hamming", "method": {"name": "hnsw", "engine": "faiss"}}  # signed byte lists""",
@@ -179,7 +181,7 @@ OpenSearch: {"type": "knn_vector", "dimension": 8*ceil(D/8), "data_type": "binar
             """PUT docs
 {"mappings": {"properties": {"embedding": {"type": "dense_vector", "element_type": "byte",
                                            "dims": D, "similarity": "cosine"}}}}
-doc: {"embedding": codes[i].tolist()}                      # or gpuquant.export.to_hex(codes)[i]
+doc: {"embedding": codes[i].tolist()}          # or export.to_hex(codes)[i] (from gpuquant import export)
 OpenSearch: {"type": "knn_vector", "dimension": D, "data_type": "byte", "space_type": "cosinesimil"}""",
             _Q + " (dot_product needs vectors of equal length: prefer cosine or l2_norm.)",
             "Refused (InputError naming the row): NaN or +-Inf; values beyond the fitted range clip.",
@@ -191,7 +193,9 @@ OpenSearch: {"type": "knn_vector", "dimension": D, "data_type": "byte", "space_t
             "of byte i // 8), uint8, one bytes object per row.",
             """schema.add_field("embedding", DataType.BINARY_VECTOR, dim=8 * ceil(D/8))
 index_params.add_index("embedding", index_type="BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": 128})
-client.insert("docs", [{"id": i, "embedding": b} for i, b in enumerate(gpuquant.export.to_bytes(codes))])""",
+# Milvus Lite (MilvusClient("docs.db")) refuses BIN_IVF_FLAT: use index_type="BIN_FLAT" there
+from gpuquant import export
+client.insert("docs", [{"id": i, "embedding": b} for i, b in enumerate(export.to_bytes(codes))])""",
             "Queries: bytes from the same preset. Bit order: LSB first as the Milvus user guide's "
             "convert_bool_list_to_bytes; HAMMING/JACCARD give the same distances for either order "
             "as long as corpus and queries share it.",
@@ -230,7 +234,7 @@ w = gguf.GGUFWriter("model.gguf", "llama")
 w.add_tensor("blk.0.ffn_down.weight", np.asarray(codes), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 # read back: t = gguf.GGUFReader("model.gguf").tensors[0]
-#            gpuquant.weights.dequantize_gguf(t.data, "q8_0")""",
+#            from gpuquant import weights; weights.dequantize_gguf(t.data, "q8_0")""",
             "Weights: no queries. Bit for bit with llama.cpp's quantize_row_q8_0_ref and gguf.quants.quantize.",
             "Refused (InputError naming the row): NaN or +-Inf.",
             "ggml-quants.c quantize_row_q8_0_ref; gguf-py gguf/quants.py Q8_0.",
@@ -244,27 +248,32 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
 w = gguf.GGUFWriter("model.gguf", "llama")
 w.add_tensor("blk.0.ffn_down.weight", np.asarray(codes), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-# read back: gpuquant.weights.dequantize_gguf(gguf.GGUFReader("model.gguf").tensors[0].data, "q4_0")""",
+# read back: from gpuquant import weights
+#            weights.dequantize_gguf(gguf.GGUFReader("model.gguf").tensors[0].data, "q4_0")""",
             "Weights: no queries. Bit for bit with llama.cpp's quantize_row_q4_0_ref and gguf.quants.quantize.",
             "Refused (InputError naming the row): NaN or +-Inf.",
             "ggml-quants.c quantize_row_q4_0_ref; gguf-py gguf/quants.py Q4_0.",
         ),
         ExportInfo(
             "safetensors-fp8", "safetensors (vLLM / compressed-tensors)",
-            "F8_E4M3 weight = fp8(clip(w / s, -448, 448)) (round to nearest even) and F32 weight_scale "
-            "s = max(amax / 448, 2**-23), per output channel (rows, 1) or per tensor (1,) with "
-            "granularity='tensor'.",
+            "F8_E4M3 weight = fp8(clip(w / s + 0, -448, 448)) (round to nearest even; -0 -> +0) and F32 "
+            "weight_scale s = amax / 448 (2**-23 where that is 0), per output channel (rows, 1) or per "
+            "tensor (1,) with granularity='tensor'.",
             """from gpuquant import weights
 t = weights.fp8_weight_tensors("model.layers.0.mlp.down_proj", q, codes)   # .weight, .weight_scale
 weights.save_safetensors("model.safetensors", t, metadata={"format": "pt"})
 # config.json: "quantization_config": {"quant_method": "compressed-tensors", "format": "float-quantized",
+#   "quantization_status": "compressed", "ignore": ["lm_head"],
 #   "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float",
 #   "strategy": "channel", "symmetric": true, "dynamic": false}}}}
 # read back: tensors, meta = weights.load_safetensors("model.safetensors")
-#            weights.dequantize_fp8(tensors[".weight"], tensors[".weight_scale"])""",
+#            weights.dequantize_fp8(tensors["model.layers.0.mlp.down_proj.weight"],
+#                                   tensors["model.layers.0.mlp.down_proj.weight_scale"])
+# a whole checkpoint: gpuquant convert-model MODEL_DIR OUTPUT_DIR --scheme fp8""",
             "Weights: no queries. __metadata__ holds str -> str only (save_safetensors checks).",
             "Refused (InputError naming the row): NaN or +-Inf (the scale would be meaningless).",
-            "compressed-tensors calculate_qparams (symmetric FP8: amax / 448, clamped to float32 eps).",
+            "compressed-tensors calculate_qparams (symmetric FP8: amax / 448, a zero scale replaced by float32 "
+            "eps) and its compressor's quantize (w / s plus the zero point 0).",
         ),
     ]
 }

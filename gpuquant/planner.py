@@ -1,6 +1,7 @@
-"""The N_max planner: how many rows fit on the GPU for one operation (DESIGN.md §4).
+"""The N_max planner: how many rows fit on the GPU for one operation (``docs/memory.md``).
 
-The formula is the cuVS memory-footprint guide's (``../shared/seeds/003``)::
+The formula is the one of the "Memory footprint" section of the cuVS scalar quantizer guide
+(https://docs.nvidia.com/cuvs/user-guide/api-guides/preprocessing-guide/scalar-quantizer)::
 
     M_usable = (M_free - M_other) * (1 - H)                  H = 0.10 unless --headroom
     peak(N)  = N * B_per_row + B_fixed                        (scratch excluded)
@@ -15,7 +16,7 @@ op         B_per_row                              B_fixed
 ========== ====================================== ===================================================
 transform  ``D*B_x + C + S``  (input + codes)      the fitted state (ranges, thresholds), float32
 inverse    ``C + S + D*4``    (codes + float32     the fitted state
-           reconstruction: the seed's
+           reconstruction: the guide's
            ``reconstructed_size = N*D*B_x`` with
            the inverse's own input, the codes)
 fit        ``D*B_x`` + the device training's       the state, + the cuVS quantile sample

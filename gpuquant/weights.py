@@ -31,8 +31,16 @@ from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.files import atomic_file
 
-__all__ = ["DTYPES", "save_safetensors", "load_safetensors", "fp8_weight_tensors", "dequantize_fp8",
-           "dequantize_gguf"]
+__all__ = [
+    "DTYPES",
+    "dequantize_fp8",
+    "dequantize_gguf",
+    "dtype_name",
+    "fp8_weight_tensors",
+    "header_bytes",
+    "load_safetensors",
+    "save_safetensors",
+]
 
 #: safetensors dtype name -> numpy dtype.
 DTYPES: dict[str, np.dtype] = {
@@ -56,7 +64,7 @@ _NAMES = {dt.newbyteorder("=") if dt.kind in "iuf" and dt.itemsize > 1 else dt: 
 MAX_HEADER = 100 * 1024 * 1024
 
 
-def _dtype_name(dtype: np.dtype) -> str:
+def dtype_name(dtype: np.dtype) -> str:
     key = dtype.newbyteorder("=") if dtype.kind in "iuf" and dtype.itemsize > 1 else dtype
     try:
         return _NAMES[key]
@@ -84,20 +92,24 @@ def save_safetensors(
         if name == "__metadata__":
             raise InputError("a tensor cannot be called __metadata__")
         arr = np.ascontiguousarray(np.asarray(tensors[name]))
-        dtype = _dtype_name(arr.dtype)
+        dtype = dtype_name(arr.dtype)
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False) if arr.dtype.itemsize > 1 else arr
         header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
         arrays.append(arr)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
     p = Path(path)
     with atomic_file(p, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
+        f.write(header_bytes(header))
         for arr in arrays:
             f.write(arr.tobytes())
     return p
+
+
+def header_bytes(header: Mapping[str, Any]) -> bytes:
+    """The 8-byte little-endian length and the JSON ``header`` padded with spaces to a multiple of 8."""
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -306,6 +306,13 @@ GQ_HD gq_u32 float_encode(float x, int format, bool saturate) {
     if (format == BF16) {  // RNE on the top 16 bits; Inf stays Inf, overflow carries into Inf
         return sign | ((a + 0x7fffu + ((a >> 16) & 1u)) >> 16);
     }
+    if (format == FP16) {  // the same rounding of the bits, exponent rebased by 15 - 127; 2^16 and up: Inf
+        if (a >= 0x47800000u) return sign | 0x7c00u;
+        // Below 2^-14 (fp16 subnormal or zero): 0.5 + |x| in float32 (no .ftz) rounds |x| to a multiple
+        // of 2^-24, the fp16 subnormal step, nearest even; the bits past 0.5 are the code.
+        if (a < 0x38800000u) return sign | (bits_of(add_f32(float_of(a), 0.5f)) - 0x3f000000u);
+        return sign | ((a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13);
+    }
     const gq_u32 inf_bits = ((1u << f.ebits) - 1u) << f.mbits;
     if (a == 0x7f800000u) return sign | (f.has_inf ? inf_bits : f.nan_bits);
     if (a < 0x00800000u) return sign;  // float32 subnormal: far below half the smallest code
@@ -339,14 +346,11 @@ GQ_HD float float_decode(gq_u32 code, int format) {
         return float_of(sign | 0x7fc00000u);
     }
     if (!f.has_inf && e == emask && m == mmask) return float_of(sign | 0x7fc00000u);
-    if (e == 0u) {
-        if (m == 0u) return float_of(sign);
-        int p = f.mbits - 1;  // index of the leading 1 of m
-        while (!((m >> p) & 1u)) --p;
-        const int exp = p + 1 - bias - f.mbits;
-        return float_of(sign | ((gq_u32)(exp + 127) << 23) | ((m << (23 - p)) & 0x007fffffu));
-    }
-    return float_of(sign | ((gq_u32)((int)e - bias + 127) << 23) | (m << (23 - f.mbits)));
+    // Finite: the code's exponent and mantissa fields placed in a float32 (exponent field e,
+    // subnormal when e = 0) are the value times 2^(bias - 127) for normal and subnormal codes alike;
+    // one exact multiplication by 2^(127 - bias) (no .ftz: the float32 may be subnormal) rescales it.
+    const float unscaled = float_of((e << 23) | (m << (23 - f.mbits)));
+    return float_of(bits_of(mul_f32(unscaled, float_of((gq_u32)(254 - bias) << 23))) | sign);
 }
 
 // ---------------------------------------------------------------------------------------------

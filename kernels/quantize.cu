@@ -1,9 +1,10 @@
 // quantize.cu: transform (encode) and inverse_transform (decode) kernels of every scheme family.
 //
-// The per-element math lives in quant_math.cuh (shared with the host test library); this file
-// only moves data. Layout: X is a C-contiguous (n, d) matrix of T (float, __half or double), the
-// codes a C-contiguous (n, rc) matrix of code units (bytes, or 16-bit words for fp16/bf16), where
-// rc = code units per row (d, ceil(d/2) for nibbles, ceil(d/8) for bits).
+// The per-element math lives in quant_math.cuh (shared with the host test library), the codecs
+// that apply it to a task's values in codecs.cuh; this file only moves data. Layout: X is a
+// C-contiguous (n, d) matrix of T (float, __half or double), the codes a C-contiguous (n, rc)
+// matrix of code units (bytes, or 16-bit words for fp16/bf16), where rc = code units per row (d,
+// ceil(d/2) for nibbles, ceil(d/8) for bits).
 //
 // Work split (encode_rows / decode_rows): a task is (row, chunk of CPT code units: 4 values, or 8
 // for binary). Consecutive threads take consecutive tasks, so warp accesses are contiguous; a
@@ -17,11 +18,9 @@
 // Input conversion: float16 widens exactly; float64 is rounded to float32 (nearest even, subnormal
 // results kept) before any scheme math, as the reference does.
 
+#include "codecs.cuh"
 #include "device_io.cuh"
 #include "quant_math.cuh"
-#if !defined(GQ_HOST_EMULATION)
-#include <cuda_fp8.h>
-#endif
 
 namespace {
 
@@ -57,10 +56,12 @@ __device__ __forceinline__ void move_in(void* local, const void* p) {
 
 // The grid-stride walk over tasks (row, chunk): one division per thread at the start, then an
 // increment per step (a 64-bit division per task would cost more than the math of a task).
+// (Also walks absmax segments: task = segment, chunk = block of the row, from a warp's own start.)
 struct TaskWalk {
     long long tasks, per_row, row, chunk, task, step_rows, step_chunks, step;
-    __device__ TaskWalk(long long n, long long per_row_)
-        : tasks(n * per_row_), per_row(per_row_), task(thread_index()), step(thread_count()) {
+    __device__ TaskWalk(long long n, long long per_row_, long long start = thread_index(),
+                        long long step_ = thread_count())
+        : tasks(n * per_row_), per_row(per_row_), task(start), step(step_) {
         row = task / per_row;
         chunk = task - row * per_row;
         step_rows = step / per_row;
@@ -78,51 +79,97 @@ struct TaskWalk {
     }
 };
 
+// One encode task: its EPT input values (columns col0.., zeros past d; a vector load when inside the
+// row and aligned), and its CPT codes stored (one store when aligned, else code by code).
+template <typename T, int EPT>
+__device__ __forceinline__ void load_task(const T* src, long long col0, long long d, float* v) {
+    constexpr int IN_BYTES = EPT * (int)sizeof(T);
+    if (col0 + EPT <= d && aligned(src, IN_BYTES < 16 ? IN_BYTES : 16)) {
+        load_vec<T, EPT>(src, v);
+    } else {
+#pragma unroll
+        for (int t = 0; t < EPT; ++t) v[t] = (col0 + t < d) ? to_f32(src[t]) : 0.0f;
+    }
+}
+template <typename Enc>
+__device__ __forceinline__ void store_task(const Enc& enc, const float* v, typename Enc::code_t* dst, long long col0,
+                                           long long left, long long d) {
+    typedef typename Enc::code_t C;
+    constexpr int CPT = Enc::CPT, OUT_BYTES = CPT * (int)sizeof(C);
+    __align__(16) C codes[CPT];
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v + k * Enc::EPC, col0 + k * Enc::EPC, d);
+    if (left >= CPT && aligned(dst, OUT_BYTES)) {
+        move_out<OUT_BYTES>(dst, codes);
+    } else {
+        for (int k = 0; k < CPT && k < left; ++k) dst[k] = codes[k];
+    }
+}
+
+// Tasks in flight per thread: UNROLL, or fewer for tasks of more than 16 bytes (binary: 32), so
+// that a thread keeps 64 bytes in flight within 64 registers.
+template <typename T, typename Enc>
+constexpr int TASKS_IN_FLIGHT =
+    Enc::CPT * Enc::EPC * (int)sizeof(T) > 16 ? UNROLL * 16 / (Enc::CPT * Enc::EPC * (int)sizeof(T)) : UNROLL;
+
 // Encode skeleton. Enc::pack(v, col, d) turns Enc::EPC values (columns col.., pads past d) into a
 // code unit.
 template <typename T, typename Enc>
 __device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
                             long long n, long long d, long long rc) {
-    typedef typename Enc::code_t C;
-    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, IN_BYTES = EPT * (int)sizeof(T);
-    constexpr int OUT_BYTES = CPT * (int)sizeof(C);
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
     for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
-        long long row[UNROLL], chunk[UNROLL];
-        float v[UNROLL][EPT];
+        long long row[U], chunk[U];
+        float v[U][EPT];
         int count = 0;
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             if (w.more()) {
                 row[u] = w.row;
                 chunk[u] = w.chunk;
                 count = u + 1;
-                const long long col0 = w.chunk * EPT;
-                const T* src = x + w.row * d + col0;
-                if (col0 + EPT <= d && aligned(src, IN_BYTES < 16 ? IN_BYTES : 16)) {
-                    load_vec<T, EPT>(src, v[u]);
-                } else {
-#pragma unroll
-                    for (int t = 0; t < EPT; ++t) v[u][t] = (col0 + t < d) ? to_f32(src[t]) : 0.0f;
-                }
+                load_task<T, EPT>(x + w.row * d + w.chunk * EPT, w.chunk * EPT, d, v[u]);
                 w.next();
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             if (u < count) {
-                const long long col0 = chunk[u] * EPT;
-                __align__(16) C codes[CPT];
-#pragma unroll
-                for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v[u] + k * Enc::EPC, col0 + k * Enc::EPC, d);
-                C* dst = out + row[u] * rc + chunk[u] * CPT;
-                const long long left = rc - chunk[u] * CPT;
-                if (left >= CPT && aligned(dst, OUT_BYTES)) {
-                    move_out<OUT_BYTES>(dst, codes);
-                } else {
-                    for (int k = 0; k < CPT && k < left; ++k) dst[k] = codes[k];
-                }
+                store_task(enc, v[u], out + row[u] * rc + chunk[u] * CPT, chunk[u] * EPT, rc - chunk[u] * CPT, d);
             }
         }
+    }
+}
+
+// Column walk, for codecs whose constants depend on the column (per-dimension ranges), on a grid
+// of at least one thread per task of a row (columns_fit): thread t keeps the task t % per_row of
+// every row it visits, rows t / per_row + k * R (R = threads / per_row; the last threads % per_row
+// threads idle), so the constants of its columns are loaded once, before the loop, and each step
+// is a pointer increment.
+__device__ __forceinline__ bool columns_fit(long long per_row) { return thread_count() >= per_row; }
+
+template <typename T, typename Enc>
+__device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
+                               long long n, long long d, long long rc) {
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
+    const long long per_row = (rc + CPT - 1) / CPT, rows_per_step = thread_count() / per_row;
+    const long long t = thread_index(), chunk = t % per_row, col0 = chunk * EPT, left = rc - chunk * CPT;
+    if (t >= rows_per_step * per_row) return;
+    const T* src = x + (t / per_row) * d + col0;
+    typename Enc::code_t* dst = out + (t / per_row) * rc + chunk * CPT;
+    const long long src_step = rows_per_step * d, dst_step = rows_per_step * rc;
+    for (long long r = t / per_row; r < n; r += rows_per_step * U) {
+        float v[U][EPT];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (r + u * rows_per_step < n) load_task<T, EPT>(src + u * src_step, col0, d, v[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (r + u * rows_per_step < n) store_task(enc, v[u], dst + u * dst_step, col0, left, d);
+        }
+        src += U * src_step;
+        dst += U * dst_step;
     }
 }
 
@@ -238,213 +285,120 @@ __device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restri
     }
 }
 
-// ----- scalar ---------------------------------------------------------------------------------
-// params: one gq::ScalarParams per range (1 for granularity "tensor", d for "dimension").
-// R >= 0 fixes the rounding at compile time (the encode kernels instantiate all four, so the
-// per-element switch folds away); R = -1 reads it at run time.
-template <int EPC_, int R = -1>
-struct ScalarCodec {
-    typedef unsigned char code_t;
-    static constexpr int EPC = EPC_;  // 1: one byte per value (8 bits); 2: nibbles
-    static constexpr int CPT = 4 / EPC_;
-    const gq::ScalarParams* params;
-    int per_dim, rounding, is_signed, high_first;
-    long long dcols;          // d
-    gq::ScalarParams tensor;  // params[0], loaded once per thread (granularity "tensor")
-
-    __device__ __forceinline__ gq::ScalarParams at(long long col) const { return per_dim ? params[col] : tensor; }
-    __device__ __forceinline__ int mode() const { return R >= 0 ? R : rounding; }
-
-    __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
-        if (EPC == 1) return gq::level_to_byte(gq::scalar_level(v[0], mode(), 8, at(col)), is_signed);
-        const unsigned a = gq::nibble_of_level(gq::scalar_level(v[0], mode(), 4, at(col)), is_signed);
-        const unsigned b =
-            (col + 1 < d) ? gq::nibble_of_level(gq::scalar_level(v[1], mode(), 4, at(col + 1)), is_signed) : 0u;
-        return gq::pack_nibbles(a, b, high_first);
-    }
-
-    __device__ __forceinline__ void unpack(code_t c, long long, long long col, float* v) const {
-        if (EPC == 1) {
-            v[0] = gq::scalar_value(gq::byte_to_level(c, is_signed), mode(), 8, at(col));
-            return;
-        }
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-            const long long j = (col + k < dcols) ? col + k : dcols - 1;  // a pad nibble: any range
-            const int u = gq::level_of_nibble(gq::unpack_nibble(c, k, high_first), is_signed);
-            v[k] = gq::scalar_value(u, mode(), 4, at(j));
-        }
-    }
-};
-
-// ----- binary ---------------------------------------------------------------------------------
-// is_signed: the stored byte is the packed byte with its top bit flipped (offset encoding, b - 128).
-struct BinaryCodec {
-    typedef unsigned char code_t;
-    static constexpr int EPC = 8;
-    static constexpr int CPT = 1;  // 8 values in, one byte out per task
-    const float* thresholds;  // d values, or null for zero thresholds
-    int big, is_signed;
-
-    __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
-        unsigned b = 0;
-        if (col + 8 <= d) {  // a whole byte inside the row
-#pragma unroll
-            for (int t = 0; t < 8; ++t) {
-                const float thr = thresholds ? thresholds[col + t] : 0.0f;
-                b |= gq::gt_f32(v[t], thr) ? gq::bit_mask(t, big) : 0u;
-            }
-        } else {
-            for (int t = 0; t < 8 && col + t < d; ++t) {
-                const float thr = thresholds ? thresholds[col + t] : 0.0f;
-                b |= gq::gt_f32(v[t], thr) ? gq::bit_mask(t, big) : 0u;
-            }
-        }
-        return (code_t)(is_signed ? (b ^ 0x80u) : b);
-    }
-
-    __device__ __forceinline__ void unpack(code_t c, long long, long long, float* v) const {
-        const unsigned b = is_signed ? (c ^ 0x80u) : c;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) v[t] = (b & gq::bit_mask(t, big)) ? 1.0f : -1.0f;
-    }
-};
-
-// ----- float casts ----------------------------------------------------------------------------
-// F, S >= 0 fix the format and saturation at compile time (the encode kernels instantiate every
-// combination, so the integer conversion folds its constants); -1 reads them at run time.
-template <typename C, int F = -1, int S = -1>
-struct FloatCodec {
-    typedef C code_t;
-    static constexpr int EPC = 1;
-    static constexpr int CPT = 4;
-    int format, saturate;
-
-    __device__ __forceinline__ code_t pack(const float* v, long long, long long) const {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-        if (F == gq::E4M3 || F == gq::E5M2) return fp8_by_hardware(v[0]);
-#endif
-        return (code_t)gq::float_encode(v[0], F >= 0 ? F : format, S >= 0 ? S != 0 : saturate != 0);
-    }
-    __device__ __forceinline__ void unpack(code_t c, long long, long long, float* v) const {
-        v[0] = gq::float_decode(c, F >= 0 ? F : format);
-    }
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    // sm_89+: the hardware conversion (cvt.rn.satfinite.e4m3x2/e5m2x2.f32, round to nearest even,
-    // saturating), then the cases where gq::float_encode differs: NaN becomes the canonical NaN with
-    // its sign, and without saturation the values that round past the largest finite code become
-    // NaN (e4m3fn: |x| > 464) or Inf (e5m2: |x| >= 61440), as ml_dtypes does. GPU tests check it
-    // against the reference; the integer path above is the one the host tests check.
-    __device__ __forceinline__ code_t fp8_by_hardware(float x) const {
-        const gq_u32 u = gq::bits_of(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
-        const gq::FormatInfo f = gq::format_info(F);
-        if (a > 0x7f800000u) return (code_t)(sign | f.nan_bits);
-        if (S == 0) {
-            const gq_u32 overflow = F == gq::E4M3 ? 0x43e80000u : 0x47700000u;  // 464 (exclusive), 61440
-            if (F == gq::E4M3 ? a > overflow : a >= overflow) return (code_t)(sign | (F == gq::E4M3 ? 0x7fu : 0x7cu));
-        }
-        return (code_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, F == gq::E4M3 ? __NV_E4M3 : __NV_E5M2);
-    }
-#endif
-};
-
-// ----- absmax (decode side; encode is the warp kernel below) ---------------------------------
-template <int EPC_>
-struct AbsmaxDecoder {
-    typedef unsigned char code_t;
-    static constexpr int EPC = EPC_;
-    static constexpr int CPT = 4 / EPC_;
-    const float* scales;  // (n, groups), or one scale for every value (tensor)
-    long long groups, seg_len;
-    int high_first, tensor;
-
-    __device__ __forceinline__ float scale(long long row, long long col) const {
-        if (tensor) return scales[0];
-        return scales[row * groups + (groups == 1 ? 0 : col / seg_len)];
-    }
-    __device__ __forceinline__ void unpack(code_t c, long long row, long long col, float* v) const {
-        if (EPC == 1) {
-            v[0] = gq::absmax_value((int)(signed char)c, scale(row, col));
-            return;
-        }
-        const float s0 = scale(row, col);
-        const float s1 = (col + 1 < groups * seg_len) ? scale(row, col + 1) : s0;
-        v[0] = gq::absmax_value(gq::sign_extend4(gq::unpack_nibble(c, 0, high_first)), s0);
-        v[1] = gq::absmax_value(gq::sign_extend4(gq::unpack_nibble(c, 1, high_first)), s1);
-    }
-};
-
 }  // namespace
 
 // ===== kernels ================================================================================
+// Kernels run 256 threads per block and are compiled for 4 resident blocks per SM (at most 64
+// registers), the occupancy the grid of the launchers assumes.
+// A kernel whose arguments select a mode (rounding, bits, format, saturation) switches on them once,
+// before any loop, and calls its path function `<kernel>_path<..., modes>` with its own arguments:
+// every mode gets a loop of its own with the mode folded in at compile time. bench/sass_report.py
+// compiles each path function on its own (a kernel of the same arguments and launch bounds) to
+// count the instructions of the loop that path runs; its FLAT (WALK) argument picks the walk that
+// the kernels (-1) choose at run time, once, before the loop (1: encode_flat/decode_flat).
 
-template <typename T>
-__global__ void __launch_bounds__(256, 4) scalar_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
-                              long long d, const gq::ScalarParams* params, int per_dim, int rounding,
-                              int bits, int is_signed, int high_first) {
-    const bool flat = bits == 8 && !per_dim && flat_ok(x, out);
-    switch (rounding * 2 + (bits == 8 ? 0 : 1)) {
-#define GQ_SCALAR_CASE(R, EPC)                                                                    \
-    case R * 2 + EPC - 1: {                                                                       \
-        const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]}; \
-        if (EPC == 1 && flat) {                                                                   \
-            encode_flat(enc, x, out, n * d);                                                      \
-        } else {                                                                                  \
-            encode_rows(enc, x, out, n, d, EPC == 1 ? d : (d + 1) / 2);                           \
-        }                                                                                         \
-        break;                                                                                    \
-    }
-        GQ_SCALAR_CASE(gq::HALF_AWAY, 1) GQ_SCALAR_CASE(gq::HALF_AWAY, 2)
-        GQ_SCALAR_CASE(gq::FLOOR, 1) GQ_SCALAR_CASE(gq::FLOOR, 2)
-        GQ_SCALAR_CASE(gq::TRUNC, 1) GQ_SCALAR_CASE(gq::TRUNC, 2)
-        GQ_SCALAR_CASE(gq::HALF_EVEN, 1) GQ_SCALAR_CASE(gq::HALF_EVEN, 2)
-#undef GQ_SCALAR_CASE
+template <typename T, int R, int EPC, int WALK = -1>  // WALK: 0 rows, 1 flat, 2 columns, -1 chosen here
+__device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsigned char* __restrict__ out,
+                                                   long long n, long long d, const gq::ScalarParams* params,
+                                                   int per_dim, int rounding, int, int is_signed, int high_first) {
+    const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]};
+    const long long rc = EPC == 1 ? d : (d + 1) / 2;
+    const int walk = WALK >= 0 ? WALK : EPC == 1 && !per_dim && flat_ok(x, out) ? 1
+                                      : per_dim && columns_fit((rc + enc.CPT - 1) / enc.CPT) ? 2 : 0;
+    if (walk == 1) {
+        encode_flat(enc.one_range(), x, out, n * d);
+    } else if (walk == 2) {
+        encode_columns(enc, x, out, n, d, rc);
+    } else {
+        encode_rows(enc, x, out, n, d, rc);
     }
 }
 
-__global__ void scalar_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+// The scalar kernels' switch: rounding R and 8-bit (EPC 1) or 4-bit (EPC 2) codes.
+#define GQ_SCALAR_SWITCH(PATH, ...)                                                               \
+    switch (rounding * 2 + (bits == 8 ? 0 : 1)) {                                                 \
+    case gq::HALF_AWAY * 2: PATH<__VA_ARGS__ gq::HALF_AWAY, 1>(GQ_SCALAR_ARGS); break;            \
+    case gq::HALF_AWAY * 2 + 1: PATH<__VA_ARGS__ gq::HALF_AWAY, 2>(GQ_SCALAR_ARGS); break;        \
+    case gq::FLOOR * 2: PATH<__VA_ARGS__ gq::FLOOR, 1>(GQ_SCALAR_ARGS); break;                    \
+    case gq::FLOOR * 2 + 1: PATH<__VA_ARGS__ gq::FLOOR, 2>(GQ_SCALAR_ARGS); break;                \
+    case gq::TRUNC * 2: PATH<__VA_ARGS__ gq::TRUNC, 1>(GQ_SCALAR_ARGS); break;                    \
+    case gq::TRUNC * 2 + 1: PATH<__VA_ARGS__ gq::TRUNC, 2>(GQ_SCALAR_ARGS); break;                \
+    case gq::HALF_EVEN * 2: PATH<__VA_ARGS__ gq::HALF_EVEN, 1>(GQ_SCALAR_ARGS); break;            \
+    case gq::HALF_EVEN * 2 + 1: PATH<__VA_ARGS__ gq::HALF_EVEN, 2>(GQ_SCALAR_ARGS); break;        \
+    }
+
+template <typename T>
+__global__ void __launch_bounds__(256, 4)
+    scalar_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
                               long long d, const gq::ScalarParams* params, int per_dim, int rounding,
                               int bits, int is_signed, int high_first) {
-    if (bits == 8) {
-        const ScalarCodec<1> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-        if (!per_dim && flat_ok(out, codes)) {
-            decode_flat(dec, codes, out, n * d);
-        } else {
-            decode_rows(dec, codes, out, n, d, d);
+#define GQ_SCALAR_ARGS x, out, n, d, params, per_dim, rounding, bits, is_signed, high_first
+    GQ_SCALAR_SWITCH(scalar_encode_path, T,)
+#undef GQ_SCALAR_ARGS
+}
+
+template <int R, int EPC, int FLAT = -1>
+__device__ __forceinline__ void scalar_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ out,
+                                                   long long n, long long d, const gq::ScalarParams* params,
+                                                   int per_dim, int rounding, int, int is_signed, int high_first) {
+    const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
+    if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
+        if constexpr (EPC == 1) {
+            __shared__ float table[256];
+            for (int c = threadIdx.x; c < 256; c += blockDim.x) {
+                dec.one_range().unpack((unsigned char)c, 0, 0, table + c);
+            }
+            __syncthreads();
+            decode_flat(TableDecoder{table}, codes, out, n * d);
         }
     } else {
-        ScalarCodec<2> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-        decode_rows(dec, codes, out, n, d, (d + 1) / 2);
+        decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
     }
 }
 
+__global__ void __launch_bounds__(256, 4)
+    scalar_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+                              long long d, const gq::ScalarParams* params, int per_dim, int rounding,
+                              int bits, int is_signed, int high_first) {
+#define GQ_SCALAR_ARGS codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first
+    GQ_SCALAR_SWITCH(scalar_decode_path, )
+#undef GQ_SCALAR_ARGS
+}
+#undef GQ_SCALAR_SWITCH
+
 template <typename T>
-__global__ void binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
+__global__ void __launch_bounds__(256, 4)
+    binary_encode(const T* __restrict__ x, unsigned char* __restrict__ out, long long n,
                               long long d, const float* thresholds, int big, int is_signed) {
     BinaryCodec enc{thresholds, big, is_signed};
     encode_rows(enc, x, out, n, d, (d + 7) / 8);
 }
 
-__global__ void binary_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
+__global__ void __launch_bounds__(256, 4)
+    binary_decode(const unsigned char* __restrict__ codes, float* __restrict__ out, long long n,
                               long long d, int big, int is_signed) {
     BinaryCodec dec{nullptr, big, is_signed};
     decode_rows(dec, codes, out, n, d, (d + 7) / 8);
 }
 
+template <typename T, typename C, int F, int S, int FLAT = -1>
+__device__ __forceinline__ void float_encode_path(const T* __restrict__ x, C* __restrict__ out, long long n,
+                                                  long long d, int format, int saturate) {
+    if (FLAT >= 0 ? FLAT == 1 : flat_ok(x, out)) {
+        encode_flat(FloatCodec<C, F, S>{format, saturate}, x, out, n * d);
+    } else {
+        encode_rows(FloatCodec<C, F, S>{format, saturate}, x, out, n, d, d);
+    }
+}
+
 template <typename T, typename C>
-__global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long long n, long long d,
+__global__ void __launch_bounds__(256, 4)
+    float_encode(const T* __restrict__ x, C* __restrict__ out, long long n, long long d,
                              int format, int saturate) {
     // Only the formats whose codes have C's width are reachable for a given C.
     switch (format * 2 + (saturate ? 1 : 0)) {
-#define GQ_FLOAT_CASE(F, S)                                                             \
-    case F * 2 + S:                                                                     \
-        if (flat_ok(x, out)) {                                                          \
-            encode_flat(FloatCodec<C, F, S>{format, saturate}, x, out, n * d);          \
-        } else {                                                                        \
-            encode_rows(FloatCodec<C, F, S>{format, saturate}, x, out, n, d, d);       \
-        }                                                                               \
-        break;
+#define GQ_FLOAT_CASE(F, S) \
+    case F * 2 + S: float_encode_path<T, C, F, S>(x, out, n, d, format, saturate); break;
         GQ_FLOAT_CASE(gq::E4M3, 0) GQ_FLOAT_CASE(gq::E4M3, 1) GQ_FLOAT_CASE(gq::E5M2, 0)
         GQ_FLOAT_CASE(gq::E5M2, 1) GQ_FLOAT_CASE(gq::FP16, 0) GQ_FLOAT_CASE(gq::FP16, 1)
         GQ_FLOAT_CASE(gq::BF16, 0) GQ_FLOAT_CASE(gq::BF16, 1)
@@ -452,26 +406,44 @@ __global__ void float_encode(const T* __restrict__ x, C* __restrict__ out, long 
     }
 }
 
-template <typename C>
-__global__ void float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
-                             int format) {
-    const FloatCodec<C> dec{format, 0};
-    if (flat_ok(out, codes)) {
+template <typename C, int F, int FLAT = -1>
+__device__ __forceinline__ void float_decode_path(const C* __restrict__ codes, float* __restrict__ out, long long n,
+                                                  long long d, int format) {
+    const FloatCodec<C, F> dec{format, 0};
+    if (FLAT >= 0 ? FLAT == 1 : flat_ok(out, codes)) {
         decode_flat(dec, codes, out, n * d);
     } else {
         decode_rows(dec, codes, out, n, d, d);
     }
 }
 
-// Lanes of a warp share segments in groups of W lanes: W = 32 for long segments, W = seg_len / 4
-// for short ones (blocks of 4..124 values that split a warp evenly), so a warp works on 32 / W
-// segments at once and every lane has a float4 to load. A group reduces with its own lane mask.
+template <typename C>
+__global__ void __launch_bounds__(256, 4)
+    float_decode(const C* __restrict__ codes, float* __restrict__ out, long long n, long long d,
+                             int format) {
+    switch (format) {
+#define GQ_FLOAT_CASE(F) \
+    case F: float_decode_path<C, F>(codes, out, n, d, format); break;
+        GQ_FLOAT_CASE(gq::E4M3) GQ_FLOAT_CASE(gq::E5M2) GQ_FLOAT_CASE(gq::FP16) GQ_FLOAT_CASE(gq::BF16)
+#undef GQ_FLOAT_CASE
+    }
+}
+
+// Lanes of a warp share segments in groups of W lanes, so that a warp works on 32 / W segments at
+// once: W = seg_len / 16 for blocks of 16..512 values that split a warp evenly (every lane holds
+// ABSMAX_V4 float4 = 16 values: the fixed cost of a segment, its reduction and scale, is paid once
+// per 16 values), else W = seg_len / 4 for blocks of 4..124 values (a float4 per lane), else 32.
+// A group reduces with its own lane mask.
 struct LaneGroup {
     int width, index, lane;  // lanes per segment, group index in the warp, lane in the group
     unsigned mask;
     __device__ LaneGroup(long long seg_len, int warp_lane) {
-        const long long quads = seg_len / 4;
-        width = (seg_len % 4 == 0 && seg_len < 128 && 32 % quads == 0) ? (int)quads : 32;
+        const long long quads = seg_len / 4, sixteens = seg_len / 16;
+        if (seg_len % 16 == 0 && sixteens <= 32 && 32 % sixteens == 0) {
+            width = (int)sixteens;
+        } else {
+            width = (seg_len % 4 == 0 && seg_len < 128 && 32 % quads == 0) ? (int)quads : 32;
+        }
         index = warp_lane / width;
         lane = warp_lane % width;
         mask = width == 32 ? 0xffffffffu : ((1u << width) - 1u) << (index * width);
@@ -514,11 +486,13 @@ __global__ void __launch_bounds__(256, 4)
     const long long warps = thread_count() / 32, segments = n * groups;
     // Every lane of a warp runs the same number of steps (the group reductions need their lanes);
     // a group past the last segment computes nothing and writes nothing.
-    for (long long base = (thread_index() / 32) * per_warp; base < segments; base += warps * per_warp) {
-        const long long seg0 = base + grp.index;
-        const bool live = seg0 < segments;
-        const long long seg = live ? seg0 : segments - 1;
-        const long long row = seg / groups, g = seg - row * groups;
+    // The segment's row and block follow by increments (no 64-bit division per segment).
+    const long long first = (thread_index() / 32) * per_warp;
+    TaskWalk w(n, groups, first + grp.index, warps * per_warp);
+    for (long long base = first; base < segments; base += warps * per_warp, w.next()) {
+        const bool live = w.more();  // this group's segment exists
+        const long long seg = live ? w.task : segments - 1;
+        const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
         unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
         const bool in_registers = seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
@@ -587,15 +561,32 @@ __global__ void __launch_bounds__(256, 4)
     }
 }
 
+template <int EPC, int LAYOUT>
+__device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
+                                                   const float* __restrict__ scales, float* __restrict__ out,
+                                                   long long n, long long d, long long seg_len, long long groups,
+                                                   int, int high_first, int) {
+    const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
+    const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
+    decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+}
+
 // tensor: every value uses scales[0] (granularity "tensor"); else scales is (n, groups).
-__global__ void absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
-                              float* __restrict__ out, long long n, long long d, long long seg_len,
-                              long long groups, int bits, int high_first, int tensor) {
-    if (bits == 8) {
-        AbsmaxDecoder<1> dec{scales, groups, seg_len, high_first, tensor};
-        decode_rows(dec, codes, out, n, d, d);
-    } else {
-        AbsmaxDecoder<2> dec{scales, groups, seg_len, high_first, tensor};
-        decode_rows(dec, codes, out, n, d, (d + 1) / 2);
+__global__ void __launch_bounds__(256, 4)
+    absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                  float* __restrict__ out, long long n, long long d, long long seg_len, long long groups, int bits,
+                  int high_first, int tensor) {
+    // BLOCK_SCALE needs every column index (and seg_len <= d) to fit in 32 bits.
+    const int layout = tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE : d <= 0xffffffffLL ? BLOCK_SCALE
+                                                                                          : BLOCK_SCALE_WIDE;
+    switch (layout * 2 + (bits == 8 ? 0 : 1)) {
+#define GQ_ABSMAX_CASE(L)                                                                                     \
+    case L * 2: absmax_decode_path<1, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
+        break;                                                                                                \
+    case L * 2 + 1: absmax_decode_path<2, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
+        break;
+        GQ_ABSMAX_CASE(TENSOR_SCALE) GQ_ABSMAX_CASE(ROW_SCALE) GQ_ABSMAX_CASE(BLOCK_SCALE)
+        GQ_ABSMAX_CASE(BLOCK_SCALE_WIDE)
+#undef GQ_ABSMAX_CASE
     }
 }

@@ -154,10 +154,12 @@ def ggml_q4_0(x: np.ndarray) -> np.ndarray:
 
 
 def compressed_tensors_fp8(w: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """compressed-tensors symmetric FP8 (calculate_qparams + quantize): scale = amax / 448 clamped to
-    float32 eps, q = float8_e4m3fn(clamp(w / scale, -448, 448))."""
+    """compressed-tensors symmetric FP8 (calculate_qparams + quantize): scale = amax / 448, a zero scale
+    replaced by float32 eps, q = float8_e4m3fn(clamp(w / scale + zero_point, -448, 448)), zero_point 0."""
     amax = np.max(np.abs(w), axis=1, keepdims=True) if per_channel else np.max(np.abs(w)).reshape(1, 1)
     amax = np.maximum(amax, 0).astype(np.float32)  # min_vals/max_vals include 0
-    scale = np.maximum(amax / np.float32(448.0), np.finfo(np.float32).eps).astype(np.float32)
-    q = np.clip(w / scale, -448.0, 448.0).astype(np.float32).astype(ml_dtypes.float8_e4m3fn)
+    scale = (amax / np.float32(448.0)).astype(np.float32)
+    scale = np.where(scale == 0, np.finfo(np.float32).eps, scale).astype(np.float32)
+    shifted = (w / scale).astype(np.float32) + np.float32(0.0)
+    q = np.clip(shifted, -448.0, 448.0).astype(np.float32).astype(ml_dtypes.float8_e4m3fn)
     return q, scale if per_channel else scale.reshape(1)

@@ -158,3 +158,16 @@ def same_on_backends(*backends: str) -> Callable[[Callable[..., Any]], Callable[
         return test
 
     return decorate
+
+
+def tiny_llama(seed: int, hidden: int, layers: int) -> tuple[Any, Any, Any]:
+    """``(torch, transformers, model)``: a random float32 LlamaForCausalLM on the CPU (skips the test
+    without torch, transformers and compressed-tensors: the ``models`` extra)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                                   max_position_embeddings=64, tie_word_embeddings=False)
+    return torch, transformers, transformers.LlamaForCausalLM(cfg).eval()

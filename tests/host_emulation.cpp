@@ -1,13 +1,16 @@
 // host_emulation.cpp: kernels/quantize.cu compiled for the host, its threads run one after another,
 // so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
 // paths, unaligned views, row tails, packing) against the numpy reference without a GPU.
-// Warp-cooperative kernels (absmax_encode) cannot run this way; their math is in host_check.cpp.
+// Kernels whose threads cooperate (absmax_encode, scalar_decode's shared table) cannot run this
+// way: tests/host_emulation_warps.cpp runs them.
 
 #include "host_emulation.h"
 
 struct Dim { unsigned x; };
 static Dim threadIdx{0}, blockIdx{0}, blockDim{1}, gridDim{1};
 
+#define __shared__ static
+inline void __syncthreads() { __builtin_trap(); }  // no kernel run here waits for its block
 inline unsigned __reduce_max_sync(unsigned, unsigned v) { return v; }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
     const unsigned long long old = *p;
@@ -39,14 +42,6 @@ void emu_scalar_encode(int blocks, int threads, int dtype, const void* x, unsign
     GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
         scalar_encode<T>((const T*)x, out, n, d, params, per_dim, rounding, bits, is_signed, high_first);
     }))
-}
-
-void emu_scalar_decode(int blocks, int threads, const unsigned char* codes, float* out, long long n, long long d,
-                       const gq::ScalarParams* params, int per_dim, int rounding, int bits, int is_signed,
-                       int high_first) {
-    run_grid(blocks, threads, [&] {
-        scalar_decode(codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first);
-    });
 }
 
 void emu_binary_encode(int blocks, int threads, int dtype, const void* x, unsigned char* out, long long n,
@@ -89,6 +84,27 @@ void emu_absmax_decode(int blocks, int threads, const unsigned char* codes, cons
     run_grid(blocks, threads, [&] {
         absmax_decode(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor);
     });
+}
+
+// Block scales found by the 64-bit division per value (the path of rows of 2^32 values or more).
+void emu_absmax_decode_wide(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,
+                            long long n, long long d, long long seg_len, long long groups, int bits, int high_first,
+                            int tensor) {
+    run_grid(blocks, threads, [&] {
+#define GQ_ARGS codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor
+        if (bits == 8) {
+            absmax_decode_path<1, BLOCK_SCALE_WIDE>(GQ_ARGS);
+        } else {
+            absmax_decode_path<2, BLOCK_SCALE_WIDE>(GQ_ARGS);
+        }
+#undef GQ_ARGS
+    });
+}
+
+// gq::DivU32(s) applied to count numerators.
+void emu_div_u32(unsigned long long s, const unsigned* x, unsigned* q, long long count) {
+    const gq::DivU32 div(s);
+    for (long long i = 0; i < count; ++i) q[i] = div(x[i]);
 }
 
 }  // extern "C"

@@ -1,5 +1,5 @@
-// host_emulation_warps.cpp: the warp- and block-cooperative kernels (absmax_encode in
-// kernels/quantize.cu, everything in kernels/train.cu) compiled for the host. Each block runs its
+// host_emulation_warps.cpp: the warp- and block-cooperative kernels (absmax_encode and scalar_decode
+// in kernels/quantize.cu, everything in kernels/train.cu) compiled for the host. Each block runs its
 // threads as std::threads; __syncthreads and the warp intrinsics (__reduce_*_sync, __ballot_sync,
 // __shfl_up_sync) meet at barriers; atomics are std::atomic_ref; blocks run one after another, so
 // __shared__ can be a function-local static. Built by tests/test_kernels_host.py (-std=c++20).
@@ -101,7 +101,8 @@ inline T atomicAdd(T* p, T v) {
 #include "quantize.cu"
 #include "train.cu"
 
-// Run `kernel` on a (gx, gy) grid of `threads`-thread blocks (threads a multiple of 32).
+// Run `kernel` on a (gx, gy) grid of `threads`-thread blocks (threads a multiple of 32 when the
+// kernel uses warp intrinsics).
 template <typename F>
 static void launch(unsigned gx, unsigned gy, unsigned threads, F kernel) {
     gridDim = {gx, gy};
@@ -133,6 +134,14 @@ void emu_absmax_encode(int blocks, int threads, int dtype, const void* x, unsign
         absmax_encode<T>((const T*)x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps,
                          tensor_scale, use_tensor_scale);
     }))
+}
+
+void emu_scalar_decode(int blocks, int threads, const unsigned char* codes, float* out, long long n, long long d,
+                       const gq::ScalarParams* params, int per_dim, int rounding, int bits, int is_signed,
+                       int high_first) {
+    launch(blocks, 1, threads, [=] {
+        scalar_decode(codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first);
+    });
 }
 
 void emu_to_float32(int blocks, int threads, int dtype, const void* x, float* y, long long count) {

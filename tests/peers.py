@@ -1,5 +1,7 @@
-"""The peers' formulas, written independently of gpuquant from their sources (DESIGN.md §3), so the
-tests can compare our codes with theirs bit for bit. Each function mirrors the peer's own code path."""
+"""The peers' formulas, written independently of gpuquant from their public sources (see
+docs/peers.md for the links), so the tests can compare our codes with theirs bit for bit. Each
+function mirrors the peer's own code path; the ``*_recipe`` functions are the plain numpy recipes
+people write by hand (row-wise int8, affine uint8, symmetric int4 per group)."""
 
 from __future__ import annotations
 
@@ -76,21 +78,21 @@ def _faiss_sq_encode(x: np.ndarray, vmin: np.ndarray, vmax: np.ndarray, bits: in
     return out
 
 
-def seed_int8_rowwise(x: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
-    """../shared/seeds/000: write_int8_rowwise's batch body."""
+def int8_rowwise_recipe(x: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """The row-wise int8 recipe: ``s = (max|x| + eps) / 127`` per row, ``clip(round(x / s), -127, 127)``."""
     m = np.max(np.abs(x), axis=1, keepdims=True) + eps
     s = (m / 127.0).astype(np.float32)
     q = np.clip(np.round(x / s), -127, 127).astype(np.int8)
     return q, s[:, 0]
 
 
-def seed_int8_rowwise_read(q: np.ndarray, s: np.ndarray) -> np.ndarray:
+def int8_rowwise_recipe_read(q: np.ndarray, s: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         return q.astype(np.float32, copy=False) * s.astype(np.float32, copy=False)[:, None]
 
 
-def seed_affine_uint8(embedding: np.ndarray, num_bits: int = 8) -> np.ndarray:
-    """../shared/seeds/001: quantize() with min/max over the whole tensor."""
+def affine_uint8_recipe(embedding: np.ndarray, num_bits: int = 8) -> np.ndarray:
+    """The affine uint8 recipe, min/max over the whole tensor: ``round(x / scale + zero_point)``, clipped."""
     qmin, qmax = 0, 2**num_bits - 1
     min_val, max_val = np.min(embedding), np.max(embedding)
     scale = (max_val - min_val) / (qmax - qmin)
@@ -98,8 +100,8 @@ def seed_affine_uint8(embedding: np.ndarray, num_bits: int = 8) -> np.ndarray:
     return np.clip(np.round(embedding / scale + zero_point), qmin, qmax).astype(np.uint8)
 
 
-def seed_int4_groups(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """../shared/seeds/002's symmetric quantize (bits=4) applied to each group of a row."""
+def int4_groups_recipe(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The symmetric int4 recipe (``scale = max|w| / 7``, ``round(w / scale)``) on each group of a row."""
     n, d = w.shape
     g = w.reshape(n, d // group, group)
     max_val = np.max(np.abs(g), axis=2, keepdims=True)

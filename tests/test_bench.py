@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +39,82 @@ def test_quality_on_the_demo_data(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["convert_bench.py", "gpu_check.py"])
 def test_script_starts(name: str) -> None:
     assert "usage:" in run_script(name, "--help").stdout
+
+
+# -- bench/gpu_check.py without a GPU: arguments, interleaved timing, statistics and tables ---------
+@pytest.fixture(scope="module")
+def gpu_check() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_gpu_check_arguments(gpu_check: Any) -> None:
+    args = gpu_check.parse_args([])
+    assert args.dim_list == [384, 768, 1024, 4096]
+    assert args.sizes == [64 * 2**20, 2**30, 4 * 2**30] and args.rounds == 5
+    quick = gpu_check.parse_args(["--quick", "--repeats", "2"])
+    assert quick.sizes == [256 * 2**20] and quick.dim_list == [384] and quick.rounds == 5
+    assert gpu_check.parse_args(["--dims", "768", "--sizes-gib", "0.5", "--rounds", "9"]).dim_list == [768]
+
+
+def test_gpu_check_interleaves_rounds_and_times_kernels_alone(gpu_check: Any) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def once(fn: Any, batch: int = 1) -> float:
+        fn()
+        return {1: 2.0, gpu_check.KERNEL_BATCH: 1.0}[batch] + len(calls) / 1000
+
+    def named(tag: str) -> Any:
+        return lambda: calls.append((tag, 0))
+
+    with_kernels = gpu_check.Case({}, named("a"), 10, launches=[(lambda g, b, a: calls.append(("ka", 0)), 1, 2, ())])
+    cases = [with_kernels, gpu_check.Case({}, named("b"), 10)]
+    times = gpu_check.interleaved(cases, 3, once)
+    assert [c[0] for c in calls] == ["a", "ka", "b"] * 3
+    assert len(times[0][0]) == len(times[0][1]) == 3 and times[1][1] == []
+    assert all(t < 1.1 for t in times[0][1]) and all(t > 2 for t in times[0][0])
+
+
+def test_gpu_check_fills_spread_and_rooflines(gpu_check: Any) -> None:
+    row: dict[str, Any] = {}
+    gpu_check.fill_times(row, [3.0, 1.0, 2.0], [0.5, 1.0, 0.25], 4_000_000_000, 4.0, 2.0)
+    assert (row["seconds_min"], row["seconds"], row["seconds_max"]) == (1.0, 2.0, 3.0)
+    assert (row["kernel_seconds_min"], row["kernel_seconds"], row["kernel_seconds_max"]) == (0.25, 0.5, 1.0)
+    assert row["gbps"] == 2.0 and row["fraction_of_copy"] == 0.5 and row["fraction_of_read"] == 1.0
+    assert row["kernel_gbps"] == 8.0 and row["kernel_fraction_of_copy"] == 2.0 and row["kernel_fraction_of_read"] == 4.0
+    plain: dict[str, Any] = {}
+    gpu_check.fill_times(plain, [1.0] * 5, [], 10**9, 2.0, None)
+    assert "kernel_seconds" not in plain and "fraction_of_read" not in plain
+
+
+def test_gpu_check_captures_launches(gpu_check: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuquant.backends import cuda_loader
+
+    ran: list[Any] = []
+    monkeypatch.setattr(cuda_loader, "get_kernel", lambda f, n, names: lambda g, b, a: ran.append((n, a)))
+    with gpu_check.captured_launches() as launches:
+        cuda_loader.get_kernel("quantize.cu", "binary_decode", ())((1,), (256,), (7,))
+    assert ran == [("binary_decode", (7,))] and [(g, b, a) for _, g, b, a in launches] == [((1,), (256,), (7,))]
+
+
+def _row(gpu_check: Any, scheme: str, dim: int, size: int, seconds: float) -> dict[str, Any]:
+    row = {"scheme": scheme, "op": "transform", "dim": dim, "size_bytes": size}
+    gpu_check.fill_times(row, [seconds, 2 * seconds], [seconds / 2], size, 100.0, 150.0)
+    return row
+
+
+def test_gpu_check_tables(gpu_check: Any) -> None:
+    report = {"copy_gbps": 100.0, "read_gbps": 150.0, "rounds": 5, "results": [
+        _row(gpu_check, "small", 384, 2**26, 1.0), _row(gpu_check, "big", 384, 2**30, 1.0),
+        _row(gpu_check, "wide", 4096, 2**26, 1.0),
+        {"scheme": "broken", "op": "inverse", "dim": 768, "size_bytes": 2**30, "error": "RuntimeError: boom"}]}
+    md = gpu_check.markdown(report)
+    assert md.count("\n| ") == 5 and "FAILED: RuntimeError: boom" in md and "1500.000 (1000.000-2000.000)" in md
+    short = gpu_check.short_table(report).splitlines()
+    assert short[0].startswith("== gpu_check") and "copy: 100 GB/s, read-only: 150 GB/s" in short[2]
+    body = [ln.split()[0] for ln in short[4:]]
+    assert body == ["big", "wide", "FAILED"]  # only the largest size of each d, failures last

@@ -54,23 +54,28 @@ def test_each_streamed_statistic_equals_the_reference(rng: np.random.Generator, 
         np.testing.assert_array_equal(g, w)
 
 
+def _refuses(stat: st.Statistic, X: np.ndarray, template: str, row: int) -> None:
+    """The reference names ``row``; the streaming statistic refuses with the same template (the
+    streaming fit, :func:`gpuquant.engine.fit.fit_rows`, then finds the row of the input)."""
+    with pytest.raises(st.RowError, match=re.escape(template.format(row=f"row {row}"))):
+        st.REFERENCE[type(stat)](stat, X)
+    with pytest.raises(st.RowError) as info:
+        efit.STREAMING[type(stat)](stat, efit.StreamRows(ArraySource(X)), lambda _: None)
+    assert info.value.template == template
+
+
 @pytest.mark.parametrize("stat", [s for s in STATISTICS if not isinstance(s, st.AbsMax)], ids=repr)
-def test_each_statistic_refuses_nan_with_the_reference_message(stat: st.Statistic) -> None:
+def test_each_statistic_refuses_nan_naming_the_row(stat: st.Statistic) -> None:
     X = np.ones((40, 3), np.float32)
     X[17, 1] = np.nan
-    for fn in (lambda: st.REFERENCE[type(stat)](stat, X),
-               lambda: efit.STREAMING[type(stat)](stat, efit.StreamRows(ArraySource(X)), lambda _: None)):
-        with pytest.raises(gpuquant.InputError, match=re.escape(st.NAN_FIT_MESSAGE)):
-            fn()
+    X[30, 0] = np.nan
+    _refuses(stat, X, st.NAN_FIT_ROW, 17)
 
 
 def test_absmax_refuses_infinity_in_every_layer() -> None:
     X = np.ones((40, 3), np.float32)
     X[3, 2] = -np.inf
-    with pytest.raises(gpuquant.InputError, match=re.escape(st.NONFINITE_FIT_MESSAGE)):
-        st.REFERENCE[st.AbsMax](st.AbsMax(), X)
-    with pytest.raises(gpuquant.InputError, match=re.escape(st.NONFINITE_FIT_MESSAGE)):
-        efit.STREAMING[st.AbsMax](st.AbsMax(), efit.StreamRows(ArraySource(X)), lambda _: None)
+    _refuses(st.AbsMax(), X, st.NONFINITE_FIT_ROW, 3)
 
 
 def test_every_layer_implements_every_statistic() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,41 @@ PRESETS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+DASHBOARD_PORT = 8787  # distributed's default dashboard port
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dashboard_port_taken() -> Any:
+    """Port 8787 held for the whole module: no cluster here (nor the CLI's) may need it."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", DASHBOARD_PORT))
+        sock.listen()
+    except OSError:
+        pass  # someone else holds it already: taken either way
+    try:
+        yield
+    finally:
+        sock.close()
+
+
 @pytest.fixture(scope="module")
 def client() -> Any:
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    c = distributed.Client(cluster)
-    try:
+    """The local cluster ``convert --workers`` starts: two worker processes of one thread."""
+    with gd.cluster_client(workers=2, device="cpu") as c:
         yield c
-    finally:
-        c.close()
-        cluster.close()
+
+
+def test_local_cluster_binds_no_fixed_port_and_serves_no_dashboard(client: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    http = client.cluster.scheduler.http_server
+    assert http.port not in (0, DASHBOARD_PORT)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{http.port}/status", timeout=10)
+    err.value.close()
+    assert err.value.code == 404
 
 
 @pytest.fixture
@@ -159,6 +186,14 @@ def _killer(arm: str, parts: str | None = None) -> Any:
     return kill_once
 
 
+def test_a_nan_row_is_named_by_its_row_of_the_input(client: Any, tmp_path: Path, rng: np.random.Generator) -> None:
+    X = matrix(rng, 600, 64)
+    X[437, 3] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    with pytest.raises(ConvertError, match=r"\(RowError: row 437 of the input holds NaN or ±Inf; GGUF"):
+        gd.convert(tmp_path / "x.npy", tmp_path / "o", "gguf-q8_0", client=client, batch_rows=100, device="cpu")
+
+
 def test_killed_worker_is_retried_and_the_store_is_bit_identical(client: Any, shards: tuple[Path, np.ndarray],
                                                                  tmp_path: Path) -> None:
     src, _ = shards
@@ -254,6 +289,7 @@ def test_cli_convert_with_workers(shards: tuple[Path, np.ndarray], tmp_path: Pat
                         "--workers", "2", "--device", "cpu", "--batch-rows", "300", "--format", "json"],
                        check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    assert "already in use" not in r.stderr  # no dashboard, so no fight over its port
     doc = json.loads(r.stdout)
     assert doc["dask"]["tasks_run"] == 5
     _same_store(single, out)
@@ -270,7 +306,7 @@ def cuda_client(request: pytest.FixtureRequest) -> Any:
     pytest.importorskip("cupy")
     dask_cuda = pytest.importorskip("dask_cuda")
     request.getfixturevalue("gpu")
-    with dask_cuda.LocalCUDACluster(dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+    with dask_cuda.LocalCUDACluster(**gd.NO_DASHBOARD) as cluster, distributed.Client(cluster) as c:
         yield c
 
 

@@ -51,6 +51,8 @@ def _clipped_gguf(q: Quantizer, X: np.ndarray) -> int:
         mx = block[int(np.argmax(np.abs(block)))]  # first of the largest magnitude
         d = F32(mx / F32(-8))
         inv = F32(0) if d == 0 else F32(F32(1) / d)
+        if math.isinf(inv):  # too small a block for 1/d: every nibble is 0, as the gguf package writes
+            continue
         total += sum(math.trunc(float(F32(F32(v * inv) + F32(8.5)))) > 15 for v in block)
     return total
 

@@ -143,14 +143,29 @@ def test_raw_float32_with_shape(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert code == 2 and "--shape expects ROWS,DIM" in doc["error"]["message"]
 
 
+@pytest.mark.parametrize("gather", [0, 1 << 30])
+@pytest.mark.parametrize("preset,params", [("st-int8", {}), ("uint8-affine", {}), ("es-byte", {}), ("cuvs-sq8", {}),
+                                           ("cuvs-sq8", {"quantile_method": "exact"}), ("binary", {"threshold": "mean"}),
+                                           ("binary", {"threshold": "median"})])
 def test_nan_in_fit_data_is_refused_before_writing(tmp_path: Path, rng: np.random.Generator,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, gather: int, preset: str,
+                                                   params: dict[str, Any]) -> None:
     X = matrix(rng, 500, 16)
     X[321, 4] = np.nan
-    monkeypatch.setattr(efit, "GATHER_BYTES", 0)
-    with pytest.raises(InputError, match="fit data contains NaN"):
-        gpuquant.convert(X, tmp_path / "o", "st-int8", device="cpu", progress=False)
+    X[400, 0] = np.nan
+    monkeypatch.setattr(efit, "GATHER_BYTES", gather)
+    monkeypatch.setattr(efit, "FIT_BATCH_VALUES", 100 * 16)
+    with pytest.raises(InputError, match=r"^fit data contains NaN (or ±Inf )?\(row 321 of the input\)"):
+        gpuquant.convert(X, tmp_path / "o", preset, device="cpu", progress=False, params=params)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("preset", ["gguf-q8_0", "safetensors-fp8", "pgvector-halfvec"])
+def test_nan_in_a_row_is_named_by_its_row_of_the_input(tmp_path: Path, rng: np.random.Generator, preset: str) -> None:
+    X = matrix(rng, 500, 64)
+    X[321, 4] = np.nan
+    with pytest.raises(InputError, match=r"^row 321 of the input holds NaN.*keeps 300 of 500 rows"):
+        gpuquant.convert(X, tmp_path / "o", preset, device="cpu", batch_rows=100, progress=False)
 
 
 def test_nan_in_an_absmax_row_stops_with_the_row_and_a_resumable_state(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -324,7 +339,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, rng: np.random.Gen
 
 def test_a_second_run_on_the_same_output_refuses_while_one_runs(tmp_path: Path, rng: np.random.Generator) -> None:
     np.save(tmp_path / "x.npy", matrix(rng, 4000, 16))
-    proc = _slow_convert(tmp_path / "x.npy", tmp_path / "o")
+    # 80 batches of 0.5 s: the first run holds the lock for about 40 s after the wait below, so the
+    # second one (a fresh interpreter, slow to start on a loaded machine) always meets it running.
+    proc = _slow_convert(tmp_path / "x.npy", tmp_path / "o", sleep="0.5")
     try:
         _wait_for_rows(tmp_path / "o", proc, 100)
         second = subprocess.run([sys.executable, "-m", "gpuquant", "convert", str(tmp_path / "x.npy"), str(tmp_path / "o"),

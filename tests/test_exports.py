@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import gpuquant
-from helpers import edge_values, finite_edge_values, fitted, matrix
+from helpers import bits, edge_values, finite_edge_values, fitted, matrix, tiny_llama
 from consumers import (
     compressed_tensors_fp8,
     elastic_bit_bytes,
@@ -113,7 +113,7 @@ def test_pgvector_halfvec_is_float4_to_half(rng):
 def test_pgvector_halfvec_refuses_what_halfvec_refuses(rng, bad):
     x = matrix(rng, 6, 8)
     x[4, 2] = bad
-    with pytest.raises(InputError, match="row 4 holds NaN"):
+    with pytest.raises(InputError, match="^row 4 of the input holds NaN"):
         gpuquant.quantize(x, "pgvector-halfvec", backend="numpy")
 
 
@@ -260,12 +260,40 @@ def test_fp8_equals_compressed_tensors(rng, granularity):
     w = matrix(rng, 64, 96, edges=finite_edge_values()[:40])
     w[np.abs(w) > 1e30] = 1.0
     w[5] = 0.0  # an all-zero channel: scale = float32 eps
+    w[6] *= np.float32(1e-36)  # a tiny channel: a positive scale below float32 eps, kept as it is
     q = fitted("safetensors-fp8", w, granularity=granularity)
     codes = q.transform(w)
     ref_q, ref_s = compressed_tensors_fp8(w, per_channel=granularity == "channel")
     assert_array_equal(np.asarray(codes).view(np.uint8), ref_q.view(np.uint8))
     scale = codes.side["weight_scale"] if granularity == "channel" else q.state["weight_scale"]
-    assert_array_equal(scale, ref_s)
+    assert_array_equal(bits(scale), bits(ref_s))
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_fp8_equals_compressed_tensors_itself(rng, granularity):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    w = matrix(rng, 64, 96, edges=finite_edge_values())
+    w[np.abs(w) > 1e30] = 1.0
+    w[5], w[7, :9] = 0.0, -0.0
+    w[6] *= np.float32(1e-36)
+    q = fitted("safetensors-fp8", w, granularity=granularity)
+    codes = q.transform(w)
+    args = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy=granularity, dynamic=False)
+    x = torch.from_numpy(w)
+    lo, hi = (x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)) if granularity == "channel" else (
+        x.amin().reshape(1), x.amax().reshape(1))
+    s, zp = calculate_qparams(lo, hi, args)
+    want = BaseCompressor.get_value_from_registry("float-quantized").compress(
+        {"weight": x, "weight_scale": s, "weight_zero_point": zp}, QuantizationScheme(targets=["Linear"], weights=args))
+    assert_array_equal(bits(codes), want["weight"].view(torch.uint8).numpy())
+    scale = codes.side["weight_scale"] if granularity == "channel" else q.state["weight_scale"]
+    assert_array_equal(bits(scale).ravel(), bits(want["weight_scale"].numpy()).ravel())
 
 
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
@@ -432,3 +460,93 @@ def test_explicit_gpu_backend_refuses_an_unsupported_scheme(monkeypatch):
     monkeypatch.setattr(backends, "resolve", lambda name: object())
     with pytest.raises(BackendUnavailableError, match="cannot run this scheme"):
         Quantizer("gguf-q8_0", backend="cupy").backend  # noqa: B018 - the property resolves
+
+
+# -- the loading texts themselves ------------------------------------------------------------------------
+def _texts():
+    return [(e.preset, text) for e in export.EXPORTS.values() for text in (e.load, e.queries)]
+
+
+def test_texts_call_only_what_import_gpuquant_reaches():
+    import re
+    import subprocess
+    import sys
+
+    calls = sorted({m for _, t in _texts() for m in re.findall(r"\bgpuquant(?:\.\w+)+", t)})
+    imported = sorted({(m, n) for _, t in _texts() for m, n in re.findall(r"from gpuquant import (\w+).*?\b\1\.(\w+)\(",
+                                                                           t, re.S)})
+    assert {m for m, _ in imported} == {"export", "weights"}  # every helper the texts call, imported first
+    probe = "import gpuquant\n" + "".join(f"{c}\n" for c in calls) + "".join(
+        f"from gpuquant import {m}\n{m}.{n}\n" for m, n in imported)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_milvus_text_names_the_index_milvus_lite_takes():
+    assert 'index_type="BIN_FLAT"' in export.EXPORTS["milvus-binary"].load
+
+
+def test_faiss_qt_fp16_rounds_ties_away_from_zero_unlike_fp16():
+    """The README's fp16 row says so: the fp16 preset rounds ties to even, FAISS's QT_fp16 away from zero."""
+    faiss = pytest.importorskip("faiss")
+    ties = np.array([[1 + 2.0**-11, 1 + 3 * 2.0**-11, -(1 + 2.0**-11), 2049.0, 0.1, -3.3]], np.float32)
+    sq = faiss.ScalarQuantizer(ties.shape[1], faiss.ScalarQuantizer.QT_fp16)
+    sq.train(ties)
+    theirs = sq.compute_codes(ties).view(np.float16)
+    ours = np.asarray(Quantizer("fp16").transform(ties))
+    assert_array_equal(ours.view(np.uint16), ties.astype(np.float16).view(np.uint16))
+    away = np.array([[1 + 2.0**-10, 1 + 2.0**-9, -(1 + 2.0**-10), 2050.0, 0.1, -3.3]], np.float16)
+    assert_array_equal(theirs.view(np.uint16), away.view(np.uint16))
+    assert (ours.view(np.uint16) != theirs.view(np.uint16)).tolist() == [[True, False, True, True, False, False]]
+
+
+def _fp8_text_config() -> dict:
+    """The quantization_config that export-info safetensors-fp8 prints, parsed from its text."""
+    import itertools
+
+    lines = export.EXPORTS["safetensors-fp8"].load.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# config.json:"))
+    rest = itertools.takewhile(lambda line: line.startswith("#   "), lines[start + 1:])
+    body = [lines[start].split(":", 1)[1]] + [line[1:] for line in rest]
+    return json.loads("{" + " ".join(body) + "}")["quantization_config"]
+
+
+@pytest.mark.models
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_safetensors_fp8_text_loads_into_transformers(tmp_path):
+    torch, transformers, model = tiny_llama(1, 128, 1)
+    q = Quantizer("safetensors-fp8")
+    tensors, want = {}, {}
+    for name, value in model.state_dict().items():
+        w = value.numpy()
+        if name.endswith("proj.weight"):
+            prefix = name[: -len(".weight")]
+            tensors.update(weights.fp8_weight_tensors(prefix, q, q.transform(w)))
+            want[name] = weights.dequantize_fp8(tensors[f"{prefix}.weight"], tensors[f"{prefix}.weight_scale"])
+        else:
+            tensors[name] = w
+    (tmp_path / "m").mkdir()
+    weights.save_safetensors(tmp_path / "m" / "model.safetensors", tensors, metadata={"format": "pt"})
+    config = {**model.config.to_dict(), "quantization_config": _fp8_text_config()}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    state = loaded.state_dict()
+    assert len(want) == 7
+    for name, w in want.items():  # without quantization_status the fp8 values load as weights, unscaled
+        fp8 = state[name]
+        assert fp8.dtype == torch.float8_e4m3fn, name
+        got = weights.dequantize_fp8(fp8.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn),
+                                     state[f"{name}_scale"].numpy())
+        assert_array_equal(got.view(np.uint32), w.view(np.uint32), err_msg=name)
+    ours = transformers.LlamaForCausalLM(model.config).eval()
+    ours.load_state_dict({**model.state_dict(), **{k: torch.from_numpy(v) for k, v in want.items()}})
+    ids = torch.arange(1, 17).reshape(1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, ours(ids).logits, rtol=1e-5, atol=1e-6)
+    # the text's read-back lines run as printed
+    lines = [line[1:].split("read back:")[-1].strip() for line in export.EXPORTS["safetensors-fp8"].load.splitlines()
+             if "read back:" in line or line.startswith("#            ") or line.startswith("#                   ")]
+    scope = {"weights": weights}
+    exec(lines[0].replace("model.safetensors", str(tmp_path / "m" / "model.safetensors")), scope)  # noqa: S102
+    back = eval(" ".join(lines[1:]), scope)  # noqa: S307
+    assert_array_equal(back, want["model.layers.0.mlp.down_proj.weight"])

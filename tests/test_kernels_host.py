@@ -51,12 +51,13 @@ SIGNATURES = {
 
 EMU_SIGNATURES = {
     "emu_scalar_encode": [I32, I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
-    "emu_scalar_decode": [I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
     "emu_binary_encode": [I32, I32, I32, VP, VP, I64, I64, VP, I32, I32],
     "emu_binary_decode": [I32, I32, VP, VP, I64, I64, I32, I32],
     "emu_float_encode": [I32, I32, I32, VP, VP, I64, I64, I32, I32],
     "emu_float_decode": [I32, I32, VP, VP, I64, I64, I32],
     "emu_absmax_decode": [I32, I32, VP, VP, VP, I64, I64, I64, I64, I32, I32, I32],
+    "emu_absmax_decode_wide": [I32, I32, VP, VP, VP, I64, I64, I64, I64, I32, I32, I32],
+    "emu_div_u32": [ctypes.c_ulonglong, VP, VP, I64],
 }
 
 
@@ -101,6 +102,7 @@ def emu() -> ctypes.CDLL:
 
 WARP_SIGNATURES = {
     "emu_absmax_encode": [I32, I32, I32, VP, VP, VP, VP, I64, I64, I64, I64, I32, I32, F32, VP, I32],
+    "emu_scalar_decode": [I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
     "emu_to_float32": [I32, I32, I32, VP, VP, I64],
     "emu_minmax_global": [I32, I32, I32, VP, I64, VP, VP],
     "emu_minmax_columns": [I32, I32, I32, I32, VP, I64, I64, VP, VP],
@@ -395,7 +397,7 @@ def variant_id(v) -> str:
 @pytest.mark.parametrize("misalign", [False, True], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("variant", EMU_VARIANTS, ids=variant_id)
-def test_emulated_kernels(emu, rng, variant, dtype, misalign: bool) -> None:
+def test_emulated_kernels(emu, warps, rng, variant, dtype, misalign: bool) -> None:
     family, kw = variant
     for n, d in EMU_SHAPES:
         x, x32 = emu_inputs(rng, n, d, dtype)
@@ -435,7 +437,8 @@ def test_emulated_kernels(emu, rng, variant, dtype, misalign: bool) -> None:
             want_x = scheme.decode(np.ascontiguousarray(codes), {}, state, d)
             got_x = placed(np.full((n, d), np.nan, np.float32), misalign)
             if family == "scalar":
-                emu.emu_scalar_decode(blocks, threads, ptr(codes), ptr(got_x), n, d, ptr(params), *args)
+                # its block shares a table: threads run concurrently (the warps library)
+                warps.emu_scalar_decode(blocks, threads, ptr(codes), ptr(got_x), n, d, ptr(params), *args)
             elif family == "binary":
                 emu.emu_binary_decode(blocks, threads, ptr(codes), ptr(got_x), n, d, int(p["bitorder"] == "big"),
                                       int(binary_flip(scheme)))
@@ -462,10 +465,29 @@ def test_emulated_absmax_decode(emu, rng, granularity: str, bits: int, order: st
             state, side = {}, {"scales": scales.reshape(scheme.side_shapes(n, d)["scales"][0])}
         want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
         for blocks, threads in GRIDS:
-            got = placed(np.full((n, d), np.nan, np.float32), misalign)
-            emu.emu_absmax_decode(blocks, threads, ptr(codes), ptr(scales), ptr(got), n, d, seg, groups, bits,
-                                  int(order == "high_first"), int(granularity == "tensor"))
-            same_bits(got, want)
+            wide = emu.emu_absmax_decode_wide  # block scales by 64-bit division (any layout's scales read as blocks)
+            for decode in (emu.emu_absmax_decode, wide) if granularity == "block" else (emu.emu_absmax_decode,):
+                got = placed(np.full((n, d), np.nan, np.float32), misalign)
+                decode(blocks, threads, ptr(codes), ptr(scales), ptr(got), n, d, seg, groups, bits,
+                       int(order == "high_first"), int(granularity == "tensor"))
+                same_bits(got, want)
+
+
+def test_division_by_an_invariant_divisor(emu, rng) -> None:
+    """gq::DivU32 (absmax decode's block index) equals x // s for every edge of x and s."""
+    top = 2**32 - 1
+    divisors = [1, 2, 3, 5, 7, 31, 32, 33, 40, 64, 96, 127, 128, 1000, 2**16 - 1, 2**16, 2**16 + 1, 2**31 - 1, 2**31,
+                2**31 + 1, top - 1, top, *rng.integers(1, 2**32, 40).tolist(), *rng.integers(1, 5000, 40).tolist()]
+    for s in divisors:
+        k = np.unique(np.concatenate([[0, 1, top // s], rng.integers(0, top // s + 1, 2000)])).astype(np.uint64)
+        multiples = k * np.uint64(s)
+        x = np.concatenate([[0, 1, s - 1, s, s + 1, top, top - 1, 2**31, 2**31 - 1], multiples,
+                            np.maximum(multiples.astype(np.int64) - 1, 0), multiples + 1,
+                            rng.integers(0, 2**32, 5000)])
+        x = x[x <= top].astype(np.uint32)
+        q = np.empty_like(x)
+        emu.emu_div_u32(s, ptr(x), ptr(q), x.size)
+        np.testing.assert_array_equal(q, x.astype(np.uint64) // np.uint64(s), err_msg=f"divisor {s}")
 
 
 # -- warp- and block-cooperative kernels (absmax encode, training), threads emulated -------------------
@@ -474,7 +496,11 @@ def test_emulated_absmax_decode(emu, rng, granularity: str, bits: int, order: st
     ("row", 8, "low_first", 1e-8), ("row", 4, "high_first", 0.0), ("block", 4, "low_first", 0.0),
     ("block", 8, "low_first", 1e-8), ("tensor", 8, "low_first", 0.0), ("tensor", 4, "high_first", 0.0)])
 def test_emulated_absmax_encode(warps, rng, granularity: str, bits: int, order: str, eps: float, dtype) -> None:
-    for n, d, g in [(1, 1, 32), (5, 7, 32), (9, 64, 32), (4, 384, 64), (3, 1000, 40), (6, 33, 32)]:
+    # lanes per segment: 1 (rows of 16), 2, 4, 8, 16, 32 (16 values a lane); 2 (rows of 8: a float4 a
+    # lane); 32 (blocks of 48, rows of 384, 1000: several float4 a lane, or the two-pass loop)
+    shapes = [(1, 1, 32), (5, 7, 32), (9, 64, 32), (4, 384, 64), (3, 1000, 40), (6, 33, 32), (5, 16, 32),
+              (3, 256, 128), (2, 1024, 512), (4, 256, 256), (3, 96, 48), (4, 8, 32)]
+    for n, d, g in shapes:
         if granularity == "block" and d % g:
             continue
         scheme = make_scheme("absmax", granularity=granularity, bits=bits, block_size=g, eps=eps, nibble_order=order)

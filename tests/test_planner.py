@@ -1,5 +1,5 @@
 """The N_max planner (``gpuquant.plan``, ``gpuquant plan``): every case below is computed by hand
-from the formula of DESIGN.md §4 / seed 003, written out in the comments, then compared with the
+from the cuVS memory-footprint formula (docs/memory.md), written out in the comments, then compared with the
 planner's numbers. No GPU is needed: ``gpu_memory=`` / ``--gpu-memory`` gives M_free."""
 
 from __future__ import annotations

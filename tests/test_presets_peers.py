@@ -3,7 +3,7 @@
 The peers' formulas live in tests/peers.py (written from the peers' sources, not from gpuquant);
 where the real package is installed (faiss-cpu, ml_dtypes, sentence-transformers) it is used too.
 NaN is excluded where the peer's result is an undefined C cast (sentence-transformers, FAISS,
-the seeds' astype of NaN); our NaN policy is tested separately in test_schemes.py.
+the numpy recipes' astype of NaN); our NaN policy is tested separately in test_schemes.py.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from numpy.testing import assert_array_equal
 import gpuquant
 from helpers import edge_values, finite_edge_values, fit_codes, matrix
 from peers import (
+    affine_uint8_recipe,
     cuvs_binary,
     cuvs_inverse,
     cuvs_train,
     cuvs_transform,
     faiss_sq_encode,
+    int4_groups_recipe,
+    int8_rowwise_recipe,
+    int8_rowwise_recipe_read,
     pack_low_first,
-    seed_affine_uint8,
-    seed_int4_groups,
-    seed_int8_rowwise,
-    seed_int8_rowwise_read,
     st_quantize,
 )
 
@@ -75,7 +75,7 @@ def test_cuvs_sampling_rule(rng):
     assert (exact["lo"], exact["hi"]) == cuvs_train(x, 0.99)
 
 
-@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] > 1])
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("precision", ["int8", "uint8"])
 def test_st_scalar(rng, shape, precision):
     x = matrix(rng, *shape, edges=finite_edge_values()[:20])
@@ -97,6 +97,17 @@ def test_st_binary(rng, shape, precision):
     assert_array_equal(np.asarray(codes), st_quantize(x, precision))
 
 
+@pytest.mark.parametrize("precision", ["int8", "uint8"])
+def test_st_scalar_empty_input_with_ranges(rng, precision):
+    x = matrix(rng, 50, 6)
+    q, _ = fit_codes(f"st-{precision}", x)
+    empty = np.zeros((0, 6), np.float32)
+    ranges = np.vstack([q.state["lo"], q.state["hi"]])
+    assert_array_equal(np.asarray(q.transform(empty)), st_quantize(empty, precision, ranges))
+    given = gpuquant.Quantizer(f"st-{precision}", backend="numpy", range="given", ranges=ranges.tolist())
+    assert_array_equal(np.asarray(given.transform(empty)), st_quantize(empty, precision, ranges))
+
+
 def test_real_sentence_transformers(rng):
     st = pytest.importorskip("sentence_transformers.util.quantization")
     x = matrix(rng, 300, 64)
@@ -105,7 +116,7 @@ def test_real_sentence_transformers(rng):
         assert_array_equal(np.asarray(ours), st.quantize_embeddings(x, precision=precision))
 
 
-@pytest.mark.parametrize("shape", [(2, 5), (7, 13), (300, 37), (64, 128)])
+@pytest.mark.parametrize("shape", [(1, 9), (2, 5), (7, 13), (300, 37), (64, 128)])
 @pytest.mark.parametrize("bits", [8, 4])
 def test_faiss_formula(rng, shape, bits):
     x = matrix(rng, *shape, edges=finite_edge_values()[:10])
@@ -114,11 +125,12 @@ def test_faiss_formula(rng, shape, bits):
     assert_array_equal(np.asarray(q.transform(y)), faiss_sq_encode(y, x.min(0), x.max(0), bits))
 
 
+@pytest.mark.parametrize("n", [500, 1])
 @pytest.mark.parametrize("d", [1, 7, 37, 384])
 @pytest.mark.parametrize("bits", [8, 4])
-def test_real_faiss(rng, d, bits):
+def test_real_faiss(rng, n, d, bits):
     faiss = pytest.importorskip("faiss")
-    x = matrix(rng, 500, d, edges=finite_edge_values()[:10])
+    x = matrix(rng, n, d, edges=finite_edge_values()[:10])
     x[:, 0] = 1.5  # a constant dimension: vdiff == 0
     qt = faiss.ScalarQuantizer.QT_8bit if bits == 8 else faiss.ScalarQuantizer.QT_4bit
     sq = faiss.ScalarQuantizer(d, qt)
@@ -167,35 +179,35 @@ def test_float_saturate(rng, fmt):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int8_row_seed(rng, shape):
+def test_int8_row_recipe(rng, shape):
     x = matrix(rng, *shape, edges=finite_edge_values())
     codes = gpuquant.quantize(x, "int8-row", backend="numpy")
-    q, s = seed_int8_rowwise(x)
+    q, s = int8_rowwise_recipe(x)
     assert_array_equal(np.asarray(codes), q)
     assert_array_equal(codes.side["scales"].view(np.uint32), s.view(np.uint32))
     recon = gpuquant.dequantize(codes, "int8-row", backend="numpy")
-    assert_array_equal(recon.view(np.uint32), seed_int8_rowwise_read(q, s).view(np.uint32))
+    assert_array_equal(recon.view(np.uint32), int8_rowwise_recipe_read(q, s).view(np.uint32))
 
 
 def test_int8_row_zero_rows():
     x = np.zeros((3, 8), np.float32)
     x[1, 2] = -0.0
     codes = gpuquant.quantize(x, "int8-row", backend="numpy")
-    assert_array_equal(np.asarray(codes), seed_int8_rowwise(x)[0])
+    assert_array_equal(np.asarray(codes), int8_rowwise_recipe(x)[0])
 
 
 @pytest.mark.parametrize("shape,per", [((n, d), per) for n, d in [(1, 1), (5, 8), (300, 37), (2, 1000)]
                                        for per in ("tensor", "dimension") if n > 1 or per == "tensor"])
-def test_uint8_affine_seed(rng, shape, per):
+def test_uint8_affine_recipe(rng, shape, per):
     x = matrix(rng, *shape, edges=finite_edge_values()[:6])
     q, codes = fit_codes("uint8-affine", x, granularity=per)
     if per == "tensor":
         with np.errstate(divide="ignore", invalid="ignore"):
-            ref = seed_affine_uint8(x) if x.max() > x.min() else None
+            ref = affine_uint8_recipe(x) if x.max() > x.min() else None
         if ref is not None:
             assert_array_equal(np.asarray(codes), ref)
     else:
-        cols = [seed_affine_uint8(x[:, j:j + 1]) for j in range(shape[1]) if x[:, j].max() > x[:, j].min()]
+        cols = [affine_uint8_recipe(x[:, j:j + 1]) for j in range(shape[1]) if x[:, j].max() > x[:, j].min()]
         keep = [j for j in range(shape[1]) if x[:, j].max() > x[:, j].min()]
         if keep:
             assert_array_equal(np.asarray(codes)[:, keep], np.hstack(cols))
@@ -203,12 +215,12 @@ def test_uint8_affine_seed(rng, shape, per):
 
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("n", [1, 3, 100])
-def test_int4_block_seed(rng, group, n):
+def test_int4_block_recipe(rng, group, n):
     d = group * 3
     x = matrix(rng, n, d, edges=finite_edge_values())
     x[0, :group] = 0.0  # an all-zero block: scale 0, codes 0
     codes = gpuquant.quantize(x, "int4-block", backend="numpy", block_size=group)
-    q, s = seed_int4_groups(x, group)
+    q, s = int4_groups_recipe(x, group)
     assert_array_equal(np.asarray(codes), pack_low_first(q & 0xF))
     assert_array_equal(codes.side["scales"].view(np.uint32), s.view(np.uint32))
 
@@ -218,7 +230,41 @@ def test_cuvs_binary(rng, shape):
     x = matrix(rng, *shape, edges=edge_values())
     assert_array_equal(np.asarray(gpuquant.quantize(x, "binary", backend="numpy")), cuvs_binary(x))
     finite = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-    if shape[0] > 1:
+    if shape[0] > 1:  # cuVS's transform with a given threshold; the mean itself is ours, not cuVS's
         q = gpuquant.Quantizer("binary", backend="numpy", threshold="mean").fit(finite)
         thr = (finite.astype(np.float64).sum(0) / shape[0]).astype(np.float32)
         assert_array_equal(np.asarray(q.transform(finite)), cuvs_binary(finite, thr))
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_gguf_blocks_too_small_for_their_inverse_scale(rng, kind):
+    # below |max| ~ 2.35e-38 (Q4_0) / 3.7e-37 (Q8_0) 1/d overflows: every x * id is ±inf or NaN
+    gguf = pytest.importorskip("gguf")
+    scales = np.float32(10.0) ** rng.uniform(-45, -35, size=(40, 1, 1)).astype(np.float32)
+    x = (rng.standard_normal((40, 4, 32)).astype(np.float32) * scales).reshape(40, 128)
+    x[0, :4] = [1e-40, -1e-40, 0.0, -0.0]
+    x[1, :32] = 0.0
+    x[2, 32:64] = np.float32(-2.35e-38)
+    codes = np.asarray(gpuquant.quantize(x, f"gguf-{kind}", backend="numpy"))
+    with np.errstate(all="ignore"):
+        theirs = gguf.quants.quantize(x, getattr(gguf.GGMLQuantizationType, kind.upper()))
+    assert_array_equal(codes, theirs)
+
+
+def test_binary_preset_claims_cuvs_only_for_threshold_zero():
+    # cuVS's mean sums in float32 and its median sorts a ~10% row sample: ours are exact, so not cuVS's
+    preset = gpuquant.schemes.PRESETS["binary"]
+    assert preset.params["threshold"] == "zero" and preset.peer.endswith("with threshold zero")
+    assert "not cuVS's" in preset.summary
+
+
+@pytest.mark.parametrize("name", ["fp8-e4m3", "st-int8", "cuvs-sq8", "int8-row", "gguf-q4_0"])
+def test_float64_input_is_rounded_to_float32_first(rng, name):
+    # the documented rule (presets module, README): one float32 rounding, then the float32 math
+    x64 = rng.standard_normal((9, 64)) * 100
+    x64[0, 0] = 464.00000000000006  # ml_dtypes from float64: e4m3 NaN; from float32 (464.0): 448
+    x32 = x64.astype(np.float32)
+    q64, codes64 = fit_codes(name, x64)
+    q32, codes32 = fit_codes(name, x32)
+    assert_array_equal(np.asarray(codes64).view(np.uint8), np.asarray(codes32).view(np.uint8))
+    assert "float64 rounded to nearest even" in gpuquant.schemes.presets.__doc__

@@ -85,16 +85,38 @@ def test_faiss_sq4_nan(rng):
 def test_absmax_refuses_non_finite(rng, name, bad):
     x = matrix(rng, 10, 64)
     x[7, 5] = bad
-    with pytest.raises(InputError, match="rows 0..9.*row 7"):
+    with pytest.raises(InputError, match="^row 7 of the input holds NaN or ±Inf"):
         gpuquant.quantize(x, name, backend="numpy")
 
 
-@pytest.mark.parametrize("name", ["st-int8", "cuvs-sq8", "faiss-sq8", "uint8-affine"])
-def test_fit_refuses_nan(rng, name):
+@pytest.mark.parametrize("name,params", [("st-int8", {}), ("cuvs-sq8", {}), ("faiss-sq8", {}), ("uint8-affine", {}),
+                                         ("es-byte", {}), ("binary", {"threshold": "median"}),
+                                         ("cuvs-sq8", {"quantile_method": "exact"})])
+def test_fit_refuses_nan_naming_the_row(rng, name, params):
     x = matrix(rng, 20, 4)
     x[3, 1] = np.nan
-    with pytest.raises(InputError, match="NaN"):
-        Quantizer(name, backend="numpy").fit(x)
+    x[9, 0] = np.nan
+    with pytest.raises(InputError, match=r"^fit data contains NaN (or ±Inf )?\(row 3\)"):
+        Quantizer(name, backend="numpy", **params).fit(x)
+
+
+def test_row_errors_pickle_whole(rng):  # Dask workers send them back to the client
+    import pickle
+    x = matrix(rng, 5, 64)
+    x[2, 0] = np.inf
+    with pytest.raises(InputError) as info:
+        gpuquant.quantize(x, "gguf-q8_0", backend="numpy")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is type(info.value) and str(again) == str(info.value) and again.row == 2
+
+
+def test_cuvs_fit_names_the_sampled_row_of_the_input(rng):
+    from gpuquant.schemes.scalar import sample_rows
+    x = matrix(rng, 300, 4000)  # 1e6 // 4000 = 250 of the 300 rows are sampled
+    bad = int(sample_rows(300, 250)[200])
+    x[bad, 17] = np.nan
+    with pytest.raises(InputError, match=rf"^fit data contains NaN \(row {bad}\)"):
+        Quantizer("cuvs-sq8", backend="numpy").fit(x)
 
 
 def test_binary_nan_is_zero_bit_and_subnormals_compare_exactly():
@@ -138,8 +160,14 @@ def test_bad_input_named(bad, match):
 def test_fit_on_empty_and_single_row():
     with pytest.raises(InputError, match="0 rows"):
         Quantizer("st-int8", backend="numpy").fit(np.zeros((0, 4), np.float32))
-    with pytest.raises(InputError, match="1 row"):
-        Quantizer("st-int8", backend="numpy").fit(np.ones((1, 4), np.float32))
+    q = Quantizer("st-int8", backend="numpy").fit(np.ones((1, 4), np.float32))
+    assert_array_equal(q.state["lo"], q.state["hi"])
+    assert np.asarray(q.transform(np.zeros((0, 4), np.float32))).shape == (0, 4)
+
+
+def test_reversed_given_ranges_refused_saying_what_sentence_transformers_does():
+    with pytest.raises(InputError, match=r"lo > hi in dimension 1 \(lo=2, hi=1\).*sentence-transformers would"):
+        Quantizer("st-int8", backend="numpy", range="given", ranges=[[0, 2, 1], [1, 1, 0.5]])
 
 
 def test_transform_before_fit_and_wrong_dim(rng):
@@ -266,3 +294,23 @@ def test_every_preset_edge_values_deterministic(rng):
                 q.transform(y.copy())
             continue
         assert_array_equal(first, bits(q.transform(y.copy())))
+
+
+@pytest.mark.parametrize("name,suggested", [("st-in8", "'st-int8'"), ("cuvs_sq8", "'cuvs-sq8'"), ("scalr", "'scalar'")])
+def test_unknown_scheme_names_say_did_you_mean(name, suggested):
+    with pytest.raises(InputError, match=rf"unknown scheme '{name}'; did you mean {suggested}"):
+        Quantizer(name)
+
+
+def test_unknown_backend_refused_at_construction():
+    with pytest.raises(InputError, match=r"unknown backend 'tpu'; choose one of \['auto', 'numpy'"):
+        Quantizer("int8-row", backend="tpu")
+
+
+def test_inverse_transform_refuses_codes_of_another_scheme(rng):
+    x = matrix(rng, 30, 8)
+    codes = fitted("st-uint8", x).transform(x)  # the same dtype and shape as faiss-sq8's codes
+    with pytest.raises(InputError, match="'st-uint8' codes; this quantizer decodes 'faiss-sq8'"):
+        fitted("faiss-sq8", x).inverse_transform(codes)
+    same_family = Quantizer("scalar", backend="numpy", range="given", ranges=[-3.0, 3.0])
+    assert same_family.inverse_transform(same_family.transform(x)).shape == x.shape

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,19 @@ def test_files_are_plain_numpy(tmp_path: Path, rng: np.random.Generator) -> None
     assert "Store(" in repr(st) and "complete" in repr(st)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_every_file_of_a_store_follows_the_umask(tmp_path: Path, rng: np.random.Generator, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        path, _ = _store(tmp_path, rng, "int8-row", n=20)
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}
+    assert set(modes) == {"manifest.json", "quantizer.json", "codes.npy", "scales.npy"}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+
+
 def test_fp8_codes_come_back_in_their_dtype(tmp_path: Path, rng: np.random.Generator) -> None:
     path, _ = _store(tmp_path, rng, "fp8-e5m2")
     st = gpuquant.open(path)
@@ -65,6 +81,30 @@ def test_get_rows_checks_ids(tmp_path: Path, rng: np.random.Generator) -> None:
         st.get_rows([-1])
     with pytest.raises(InputError, match="row ids must be integers, got dtype float64"):
         st.get_rows([1.5])
+
+
+@pytest.mark.parametrize("method", ["get_rows", "codes_of", "read_rows"])
+def test_row_ids_must_be_one_dimensional(tmp_path: Path, rng: np.random.Generator, method: str) -> None:
+    st = gpuquant.open(_store(tmp_path, rng, n=50, d=16)[0])
+    with pytest.raises(InputError, match=re.escape("row ids must be a 1-D sequence (or one id), got shape (2, 3)")):
+        getattr(st, method)(np.arange(6).reshape(2, 3))
+    assert len(getattr(st, method)(7)) == 1 and len(getattr(st, method)([])) == 0  # one id, and none, still work
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"start": -5}, "start must be a non-negative integer, got -5"),
+    ({"stop": -1}, "stop must be a non-negative integer or None, got -1"),
+    ({"start": 1.5}, "start must be a non-negative integer, got 1.5"),
+    ({"stop": "9"}, "stop must be a non-negative integer or None, got '9'"),
+])
+def test_iter_batches_refuses_negative_or_non_integer_bounds(tmp_path: Path, rng: np.random.Generator,
+                                                             kwargs: dict[str, object], message: str) -> None:
+    st = gpuquant.open(_store(tmp_path, rng, n=50, d=16)[0])
+    with pytest.raises(InputError, match=re.escape(message)):
+        st.iter_batches(batch_rows=10, **kwargs)  # type: ignore[arg-type]  # refused when called, not when iterated
+    batches = list(st.iter_batches(batch_rows=10, start=np.int64(5), stop=23))
+    assert [a for a, _ in batches] == [5, 15] and [len(b) for _, b in batches] == [10, 8]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in batches]), st.get_rows(np.arange(5, 23)))
 
 
 def _corrupt(path: Path, what: str) -> None:
@@ -147,6 +187,27 @@ def test_an_unfinished_store_opens_only_when_asked(tmp_path: Path, rng: np.rando
         st.get_rows([200])
 
 
+@pytest.mark.parametrize(("state", "message"), [
+    ({"status": "in_progress", "rows_done": -1}, "must be an integer in 0..503, got -1"),
+    ({"status": "in_progress", "rows_done": 504}, "must be an integer in 0..503, got 504"),
+    ({"status": "in_progress", "rows_done": "200"}, "must be an integer in 0..503, got '200'"),
+    ({"status": "in_progress", "rows_done": 2.5}, "must be an integer in 0..503, got 2.5"),
+    ({"status": "in_progress", "rows_done": True}, "must be an integer in 0..503, got True"),
+    ({"status": "in_progress"}, "must be an integer in 0..503, got None"),
+    ({"status": "complete", "rows_done": 200}, "a complete store has every row done: 503, got 200"),
+])
+def test_rows_done_in_the_manifest_is_range_checked(tmp_path: Path, rng: np.random.Generator,
+                                                    state: dict[str, object], message: str) -> None:
+    path, _ = _store(tmp_path, rng)
+    m = json.loads((path / "manifest.json").read_text())
+    m["state"] = state
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=r"manifest.json: 'state.rows_done' " + re.escape(message)):
+        gpuquant.open(path, allow_incomplete=True)
+    with pytest.raises(InputError, match=r"'state.rows_done' " + re.escape(message)):  # --resume reads it too
+        gstore.reopen(path)
+
+
 def test_the_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     out = tmp_path / "o"
     with gstore.StoreLock(out) as lock:
@@ -156,3 +217,18 @@ def test_the_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     assert not (tmp_path / ".o.lock").exists()
     with gstore.StoreLock(out):  # free again
         pass
+
+
+@pytest.mark.parametrize("link", ["output", "parent"])
+def test_the_lock_holds_through_symbolic_links(tmp_path: Path, link: str) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "o").mkdir()
+    if link == "output":
+        (tmp_path / "real" / "alias").symlink_to(tmp_path / "real" / "o")
+        other = tmp_path / "real" / "alias"
+    else:
+        (tmp_path / "alias").symlink_to(tmp_path / "real")
+        other = tmp_path / "alias" / "o"
+    with gstore.StoreLock(tmp_path / "real" / "o"):
+        with pytest.raises(gstore.StoreBusyError, match=str(other)):
+            gstore.StoreLock(other).acquire()

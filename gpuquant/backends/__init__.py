@@ -110,12 +110,18 @@ def resolve_for(name: str, scheme: Scheme) -> Backend:
     return backend
 
 
+def check_name(name: str) -> str:
+    """``name`` when it names a backend or is ``"auto"``; else ``InputError`` listing the names."""
+    if name != "auto" and name not in _MODULES:
+        raise InputError(f"unknown backend {name!r}; choose one of {['auto', *_MODULES]}")
+    return name
+
+
 def resolve(name: str) -> Backend:
     """The backend called ``name`` (or the first usable one for ``"auto"``)."""
+    check_name(name)
     if name == "auto":
         return _backend_class(pick_auto()[0])()
-    if name not in _MODULES:
-        raise InputError(f"unknown backend {name!r}; choose one of {['auto', *_MODULES]}")
     ok, reason = availability(name)
     if not ok:
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {reason}")

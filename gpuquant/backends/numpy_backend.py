@@ -25,6 +25,7 @@ import numpy as np
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
+from gpuquant.schemes.statistics import RowError
 
 CHUNK_VALUES = 1 << 18
 
@@ -117,6 +118,8 @@ class NumpyBackend:
                         chunk, state, codes[start:stop], {k: v[start:stop] for k, v in side.items()},
                         tmp=_thread_scratch(chunk.size),
                     )
+            except RowError as exc:
+                raise exc.shifted(start) from None
             except InputError as exc:
                 raise InputError(f"in rows {start}..{stop - 1} of the input: {exc}") from None
 

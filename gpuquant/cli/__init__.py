@@ -12,11 +12,15 @@ Subcommands::
     gpuquant export-info [NAME] [--dim D]  how to load an export preset's codes (Qdrant, pgvector, ...)
     gpuquant inspect PATH                  a quantizer JSON, a converted directory or a .npy file
     gpuquant doctor                        GPU, driver, CUDA, CuPy, cuVS, NVML: what works, why not
+    gpuquant convert-model MODEL_DIR OUTPUT_DIR --scheme fp8|w8a16|w4a16
+                                           quantize a checkpoint's Linear weights (gpuquant.checkpoint)
 
-INPUT is a ``.npy`` file holding a 2-D float matrix (memory-mapped), or ``demo`` for the dataset
-shipped with the package (2000 x 384 MiniLM embeddings, :mod:`gpuquant.data`); write ``./demo`` for
-a file of that name. ``--param`` values are parsed as JSON when they parse (``0.99``, ``true``,
-``[[0, 1]]``), else taken as strings (``bitorder=little``).
+INPUT is a ``.npy`` file holding a 2-D float matrix (memory-mapped), a Parquet file or directory
+(``--column``), an HDF5 file (``--dataset``), a big-ann ``.fbin`` / ``.u8bin`` / ``.i8bin`` file
+(:mod:`gpuquant.engine.readers`), or ``demo`` for the dataset shipped with the package (2000 x 384
+MiniLM embeddings, :mod:`gpuquant.data`); write ``./demo`` for a file of that name. ``--param``
+values are parsed as JSON when they parse (``0.99``, ``true``, ``[[0, 1]]``), else taken as strings
+(``bitorder=little``).
 
 Every command takes ``--format human|json|quiet``: ``human`` prints a report on stdout, ``json``
 prints exactly one JSON document on stdout (also on failure: ``{"ok": false, "error": ...}``),
@@ -35,8 +39,8 @@ Layout (this package only re-exports):
   returns ``(JSON document, human text)``): :mod:`~gpuquant.cli.quantizers` (schemes, fit),
   :mod:`~gpuquant.cli.convert` (convert, plan), :mod:`~gpuquant.cli.evaluate` (eval),
   :mod:`~gpuquant.cli.describe` (export-info, inspect), :mod:`~gpuquant.cli.doctor` (doctor, with
-  the probes in :mod:`gpuquant.diagnostics`). A new group is a new module plus one entry in
-  :data:`gpuquant.cli.app.COMMANDS`.
+  the probes in :mod:`gpuquant.diagnostics`), and :mod:`gpuquant.checkpoint.cli` (convert-model).
+  A new group is a new module plus one entry in :data:`gpuquant.cli.app.COMMANDS`.
 """
 
 from gpuquant.cli.app import build_parser, main

@@ -15,6 +15,7 @@ from typing import Any
 
 from gpuquant import files as gio
 from gpuquant._version import __version__
+from gpuquant.checkpoint import cli as convert_model
 from gpuquant.cli import convert, describe, doctor, evaluate, quantizers
 from gpuquant.cli.common import FORMATS, Parser, common_parser
 from gpuquant.errors import InputError, UsageError
@@ -26,7 +27,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: The command modules, in the order their subcommands appear in ``gpuquant --help``; each has
 #: ``register(subparsers, parents)``, which adds its subparsers (with ``parents``: ``--format``) and
 #: ``set_defaults(func=...)``.
-COMMANDS = (quantizers, convert, evaluate, describe, doctor)
+COMMANDS = (quantizers, convert, evaluate, describe, doctor, convert_model)
 
 
 def build_parser() -> argparse.ArgumentParser:

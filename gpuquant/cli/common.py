@@ -51,6 +51,13 @@ def add_scheme_args(p: argparse.ArgumentParser) -> None:
                    help="auto (GPU when one works, else numpy), numpy, or cupy (never falls back)")
 
 
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """``--column`` (Parquet) and ``--dataset`` (HDF5): which part of INPUT holds the rows."""
+    p.add_argument("--column", metavar="NAME", help="Parquet input: the list<float> column (default: the only one)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="HDF5 input: the 2-D dataset (default: train, else the only one)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -10,6 +10,7 @@ from gpuquant.cli import render
 from gpuquant.cli.common import (
     Report,
     add_scheme_args,
+    add_source_args,
     backend_used,
     get_quantizer,
     positive_int,
@@ -40,7 +41,8 @@ def _convert_dask(args: argparse.Namespace, path: Any, q: Any, device: str, demo
         log.info("Dask cluster: %s", client)
         return gdask.convert(path, args.output, q, client=client, device=device, batch_rows=args.batch_rows,
                              resume=args.resume, overwrite=args.overwrite, shape=args.shape,
-                             source_info={"demo": demo}, progress=args.format == "human")
+                             column=args.column, dataset=args.dataset, source_info={"demo": demo},
+                             progress=args.format == "human")
 
 
 def cmd_convert(args: argparse.Namespace) -> Report:
@@ -63,7 +65,7 @@ def cmd_convert(args: argparse.Namespace) -> Report:
     else:
         doc = convert(path, args.output, q, device=device, batch_rows=args.batch_rows, resume=args.resume,
                       overwrite=args.overwrite, progress=args.format == "human", shape=args.shape,
-                      source_info={"demo": demo})
+                      column=args.column, dataset=args.dataset, source_info={"demo": demo})
     warning = render.quality_warning(doc)
     if warning:
         log.warning("%s", warning)
@@ -78,7 +80,7 @@ def cmd_plan(args: argparse.Namespace) -> Report:
     rows, dim, dtype = args.rows, args.dim, args.dtype
     if args.input:
         path, _ = resolve_input(args.input)
-        src = open_source(path, shape=args.shape)
+        src = open_source(path, shape=args.shape, column=args.column, dataset=args.dataset)
         rows, dim, dtype = rows or src.rows, dim or src.dim, src.dtype.name if args.dtype is None else dtype
         src.close()
     if dim is None:
@@ -98,7 +100,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("convert", parents=parents, help="stream INPUT through a quantizer into the OUTPUT store")
     p.add_argument("input", metavar="INPUT",
                    help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
-                        "or 'demo'")
+                        "Parquet (a file or directory), HDF5, .fbin/.u8bin/.i8bin, or 'demo'")
     p.add_argument("output", metavar="OUTPUT", help="the store directory to write (must not exist)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", help="fit this preset or family on INPUT")
@@ -118,6 +120,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=positive_int, metavar="N",
                    help="run on a local Dask cluster of N workers (one per GPU with dask-cuda, else processes); "
                         "--batch-rows is then the rows per task")
+    add_source_args(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("plan", parents=parents, help="N_max: the batch that fits on the GPU, peak, time, disk")
@@ -140,4 +143,5 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     for name in ("read", "write", "h2d", "d2h"):
         p.add_argument(f"--{name}-gbs", type=float, metavar="GB/S", help=f"{name} bandwidth for the time estimate")
     p.add_argument("--measure", action="store_true", help="run one batch on the GPU: real peak and H_measured")
+    add_source_args(p)
     p.set_defaults(func=cmd_plan)

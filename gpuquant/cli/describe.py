@@ -1,5 +1,6 @@
 """``gpuquant export-info`` (how a consumer loads an export preset's codes) and ``gpuquant inspect``
-(a quantizer JSON, a store or a ``.npy`` file; stores are read through :mod:`gpuquant.store`)."""
+(a quantizer JSON, a store, a ``.npy`` file or another input source; stores are read through
+:mod:`gpuquant.store`, inputs through :func:`gpuquant.engine.sources.open_source`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from gpuquant import files as gio
 from gpuquant import store as gstore
 from gpuquant.cli import render
-from gpuquant.cli.common import Report, array_summary, quantizer_info
+from gpuquant.cli.common import Report, add_source_args, array_summary, quantizer_info
 from gpuquant.errors import GpuquantError, InputError
 
 
@@ -33,6 +34,17 @@ def _inspect_npy(p: Path) -> Report:
     doc = {"kind": "npy", "path": str(p), "shape": list(header.shape), "dtype": header.dtype.name,
            "fortran_order": header.fortran_order, "bytes": header.data_bytes}
     return doc, render.npy_text(doc)
+
+
+def _inspect_source(p: Path, args: argparse.Namespace) -> Report:
+    from gpuquant.engine.sources import open_source
+
+    src = open_source(p, column=args.column, dataset=args.dataset)
+    try:
+        doc = src.describe()
+    finally:
+        src.close()
+    return doc, render.source_text(p, doc)
 
 
 def _inspect_converted(p: Path) -> Report:
@@ -61,10 +73,14 @@ def _inspect_quantizer(p: Path) -> Report:
 
 
 def cmd_inspect(args: argparse.Namespace) -> Report:
-    """Describe a quantizer JSON, a converted directory or a ``.npy`` file."""
+    """Describe a quantizer JSON, a converted directory, a ``.npy`` file or a Parquet / HDF5 / big-ann input."""
     p = Path(args.path)
     if not p.exists():
         raise InputError(f"path not found: {p}")
+    from gpuquant.engine.readers import kind_of
+
+    if kind_of(p) or args.column or args.dataset:
+        return _inspect_source(p, args)
     if p.is_dir():
         return _inspect_converted(p)
     if p.name == gstore.MANIFEST and gstore.is_converted_dir(p.parent):
@@ -86,4 +102,5 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("inspect", parents=parents, help="describe a quantizer JSON, an output directory or a .npy")
     p.add_argument("path", metavar="PATH")
+    add_source_args(p)
     p.set_defaults(func=cmd_inspect)

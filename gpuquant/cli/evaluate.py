@@ -11,7 +11,7 @@ import numpy as np
 
 from gpuquant import files as gio
 from gpuquant.cli import render
-from gpuquant.cli.common import BACKENDS, Report, get_quantizer, positive_int, resolve_input
+from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, positive_int, resolve_input
 from gpuquant.errors import InputError
 
 
@@ -27,7 +27,8 @@ def cmd_eval(args: argparse.Namespace) -> Report:
     start = time.perf_counter()
     r = evaluate_input(path, q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
                        rescore_with=args.rescore_with, backend=args.backend, shape=args.shape,
-                       sample_rows=args.sample_rows, seed=args.seed, progress=args.format == "human")
+                       sample_rows=args.sample_rows, seed=args.seed, progress=args.format == "human",
+                       column=args.column, dataset=args.dataset)
     r["seconds"] = time.perf_counter() - start
     return r, render.eval_text(r)
 
@@ -37,7 +38,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("eval", parents=parents, help="recall@k and reconstruction error of a scheme on DATA")
     p.add_argument("data", metavar="DATA",
                    help="the corpus: a .npy matrix, a raw float32 file with --shape, a directory of .npy shards, "
-                        "or 'demo' (read in batches: memory stays bounded)")
+                        "Parquet (--column), HDF5 (--dataset), a big-ann file, or 'demo' (read in batches: "
+                        "memory stays bounded)")
     p.add_argument("--shape", metavar="ROWS,DIM", help="DATA is raw float32 of this shape (ROWS may be auto)")
     p.add_argument("--sample-rows", type=positive_int, metavar="N",
                    help="evaluate on N rows drawn at random (seeded by --seed) instead of the whole corpus")
@@ -53,4 +55,5 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--rescore", type=positive_int, metavar="M", help="re-rank k*M candidates with the float query")
     p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    add_source_args(p)
     p.set_defaults(func=cmd_eval)

@@ -15,6 +15,7 @@ from gpuquant.cli import render
 from gpuquant.cli.common import (
     Report,
     add_scheme_args,
+    add_source_args,
     backend_used,
     make_quantizer,
     quantizer_info,
@@ -74,7 +75,8 @@ def cmd_fit(args: argparse.Namespace) -> Report:
         raise InputError("--shape is for raw float32 files, not the demo dataset")
     log.info("reading %s", "the demo dataset" if demo else path)
     t0 = time.perf_counter()
-    q, desc = fit_input(path, q, shape=args.shape)  # streaming: memory bounded whatever INPUT's size
+    # streaming: memory bounded whatever INPUT's size
+    q, desc = fit_input(path, q, shape=args.shape, column=args.column, dataset=args.dataset)
     fit_s = time.perf_counter() - t0
     q.save(out)  # atomic: Quantizer.save writes a temporary file and renames it
     info = quantizer_info(q)
@@ -92,11 +94,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("fit", parents=parents, help="fit a quantizer and save it as JSON")
     p.add_argument("input", metavar="INPUT",
                    help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
-                        "or 'demo' (read in batches: memory stays bounded)")
+                        "Parquet (--column), HDF5 (--dataset), a big-ann .fbin/.u8bin/.i8bin file, or 'demo' "
+                        "(read in batches: memory stays bounded)")
     p.add_argument("--scheme", required=True, help="a preset name (see `gpuquant schemes`) or a family")
     add_scheme_args(p)
     p.add_argument("--shape", metavar="ROWS,DIM",
                    help="INPUT is raw float32 of this shape (ROWS may be auto: from the file size)")
     p.add_argument("-o", "--output", required=True, metavar="QUANTIZER.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_source_args(p)
     p.set_defaults(func=cmd_fit)

@@ -137,6 +137,12 @@ def npy_text(doc: dict[str, Any]) -> str:
             f"{'Fortran' if doc['fortran_order'] else 'C'} order, {mb(doc['bytes'])} MB")
 
 
+def source_text(p: Path, doc: dict[str, Any]) -> str:
+    """``gpuquant inspect`` of a Parquet, HDF5 or big-ann input."""
+    where = "".join(f", {k} {doc[k]!r}" for k in ("column", "dataset") if k in doc)
+    return f"{p}: {doc['kind']} input {doc['dtype']}{tuple(doc['shape'])}{where}, {mb(doc['bytes'])} MB"
+
+
 def store_text(doc: dict[str, Any]) -> str:
     """``gpuquant inspect`` of a store: its manifest, side arrays and quantizer."""
     p, m, side, info = doc["path"], doc["manifest"], doc["side_summary"], doc["quantizer"]

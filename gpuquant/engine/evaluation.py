@@ -72,11 +72,13 @@ class _TopK:
 def evaluate_input(src: Any, quantizer: Quantizer | str, queries: Any = None, *, k: int = 10, n_queries: int = 1000,
                    rescore: int | None = None, rescore_with: str = "original", backend: str = "auto",
                    shape: Any = None, sample_rows: int | None = None, seed: int = 0,
-                   batch_rows: int | None = None, progress: bool = False) -> dict[str, Any]:
+                   batch_rows: int | None = None, progress: bool = False, column: str | None = None,
+                   dataset: str | None = None) -> dict[str, Any]:
     """:func:`gpuquant.evaluate.evaluate` of the corpus ``src`` read in batches, or of a seeded
     sample of ``sample_rows`` of its rows (see the module docstring); ``progress`` draws the
-    stream's progress bar on stderr (when it is a terminal; logged either way)."""
-    source = open_source(src, shape=shape)
+    stream's progress bar on stderr (when it is a terminal; logged either way); ``shape``, ``column``
+    and ``dataset`` are :func:`~gpuquant.engine.sources.open_source`'s."""
+    source = open_source(src, shape=shape, column=column, dataset=dataset)
     try:
         if sample_rows is not None:
             if sample_rows < 2:

@@ -24,7 +24,8 @@ state (``scheme.from_statistics``). Rows are converted to float32 first, as ever
   order for ``X.sum(axis=0, dtype=float64)`` on a C-ordered matrix), divided by n, rounded to
   float32: equal to the reference.
 
-NaN is refused exactly where the reference refuses it, with the reference's message.
+NaN is refused exactly where the reference refuses it, with the reference's message, naming the
+first row of the input that holds it (a pass over the input, on that error only).
 
 The math is written once, in :func:`fit_rows`, against :class:`Rows` (read all, take sampled rows,
 a map-and-merge over row blocks, a float64 column sum): :class:`StreamRows` reads a :class:`Source`
@@ -46,7 +47,6 @@ from gpuquant.schemes import statistics as st
 from gpuquant.schemes.base import (
     F32,
     F64,
-    NAN_FIT_MESSAGE,
     State,
     keys_to_values,
     order_keys,
@@ -114,6 +114,10 @@ class Rows:
         """float64 column sums (``InputError`` on NaN)."""
         raise NotImplementedError
 
+    def first_bad_row(self, nonfinite: bool) -> int | None:
+        """The first row holding NaN (or ±Inf too, when ``nonfinite``); None where not known."""
+        return None
+
 
 class StreamRows(Rows):
     """:class:`Rows` of a :class:`Source` read in batches, with read-ahead and per-batch work split
@@ -144,11 +148,19 @@ class StreamRows(Rows):
             acc = add_rows(acc, x)
         return acc
 
+    def first_bad_row(self, nonfinite: bool) -> int | None:
+        start = 0
+        for x in batches(self.source):
+            bad = ~np.isfinite(x) if nonfinite else np.isnan(x)
+            if bad.any():
+                return start + st.first_row(bad)
+            start += x.shape[0]
+        return None
+
 
 def add_rows(acc: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``acc`` plus every row of ``x`` in float64, one row after the other (``InputError`` on NaN)."""
-    if np.isnan(x).any():
-        raise InputError(NAN_FIT_MESSAGE)
+    """``acc`` plus every row of ``x`` in float64, one row after the other (``RowError`` on NaN)."""
+    st.refuse_nan(x)
     return np.add.reduce(np.concatenate([acc[None, :], x.astype(F64)]), axis=0)
 
 
@@ -172,7 +184,20 @@ def fit_stream(scheme: Any, source: Source, *, gather_bytes: int = GATHER_BYTES,
 
 def fit_rows(scheme: Any, rows: Rows, *, gather_bytes: int = GATHER_BYTES,
              on_pass: Callable[[str], None] | None = None) -> State:
-    """The state ``scheme.fit`` would compute on all of ``rows`` (see the module docstring)."""
+    """The state ``scheme.fit`` would compute on all of ``rows`` (see the module docstring); a NaN
+    (or ±Inf) refusal names the first such row of the input where ``rows`` can find it."""
+    try:
+        return _fit_rows(scheme, rows, gather_bytes, on_pass)
+    except st.RowError as exc:
+        if exc.of_input:
+            raise
+        row = rows.first_bad_row(nonfinite=exc.template == st.NONFINITE_FIT_ROW)
+        if row is None:
+            raise InputError(st.ROW_FREE[exc.template]) from None
+        raise st.RowError(row, exc.template, of_input=True) from None
+
+
+def _fit_rows(scheme: Any, rows: Rows, gather_bytes: int, on_pass: Callable[[str], None] | None) -> State:
     n, d = rows.shape
     say = on_pass or (lambda what: log.info("fit: %s", what))
     spec = scheme.fit_spec()
@@ -180,7 +205,10 @@ def fit_rows(scheme: Any, rows: Rows, *, gather_bytes: int = GATHER_BYTES,
         return scheme.fit(np.empty((0, d), F32))
     if n * d * 4 <= gather_bytes:
         say(f"reading all {n} rows")
-        return scheme.fit(rows.read_all())
+        try:
+            return scheme.fit(rows.read_all())
+        except st.RowError as exc:
+            raise exc.shifted(0) from None
     st.require_rows(n, spec.min_rows, spec.why)
     results = {name: st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say)
                for name, stat in spec.stats.items()}
@@ -200,7 +228,10 @@ def _quantile(stat: st.Quantile, rows: Rows, say: Callable[[str], None]) -> Any:
         idx = st.quantile_rows(stat, n, d)
         idx = np.arange(n) if idx is None else idx
         say(f"gathering the {idx.size} sampled rows")
-        return st.REFERENCE[st.Quantile](stat, rows.take(idx))
+        try:
+            return st.REFERENCE[st.Quantile](stat, rows.take(idx))
+        except st.RowError as exc:  # the sample's row, as a row of the input
+            raise st.RowError(int(idx[exc.row]), exc.template, of_input=True) from None
     per_dim = stat.axis == 0
     lo_pos, hi_pos = st.quantile_positions(n if per_dim else n * d, stat.q)
     return tuple(select(rows, [lo_pos, hi_pos], per_dim, say))
@@ -250,8 +281,8 @@ def select(source: Source | Rows, ranks: list[int], per_dim: bool,
         def count(x: np.ndarray, pass_no: int = pass_no, shift: int = shift, shift_done: int = shift_done,
                   bins: int = bins, offsets: Any = offsets, wanted: list[Any] = wanted) -> list[np.ndarray]:
             """This pass's histograms (one per rank) of the rows ``x``."""
-            if pass_no == 0 and np.isnan(x).any():
-                raise InputError(NAN_FIT_MESSAGE)
+            if pass_no == 0:
+                st.refuse_nan(x)
             keys = order_keys(x)
             flat = ((keys >> np.uint32(shift)) & np.uint32(bins - 1)).astype(np.intp)
             flat += offsets

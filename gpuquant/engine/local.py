@@ -67,8 +67,10 @@ class LocalRunner:
     """The steps of :func:`gpuquant.engine.run.run` on this machine (see the module docstring)."""
 
     def __init__(self, src: Any, *, shape: Any, device: str, batch_rows: int | None, progress: bool,
-                 source_info: dict[str, Any] | None, streams: int) -> None:
-        self.src, self.shape, self.requested = src, shape, device
+                 source_info: dict[str, Any] | None, streams: int, column: str | None = None,
+                 dataset: str | None = None) -> None:
+        self.src, self.requested = src, device
+        self.source_options = {"shape": shape, "column": column, "dataset": dataset}
         self.batch_rows, self.show, self.source_info, self.streams = batch_rows, progress, source_info, streams
         self.device = "cpu"
         self.backend: Any = None
@@ -78,7 +80,7 @@ class LocalRunner:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        self.source = open_source(self.src, shape=self.shape)
+        self.source = open_source(self.src, **self.source_options)
         try:
             yield
         finally:
@@ -190,13 +192,15 @@ def fit_streaming(q: Any, rows: Source) -> None:
 
 
 def fit_input(src: Any, quantizer_or_preset: Any = "int8-row", *, shape: Any = None,
-              params: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+              params: dict[str, Any] | None = None, column: str | None = None,
+              dataset: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Fit a quantizer on every row of ``src`` (whatever :func:`convert` reads: a ``.npy``, raw
-    float32 with ``shape``, a directory of shards, an array), streaming, so memory stays bounded
-    whatever the input's size; the state is the one :func:`convert` fits. Returns ``(the fitted
-    quantizer, the source's description)``. A scheme without a fit reads one row (its dimension)."""
+    float32 with ``shape``, a directory of shards, Parquet with ``column``, HDF5 with ``dataset``,
+    big-ann files, an array), streaming, so memory stays bounded whatever the input's size; the
+    state is the one :func:`convert` fits. Returns ``(the fitted quantizer, the source's
+    description)``. A scheme without a fit reads one row (its dimension)."""
     q = as_quantizer(quantizer_or_preset, params)
-    source = open_source(src, shape=shape)
+    source = open_source(src, shape=shape, column=column, dataset=dataset)
     try:
         k = getattr(q, "truncate_dim", None)
         rows = source if k is None else PreparedSource(source, k)
@@ -223,6 +227,8 @@ def convert(
     overwrite: bool = False,
     progress: bool = True,
     shape: Any = None,
+    column: str | None = None,
+    dataset: str | None = None,
     params: dict[str, Any] | None = None,
     source_info: dict[str, Any] | None = None,
     streams: int = GPU_STREAMS,
@@ -231,7 +237,8 @@ def convert(
 
     Args:
         src: a ``.npy`` path, a raw float32 file (with ``shape=(rows, dim)``, rows may be -1), a
-            directory of ``.npy`` shards (natural name order), or a numpy array / memmap.
+            directory of ``.npy`` shards (natural name order), Parquet (``column``), HDF5 (``dataset``),
+            a big-ann ``.fbin`` / ``.u8bin`` / ``.i8bin`` file, or a numpy array / memmap.
         dst: the output directory (see :mod:`gpuquant.store`).
         quantizer_or_preset: a :class:`gpuquant.Quantizer` (fitted, or fitted here, in place) or a
             preset / family name (with ``params``).
@@ -240,6 +247,8 @@ def convert(
         resume: continue the unfinished store ``dst`` (refused if the source or parameters changed).
         overwrite: replace an existing gpuquant output (never anything else).
         progress: draw the progress bar on stderr when it is a terminal (progress is logged regardless).
+        column: Parquet input: the list column (default: the only list of floats).
+        dataset: HDF5 input: the 2-D dataset (default: ``train``, else the only 2-D float one).
         source_info: extra fields recorded under the manifest's ``source``.
         streams: CUDA streams (batches in flight) on the GPU path.
 
@@ -251,5 +260,5 @@ def convert(
     if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     runner = LocalRunner(src, shape=shape, device=device, batch_rows=batch_rows, progress=progress,
-                         source_info=source_info, streams=streams)
+                         source_info=source_info, streams=streams, column=column, dataset=dataset)
     return run(Path(dst), quantizer_or_preset, params, runner, resume=resume, overwrite=overwrite)

@@ -51,6 +51,7 @@ from gpuquant.codes import Codes
 from gpuquant.engine.progress import Progress
 from gpuquant.engine.sources import Source
 from gpuquant.errors import InputError
+from gpuquant.schemes.statistics import RowError
 from gpuquant.store import StoreWriter
 
 log = logging.getLogger("gpuquant.engine")
@@ -100,6 +101,8 @@ def row_error(exc: InputError, scheme: Any, x: np.ndarray, start: int, stop: int
         if bad.any():
             return InputError(f"row {start + int(np.argmax(bad))} of the input holds NaN or ±Inf; scheme "
                               f"{scheme.family!r} ({why}) needs finite values")
+    if isinstance(exc, RowError):
+        return exc.shifted(start)
     return InputError(f"in rows {start}..{stop - 1} of the input: {exc}")
 
 

@@ -144,7 +144,7 @@ def check_request(dst: Path, quantizer_or_preset: Any, params: dict[str, Any] | 
 def check_resume(dst: Path, manifest: dict[str, Any], desc: dict[str, Any], q: Any | None) -> Any:
     """The stored quantizer, after refusing a resume whose source or parameters changed."""
     old = manifest.get("source", {})
-    for key in ("kind", "shape", "dtype"):
+    for key in ("kind", "shape", "dtype", "column", "dataset"):
         if old.get(key) != desc.get(key):
             raise InputError(f"--resume refused: the source changed since {dst} was started ({key} was "
                              f"{old.get(key)!r}, now {desc.get(key)!r}); use --overwrite to start again")
@@ -224,8 +224,9 @@ def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_S
         if n_queries and idx.size - n_queries >= SAMPLE_K:
             from gpuquant.evaluate import sample_recall
 
-            out["recall_at_10"] = sample_recall(store.quantizer, ref[:n_queries], ref[n_queries:],
-                                                got[n_queries:].astype(np.float32), SAMPLE_K)
+            with np.errstate(all="ignore"):  # huge values overflow float32 scores: they still rank
+                out["recall_at_10"] = sample_recall(store.quantizer, ref[:n_queries], ref[n_queries:],
+                                                    got[n_queries:].astype(np.float32), SAMPLE_K)
         return out
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     ok = np.isfinite(ref64) & np.isfinite(got64)

@@ -1,5 +1,6 @@
 """Row sources for the streaming engine: a ``.npy`` file, raw float32 with a shape, an ordered
-directory of ``.npy`` shards, or an array in memory.
+directory of ``.npy`` shards, or an array in memory (Parquet, HDF5 and big-ann files:
+:mod:`gpuquant.engine.readers`, opened through :func:`open_source` too).
 
 Every source is checked when it is opened, before anything is written: 2-D, a float dtype
 (float16/32/64), not empty, not truncated (each file at least as long as its header says; a raw file
@@ -55,6 +56,13 @@ def _quick_hash(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def file_checksum(paths: list[Path]) -> dict[str, Any]:
+    """The manifest's ``checksum`` (the quick hash of ``paths``) and ``bytes`` (their total size)."""
+    return {"checksum": {"method": f"{CHECKSUM_METHOD}: BLAKE2b-128 of (size, mtime_ns, first MiB, last MiB) "
+                                   "of each file", "value": _quick_hash(paths)},
+            "bytes": int(sum(p.stat().st_size for p in paths))}
+
+
 def _natural_key(p: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
@@ -93,10 +101,15 @@ class Source:
         return self.read_into(start, stop, np.empty((stop - start, self.dim), self.dtype))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """Rows at the sorted indices ``rows`` (a small gather), as an array of this dtype."""
-        out = np.empty((len(rows), self.dim), self.dtype)
-        for i, r in enumerate(np.asarray(rows, np.int64)):
-            self.read_into(int(r), int(r) + 1, out[i : i + 1])
+        """Rows at the sorted indices ``rows`` (a small gather), as an array of this dtype; each run of
+        consecutive indices is read in one call."""
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((rows.size, self.dim), self.dtype)
+        if rows.size:
+            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            for run in np.split(np.arange(rows.size), breaks):
+                a = int(rows[run[0]])
+                self.read_into(a, a + run.size, out[run[0] : run[0] + run.size])
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -181,7 +194,7 @@ class FileSource(Source):
                     mm = self._maps[i] = np.load(f.path, mmap_mode="r", allow_pickle=False)
                 np.copyto(part, mm[a:b])
             else:
-                self._pread(i, f.offset + a * self.row_bytes, part)
+                self._pread(i, f.offset + a * f.dim * f.dtype.itemsize, part)
             pos += b - a
             i += 1
         return dst
@@ -199,23 +212,8 @@ class FileSource(Source):
                                       "(was it truncated or replaced while converting?)")
             view, offset = view[n:], offset + n
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, np.int64)
-        out = np.empty((rows.size, self.dim), self.dtype)
-        # consecutive indices are read in one call
-        if rows.size:
-            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-            for run in np.split(np.arange(rows.size), breaks):
-                a = int(rows[run[0]])
-                self.read_into(a, a + run.size, out[run[0] : run[0] + run.size])
-        return out
-
     def describe(self) -> dict[str, Any]:
-        paths = [f.path for f in self.files]
-        doc = {**super().describe(), "path": self.label,
-               "checksum": {"method": f"{CHECKSUM_METHOD}: BLAKE2b-128 of (size, mtime_ns, first MiB, last MiB) "
-                                     "of each file", "value": _quick_hash(paths)},
-               "bytes": int(sum(p.stat().st_size for p in paths))}
+        doc = {**super().describe(), "path": self.label, **file_checksum([f.path for f in self.files])}
         if self.kind == "shards":
             doc["files"] = [{"file": f.path.name, "rows": f.rows} for f in self.files]
         return doc
@@ -234,6 +232,10 @@ def _npy_file(p: Path) -> _File:
     return _File(p, header.shape[0], header.shape[1], header.dtype, header.data_offset, header.fortran_order)
 
 
+def _npy_shards(p: Path) -> list[Path]:
+    return sorted((q for q in p.iterdir() if q.suffix == ".npy" and not q.name.startswith(".")), key=_natural_key)
+
+
 def parse_shape(shape: Any) -> tuple[int, int]:
     """``"1000000,384"``, ``"auto,384"`` / ``"-1,384"`` or a pair of ints; auto (-1) rows: from the file size."""
     if isinstance(shape, str):
@@ -250,8 +252,11 @@ def parse_shape(shape: Any) -> tuple[int, int]:
     return n, d
 
 
-def open_source(src: Any, *, shape: Any = None, label: str | None = None) -> Source:
-    """A :class:`Source` for a path (``.npy``, raw with ``shape``, or a directory of shards) or an array."""
+def open_source(src: Any, *, shape: Any = None, column: str | None = None, dataset: str | None = None,
+                label: str | None = None) -> Source:
+    """A :class:`Source` for a path or an array: a ``.npy`` file, raw float32 with ``shape``, a directory
+    of ``.npy`` shards, Parquet (a file or a directory; ``column``: the list column), HDF5 (``dataset``)
+    or a big-ann ``.fbin`` / ``.u8bin`` / ``.i8bin`` file (:mod:`gpuquant.engine.readers`)."""
     if isinstance(src, np.ndarray):
         if shape is not None:
             raise InputError("shape= is for raw float32 files, not arrays")
@@ -261,13 +266,19 @@ def open_source(src: Any, *, shape: Any = None, label: str | None = None) -> Sou
     p = Path(src)
     if not p.exists():
         raise InputError(f"input file not found: {p}")
+    from gpuquant.engine import readers
+
+    kind = None if shape is not None or (p.is_dir() and _npy_shards(p)) else readers.kind_of(p)
+    if kind is not None or column is not None or dataset is not None:
+        return readers.open_reader(p, kind or "npy", column=column, dataset=dataset, label=label or str(p.resolve()))
     if p.is_dir():
         if shape is not None:
             raise InputError(f"{p} is a directory of shards; --shape is for one raw float32 file")
-        shards = sorted((q for q in p.iterdir() if q.suffix == ".npy" and not q.name.startswith(".")), key=_natural_key)
+        shards = _npy_shards(p)
         if not shards:
             raise InputError(f"input is not a regular file: {p} is a directory without .npy shards "
-                             "(a directory is read as the row-wise concatenation of its .npy files)")
+                             "(a directory is read as the row-wise concatenation of its .npy files, "
+                             "or of its .parquet files)")
         files = [_npy_file(q) for q in shards]
         first = files[0]
         for f in files[1:]:

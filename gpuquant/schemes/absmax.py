@@ -7,7 +7,7 @@ granularity : ``"row"``, ``"block"`` (blocks of ``block_size`` consecutive value
     queries encoded later share the corpus's scale: the int8 vector-database presets).
 bits : 8 (int8 codes in [-127, 127]) or 4 (nibbles in [-7, 7], two per byte).
 block_size : G, 32..4096, even; ``d % G == 0`` is required (granularity="block").
-eps : added to the absmax before dividing (the seed's 1e-8 keeps all-zero rows finite).
+eps : added to the absmax before dividing (the row-wise int8 recipe's 1e-8 keeps all-zero rows finite).
 nibble_order : ``"low_first"`` or ``"high_first"`` (bits=4).
 
 Math, with ``qmax = 127`` (8 bits) or ``7`` (4 bits), float32 throughout, round half to even::
@@ -17,8 +17,8 @@ Math, with ``qmax = 127`` (8 bits) or ``7`` (4 bits), float32 throughout, round 
     q = clip(rint(f32(x / s)), -qmax, qmax)       (q = 0 where s == 0: then every x is ±0)
     x' = f32(q * s)                               (inverse)
 
-This is the seed's row-wise int8 exactly (``int8-row``: eps=1e-8) and the seed's symmetric int4
-per group (``int4-block``: G=64, eps=0). 4-bit codes are the nibble ``q & 0xF`` (two's complement),
+This is the common numpy row-wise int8 recipe exactly (``int8-row``: eps=1e-8) and the symmetric
+int4 recipe per group (``int4-block``: G=64, eps=0). 4-bit codes are the nibble ``q & 0xF`` (two's complement),
 packed as in :func:`gpuquant.schemes.base.pack_nibbles`; rows of odd ``d`` (granularity="row")
 end with a zero pad nibble.
 

@@ -35,7 +35,9 @@ from gpuquant.schemes.statistics import (
     NAN_FIT_MESSAGE,
     NONFINITE_FIT_MESSAGE,
     FitSpec,
+    RowError,
     compute,
+    first_row,
 )
 
 State = dict[str, np.ndarray]
@@ -264,10 +266,10 @@ def abs_max(x: np.ndarray, tmp: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
 
 
 def refuse_nonfinite_rows(v: np.ndarray, why: str) -> None:
-    """``InputError`` naming the first row ``i`` where ``v[i]`` (any shape per row) holds NaN or ±Inf."""
-    bad = ~np.isfinite(v).all(axis=tuple(range(1, v.ndim)))
+    """:class:`RowError` naming the first row ``i`` where ``v[i]`` (any shape per row) holds NaN or ±Inf."""
+    bad = ~np.isfinite(v)
     if bad.any():
-        raise InputError(f"row {int(np.argmax(bad))} holds NaN or ±Inf; {why}")
+        raise RowError(first_row(bad), "{row} holds NaN or ±Inf; " + why)
 
 
 def pack_nibbles(levels: np.ndarray, order: str) -> np.ndarray:

@@ -32,7 +32,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from gpuquant.errors import InputError
 from gpuquant.schemes.base import (
     F32,
     Params,
@@ -44,6 +43,7 @@ from gpuquant.schemes.base import (
     scratch,
 )
 from gpuquant.schemes.edges import Counter, count
+from gpuquant.schemes.statistics import RowError
 
 FORMATS: dict[str, tuple[np.dtype, float, int]] = {
     # name: (dtype, max finite, canonical quiet NaN bits without sign)
@@ -59,16 +59,14 @@ _UINT = {1: np.uint8, 2: np.uint16}
 
 
 def refuse_nonfinite_codes(codes: Any, fmt: str) -> None:
-    """Raise ``InputError`` naming the first row whose ``fmt`` codes (a numpy or CuPy array of any
+    """Raise :class:`RowError` naming the first row whose ``fmt`` codes (a numpy or CuPy array of any
     dtype of the format's width) hold NaN or ±Inf (from the input or from overflow)."""
     bits = codes.view(_UINT[codes.dtype.itemsize])
     mask = NONFINITE_MASKS[fmt]
     rows = ((bits & mask) == mask).any(axis=1)
     if codes.shape[0] and bool(rows.any()):
-        raise InputError(
-            f"row {int(rows.argmax())} holds NaN, ±Inf or a value beyond ±{FORMATS[fmt][1]:g}; "
-            f"format {fmt!r} with nonfinite='raise' refuses them"
-        )
+        raise RowError(int(rows.argmax()), f"{{row}} holds NaN, ±Inf or a value beyond ±{FORMATS[fmt][1]:g}; "
+                       f"format {fmt!r} with nonfinite='raise' refuses them")
 
 
 @dataclass(frozen=True)

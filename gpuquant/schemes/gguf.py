@@ -23,6 +23,11 @@ Python package's numpy quantizer is the same arithmetic), float32 throughout, ne
   block's 16 code bytes holds element ``j`` in its low nibble and element ``j + 16`` in its high
   nibble. Decode: ``f32(fp16(d)) * (q - 8)``.
 
+A block whose largest magnitude is below about 3.7e-37 (Q8_0) or 2.35e-38 (Q4_0) has ``1 / d``
+overflow to ±inf, so every ``x * id`` is ±inf or NaN and C's cast of it to an integer is undefined:
+such a block gets the codes x86 gives and the ``gguf`` package writes, q = 0 (Q8_0) and nibble 0
+(Q4_0), with its scale ``fp16(d) = ±0``.
+
 NaN or ±Inf anywhere in a row is refused (``InputError`` naming the row): llama.cpp's result for
 them is an undefined C cast. A block whose scale overflows fp16 (``|d| > 65504``, i.e. values
 beyond about 8.3e6 for Q8_0 and 5.2e5 for Q4_0) stores ``d = ±inf`` exactly as llama.cpp does;
@@ -131,19 +136,23 @@ class GgufScheme(Scheme):
         out = codes.reshape(n, nb, self.block_bytes)
         if self.config.type == "q8_0":
             dscale = amax / F32(127)
-            q = self._scaled(blocks, dscale, t)
+            q, tiny = self._scaled(blocks, dscale, t)
+            q[tiny] = 0
             out[:, :, 2:] = roundf(q).astype(np.int8).view(np.uint8)
         else:
             idx = t.argmax(axis=2)[:, :, None]  # first index of the largest |x|
             mx = np.take_along_axis(blocks, idx, axis=2)[:, :, 0]
             dscale = mx / F32(-8)
-            q = np.add(self._scaled(blocks, dscale, t), F32(8.5), out=t)
+            q, tiny = self._scaled(blocks, dscale, t)
+            q[tiny] = -8
+            q = np.add(q, F32(8.5), out=t)
             level = np.minimum(np.trunc(q), 15).astype(np.uint8)  # values are in [0, 16.5): no wrap
             out[:, :, 2:] = level[:, :, : QK // 2] | (level[:, :, QK // 2 :] << 4)
         out[:, :, :2] = dscale.astype("<f2").view(np.uint8).reshape(n, nb, 2)
 
     def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
-        """Non-finite: 32 per block whose stored fp16 scale is ±inf; clipped (Q4_0): level above 15."""
+        """Non-finite: 32 per block whose stored fp16 scale is ±inf; clipped (Q4_0): level above 15
+        (none in a block whose ``id`` overflows: its nibbles are 0)."""
         q4 = self.config.type == "q4_0"
 
         def counts(X: Any, codes: Any, side: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -157,16 +166,18 @@ class GgufScheme(Scheme):
             mx = xp.take_along_axis(blocks, xp.abs(blocks).argmax(axis=2)[:, :, None], axis=2)
             dscale = mx / F32(-8)
             inv = xp.where(dscale == 0, F32(0), F32(1) / xp.where(dscale == 0, F32(1), dscale))
-            return nonfinite, count(xp, xp.trunc(blocks * inv + F32(8.5)) > 15)
+            beyond = xp.trunc(blocks * inv + F32(8.5)) > 15
+            return nonfinite, count(xp, beyond & ~xp.isinf(inv))  # a block whose id overflows stores 0s
 
         return counts
 
     @staticmethod
-    def _scaled(blocks: np.ndarray, dscale: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``f32(x * id)`` with ``id = d ? f32(1/d) : 0`` per block, written into ``out``."""
-        with np.errstate(divide="ignore"):
+    def _scaled(blocks: np.ndarray, dscale: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``f32(x * id)`` with ``id = d ? f32(1/d) : 0`` per block, written into ``out``, and the
+        (n, blocks) mask of the blocks whose ``id`` overflows to ±inf (their products are not finite)."""
+        with np.errstate(divide="ignore", over="ignore"):
             inv = np.where(dscale == 0, F32(0), F32(1) / np.where(dscale == 0, F32(1), dscale))
-        return np.multiply(blocks, inv[:, :, None], out=out)
+        return np.multiply(blocks, inv[:, :, None], out=out), np.isinf(inv)
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

@@ -1,7 +1,11 @@
 """Named presets: a family plus parameters that reproduce one peer's codes bit for bit.
 
 Each preset accepts overrides (``Quantizer("cuvs-sq8", quantile=0.95)``); the peer column says
-whose codes it reproduces with its defaults, on float32 input. Export presets (``consumer`` set)
+whose codes it reproduces with its defaults, on float32 input. Other float input is converted to
+float32 first: float16 exactly, float64 rounded to nearest even. A peer that quantizes float64
+directly rounds only once, so on float64 input its codes can differ from ours by one level, or in
+overflow (ml_dtypes casts float64 464.00000000000006 to e4m3 NaN; rounded to float32 it is 464.0,
+which casts to 448). Export presets (``consumer`` set)
 make codes in the exact encoding a vector database or weight format loads; how to load them is in
 :mod:`gpuquant.export` (``gpuquant export-info NAME``).
 """
@@ -60,19 +64,20 @@ PRESETS: dict[str, Preset] = {
         Preset("bf16", "float", dict(format="bf16", saturate=False),
                "ml_dtypes bfloat16 cast", "bfloat16, round to nearest even"),
         Preset("int8-row", "absmax", dict(granularity="row", bits=8, eps=1e-8),
-               "the seed's row-wise int8: s = (max|x| + 1e-8)/127, clip(round(x/s), -127, 127)",
+               "the row-wise int8 recipe: s = (max|x| + 1e-8)/127, clip(round(x/s), -127, 127)",
                "int8 + one float32 scale per row"),
         Preset("uint8-affine", "scalar",
                dict(granularity="tensor", range="minmax", rounding="half_even", bits=8, signed=False),
-               "the seed's affine uint8: round(x/scale + zero_point), clip to [0, 255]",
+               "the affine uint8 recipe: round(x/scale + zero_point), clip to [0, 255]",
                "uint8 with a zero point, per tensor (granularity='dimension' for per dimension)"),
         Preset("int4-block", "absmax",
                dict(granularity="block", bits=4, block_size=64, eps=0.0, nibble_order="low_first"),
-               "the seed's symmetric int4: scale = max|w| / 7 per group",
+               "the symmetric int4 recipe: scale = max|w| / 7 per group",
                "int4, one float32 scale per block of 64, two codes per byte"),
         Preset("binary", "binary", dict(threshold="zero", bitorder="little", signed=False),
-               "cuVS binary quantizer (preprocessing.quantize.binary)",
-               "x > threshold (zero / mean / median), LSB first"),
+               "cuVS binary quantizer (preprocessing.quantize.binary) with threshold zero",
+               "x > threshold, LSB first; threshold='mean' / 'median' are gpuquant's own (float64 mean, "
+               "exact median of every row), not cuVS's (float32 sum; median of a ~10% row sample)"),
         # -- export presets: the encoding each consumer loads (see gpuquant/export.py) ----------
         Preset("qdrant-uint8", "scalar",
                dict(granularity="tensor", range="quantile", quantile=0.99, quantile_method="cuvs",
@@ -119,7 +124,7 @@ PRESETS: dict[str, Preset] = {
                "GGUF (llama.cpp)"),
         Preset("safetensors-fp8", "scaled_fp8", dict(granularity="channel", format="e4m3"),
                "safetensors F8_E4M3 weight + F32 weight_scale (compressed-tensors FP8, vLLM)",
-               "fp8 e4m3 of w / s, s = max(amax / 448, 2**-23) per channel (or per tensor)",
+               "fp8 e4m3 of w / s + 0, s = amax / 448 (2**-23 if 0) per channel (or per tensor)",
                "safetensors (vLLM / compressed-tensors)"),
     ]
 }

@@ -7,6 +7,7 @@ keyword parameters overriding the preset's.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from gpuquant.errors import InputError
@@ -25,12 +26,15 @@ FAMILIES: dict[str, type[Scheme]] = {
 }
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; ``InputError`` listing the known ones otherwise."""
+    """The preset called ``name``; ``InputError`` suggesting the closest names and listing the known
+    ones otherwise."""
     try:
         return PRESETS[name]
     except KeyError:
+        close = difflib.get_close_matches(str(name), [*PRESETS, *FAMILIES], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         raise InputError(
-            f"unknown scheme {name!r}; presets: {', '.join(PRESETS)}; families: {', '.join(FAMILIES)}"
+            f"unknown scheme {name!r}; {hint}presets: {', '.join(PRESETS)}; families: {', '.join(FAMILIES)}"
         ) from None
 
 

@@ -5,7 +5,8 @@ Parameters
 granularity : ``"tensor"`` (one range) or ``"dimension"`` (one range per column; ``"column"`` is accepted
     and saved as ``"dimension"``, see :mod:`gpuquant.schemes.granularity`).
 range : ``"minmax"``, ``"quantile"``, ``"absmax"`` (``[-max|x|, max|x|]``) or ``"given"``
-    (``ranges=[lo, hi]``, each a scalar or a length-d list: calibration ranges from elsewhere).
+    (``ranges=[lo, hi]``, each a scalar or a length-d list: calibration ranges from elsewhere;
+    ``lo > hi`` is refused, where sentence-transformers would quantize with a negative step).
 quantile : in (0, 1] (range="quantile"), default 0.99.
 quantile_method : ``"cuvs"`` (cuVS: sort the values of at most ``1_000_000 // d`` rows) or
     ``"exact"`` (all rows).
@@ -35,12 +36,14 @@ even, never fused:
 * trunc (FAISS ScalarQuantizer, RS_minmax): ``vdiff = f32(hi - lo)``; ``t = f32((x - lo) / vdiff)``
   (0 where vdiff == 0), clamped to [0, 1]; bits=8: ``u = (int) f32(255 * t)``; bits=4:
   ``u = (int) f64(f64(t) * 15.0)``. Inverse: ``lo + f32((u + 0.5f) / L) * vdiff`` in float32.
-* half_even (affine, the seed's ``round(x/scale + zero_point)``): ``scale = f32((hi - lo) / L)``, 1
+* half_even (the affine uint8 recipe ``round(x/scale + zero_point)``): ``scale = f32((hi - lo) / L)``, 1
   where 0; ``zp = f32(0 - lo / scale)``; ``u = clip(rint(f32(x / scale) + zp), 0, L)``.
   Inverse: ``f32((u - zp) * scale)``.
 
 NaN maps to level 0 under every rounding (the peers' own NaN results are undefined C casts), +Inf to
-L and -Inf to 0. Fitting refuses NaN and refuses ranges that come out non-finite. Quantile positions
+L and -Inf to 0. Fitting refuses NaN and refuses ranges that come out non-finite. One row is enough
+to fit, per tensor or per dimension (``lo == hi``: every code is level 0, every value decodes to
+``lo``, as FAISS and sentence-transformers do); no row is not. Quantile positions
 follow cuVS: ``S`` sorted values, ``q32 = float32(quantile)``,
 ``pos_max = ceil((0.5 + 0.5 * q32) * S) - 1``, ``pos_min = S - pos_max - 1``. With
 ``quantile_method="cuvs"`` and more than ``1_000_000 // d`` rows, the rows are a sample drawn by
@@ -184,7 +187,7 @@ class ScalarScheme(Scheme):
         axis = 0 if per_dim else None
         stat = (Quantile(p.quantile, p.quantile_method, axis) if p.range == "quantile"
                 else MinMax(axis))
-        return FitSpec({"range": stat}, 2 if per_dim else 1, "per-dimension ranges" if per_dim else "a range")
+        return FitSpec({"range": stat}, 1, "per-dimension ranges" if per_dim else "a range")
 
     def from_statistics(self, stats: dict[str, Any]) -> State:
         return self.finish_range(*stats["range"])
@@ -340,6 +343,14 @@ def _given_ranges(ranges: Any, granularity: str) -> list[list[float]]:
         raise InputError(f"ranges must have shape (2,) or (2, d), got {np.shape(ranges)}")
     if granularity == "tensor" and arr.shape[1] != 1:
         raise InputError("granularity='tensor' takes one range: ranges=[lo, hi]")
+    reversed_ = np.flatnonzero(arr[0] > arr[1])
+    if reversed_.size:
+        j = int(reversed_[0])
+        raise InputError(
+            f"ranges: lo > hi in dimension {j} (lo={float(arr[0, j]):g}, hi={float(arr[1, j]):g}); gpuquant refuses a "
+            "reversed range (almost always min and max swapped). sentence-transformers would quantize with "
+            "it anyway, with a negative step: values above lo get level 0 and values below lo count up "
+            "from it. Pass ranges=[mins, maxs]")
     check_range(arr[0], arr[1])
     return arr.tolist()
 

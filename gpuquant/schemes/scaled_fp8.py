@@ -11,13 +11,17 @@ granularity : ``"channel"`` (default: one scale per row, i.e. per output channel
     tensor, fitted on it and kept in the state).
 format : ``"e4m3"`` (``float8_e4m3fn``, max ``M = 448``, the default) or ``"e5m2"`` (max 57344).
 
-Math, float32 throughout (compressed-tensors ``calculate_qparams`` with ``symmetric=True`` for
-FP8, then its fake-quantize cast), never fused::
+Math, float32 throughout, never fused: the bytes compressed-tensors writes (``calculate_qparams``
+with ``symmetric=True``, then its compressor's ``quantize`` with the zero point it registers)::
 
     amax = max |w| over the row (channel) or over every fitted value (tensor)     (exact)
-    s    = max(f32(amax / M), FLT_EPSILON)        FLT_EPSILON = 2**-23: all-zero rows stay finite
-    q    = fp8(clip(f32(w / s), -M, M))           round to nearest even (ml_dtypes cast)
+    s    = f32(amax / M), and FLT_EPSILON = 2**-23 where that is 0    (only a zero scale is replaced)
+    q    = fp8(clip(f32(w / s) + 0, -M, M))       round to nearest even (ml_dtypes cast); the + 0
+                                                  (the zero point) turns a -0 weight into +0 (0x00)
     w'   = f32(f32(q) * s)                        (inverse)
+
+:func:`symmetric_scale` and :func:`scaled_values` are these two steps; ``gpuquant convert-model``
+(:mod:`gpuquant.checkpoint.quant`) uses them too, with the half range of its integer formats.
 
 Codes: the fp8 values (``ml_dtypes`` dtype), shape ``(n, d)``. ``granularity="channel"`` has the
 side array ``weight_scale`` float32 of shape ``(n, 1)`` (the shape compressed-tensors writes);
@@ -56,6 +60,21 @@ from gpuquant.schemes.statistics import AbsMax, FitSpec
 #: format -> (fp8 dtype, max finite value M), as the ``float`` family casts them.
 FORMATS: dict[str, tuple[np.dtype, float]] = {f: floatcast.FORMATS[f][:2] for f in ("e4m3", "e5m2")}
 FLT_EPSILON = F32(np.finfo(np.float32).eps)
+
+
+def symmetric_scale(amax: np.ndarray, half: float) -> np.ndarray:
+    """``f32(amax / half)`` with each zero replaced by ``FLT_EPSILON`` (a positive scale stays, however
+    small), as float32 of ``amax``'s shape."""
+    s = np.asarray(np.asarray(amax, F32) / F32(half), F32)
+    return np.where(s == 0, FLT_EPSILON, s).astype(F32)
+
+
+def scaled_values(x: np.ndarray, s: np.ndarray, lo: float, hi: float, out: np.ndarray) -> np.ndarray:
+    """``clip(f32(x / s) + 0, lo, hi)`` into ``out`` (float32; ``s`` broadcasts against ``x``): the value
+    that is rounded or cast to a code. ``+ 0`` is the symmetric zero point: ``-0`` becomes ``+0``."""
+    np.divide(x, s, out=out)
+    out += F32(0)
+    return np.clip(out, F32(lo), F32(hi), out=out)
 
 
 #: The family's spellings of its granularities (an output channel is a row of the weight).
@@ -106,8 +125,8 @@ class ScaledFp8Scheme(Scheme):
                 "rounding": "half_even (fp8 cast after clipping)", "encoding": f"fp8 {self.config.format}"}
 
     def scale_of(self, amax: np.ndarray) -> np.ndarray:
-        """``max(f32(amax / M), FLT_EPSILON)`` as float32."""
-        return np.maximum((np.asarray(amax, F32) / F32(self.max_finite)).astype(F32), FLT_EPSILON)
+        """``f32(amax / M)``, a zero replaced by ``FLT_EPSILON`` (:func:`symmetric_scale`)."""
+        return symmetric_scale(amax, self.max_finite)
 
     def fit_spec(self) -> FitSpec | None:
         if not isinstance(self.granularity, PerTensor):
@@ -141,8 +160,7 @@ class ScaledFp8Scheme(Scheme):
         else:
             assert state is not None
             s = np.asarray(state["weight_scale"], F32).reshape(1, 1)
-        np.divide(X, s, out=t)
-        np.clip(t, F32(-self.max_finite), F32(self.max_finite), out=t)
+        scaled_values(X, s, -self.max_finite, self.max_finite, out=t)
         np.copyto(codes, t, casting="unsafe")
 
     def decode(

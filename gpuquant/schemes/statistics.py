@@ -11,15 +11,21 @@ built from existing statistics needs no code outside its scheme module.
 The statistics, over float32 data ``X`` of shape ``(n, d)``; ``axis=None`` means over every value,
 ``axis=0`` over the rows of each column (one result per dimension):
 
-* :class:`MinMax` ``(axis)``: ``(min, max)``; NaN propagates and is refused (:data:`NAN_FIT_MESSAGE`).
+* :class:`MinMax` ``(axis)``: ``(min, max)``; NaN propagates and is refused (:data:`NAN_FIT_ROW`).
 * :class:`AbsMax` ``(axis)``: ``max |x|`` (0 for no values); NaN and ±Inf are refused
-  (:data:`NONFINITE_FIT_MESSAGE`). Only ``axis=None`` is used so far.
+  (:data:`NONFINITE_FIT_ROW`). Only ``axis=None`` is used so far.
 * :class:`Quantile` ``(q, method, axis)``: the pair of order statistics at cuVS's positions
   (:func:`quantile_positions`); ``method="cuvs"`` reads the rows :func:`sample_rows` picks
   (at most ``1_000_000 // d``), ``"exact"`` every row. NaN in what is read is refused.
 * :class:`ColumnMean`: ``float32(float64 column sum / n)``; NaN refused.
 * :class:`ColumnMedian`: the exact middle value per column (for even ``n``
   ``float32((f64(a) + f64(b)) / 2)`` of the two middle values); NaN refused.
+
+Every refusal is a :class:`RowError` naming the first row that holds the bad value (a row of the
+quantile's sample is named as the row of ``X`` it came from). A layer that sees only part of the
+input shifts the row by where its part starts (:meth:`RowError.shifted`); one that cannot name a
+row (a summary of many rows, a device reduction) says :data:`NAN_FIT_MESSAGE` or
+:data:`NONFINITE_FIT_MESSAGE` instead.
 
 Each implementation is mergeable over row blocks (min/max and sums merge directly; order statistics
 by histogram passes over order-preserving keys, :mod:`gpuquant.engine.fit`). Statistics that need a
@@ -42,9 +48,39 @@ F32 = np.float32
 F64 = np.float64
 NAN_FIT_MESSAGE = "fit data contains NaN; remove or replace NaN rows before fitting"
 NONFINITE_FIT_MESSAGE = "fit data contains NaN or ±Inf; remove or replace those rows before fitting"
+#: :class:`RowError` templates of the fit refusals above, naming the row.
+NAN_FIT_ROW = "fit data contains NaN ({row}); remove or replace NaN rows before fitting"
+NONFINITE_FIT_ROW = "fit data contains NaN or ±Inf ({row}); remove or replace those rows before fitting"
+#: The fit refusals' messages where the row cannot be named.
+ROW_FREE = {NAN_FIT_ROW: NAN_FIT_MESSAGE, NONFINITE_FIT_ROW: NONFINITE_FIT_MESSAGE}
 CUVS_MAX_SAMPLES = 1_000_000
 CUVS_SEED = 137
 Axis = Literal[0] | None
+
+
+class RowError(InputError):
+    """An ``InputError`` about one row. ``template`` holds ``{row}``, filled with ``row N`` (N counted
+    from the first row of the array checked) or, once :meth:`shifted`, ``row N of the input``."""
+
+    def __init__(self, row: int, template: str, *, of_input: bool = False) -> None:
+        self.row, self.template, self.of_input = int(row), template, of_input
+        super().__init__(template.format(row=f"row {self.row}" + (" of the input" if of_input else "")))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (Dask workers send it back)
+        return _row_error, (self.row, self.template, self.of_input)
+
+    def shifted(self, start: int) -> RowError:
+        """The same error for the input in which the checked array starts at row ``start``."""
+        return RowError(self.row + start, self.template, of_input=True)
+
+
+def _row_error(row: int, template: str, of_input: bool) -> RowError:
+    return RowError(row, template, of_input=of_input)
+
+
+def first_row(bad: np.ndarray) -> int:
+    """The first row ``i`` of ``bad`` (any shape per row) where ``bad[i]`` holds a True value."""
+    return int(np.argmax(bad.any(axis=tuple(range(1, bad.ndim)))))
 
 
 class Statistic:
@@ -94,8 +130,10 @@ def require_rows(n: int, minimum: int, why: str) -> None:
 
 
 def refuse_nan(X: np.ndarray) -> None:
-    if np.isnan(X).any():
-        raise InputError(NAN_FIT_MESSAGE)
+    """:class:`RowError` naming the first row of ``X`` that holds NaN."""
+    nan = np.isnan(X)
+    if nan.any():
+        raise RowError(first_row(nan), NAN_FIT_ROW)
 
 
 def cuvs_sample_size(n: int, d: int) -> int:
@@ -148,18 +186,24 @@ def absmax_of(m: Any) -> np.float32:
 def _minmax(stat: MinMax, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = X.min(axis=stat.axis), X.max(axis=stat.axis)
     if np.isnan(lo).any() or np.isnan(hi).any():
-        raise InputError(NAN_FIT_MESSAGE)
+        refuse_nan(X)
     return lo, hi
 
 
 def _absmax(stat: AbsMax, X: np.ndarray) -> np.float32:
-    return absmax_of(np.abs(X).max(initial=F32(0)))
+    try:
+        return absmax_of(np.abs(X).max(initial=F32(0)))
+    except InputError:
+        raise RowError(first_row(~np.isfinite(X)), NONFINITE_FIT_ROW) from None
 
 
 def _quantile(stat: Quantile, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     idx = quantile_rows(stat, *X.shape)
     sample = X if idx is None else X[idx]
-    refuse_nan(sample)
+    try:
+        refuse_nan(sample)
+    except RowError as exc:  # name the row of X, not of the sample
+        raise exc if idx is None else RowError(int(idx[exc.row]), exc.template) from None
     values = np.array(sample, dtype=F32) if stat.axis == 0 else np.array(sample, F32).reshape(-1)
     lo_pos, hi_pos = quantile_positions(values.shape[0], stat.q)
     part = np.partition(values, [lo_pos, hi_pos], axis=0)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -33,6 +33,11 @@ def _require(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wh
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise InputError(f"{where}: {key!r} is missing or not {getattr(kind, '__name__', kind)} (got {value!r})")
     return value
+
+
+def _is_int(v: Any) -> TypeGuard[int | np.integer]:
+    """Whether ``v`` is an integer (Python or numpy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def _open_array(root: Path, entry: Any, what: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -152,12 +157,19 @@ class Store:
 
     def iter_batches(self, batch_rows: int = 65536, *, start: int = 0,
                      stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first_row, float32 rows)`` for consecutive batches of ``batch_rows`` rows."""
+        """``(first_row, float32 rows)`` for consecutive batches of ``batch_rows`` rows, from row ``start``
+        up to ``stop`` (at most the store's rows). The arguments are checked when called."""
         if not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1:
             raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
-        stop = self.rows if stop is None else min(int(stop), self.rows)
-        for a in range(int(start), stop, int(batch_rows)):
-            b = min(stop, a + int(batch_rows))
+        if not _is_int(start) or start < 0:
+            raise InputError(f"start must be a non-negative integer, got {start!r}")
+        if stop is not None and (not _is_int(stop) or stop < 0):
+            raise InputError(f"stop must be a non-negative integer or None, got {stop!r}")
+        return self._batches(int(batch_rows), int(start), self.rows if stop is None else min(int(stop), self.rows))
+
+    def _batches(self, batch_rows: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        for a in range(start, stop, batch_rows):
+            b = min(stop, a + batch_rows)
             side = {k: v[a:b] for k, v in self.side.items()}
             with np.errstate(all="ignore"):
                 yield a, np.asarray(self.scheme.decode(self.codes[a:b], side, self.quantizer.state, self.dim),
@@ -170,6 +182,8 @@ class Store:
                 idx = idx.astype(np.int64)
             else:
                 raise InputError(f"row ids must be integers, got dtype {idx.dtype}")
+        if idx.ndim > 1:
+            raise InputError(f"row ids must be a 1-D sequence (or one id), got shape {idx.shape}")
         idx = idx.reshape(-1).astype(np.int64, copy=False)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.rows):
             bad = int(idx[(idx < 0) | (idx >= self.rows)][0])
@@ -186,7 +200,8 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False, 
 
     Checked: the manifest's format tag and version; a known scheme family whose parameters match
     ``quantizer.json``; rows and dim; every file present, of the dtype and shape the scheme gives
-    for ``rows x dim`` and not truncated; and ``state.status == "complete"`` (unless
+    for ``rows x dim`` and not truncated; ``state.rows_done`` in ``0..rows`` (``rows`` once complete);
+    and ``state.status == "complete"`` (unless
     ``allow_incomplete``: then only ``get_rows`` of rows already written works).
     """
     from gpuquant.api import Quantizer
@@ -232,8 +247,20 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False, 
                          f"do not match the scheme's {sorted(want)}")
     side = {name: _open_array(root, side_doc[name], f"side array {name!r}", shape, np.dtype(dt))
             for name, (shape, dt) in want.items()}
+    _check_rows_done(state, rows, m)  # after the files: a wrong 'rows' is named by the file that disagrees
     q.name = doc.get("scheme", q.name)
     return Store(root, doc, q, codes, side)
+
+
+def _check_rows_done(state: Mapping[str, Any], rows: int, m: Path) -> None:
+    """``state.rows_done``: an integer in ``0..rows`` (it says which rows are final), and ``rows`` once
+    complete; a complete store may leave it out."""
+    done = state.get("rows_done")
+    if state["status"] == COMPLETE:
+        if done is not None and (not _is_int(done) or done != rows):
+            raise InputError(f"{m}: 'state.rows_done' a complete store has every row done: {rows}, got {done!r}")
+    elif not _is_int(done) or not 0 <= done <= rows:
+        raise InputError(f"{m}: 'state.rows_done' must be an integer in 0..{rows}, got {done!r}")
 
 
 @dataclass

@@ -1,0 +1,600 @@
+"""Static SASS budget of every kernel path on sm_90, with no GPU: ``python bench/sass_report.py --json FILE``.
+
+For each preset (``gpuquant schemes``, export presets included) and op (``transform``, ``inverse``
+and the training passes its fit launches), float32 input of ``--dim`` columns:
+
+1. The launch is recorded by running the cupy backend's own launch code (``CupyBackend._encode`` /
+   ``_decode``) with the kernel lookup replaced by a recorder: kernel name and the real arguments.
+2. The path the kernel's mode switch takes for those arguments is compiled on its own: a probe kernel
+   with the kernel's parameter list and launch bounds calls the kernel's ``<name>_path<modes>``
+   function (``kernels/quantize.cu``) with its own arguments; kernels without a mode switch are used
+   as they are. Options are the cupy backend's: ``cuda_loader.compile_options()`` plus what CuPy adds
+   (``-ftz=true``, ``-arch=sm_90``, ``--device-as-default-execution-space``). Registers and resident
+   blocks are those of the real kernel instance, compiled the same way. Cubins are cached on disk,
+   keyed by a hash of source and options (``$GPUQUANT_SASS_CACHE``, default ``~/.cache/gpuquant-sass``).
+3. ``nvdisasm`` (``nvidia-cuda-nvdisasm`` wheel) disassembles it; the loops are back edges to a
+   dominating block. The *hot loop* is the innermost loop with a *common path*: head to back edge,
+   with the iteration's 16-byte input loads (transforms; inverses: output stores; 4 for 4 tasks of
+   4 values), a vector code store (load) per task and none narrower, no block with a ``CALL`` (the
+   slow paths of divisions), a ``@P BRA`` taken or not as its block's counted ``@P`` operations
+   require, and the most instructions among such paths (values in range, no NaN, fast division:
+   early-outs are shorter). A branch on a launch-wide value is charged its longer side, so counts
+   err high. Training passes take the loop with the most loads.
+
+Keys of a record: ``instr_per_16B`` = instructions on the common path / (its float32 bytes / 16)
+(input bytes for transforms and training passes, output bytes for inverses); ``issue_fraction`` =
+``instr_per_16B / budget``, where the budget is what one H100 SM can issue per 16 B of float32 when
+the kernel moves ``0.9 * 3.0 TB/s`` (measured copy bandwidth) over 132 SMs at 1.755 GHz::
+
+    budget = 4 warp-instructions/clock * 32 lanes * 16 B * (1 + r) * 132 * 1.755e9 / (0.9 * 3.0e12)
+           = 175.8 * (1 + r)
+
+with r the code bytes moved per float32 byte (0.25 for 1-byte codes, 0.5 for 16-bit codes, 0.125
+for 4-bit, 1/32 for bits, 0 for read-only passes): 220 for 1-byte codes, 264 for 16-bit, 198 for
+4-bit, 181 for bits (13% more at the 1.98 GHz boost clock). ``input_load_bits``: widest global load
+on the common path; ``local_memory_ops``: LDL/STL in the hot loop; ``calls``: callees of CALLs in
+the hot loop (a 64-bit division or a division slow path); ``registers`` and ``blocks_per_sm``:
+resident blocks of 256 threads per SM (65536 registers allocated per warp in units of 256, 64 warps,
+228 KB shared memory, 1 KB reserved per block). The static count is a proxy; the GPU benchmark
+(``bench/gpu_check.py``) stays the ground truth.
+
+Budgets (``BUDGETS``; enforced by ``tests/test_kernels_sass.py``) for every transform and inverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import numpy as np
+
+import gpuquant
+from gpuquant.backends import cuda_loader, cupy_backend, cupy_train, device_code_dtype
+from gpuquant.schemes import make_scheme
+
+ARCH = "sm_90"
+CUPY_OPTIONS = ("-ftz=true", f"-arch={ARCH}", "--device-as-default-execution-space")
+THREADS = 256
+ISSUE_PER_CLOCK, LANES, SMS, CLOCK_HZ, COPY_BPS, COPY_SHARE = 4, 32, 132, 1.755e9, 3.0e12, 0.9
+BUDGETS = {"issue_fraction": 0.5, "input_load_bits": 128, "blocks_per_sm": 4}
+TASKS_IN_FLIGHT = 4  # UNROLL in kernels/quantize.cu: tasks (or float4 steps) per loop iteration
+
+
+def issue_budget(code_bytes_per_float_byte: float) -> float:
+    """Warp-instructions one SM can issue per 16 B of float32 at 0.9 of copy bandwidth (docstring)."""
+    bytes_per_clock = COPY_SHARE * COPY_BPS / SMS / CLOCK_HZ
+    return ISSUE_PER_CLOCK * LANES * 16 * (1 + code_bytes_per_float_byte) / bytes_per_clock
+
+
+# ----- compile and disassemble ------------------------------------------------------------------
+def _tool(name: str) -> str:
+    """Path of a CUDA binary from the nvidia-cuda-* wheels (``nvidia/cu13/bin``), else from PATH."""
+    bases = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    found = [str(p) for base in bases for p in Path(base, "nvidia").glob(f"*/bin/{name}")]
+    return sorted(found)[0] if found else name
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GPUQUANT_SASS_CACHE", Path.home() / ".cache" / "gpuquant-sass"))
+
+
+def compile_cubin(filename: str, source: str, names: list[str]) -> tuple[Path, dict[str, str]]:
+    """(cubin path, lowered names) of ``source`` compiled as the cupy backend does; cached on disk."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    options = list(cuda_loader.compile_options()) + list(CUPY_OPTIONS)
+    key = hashlib.sha256(repr((source, options, names, nvrtc.getVersion())).encode()).hexdigest()[:24]
+    cubin, meta = cache_dir() / f"{key}.cubin", cache_dir() / f"{key}.json"
+    if cubin.exists() and meta.exists():
+        return cubin, json.loads(meta.read_text())
+    prog = nvrtc.createProgram(source, filename, [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as exc:
+            log = nvrtc.getProgramLog(prog)
+            raise cuda_loader.KernelCompileError(cuda_loader.format_compile_error(filename, options, log)) from exc
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+        data = nvrtc.getCUBIN(prog) + b"\0"  # cupy_backends returns the ELF one byte short
+    finally:
+        nvrtc.destroyProgram(prog)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = cubin.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, cubin)
+    meta.write_text(json.dumps(lowered))
+    return cubin, lowered
+
+
+@dataclass
+class Instr:
+    addr: int
+    pred: str
+    op: str
+    text: str
+    target: str | None  # branch or call label
+
+
+_INSTR_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+_LABEL_RE = re.compile(r"^\s*([.$][\w$.]+):\s*$")
+_TARGET_RE = re.compile(r"`\(([^)]+)\)")
+
+
+def disassemble(cubin: Path) -> dict[str, tuple[list[Instr], dict[str, int]]]:
+    """Per function (mangled name): its instructions and its labels (label -> instruction index)."""
+    text = subprocess.run([_tool("nvdisasm"), str(cubin)], capture_output=True, text=True, check=True).stdout
+    funcs: dict[str, tuple[list[Instr], dict[str, int]]] = {}
+    instrs: list[Instr] = []
+    labels: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("\t.section\t.text."):
+            instrs, labels = [], {}
+            funcs[line.split("\t")[2].split(",")[0][len(".text."):]] = (instrs, labels)
+            continue
+        label = _LABEL_RE.match(line)
+        if label:
+            labels[label.group(1)] = len(instrs)
+            continue
+        m = _INSTR_RE.search(line)
+        if m:
+            target = _TARGET_RE.search(m.group(4))
+            instrs.append(Instr(int(m.group(1), 16), (m.group(2) or "").strip(), m.group(3), m.group(4),
+                                target.group(1) if target else None))
+    return funcs
+
+
+def resource_usage(cubin: Path) -> dict[str, dict[str, int]]:
+    """Per function: REG, SHARED, LOCAL, STACK from ``cuobjdump -res-usage``."""
+    text = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    out: dict[str, dict[str, int]] = {}
+    for name, usage in re.findall(r"Function (\S+):\s*\n\s*(REG:.*)", text):
+        out[name] = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage)}
+    return out
+
+
+def blocks_per_sm(registers: int, shared: int, threads: int = THREADS) -> int:
+    """Resident blocks of ``threads`` threads on an H100 SM (registers, warps, shared memory)."""
+    warps = -(-threads // 32)
+    regs_per_warp = -(-registers * 32 // 256) * 256
+    by_regs = 65536 // (regs_per_warp * warps) if registers else 32
+    return min(by_regs, 64 // warps, 32, 233472 // (shared + 1024))
+
+
+# ----- control flow -----------------------------------------------------------------------------
+def _blocks(instrs: list[Instr], labels: dict[str, int]) -> tuple[list[tuple[int, int]], dict[int, list[int]]]:
+    """Basic blocks (start, end) and successors (block index -> block indices)."""
+    starts = {0} | set(labels.values())
+    for i, ins in enumerate(instrs):
+        if ins.op.startswith(("BRA", "EXIT", "RET", "BRX", "JMP")):
+            starts.add(i + 1)
+    starts = sorted(s for s in starts if s < len(instrs))
+    spans = [(s, e) for s, e in zip(starts, starts[1:] + [len(instrs)])]
+    block_of = {s: b for b, (s, _) in enumerate(spans)}
+    succ: dict[int, list[int]] = {}
+    for b, (_, e) in enumerate(spans):
+        last = instrs[e - 1]
+        out: list[int] = []
+        if last.op.startswith("BRA") and last.target in labels:
+            out.append(block_of[labels[last.target]])
+        falls = not (last.op.startswith(("BRA", "EXIT", "RET", "BRX", "JMP")) and not last.pred)
+        if falls and b + 1 < len(spans):
+            out.append(b + 1)
+        succ[b] = out
+    return spans, succ
+
+
+def _dominators(succ: dict[int, list[int]], n: int) -> list[set[int]]:
+    preds: dict[int, list[int]] = {b: [] for b in range(n)}
+    for b, out in succ.items():
+        for t in out:
+            preds[t].append(b)
+    dom = [set(range(n)) for _ in range(n)]
+    dom[0] = {0}
+    changed = True
+    while changed:
+        changed = False
+        for b in range(1, n):
+            new = set.intersection(*(dom[p] for p in preds[b])) if preds[b] else set()
+            new = new | {b}
+            if new != dom[b]:
+                dom[b], changed = new, True
+    return dom
+
+
+def _topological(nodes: set[int], succ: dict[int, list[int]], dom: list[set[int]]) -> list[int]:
+    """``nodes`` in an order where every forward edge (not to a dominator) goes later."""
+    edges = {b: [t for t in succ[b] if t in nodes and t not in dom[b]] for b in nodes}
+    indegree = {b: 0 for b in nodes}
+    for out in edges.values():
+        for t in out:
+            indegree[t] += 1
+    ready, order = sorted(b for b in nodes if indegree[b] == 0), []
+    while ready:
+        b = ready.pop(0)
+        order.append(b)
+        for t in edges[b]:
+            indegree[t] -= 1
+            if indegree[t] == 0:
+                ready.append(t)
+    return order
+
+
+@dataclass
+class Spec:
+    """The memory operations of a hot loop's common path: exactly ``count`` ops of ``kind`` (``"LDG"`` or
+    ``"STG"``) ``bits`` wide (``None``: as many as any path has), and at least ``other_count`` of the
+    other kind ``other_bits`` wide with none narrower (the code stores or loads of the tasks; exactly
+    that many when ``vectors`` is set: the 16-byte vectors of real data per iteration when some wide
+    ops are predicated off)."""
+
+    kind: str
+    bits: int
+    count: int | None
+    other_bits: int = 0
+    other_count: int = 0
+    vectors: int | None = None
+
+
+def _width(ins: Instr) -> int:
+    """Bits a memory instruction moves (LDG.E.128 128, LDG.E.U16 16, plain LDG.E 32)."""
+    m = re.search(r"\.U?(8|16)\b", ins.op) or re.search(r"\.(32|64|128)\b", ins.op)
+    return int(m.group(1)) if m else 32
+
+
+def _feasible(ins: list[Instr], succ: list[int], spans: list[tuple[int, int]], labels: dict[str, int],
+              *kinds: str) -> list[int]:
+    """Successors of a block that a path counting its memory ops can take: a block ending in
+    ``@P BRA`` whose counted ops run under ``@P`` (or ``@!P``) must take (or skip) that branch."""
+    last = ins[-1]
+    if not (last.op.startswith("BRA") and last.pred and last.target in labels):
+        return succ
+    guards = {i.pred for i in ins if i.op.startswith(kinds) and i.pred}
+    taken = next(b for b, (start, _) in enumerate(spans) if start == labels[last.target])
+    negated = last.pred[1:] if last.pred.startswith("@!") else "@!" + last.pred[1:]
+    if last.pred in guards:
+        return [taken]
+    if negated in guards:
+        return [t for t in succ if t != taken] or succ
+    return succ
+
+
+@dataclass
+class LoopPath:
+    instructions: int
+    wide_ops: int
+    input_load_bits: int
+    local_memory_ops: int
+    calls: list[str] = field(default_factory=list)
+    listing: list[str] = field(default_factory=list)  # the common path, one instruction a line
+
+
+def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPath | None:
+    """The innermost loop with a common path for ``spec`` (module docstring), or None."""
+    spans, succ = _blocks(instrs, labels)
+    dom = _dominators(succ, len(spans))
+    back = [(u, h) for u, out in succ.items() for h in out if h in dom[u]]
+    other = "STG" if spec.kind == "LDG" else "LDG"
+    best: tuple[int, LoopPath] | None = None
+    for head in sorted({h for _, h in back}):
+        latches = {u for u, h in back if h == head}
+        body, stack = {head}, list(latches)
+        while stack:
+            b = stack.pop()
+            if b not in body:
+                body.add(b)
+                stack.extend(p for p, out in succ.items() if b in out)
+        block_ins = {b: instrs[spans[b][0]:spans[b][1]] for b in body}
+        cold = {b for b in body if any(i.op.startswith("CALL") for i in block_ins[b])}
+        # DP over the body without back edges, in topological order: (wide, other, widest load) -> most
+        # instructions (a clamp or NaN early-out is shorter than the common in-range path)
+        order = _topological(body - cold, succ, dom)
+        states: dict[int, dict[tuple[int, int, int], tuple[int, tuple[int, ...]]]] = {head: {(0, 0, 0): (0, ())}}
+        paths: list[tuple[int, int, int, int, tuple[int, ...]]] = []
+        for b in order:
+            ins = block_ins[b]
+            oth = [_width(i) for i in ins if i.op.startswith(other)]
+            if b not in states or any(w < spec.other_bits for w in oth):
+                continue
+            wide = sum(1 for i in ins if i.op.startswith(spec.kind) and _width(i) == spec.bits)
+            widest = max((_width(i) for i in ins if i.op.startswith("LDG")), default=0)
+            targets = _feasible(ins, succ[b], spans, labels, spec.kind, other)
+            for (w, o, lb), (cost, via) in states[b].items():
+                key = (w + wide, min(o + oth.count(spec.other_bits), 64), max(lb, widest))
+                cost, via = cost + len(ins), (*via, b)
+                if b in latches:
+                    paths.append((*key, cost, via))
+                for t in targets:
+                    if t in body and t not in cold and t not in dom[b]:
+                        slot = states.setdefault(t, {})
+                        slot[key] = max(slot.get(key, (cost, via)), (cost, via))
+        want = spec.count if spec.count is not None else max((p[0] for p in paths), default=0)
+        ok = [p for p in paths if p[0] == want and want > 0 and
+              (p[1] == spec.other_count if spec.vectors else p[1] >= spec.other_count)]
+        if not ok:
+            continue
+        w, _, lb, cost, via = max(ok, key=lambda p: p[3])
+        size = sum(len(v) for v in block_ins.values())
+        calls = sorted({i.target or "?" for v in block_ins.values() for i in v if i.op.startswith("CALL")})
+        local = sum(1 for v in block_ins.values() for i in v if i.op.startswith(("LDL", "STL")))
+        if best is None or size < best[0]:
+            listing = [f"{i.pred} {i.op} {i.text}".strip() for b in via for i in block_ins[b]]
+            best = (size, LoopPath(cost, spec.vectors or w, lb, local, calls, listing))
+    return None if best is None else best[1]
+
+
+# ----- launches of the cupy backend ------------------------------------------------------------
+class _HostArray(np.ndarray):
+    def get(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+#: The few CuPy calls the launch code makes before a launch, on the host.
+_NO_DEVICE = SimpleNamespace(uint64=np.uint64, float32=np.float32, asarray=lambda a, dtype=None: np.asarray(a, dtype),
+                             full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray))
+
+
+@contextmanager
+def recorded_launches() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    """Run the backend's launch code with a recorder for kernels: yields [(name expression, args)]."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def get_kernel(filename: str, name: str, names: Any) -> Any:
+        return lambda grid, block, args: calls.append((name, tuple(args)))
+
+    with (mock.patch.object(cupy_backend, "_cupy", lambda: _NO_DEVICE),
+          mock.patch.object(cupy_backend, "grid_for", lambda *a, **k: 1),
+          mock.patch.object(cuda_loader, "get_kernel", get_kernel)):
+        yield calls
+
+
+def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """{"transform": (kernel, args), "inverse": ...} as the cupy backend launches them for float32 (n, d)."""
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    state = scheme.fit(x) or {}
+    backend = cupy_backend.CupyBackend()
+    backend._constant = lambda kind, value, dtype: np.ascontiguousarray(value, dtype)
+    codes = np.zeros(scheme.code_shape(n, d), device_code_dtype(scheme))
+    side = {k: np.ones(shape, dtype) for k, (shape, dtype) in scheme.side_shapes(n, d).items()}
+    with recorded_launches() as calls:
+        backend._encode(scheme, state, x, codes, side)
+        backend._decode(scheme, state, codes, side, np.empty((n, d), np.float32))
+    assert len(calls) == 2, calls
+    return {"transform": calls[0], "inverse": calls[1]}
+
+
+def training_kernels(scheme: Any) -> list[str]:
+    """Kernels of ``kernels/train.cu`` that ``cupy_train.fit`` launches for ``scheme`` (float32)."""
+    p = scheme.params
+    if scheme.family == "scalar" and p.get("range") == "minmax":
+        return ["minmax_columns<float>" if p["granularity"] == "dimension" else "minmax_global<float>"]
+    if scheme.family == "scalar" and p.get("range") == "quantile" and p["quantile_method"] == "exact":
+        return ["radix_histogram<float>"]
+    if scheme.family == "binary" and p["threshold"] == "mean":
+        return ["column_sums<float>"]
+    if scheme.family == "absmax" and p["granularity"] == "tensor":
+        return ["minmax_global<float>"]
+    return []  # no own pass (quantiles of a row sample and medians come from a CuPy sort)
+
+
+# ----- path of a launch ------------------------------------------------------------------------
+_KERNEL_RE = re.compile(r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+(?:(__launch_bounds__\([^)]*\))\s*)?"
+                        r"(\w+)\s*\(([^)]*)\)\s*\{")
+
+
+def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str | None:
+    """The ``<kernel>_path<...>`` call the kernel's mode switch makes for ``args`` (None: no switch)."""
+    if kernel in ("scalar_encode", "scalar_decode"):
+        flat = int(args[7]) == 8 and not int(args[5])  # 8-bit codes, one range: the flat walk
+        columns = kernel == "scalar_encode" and int(args[5])  # per dimension: the column walk (a full grid)
+        modes = [str(int(args[6])), "1" if int(args[7]) == 8 else "2", "1" if flat else "2" if columns else "0"]
+    elif kernel == "float_encode":
+        modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
+    elif kernel == "float_decode":
+        modes = [str(int(args[4])), "1"]
+    elif kernel == "absmax_decode":
+        tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
+        layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
+        modes = ["1" if int(args[7]) == 8 else "2", str(layout)]
+    else:
+        return None
+    return f"{kernel}_path<{', '.join(targs + modes)}>"
+
+
+def probe_source(filename: str, probes: dict[str, tuple[str, str]]) -> str:
+    """``filename``'s source plus one kernel per probe: {probe name: (name expression, path call)}.
+
+    A probe has the kernel's parameter list (its template parameters replaced by the instance's
+    arguments) and launch bounds, and calls the path function with its own arguments."""
+    text = cuda_loader.read_kernel_text(filename)
+    decls = {m.group(3): m for m in _KERNEL_RE.finditer(text)}
+    out = [cuda_loader.build_source(filename)]
+    for probe, (expr, call) in probes.items():
+        kernel, targs = _split(expr)
+        m = decls[kernel]
+        params = m.group(4)
+        tparams = [t.split()[-1] for t in (m.group(1) or "").split(",") if t.strip()]
+        for name, value in zip(tparams, targs):
+            params = re.sub(rf"\b{name}\b", value, params)
+        names = ", ".join(re.findall(r"\w+", p)[-1] for p in params.split(","))
+        out.append(f'extern "C" __global__ void {m.group(2) or ""} {probe}({params}) {{ {call}({names}); }}')
+    return "\n".join(out) + "\n"
+
+
+def _split(expr: str) -> tuple[str, list[str]]:
+    kernel, _, rest = expr.partition("<")
+    return kernel, [t.strip() for t in rest.rstrip(">").split(",") if t.strip()]
+
+
+# ----- records ---------------------------------------------------------------------------------
+def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
+    """What the common path of ``kernel``'s hot loop moves per iteration (module docstring)."""
+    if op not in ("transform", "inverse"):
+        return Spec("LDG", 32, None)
+    per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
+    code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
+    if kernel == "absmax_encode":
+        d, seg = int(args[5]), int(args[6])
+        quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)
+        if seg % 16 == 0 and 0 < sixteens <= 32 and 32 % sixteens == 0:
+            width = sixteens
+        else:
+            width = quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
+        if seg % 4 == 0 and d % 4 == 0 and seg <= 16 * width:
+            steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
+            return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
+        return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
+    if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
+        tasks = TASKS_IN_FLIGHT // per_task
+        return Spec("LDG", 128, tasks * per_task, code_bits, tasks)
+    return Spec("STG", 128, TASKS_IN_FLIGHT * per_task, code_bits, TASKS_IN_FLIGHT)
+
+
+@dataclass
+class Job:
+    preset: str
+    op: str
+    filename: str
+    expr: str
+    path: str | None
+    spec: Spec
+    ratio: float  # code bytes per float32 byte (0 for read-only passes)
+
+
+def jobs(d: int) -> list[Job | dict[str, Any]]:
+    """One job per (preset, op); presets without GPU kernels give a record right away."""
+    out: list[Job | dict[str, Any]] = []
+    for preset in gpuquant.presets():
+        scheme = make_scheme(preset.name)
+        ok, why = cupy_backend.CupyBackend.supports(scheme)
+        if not ok:
+            out += [{"preset": preset.name, "op": op, "kernel": None, "note": why} for op in ("transform", "inverse")]
+            continue
+        rc = scheme.code_shape(1, d)[1]
+        ratio = rc * device_code_dtype(scheme).itemsize / (4 * d)
+        for op, (expr, args) in backend_launches(scheme, d).items():
+            kernel, targs = _split(expr)
+            out.append(Job(preset.name, op, cupy_backend.QUANTIZE_FILE, expr, path_function(kernel, targs, args),
+                           spec_for(op, kernel, args, ratio), ratio))
+        for expr in training_kernels(scheme):
+            out.append(Job(preset.name, f"train:{_split(expr)[0]}", cupy_train.TRAIN_FILE, expr, None,
+                           spec_for("train", expr, (), 0.0), 0.0))
+    return out
+
+
+listings: dict[tuple[str, str], list[str]] = {}  # common path per (preset, op) of the last analyse()
+
+
+def analyse(d: int) -> list[dict[str, Any]]:
+    """Every record (see the module docstring)."""
+    todo = jobs(d)
+    work = [j for j in todo if isinstance(j, Job)]
+    measured: dict[tuple[str, str], dict[str, Any]] = {}
+    listings.clear()
+    for filename in sorted({j.filename for j in work}):
+        mine = [j for j in work if j.filename == filename]
+        exprs = sorted({j.expr for j in mine})
+        real, real_names = compile_cubin(filename, cuda_loader.build_source(filename), exprs)
+        paths = sorted({(j.expr, j.path) for j in mine if j.path})
+        probes = {f"gq_probe_{i}": (expr, path) for i, (expr, path) in enumerate(paths)}
+        probe, _ = compile_cubin(filename, probe_source(filename, probes), list(probes))
+        funcs = {**disassemble(real), **disassemble(probe)}
+        usage = resource_usage(real)
+        by_path = {v: k for k, v in probes.items()}
+        for j in mine:
+            fn = by_path[(j.expr, j.path)] if j.path else real_names[j.expr]
+            loop = hot_loop(*funcs[fn], j.spec)
+            res = usage[real_names[j.expr]]
+            measured[(j.preset, j.op)] = _record(j, loop, res)
+            listings[(j.preset, j.op)] = loop.listing if loop else []
+    return [measured[(j.preset, j.op)] if isinstance(j, Job) else j for j in todo]
+
+
+def _record(job: Job, loop: LoopPath | None, res: dict[str, int]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"preset": job.preset, "op": job.op, "kernel": job.expr, "path": job.path or job.expr}
+    if loop is None:
+        rec["note"] = "no loop with the expected memory operations found"
+    else:
+        per16 = loop.instructions / (loop.wide_ops * job.spec.bits / 128)
+        rec.update(instr_per_16B=round(per16, 1), issue_fraction=round(per16 / issue_budget(job.ratio), 3),
+                   input_load_bits=loop.input_load_bits, local_memory_ops=loop.local_memory_ops,
+                   calls=loop.calls)
+    rec.update(registers=res.get("REG", 0), blocks_per_sm=blocks_per_sm(res.get("REG", 0), res.get("SHARED", 0)))
+    return rec
+
+
+def budget_failures(rec: dict[str, Any]) -> list[str]:
+    """Why a transform/inverse record is over its budget (empty: within it). Training has no budget."""
+    if rec["op"] not in ("transform", "inverse"):
+        return []
+    if "instr_per_16B" not in rec:
+        return [rec.get("note", "no analysis")]
+    out = []
+    if rec["issue_fraction"] > BUDGETS["issue_fraction"]:
+        out.append(f"issue_fraction {rec['issue_fraction']} > {BUDGETS['issue_fraction']}")
+    if rec["op"] == "transform" and rec["input_load_bits"] < BUDGETS["input_load_bits"]:
+        out.append(f"{rec['input_load_bits']}-bit input loads")
+    if rec["local_memory_ops"]:
+        out.append(f"{rec['local_memory_ops']} local-memory operations in the hot loop")
+    if rec["blocks_per_sm"] < BUDGETS["blocks_per_sm"]:
+        out.append(f"{rec['blocks_per_sm']} blocks of {THREADS} per SM")
+    if rec["calls"]:
+        out.append("CALL in the hot loop: " + ", ".join(sorted({c.split("$__")[-1] for c in rec["calls"]})))
+    return out
+
+
+# ----- output ----------------------------------------------------------------------------------
+COLUMNS = ("preset", "op", "instr_per_16B", "issue_fraction", "input_load_bits", "local_memory_ops", "registers",
+           "blocks_per_sm")
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """A Markdown table of the records, with the budget failures of each."""
+    head = [*COLUMNS, "over budget"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        cells = [str(r.get(c, "-")) for c in COLUMNS] + ["; ".join(budget_failures(r)) or "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, help="write the records here (and a .md table next to it)")
+    ap.add_argument("--dim", type=int, default=768, help="columns of the float32 input (default 768)")
+    ap.add_argument("--show", metavar="PRESET:OP", action="append", default=[],
+                    help="also print the common path of this record's hot loop (repeatable)")
+    args = ap.parse_args(argv)
+    records = analyse(args.dim)
+    for item in args.show:
+        preset, _, op = item.partition(":")
+        print(f"== {preset} {op}: common path of the hot loop", *listings.get((preset, op), ["(none)"]), sep="\n")
+    text = table(records)
+    if args.json:
+        report = {"arch": ARCH, "dim": args.dim, "budgets": BUDGETS, "options": list(CUPY_OPTIONS),
+                  "issue_budget_1_byte_codes": round(issue_budget(0.25), 1), "records": records}
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        md = (f"# SASS budget on {ARCH} (float32 input, d = {args.dim})\n\nWritten by `python bench/sass_report.py "
+              f"--json {args.json.as_posix()}`; definitions in that script's docstring.\n\n{text}\n")
+        args.json.with_suffix(".md").write_text(md)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
