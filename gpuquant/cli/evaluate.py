@@ -43,7 +43,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--shape", metavar="ROWS,DIM", help="DATA is raw float32 of this shape (ROWS may be auto)")
     p.add_argument("--sample-rows", type=positive_int, metavar="N",
                    help="evaluate on N rows drawn at random (seeded by --seed) instead of the whole corpus")
-    p.add_argument("--seed", type=int, default=0, help="the seed of --sample-rows (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of --sample-rows (default 0)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")
     how.add_argument("--quantizer", metavar="Q.json", help="a saved, fitted quantizer")
