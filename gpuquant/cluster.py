@@ -251,7 +251,8 @@ def _worker_quantizer(qjson: str, backend: str) -> Any:
         from gpuquant.api import Quantizer
 
         q = Quantizer.from_dict(json.loads(qjson), backend=backend)
-        _QCACHE.clear()
+        if len(_QCACHE) >= 2:  # one run's quantizer on its backend and on numpy (the edge counts)
+            _QCACHE.clear()
         _QCACHE[key] = q
     return q
 
@@ -351,8 +352,18 @@ def _current(root: Path, run: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start: int, run: str) -> tuple[int, int]:
-    """Encode one row chunk and write it at rows ``start ..`` of the store ``path``, fsync, record the range.
+def _edges(block: Any, qjson: str, arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+    """The chunk's edge counts (values stored as NaN/±Inf, inputs clipped), on the host."""
+    q = _worker_quantizer(qjson, "numpy")
+    codes = arrays["codes"].view(q.scheme.code_dtype)
+    return q.scheme.edge_counts(_prepared(block, q.truncate_dim), codes,
+                                {k: v for k, v in arrays.items() if k != "codes"}, q.state)
+
+
+def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start: int,
+                 run: str) -> tuple[int, int, int, int]:
+    """Encode one row chunk and write it at rows ``start ..`` of the store ``path``, fsync, record
+    the range; returns the range and the chunk's edge counts.
 
     A task whose run is not current (see :func:`_current`, asked before encoding and again before
     writing) writes nothing and returns an empty range."""
@@ -361,14 +372,14 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     root = Path(path)
     m = int(block.shape[0])
     if _current(root, run) is None:
-        return start, start
+        return start, start, 0, 0
     try:
         arrays = _encode(block, qjson, device, dim)
     except RowError as exc:  # the chunk's row, as a row of the input
         raise exc.shifted(start) from None
     manifest = _current(root, run)
     if manifest is None:
-        return start, start
+        return start, start, 0, 0
     writer = gstore.StoreWriter(root, manifest)
     try:
         writer.write_rows(start, arrays)
@@ -378,7 +389,7 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     (root / PARTS).mkdir(exist_ok=True)
     gio.write_json_atomic(root / PARTS / _part_name(start, start + m),
                           {"rows": [start, start + m], "pid": os.getpid(), "checksums": writer.pending})
-    return start, start + m
+    return (start, start + m, *_edges(block, qjson, arrays))
 
 
 def _describe(X: Any) -> dict[str, Any]:
@@ -461,7 +472,7 @@ class DaskRunner:
                       extra={"dask": {"chunks": len(X.chunks[0]), "tasks_run": stats["tasks"],
                                       "skipped_chunks": stats["skipped"], "scheduler": stats["scheduler"]}},
                       bytes_in=n * row_in, row_bytes=row_in, rows_run=n - skipped, stream_s=stats["seconds"],
-                      seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s})
+                      seconds={"fit": fit_s, "transform": stats["seconds"], "total": total_s}, stats=stats)
 
 
 def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: str, client: Any,
@@ -484,12 +495,17 @@ def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: st
     tasks = [delayed(_write_block, pure=False)(blocks[i], *args, ranges[i][0], run) for i in todo]
     c = _scheduler(client)
 
-    def finished(r: Any) -> None:
+    uncounted = sorted(done)  # written by an earlier run: counted from the store for the report
+    edges = [0, 0]
+
+    def finished(result: Any) -> None:
         nonlocal rows_done
-        r = tuple(r)
+        r = (int(result[0]), int(result[1]))
         if r not in done:
             done.add(r)
             rows_done += r[1] - r[0]
+            edges[0] += int(result[2])
+            edges[1] += int(result[3])
 
     bar = Progress(n, int(X.shape[1]) * X.dtype.itemsize, start=rows_done, enabled=progress)
     t0 = time.perf_counter()
@@ -536,7 +552,8 @@ def _run_parts(X: Any, dst: Path, q: Any, writer: gstore.StoreWriter, device: st
         finally:
             bar.close()
     return {"tasks": len(tasks), "skipped": len(ranges) - len(todo), "skipped_rows": int(skipped_rows),
-            "seconds": time.perf_counter() - t0, "scheduler": sched}
+            "seconds": time.perf_counter() - t0, "scheduler": sched, "nonfinite_outputs": edges[0],
+            "clipped_inputs": edges[1], "uncounted": uncounted}
 
 
 def _executing(dask_worker: Any) -> list[str]:

@@ -91,6 +91,24 @@ def _code_scores(q: Quantizer, codes: Any) -> Any:
     data = np.asarray(codes.data)
     return lambda block: q.scheme.search_scores(q._transformed(block).astype(np.float32), data, q.state)
 
+def check_options(k: int, rescore: int | None, rescore_with: str) -> None:
+    """``InputError`` for a ``k``, ``rescore`` or ``rescore_with`` that :func:`evaluate` cannot take."""
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    if rescore is not None and rescore < 1:
+        raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
+    if rescore_with not in ("original", "reconstructed"):
+        raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
+
+
+def sample_recall(q: Quantizer, queries: np.ndarray, corpus: np.ndarray, recon: np.ndarray, k: int = 10) -> float:
+    """recall@k of the code search (``queries`` against ``recon``, the decoded codes of ``corpus``)
+    against the exact float32 search of ``corpus``: the convert report's sample of a code-space scheme."""
+    (truth,) = _search(np, queries, corpus, k)
+    q_vecs, c_vecs = _search_space(q, recon, queries)
+    (found,) = _search(np, q_vecs, c_vecs, k)
+    return _recall(np, found, truth)
+
 
 def evaluate(
     X: Any,
@@ -105,12 +123,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Reconstruction error and recall@k of ``quantizer`` on corpus ``X`` (see the module docstring)."""
     X = as_matrix(X)
-    if k < 1:
-        raise InputError(f"k must be >= 1, got {k}")
-    if rescore is not None and rescore < 1:
-        raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
-    if rescore_with not in ("original", "reconstructed"):
-        raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
+    check_options(k, rescore, rescore_with)
     xp = array_module(X)
     X = X.astype(np.float32, copy=False)
     if queries is None:

@@ -153,10 +153,11 @@ def test_cluster_convert_of_shards_is_bit_identical(client: Any, shards: tuple[P
                                                     preset: str, params: dict[str, Any]) -> None:
     src, _ = shards
     single = tmp_path / "single"
-    gpuquant.convert(src, single, preset, params=params, device="cpu", progress=False)
+    local = gpuquant.convert(src, single, preset, params=params, device="cpu", progress=False)
     out = tmp_path / "dask"
     report = gd.convert(src, out, preset, params=params, client=client, batch_rows=170, gather_bytes=0)
     assert report["dask"]["tasks_run"] == 8 and report["dask"]["scheduler"] == "Client"
+    assert report["quality"] == local["quality"]  # counted by the tasks
     assert gstore.open(out).complete
     _same_store(single, out)
     assert gstore.verify(out)["rows_checked"] == 1300  # the tasks' checksums, merged at completion
@@ -215,7 +216,7 @@ def test_killed_worker_without_retries_leaves_a_resumable_store(client: Any, sha
                                                                 tmp_path: Path, resume_with: str) -> None:
     src, _ = shards
     single = tmp_path / "single"
-    gpuquant.convert(src, single, "st-int8", device="cpu", progress=False)
+    single_doc = gpuquant.convert(src, single, "st-int8", device="cpu", progress=False)
     arm = tmp_path / "arm"
     arm.write_text("1")
     X, desc = gd.from_source(src, chunk_rows=170)
@@ -246,6 +247,7 @@ def test_killed_worker_without_retries_leaves_a_resumable_store(client: Any, sha
         assert report["resumed_from"] == state["rows_done"]
     _same_store(single, out)
     assert gstore.verify(out)["rows_checked"] == 1300
+    assert report["quality"] == single_doc["quality"]  # the rows written before the kill counted too
 
 
 def test_dask_resumes_a_store_the_engine_started(client: Any, shards: tuple[Path, np.ndarray], tmp_path: Path,

@@ -497,6 +497,8 @@ def _fake_cupy(fail_rows: int | None, log: list[str]) -> tuple[Any, Any]:
 
     cuda = types.SimpleNamespace(Stream=Stream, Event=Event, memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
     cupy.cuda, cupy.empty = cuda, empty  # type: ignore[attr-defined]
+    cupy.zeros = lambda shape, dtype=np.float32: np.zeros(shape, dtype).view(_FakeDeviceArray)  # type: ignore[attr-defined]
+    cupy.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined] # array functions: numpy's
     cupy.get_default_memory_pool = Pool  # type: ignore[attr-defined]
     cupyx.empty_pinned = lambda shape, dtype=np.float32: np.empty(shape, dtype)  # type: ignore[attr-defined]
     return cupy, cupyx

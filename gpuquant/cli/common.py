@@ -105,24 +105,6 @@ def resolve_input(name: str) -> tuple[Path, bool]:
     return Path(name), False
 
 
-def load_input(name: str, column: str | None = None, dataset: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """INPUT in memory (a ``.npy``, the demo, or a Parquet / HDF5 / big-ann input) and its description."""
-    from gpuquant.engine.readers import load_rows
-
-    path, demo = resolve_input(name)
-    log.info("reading %s", "the demo dataset" if demo else path)
-    X = None if demo else load_rows(path, column=column, dataset=dataset)
-    X = gio.load_matrix(path) if X is None else X
-    source = {
-        "path": str(path.resolve()),
-        "demo": demo,
-        "shape": list(X.shape),
-        "dtype": X.dtype.name,
-        "bytes": int(X.nbytes),
-    }
-    return X, source
-
-
 def _to_numpy(a: Any) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a

@@ -66,6 +66,9 @@ def cmd_convert(args: argparse.Namespace) -> Report:
         doc = convert(path, args.output, q, device=device, batch_rows=args.batch_rows, resume=args.resume,
                       overwrite=args.overwrite, progress=args.format == "human", shape=args.shape,
                       column=args.column, dataset=args.dataset, source_info={"demo": demo})
+    warning = render.quality_warning(doc)
+    if warning:
+        log.warning("%s", warning)
     return doc, render.convert_text(doc)
 
 

@@ -11,19 +11,24 @@ import numpy as np
 
 from gpuquant import files as gio
 from gpuquant.cli import render
-from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, load_input, positive_int
+from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, positive_int, resolve_input
+from gpuquant.errors import InputError
 
 
 def cmd_eval(args: argparse.Namespace) -> Report:
     """Reconstruction error and recall@k of a scheme on DATA (see gpuquant.evaluate)."""
-    from gpuquant.evaluate import evaluate
+    from gpuquant.engine.evaluation import evaluate_input
 
-    X, _ = load_input(args.data, args.column, args.dataset)
+    path, demo = resolve_input(args.data)
+    if demo and args.shape:
+        raise InputError("--shape is for raw float32 files, not the demo dataset")
     q = get_quantizer(args)
-    queries = gio.load_matrix(Path(args.queries)) if args.queries else None
+    queries = np.asarray(gio.load_matrix(Path(args.queries))) if args.queries else None
     start = time.perf_counter()
-    r = evaluate(np.asarray(X), q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
-                 rescore_with=args.rescore_with, backend=args.backend)
+    r = evaluate_input(path, q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
+                       rescore_with=args.rescore_with, backend=args.backend, shape=args.shape,
+                       sample_rows=args.sample_rows, seed=args.seed, progress=args.format == "human",
+                       column=args.column, dataset=args.dataset)
     r["seconds"] = time.perf_counter() - start
     return r, render.eval_text(r)
 
@@ -31,7 +36,14 @@ def cmd_eval(args: argparse.Namespace) -> Report:
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """``eval``."""
     p = sub.add_parser("eval", parents=parents, help="recall@k and reconstruction error of a scheme on DATA")
-    p.add_argument("data", metavar="DATA", help="a .npy matrix (the corpus), or 'demo'")
+    p.add_argument("data", metavar="DATA",
+                   help="the corpus: a .npy matrix, a raw float32 file with --shape, a directory of .npy shards, "
+                        "Parquet (--column), HDF5 (--dataset), a big-ann file, or 'demo' (read in batches: "
+                        "memory stays bounded)")
+    p.add_argument("--shape", metavar="ROWS,DIM", help="DATA is raw float32 of this shape (ROWS may be auto)")
+    p.add_argument("--sample-rows", type=positive_int, metavar="N",
+                   help="evaluate on N rows drawn at random (seeded by --seed) instead of the whole corpus")
+    p.add_argument("--seed", type=int, default=0, help="random seed of --sample-rows (default 0)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", default="int8-row", help="a preset or family (default int8-row)")
     how.add_argument("--quantizer", metavar="Q.json", help="a saved, fitted quantizer")

@@ -17,9 +17,9 @@ from gpuquant.cli.common import (
     add_scheme_args,
     add_source_args,
     backend_used,
-    load_input,
     make_quantizer,
     quantizer_info,
+    resolve_input,
     scheme_params,
 )
 from gpuquant.errors import InputError
@@ -66,17 +66,24 @@ def cmd_fit(args: argparse.Namespace) -> Report:
     """Fit a quantizer on INPUT and save it as JSON."""
     out = Path(args.output)
     _check_new_file(out, args.overwrite)
+    from gpuquant.engine import fit_input
+
     q = make_quantizer(args.scheme, scheme_params(args.param), args.backend)
     backend_used(q, strict=True)
-    X, source = load_input(args.input, args.column, args.dataset)
-    log.info("fitting %s on %d x %d %s", args.scheme, X.shape[0], X.shape[1], X.dtype)
+    path, demo = resolve_input(args.input)
+    if demo and args.shape:
+        raise InputError("--shape is for raw float32 files, not the demo dataset")
+    log.info("reading %s", "the demo dataset" if demo else path)
     t0 = time.perf_counter()
-    q.fit(X)
+    # streaming: memory bounded whatever INPUT's size
+    q, desc = fit_input(path, q, shape=args.shape, column=args.column, dataset=args.dataset)
     fit_s = time.perf_counter() - t0
     q.save(out)  # atomic: Quantizer.save writes a temporary file and renames it
     info = quantizer_info(q)
+    source = {"path": desc["path"], "demo": demo, "shape": desc["shape"], "dtype": desc["dtype"],
+              "bytes": desc["bytes"], "kind": desc["kind"]}
     doc = {"output": str(out), "source": source, "fit_s": round(fit_s, 4), "quantizer": info}
-    return doc, render.fit_text(info, X.shape, fit_s, out)
+    return doc, render.fit_text(info, tuple(desc["shape"]), fit_s, out)
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -85,9 +92,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_schemes)
 
     p = sub.add_parser("fit", parents=parents, help="fit a quantizer and save it as JSON")
-    p.add_argument("input", metavar="INPUT", help="a .npy file (2-D float) or 'demo'")
+    p.add_argument("input", metavar="INPUT",
+                   help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
+                        "Parquet (--column), HDF5 (--dataset), a big-ann .fbin/.u8bin/.i8bin file, or 'demo' "
+                        "(read in batches: memory stays bounded)")
     p.add_argument("--scheme", required=True, help="a preset name (see `gpuquant schemes`) or a family")
     add_scheme_args(p)
+    p.add_argument("--shape", metavar="ROWS,DIM",
+                   help="INPUT is raw float32 of this shape (ROWS may be auto: from the file size)")
     p.add_argument("-o", "--output", required=True, metavar="QUANTIZER.json",
                    help="where to write the fitted quantizer")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

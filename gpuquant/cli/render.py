@@ -66,9 +66,30 @@ def fit_text(info: dict[str, Any], shape: tuple[int, ...], fit_s: float, out: Pa
     return "\n".join([*lines, *quantizer_lines(info)])
 
 
+def _error_line(err: dict[str, Any]) -> str:
+    """The convert report's sampled reconstruction error (or why there is none, and the recall)."""
+    if err["rel_error"] is not None:
+        return f"relative reconstruction error {err['rel_error']:.3e} on {err['rows']} sampled rows"
+    recall = f"; recall@10 of the code search {err['recall_at_10']:.4f}" if "recall_at_10" in err else ""
+    why = err.get("why", "nothing compared")
+    return f"relative reconstruction error n/a on {err['rows']} sampled rows ({why}){recall}"
+
+
+def quality_warning(doc: dict[str, Any]) -> str | None:
+    """The warning for a store holding NaN/±Inf values or clipped inputs (None when it holds neither)."""
+    qual = doc.get("quality") or {}
+    nonfinite, clipped = qual.get("nonfinite_outputs", 0), qual.get("clipped_inputs", 0)
+    if not (nonfinite or clipped):
+        return None
+    total = doc["rows"] * doc["dims"]
+    return (f"warning: {doc['output']}: {nonfinite} of {total} stored values decode to NaN or ±Inf and {clipped} "
+            f"input values were clipped to the ends of what {doc['scheme']} holds (check the input's range, or "
+            "choose a scheme that covers it)")
+
+
 def convert_text(doc: dict[str, Any]) -> str:
     src, err = doc["source"], doc["reconstruction"]
-    rel = "n/a" if err["rel_error"] is None else f"{err['rel_error']:.3e}"
+    qual = doc.get("quality") or {}
     side = ", ".join(f"{k} {v['dtype']}{tuple(v['shape'])}" for k, v in doc["side"].items()) or "none"
     return "\n".join(
         [
@@ -82,7 +103,9 @@ def convert_text(doc: dict[str, Any]) -> str:
             + (f", resumed at row {doc['resumed_from']}" if doc.get("resumed_from") is not None else ""),
             f"size       {doc['mb_in']:.3f} MB in, {doc['mb_out']:.3f} MB out, "
             f"compression {doc['compression_ratio']:.2f}x",
-            f"error      relative reconstruction error {rel} on {err['rows']} sampled rows",
+            f"error      {_error_line(err)}",
+            f"edges      {qual.get('nonfinite_outputs', 0)} values decode to NaN/±Inf, "
+            f"{qual.get('clipped_inputs', 0)} inputs clipped to the range ends (every row)",
         ]
     )
 

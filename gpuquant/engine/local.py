@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from gpuquant import store as gstore
+from gpuquant.api import as_quantizer
 from gpuquant.engine.fit import Rows, StreamRows, fit_pre_transform, fit_stream
 from gpuquant.engine.progress import Progress
-from gpuquant.engine.run import DEVICES, create_store, report, run
+from gpuquant.engine.run import DEVICES, check_and_fit, create_store, report, run
 from gpuquant.engine.sources import PreparedSource, Source, open_source
 from gpuquant.errors import ConvertError, InputError, SourceReadError
 
@@ -94,23 +95,13 @@ class LocalRunner:
 
     def prepare(self, q: Any) -> Rows:
         assert self.source is not None
-        rows: Any = self.source
-        pre = q.pre if q.pre.active else None
-        if q.truncate_dim is not None or pre is not None:
-            rows = PreparedSource(self.source, q.truncate_dim, pre)
+        rows: Any = prepared_rows(q, self.source)  # a Source: the runner protocol's rows
         self.device, self.backend = _device(self.requested, q.scheme)
         return rows
 
     def fit(self, q: Any, rows: Any) -> None:
-        n, d = rows.shape
-        log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, rows.dtype)
-        if not q.pre.is_fitted:
-            assert self.source is not None
-            seen = self.source if q.truncate_dim is None else PreparedSource(self.source, q.truncate_dim)
-            fit_pre_transform(q.pre, StreamRows(seen))
-        if q.scheme.needs_fit:
-            q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, rows).items()}
-        q.dim = d
+        assert self.source is not None
+        fit_streaming(q, self.source)
 
     def _settle_batch(self, q: Any, rows: Any) -> None:
         """The batch size, settled (and a GPU plan that fits nothing refused) before writing."""
@@ -158,7 +149,7 @@ class LocalRunner:
                 stats = {"rows_done": n}
         finally:
             bar.close()
-        stats = {**stats, "stream_s": time.perf_counter() - t0}
+        stats = {**stats, "stream_s": time.perf_counter() - t0, "uncounted": [(0, start)]}
         log.info("checking and closing %s", writer.path)
         return stats
 
@@ -183,12 +174,63 @@ class LocalRunner:
                      row_bytes=rows.row_bytes, rows_run=n - start, stream_s=stream_s,
                      seconds={"fit": fit_s, "transform": stream_s, "read": stats.get("read_s", 0.0),
                               "compute": stats.get("compute_s", 0.0), "write": stats.get("write_s", 0.0),
-                              "flush": stats.get("flush_s", 0.0), "total": total_s})
+                              "flush": stats.get("flush_s", 0.0), "total": total_s}, stats=stats)
         if stats.get("streams"):
             doc["streams"] = stats["streams"]
         if stats.get("oom_halvings"):
             doc["oom_halvings"] = stats["oom_halvings"]
         return doc
+
+
+def prepared_rows(q: Any, source: Source, *, with_pre: bool = True) -> Source:
+    """The rows of ``source`` as ``q``'s scheme sees them: after the Matryoshka step and (with
+    ``with_pre``) the pre-transform, which is applied as each batch is read."""
+    pre = q.pre if with_pre and q.pre.active else None
+    if q.truncate_dim is None and pre is None:
+        return source
+    return PreparedSource(source, q.truncate_dim, pre)
+
+
+def needs_streaming_fit(q: Any) -> bool:
+    """Whether fitting ``q`` reads the data: its pre-transform or its scheme is still to be fitted."""
+    return bool(q.scheme.needs_fit or not q.pre.is_fitted)
+
+
+def fit_streaming(q: Any, source: Source) -> None:
+    """Fit ``q`` (in place) on every row of ``source`` (the input as read) with the streaming fit,
+    the in-memory fit's state: the pre-transform first, on the rows after the Matryoshka step, then
+    the scheme on the rows it sees."""
+    if not q.pre.is_fitted:
+        fit_pre_transform(q.pre, StreamRows(prepared_rows(q, source, with_pre=False)))
+    rows = prepared_rows(q, source)
+    n, d = rows.shape
+    log.info("fitting %s on %d x %d %s (streaming)", q.name, n, d, rows.dtype)
+    if q.scheme.needs_fit:
+        q.state = {k: np.asarray(v) for k, v in fit_stream(q.scheme, rows).items()}
+    q.dim = d
+
+
+def fit_input(src: Any, quantizer_or_preset: Any = "int8-row", *, shape: Any = None,
+              params: dict[str, Any] | None = None, column: str | None = None,
+              dataset: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Fit a quantizer on every row of ``src`` (whatever :func:`convert` reads: a ``.npy``, raw
+    float32 with ``shape``, a directory of shards, Parquet with ``column``, HDF5 with ``dataset``,
+    big-ann files, an array), streaming, so memory stays bounded whatever the input's size; the
+    state is the one :func:`convert` fits. Returns ``(the fitted quantizer, the source's
+    description)``. A scheme without a fit reads one row (its dimension)."""
+    q = as_quantizer(quantizer_or_preset, params)
+    source = open_source(src, shape=shape, column=column, dataset=dataset)
+    try:
+        n, d = prepared_rows(q, source).shape
+        if n == 0:
+            raise InputError("cannot fit on 0 rows")
+        if needs_streaming_fit(q):
+            check_and_fit(q, d, lambda: fit_streaming(q, source))
+        else:
+            q.fit(source.take(np.arange(1)))
+        return q, {**source.describe(), "bytes": int(source.nbytes)}
+    finally:
+        source.close()
 
 
 def convert(

@@ -17,6 +17,12 @@ the rings whatever the input size:
   every ``checkpoint_s`` seconds notes the rows written, fsyncs the files and records that count in
   the manifest (:meth:`gpuquant.store.StoreWriter.checkpoint`), so a fsync never stalls the stream.
 
+The compute stage also counts each batch's edges for the report (the scheme's
+:meth:`~gpuquant.schemes.base.Scheme.edge_counter`: values stored as NaN/±Inf, inputs clipped to
+the range ends): on the CPU with numpy; on the GPU with cupy on the batch's stream (in chunks of
+:data:`EDGE_CHUNK_VALUES`, so its temporaries stay small), into one device counter per stream that
+is read once at the end of the pass (no synchronisation per batch).
+
 Rings: ``k + 1`` input and ``k + 1`` output buffers (CPU: k = 2). Every error stops the stream:
 batches already computed are still written and checkpointed, then the error is raised; a rerun with
 ``resume`` continues from the checkpoint. On the GPU an out-of-memory error halves the batch size
@@ -29,6 +35,7 @@ resident memory, and no page faults are taken on the output.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -52,6 +59,8 @@ log = logging.getLogger("gpuquant.engine")
 CHECKPOINT_S = float(os.environ.get("GPUQUANT_CHECKPOINT_SECONDS", "2.0"))
 #: Testing aid: seconds the writer sleeps after each batch (so a test can kill a run mid-way).
 DEBUG_BATCH_SLEEP = "GPUQUANT_DEBUG_BATCH_SLEEP"
+#: Values per chunk when the GPU stream counts a batch's edges (bounds the counter's temporaries).
+EDGE_CHUNK_VALUES = 1 << 22
 _END = object()
 
 
@@ -289,6 +298,8 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
               [np.empty((batch_rows, d), source.dtype) for _ in range(ring)],
               [_out_set(scheme, batch_rows, d, np.empty) for _ in range(ring)])
     free_in, free_out, writer = p.free_in, p.free_out, p.writer
+    counter = scheme.edge_counter(state, np)
+    edges = np.zeros(2, np.int64)
     p.start()
     compute_s = 0.0
     try:
@@ -297,10 +308,11 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
             t0 = time.perf_counter()
             x = buf[:m]
             try:
-                backend.transform(scheme, state, x, out=_codes_view(outs, m))
+                codes = backend.transform(scheme, state, x, out=_codes_view(outs, m))
             except InputError as exc:
                 free_out.put(outs)
                 raise row_error(exc, scheme, x, a, b) from None
+            edges += _cpu_edges(counter, x, codes)
             compute_s += time.perf_counter() - t0
             free_in.put(buf)
             writer.submit(a, b, _slices(outs, m), lambda outs=outs: free_out.put(outs))
@@ -309,7 +321,12 @@ def run_cpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
         flush_s = p.close()
     writer.check()
     return {"rows_done": writer.done, "batch_rows": batch_rows, "read_s": p.reader.seconds,
-            "compute_s": compute_s, "write_s": writer.seconds, "flush_s": flush_s}
+            "compute_s": compute_s, "write_s": writer.seconds, "flush_s": flush_s, **_edge_stats(edges)}
+
+
+def _edge_stats(edges: Any) -> dict[str, int]:
+    """The stream's edge counts (:meth:`gpuquant.schemes.base.Scheme.edge_counter`) for the report."""
+    return {"nonfinite_outputs": int(edges[0]), "clipped_inputs": int(edges[1])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,11 +355,12 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
     in_bufs = [cupyx.empty_pinned((pinned_rows, d), source.dtype) for _ in range(k + 1)]
     out_sets = [_out_set(scheme, pinned_rows, d, cupyx.empty_pinned, dev_dtype) for _ in range(k + 1)]
     done = start
-    totals = {"read_s": 0.0, "write_s": 0.0, "oom_halvings": 0}
+    totals = {"read_s": 0.0, "write_s": 0.0, "oom_halvings": 0, "nonfinite_outputs": 0, "clipped_inputs": 0}
+    counter = scheme.edge_counter(state, cupy)  # its constants uploaded once, not per batch
     while True:
         try:
             result = _gpu_pass(cupy, backend, source, scheme, state, store, done, batch_rows, k, in_bufs, out_sets,
-                               dev_dtype, progress, meta, totals)
+                               dev_dtype, progress, meta, totals, counter)
             return {**totals, **result, "batch_rows": batch_rows, "streams": k}
         except _OutOfMemory as oom:
             done = oom.rows_done
@@ -364,7 +382,7 @@ class _OutOfMemory(Exception):
 def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, store: StoreWriter, start: int,
               batch_rows: int, k: int, in_bufs: list[np.ndarray], out_sets: list[dict[str, np.ndarray]],
               dev_dtype: Any, progress: Progress, meta: Mapping[str, Any] | None,
-              totals: dict[str, Any]) -> dict[str, Any]:
+              totals: dict[str, Any], counter: Any) -> dict[str, Any]:
     d = source.dim
     OOM = cupy.cuda.memory.OutOfMemoryError
     p = _Pass(source, store, start, batch_rows, progress, meta, in_bufs, out_sets)
@@ -386,7 +404,8 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
             for _ in range(k):
                 slots.append({"stream": cupy.cuda.Stream(non_blocking=True),
                               "x": cupy.empty((batch_rows, d), source.dtype),
-                              "outs": _out_set(scheme, batch_rows, d, cupy.empty, dev_dtype)})
+                              "outs": _out_set(scheme, batch_rows, d, cupy.empty, dev_dtype),
+                              "edges": cupy.zeros(2, np.int64)})
             for a, b, buf, outs in p.batches():
                 m = b - a
                 slot = slots[i % k]
@@ -396,10 +415,11 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                     x = slot["x"][:m]
                     x.set(buf[:m], stream=s)
                     try:
-                        backend.transform(scheme, state, x, out=_codes_view(dev, m))
+                        codes = backend.transform(scheme, state, x, out=_codes_view(dev, m))
                     except InputError as exc:
                         free_out.put(outs)
                         raise row_error(exc, scheme, buf[:m], a, b) from None
+                    _count_edges(counter, x, codes, slot["edges"])
                     for name, arr in dev.items():
                         arr[:m].get(stream=s, out=outs[name][:m], blocking=False)
                     ev = cupy.cuda.Event(disable_timing=True)
@@ -411,10 +431,12 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                 writer.check()
             while inflight:
                 retire()
+            _tally(slots, totals)
         except OOM as exc:
             oom = exc
             while inflight:  # batches launched before the failure are complete and correct
                 retire()
+            _tally(slots, totals)
         except BaseException:
             try:  # keep what was launched before the failure (a device error may fail this too)
                 while inflight:
@@ -433,3 +455,47 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
     if oom is not None:
         raise _OutOfMemory(writer.done) from oom
     return {"rows_done": writer.done}
+
+
+def _edge_parts(counter: Any, x: Any, codes: Codes, values: int) -> list[Callable[[], tuple[Any, Any]]]:
+    """One call of the edge ``counter`` per row chunk of about ``values`` values of the batch ``x``
+    (the chunk converted to float32 there), so its temporaries stay chunk-sized."""
+    m, d = x.shape
+    step = max(1, values // max(1, d))
+
+    def part(a: int) -> tuple[Any, Any]:
+        xa = x[a:a + step]
+        return counter(xa if xa.dtype == np.float32 else xa.astype(np.float32), codes.data[a:a + step],
+                       {k: v[a:a + step] for k, v in codes.side.items()})
+
+    return [functools.partial(part, a) for a in range(0, m, step)]
+
+
+def _cpu_edges(counter: Any, x: np.ndarray, codes: Codes) -> np.ndarray:
+    """One host batch's edge counts, its chunks counted on the numpy backend's threads."""
+    from gpuquant.backends.numpy_backend import CHUNK_VALUES, _pool
+
+    def run(part: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        with np.errstate(all="ignore"):  # overflow and NaN are what is counted
+            return part()
+
+    futures = [_pool().submit(run, part) for part in _edge_parts(counter, x, codes, CHUNK_VALUES)]
+    return np.array([f.result() for f in futures], np.int64).reshape(-1, 2).sum(axis=0)
+
+
+def _count_edges(counter: Any, x: Any, codes: Codes, acc: Any) -> None:
+    """Add one device batch's edge counts to the device counter ``acc``, on the current stream (no
+    sync), in chunks of :data:`EDGE_CHUNK_VALUES` values: small temporaries beside the batch buffers
+    the planner counts."""
+    for part in _edge_parts(counter, x, codes, EDGE_CHUNK_VALUES):
+        nonfinite, clipped = part()
+        acc[0] += nonfinite
+        acc[1] += clipped
+
+
+def _tally(slots: list[dict[str, Any]], totals: dict[str, Any]) -> None:
+    """Add the streams' device edge counts to ``totals`` (one device-to-host copy per stream and pass)."""
+    for slot in slots:
+        nonfinite, clipped = (int(v) for v in slot["edges"].get())
+        totals["nonfinite_outputs"] += nonfinite
+        totals["clipped_inputs"] += clipped

@@ -11,10 +11,11 @@
 2. opens and describes the source (the runner's): nothing is written before the input's shape,
    dtype, length and shards are known to be good; a resume is refused when the source, scheme or
    parameters changed (:func:`check_resume`) and then uses the store's own quantizer;
-3. fits the quantizer if it needs it (:func:`check_and_fit`, the runner's fit), unless a fitted
-   one is given or the run resumes;
-4. creates the store (every file preallocated, so a full disk is refused here; :func:`create_store`)
-   or reopens it;
+3. refuses a new store that the free disk space cannot hold (:func:`gpuquant.store.check_space`,
+   before the fit pass reads the input), then fits the quantizer if it needs it
+   (:func:`check_and_fit`, the runner's fit), unless a fitted one is given or the run resumes;
+4. creates the store (every file preallocated, so a disk filled meanwhile is refused here;
+   :func:`create_store`) or reopens it;
 5. streams the rows (the runner's);
 6. fsyncs, checks (files, and sampled rows re-encoded with the numpy reference byte for byte:
    :func:`verify_sample`), marks the store complete and returns the runner's report
@@ -50,6 +51,7 @@ log = logging.getLogger("gpuquant.engine")
 DEVICES = ("auto", "gpu", "cpu")
 VERIFY_ROWS = 64
 ERROR_SAMPLE_ROWS = 1000
+SAMPLE_K = 10
 
 
 class Runner(Protocol):
@@ -110,6 +112,8 @@ def _run_locked(dst: Path, q: Any, mode: str, runner: Runner, t_start: float) ->
         runner.resuming(manifest)
     rows = runner.prepare(q)
     n, d = rows.shape
+    if not resumed:  # a full disk is refused before the fit pass reads the input
+        gstore.check_space(dst, q.scheme, n, d)
     fit_s = 0.0 if resumed else check_and_fit(q, d, lambda: runner.fit(q, rows))
     if mode == "replace":
         gstore.stage(dst)
@@ -230,26 +234,63 @@ def verify_sample(store: gstore.Store, source: Source | Rows, rows: int = VERIFY
 
 def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_SAMPLE_ROWS) -> dict[str, Any]:
     """Relative reconstruction error ``||X - X^||_F / ||X||_F`` on up to ``rows`` evenly spaced rows,
-    decoding what the store holds (finite entries only)."""
+    decoding what the store holds, over the entries finite on both sides (``null``, with ``why``,
+    when there is none). A scheme whose reconstruction is a sign pattern (binary) gets no error but
+    the recall@10 of its code search on the sample (a tenth of the rows as queries)."""
     n = store.rows
     idx = np.unique(np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64))
-    ref = np.asarray(source.take(idx), dtype=np.float32).astype(np.float64)
-    got = store.decode(store.read_rows(idx)).astype(np.float64)
-    ok = np.isfinite(ref) & np.isfinite(got)
-    denom = float(np.linalg.norm(ref[ok]))
-    diff = ref[ok] - got[ok]
-    rel = float(np.linalg.norm(diff)) / denom if denom > 0 else float(np.linalg.norm(diff))
-    return {"rows": int(idx.size), "rel_error": rel, "max_abs_error": float(np.abs(diff).max()) if diff.size else 0.0}
+    ref = np.asarray(source.take(idx), dtype=np.float32)
+    with np.errstate(all="ignore"):
+        got = store.decode(store.read_rows(idx))
+    out: dict[str, Any] = {"rows": int(idx.size), "rel_error": None, "max_abs_error": None}
+    if store.scheme.search_in_code_space:
+        out["why"] = "binary codes reconstruct to a sign pattern only: no reconstruction error"
+        n_queries = idx.size // 10
+        if n_queries and idx.size - n_queries >= SAMPLE_K:
+            from gpuquant.evaluate import sample_recall
+
+            with np.errstate(all="ignore"):  # huge values overflow float32 scores: they still rank
+                out["recall_at_10"] = sample_recall(store.quantizer, ref[:n_queries], ref[n_queries:],
+                                                    got[n_queries:].astype(np.float32), SAMPLE_K)
+        return out
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    ok = np.isfinite(ref64) & np.isfinite(got64)
+    out["compared_values"] = int(ok.sum())
+    if not ok.any():
+        out["why"] = "no finite value to compare: every sampled value or its decoding is NaN or ±Inf"
+        return out
+    denom = float(np.linalg.norm(ref64[ok]))
+    diff = ref64[ok] - got64[ok]
+    out["rel_error"] = float(np.linalg.norm(diff)) / denom if denom > 0 else float(np.linalg.norm(diff))
+    out["max_abs_error"] = float(np.abs(diff).max())
+    return out
+
+
+def edge_totals(store: gstore.Store, source: Source | Rows, stats: dict[str, Any], batch_rows: int) -> dict[str, Any]:
+    """The report's ``quality``: values stored as NaN/±Inf and inputs clipped to the range ends over
+    every row. The stream counted every row but the ranges ``stats["uncounted"]`` (default: every
+    row), which an earlier run wrote (a resume): those are counted here from the source and the store."""
+    nonfinite, clipped = int(stats.get("nonfinite_outputs", 0)), int(stats.get("clipped_inputs", 0))
+    counter = store.scheme.edge_counter(store.quantizer.state, np)
+    for first, last in stats.get("uncounted", [(0, store.rows)]):
+        for a in range(first, last, batch_rows):
+            b = min(last, a + batch_rows)
+            x = np.asarray(source.take(np.arange(a, b)), np.float32)
+            side = {k: np.asarray(v[a:b]) for k, v in store.side.items()}
+            with np.errstate(all="ignore"):
+                nf, cl = counter(x, np.asarray(store.codes[a:b]), side)
+            nonfinite, clipped = nonfinite + int(nf), clipped + int(cl)
+    return {"nonfinite_outputs": nonfinite, "clipped_inputs": clipped}
 
 
 def report(store: gstore.Store, source: Source | Rows, *, device: str, batch_rows: int, resumed_from: int | None,
            extra: dict[str, Any], bytes_in: int, row_bytes: int, rows_run: int, stream_s: float,
-           seconds: dict[str, float]) -> dict[str, Any]:
+           seconds: dict[str, float], stats: dict[str, Any]) -> dict[str, Any]:
     """The report of a conversion into the complete ``store``: its manifest (the number of checksummed
     ranges, not the digests), ``extra`` (how it ran),
     the sizes, the throughput of the ``rows_run`` rows this run streamed (``row_bytes`` of input
-    each) in ``stream_s`` seconds, the reconstruction error on rows of ``source`` and ``seconds``
-    (rounded)."""
+    each) in ``stream_s`` seconds, the edge counts over every row (:func:`edge_totals`, from the
+    stream's ``stats``), the reconstruction error on rows of ``source`` and ``seconds`` (rounded)."""
     out_bytes = int(store.codes.nbytes + sum(v.nbytes for v in store.side.values()))
     sums = store.manifest.get("checksums") or {}
     return {
@@ -269,6 +310,7 @@ def report(store: gstore.Store, source: Source | Rows, *, device: str, batch_row
         "compression_ratio": round(bytes_in / out_bytes, 4) if out_bytes else None,
         "throughput": {"rows_per_s": round(rows_run / stream_s, 1) if stream_s > 0 else None,
                        "gb_per_s_in": round(rows_run * row_bytes / stream_s / 1e9, 4) if stream_s > 0 else None},
+        "quality": edge_totals(store, source, stats, batch_rows),
         "reconstruction": sample_error(store, source),
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }

@@ -28,6 +28,10 @@ NaN or ±Inf anywhere in a row makes its scale meaningless: encoding refuses it 
 the first such row), and so does "tensor" (one rule for the family); fitting "tensor" refuses NaN and
 ±Inf too. Values beyond the fitted range clip to ±qmax. "row" and "block" need no fit: the scales
 come from each row itself.
+
+Edge counts (the convert report): a value whose ``rint(x / s)`` lies beyond ±qmax is a clipped
+input (it happens with a "tensor" scale fitted on other rows); a code whose ``q * s`` overflows
+float32 is a non-finite output.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from gpuquant.schemes.base import (
     sign_extend_nibble,
     unpack_nibbles,
 )
+from gpuquant.schemes.edges import Counter, count, nibbles
 from gpuquant.schemes.granularity import (
     Granularity,
     PerBlock,
@@ -185,6 +190,25 @@ class AbsmaxScheme(Scheme):
         else:
             nibbles = t.reshape(n, d).astype(np.int8).view(np.uint8) & 0x0F
             codes[...] = pack_nibbles(nibbles, self.config.nibble_order)
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """Clipped: ``|rint(f32(x / s))| > qmax``; non-finite: ``f32(q * s)`` not finite."""
+        fixed = None
+        if isinstance(self.granularity, PerTensor):
+            assert state is not None
+            fixed = xp.asarray(state["scales"]).reshape(1, 1, 1)
+        p = self.config
+
+        def counts(X: Any, codes: Any, side: Mapping[str, Any]) -> tuple[Any, Any]:
+            n, d = X.shape
+            g = self.groups(d)
+            s = fixed if fixed is not None else side["scales"].reshape(n, g, 1)
+            q = codes if p.bits == 8 else (nibbles(xp, codes, d, p.nibble_order).astype(xp.int8) ^ 8) - 8
+            y = q.astype(F32).reshape(n, g, d // g) * s
+            t = xp.rint(X.reshape(n, g, d // g) / xp.where(s == 0, F32(1), s))
+            return count(xp, ~xp.isfinite(y)), count(xp, xp.abs(t) > self.qmax)
+
+        return counts
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

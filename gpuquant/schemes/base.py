@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gpuquant.errors import InputError
+from gpuquant.schemes.edges import Counter, host_counter
 from gpuquant.schemes.granularity import Granularity
 from gpuquant.schemes.statistics import (
     F32,
@@ -194,6 +195,19 @@ class Scheme(ABC):
     def has_estimator(self) -> bool:
         """Whether the family defines :meth:`estimate` (searches then rank by :meth:`search_scores`)."""
         return type(self).estimate is not Scheme.estimate
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """The per-batch counter of values decoding to NaN/±Inf and of inputs clipped to the ends
+        of the codes' range (:mod:`gpuquant.schemes.edges`), for array module ``xp``. Families
+        declare their own; this default decodes on the host and counts no clipping."""
+        return host_counter(self.decode, self.code_dtype, state, xp)
+
+    def edge_counts(self, X: np.ndarray, codes: np.ndarray, side: Mapping[str, np.ndarray],
+                    state: State | None) -> tuple[int, int]:
+        """Reference ``(nonfinite_outputs, clipped_inputs)`` of float32 ``X`` encoded as ``codes`` / ``side``."""
+        with np.errstate(all="ignore"):  # overflow and NaN are what is being counted
+            nonfinite, clipped = self.edge_counter(state, np)(np.asarray(X, F32), codes, side)
+        return int(nonfinite), int(clipped)
 
     def describe(self) -> dict[str, Any]:
         """The calibration summary saved with a quantizer: scope, range method, rounding, bit order,

@@ -40,6 +40,7 @@ from gpuquant.schemes.base import (
     as_bool,
     choice,
 )
+from gpuquant.schemes.edges import Counter
 from gpuquant.schemes.granularity import Granularity, PerColumn
 from gpuquant.schemes.statistics import (
     ColumnMean,
@@ -133,6 +134,10 @@ class BinaryScheme(Scheme):
         bits = X > self.thresholds_for(state, X.shape[1])
         packed = np.packbits(bits, axis=1, bitorder=self.config.bitorder)
         codes.view(np.uint8)[...] = packed ^ np.uint8(0x80) if self.flip else packed
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """Nothing to count: every code decodes to ±1 and a bit has no range to clip to."""
+        return lambda X, codes, side: (0, 0)
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

@@ -18,6 +18,9 @@ fp16 ``0x7E00``, bf16 ``0x7FC0`` (| sign bit). ml_dtypes already does this; nump
 keeps NaN payload bits, which we do not. Subnormal float32 inputs are never flushed (bf16 keeps
 them exactly as ml_dtypes does). Codes have the ml_dtypes / numpy dtype, shape (n, d); the inverse
 casts back to float32, which is exact. No fit.
+
+Edge counts (the convert report): a code whose bits are NaN or ±Inf is a non-finite output (NaN
+input, or overflow without ``saturate``); with ``saturate`` a value beyond ±max is a clipped input.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from gpuquant.schemes.base import (
     has_nan,
     scratch,
 )
+from gpuquant.schemes.edges import Counter, count
 from gpuquant.schemes.statistics import RowError
 
 FORMATS: dict[str, tuple[np.dtype, float, int]] = {
@@ -125,6 +129,18 @@ class FloatScheme(Scheme):
             bits = codes.view(_UINT[self.code_dtype.itemsize])
             sign = np.signbit(X[nan]).astype(bits.dtype) << (8 * self.code_dtype.itemsize - 1)
             bits[nan] = sign | self.nan_bits
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """Non-finite outputs: codes whose bits are NaN or ±Inf (:data:`NONFINITE_MASKS`; overflow
+        without ``saturate`` lands here). Clipped inputs: with ``saturate``, values beyond ±max."""
+        mask, word = NONFINITE_MASKS[self.config.format], _UINT[self.code_dtype.itemsize]
+        limit, saturate = F32(self.max_finite), self.config.saturate
+
+        def counts(X: Any, codes: Any, side: Mapping[str, Any]) -> tuple[Any, Any]:
+            bits = codes.view(word)
+            return count(xp, (bits & mask) == mask), count(xp, xp.abs(X) > limit) if saturate else 0
+
+        return counts
 
     def decode(
         self, codes: np.ndarray, side: Mapping[str, np.ndarray], state: State | None, dim: int

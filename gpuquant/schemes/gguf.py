@@ -32,6 +32,10 @@ NaN or ±Inf anywhere in a row is refused (``InputError`` naming the row): llama
 them is an undefined C cast. A block whose scale overflows fp16 (``|d| > 65504``, i.e. values
 beyond about 8.3e6 for Q8_0 and 5.2e5 for Q4_0) stores ``d = ±inf`` exactly as llama.cpp does;
 such weights are outside what these formats are for. Subnormal inputs are not flushed.
+
+Edge counts (the convert report): the 32 values of a block whose fp16 scale is ±inf are
+non-finite outputs; a Q4_0 value whose ``trunc(f32(x * id) + 8.5f)`` exceeds 15 (the block's
+extreme of the sign opposite to ``max``) is a clipped input. Q8_0 never clips.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from gpuquant.schemes.base import (
     choice,
     refuse_nonfinite_rows,
 )
+from gpuquant.schemes.edges import Counter, count
 from gpuquant.schemes.granularity import Granularity, PerBlock
 
 QK = 32
@@ -144,6 +149,27 @@ class GgufScheme(Scheme):
             level = np.minimum(np.trunc(q), 15).astype(np.uint8)  # values are in [0, 16.5): no wrap
             out[:, :, 2:] = level[:, :, : QK // 2] | (level[:, :, QK // 2 :] << 4)
         out[:, :, :2] = dscale.astype("<f2").view(np.uint8).reshape(n, nb, 2)
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """Non-finite: 32 per block whose stored fp16 scale is ±inf; clipped (Q4_0): level above 15
+        (none in a block whose ``id`` overflows: its nibbles are 0)."""
+        q4 = self.config.type == "q4_0"
+
+        def counts(X: Any, codes: Any, side: Mapping[str, Any]) -> tuple[Any, Any]:
+            n, d = X.shape
+            raw = codes.view(xp.uint8).reshape(n, d // QK, self.block_bytes)
+            half = raw[:, :, 0].astype(xp.uint16) | (raw[:, :, 1].astype(xp.uint16) << 8)
+            nonfinite = count(xp, (half & 0x7C00) == 0x7C00) * QK
+            if not q4:
+                return nonfinite, 0
+            blocks = X.reshape(n, d // QK, QK)
+            mx = xp.take_along_axis(blocks, xp.abs(blocks).argmax(axis=2)[:, :, None], axis=2)
+            dscale = mx / F32(-8)
+            inv = xp.where(dscale == 0, F32(0), F32(1) / xp.where(dscale == 0, F32(1), dscale))
+            beyond = xp.trunc(blocks * inv + F32(8.5)) > 15
+            return nonfinite, count(xp, beyond & ~xp.isinf(inv))  # a block whose id overflows stores 0s
+
+        return counts
 
     @staticmethod
     def _scaled(blocks: np.ndarray, dscale: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

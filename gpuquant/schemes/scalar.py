@@ -17,6 +17,10 @@ nibble_order : ``"low_first"`` or ``"high_first"`` (bits=4): which nibble holds 
 
 Fitted state: ``lo`` and ``hi``, float32, shape (1,) or (d,).
 
+Edge counts (the convert report): a value outside ``[lo, hi]`` or NaN is a clipped input (it is
+stored as level 0 or L); a code whose level decodes to NaN or ±Inf (a range so wide that its step
+overflows float32) is a non-finite output.
+
 Math. ``L = 2**bits - 1``, ``H = 2**(bits-1)``. Every value gets a level ``u`` in ``[0, L]``; the code is
 ``u`` (uint8) or ``u - H`` (int8, signed). With bits=4 two levels share a byte (nibble = the 4-bit
 two's complement of the code when signed). ``f32``/``f64`` mark IEEE operations, round to nearest
@@ -73,6 +77,7 @@ from gpuquant.schemes.base import (
     sign_extend_nibble,
     unpack_nibbles,
 )
+from gpuquant.schemes.edges import Counter, count, nibbles
 from gpuquant.schemes.granularity import Granularity, PerColumn, PerTensor, spelling
 from gpuquant.schemes.statistics import (
     CUVS_MAX_SAMPLES,
@@ -207,6 +212,41 @@ class ScalarScheme(Scheme):
         hi = np.asarray(hi, F32).reshape(-1).copy()
         check_range(lo, hi)
         return {"lo": lo, "hi": hi}
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """Clipped: values outside ``[lo, hi]`` and NaN. Non-finite: codes whose (level, column)
+        decodes to NaN or ±Inf, looked up in a table of every level's decoding (made once)."""
+        assert state is not None
+        lo, hi = xp.asarray(state["lo"]), xp.asarray(state["hi"])
+        table = self.nonfinite_levels(state)
+        bad = xp.asarray(table) if table.any() else None
+
+        def counts(X: Any, codes: Any, side: Mapping[str, Any]) -> tuple[Any, Any]:
+            clipped = count(xp, ~((X >= lo) & (X <= hi)))
+            if bad is None:
+                return 0, clipped
+            d = X.shape[1]
+            u = self.levels_xp(xp, codes, d).astype(xp.intp)
+            return count(xp, bad[u, xp.arange(d) if table.shape[1] > 1 else 0]), clipped
+
+        return counts
+
+    def nonfinite_levels(self, state: State) -> np.ndarray:
+        """``(L + 1, width)`` bool: whether level u of column j decodes to NaN or ±Inf."""
+        width = state["lo"].size
+        u = np.repeat(np.arange(self.levels + 1, dtype=F32)[:, None], width, axis=1)
+        codes = np.empty(self.code_shape(*u.shape), self.code_dtype)
+        self.store_into(u, codes)
+        return ~np.isfinite(self.decode(codes, {}, state, width))
+
+    def levels_xp(self, xp: Any, codes: Any, d: int) -> Any:
+        """The unsigned levels (uint8 0..L) of ``codes`` with array module ``xp``."""
+        p = self.config
+        if p.bits == 8:
+            u = codes.view(xp.uint8)
+            return u ^ 0x80 if p.signed else u
+        nib = nibbles(xp, codes, d, p.nibble_order)
+        return nib ^ self.half if p.signed else nib
 
     # -- encode / decode ----------------------------------------------------------------------
     def encode_into(

@@ -28,6 +28,9 @@ side array ``weight_scale`` float32 of shape ``(n, 1)`` (the shape compressed-te
 ``"tensor"`` keeps ``weight_scale`` of shape ``(1,)`` in its state. NaN or ±Inf anywhere in a row is
 refused (``InputError`` naming the row), and fitting "tensor" refuses them too: a non-finite scale
 would poison every value. With a "tensor" scale fitted elsewhere, values beyond ``M * s`` clip.
+
+Edge counts (the convert report): a value with ``|f32(w / s)| > M`` is a clipped input; a code
+whose ``f32(f32(q) * s)`` overflows float32 is a non-finite output.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from gpuquant.schemes.base import (
     choice,
     refuse_nonfinite_rows,
 )
+from gpuquant.schemes.edges import Counter, byte_values, count
 from gpuquant.schemes.granularity import Granularity, PerRow, PerTensor, spelling
 from gpuquant.schemes.statistics import AbsMax, FitSpec
 
@@ -168,6 +172,23 @@ class ScaledFp8Scheme(Scheme):
             assert state is not None
             s = np.asarray(state["weight_scale"], F32).reshape(1, 1)
         return self.dequantize(codes, s)
+
+    def edge_counter(self, state: State | None, xp: Any = np) -> Counter:
+        """Clipped: ``|f32(w / s)| > M``; non-finite: ``f32(f32(q) * s)`` not finite (q decoded
+        through a table of the 256 fp8 values, so the device needs no fp8 type)."""
+        table = xp.asarray(byte_values(self.code_dtype))
+        fixed = None
+        if isinstance(self.granularity, PerTensor):
+            assert state is not None
+            fixed = xp.asarray(state["weight_scale"]).reshape(1, 1)
+        limit = F32(self.max_finite)
+
+        def counts(X: Any, codes: Any, side: Mapping[str, Any]) -> tuple[Any, Any]:
+            s = fixed if fixed is not None else side["weight_scale"].reshape(-1, 1)
+            y = table[codes.view(xp.uint8)] * s
+            return count(xp, ~xp.isfinite(y)), count(xp, xp.abs(X / s) > limit)
+
+        return counts
 
     @staticmethod
     def dequantize(codes: np.ndarray, s: np.ndarray) -> np.ndarray:

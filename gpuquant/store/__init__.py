@@ -28,6 +28,7 @@ from gpuquant.store.verify import verify
 from gpuquant.store.write import (
     StoreWriter,
     check_output_free,
+    check_space,
     create,
     discard,
     remove_leftovers,
@@ -54,6 +55,7 @@ __all__ = [
     "StoreWriter",
     "check_output",
     "check_output_free",
+    "check_space",
     "create",
     "discard",
     "is_converted_dir",

@@ -321,6 +321,22 @@ def replace_with(staged: Path, output: Path) -> Store:
     gfiles.fsync_path(output.parent)
     return open_store(output)
 
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (the probe :func:`check_space` asks)."""
+    return int(shutil.disk_usage(path).free)
+
+
+def check_space(dest: Path, scheme: Any, rows: int, dim: int) -> None:
+    """``OSError`` (ENOSPC) when the store of ``rows`` x ``dim`` codes of ``scheme`` (codes and side
+    arrays: the layout alone, known before any fit) needs more than is free beside ``dest``."""
+    need = int(np.prod(scheme.code_shape(rows, dim), dtype=np.int64)) * scheme.code_dtype.itemsize
+    need += sum(int(np.prod(s, dtype=np.int64)) * np.dtype(t).itemsize
+                for s, t in scheme.side_shapes(rows, dim).values())
+    free = free_bytes(dest.parent)
+    if need > free:
+        raise OSError(errno.ENOSPC, f"not enough disk space for {dest}: the codes need {need} bytes "
+                      f"({need / 1e9:.3f} GB), {free} bytes ({free / 1e9:.3f} GB) are free")
+
 
 def create(
     output: str | os.PathLike[str],
@@ -338,12 +354,7 @@ def create(
     dest = Path(output)
     scheme = quantizer.scheme
     side = scheme.side_shapes(rows, dim)
-    need = int(np.prod(scheme.code_shape(rows, dim), dtype=np.int64)) * scheme.code_dtype.itemsize
-    need += sum(int(np.prod(s, dtype=np.int64)) * np.dtype(t).itemsize for s, t in side.values())
-    free = shutil.disk_usage(dest.parent).free
-    if need > free:
-        raise OSError(errno.ENOSPC, f"not enough disk space for {dest}: the codes need {need} bytes "
-                      f"({need / 1e9:.3f} GB), {free} bytes ({free / 1e9:.3f} GB) are free")
+    check_space(dest, scheme, rows, dim)
     check_side_names(side)
     with partial_dir(dest) as tmp:
         doc = manifest_head(manifest)
