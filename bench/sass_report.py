@@ -418,13 +418,15 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
-    if kernel == "absmax_encode":
+    if kernel in ("absmax_encode", "absmax_encode_rows"):
         d, seg = int(args[5]), int(args[6])
         quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)
         if seg % 16 == 0 and 0 < sixteens <= 32 and 32 % sixteens == 0:
             width = sixteens
         else:
             width = quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
+        if kernel == "absmax_encode_rows":  # K warps a segment
+            width = 32 * next(k for k in (2, 4, 8) if seg <= 16 * 32 * k)
         if seg % 4 == 0 and d % 4 == 0 and seg <= 16 * width:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)

@@ -13,7 +13,8 @@
 // aligned is loaded with one vector load (a float4 for 4 floats); its codes are stored with one
 // store when aligned; row tails, odd d and unaligned views take the scalar path. Absmax gives each
 // row (or block) a group of lanes (see LaneGroup) that holds it in registers when it fits: a max|x|
-// reduction, then the encode; longer or unaligned segments are re-read from L1/L2 instead.
+// reduction, then the encode; segments of up to 4096 values are held by several warps of a block
+// (absmax_encode_block); longer or unaligned segments are re-read from L1/L2 instead.
 //
 // Input conversion: float16 widens exactly; float64 is rounded to float32 (nearest even, subnormal
 // results kept) before any scheme math, as the reference does.
@@ -454,20 +455,123 @@ struct LaneGroup {
 // input, 4 values per lane per step, 4 int8 codes (or 4 nibbles) stored per lane per step.
 constexpr int ABSMAX_V4 = 4;
 
-// Scale of a segment from its lanes' integer max |x|; lane 0 of the group records it, and the row
-// when the segment holds NaN or Inf.
-__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
-                                                      unsigned long long* bad_row, long long seg, long long row,
-                                                      int qmax, float eps, const float* tensor_scale,
-                                                      int use_tensor_scale) {
-    m = __reduce_max_sync(grp.mask, m);
+// A segment held in registers by `width` lanes: lane `lane` loads the float4 at values
+// 4 * (lane + width * i) (i < ABSMAX_V4, those inside the segment) and returns its integer max |x|.
+template <typename T>
+__device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane, int width, long long seg_len,
+                                              float (&v)[ABSMAX_V4][4]) {
+    gq_u32 m = 0;
+#pragma unroll
+    for (int i = 0; i < ABSMAX_V4; ++i) {
+        const long long j = 4 * (lane + (long long)width * i);
+        if (live && j < seg_len) {
+            load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+                const gq_u32 a = gq::bits_of(v[i][t]) & 0x7fffffffu;  // integer max == max |x|
+                m = a > m ? a : m;
+            }
+        }
+    }
+    return m;
+}
+
+// The codes of the values absmax_load loaded, encoded with scale s: 4 int8 codes (one 32-bit
+// store) or 4 nibbles (one 16-bit store) per float4.
+__device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], float s, unsigned char* dst, bool live,
+                                             int lane, int width, long long seg_len, int bits, int high_first) {
+    const int qmax = bits == 8 ? 127 : 7;
+#pragma unroll
+    for (int i = 0; i < ABSMAX_V4; ++i) {
+        const long long j = 4 * (lane + (long long)width * i);
+        if (live && j < seg_len) {
+            unsigned q[4];
+#pragma unroll
+            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
+            if (bits == 8) {
+                const unsigned word = (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
+                gq::store_raw<unsigned>(dst + j, &word);
+            } else {
+                const unsigned short pair =
+                    (unsigned short)(gq::pack_nibbles(q[0] & 0xfu, q[1] & 0xfu, high_first) |
+                                     (gq::pack_nibbles(q[2] & 0xfu, q[3] & 0xfu, high_first) << 8));
+                gq::store_raw<unsigned short>(dst + j / 2, &pair);
+            }
+        }
+    }
+}
+
+// Scale of a segment from its integer max |x| m; the writer lane records it, and the row when the
+// segment holds NaN or Inf.
+__device__ __forceinline__ float absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
+                                               long long seg, long long row, int qmax, float eps,
+                                               const float* tensor_scale, int use_tensor_scale) {
     const float own = gq::absmax_scale(gq::float_of(m), eps, qmax);
     const float s = use_tensor_scale ? tensor_scale[0] : own;
-    if (live && grp.lane == 0) {
+    if (writer) {
         if (!use_tensor_scale) scales[seg] = s;
         if (!gq::is_finite(own)) atomicMin(bad_row, (unsigned long long)row);
     }
     return s;
+}
+
+// Scale of a segment from its lanes' integer max |x| (absmax_record by lane 0 of the group).
+__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
+                                                      unsigned long long* bad_row, long long seg, long long row,
+                                                      int qmax, float eps, const float* tensor_scale,
+                                                      int use_tensor_scale) {
+    return absmax_record(__reduce_max_sync(grp.mask, m), live && grp.lane == 0, scales, bad_row, seg, row, qmax, eps,
+                         tensor_scale, use_tensor_scale);
+}
+
+// Segments longer than a warp holds (512 values) and up to 4096 (the rows of int8-row and every
+// per-row scale at common embedding sizes) stay in the registers of K warps of a block (K = 2, 4
+// or 8, the fewest that hold the segment, 16 values per lane): a block takes warps / K segments
+// per step; each warp reduces its max, the K warps of a segment combine theirs through shared
+// memory (double buffered: one barrier per step). Every thread of a block runs the same steps (the
+// barrier needs them all); a segment past the last computes and writes nothing.
+constexpr int ABSMAX_MAX_WARPS = 8;  // warps per block the shared buffer holds (256 threads)
+
+__device__ __forceinline__ int absmax_block_warps(long long seg_len) {  // K, or 0: not this path
+    const long long per_warp = 4LL * 32 * ABSMAX_V4;
+    if (seg_len <= per_warp || seg_len % 4 != 0 || blockDim.x % 32 != 0 || blockDim.x > 32 * ABSMAX_MAX_WARPS) return 0;
+    for (int k = 2; k <= (int)blockDim.x / 32; k *= 2) {
+        if (seg_len <= per_warp * k) return k;
+    }
+    return 0;
+}
+
+template <typename T, int K>
+__device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                    float* __restrict__ scales, unsigned long long* bad_row, long long n, long long d,
+                                    long long seg_len, long long groups, int bits, int high_first, float eps,
+                                    const float* __restrict__ tensor_scale, int use_tensor_scale) {
+    __shared__ gq_u32 warp_max[2][ABSMAX_MAX_WARPS];
+    const int warp = (int)threadIdx.x / 32, part = warp % K, width = 32 * K;
+    const int lane = part * 32 + (int)(threadIdx.x & 31), qmax = bits == 8 ? 127 : 7;
+    const long long per_block = (long long)(blockDim.x / 32) / K, rc = bits == 8 ? d : (d + 1) / 2;
+    const long long segments = n * groups, first = (long long)blockIdx.x * per_block;
+    const long long stride = (long long)gridDim.x * per_block;
+    TaskWalk w(n, groups, first + warp / K, stride);
+    int buf = 0;
+    for (long long base = first; base < segments; base += stride, w.next(), buf ^= 1) {
+        const bool live = w.more();
+        const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
+        const T* src = x + row * d + g * seg_len;
+        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
+        float v[ABSMAX_V4][4];
+        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load(src, live, lane, width, seg_len, v));
+        if ((threadIdx.x & 31) == 0) warp_max[buf][warp] = m;
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const gq_u32 o = warp_max[buf][warp - part + k];
+            m = o > m ? o : m;
+        }
+        const float s = absmax_record(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_scale,
+                                      use_tensor_scale);
+        absmax_store(v, s, dst, live, lane, width, seg_len, bits, high_first);
+    }
 }
 
 // One group of lanes per segment (a row, or a block of seg_len values of a row; groups segments
@@ -475,11 +579,10 @@ __device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup&
 // rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
 // row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
 template <typename T>
-__global__ void __launch_bounds__(256, 4)
-    absmax_encode(const T* __restrict__ x, unsigned char* __restrict__ codes,
-                              float* __restrict__ scales, unsigned long long* bad_row, long long n,
-                              long long d, long long seg_len, long long groups, int bits, int high_first,
-                              float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+__device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                    float* __restrict__ scales, unsigned long long* bad_row, long long n,
+                                    long long d, long long seg_len, long long groups, int bits, int high_first,
+                                    float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
     const LaneGroup grp(seg_len, threadIdx.x & 31);
     const int qmax = bits == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
     const long long rc = bits == 8 ? d : (d + 1) / 2;
@@ -500,39 +603,10 @@ __global__ void __launch_bounds__(256, 4)
         gq_u32 m = 0;
         if (in_registers) {
             float v[ABSMAX_V4][4];
-#pragma unroll
-            for (int i = 0; i < ABSMAX_V4; ++i) {
-                const long long j = 4 * (grp.lane + (long long)W * i);
-                if (live && j < seg_len) {
-                    load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
-#pragma unroll
-                    for (int t = 0; t < 4; ++t) {
-                        const gq_u32 a = gq::bits_of(v[i][t]) & 0x7fffffffu;  // integer max == max |x|
-                        m = a > m ? a : m;
-                    }
-                }
-            }
+            m = absmax_load(src, live, grp.lane, W, seg_len, v);
             const float s = absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale,
                                                  use_tensor_scale);
-#pragma unroll
-            for (int i = 0; i < ABSMAX_V4; ++i) {
-                const long long j = 4 * (grp.lane + (long long)W * i);
-                if (live && j < seg_len) {
-                    unsigned q[4];
-#pragma unroll
-                    for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
-                    if (bits == 8) {
-                        const unsigned word =
-                            (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
-                        gq::store_raw<unsigned>(dst + j, &word);
-                    } else {
-                        const unsigned short pair =
-                            (unsigned short)(gq::pack_nibbles(q[0] & 0xfu, q[1] & 0xfu, high_first) |
-                                             (gq::pack_nibbles(q[2] & 0xfu, q[3] & 0xfu, high_first) << 8));
-                        gq::store_raw<unsigned short>(dst + j / 2, &pair);
-                    }
-                }
-            }
+            absmax_store(v, s, dst, live, grp.lane, W, seg_len, bits, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -560,6 +634,36 @@ __global__ void __launch_bounds__(256, 4)
         }
     }
 }
+
+// The parameters of both absmax encode kernels, and their names.
+#define GQ_ABSMAX_ENCODE_PARAMS                                                                          \
+    const T *__restrict__ x, unsigned char *__restrict__ codes, float *__restrict__ scales,              \
+        unsigned long long *bad_row, long long n, long long d, long long seg_len, long long groups, int bits, \
+        int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
+#define GQ_ABSMAX_ENCODE_ARGS                                                                            \
+    x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
+template <typename T>
+__global__ void __launch_bounds__(256, 4) absmax_encode(GQ_ABSMAX_ENCODE_PARAMS) {
+    absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+}
+
+// absmax_encode for segments of 513..4096 values, held by several warps (absmax_encode_block), a
+// kernel of its own so that the other segment lengths keep absmax_encode's registers and code. The
+// launcher picks it for such segments when d % 4 == 0 and x and codes are aligned; any other
+// arguments take absmax_encode's path here too.
+template <typename T>
+__global__ void __launch_bounds__(256, 4) absmax_encode_rows(GQ_ABSMAX_ENCODE_PARAMS) {
+    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, bits == 8 ? 4 : 2)
+                      ? absmax_block_warps(seg_len) : 0;
+    switch (K) {
+    case 2: absmax_encode_block<T, 2>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 4: absmax_encode_block<T, 4>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 8: absmax_encode_block<T, 8>(GQ_ABSMAX_ENCODE_ARGS); break;
+    default: absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+    }
+}
+#undef GQ_ABSMAX_ENCODE_ARGS
+#undef GQ_ABSMAX_ENCODE_PARAMS
 
 template <int EPC, int LAYOUT>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,

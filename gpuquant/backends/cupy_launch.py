@@ -55,7 +55,7 @@ def launcher(family: str, mode: str) -> Callable[[Launcher], Launcher]:
 def _instances() -> list[str]:
     names = []
     for t in INPUT_TYPES.values():
-        names += [f"scalar_encode<{t}>", f"binary_encode<{t}>", f"absmax_encode<{t}>"]
+        names += [f"scalar_encode<{t}>", f"binary_encode<{t}>", f"absmax_encode<{t}>", f"absmax_encode_rows<{t}>"]
         names += [f"float_encode<{t}, unsigned char>", f"float_encode<{t}, unsigned short>"]
     names += ["scalar_decode", "binary_decode", "absmax_decode"]
     names += ["float_decode<unsigned char>", "float_decode<unsigned short>"]
