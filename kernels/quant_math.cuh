@@ -175,10 +175,11 @@ GQ_HD float round_half_away_f32(float x) {
     return t;
 }
 
-// A rounded value (integral, or NaN) to a level in [0, L]: NaN and negatives give 0.
+// A rounded value (integral, or NaN) to a level in [0, L]: NaN and negatives give 0. Selects, not
+// branches (no divergent region per value); the conversion sees an in-range value only.
 GQ_HD int clamp_level(float t, int L) {
-    if (!gt_f32(t, 0.0f)) return 0;
-    if (gt_f32(t, (float)L)) return L;
+    t = gt_f32(t, 0.0f) ? t : 0.0f;
+    t = gt_f32(t, (float)L) ? (float)L : t;
     return int_of(t);
 }
 
@@ -200,10 +201,11 @@ GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
     switch (rounding) {
     case HALF_AWAY: {  // cuVS: x <= lo or NaN -> 0, x >= hi -> L, else lroundf(f32(scale*x + offset)) + H
-        if (!lt_f32(p.f0, x)) return 0;
-        if (!lt_f32(x, p.f1)) return L;
-        float v = f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1));
-        return int_of(round_half_away_f32(v)) + H;
+        // (the level selected before the conversion, so that it sees an in-range value only)
+        float t = round_half_away_f32(f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1)));
+        t = lt_f32(x, p.f1) ? t : (float)(L - H);
+        t = lt_f32(p.f0, x) ? t : (float)-H;
+        return int_of(t) + H;
     }
     case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
         return clamp_level(floor_f32(div_f32(sub_f32(x, p.f0), p.f1)), L);

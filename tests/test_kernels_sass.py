@@ -28,7 +28,6 @@ OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
 OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("cuvs-sq8", "transform"): "issue fraction over 0.5",
     ("st-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("st-int8", "inverse"): "issue fraction over 0.5",
     ("st-uint8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
@@ -41,7 +40,6 @@ OVER_BUDGET: dict[tuple[str, str], str] = {
     ("uint8-affine", "transform"): "CALL: f32 division slow path",
     ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "inverse"): "issue fraction over 0.5",
-    ("qdrant-uint8", "transform"): "issue fraction over 0.5",
     ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
