@@ -159,6 +159,7 @@ __device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename
     const T* src = x + (t / per_row) * d + col0;
     typename Enc::code_t* dst = out + (t / per_row) * rc + chunk * CPT;
     const long long src_step = rows_per_step * d, dst_step = rows_per_step * rc;
+    const auto fixed = enc.template fixed_columns<EPT>(col0, d);
     for (long long r = t / per_row; r < n; r += rows_per_step * U) {
         float v[U][EPT];
 #pragma unroll
@@ -167,7 +168,7 @@ __device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            if (r + u * rows_per_step < n) store_task(enc, v[u], dst + u * dst_step, col0, left, d);
+            if (r + u * rows_per_step < n) store_task(fixed, v[u], dst + u * dst_step, col0, left, d);
         }
         src += U * src_step;
         dst += U * dst_step;
