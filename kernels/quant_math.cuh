@@ -210,10 +210,12 @@ GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
     case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
         return clamp_level(floor_f32(div_f32(sub_f32(x, p.f0), p.f1)), L);
     case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1); u = (int)(255 * t) or (int)(f64(t) * 15)
-        float t = is_zero(p.f1) ? 0.0f : div_f32(sub_f32(x, p.f0), p.f1);
-        if (lt_f32(t, 0.0f)) t = 0.0f;
-        if (gt_f32(t, 1.0f)) t = 1.0f;
-        if (is_nan(t)) return 0;
+        // (selects, no branch: a zero vdiff divides by 1 and the quotient is dropped)
+        const bool flat = is_zero(p.f1);
+        float t = div_f32(sub_f32(x, p.f0), flat ? 1.0f : p.f1);
+        t = flat || lt_f32(t, 0.0f) ? 0.0f : t;
+        t = gt_f32(t, 1.0f) ? 1.0f : t;
+        t = is_nan(t) ? 0.0f : t;
         if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
         return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
     }
