@@ -83,6 +83,17 @@ GQ_BINOP(mul_f64, double, "d", "mul.rn.f64", *)
 GQ_BINOP(div_f64, double, "d", "div.rn.f64", /)
 #undef GQ_BINOP
 
+// a * b + c with one rounding (nearest even, subnormals kept).
+GQ_HD float fma_f32(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
+    return r;
+#else
+    return __builtin_fmaf(a, b, c);
+#endif
+}
+
 // a < b and a > b, IEEE (false when either is NaN; subnormals compared exactly).
 GQ_HD bool lt_f32(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -224,6 +235,16 @@ GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
     }
 }
 
+// f32((u + 0.5) / L) for L = 255 or 15 without a division: y = a * r with r = f32(1 / L), then one
+// correction y + f32(a - L * y) * r (both by fma). Equal to the correctly rounded quotient for every
+// u in [0, L] (for these two L; the host tests decode every level).
+GQ_HD float level_center(int u, int L) {
+    const float a = add_f32((float)u, 0.5f);
+    const float r = float_of(L == 255 ? 0x3b808081u : 0x3d888889u);  // f32(1/255), f32(1/15)
+    const float y = mul_f32(a, r);
+    return fma_f32(fma_f32(-(float)L, y, a), r, y);
+}
+
 // Reconstruction of level u.
 GQ_HD float scalar_value(int u, int rounding, int bits, ScalarParams p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
@@ -233,7 +254,7 @@ GQ_HD float scalar_value(int u, int rounding, int bits, ScalarParams p) {
     case FLOOR:  // f32(f64(u) * f64(step) + f64(lo))
         return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
     case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
-        return add_f32(p.f0, mul_f32(div_f32(add_f32((float)u, 0.5f), (float)L), p.f1));
+        return add_f32(p.f0, mul_f32(level_center(u, L), p.f1));
     default:  // f32((u - zp) * scale)
         return mul_f32(sub_f32((float)u, p.f1), p.f0);
     }
