@@ -371,7 +371,7 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
     """The ``<kernel>_path<...>`` call the kernel's mode switch makes for ``args`` (None: no switch)."""
     if kernel in ("scalar_encode", "scalar_decode"):
         flat = int(args[7]) == 8 and not int(args[5])  # 8-bit codes, one range: the flat walk
-        columns = kernel == "scalar_encode" and int(args[5])  # per dimension: the column walk (a full grid)
+        columns = int(args[5])  # per dimension: the column walk (a full grid)
         modes = [str(int(args[6])), "1" if int(args[7]) == 8 else "2", "1" if flat else "2" if columns else "0"]
     elif kernel == "float_encode":
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk

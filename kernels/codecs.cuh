@@ -48,8 +48,8 @@ struct ScalarCodec {
         return gq::pack_nibbles(lo, hi, high_first);
     }
 
-    // This encoder on the N columns col0.. of one thread (encode_columns), their ranges loaded once
-    // into registers (columns past d take range 0; their codes are not stored).
+    // This codec on the N columns col0.. of one thread (encode_columns, decode_columns), their ranges
+    // loaded once into registers (columns past d take range 0; their codes and values are not stored).
     template <int N>
     struct Fixed {
         typedef unsigned char code_t;
@@ -61,6 +61,10 @@ struct ScalarCodec {
             const int k = (int)(col - col0);  // a constant once the task's loop is unrolled
             return codec.pack_ranges(v, p[k], p[EPC == 2 ? k + 1 : k], col + 1 < d);
         }
+        __device__ __forceinline__ void unpack(code_t c, long long, long long col, float* v) const {
+            const int k = (int)(col - col0);
+            codec.unpack_ranges(c, p[k], p[EPC == 2 ? k + 1 : k], v);
+        }
     };
     template <int N>
     __device__ __forceinline__ Fixed<N> fixed_columns(long long col0, long long d) const {
@@ -71,15 +75,20 @@ struct ScalarCodec {
     }
 
     __device__ __forceinline__ void unpack(code_t c, long long, long long col, float* v) const {
+        // a pad nibble (past d) decodes with any range
+        unpack_ranges(c, at(col), at(EPC == 2 && col + 1 < dcols ? col + 1 : col), v);
+    }
+    // The EPC values of code unit c under range a (and b for the second nibble).
+    __device__ __forceinline__ void unpack_ranges(code_t c, const gq::ScalarParams& a, const gq::ScalarParams& b,
+                                                  float* v) const {
         if (EPC == 1) {
-            v[0] = gq::scalar_value(gq::byte_to_level(c, is_signed), mode(), 8, at(col));
+            v[0] = gq::scalar_value(gq::byte_to_level(c, is_signed), mode(), 8, a);
             return;
         }
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-            const long long j = (col + k < dcols) ? col + k : dcols - 1;  // a pad nibble: any range
             const int u = gq::level_of_nibble(gq::unpack_nibble(c, k, high_first), is_signed);
-            v[k] = gq::scalar_value(u, mode(), 4, at(j));
+            v[k] = gq::scalar_value(u, mode(), 4, k ? b : a);
         }
     }
 };

@@ -241,12 +241,39 @@ __device__ __forceinline__ bool flat_ok(const T* x, const C* c) {
     return aligned(x, 4 * sizeof(T)) && aligned(c, 4 * sizeof(C));
 }
 
+// One decode task's CPT code units (one load when inside the row and aligned, zeros past rc) and
+// its EPT values stored (float4 stores when inside the row and aligned, else value by value).
+template <typename C, int CPT>
+__device__ __forceinline__ void load_codes(const C* src, long long left, C* c) {
+    constexpr int IN_BYTES = CPT * (int)sizeof(C);
+    if (left >= CPT && aligned(src, IN_BYTES)) {
+        move_in<IN_BYTES>(c, src);
+    } else {
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) c[k] = (k < left) ? src[k] : C(0);
+    }
+}
+template <typename Dec, typename F>
+__device__ __forceinline__ void store_values(const F& dec, const typename Dec::code_t* c, float* dst, long long row,
+                                             long long col0, long long d) {
+    constexpr int CPT = Dec::CPT, EPT = CPT * Dec::EPC;
+    __align__(16) float v[EPT];
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) dec.unpack(c[k], row, col0 + k * Dec::EPC, v + k * Dec::EPC);
+    if (col0 + EPT <= d && aligned(dst, 16)) {
+#pragma unroll
+        for (int i = 0; i < EPT / 4; ++i) gq::store_raw<float4>(dst + 4 * i, v + 4 * i);
+    } else {
+        for (int t = 0; t < EPT && col0 + t < d; ++t) dst[t] = v[t];
+    }
+}
+
 // Decode skeleton. Dec::unpack(code, row, col, v) writes Dec::EPC floats (columns col..).
 template <typename Dec>
 __device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restrict__ codes,
                             float* __restrict__ out, long long n, long long d, long long rc) {
     typedef typename Dec::code_t C;
-    constexpr int CPT = Dec::CPT, EPT = CPT * Dec::EPC, IN_BYTES = CPT * (int)sizeof(C);
+    constexpr int CPT = Dec::CPT, EPT = CPT * Dec::EPC;
     for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
         long long row[UNROLL], chunk[UNROLL];
         __align__(16) C c[UNROLL][CPT];
@@ -257,33 +284,43 @@ __device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restri
                 row[u] = w.row;
                 chunk[u] = w.chunk;
                 count = u + 1;
-                const C* src = codes + w.row * rc + w.chunk * CPT;
-                const long long left = rc - w.chunk * CPT;
-                if (left >= CPT && aligned(src, IN_BYTES)) {
-                    move_in<IN_BYTES>(c[u], src);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < CPT; ++k) c[u][k] = (k < left) ? src[k] : C(0);
-                }
+                load_codes<C, CPT>(codes + w.row * rc + w.chunk * CPT, rc - w.chunk * CPT, c[u]);
                 w.next();
             }
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
-            if (u < count) {
-                const long long col0 = chunk[u] * EPT;
-                __align__(16) float v[EPT];
-#pragma unroll
-                for (int k = 0; k < CPT; ++k) dec.unpack(c[u][k], row[u], col0 + k * Dec::EPC, v + k * Dec::EPC);
-                float* dst = out + row[u] * d + col0;
-                if (col0 + EPT <= d && aligned(dst, 16)) {
-#pragma unroll
-                    for (int i = 0; i < EPT / 4; ++i) gq::store_raw<float4>(dst + 4 * i, v + 4 * i);
-                } else {
-                    for (int t = 0; t < EPT && col0 + t < d; ++t) dst[t] = v[t];
-                }
-            }
+            if (u < count) store_values<Dec>(dec, c[u], out + row[u] * d + chunk[u] * EPT, row[u], chunk[u] * EPT, d);
         }
+    }
+}
+
+// The column walk of encode_columns for decoders with per-column constants (Dec::fixed_columns):
+// thread t on task t % per_row of the rows t / per_row + k * R, its columns' constants in registers.
+template <typename Dec>
+__device__ void decode_columns(const Dec& dec, const typename Dec::code_t* __restrict__ codes,
+                               float* __restrict__ out, long long n, long long d, long long rc) {
+    typedef typename Dec::code_t C;
+    constexpr int CPT = Dec::CPT, EPT = CPT * Dec::EPC;
+    const long long per_row = (rc + CPT - 1) / CPT, rows_per_step = thread_count() / per_row;
+    const long long t = thread_index(), chunk = t % per_row, col0 = chunk * EPT, left = rc - chunk * CPT;
+    if (t >= rows_per_step * per_row) return;
+    const C* src = codes + (t / per_row) * rc + chunk * CPT;
+    float* dst = out + (t / per_row) * d + col0;
+    const long long src_step = rows_per_step * rc, dst_step = rows_per_step * d;
+    const auto fixed = dec.template fixed_columns<EPT>(col0, d);
+    for (long long r = t / per_row; r < n; r += rows_per_step * UNROLL) {
+        __align__(16) C c[UNROLL][CPT];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (r + u * rows_per_step < n) load_codes<C, CPT>(src + u * src_step, left, c[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (r + u * rows_per_step < n) store_values<Dec>(fixed, c[u], dst + u * dst_step, r + u * rows_per_step, col0, d);
+        }
+        src += UNROLL * src_step;
+        dst += UNROLL * dst_step;
     }
 }
 
@@ -339,12 +376,15 @@ __global__ void __launch_bounds__(256, 4)
 #undef GQ_SCALAR_ARGS
 }
 
-template <int R, int EPC, int FLAT = -1>
+template <int R, int EPC, int FLAT = -1>  // FLAT (a walk): 0 rows, 1 flat, 2 columns, -1 chosen here
 __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-    if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
+    const long long rc = EPC == 1 ? d : (d + 1) / 2;
+    const int walk = FLAT >= 0 ? FLAT : EPC == 1 && !per_dim && flat_ok(out, codes) ? 1
+                                      : per_dim && columns_fit((rc + dec.CPT - 1) / dec.CPT) ? 2 : 0;
+    if (walk == 1) {
         if constexpr (EPC == 1) {
             __shared__ float table[256];
             for (int c = threadIdx.x; c < 256; c += blockDim.x) {
@@ -353,8 +393,10 @@ __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restri
             __syncthreads();
             decode_flat(TableDecoder{table}, codes, out, n * d);
         }
+    } else if (walk == 2) {
+        decode_columns(dec, codes, out, n, d, rc);
     } else {
-        decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+        decode_rows(dec, codes, out, n, d, rc);
     }
 }
 
