@@ -356,7 +356,8 @@ def _edges(block: Any, qjson: str, arrays: dict[str, np.ndarray]) -> tuple[int, 
     """The chunk's edge counts (values stored as NaN/±Inf, inputs clipped), on the host."""
     q = _worker_quantizer(qjson, "numpy")
     codes = arrays["codes"].view(q.scheme.code_dtype)
-    return q.scheme.edge_counts(_prepared(block, q.truncate_dim), codes,
+    pre = q.pre if q.pre.active else None  # the rows the scheme encoded: after the pre-transform
+    return q.scheme.edge_counts(_prepared(block, q.truncate_dim, pre), codes,
                                 {k: v for k, v in arrays.items() if k != "codes"}, q.state)
 
 
