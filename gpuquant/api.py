@@ -204,7 +204,7 @@ class Quantizer:
         pre = doc.get("pre_transform") or {}
         pre_params = {k: pre[k] for k in ("pca_dim", "rotate", "rotate_seed") if k in pre}
         q = cls(family, backend=backend, truncate_dim=doc.get("truncate_dim"), **pre_params, **doc.get("params", {}))
-        q.name = doc.get("scheme", family)
+        q.name = str(doc.get("scheme", family))  # a family or preset name: _check_fields checked it
         if q.pre.active:
             q.pre.state = {k: _decode_array(v, k) for k, v in (pre.get("state") or {}).items()}
             _validate_pre(q.pre, pre.get("input_dim"), doc.get("dim"))

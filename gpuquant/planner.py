@@ -308,7 +308,8 @@ class Plan:
             lines.append("  REFUSED: " + self.refusal())
             return "\n".join(lines)
         if self.batch_rows is not None:
-            lines.append(f"  batch rows       {self.batch_rows:>12,}" + (f"   x {self.batches:,} batches" if self.batches else ""))
+            batches = f"   x {self.batches:,} batches" if self.batches else ""
+            lines.append(f"  batch rows       {self.batch_rows:>12,}{batches}")
         if self.peak_bytes is not None:
             lines.append(f"  device peak      {format_bytes(self.peak_bytes):>12}   (predicted, without scratch)")
         if self.pinned_host_bytes is not None:
