@@ -156,8 +156,14 @@ class PreTransform:
         """Dimensions after PCA (the rotation's input)."""
         return d if self.pca_dim is None else self.pca_dim
 
+    def check_input(self, d: int) -> None:
+        """``InputError`` unless the fitted steps take rows of ``d`` dimensions (after truncation)."""
+        if self.input_dim is not None and d != self.input_dim:
+            raise InputError(f"the rows have {d} dimensions but pca_dim/rotate were fitted on {self.input_dim}")
+
     def out_dim(self, d: int) -> int:
-        """Dimensions the scheme sees for ``d`` input dimensions."""
+        """Dimensions the scheme sees for ``d`` input dimensions (refused if fitted on others)."""
+        self.check_input(d)
         k = self._rotated_dim(d)
         return hadamard_size(k) if self.rotate == "hadamard" else k
 
@@ -188,6 +194,7 @@ class PreTransform:
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         """float32 rows as the scheme sees them."""
+        self.check_input(X.shape[1])
         if self.pca_dim is not None:
             X = pca_apply(X, self.state["pca_mean"], self.state["pca_components"])
         if self.rotate == "orthogonal":

@@ -202,6 +202,33 @@ def test_a_bad_saved_pre_transform_is_refused_on_load(rng, edit, message):
         Quantizer.from_dict(doc, backend="numpy")
 
 
+@pytest.mark.parametrize("pre", PRE, ids=repr)
+def test_rows_of_other_dimensions_than_the_pre_transform_was_fitted_on_are_refused(rng, tmp_path, pre):
+    """Not a broadcast error, nor (orthogonal) codes from the first columns only; convert refuses
+    before it writes anything."""
+    q = Quantizer("faiss-sq8", backend="numpy", **pre).fit(correlated(rng, 200, 96))
+    x = correlated(rng, 20, 128)
+    with pytest.raises(InputError, match="128 dimensions but pca_dim/rotate were fitted on 96"):
+        q.transform(x)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(InputError, match="128 dimensions but pca_dim/rotate were fitted on 96"):
+        gpuquant.convert(tmp_path / "x.npy", tmp_path / "out", q, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda doc: doc.update(truncate_dim=8), "truncate_dim 8 .* fitted on 9"),
+    (lambda doc: doc.update(pre_transform=[]), "field 'pre_transform' .* must be an object"),
+    (lambda doc: doc.update(pre_transform=5), "field 'pre_transform' .* must be an object"),
+    (lambda doc: doc["pre_transform"].update(scale=2), r"unknown field\(s\) \['scale'\] in the quantizer file's pre"),
+])
+def test_a_saved_pre_transform_at_odds_with_the_file_is_refused(rng, edit, message):
+    doc = Quantizer("faiss-sq8", backend="numpy", pca_dim=6, truncate_dim=9).fit(correlated(rng, 80, 12)).to_dict()
+    edit(doc)
+    with pytest.raises(InputError, match=message):
+        Quantizer.from_dict(doc, backend="numpy")
+
+
 def test_a_saved_array_of_the_wrong_shape_is_refused(rng):
     q = Quantizer("faiss-sq8", backend="numpy", pca_dim=6).fit(correlated(rng, 80, 9))
     q.pre.state["pca_components"] = q.pre.state["pca_components"][:, :8]
