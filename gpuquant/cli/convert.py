@@ -125,7 +125,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("input", metavar="INPUT",
                    help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
                         "Parquet (a file or directory), HDF5, .fbin/.u8bin/.i8bin, or 'demo'")
-    p.add_argument("output", metavar="OUTPUT", help="the store directory to write (must not exist)")
+    p.add_argument("output", metavar="OUTPUT", help="the store to write (new, unless --resume or --overwrite)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", help="fit this preset or family on INPUT")
     how.add_argument("--quantizer", metavar="Q.json", help="use this fitted quantizer")
