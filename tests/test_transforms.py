@@ -281,6 +281,15 @@ def test_planner_counts_the_matrices_as_fixed_bytes():
     assert pq.fixed_bytes == 256 * 384 * 4
 
 
+def test_planner_sizes_the_pre_transform_on_the_truncated_rows(rng):
+    base = gpuquant.plan("fp8-e4m3", dim=48, rows=1000, gpu_memory="1GiB")
+    fitted_q = Quantizer("fp8-e4m3", backend="numpy", truncate_dim=32, pca_dim=16).fit(correlated(rng, 100, 48))
+    for q in ("fp8-e4m3", fitted_q):
+        params = {"truncate_dim": 32, "pca_dim": 16} if isinstance(q, str) else None
+        p = gpuquant.plan(q, dim=48, rows=1000, gpu_memory="1GiB", params=params)
+        assert p.fixed_bytes - base.fixed_bytes == 32 * 4 + 16 * 32 * 4
+
+
 def test_dask_fit_and_transform_with_pre_transforms(rng):
     da = pytest.importorskip("dask.array")
     from gpuquant import cluster
