@@ -368,7 +368,7 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
 
     A task whose run is not current (see :func:`_current`, asked before encoding and again before
     writing) writes nothing and returns an empty range."""
-    from gpuquant import files as gio
+    from gpuquant import files as gfiles
 
     root = Path(path)
     m = int(block.shape[0])
@@ -388,7 +388,7 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     finally:
         writer.close()
     (root / PARTS).mkdir(exist_ok=True)
-    gio.write_json_atomic(root / PARTS / _part_name(start, start + m),
+    gfiles.write_json_atomic(root / PARTS / _part_name(start, start + m),
                           {"rows": [start, start + m], "pid": os.getpid(), "checksums": writer.pending})
     return (start, start + m, *_edges(block, qjson, arrays))
 

@@ -35,11 +35,11 @@ def _convert_dask(args: argparse.Namespace, path: Any, q: Any, device: str, demo
     if args.scheduler and args.workers:
         raise UsageError("gpuquant convert: error: --scheduler (an existing cluster) and --workers (a local one) "
                          "exclude each other")
-    from gpuquant import cluster as gdask
+    from gpuquant import cluster as gcluster
 
-    with gdask.cluster_client(args.scheduler, args.workers, device) as client:
+    with gcluster.cluster_client(args.scheduler, args.workers, device) as client:
         log.info("Dask cluster: %s", client)
-        return gdask.convert(path, args.output, q, client=client, device=device, batch_rows=args.batch_rows,
+        return gcluster.convert(path, args.output, q, client=client, device=device, batch_rows=args.batch_rows,
                              resume=args.resume, overwrite=args.overwrite, shape=args.shape,
                              column=args.column, dataset=args.dataset, source_info={"demo": demo},
                              progress=args.format == "human")

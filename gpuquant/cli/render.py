@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 
 
 def mb(nbytes: float) -> float:
@@ -24,7 +24,7 @@ def fmt_summary(name: str, s: dict[str, Any]) -> str:
 
 
 def fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(gio.to_jsonable(v))}" for k, v in params.items()) or "(defaults)"
+    return ", ".join(f"{k}={json.dumps(gfiles.to_jsonable(v))}" for k, v in params.items()) or "(defaults)"
 
 
 def quantizer_lines(info: dict[str, Any]) -> list[str]:
