@@ -313,3 +313,11 @@ def test_cli_convert_and_inspect_show_the_pre_transform(capsys, tmp_path, rng):
     assert code == 0 and 'pre      pca_dim=12, rotate="orthogonal", rotate_seed=0, fitted on 24 dims' in out
     code, doc = cli_json(capsys, "inspect", tmp_path / "o")
     assert doc["quantizer"]["pre_transform"]["state"]["rotation"]["shape"] == [12, 12]
+
+
+def test_inspect_names_no_rotate_seed_without_a_rotation(capsys, tmp_path, rng):
+    from helpers import cli_run
+
+    Quantizer("faiss-sq8", backend="numpy", pca_dim=12).fit(correlated(rng, 100, 24)).save(tmp_path / "q.json")
+    code, out, _ = cli_run(capsys, "inspect", tmp_path / "q.json")
+    assert code == 0 and "pre      pca_dim=12, fitted on 24 dims" in out

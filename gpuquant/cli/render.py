@@ -39,7 +39,8 @@ def quantizer_lines(info: dict[str, Any]) -> list[str]:
         lines += [fmt_summary(k, s) for k, s in info["state"].items()]
     pre = info.get("pre_transform")
     if pre:
-        shown = {k: v for k, v in pre.items() if k in ("pca_dim", "rotate", "rotate_seed") and v is not None}
+        names = ("pca_dim", "rotate", "rotate_seed") if pre.get("rotate") else ("pca_dim",)  # a seed only rotates
+        shown = {k: v for k, v in pre.items() if k in names and v is not None}
         lines.append(f"pre      {fmt_params(shown)}, fitted on {pre['input_dim']} dims"
                      if pre["input_dim"] else f"pre      {fmt_params(shown)}, not fitted")
         lines += [fmt_summary(k, s) for k, s in pre["state"].items()]
