@@ -321,3 +321,19 @@ def test_inspect_names_no_rotate_seed_without_a_rotation(capsys, tmp_path, rng):
     Quantizer("faiss-sq8", backend="numpy", pca_dim=12).fit(correlated(rng, 100, 24)).save(tmp_path / "q.json")
     code, out, _ = cli_run(capsys, "inspect", tmp_path / "q.json")
     assert code == 0 and "pre      pca_dim=12, fitted on 24 dims" in out
+
+
+@pytest.mark.parametrize("pre", PRE, ids=repr)
+def test_a_store_decodes_through_the_pre_transform_as_the_quantizer(rng, tmp_path, pre):
+    """get_rows, iter_batches and decode give what inverse_transform gives: rows of the input's
+    dimensions, not of the space the scheme encodes in."""
+    x = correlated(rng, 300, 96)
+    report = gpuquant.convert(x, tmp_path / "o", "faiss-sq8", params=pre, device="cpu", progress=False)
+    store = gpuquant.open(tmp_path / "o")
+    want = store.quantizer.inverse_transform(store.quantizer.transform(x))
+    assert want.shape == x.shape
+    assert_array_equal(bits(store.get_rows(np.arange(300))), bits(want))
+    assert_array_equal(bits(np.concatenate([r for _, r in store.iter_batches(128)])), bits(want))
+    assert_array_equal(bits(store.decode(store.read_rows(np.arange(7, 9)))), bits(want[7:9]))
+    assert report["reconstruction"]["rel_error"] < 0.05  # convert's figure: the scheme's own error
+
