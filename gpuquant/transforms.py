@@ -92,7 +92,7 @@ def _fwht(a: np.ndarray) -> np.ndarray:
     """Unnormalised Walsh-Hadamard transform of each row (length a power of two), in place."""
     h = 1
     while h < a.shape[1]:
-        v = a.reshape(a.shape[0], -1, 2, h)
+        v = a.reshape(a.shape[0], a.shape[1] // (2 * h), 2, h)  # no -1: it is ambiguous for 0 rows
         lo, hi = v[:, :, 0, :].copy(), v[:, :, 1, :]
         v[:, :, 0, :] += hi
         v[:, :, 1, :] = lo - hi

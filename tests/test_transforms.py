@@ -337,3 +337,11 @@ def test_a_store_decodes_through_the_pre_transform_as_the_quantizer(rng, tmp_pat
     assert_array_equal(bits(store.decode(store.read_rows(np.arange(7, 9)))), bits(want[7:9]))
     assert report["reconstruction"]["rel_error"] < 0.05  # convert's figure: the scheme's own error
 
+
+@pytest.mark.parametrize("pre", PRE, ids=repr)
+def test_empty_and_one_row_inputs_through_the_pre_transforms(rng, pre):
+    q = Quantizer("fp16", backend="numpy", **pre).fit(correlated(rng, 100, 96))
+    for n in (0, 1):
+        x = correlated(rng, 5, 96)[:n]
+        codes = q.transform(x)
+        assert codes.data.shape[0] == n and q.inverse_transform(codes).shape == (n, 96)
