@@ -12,10 +12,12 @@ import pytest
 nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (with NVRTC) is not installed")
 
 from gpuquant.backends import cuda_loader, cupy_backend, cupy_train  # noqa: E402
+from gpuquant.backends.cupy_families import weights  # noqa: E402
 
 INSTANCES = {
     cupy_backend.QUANTIZE_FILE: cupy_backend.NAME_EXPRESSIONS,
     cupy_train.TRAIN_FILE: cupy_train.NAME_EXPRESSIONS,
+    weights.WEIGHTS_FILE: weights.NAME_EXPRESSIONS,
 }
 ARCHS = ["compute_80", "compute_90"]
 
