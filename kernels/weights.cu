@@ -57,9 +57,12 @@ __global__ void gguf_encode(const T* __restrict__ x, unsigned char* __restrict__
         const long long row = b / nb;
         const T* src = x + row * d + (b - row * nb) * gq::GGUF_QK;
         float v[gq::GGUF_QK];
-        float amax = 0.0f, mx = 0.0f;
-        bool finite = true;
-        for (int i = 0; i < gq::GGUF_QK; ++i) {
+        v[0] = gq::to_f32(src[0]);
+        // the first value of the largest magnitude (numpy's argmax; llama.cpp's scan starts from +0
+        // instead, which differs only for a block of zeros whose first one is -0)
+        float mx = v[0], amax = gq::abs_f(v[0]);
+        bool finite = gq::is_finite(v[0]);
+        for (int i = 1; i < gq::GGUF_QK; ++i) {
             v[i] = gq::to_f32(src[i]);
             const float a = gq::abs_f(v[i]);
             finite = finite && gq::is_finite(v[i]);
