@@ -2,7 +2,9 @@
 ``tests/host_emulation.cpp`` with their threads run one after another, against the numpy reference bit
 for bit: random rows of several magnitudes with every finite edge value, odd row counts, float16 and
 float64 inputs, blocks whose scale is 0, subnormal, too small to invert or beyond fp16, Q4_0's ties of
-magnitude, rows with NaN or ±Inf (the first refused row is the reference's), and decoding every byte."""
+magnitude, rows with NaN or ±Inf (the first refused row is the reference's), and decoding every byte.
+On a GPU the same bodies also run through the cupy backend against the numpy backend
+(``helpers.same_on_backends``; skipped without one)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import ctypes
 
 import numpy as np
 import pytest
-from helpers import finite_edge_values, matrix
+from helpers import finite_edge_values, matrix, same_on_backends
 from test_kernels_host import EMU_SIGNATURES, GRIDS, I32, I64, VP, build_library, placed, ptr, same_bits
 
+import gpuquant
 from gpuquant.schemes import make_scheme
 from gpuquant.schemes.statistics import RowError
 
@@ -35,8 +38,9 @@ def emu() -> ctypes.CDLL:
 
 
 def weight_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    """Finite float32 rows: random magnitudes, the finite edge values, and (d a multiple of 32) blocks of 32 that are all
-    zero (±0), subnormal, tiny (1/scale overflows), beyond fp16 once scaled, or ties of magnitude."""
+    """Finite float32 rows: random magnitudes, the finite edge values, and (d a multiple of 32) blocks of
+    32 that are all zero (±0), subnormal, tiny (1/scale overflows), beyond fp16 once scaled, or ties of
+    magnitude."""
     x = matrix(rng, n, d, edges=finite_edge_values())
     if d % 32:
         return x
@@ -44,7 +48,7 @@ def weight_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     special = [np.where(rng.random(32) < 0.5, 0.0, -0.0), rng.standard_normal(32) * 1e-40,
                rng.standard_normal(32) * 1e-37, rng.standard_normal(32) * 3e-38, rng.standard_normal(32) * 1e7,
                np.resize([3.0, -3.0, 1.0], 32), np.resize([-2.0, 2.0, 0.5], 32)]
-    for i, b in zip(rng.choice(len(blocks), min(len(blocks), len(special)), replace=False), special):
+    for i, b in zip(rng.choice(len(blocks), min(len(blocks), len(special)), replace=False), special, strict=False):
         blocks[i] = np.asarray(b, np.float32)
     return x
 
@@ -161,3 +165,32 @@ def test_emulated_scaled_fp8(emu, rng, granularity: str, fmt: str, dtype) -> Non
             got_x = placed(np.full((n, d), np.nan, np.float32), misalign)
             emu.emu_scaled_fp8_decode(3, 5, ptr(codes), ptr(scales), ptr(got_x), n, d, per_row, fmt_id)
             same_bits(got_x, want_x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("preset", ["gguf-q8_0", "gguf-q4_0", "safetensors-fp8"])
+@same_on_backends("cupy")
+def test_backend_round_trip(backend, rng, preset: str, dtype):
+    x, _ = inputs(rng, 37, 160, dtype)
+    q = gpuquant.Quantizer(preset, backend=backend).fit(x)
+    codes = q.transform(x)
+    return codes, q.inverse_transform(codes)
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@same_on_backends("cupy")
+def test_backend_tensor_scale(backend, rng, fmt: str):
+    x, _ = inputs(rng, 9, 96, np.float32)
+    q = gpuquant.Quantizer("scaled_fp8", granularity="tensor", format=fmt, backend=backend).fit(x[:3])
+    codes = q.transform(x)  # rows beyond the fitted ones clip
+    return codes, q.inverse_transform(codes)
+
+
+@pytest.mark.parametrize("preset", ["gguf-q8_0", "gguf-q4_0", "safetensors-fp8"])
+@same_on_backends("cupy")
+def test_backend_refusal(backend, rng, preset: str):
+    x = weight_rows(rng, 6, 64)
+    x[5, 0], x[2, 63] = np.inf, np.nan
+    with pytest.raises(RowError) as info:
+        gpuquant.Quantizer(preset, backend=backend).fit(x[:2]).transform(x)
+    return np.array([info.value.row]), str(info.value)
