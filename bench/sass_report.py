@@ -414,6 +414,10 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 
 # ----- records ---------------------------------------------------------------------------------
+#: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
+SCALAR_ACCESS = ("gguf_encode", "gguf_decode", "scaled_fp8_encode", "scaled_fp8_decode")
+
+
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
     """What the common path of ``kernel``'s hot loop moves per iteration (module docstring)."""
     if op not in ("transform", "inverse"):
@@ -433,6 +437,8 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
+    if kernel in SCALAR_ACCESS:  # one float32 value per load (store): as many as the loop has
+        return Spec("LDG" if op == "transform" else "STG", 32, None)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
         tasks = TASKS_IN_FLIGHT // per_task
         return Spec("LDG", 128, tasks * per_task, code_bits, tasks)
