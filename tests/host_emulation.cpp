@@ -1,4 +1,4 @@
-// host_emulation.cpp: kernels/quantize.cu compiled for the host, its threads run one after another,
+// host_emulation.cpp: kernels/quantize.cu and kernels/rabitq.cu compiled for the host, its threads run one after another,
 // so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
 // paths, unaligned views, row tails, packing) against the numpy reference without a GPU.
 // Kernels whose threads cooperate (absmax_encode, scalar_decode's shared table) cannot run this
@@ -19,6 +19,7 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
 }
 
 #include "quantize.cu"
+#include "rabitq.cu"
 
 // Run `launch` as a grid of `blocks` x `threads`, one thread at a time.
 template <typename F>
@@ -99,6 +100,18 @@ void emu_absmax_decode_wide(int blocks, int threads, const unsigned char* codes,
         }
 #undef GQ_ARGS
     });
+}
+
+void emu_rabitq_encode1(int blocks, int threads, int dtype, const void* x, const float* center, unsigned char* codes,
+                        unsigned long long* bad, long long n, long long d, int inner_product) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        rabitq_encode1<T>((const T*)x, center, codes, bad, n, d, inner_product);
+    }))
+}
+
+void emu_rabitq_decode(int blocks, int threads, const unsigned char* codes, const float* center, float* y, long long n,
+                       long long d, long long code_size) {
+    run_grid(blocks, threads, [&] { rabitq_decode(codes, center, y, n, d, code_size); });
 }
 
 // gq::DivU32(s) applied to count numerators.

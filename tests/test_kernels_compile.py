@@ -12,10 +12,12 @@ import pytest
 nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (with NVRTC) is not installed")
 
 from gpuquant.backends import cuda_loader, cupy_backend, cupy_train  # noqa: E402
+from gpuquant.backends.cupy_families import rabitq as rabitq_launch  # noqa: E402
 
 INSTANCES = {
     cupy_backend.QUANTIZE_FILE: cupy_backend.NAME_EXPRESSIONS,
     cupy_train.TRAIN_FILE: cupy_train.NAME_EXPRESSIONS,
+    rabitq_launch.RABITQ_FILE: rabitq_launch.NAME_EXPRESSIONS,
 }
 ARCHS = ["compute_80", "compute_90"]
 
@@ -48,8 +50,9 @@ def _ptx(filename: str, options: tuple[str, ...]) -> str:
     return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
-def test_quantize_kernels_do_not_flush_subnormals() -> None:
-    ptx = _ptx(cupy_backend.QUANTIZE_FILE, ("-arch=compute_90", "-ftz=true"))
+@pytest.mark.parametrize("filename", [cupy_backend.QUANTIZE_FILE, rabitq_launch.RABITQ_FILE])
+def test_kernels_do_not_flush_subnormals(filename: str) -> None:
+    ptx = _ptx(filename, ("-arch=compute_90", "-ftz=true"))
     flushing = sorted({m.group(0) for m in re.finditer(r"\b[a-z]+(\.[a-z0-9]+)*\.ftz(\.[a-z0-9]+)*", ptx)})
     assert not flushing, f"float instructions that flush subnormals: {flushing}"
     assert not re.search(r"\bfma\.", ptx), "an FMA contraction changes results"
