@@ -11,13 +11,19 @@ import pytest
 
 nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (with NVRTC) is not installed")
 
-from gpuquant.backends import cuda_loader, cupy_backend, cupy_train  # noqa: E402
+from gpuquant.backends import (  # noqa: E402
+    cuda_loader,
+    cupy_backend,
+    cupy_rotate,
+    cupy_train,
+)
 from gpuquant.backends.cupy_families import rabitq as rabitq_launch  # noqa: E402
 
 INSTANCES = {
     cupy_backend.QUANTIZE_FILE: cupy_backend.NAME_EXPRESSIONS,
     cupy_train.TRAIN_FILE: cupy_train.NAME_EXPRESSIONS,
     rabitq_launch.RABITQ_FILE: rabitq_launch.NAME_EXPRESSIONS,
+    cupy_rotate.ROTATE_FILE: cupy_rotate.NAME_EXPRESSIONS,
 }
 ARCHS = ["compute_80", "compute_90"]
 
@@ -50,7 +56,7 @@ def _ptx(filename: str, options: tuple[str, ...]) -> str:
     return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
-@pytest.mark.parametrize("filename", [cupy_backend.QUANTIZE_FILE, rabitq_launch.RABITQ_FILE])
+@pytest.mark.parametrize("filename", [cupy_backend.QUANTIZE_FILE, rabitq_launch.RABITQ_FILE, cupy_rotate.ROTATE_FILE])
 def test_kernels_do_not_flush_subnormals(filename: str) -> None:
     ptx = _ptx(filename, ("-arch=compute_90", "-ftz=true"))
     flushing = sorted({m.group(0) for m in re.finditer(r"\b[a-z]+(\.[a-z0-9]+)*\.ftz(\.[a-z0-9]+)*", ptx)})
