@@ -213,6 +213,7 @@ class Quantizer:
         family = doc.get("family")
         if family not in FAMILIES:
             raise InputError(f"unknown scheme family {family!r} in quantizer file")
+        _check_fields(doc)
         pre = doc.get("pre_transform") or {}
         pre_params = {k: pre[k] for k in ("pca_dim", "rotate", "rotate_seed") if k in pre}
         q = cls(family, backend=backend, truncate_dim=doc.get("truncate_dim"), **pre_params, **doc.get("params", {}))
@@ -231,7 +232,7 @@ class Quantizer:
     def load(cls, path: str | os.PathLike[str], backend: str = "auto") -> Quantizer:
         """Read a quantizer written by ``save``."""
         try:
-            doc = json.loads(Path(path).read_text())
+            doc = json.loads(Path(path).read_text(), parse_int=_parse_int)
         except FileNotFoundError:
             raise InputError(f"quantizer file not found: {path}") from None
         except json.JSONDecodeError as exc:
@@ -298,6 +299,49 @@ class Quantizer:
         sizes = {v.size for v in state.values()}
         size = sizes.pop()
         return size if size > 1 else None
+
+
+#: The fields of a quantizer file (``pre_transform`` only when one is set).
+FILE_FIELDS = ("format", "format_version", "gpuquant_version", "scheme", "family", "params", "dim",
+               "truncate_dim", "state", "calibration", "pre_transform")
+#: Longer integer literals are no real dimension or parameter: kept unparsed, refused by field.
+MAX_INT_DIGITS = 64
+
+
+class _HugeNumber:
+    """An integer literal of a quantizer file too long to be a value (never converted, so the check
+    of its field, not the JSON parser, refuses it and names the field)."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a {self.digits}-digit number"
+
+
+def _parse_int(text: str) -> int | _HugeNumber:
+    digits = len(text.lstrip("-"))
+    return _HugeNumber(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def _check_fields(doc: dict[str, Any]) -> None:
+    """``InputError`` naming the field of a quantizer file that is unknown or of the wrong kind: the
+    scheme name must be the file's family or one of its presets, ``params`` an object, ``dim`` a
+    positive integer or null (the state arrays are checked against the scheme afterwards)."""
+    unknown = sorted(set(doc) - set(FILE_FIELDS))
+    if unknown:
+        raise InputError(f"unknown field(s) {unknown} in the quantizer file; known: {list(FILE_FIELDS)}")
+    name, family = doc.get("scheme", doc["family"]), doc["family"]
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    if name != family and (preset is None or preset.family != family):
+        what = f"a {preset.family!r} preset" if preset else "no preset or family"
+        raise InputError(f"field 'scheme' of the quantizer file is {name!r} ({what}), but its state and "
+                         f"parameters are of family {family!r}")
+    if not isinstance(doc.get("params", {}), dict):
+        raise InputError(f"field 'params' of the quantizer file must be an object, got {doc['params']!r}")
+    dim = doc.get("dim")
+    if dim is not None and (type(dim) is not int or dim < 1):
+        raise InputError(f"field 'dim' of the quantizer file must be a positive integer or null, got {dim!r}")
 
 
 def _validate_pre(pre: PreTransform, d: Any, dim: int | None) -> None:

@@ -133,9 +133,9 @@ def test_every_cuvs_family_has_fit_transform_and_inverse() -> None:
                                                                (False, True, "numpy")])
 def test_auto_is_decided_in_one_place(monkeypatch: pytest.MonkeyPatch, cupy_ok: bool, cupy_supports: bool,
                                       want: str) -> None:
-    monkeypatch.setattr(backends, "availability",
+    monkeypatch.setattr(backends.registry, "availability",
                         lambda name: (cupy_ok, "no GPU here") if name == "cupy" else (True, "always"))
-    monkeypatch.setattr(backends, "supports",
+    monkeypatch.setattr(backends.registry, "supports",
                         lambda name, scheme: (cupy_supports, "no kernel") if name == "cupy" else (True, "all"))
     name, skipped = backends.pick_auto(make_scheme("int8-row"))
     assert name == want

@@ -456,8 +456,8 @@ def test_explicit_gpu_backend_refuses_an_unsupported_scheme(monkeypatch):
     from gpuquant import backends
     from gpuquant.errors import BackendUnavailableError
 
-    monkeypatch.setattr(backends, "availability", lambda name: (True, "pretend"))
-    monkeypatch.setattr(backends, "resolve", lambda name: object())
+    monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
+    monkeypatch.setattr(backends.registry, "resolve", lambda name: object())
     with pytest.raises(BackendUnavailableError, match="cannot run this scheme"):
         Quantizer("gguf-q8_0", backend="cupy").backend  # noqa: B018 - the property resolves
 

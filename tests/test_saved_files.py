@@ -93,3 +93,29 @@ def test_loading_refuses_a_missing_state_array() -> None:
     del doc["state"]["hi"]
     with pytest.raises(gpuquant.InputError, match="state array 'hi' is missing from the quantizer file"):
         Quantizer.from_dict(doc)
+
+
+def _edited(name: str, edit: str) -> str:
+    """The release file of ``name`` as text, with one field replaced (``edit``: "field=json text")."""
+    field, value = edit.split("=", 1)
+    doc = _doc(name)
+    doc[field] = "PLACEHOLDER"
+    return json.dumps(doc).replace('"PLACEHOLDER"', value)
+
+
+@pytest.mark.parametrize(("name", "edit", "message"), [
+    ("st-int8", "bogus=1", "unknown field(s) ['bogus'] in the quantizer file"),
+    ("st-int8", 'dim="64"', "field 'dim' of the quantizer file must be a positive integer or null, got '64'"),
+    ("st-int8", "dim=" + "9" * 5000, "field 'dim' of the quantizer file must be a positive integer or null, "
+                                    "got a 5000-digit number"),
+    ("st-int8", "dim=-3", "field 'dim' of the quantizer file must be a positive integer or null, got -3"),
+    ("st-int8", 'scheme="int8-row"', "field 'scheme' of the quantizer file is 'int8-row' (a 'absmax' preset), "
+                                     "but its state and parameters are of family 'scalar'"),
+    ("st-int8", 'scheme="nonesuch"', "field 'scheme' of the quantizer file is 'nonesuch' (no preset or family)"),
+    ("st-int8", "params=[1, 2]", "field 'params' of the quantizer file must be an object"),
+])
+def test_loading_refuses_a_malformed_field_naming_it(name: str, edit: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "q.json"
+    path.write_text(_edited(name, edit))
+    with pytest.raises(gpuquant.InputError, match=re.escape(message)):
+        Quantizer.load(path)
