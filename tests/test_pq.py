@@ -177,7 +177,7 @@ def test_the_gpu_implements_pq_so_auto_picks_it(monkeypatch, nbits):
 
     scheme = make_scheme("pq", nbits=nbits)
     assert backends.supports("cupy", scheme) == (True, "implemented by the GPU kernels")
-    monkeypatch.setattr(backends, "availability", lambda name: (True, "pretend"))
+    monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
     assert backends.pick_auto(scheme)[0] == "cupy"
 
 

@@ -321,7 +321,7 @@ def test_the_gpu_encodes_one_bit_only_so_auto_picks_numpy_for_more(monkeypatch):
     assert backends.supports("cupy", one_bit) == (True, "implemented by the GPU kernels")
     assert backends.supports("cupy", two_bits) == (
         False, "rabitq with bits > 1 has no GPU kernel yet (its scale search runs on the CPU: backend='numpy')")
-    monkeypatch.setattr(backends, "availability", lambda name: (True, "pretend"))
+    monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
     assert backends.pick_auto(one_bit)[0] == "cupy"
     assert backends.pick_auto(two_bits)[0] == "numpy"
     with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernel yet"):
