@@ -57,12 +57,23 @@ def centers(rng: np.random.Generator, x32: np.ndarray) -> list[np.ndarray]:
     return [np.zeros(x32.shape[1], np.float32), (rng.standard_normal(x32.shape[1]) * scale).astype(np.float32)]
 
 
+def unaligned(x: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` one element past an aligned address (the kernel's scalar path)."""
+    buf = np.empty(x.size + 1, x.dtype)
+    view = buf[1:].reshape(x.shape)
+    view[...] = x
+    return view
+
+
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("n, d", [(1, 1), (1, 384), (40, 7), (33, 17), (25, 131)])
-def test_emulated_encode(emu, rng, n: int, d: int, dtype, metric: str, grid) -> None:
+@pytest.mark.parametrize("n, d, misalign", [(1, 1, False), (1, 384, False), (40, 7, False), (33, 17, False),
+                                            (25, 131, False), (20, 64, True), (9, 12, False)])
+def test_emulated_encode(emu, rng, n: int, d: int, dtype, metric: str, grid, misalign: bool) -> None:
+    """Both paths: vector loads (d a multiple of 4, aligned rows) and one value at a time."""
     x = matrix(rng, n, d).astype(dtype)
+    x = unaligned(x) if misalign else x
     x32 = x.astype(np.float32)
     for center in centers(rng, x32):
         codes, bad = emulated_encode(emu, x, center, metric, grid)
