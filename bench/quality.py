@@ -4,8 +4,8 @@ reconstruction error and recall@k against float32.
     python bench/quality.py [DATA.npy] [--n-queries 1000] [--k 10] [--rescore 4]
 
 DATA defaults to the demo slice shipped with the package (2000 MiniLM rows); the README's table
-used a 20,000-row file of the same model's embeddings of documentation passages. Held-out queries are the first rows, searched against
-the rest (see ``gpuquant.evaluate``). Writes ``bench/results/quality_<name>.{json,md}``.
+used a 20,000-row file of the same model's embeddings of documentation passages. Held-out queries
+are the first rows, searched against the rest (see ``gpuquant.evaluate``). Writes ``bench/results/quality_<name>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import gpuquant
 from gpuquant.data import demo_path
 from gpuquant.evaluate import evaluate
-
 
 #: (label, scheme, parameters) of the compression-frontier configurations beyond the presets (pq with
 #: m=96 is left out: its k-means takes minutes on a CPU).
