@@ -5,7 +5,8 @@ reconstruction error and recall@k against float32.
 
 DATA defaults to the demo slice shipped with the package (2000 MiniLM rows); the README's table
 used a 20,000-row file of the same model's embeddings of documentation passages. Held-out queries
-are the first rows, searched against the rest (see ``gpuquant.evaluate``). Writes ``bench/results/quality_<name>.{json,md}``.
+are the first rows, searched against the rest (see ``gpuquant.evaluate``). Writes
+``bench/results/quality_<name>.{json,md}``.
 """
 
 from __future__ import annotations
