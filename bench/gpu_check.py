@@ -42,7 +42,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from _common import git_commit
 
@@ -155,23 +154,16 @@ class Case:
 
 @contextmanager
 def captured_launches() -> Iterator[list[tuple[Any, Any, Any, Any]]]:
-    """Every launch of gpuquant's kernels inside the block: (kernel, grid, block, args); they still run."""
-    from gpuquant.backends import cuda_loader
+    """Every launch of gpuquant's kernels inside the block: (kernel, grid, block, args); they still run.
 
-    real = cuda_loader.get_kernel
+    Seen through the backend's launch observers (``cupy_launch.observe_launches``)."""
+    from gpuquant.backends import cuda_loader, cupy_launch
+
     launches: list[tuple[Any, Any, Any, Any]] = []
-
-    def get_kernel(filename: str, name: str, names: Any) -> Any:
-        kernel = real(filename, name, names)
-
-        def launch(grid: Any, block: Any, args: Any, **kw: Any) -> Any:
-            launches.append((kernel, grid, block, args))
-            return kernel(grid, block, args, **kw)
-
-        return launch
-
-    with mock.patch.object(cuda_loader, "get_kernel", get_kernel):
+    with cupy_launch.observe_launches() as seen:
         yield launches
+    for s in seen:
+        launches.append((cuda_loader.get_kernel(s.filename, s.name, s.names), s.grid, s.block, s.args))
 
 
 def prepared(row: dict[str, Any], call: Callable[[], Any], moved: int, **kw: Any) -> Case:

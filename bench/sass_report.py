@@ -3,8 +3,8 @@
 For each preset (``gpuquant schemes``, export presets included) and op (``transform``, ``inverse``
 and the training passes its fit launches), float32 input of ``--dim`` columns:
 
-1. The launch is recorded by running the cupy backend's own launch code (``CupyBackend._encode`` /
-   ``_decode``) with the kernel lookup replaced by a recorder: kernel name and the real arguments.
+1. The launch is recorded by running the cupy backend's own launcher of the family on the host
+   (``cupy_launch.planned_launches``): kernel name and the real arguments.
 2. The path the kernel's mode switch takes for those arguments is compiled on its own: a probe kernel
    with the kernel's parameter list and launch bounds calls the kernel's ``<name>_path<modes>``
    function (``kernels/quantize.cu``) with its own arguments; kernels without a mode switch are used
@@ -51,18 +51,14 @@ import re
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
-from unittest import mock
 
 import numpy as np
 
 import gpuquant
-from gpuquant.backends import cuda_loader, cupy_backend, cupy_train, device_code_dtype
+from gpuquant.backends import cuda_loader, cupy_backend, cupy_launch, cupy_train, device_code_dtype
 from gpuquant.schemes import make_scheme
 
 ARCH = "sm_90"
@@ -339,43 +335,17 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPat
 
 
 # ----- launches of the cupy backend ------------------------------------------------------------
-class _HostArray(np.ndarray):
-    def get(self) -> np.ndarray:
-        return np.asarray(self)
-
-
-#: The few CuPy calls the launch code makes before a launch, on the host.
-_NO_DEVICE = SimpleNamespace(uint64=np.uint64, float32=np.float32, asarray=lambda a, dtype=None: np.asarray(a, dtype),
-                             full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray))
-
-
-@contextmanager
-def recorded_launches() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
-    """Run the backend's launch code with a recorder for kernels: yields [(name expression, args)]."""
-    calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def get_kernel(filename: str, name: str, names: Any) -> Any:
-        return lambda grid, block, args: calls.append((name, tuple(args)))
-
-    with (mock.patch.object(cupy_backend, "_cupy", lambda: _NO_DEVICE),
-          mock.patch.object(cupy_backend, "grid_for", lambda *a, **k: 1),
-          mock.patch.object(cuda_loader, "get_kernel", get_kernel)):
-        yield calls
-
-
-def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, tuple[str, tuple[Any, ...]]]:
-    """{"transform": (kernel, args), "inverse": ...} as the cupy backend launches them for float32 (n, d)."""
+def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, cupy_launch.Launch]:
+    """{"transform": launch, "inverse": launch} as the cupy backend launches them for float32 (n, d)."""
     x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     state = scheme.fit(x) or {}
-    backend = cupy_backend.CupyBackend()
-    backend._constant = lambda kind, value, dtype: np.ascontiguousarray(value, dtype)
     codes = np.zeros(scheme.code_shape(n, d), device_code_dtype(scheme))
     side = {k: np.ones(shape, dtype) for k, (shape, dtype) in scheme.side_shapes(n, d).items()}
-    with recorded_launches() as calls:
-        backend._encode(scheme, state, x, codes, side)
-        backend._decode(scheme, state, codes, side, np.empty((n, d), np.float32))
-    assert len(calls) == 2, calls
-    return {"transform": calls[0], "inverse": calls[1]}
+    out = {}
+    for op, mode, data, result in (("transform", "encode", x, codes),
+                                   ("inverse", "decode", codes, np.empty((n, d), np.float32))):
+        (out[op],) = cupy_launch.planned_launches(scheme, mode, state, data, result, side)
+    return out
 
 
 def training_kernels(scheme: Any) -> list[str]:
@@ -401,7 +371,7 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
     """The ``<kernel>_path<...>`` call the kernel's mode switch makes for ``args`` (None: no switch)."""
     if kernel in ("scalar_encode", "scalar_decode"):
         flat = int(args[7]) == 8 and not int(args[5])  # 8-bit codes, one range: the flat walk
-        columns = kernel == "scalar_encode" and int(args[5])  # per dimension: the column walk (a full grid)
+        columns = int(args[5])  # per dimension: the column walk (a full grid)
         modes = [str(int(args[6])), "1" if int(args[7]) == 8 else "2", "1" if flat else "2" if columns else "0"]
     elif kernel == "float_encode":
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
@@ -448,13 +418,15 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
-    if kernel == "absmax_encode":
+    if kernel in ("absmax_encode", "absmax_encode_rows"):
         d, seg = int(args[5]), int(args[6])
         quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)
         if seg % 16 == 0 and 0 < sixteens <= 32 and 32 % sixteens == 0:
             width = sixteens
         else:
             width = quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
+        if kernel == "absmax_encode_rows":  # K warps a segment
+            width = 32 * next(k for k in (2, 4, 8) if seg <= 16 * 32 * k)
         if seg % 4 == 0 and d % 4 == 0 and seg <= 16 * width:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
@@ -487,10 +459,10 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
             continue
         rc = scheme.code_shape(1, d)[1]
         ratio = rc * device_code_dtype(scheme).itemsize / (4 * d)
-        for op, (expr, args) in backend_launches(scheme, d).items():
-            kernel, targs = _split(expr)
-            out.append(Job(preset.name, op, cupy_backend.QUANTIZE_FILE, expr, path_function(kernel, targs, args),
-                           spec_for(op, kernel, args, ratio), ratio))
+        for op, launch in backend_launches(scheme, d).items():
+            kernel, targs = _split(launch.name)
+            out.append(Job(preset.name, op, launch.filename, launch.name, path_function(kernel, targs, launch.args),
+                           spec_for(op, kernel, launch.args, ratio), ratio))
         for expr in training_kernels(scheme):
             out.append(Job(preset.name, f"train:{_split(expr)[0]}", cupy_train.TRAIN_FILE, expr, None,
                            spec_for("train", expr, (), 0.0), 0.0))

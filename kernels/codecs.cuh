@@ -37,23 +37,58 @@ struct ScalarCodec {
     __device__ __forceinline__ int mode() const { return R >= 0 ? R : rounding; }
 
     __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
-        if (EPC == 1) return gq::level_to_byte(gq::scalar_level(v[0], mode(), 8, at(col)), is_signed);
-        const unsigned a = gq::nibble_of_level(gq::scalar_level(v[0], mode(), 4, at(col)), is_signed);
-        const unsigned b =
-            (col + 1 < d) ? gq::nibble_of_level(gq::scalar_level(v[1], mode(), 4, at(col + 1)), is_signed) : 0u;
-        return gq::pack_nibbles(a, b, high_first);
+        return pack_ranges(v, at(col), EPC == 2 && col + 1 < d ? at(col + 1) : tensor, col + 1 < d);
+    }
+    // The code unit of v under range a (and b for a second nibble, present when `second`).
+    __device__ __forceinline__ code_t pack_ranges(const float* v, const gq::ScalarParams& a, const gq::ScalarParams& b,
+                                                  bool second) const {
+        if (EPC == 1) return gq::level_to_byte(gq::scalar_level(v[0], mode(), 8, a), is_signed);
+        const unsigned lo = gq::nibble_of_level(gq::scalar_level(v[0], mode(), 4, a), is_signed);
+        const unsigned hi = second ? gq::nibble_of_level(gq::scalar_level(v[1], mode(), 4, b), is_signed) : 0u;
+        return gq::pack_nibbles(lo, hi, high_first);
+    }
+
+    // This codec on the N columns col0.. of one thread (encode_columns, decode_columns), their ranges
+    // loaded once into registers (columns past d take range 0; their codes and values are not stored).
+    template <int N>
+    struct Fixed {
+        typedef unsigned char code_t;
+        static constexpr int EPC = EPC_, CPT = 4 / EPC_;
+        const ScalarCodec& codec;
+        long long col0;
+        gq::ScalarParams p[N];
+        __device__ __forceinline__ code_t pack(const float* v, long long col, long long d) const {
+            const int k = (int)(col - col0);  // a constant once the task's loop is unrolled
+            return codec.pack_ranges(v, p[k], p[EPC == 2 ? k + 1 : k], col + 1 < d);
+        }
+        __device__ __forceinline__ void unpack(code_t c, long long, long long col, float* v) const {
+            const int k = (int)(col - col0);
+            codec.unpack_ranges(c, p[k], p[EPC == 2 ? k + 1 : k], v);
+        }
+    };
+    template <int N>
+    __device__ __forceinline__ Fixed<N> fixed_columns(long long col0, long long d) const {
+        Fixed<N> f{*this, col0, {}};
+#pragma unroll
+        for (int k = 0; k < N; ++k) f.p[k] = at(col0 + k < d ? col0 + k : 0);
+        return f;
     }
 
     __device__ __forceinline__ void unpack(code_t c, long long, long long col, float* v) const {
+        // a pad nibble (past d) decodes with any range
+        unpack_ranges(c, at(col), at(EPC == 2 && col + 1 < dcols ? col + 1 : col), v);
+    }
+    // The EPC values of code unit c under range a (and b for the second nibble).
+    __device__ __forceinline__ void unpack_ranges(code_t c, const gq::ScalarParams& a, const gq::ScalarParams& b,
+                                                  float* v) const {
         if (EPC == 1) {
-            v[0] = gq::scalar_value(gq::byte_to_level(c, is_signed), mode(), 8, at(col));
+            v[0] = gq::scalar_value(gq::byte_to_level(c, is_signed), mode(), 8, a);
             return;
         }
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-            const long long j = (col + k < dcols) ? col + k : dcols - 1;  // a pad nibble: any range
             const int u = gq::level_of_nibble(gq::unpack_nibble(c, k, high_first), is_signed);
-            v[k] = gq::scalar_value(u, mode(), 4, at(j));
+            v[k] = gq::scalar_value(u, mode(), 4, k ? b : a);
         }
     }
 };

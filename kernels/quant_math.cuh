@@ -94,6 +94,17 @@ GQ_HD float sqrt_f32(float x) {
 #endif
 }
 
+// a * b + c with one rounding (nearest even, subnormals kept).
+GQ_HD float fma_f32(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
+    return r;
+#else
+    return __builtin_fmaf(a, b, c);
+#endif
+}
+
 // a < b and a > b, IEEE (false when either is NaN; subnormals compared exactly).
 GQ_HD bool lt_f32(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -186,10 +197,11 @@ GQ_HD float round_half_away_f32(float x) {
     return t;
 }
 
-// A rounded value (integral, or NaN) to a level in [0, L]: NaN and negatives give 0.
+// A rounded value (integral, or NaN) to a level in [0, L]: NaN and negatives give 0. Selects, not
+// branches (no divergent region per value); the conversion sees an in-range value only.
 GQ_HD int clamp_level(float t, int L) {
-    if (!gt_f32(t, 0.0f)) return 0;
-    if (gt_f32(t, (float)L)) return L;
+    t = gt_f32(t, 0.0f) ? t : 0.0f;
+    t = gt_f32(t, (float)L) ? (float)L : t;
     return int_of(t);
 }
 
@@ -211,24 +223,37 @@ GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
     switch (rounding) {
     case HALF_AWAY: {  // cuVS: x <= lo or NaN -> 0, x >= hi -> L, else lroundf(f32(scale*x + offset)) + H
-        if (!lt_f32(p.f0, x)) return 0;
-        if (!lt_f32(x, p.f1)) return L;
-        float v = f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1));
-        return int_of(round_half_away_f32(v)) + H;
+        // (the level selected before the conversion, so that it sees an in-range value only)
+        float t = round_half_away_f32(f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1)));
+        t = lt_f32(x, p.f1) ? t : (float)(L - H);
+        t = lt_f32(p.f0, x) ? t : (float)-H;
+        return int_of(t) + H;
     }
     case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
         return clamp_level(floor_f32(div_f32(sub_f32(x, p.f0), p.f1)), L);
     case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1); u = (int)(255 * t) or (int)(f64(t) * 15)
-        float t = is_zero(p.f1) ? 0.0f : div_f32(sub_f32(x, p.f0), p.f1);
-        if (lt_f32(t, 0.0f)) t = 0.0f;
-        if (gt_f32(t, 1.0f)) t = 1.0f;
-        if (is_nan(t)) return 0;
+        // (selects, no branch: a zero vdiff divides by 1 and the quotient is dropped)
+        const bool flat = is_zero(p.f1);
+        float t = div_f32(sub_f32(x, p.f0), flat ? 1.0f : p.f1);
+        t = flat || lt_f32(t, 0.0f) ? 0.0f : t;
+        t = gt_f32(t, 1.0f) ? 1.0f : t;
+        t = is_nan(t) ? 0.0f : t;
         if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
         return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
     }
     default:  // HALF_EVEN, affine: clip(rint(f32(x / scale) + zp), 0, L)
         return clamp_level(rint_f32(add_f32(div_f32(x, p.f0), p.f1)), L);
     }
+}
+
+// f32((u + 0.5) / L) for L = 255 or 15 without a division: y = a * r with r = f32(1 / L), then one
+// correction y + f32(a - L * y) * r (both by fma). Equal to the correctly rounded quotient for every
+// u in [0, L] (for these two L; the host tests decode every level).
+GQ_HD float level_center(int u, int L) {
+    const float a = add_f32((float)u, 0.5f);
+    const float r = float_of(L == 255 ? 0x3b808081u : 0x3d888889u);  // f32(1/255), f32(1/15)
+    const float y = mul_f32(a, r);
+    return fma_f32(fma_f32(-(float)L, y, a), r, y);
 }
 
 // Reconstruction of level u.
@@ -240,7 +265,7 @@ GQ_HD float scalar_value(int u, int rounding, int bits, ScalarParams p) {
     case FLOOR:  // f32(f64(u) * f64(step) + f64(lo))
         return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
     case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
-        return add_f32(p.f0, mul_f32(div_f32(add_f32((float)u, 0.5f), (float)L), p.f1));
+        return add_f32(p.f0, mul_f32(level_center(u, L), p.f1));
     default:  // f32((u - zp) * scale)
         return mul_f32(sub_f32((float)u, p.f1), p.f0);
     }

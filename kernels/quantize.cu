@@ -6,286 +6,20 @@
 // matrix of code units (bytes, or 16-bit words for fp16/bf16), where rc = code units per row (d,
 // ceil(d/2) for nibbles, ceil(d/8) for bits).
 //
-// Work split (encode_rows / decode_rows): a task is (row, chunk of CPT code units: 4 values, or 8
+// Work split (encode_rows / decode_rows, walks.cuh): a task is (row, chunk of CPT code units: 4 values, or 8
 // for binary). Consecutive threads take consecutive tasks, so warp accesses are contiguous; a
 // grid-stride loop walks the tasks (the grid is a few blocks per SM, chosen by the caller), each
 // thread loading UNROLL tasks before converting them. A task whose input lies inside the row and is
 // aligned is loaded with one vector load (a float4 for 4 floats); its codes are stored with one
 // store when aligned; row tails, odd d and unaligned views take the scalar path. Absmax gives each
 // row (or block) a group of lanes (see LaneGroup) that holds it in registers when it fits: a max|x|
-// reduction, then the encode; longer or unaligned segments are re-read from L1/L2 instead.
+// reduction, then the encode; segments of up to 4096 values are held by several warps of a block
+// (absmax_encode_block); longer or unaligned segments are re-read from L1/L2 instead.
 //
 // Input conversion: float16 widens exactly; float64 is rounded to float32 (nearest even, subnormal
 // results kept) before any scheme math, as the reference does.
 
-#include "codecs.cuh"
-#include "device_io.cuh"
-#include "quant_math.cuh"
-
-namespace {
-
-using gq::aligned;
-using gq::load_vec;
-using gq::thread_count;
-using gq::thread_index;
-using gq::to_f32;
-
-// Each task covers Codec::CPT code units of one row (4 values: one float4 read, 4 int8 / fp8 codes
-// or 2 nibble bytes written; 8 values for binary). Consecutive threads take consecutive tasks, so a
-// warp's loads and stores are contiguous (coalesced), and each thread keeps UNROLL tasks in flight:
-// it loads all of them before converting any.
-constexpr int UNROLL = 4;
-
-// The word type that moves N bytes at once (N = 1, 2, 4, 8 or 16).
-template <int N> struct Word;
-template <> struct Word<1> { typedef unsigned char type; };
-template <> struct Word<2> { typedef unsigned short type; };
-template <> struct Word<4> { typedef unsigned type; };
-template <> struct Word<8> { typedef uint2 type; };
-template <> struct Word<16> { typedef uint4 type; };
-
-// N bytes between global memory (aligned to N) and a local array, in one move.
-template <int N>
-__device__ __forceinline__ void move_out(void* p, const void* local) {
-    gq::store_raw<typename Word<N>::type>(p, local);
-}
-template <int N>
-__device__ __forceinline__ void move_in(void* local, const void* p) {
-    gq::load_raw<typename Word<N>::type>(p, local);
-}
-
-// The grid-stride walk over tasks (row, chunk): one division per thread at the start, then an
-// increment per step (a 64-bit division per task would cost more than the math of a task).
-// (Also walks absmax segments: task = segment, chunk = block of the row, from a warp's own start.)
-struct TaskWalk {
-    long long tasks, per_row, row, chunk, task, step_rows, step_chunks, step;
-    __device__ TaskWalk(long long n, long long per_row_, long long start = thread_index(),
-                        long long step_ = thread_count())
-        : tasks(n * per_row_), per_row(per_row_), task(start), step(step_) {
-        row = task / per_row;
-        chunk = task - row * per_row;
-        step_rows = step / per_row;
-        step_chunks = step - step_rows * per_row;
-    }
-    __device__ __forceinline__ bool more() const { return task < tasks; }
-    __device__ __forceinline__ void next() {
-        task += step;
-        row += step_rows;
-        chunk += step_chunks;
-        if (chunk >= per_row) {
-            chunk -= per_row;
-            ++row;
-        }
-    }
-};
-
-// One encode task: its EPT input values (columns col0.., zeros past d; a vector load when inside the
-// row and aligned), and its CPT codes stored (one store when aligned, else code by code).
-template <typename T, int EPT>
-__device__ __forceinline__ void load_task(const T* src, long long col0, long long d, float* v) {
-    constexpr int IN_BYTES = EPT * (int)sizeof(T);
-    if (col0 + EPT <= d && aligned(src, IN_BYTES < 16 ? IN_BYTES : 16)) {
-        load_vec<T, EPT>(src, v);
-    } else {
-#pragma unroll
-        for (int t = 0; t < EPT; ++t) v[t] = (col0 + t < d) ? to_f32(src[t]) : 0.0f;
-    }
-}
-template <typename Enc>
-__device__ __forceinline__ void store_task(const Enc& enc, const float* v, typename Enc::code_t* dst, long long col0,
-                                           long long left, long long d) {
-    typedef typename Enc::code_t C;
-    constexpr int CPT = Enc::CPT, OUT_BYTES = CPT * (int)sizeof(C);
-    __align__(16) C codes[CPT];
-#pragma unroll
-    for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v + k * Enc::EPC, col0 + k * Enc::EPC, d);
-    if (left >= CPT && aligned(dst, OUT_BYTES)) {
-        move_out<OUT_BYTES>(dst, codes);
-    } else {
-        for (int k = 0; k < CPT && k < left; ++k) dst[k] = codes[k];
-    }
-}
-
-// Tasks in flight per thread: UNROLL, or fewer for tasks of more than 16 bytes (binary: 32), so
-// that a thread keeps 64 bytes in flight within 64 registers.
-template <typename T, typename Enc>
-constexpr int TASKS_IN_FLIGHT =
-    Enc::CPT * Enc::EPC * (int)sizeof(T) > 16 ? UNROLL * 16 / (Enc::CPT * Enc::EPC * (int)sizeof(T)) : UNROLL;
-
-// Encode skeleton. Enc::pack(v, col, d) turns Enc::EPC values (columns col.., pads past d) into a
-// code unit.
-template <typename T, typename Enc>
-__device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
-                            long long n, long long d, long long rc) {
-    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
-    for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
-        long long row[U], chunk[U];
-        float v[U][EPT];
-        int count = 0;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (w.more()) {
-                row[u] = w.row;
-                chunk[u] = w.chunk;
-                count = u + 1;
-                load_task<T, EPT>(x + w.row * d + w.chunk * EPT, w.chunk * EPT, d, v[u]);
-                w.next();
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (u < count) {
-                store_task(enc, v[u], out + row[u] * rc + chunk[u] * CPT, chunk[u] * EPT, rc - chunk[u] * CPT, d);
-            }
-        }
-    }
-}
-
-// Column walk, for codecs whose constants depend on the column (per-dimension ranges), on a grid
-// of at least one thread per task of a row (columns_fit): thread t keeps the task t % per_row of
-// every row it visits, rows t / per_row + k * R (R = threads / per_row; the last threads % per_row
-// threads idle), so the constants of its columns are loaded once, before the loop, and each step
-// is a pointer increment.
-__device__ __forceinline__ bool columns_fit(long long per_row) { return thread_count() >= per_row; }
-
-template <typename T, typename Enc>
-__device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
-                               long long n, long long d, long long rc) {
-    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
-    const long long per_row = (rc + CPT - 1) / CPT, rows_per_step = thread_count() / per_row;
-    const long long t = thread_index(), chunk = t % per_row, col0 = chunk * EPT, left = rc - chunk * CPT;
-    if (t >= rows_per_step * per_row) return;
-    const T* src = x + (t / per_row) * d + col0;
-    typename Enc::code_t* dst = out + (t / per_row) * rc + chunk * CPT;
-    const long long src_step = rows_per_step * d, dst_step = rows_per_step * rc;
-    for (long long r = t / per_row; r < n; r += rows_per_step * U) {
-        float v[U][EPT];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (r + u * rows_per_step < n) load_task<T, EPT>(src + u * src_step, col0, d, v[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (r + u * rows_per_step < n) store_task(enc, v[u], dst + u * dst_step, col0, left, d);
-        }
-        src += U * src_step;
-        dst += U * dst_step;
-    }
-}
-
-// Flat walk for codecs whose code i belongs to value i and whose math does not depend on the
-// column (float casts, per-tensor 8-bit ranges): the C-contiguous matrix is one array of `total`
-// values, 4 per task (one vector load, one 4-code store), UNROLL tasks in flight per thread, no
-// per-row index math. Needs x aligned to 4 * sizeof(T) and out to 4 * sizeof(C); one thread
-// converts the last total % 4 values.
-template <typename T, typename Enc>
-__device__ void encode_flat(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
-                            long long total) {
-    typedef typename Enc::code_t C;
-    const long long quads = total / 4, step = thread_count();
-    for (long long q0 = thread_index(); q0 < quads; q0 += step * UNROLL) {
-        float v[UNROLL][4];
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            if (q0 + u * step < quads) load_vec<T, 4>(x + 4 * (q0 + u * step), v[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            if (q0 + u * step < quads) {
-                __align__(8) C c[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) c[k] = enc.pack(&v[u][k], 0, 1);
-                move_out<4 * (int)sizeof(C)>(out + 4 * (q0 + u * step), c);
-            }
-        }
-    }
-    if (thread_index() == 0) {
-        for (long long i = 4 * quads; i < total; ++i) {
-            const float f = to_f32(x[i]);
-            out[i] = enc.pack(&f, 0, 1);
-        }
-    }
-}
-
-template <typename Dec>
-__device__ void decode_flat(const Dec& dec, const typename Dec::code_t* __restrict__ codes, float* __restrict__ out,
-                            long long total) {
-    typedef typename Dec::code_t C;
-    const long long quads = total / 4, step = thread_count();
-    for (long long q0 = thread_index(); q0 < quads; q0 += step * UNROLL) {
-        __align__(8) C c[UNROLL][4];
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            if (q0 + u * step < quads) move_in<4 * (int)sizeof(C)>(c[u], codes + 4 * (q0 + u * step));
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            if (q0 + u * step < quads) {
-                __align__(16) float v[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) dec.unpack(c[u][k], 0, 0, v + k);
-                gq::store_raw<float4>(out + 4 * (q0 + u * step), v);
-            }
-        }
-    }
-    if (thread_index() == 0) {
-        for (long long i = 4 * quads; i < total; ++i) dec.unpack(codes[i], 0, 0, out + i);
-    }
-}
-
-// Whether the flat walk applies: both buffers aligned for its vector moves.
-template <typename T, typename C>
-__device__ __forceinline__ bool flat_ok(const T* x, const C* c) {
-    return aligned(x, 4 * sizeof(T)) && aligned(c, 4 * sizeof(C));
-}
-
-// Decode skeleton. Dec::unpack(code, row, col, v) writes Dec::EPC floats (columns col..).
-template <typename Dec>
-__device__ void decode_rows(const Dec& dec, const typename Dec::code_t* __restrict__ codes,
-                            float* __restrict__ out, long long n, long long d, long long rc) {
-    typedef typename Dec::code_t C;
-    constexpr int CPT = Dec::CPT, EPT = CPT * Dec::EPC, IN_BYTES = CPT * (int)sizeof(C);
-    for (TaskWalk w(n, (rc + CPT - 1) / CPT); w.more();) {
-        long long row[UNROLL], chunk[UNROLL];
-        __align__(16) C c[UNROLL][CPT];
-        int count = 0;
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            if (w.more()) {
-                row[u] = w.row;
-                chunk[u] = w.chunk;
-                count = u + 1;
-                const C* src = codes + w.row * rc + w.chunk * CPT;
-                const long long left = rc - w.chunk * CPT;
-                if (left >= CPT && aligned(src, IN_BYTES)) {
-                    move_in<IN_BYTES>(c[u], src);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < CPT; ++k) c[u][k] = (k < left) ? src[k] : C(0);
-                }
-                w.next();
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            if (u < count) {
-                const long long col0 = chunk[u] * EPT;
-                __align__(16) float v[EPT];
-#pragma unroll
-                for (int k = 0; k < CPT; ++k) dec.unpack(c[u][k], row[u], col0 + k * Dec::EPC, v + k * Dec::EPC);
-                float* dst = out + row[u] * d + col0;
-                if (col0 + EPT <= d && aligned(dst, 16)) {
-#pragma unroll
-                    for (int i = 0; i < EPT / 4; ++i) gq::store_raw<float4>(dst + 4 * i, v + 4 * i);
-                } else {
-                    for (int t = 0; t < EPT && col0 + t < d; ++t) dst[t] = v[t];
-                }
-            }
-        }
-    }
-}
-
-}  // namespace
+#include "walks.cuh"
 
 // ===== kernels ================================================================================
 // Kernels run 256 threads per block and are compiled for 4 resident blocks per SM (at most 64
@@ -337,12 +71,15 @@ __global__ void __launch_bounds__(256, 4)
 #undef GQ_SCALAR_ARGS
 }
 
-template <int R, int EPC, int FLAT = -1>
+template <int R, int EPC, int FLAT = -1>  // FLAT (a walk): 0 rows, 1 flat, 2 columns, -1 chosen here
 __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
-    if (FLAT >= 0 ? FLAT == 1 : EPC == 1 && !per_dim && flat_ok(out, codes)) {
+    const long long rc = EPC == 1 ? d : (d + 1) / 2;
+    const int walk = FLAT >= 0 ? FLAT : EPC == 1 && !per_dim && flat_ok(out, codes) ? 1
+                                      : per_dim && columns_fit((rc + dec.CPT - 1) / dec.CPT) ? 2 : 0;
+    if (walk == 1) {
         if constexpr (EPC == 1) {
             __shared__ float table[256];
             for (int c = threadIdx.x; c < 256; c += blockDim.x) {
@@ -351,8 +88,10 @@ __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restri
             __syncthreads();
             decode_flat(TableDecoder{table}, codes, out, n * d);
         }
+    } else if (walk == 2) {
+        decode_columns(dec, codes, out, n, d, rc);
     } else {
-        decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+        decode_rows(dec, codes, out, n, d, rc);
     }
 }
 
@@ -454,20 +193,123 @@ struct LaneGroup {
 // input, 4 values per lane per step, 4 int8 codes (or 4 nibbles) stored per lane per step.
 constexpr int ABSMAX_V4 = 4;
 
-// Scale of a segment from its lanes' integer max |x|; lane 0 of the group records it, and the row
-// when the segment holds NaN or Inf.
-__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
-                                                      unsigned long long* bad_row, long long seg, long long row,
-                                                      int qmax, float eps, const float* tensor_scale,
-                                                      int use_tensor_scale) {
-    m = __reduce_max_sync(grp.mask, m);
+// A segment held in registers by `width` lanes: lane `lane` loads the float4 at values
+// 4 * (lane + width * i) (i < ABSMAX_V4, those inside the segment) and returns its integer max |x|.
+template <typename T>
+__device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane, int width, long long seg_len,
+                                              float (&v)[ABSMAX_V4][4]) {
+    gq_u32 m = 0;
+#pragma unroll
+    for (int i = 0; i < ABSMAX_V4; ++i) {
+        const long long j = 4 * (lane + (long long)width * i);
+        if (live && j < seg_len) {
+            load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+                const gq_u32 a = gq::bits_of(v[i][t]) & 0x7fffffffu;  // integer max == max |x|
+                m = a > m ? a : m;
+            }
+        }
+    }
+    return m;
+}
+
+// The codes of the values absmax_load loaded, encoded with scale s: 4 int8 codes (one 32-bit
+// store) or 4 nibbles (one 16-bit store) per float4.
+__device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], float s, unsigned char* dst, bool live,
+                                             int lane, int width, long long seg_len, int bits, int high_first) {
+    const int qmax = bits == 8 ? 127 : 7;
+#pragma unroll
+    for (int i = 0; i < ABSMAX_V4; ++i) {
+        const long long j = 4 * (lane + (long long)width * i);
+        if (live && j < seg_len) {
+            unsigned q[4];
+#pragma unroll
+            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
+            if (bits == 8) {
+                const unsigned word = (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
+                gq::store_raw<unsigned>(dst + j, &word);
+            } else {
+                const unsigned short pair =
+                    (unsigned short)(gq::pack_nibbles(q[0] & 0xfu, q[1] & 0xfu, high_first) |
+                                     (gq::pack_nibbles(q[2] & 0xfu, q[3] & 0xfu, high_first) << 8));
+                gq::store_raw<unsigned short>(dst + j / 2, &pair);
+            }
+        }
+    }
+}
+
+// Scale of a segment from its integer max |x| m; the writer lane records it, and the row when the
+// segment holds NaN or Inf.
+__device__ __forceinline__ float absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
+                                               long long seg, long long row, int qmax, float eps,
+                                               const float* tensor_scale, int use_tensor_scale) {
     const float own = gq::absmax_scale(gq::float_of(m), eps, qmax);
     const float s = use_tensor_scale ? tensor_scale[0] : own;
-    if (live && grp.lane == 0) {
+    if (writer) {
         if (!use_tensor_scale) scales[seg] = s;
         if (!gq::is_finite(own)) atomicMin(bad_row, (unsigned long long)row);
     }
     return s;
+}
+
+// Scale of a segment from its lanes' integer max |x| (absmax_record by lane 0 of the group).
+__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
+                                                      unsigned long long* bad_row, long long seg, long long row,
+                                                      int qmax, float eps, const float* tensor_scale,
+                                                      int use_tensor_scale) {
+    return absmax_record(__reduce_max_sync(grp.mask, m), live && grp.lane == 0, scales, bad_row, seg, row, qmax, eps,
+                         tensor_scale, use_tensor_scale);
+}
+
+// Segments longer than a warp holds (512 values) and up to 4096 (the rows of int8-row and every
+// per-row scale at common embedding sizes) stay in the registers of K warps of a block (K = 2, 4
+// or 8, the fewest that hold the segment, 16 values per lane): a block takes warps / K segments
+// per step; each warp reduces its max, the K warps of a segment combine theirs through shared
+// memory (double buffered: one barrier per step). Every thread of a block runs the same steps (the
+// barrier needs them all); a segment past the last computes and writes nothing.
+constexpr int ABSMAX_MAX_WARPS = 8;  // warps per block the shared buffer holds (256 threads)
+
+__device__ __forceinline__ int absmax_block_warps(long long seg_len) {  // K, or 0: not this path
+    const long long per_warp = 4LL * 32 * ABSMAX_V4;
+    if (seg_len <= per_warp || seg_len % 4 != 0 || blockDim.x % 32 != 0 || blockDim.x > 32 * ABSMAX_MAX_WARPS) return 0;
+    for (int k = 2; k <= (int)blockDim.x / 32; k *= 2) {
+        if (seg_len <= per_warp * k) return k;
+    }
+    return 0;
+}
+
+template <typename T, int K>
+__device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                    float* __restrict__ scales, unsigned long long* bad_row, long long n, long long d,
+                                    long long seg_len, long long groups, int bits, int high_first, float eps,
+                                    const float* __restrict__ tensor_scale, int use_tensor_scale) {
+    __shared__ gq_u32 warp_max[2][ABSMAX_MAX_WARPS];
+    const int warp = (int)threadIdx.x / 32, part = warp % K, width = 32 * K;
+    const int lane = part * 32 + (int)(threadIdx.x & 31), qmax = bits == 8 ? 127 : 7;
+    const long long per_block = (long long)(blockDim.x / 32) / K, rc = bits == 8 ? d : (d + 1) / 2;
+    const long long segments = n * groups, first = (long long)blockIdx.x * per_block;
+    const long long stride = (long long)gridDim.x * per_block;
+    TaskWalk w(n, groups, first + warp / K, stride);
+    int buf = 0;
+    for (long long base = first; base < segments; base += stride, w.next(), buf ^= 1) {
+        const bool live = w.more();
+        const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
+        const T* src = x + row * d + g * seg_len;
+        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
+        float v[ABSMAX_V4][4];
+        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load(src, live, lane, width, seg_len, v));
+        if ((threadIdx.x & 31) == 0) warp_max[buf][warp] = m;
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const gq_u32 o = warp_max[buf][warp - part + k];
+            m = o > m ? o : m;
+        }
+        const float s = absmax_record(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_scale,
+                                      use_tensor_scale);
+        absmax_store(v, s, dst, live, lane, width, seg_len, bits, high_first);
+    }
 }
 
 // One group of lanes per segment (a row, or a block of seg_len values of a row; groups segments
@@ -475,11 +317,10 @@ __device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup&
 // rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
 // row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
 template <typename T>
-__global__ void __launch_bounds__(256, 4)
-    absmax_encode(const T* __restrict__ x, unsigned char* __restrict__ codes,
-                              float* __restrict__ scales, unsigned long long* bad_row, long long n,
-                              long long d, long long seg_len, long long groups, int bits, int high_first,
-                              float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+__device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                    float* __restrict__ scales, unsigned long long* bad_row, long long n,
+                                    long long d, long long seg_len, long long groups, int bits, int high_first,
+                                    float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
     const LaneGroup grp(seg_len, threadIdx.x & 31);
     const int qmax = bits == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
     const long long rc = bits == 8 ? d : (d + 1) / 2;
@@ -500,39 +341,10 @@ __global__ void __launch_bounds__(256, 4)
         gq_u32 m = 0;
         if (in_registers) {
             float v[ABSMAX_V4][4];
-#pragma unroll
-            for (int i = 0; i < ABSMAX_V4; ++i) {
-                const long long j = 4 * (grp.lane + (long long)W * i);
-                if (live && j < seg_len) {
-                    load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
-#pragma unroll
-                    for (int t = 0; t < 4; ++t) {
-                        const gq_u32 a = gq::bits_of(v[i][t]) & 0x7fffffffu;  // integer max == max |x|
-                        m = a > m ? a : m;
-                    }
-                }
-            }
+            m = absmax_load(src, live, grp.lane, W, seg_len, v);
             const float s = absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale,
                                                  use_tensor_scale);
-#pragma unroll
-            for (int i = 0; i < ABSMAX_V4; ++i) {
-                const long long j = 4 * (grp.lane + (long long)W * i);
-                if (live && j < seg_len) {
-                    unsigned q[4];
-#pragma unroll
-                    for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
-                    if (bits == 8) {
-                        const unsigned word =
-                            (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
-                        gq::store_raw<unsigned>(dst + j, &word);
-                    } else {
-                        const unsigned short pair =
-                            (unsigned short)(gq::pack_nibbles(q[0] & 0xfu, q[1] & 0xfu, high_first) |
-                                             (gq::pack_nibbles(q[2] & 0xfu, q[3] & 0xfu, high_first) << 8));
-                        gq::store_raw<unsigned short>(dst + j / 2, &pair);
-                    }
-                }
-            }
+            absmax_store(v, s, dst, live, grp.lane, W, seg_len, bits, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -560,6 +372,36 @@ __global__ void __launch_bounds__(256, 4)
         }
     }
 }
+
+// The parameters of both absmax encode kernels, and their names.
+#define GQ_ABSMAX_ENCODE_PARAMS                                                                          \
+    const T *__restrict__ x, unsigned char *__restrict__ codes, float *__restrict__ scales,              \
+        unsigned long long *bad_row, long long n, long long d, long long seg_len, long long groups, int bits, \
+        int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
+#define GQ_ABSMAX_ENCODE_ARGS                                                                            \
+    x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
+template <typename T>
+__global__ void __launch_bounds__(256, 4) absmax_encode(GQ_ABSMAX_ENCODE_PARAMS) {
+    absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+}
+
+// absmax_encode for segments of 513..4096 values, held by several warps (absmax_encode_block), a
+// kernel of its own so that the other segment lengths keep absmax_encode's registers and code. The
+// launcher picks it for such segments when d % 4 == 0 and x and codes are aligned; any other
+// arguments take absmax_encode's path here too.
+template <typename T>
+__global__ void __launch_bounds__(256, 4) absmax_encode_rows(GQ_ABSMAX_ENCODE_PARAMS) {
+    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, bits == 8 ? 4 : 2)
+                      ? absmax_block_warps(seg_len) : 0;
+    switch (K) {
+    case 2: absmax_encode_block<T, 2>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 4: absmax_encode_block<T, 4>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 8: absmax_encode_block<T, 8>(GQ_ABSMAX_ENCODE_ARGS); break;
+    default: absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+    }
+}
+#undef GQ_ABSMAX_ENCODE_ARGS
+#undef GQ_ABSMAX_ENCODE_PARAMS
 
 template <int EPC, int LAYOUT>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,

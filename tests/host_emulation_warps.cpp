@@ -1,4 +1,4 @@
-// host_emulation_warps.cpp: the warp- and block-cooperative kernels (absmax_encode and scalar_decode
+// host_emulation_warps.cpp: the warp- and block-cooperative kernels (absmax_encode, absmax_encode_rows and scalar_decode
 // in kernels/quantize.cu, everything in kernels/train.cu) compiled for the host. Each block runs its
 // threads as std::threads; __syncthreads and the warp intrinsics (__reduce_*_sync, __ballot_sync,
 // __shfl_up_sync) meet at barriers; atomics are std::atomic_ref; blocks run one after another, so
@@ -127,12 +127,14 @@ static void launch(unsigned gx, unsigned gy, unsigned threads, F kernel) {
 
 extern "C" {
 
+// rows: 0 absmax_encode, 1 absmax_encode_rows (segments held by several warps).
 void emu_absmax_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes, float* scales,
                        unsigned long long* bad_row, long long n, long long d, long long seg_len, long long groups,
-                       int bits, int high_first, float eps, const float* tensor_scale, int use_tensor_scale) {
+                       int bits, int high_first, float eps, const float* tensor_scale, int use_tensor_scale,
+                       int rows) {
     GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] {
-        absmax_encode<T>((const T*)x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps,
-                         tensor_scale, use_tensor_scale);
+        (rows ? absmax_encode_rows<T> : absmax_encode<T>)((const T*)x, codes, scales, bad_row, n, d, seg_len, groups,
+                                                          bits, high_first, eps, tensor_scale, use_tensor_scale);
     }))
 }
 

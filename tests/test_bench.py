@@ -92,12 +92,12 @@ def test_gpu_check_fills_spread_and_rooflines(gpu_check: Any) -> None:
 
 
 def test_gpu_check_captures_launches(gpu_check: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpuquant.backends import cuda_loader
+    from gpuquant.backends import cuda_loader, cupy_launch
 
     ran: list[Any] = []
     monkeypatch.setattr(cuda_loader, "get_kernel", lambda f, n, names: lambda g, b, a: ran.append((n, a)))
     with gpu_check.captured_launches() as launches:
-        cuda_loader.get_kernel("quantize.cu", "binary_decode", ())((1,), (256,), (7,))
+        cupy_launch.kernel("quantize.cu", "binary_decode", ())((1,), (256,), (7,))
     assert ran == [("binary_decode", (7,))] and [(g, b, a) for _, g, b, a in launches] == [((1,), (256,), (7,))]
 
 

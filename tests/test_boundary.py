@@ -123,6 +123,40 @@ def test_every_kernel_family_has_both_launchers() -> None:
     assert set(LAUNCHERS) == {(f, mode) for f in families for mode in ("encode", "decode")}
 
 
+@pytest.mark.parametrize("preset", ["st-int8", "binary", "int4-block", "fp8-e4m3"])
+def test_planned_launches_are_the_launchers_own_on_the_host(preset: str) -> None:
+    # the seam tools use (SASS report): one launch per call, its arrays the caller's, no device needed
+    from gpuquant.backends import device_code_dtype
+    from gpuquant.backends.cupy_launch import LAUNCHERS, NAME_EXPRESSIONS, QUANTIZE_FILE, planned_launches
+
+    scheme = make_scheme(preset)
+    x = matrix(np.random.default_rng(1), 3, 64)
+    state = scheme.fit(x) or {}
+    codes = np.zeros(scheme.code_shape(3, 64), device_code_dtype(scheme))
+    side = {k: np.ones(shape, dtype) for k, (shape, dtype) in scheme.side_shapes(3, 64).items()}
+    y = np.empty((3, 64), np.float32)
+    (enc,) = planned_launches(scheme, "encode", state, x, codes, side)
+    (dec,) = planned_launches(scheme, "decode", state, codes, y, side)
+    assert (scheme.family, "encode") in LAUNCHERS
+    assert enc.filename == dec.filename == QUANTIZE_FILE and {enc.name, dec.name} <= set(NAME_EXPRESSIONS)
+    assert enc.args[0] is x and enc.args[1] is codes and dec.args[0] is codes
+
+
+@pytest.mark.parametrize(("d", "offset", "kernel"), [(384, 0, "absmax_encode"), (768, 0, "absmax_encode_rows"),
+                                                   (4096, 0, "absmax_encode_rows"), (4100, 0, "absmax_encode"),
+                                                   (770, 0, "absmax_encode"), (768, 1, "absmax_encode")])
+def test_long_rows_take_the_kernel_that_holds_them_in_several_warps(d: int, offset: int, kernel: str) -> None:
+    from gpuquant.backends.cupy_launch import planned_launches
+
+    scheme = make_scheme("int8-row")
+    buf = np.zeros(2 * d + 8, np.float32)
+    start = (-buf.ctypes.data % 16) // 4 + offset
+    x = buf[start:start + 2 * d].reshape(2, d)
+    codes, side = np.zeros((2, d), np.int8), {"scales": np.ones(2, np.float32)}
+    (launch,) = planned_launches(scheme, "encode", {}, x, codes.view(np.uint8), side)
+    assert launch.name == f"{kernel}<float>"
+
+
 def test_every_cuvs_family_has_fit_transform_and_inverse() -> None:
     from gpuquant.backends.cuvs_backend import IMPLEMENTATIONS, REQUIRES
 

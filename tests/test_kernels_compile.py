@@ -61,7 +61,10 @@ def test_kernels_do_not_flush_subnormals(filename: str) -> None:
     ptx = _ptx(filename, ("-arch=compute_90", "-ftz=true"))
     flushing = sorted({m.group(0) for m in re.finditer(r"\b[a-z]+(\.[a-z0-9]+)*\.ftz(\.[a-z0-9]+)*", ptx)})
     assert not flushing, f"float instructions that flush subnormals: {flushing}"
-    assert not re.search(r"\bfma\.", ptx), "an FMA contraction changes results"
+    # the fma of gq::fma_f32 is written out (inline asm); one the compiler adds is a contraction
+    contracted = re.sub(r"// begin inline asm.*?// end inline asm", "", ptx, flags=re.S)
+    assert not re.search(r"\bfma\.", contracted), "an FMA contraction changes results"
+    assert "fma.rn.f32" in ptx  # the written-out ones are there (the stripping above is not vacuous)
 
 
 def test_compile_error_names_file_options_and_line(monkeypatch: pytest.MonkeyPatch) -> None:

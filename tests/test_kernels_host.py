@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import importlib.resources
 import os
 import re
@@ -101,7 +102,7 @@ def emu() -> ctypes.CDLL:
 
 
 WARP_SIGNATURES = {
-    "emu_absmax_encode": [I32, I32, I32, VP, VP, VP, VP, I64, I64, I64, I64, I32, I32, F32, VP, I32],
+    "emu_absmax_encode": [I32, I32, I32, VP, VP, VP, VP, I64, I64, I64, I64, I32, I32, F32, VP, I32, I32],
     "emu_scalar_decode": [I32, I32, VP, VP, I64, I64, VP, I32, I32, I32, I32, I32],
     "emu_to_float32": [I32, I32, I32, VP, VP, I64],
     "emu_minmax_global": [I32, I32, I32, VP, I64, VP, VP],
@@ -513,14 +514,14 @@ def test_emulated_absmax_encode(warps, rng, granularity: str, bits: int, order: 
         state = scheme.fit(x32) if granularity == "tensor" else {}
         want, want_side = scheme.encode(x32, state)
         tensor_scale = state.get("scales", np.ones(1, np.float32))
-        for misalign in (False, True):
+        for misalign, rows in itertools.product((False, True), (0, 1)):
             xin = placed(xd, misalign)
             codes = placed(np.full(want.shape, 0x5A, np.uint8), misalign)
             scales = np.full(n * groups, np.nan, np.float32)
             bad = np.full(1, np.iinfo(np.uint64).max, np.uint64)
             warps.emu_absmax_encode(2, 64, DTYPE_IDS[xd.dtype], ptr(xin), ptr(codes), ptr(scales), ptr(bad), n, d,
                                     seg, groups, bits, int(order == "high_first"), eps, ptr(tensor_scale),
-                                    int(granularity == "tensor"))
+                                    int(granularity == "tensor"), rows)
             assert bad[0] == np.iinfo(np.uint64).max
             same_bits(codes.view(want.dtype), want)
             if granularity != "tensor":
@@ -529,8 +530,49 @@ def test_emulated_absmax_encode(warps, rng, granularity: str, bits: int, order: 
     x[[41, 55], [3, 0]] = np.nan, np.inf
     bad = np.full(1, np.iinfo(np.uint64).max, np.uint64)
     out, scales = np.zeros((70, 16), np.uint8), np.zeros(70, np.float32)
-    warps.emu_absmax_encode(3, 64, 0, ptr(x), ptr(out), ptr(scales), ptr(bad), 70, 16, 16, 1, 8, 0, 0.0, ptr(scales), 0)
+    warps.emu_absmax_encode(3, 64, 0, ptr(x), ptr(out), ptr(scales), ptr(bad), 70, 16, 16, 1, 8, 0, 0.0, ptr(scales), 0,
+                            0)
     assert bad[0] == 41
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize(("granularity", "bits", "order"), [("row", 8, "low_first"), ("row", 4, "high_first"),
+                                                            ("block", 8, "low_first")])
+def test_emulated_absmax_encode_rows(warps, rng, granularity: str, bits: int, order: str,
+                                                           dtype) -> None:
+    # absmax_encode_rows, 256 threads: segments of 513..4096 values on 2, 4 or 8 warps (4, 2 or 1
+    # segments a block per step, the last step part empty); d not a multiple of 4, 4100 and
+    # misaligned arrays take absmax_encode's paths
+    shapes = [(5, 516, 516), (7, 768, 768), (3, 1536, 768), (4, 2052, 1026), (3, 3072, 1024), (2, 4096, 4096),
+              (2, 4100, 4100), (3, 1538, 1538), (1, 1024, 1024), (3, 4096, 2048)]
+    for n, d, g in shapes:
+        if granularity == "block" and g > 4096:
+            continue
+        block = {"block_size": g} if granularity == "block" else {}
+        scheme = make_scheme("absmax", granularity=granularity, bits=bits, nibble_order=order, **block)
+        seg, groups = (g, d // g) if granularity == "block" else (d, 1)
+        x = absmax_inputs(rng, max(n, 8), d)[rng.permutation(8)[:n]]
+        with np.errstate(over="ignore"):
+            xd = x.astype(dtype)
+        xd[~np.isfinite(xd)] = 0
+        want, want_side = scheme.encode(xd.astype(np.float32), {})
+        for blocks, misalign in ((1, False), (3, False), (2, True)):
+            xin = placed(xd, misalign)
+            codes = placed(np.full(want.shape, 0x5A, np.uint8), misalign)
+            scales = np.full(n * groups, np.nan, np.float32)
+            bad = np.full(1, np.iinfo(np.uint64).max, np.uint64)
+            warps.emu_absmax_encode(blocks, 256, DTYPE_IDS[xd.dtype], ptr(xin), ptr(codes), ptr(scales), ptr(bad), n, d,
+                                    seg, groups, bits, int(order == "high_first"), 0.0, ptr(scales), 0, 1)
+            assert bad[0] == np.iinfo(np.uint64).max, (n, d, blocks)
+            same_bits(codes.view(want.dtype), want)
+            same_bits(scales.reshape(want_side["scales"].shape), want_side["scales"])
+    x = matrix(rng, 9, 3072)
+    x[[6, 4], [3000, 1]] = np.nan, -np.inf
+    bad = np.full(1, np.iinfo(np.uint64).max, np.uint64)
+    out, scales = np.zeros((9, 3072), np.uint8), np.zeros(9, np.float32)
+    warps.emu_absmax_encode(2, 256, 0, ptr(x), ptr(out), ptr(scales), ptr(bad), 9, 3072, 3072, 1, 8, 0, 0.0,
+                            ptr(scales), 0, 1)
+    assert bad[0] == 4
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)

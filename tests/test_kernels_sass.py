@@ -28,29 +28,25 @@ OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
 OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("cuvs-sq8", "transform"): "issue fraction over 0.5",
     ("st-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("st-int8", "inverse"): "issue fraction over 0.5",
     ("st-uint8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("st-uint8", "inverse"): "issue fraction over 0.5",
     ("faiss-sq8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-sq8", "inverse"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("faiss-sq4", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-sq4", "inverse"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("int8-row", "transform"): "32-bit input loads",
+    ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("uint8-affine", "transform"): "CALL: f32 division slow path",
     ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "inverse"): "issue fraction over 0.5",
-    ("qdrant-uint8", "transform"): "issue fraction over 0.5",
-    ("vespa-int8", "transform"): "32-bit input loads",
-    ("es-byte", "transform"): "32-bit input loads",
-    ("milvus-int8", "transform"): "32-bit input loads",
+    ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
+    ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
+    ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("gguf-q8_0", "transform"): "no GPU kernel for gguf",
     ("gguf-q8_0", "inverse"): "no GPU kernel for gguf",
     ("gguf-q4_0", "transform"): "no GPU kernel for gguf",
     ("gguf-q4_0", "inverse"): "no GPU kernel for gguf",
     ("safetensors-fp8", "transform"): "no GPU kernel for scaled_fp8",
     ("safetensors-fp8", "inverse"): "no GPU kernel for scaled_fp8",
+    ("faiss-rabitq", "transform"): "no GPU kernel for rabitq",
+    ("faiss-rabitq", "inverse"): "no GPU kernel for rabitq",
 }
 
 

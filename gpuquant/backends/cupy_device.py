@@ -8,11 +8,18 @@ device views of the arrays callers pass in.
   ``__cuda_array_interface__``) without copies, host arrays uploaded, non-contiguous device arrays
   made contiguous on their device.
 * :data:`INPUT_TYPES`: the C++ type of each input dtype in the kernels' template instances.
+* :func:`host_run`: a block in which the launch code runs on the host (numpy stands in for the few
+  CuPy calls launchers make, grids are one block): what
+  :func:`gpuquant.backends.cupy_launch.planned_launches` records launches in, without a device.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,7 +37,38 @@ INPUT_TYPES: dict[np.dtype, str] = {
 }
 
 
+class _HostArray(np.ndarray):
+    """A numpy array with CuPy's ``get()`` (the host stand-in's arrays)."""
+
+    def get(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+#: The CuPy calls launchers make (a flag buffer, dtype casts), on the host: see :func:`host_run`.
+_HOST_CUPY = SimpleNamespace(
+    uint64=np.uint64, float32=np.float32,
+    asarray=lambda a, dtype=None: np.asarray(a, dtype),
+    full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray),
+)
+_HOST_RUN: ContextVar[bool] = ContextVar("gpuquant_cupy_host_run", default=False)
+
+
+@contextmanager
+def host_run() -> Iterator[None]:
+    """Inside the block :func:`cupy_module` is a numpy stand-in and :func:`grid_for` gives one block.
+
+    Only for recording the launches a call makes (``cupy_launch.planned_launches``): kernels must
+    not run inside it, and a launcher's read-back flags read their initial value."""
+    token = _HOST_RUN.set(True)
+    try:
+        yield
+    finally:
+        _HOST_RUN.reset(token)
+
+
 def cupy_module() -> Any:
+    if _HOST_RUN.get():
+        return _HOST_CUPY
     import cupy
 
     return cupy
@@ -44,6 +82,8 @@ def _sm_count(device_id: int) -> int:
 
 def grid_for(work_items: int, per_block: int = THREADS) -> int:
     """Blocks for ``work_items`` items: enough to cover them, at most a few per SM (grid-stride)."""
+    if _HOST_RUN.get():
+        return 1
     cp = cupy_module()
     cap = _sm_count(cp.cuda.Device().id) * BLOCKS_PER_SM
     return int(max(1, min(cap, -(-work_items // per_block))))

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends import cuda_loader
 from gpuquant.backends.cupy_device import BLOCKS_PER_SM, THREADS, cupy_module, grid_for, i64
+from gpuquant.backends.cupy_launch import kernel
 from gpuquant.transforms import hadamard_signs, hadamard_size
 
 ROTATE_FILE = "rotate.cu"
@@ -24,7 +24,7 @@ NAME_EXPRESSIONS: tuple[str, ...] = ("row_product", "hadamard_load", "hadamard_s
 
 
 def _kernel(name: str) -> Any:
-    return cuda_loader.get_kernel(ROTATE_FILE, name, NAME_EXPRESSIONS)
+    return kernel(ROTATE_FILE, name, NAME_EXPRESSIONS)
 
 
 def _rows_grid(n: int) -> int:

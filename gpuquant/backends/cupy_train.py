@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends import cuda_loader
 from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, grid_for
 from gpuquant.backends.cupy_device import cupy_module as _cupy
+from gpuquant.backends.cupy_launch import kernel
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
 from gpuquant.schemes import statistics as st
@@ -49,7 +49,7 @@ _ROW_BLOCKS = 1024  # row slices of the column kernels (gridDim.y)
 
 
 def _kernel(name: str):
-    return cuda_loader.get_kernel(TRAIN_FILE, name, NAME_EXPRESSIONS)
+    return kernel(TRAIN_FILE, name, NAME_EXPRESSIONS)
 
 
 def _t(x: Any) -> str:

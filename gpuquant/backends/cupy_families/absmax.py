@@ -1,4 +1,5 @@
-"""Launchers of the ``absmax`` family (``absmax_encode`` / ``absmax_decode`` in ``kernels/quantize.cu``)."""
+"""Launchers of the ``absmax`` family (``absmax_encode``, ``absmax_encode_rows`` for segments of 513..4096
+values, ``absmax_decode``: ``kernels/quantize.cu``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,23 @@ def _segments(scheme: Scheme, d: int) -> tuple[int, int]:
     return d, 1
 
 
+#: Values one warp holds in registers in the absmax encode kernels (16 a lane).
+WARP_VALUES = 512
+
+
+def _rows_path(seg_len: int, d: int, bits: int, x: Any, codes: Any) -> bool:
+    """Whether ``absmax_encode_rows`` takes the segments: 513..4096 values (held by 2, 4 or 8 warps of a
+    block), d a multiple of 4, x aligned to a vector of 4 values and the codes to 4 of theirs."""
+    code_align = 4 if bits == 8 else 2
+    return (WARP_VALUES < seg_len <= THREADS // 32 * WARP_VALUES and seg_len % 4 == 0 and d % 4 == 0
+            and _address(x) % (4 * x.dtype.itemsize) == 0 and _address(codes) % code_align == 0)
+
+
+def _address(a: Any) -> int:
+    """Device (CuPy) or host (numpy, when launches are planned) address of ``a``'s first element."""
+    return int(a.data.ptr) if hasattr(a.data, "ptr") else int(a.ctypes.data)
+
+
 @launcher("absmax", "encode")
 def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     cp = cupy_module()
@@ -37,8 +55,10 @@ def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     bad = cp.full(1, np.iinfo(np.uint64).max, dtype=cp.uint64)
     tensor = isinstance(scheme.granularity, PerTensor)
     scales = constant("tensor_scale", state["scales"], np.float32) if tensor else side["scales"]
-    quantize_kernel(f"absmax_encode<{INPUT_TYPES[x.dtype]}>")(
-        (grid_for(n * groups * 32),), (THREADS,),
+    rows = _rows_path(seg_len, d, p.bits, x, codes)
+    warps = n * groups * (-(-seg_len // WARP_VALUES) if rows else 1)
+    quantize_kernel(f"{'absmax_encode_rows' if rows else 'absmax_encode'}<{INPUT_TYPES[x.dtype]}>")(
+        (grid_for(warps * 32),), (THREADS,),
         (x, codes, scales, bad, i64(n), i64(d), i64(seg_len), i64(groups), i32(p.bits),
          i32(p.nibble_order == "high_first"), np.float32(p.eps), scales, i32(tensor)),
     )

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends import cuda_loader
 from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, grid_for, i32, i64
-from gpuquant.backends.cupy_launch import launcher, limits
+from gpuquant.backends.cupy_launch import kernel, launcher, limits
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.rabitq import NONFINITE_WHY, RabitqScheme, overflow_error
 from gpuquant.schemes.statistics import RowError
@@ -27,7 +26,7 @@ NO_ROW = np.iinfo(np.uint64).max
 
 
 def _kernel(name: str) -> Any:
-    return cuda_loader.get_kernel(RABITQ_FILE, name, NAME_EXPRESSIONS)
+    return kernel(RABITQ_FILE, name, NAME_EXPRESSIONS)
 
 
 @limits("rabitq")
