@@ -320,7 +320,7 @@ def test_no_gpu_kernels_yet_so_cupy_refuses_and_auto_picks_numpy(monkeypatch):
     scheme = make_scheme("faiss-rabitq")
     assert backends.supports("cupy", scheme) == (
         False, "scheme family 'rabitq' has no GPU kernels yet (use backend='numpy')")
-    monkeypatch.setattr(backends, "availability", lambda name: (True, "pretend"))
+    monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
     assert backends.pick_auto(scheme)[0] == "numpy"
     with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernels yet"):
         backends.resolve_for("cupy", scheme)
