@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import BLOCKS_PER_SM, THREADS, cupy_module, grid_for, i64
+from gpuquant.backends.cupy_device import THREADS, cupy_module, grid_for, i64
 from gpuquant.backends.cupy_launch import kernel
 from gpuquant.transforms import hadamard_signs, hadamard_size
 
@@ -29,7 +29,7 @@ def _kernel(name: str) -> Any:
 
 def _rows_grid(n: int) -> int:
     """Blocks for ``n`` rows, one row per block at a time (grid-stride over rows)."""
-    return max(1, min(n, grid_for(n * THREADS) or BLOCKS_PER_SM))
+    return min(n, grid_for(n * THREADS))
 
 
 def _f32(cp: Any, a: Any) -> Any:
