@@ -379,6 +379,8 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
+    elif kernel == "rabitq_encode1":
+        modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
     elif kernel == "absmax_decode":
         tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
         layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
@@ -424,6 +426,10 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
+    if kernel == "rabitq_encode1":  # a thread's row, float4 by float4: its sign bytes stored one by one
+        return Spec("LDG", 128, None, 8, 0)
+    if kernel == "rabitq_decode":  # a thread's row, value by value from its sign bytes
+        return Spec("STG", 32, None, 8, 0)
     if kernel in ("absmax_encode", "absmax_encode_rows"):
         d, seg = int(args[5]), int(args[6])
         quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)

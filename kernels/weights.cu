@@ -143,10 +143,11 @@ template <typename T>
 __global__ void scaled_fp8_encode(const T* __restrict__ x, unsigned char* __restrict__ codes,
                                   const float* __restrict__ scales, long long n, long long d, float max_finite,
                                   int per_row, int format) {
+    const float lo = gq::float_of(gq::bits_of(max_finite) | 0x80000000u);  // -M by its bits (no neg.ftz)
     for (long long i = gq::thread_index(); i < n * d; i += gq::thread_count()) {
         const float s = scales[per_row ? i / d : 0];
         float t = gq::add_f32(gq::div_f32(gq::to_f32(x[i]), s), 0.0f);  // + 0: -0 becomes +0
-        t = gq::lt_f32(t, -max_finite) ? -max_finite : t;
+        t = gq::lt_f32(t, lo) ? lo : t;
         t = gq::gt_f32(t, max_finite) ? max_finite : t;
         codes[i] = (unsigned char)gq::float_encode(t, format, false);
     }
