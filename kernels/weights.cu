@@ -54,8 +54,7 @@ __global__ void gguf_encode(const T* __restrict__ x, unsigned char* __restrict__
     const long long nb = d / gq::GGUF_QK;
     const int bytes = gq::gguf_block_bytes(q4);
     for (long long b = gq::thread_index(); b < n * nb; b += gq::thread_count()) {
-        const long long row = b / nb;
-        const T* src = x + row * d + (b - row * nb) * gq::GGUF_QK;
+        const T* src = x + b * gq::GGUF_QK;  // rows are d = nb * 32 values: block b starts at b * 32
         float v[gq::GGUF_QK];
         v[0] = gq::to_f32(src[0]);
         // the first value of the largest magnitude (numpy's argmax; llama.cpp's scan starts from +0
@@ -72,7 +71,7 @@ __global__ void gguf_encode(const T* __restrict__ x, unsigned char* __restrict__
             }
         }
         if (!finite) {
-            atomicMin(bad_row, (unsigned long long)row);
+            atomicMin(bad_row, (unsigned long long)(b / nb));  // its row
             continue;
         }
         const float dscale = q4 ? gq::div_f32(mx, -8.0f) : gq::div_f32(amax, 127.0f);
