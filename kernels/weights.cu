@@ -4,7 +4,7 @@
 // goes through quant_math.cuh (no -ftz, no contraction), fp16 and fp8 through its integer converters.
 //
 // gguf: one thread per block of 32 values (its 34 or 18 bytes are written by that thread).
-// scaled_fp8: scaled_fp8_scales (one thread per row: max |w|, the row's scale, the refusal of
+// scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale, the refusal of
 // non-finite rows) then scaled_fp8_encode / scaled_fp8_decode, one thread per value, grid-stride.
 // A row holding NaN or ±Inf is refused: its index goes to bad_row by atomicMin (the launcher raises);
 // the codes of such a launch are not used.
@@ -113,25 +113,28 @@ __global__ void gguf_decode(const unsigned char* __restrict__ codes, float* __re
     }
 }
 
-// Per row: max |w| (refusing a non-finite row) and, when the scale is per row, f32(amax / M) with
-// FLT_EPSILON for a zero scale, into scales[row].
+// Per row, one warp a row (blockDim a multiple of 32): max |w| as the largest bit pattern of |w| (the
+// order of non-negative floats; Inf and NaN patterns are above every finite one, so the row is finite
+// iff that maximum is below 0x7f800000, and it is refused then) and, when the scale is per row,
+// f32(amax / M) with FLT_EPSILON for a zero scale, into scales[row].
 template <typename T>
 __global__ void scaled_fp8_scales(const T* __restrict__ x, float* __restrict__ scales, long long n, long long d,
                                   float max_finite, int per_row, unsigned long long* bad_row) {
-    for (long long row = gq::thread_index(); row < n; row += gq::thread_count()) {
+    const long long lane = (long long)(threadIdx.x & 31u);
+    const long long warps = gq::thread_count() / 32;
+    for (long long row = gq::thread_index() / 32; row < n; row += warps) {  // the same rows for a whole warp
         const T* src = x + row * d;
-        float amax = 0.0f;
-        bool finite = true;
-        for (long long i = 0; i < d; ++i) {
-            const float v = gq::to_f32(src[i]);
-            finite = finite && gq::is_finite(v);
-            const float a = gq::abs_f(v);
-            amax = gq::lt_f32(amax, a) ? a : amax;
+        gq_u32 m = 0u;
+        for (long long i = lane; i < d; i += 32) {
+            const gq_u32 a = gq::bits_of(gq::to_f32(src[i])) & 0x7fffffffu;
+            m = a > m ? a : m;
         }
-        if (!finite) {
+        m = __reduce_max_sync(0xffffffffu, m);
+        if (lane != 0) continue;
+        if (m >= 0x7f800000u) {
             atomicMin(bad_row, (unsigned long long)row);
         } else if (per_row) {
-            const float s = gq::div_f32(amax, max_finite);
+            const float s = gq::div_f32(gq::float_of(m), max_finite);
             scales[row] = gq::is_zero(s) ? gq::float_of(0x34000000u) : s;  // FLT_EPSILON = 2**-23
         }
     }

@@ -145,15 +145,11 @@ void emu_gguf_decode(int blocks, int threads, const unsigned char* codes, float*
     run_grid(blocks, threads, [&] { gguf_decode(codes, out, n, d, q4); });
 }
 
-void emu_scaled_fp8_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes, float* scales,
-                           long long n, long long d, float max_finite, int per_row, int format,
-                           unsigned long long* bad_row) {
-    GQ_DISPATCH(dtype, {
-        run_grid(blocks, threads, [&] { scaled_fp8_scales<T>((const T*)x, scales, n, d, max_finite, per_row, bad_row); });
-        run_grid(blocks, threads, [&] {
-            scaled_fp8_encode<T>((const T*)x, codes, scales, n, d, max_finite, per_row, format);
-        });
-    })
+void emu_scaled_fp8_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes,
+                           const float* scales, long long n, long long d, float max_finite, int per_row, int format) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        scaled_fp8_encode<T>((const T*)x, codes, scales, n, d, max_finite, per_row, format);
+    }))
 }
 
 void emu_scaled_fp8_decode(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,

@@ -13,7 +13,18 @@ import ctypes
 import numpy as np
 import pytest
 from helpers import finite_edge_values, matrix, same_on_backends
-from test_kernels_host import EMU_SIGNATURES, GRIDS, I32, I64, VP, build_library, placed, ptr, same_bits
+from test_kernels_host import (
+    EMU_SIGNATURES,
+    GRIDS,
+    I32,
+    I64,
+    VP,
+    WARP_SIGNATURES,
+    build_library,
+    placed,
+    ptr,
+    same_bits,
+)
 
 import gpuquant
 from gpuquant.schemes import make_scheme
@@ -24,7 +35,7 @@ SIGNATURES = {
     **EMU_SIGNATURES,
     "emu_gguf_encode": [I32, I32, I32, VP, VP, I64, I64, I32, VP],
     "emu_gguf_decode": [I32, I32, VP, VP, I64, I64, I32],
-    "emu_scaled_fp8_encode": [I32, I32, I32, VP, VP, VP, I64, I64, F32, I32, I32, VP],
+    "emu_scaled_fp8_encode": [I32, I32, I32, VP, VP, VP, I64, I64, F32, I32, I32],
     "emu_scaled_fp8_decode": [I32, I32, VP, VP, VP, I64, I64, I32, I32],
 }
 DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.float64): 2}
@@ -32,9 +43,18 @@ SHAPES = [(1, 32), (3, 64), (5, 96), (7, 160), (2, 1024)]
 NO_ROW = np.iinfo(np.uint64).max
 
 
+WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, I64, I64, F32, I32, VP]}
+WARP_GRIDS = [(1, 32), (3, 64)]  # scaled_fp8_scales: one warp a row, rows grid-strided
+
+
 @pytest.fixture(scope="module")
 def emu() -> ctypes.CDLL:
     return build_library("host_emulation.cpp", SIGNATURES)
+
+
+@pytest.fixture(scope="module")
+def warps() -> ctypes.CDLL:
+    return build_library("host_emulation_warps.cpp", WARPS, ("-std=c++20", "-pthread"))
 
 
 def weight_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -112,7 +132,7 @@ def test_gguf_decode_every_scale_and_code(emu) -> None:
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("family, kw", [("gguf", {"type": "q8_0"}), ("gguf", {"type": "q4_0"}),
                                         ("scaled_fp8", {"granularity": "channel"})])
-def test_emulated_refusals(emu, rng, family: str, kw: dict, bad_value: float) -> None:
+def test_emulated_refusals(emu, warps, rng, family: str, kw: dict, bad_value: float) -> None:
     scheme = make_scheme(family, **kw)
     n, d = 9, 64
     x32 = weight_rows(rng, n, d)
@@ -126,14 +146,14 @@ def test_emulated_refusals(emu, rng, family: str, kw: dict, bad_value: float) ->
         emu.emu_gguf_encode(3, 5, 0, ptr(x32), ptr(codes), n, d, int(kw["type"] == "q4_0"), ptr(bad))
     else:
         scales = np.zeros(n, np.float32)
-        emu.emu_scaled_fp8_encode(3, 5, 0, ptr(x32), ptr(codes), ptr(scales), n, d, np.float32(448), 1, 0, ptr(bad))
+        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), n, d, np.float32(448), 1, ptr(bad))
     assert bad[0] == want
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
-def test_emulated_scaled_fp8(emu, rng, granularity: str, fmt: str, dtype) -> None:
+def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype) -> None:
     scheme = make_scheme("scaled_fp8", granularity=granularity, format=fmt)
     per_row = int(granularity == "channel")
     fmt_id = {"e4m3": 0, "e5m2": 1}[fmt]
@@ -149,11 +169,14 @@ def test_emulated_scaled_fp8(emu, rng, granularity: str, fmt: str, dtype) -> Non
         for misalign in (False, True):
             xin = placed(x, misalign)
             got = placed(np.full(want.shape, 0x5A, np.uint8), misalign)
-            for blocks, threads in GRIDS:
+            for (blocks, threads), (wblocks, wthreads) in zip(GRIDS, WARP_GRIDS, strict=True):
                 scales = placed(np.full(n, np.nan, np.float32), misalign) if per_row else state["weight_scale"].copy()
                 bad = np.full(1, NO_ROW, np.uint64)
-                emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(scales), n, d,
-                                          np.float32(scheme.max_finite), per_row, fmt_id, ptr(bad))
+                m = np.float32(scheme.max_finite)
+                warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), n, d, m,
+                                            per_row, ptr(bad))
+                emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(scales), n, d, m,
+                                          per_row, fmt_id)
                 assert bad[0] == NO_ROW
                 same_bits(got, want)
                 same_bits(scales, scales_want)

@@ -1,7 +1,7 @@
 """Launchers of the weight-checkpoint families ``gguf`` and ``scaled_fp8`` (``kernels/weights.cu``).
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
-``scaled_fp8_scales`` (per row: max |w|, the row's scale, the refusal of a non-finite row), then
+``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
 ``scaled_fp8_encode`` / ``scaled_fp8_decode``, one thread per value. A row holding NaN or ±Inf is
 refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
@@ -79,7 +79,9 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     scales, per_row = _scales(constant, scheme, state, side)
     m = np.float32(scheme.max_finite)
     bad = cupy_module().full(1, NO_ROW, dtype=np.uint64)
-    _kernel(f"scaled_fp8_scales<{t}>")((grid_for(n),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad))
+    _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
+        (grid_for(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
+    )
     _refuse(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
         (grid_for(n * d),), (THREADS,),
