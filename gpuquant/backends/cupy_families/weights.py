@@ -94,7 +94,7 @@ def scaled_fp8_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: A
                       y: Any) -> None:
     n, d = (int(s) for s in y.shape)
     scales, per_row = _scales(constant, scheme, state, side)
-    if per_row:
+    if per_row:  # side arrays went through as_device: already C-contiguous (astype keeps that)
         scales = cupy_module().asarray(scales, dtype=np.float32)
     _kernel("scaled_fp8_decode")(
         (grid_for(n * d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
