@@ -1,5 +1,5 @@
-// host_emulation.cpp: kernels/quantize.cu, rabitq.cu and rotate.cu compiled for the host, its threads run one after another,
-// so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
+// host_emulation.cpp: kernels/quantize.cu, rabitq.cu, rotate.cu and weights.cu compiled for the host, its
+// threads run one after another, so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
 // paths, unaligned views, row tails, packing) against the numpy reference without a GPU.
 // Kernels whose threads cooperate (absmax_encode, scalar_decode's shared table) cannot run this
 // way: tests/host_emulation_warps.cpp runs them.
@@ -21,6 +21,7 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
 #include "quantize.cu"
 #include "rabitq.cu"
 #include "rotate.cu"
+#include "weights.cu"
 
 // Run `launch` as a grid of `blocks` x `threads`, one thread at a time.
 template <typename F>
@@ -132,6 +133,28 @@ void emu_hadamard(int blocks, int threads, const float* x, const double* load_si
 void emu_div_u32(unsigned long long s, const unsigned* x, unsigned* q, long long count) {
     const gq::DivU32 div(s);
     for (long long i = 0; i < count; ++i) q[i] = div(x[i]);
+}
+
+void emu_gguf_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes, long long n,
+                     long long d, int q4, unsigned long long* bad_row) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] { gguf_encode<T>((const T*)x, codes, n, d, q4, bad_row); }))
+}
+
+void emu_gguf_decode(int blocks, int threads, const unsigned char* codes, float* out, long long n, long long d,
+                     int q4) {
+    run_grid(blocks, threads, [&] { gguf_decode(codes, out, n, d, q4); });
+}
+
+void emu_scaled_fp8_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes,
+                           const float* scales, long long n, long long d, float max_finite, int per_row, int format) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        scaled_fp8_encode<T>((const T*)x, codes, scales, n, d, max_finite, per_row, format);
+    }))
+}
+
+void emu_scaled_fp8_decode(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,
+                           long long n, long long d, int per_row, int format) {
+    run_grid(blocks, threads, [&] { scaled_fp8_decode(codes, scales, out, n, d, per_row, format); });
 }
 
 }  // extern "C"

@@ -18,12 +18,14 @@ from gpuquant.backends import (  # noqa: E402
     cupy_train,
 )
 from gpuquant.backends.cupy_families import rabitq as rabitq_launch  # noqa: E402
+from gpuquant.backends.cupy_families import weights  # noqa: E402
 
 INSTANCES = {
     cupy_backend.QUANTIZE_FILE: cupy_backend.NAME_EXPRESSIONS,
     cupy_train.TRAIN_FILE: cupy_train.NAME_EXPRESSIONS,
     rabitq_launch.RABITQ_FILE: rabitq_launch.NAME_EXPRESSIONS,
     cupy_rotate.ROTATE_FILE: cupy_rotate.NAME_EXPRESSIONS,
+    weights.WEIGHTS_FILE: weights.NAME_EXPRESSIONS,
 }
 ARCHS = ["compute_80", "compute_90"]
 
@@ -56,7 +58,8 @@ def _ptx(filename: str, options: tuple[str, ...]) -> str:
     return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
-@pytest.mark.parametrize("filename", [cupy_backend.QUANTIZE_FILE, rabitq_launch.RABITQ_FILE, cupy_rotate.ROTATE_FILE])
+@pytest.mark.parametrize("filename", [cupy_backend.QUANTIZE_FILE, rabitq_launch.RABITQ_FILE, cupy_rotate.ROTATE_FILE,
+                                      weights.WEIGHTS_FILE])
 def test_kernels_do_not_flush_subnormals(filename: str) -> None:
     ptx = _ptx(filename, ("-arch=compute_90", "-ftz=true"))
     flushing = sorted({m.group(0) for m in re.finditer(r"\b[a-z]+(\.[a-z0-9]+)*\.ftz(\.[a-z0-9]+)*", ptx)})
