@@ -1,7 +1,8 @@
 """Static SASS budget of every kernel path on sm_90, with no GPU: ``python bench/sass_report.py --json FILE``.
 
-For each preset (``gpuquant schemes``, export presets included) and op (``transform``, ``inverse``
-and the training passes its fit launches), float32 input of ``--dim`` columns:
+For each preset (``gpuquant schemes``, export presets included) and op (``transform``, ``inverse``,
+the training passes its fit launches, and any read-only pass an op launches before its own kernel,
+such as a row scale: ``<op>:<kernel>``), float32 input of ``--dim`` columns:
 
 1. The launch is recorded by running the cupy backend's own launcher of the family on the host
    (``cupy_launch.planned_launches``): kernel name and the real arguments.
@@ -335,8 +336,9 @@ def hot_loop(instrs: list[Instr], labels: dict[str, int], spec: Spec) -> LoopPat
 
 
 # ----- launches of the cupy backend ------------------------------------------------------------
-def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, cupy_launch.Launch]:
-    """{"transform": launch, "inverse": launch} as the cupy backend launches them for float32 (n, d)."""
+def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, list[cupy_launch.Launch]]:
+    """{"transform": launches, "inverse": launches} as the cupy backend launches them for float32 (n, d),
+    in order: the last one writes the op's output; any before it is a pass over the input (a row's scale)."""
     x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     state = scheme.fit(x) or {}
     codes = np.zeros(scheme.code_shape(n, d), device_code_dtype(scheme))
@@ -344,7 +346,7 @@ def backend_launches(scheme: Any, d: int, n: int = 4) -> dict[str, cupy_launch.L
     out = {}
     for op, mode, data, result in (("transform", "encode", x, codes),
                                    ("inverse", "decode", codes, np.empty((n, d), np.float32))):
-        (out[op],) = cupy_launch.planned_launches(scheme, mode, state, data, result, side)
+        out[op] = cupy_launch.planned_launches(scheme, mode, state, data, result, side)
     return out
 
 
@@ -377,6 +379,8 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
+    elif kernel == "rabitq_encode1":
+        modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
     elif kernel == "absmax_decode":
         tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
         layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
@@ -412,12 +416,20 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 
 # ----- records ---------------------------------------------------------------------------------
+#: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
+SCALAR_ACCESS = ("gguf_encode", "gguf_decode", "scaled_fp8_encode", "scaled_fp8_decode")
+
+
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
     """What the common path of ``kernel``'s hot loop moves per iteration (module docstring)."""
     if op not in ("transform", "inverse"):
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
+    if kernel == "rabitq_encode1":  # a thread's row, float4 by float4: its sign bytes stored one by one
+        return Spec("LDG", 128, None, 8, 0)
+    if kernel == "rabitq_decode":  # a thread's row, value by value from its sign bytes
+        return Spec("STG", 32, None, 8, 0)
     if kernel in ("absmax_encode", "absmax_encode_rows"):
         d, seg = int(args[5]), int(args[6])
         quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)
@@ -431,6 +443,8 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
+    if kernel in SCALAR_ACCESS:  # one float32 value per load (store): as many as the loop has
+        return Spec("LDG" if op == "transform" else "STG", 32, None)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
         tasks = TASKS_IN_FLIGHT // per_task
         return Spec("LDG", 128, tasks * per_task, code_bits, tasks)
@@ -459,7 +473,10 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
             continue
         rc = scheme.code_shape(1, d)[1]
         ratio = rc * device_code_dtype(scheme).itemsize / (4 * d)
-        for op, launch in backend_launches(scheme, d).items():
+        for op, (*passes, launch) in backend_launches(scheme, d).items():
+            for first in passes:  # read-only passes before the op's own kernel: recorded, no budget
+                out.append(Job(preset.name, f"{op}:{_split(first.name)[0]}", first.filename, first.name, None,
+                               spec_for("pass", first.name, (), 0.0), 0.0))
             kernel, targs = _split(launch.name)
             out.append(Job(preset.name, op, launch.filename, launch.name, path_function(kernel, targs, launch.args),
                            spec_for(op, kernel, launch.args, ratio), ratio))

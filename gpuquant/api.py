@@ -25,8 +25,9 @@ then quantize); codes and reconstructions then have ``k`` dimensions.
 for any scheme (:class:`gpuquant.transforms.PreTransform`): applied after the truncation and before
 the scheme (truncate, PCA, rotate, quantize), fitted by ``fit`` first (PCA from the streamed
 ``Covariance`` statistic), saved in the quantizer file under ``pre_transform`` and checked on load;
-``inverse_transform`` undoes them, so reconstructions have the truncated input's dimensions. They
-run in numpy (CuPy input is refused while they are set).
+``inverse_transform`` undoes them, so reconstructions have the truncated input's dimensions. Their
+fit runs in numpy (CuPy input to ``fit`` is refused while they are set); on the cupy backend, CuPy
+input is transformed and decoded by the device products of ``kernels/rotate.cu`` (the same bits).
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ from gpuquant.transforms import PreTransform
 
 FORMAT_TAG = "gpuquant.quantizer"
 FORMAT_VERSION = 1
+
+
+def _device_ops(x: Any, backend: Backend) -> Any:
+    """The pre-transforms' device products for a device array ``x`` on the cupy backend
+    (``kernels/rotate.cu``, the same bits as the host's), else None."""
+    if backend.name != "cupy" or not is_device_array(x):
+        return None
+    from gpuquant.backends.cupy_rotate import DEVICE_OPS
+
+    return DEVICE_OPS
 
 
 class Quantizer:
@@ -156,7 +167,9 @@ class Quantizer:
         codes = self._as_codes(codes)
         self._check_codes(codes)
         if self.pre.active:
-            recon = self.pre.inverse(np.asarray(self.backend.inverse_transform(self.scheme, self.state, codes)))
+            raw = self.backend.inverse_transform(self.scheme, self.state, codes)
+            ops = _device_ops(raw, self.backend)
+            recon = self.pre.inverse(raw if ops else np.asarray(raw), ops)
             if out is None:
                 return recon
             out[...] = recon
@@ -237,12 +250,15 @@ class Quantizer:
     def _transformed(self, X: Any) -> Any:
         """What the scheme sees: the Matryoshka step, then the pre-transforms."""
         X = self._prepare(X)
-        return self.pre.apply(self._host(X)) if self.pre.active else X
+        if not self.pre.active:
+            return X
+        ops = _device_ops(X, self.backend)
+        return self.pre.apply(X if ops else self._host(X), ops)
 
     @staticmethod
     def _host(X: Any) -> np.ndarray:
         if is_device_array(X):
-            raise InputError("pca_dim and rotate run on the CPU: pass numpy arrays")
+            raise InputError("pca_dim and rotate fit on the CPU: pass numpy arrays")
         return np.asarray(X, np.float32)
 
     def _require_fitted(self) -> None:

@@ -27,6 +27,7 @@ Rotations (deterministic from ``seed``, so that only that integer need be stored
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -52,10 +53,12 @@ def pca_components(mean: np.ndarray, cov: np.ndarray, k: int) -> tuple[np.ndarra
     return mean.astype(F32), comps.astype(F32)
 
 
-def row_product(X: np.ndarray, M: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+def row_product(X: np.ndarray, M: np.ndarray, shift: np.ndarray | None = None,
+                offset: np.ndarray | None = None) -> np.ndarray:
     """float32 ``(X - shift) @ M`` computed so that each row's result depends on that row alone (a
     BLAS product's last bits change with the batch's shape): in float64, ``acc += (x[:, j] -
-    shift[j]) * M[j]`` for ``j`` in order, rounded once to float32."""
+    shift[j]) * M[j]`` for ``j`` in order, rounded once to float32; then, given ``offset``, that
+    plus ``offset`` in float64, rounded to float32 again. (``kernels/rotate.cu`` does the same.)"""
     x = np.asarray(X, F64)
     if shift is not None:
         x = x - np.asarray(shift, F64)
@@ -63,15 +66,16 @@ def row_product(X: np.ndarray, M: np.ndarray, shift: np.ndarray | None = None) -
     acc = np.zeros((x.shape[0], m.shape[1]), F64)
     for j in range(m.shape[0]):
         acc += x[:, j:j + 1] * m[j]
-    return acc.astype(F32)
+    out = acc.astype(F32)
+    return out if offset is None else (out.astype(F64) + np.asarray(offset, F64)).astype(F32)
 
 
-def pca_apply(X: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    return row_product(X, components.T, mean)
+def pca_apply(X: np.ndarray, mean: np.ndarray, components: np.ndarray, ops: Any = None) -> np.ndarray:
+    return (ops or HOST_OPS).row_product(X, components.T, mean)
 
 
-def pca_inverse(Y: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    return (row_product(Y, components).astype(F64) + mean).astype(F32)
+def pca_inverse(Y: np.ndarray, mean: np.ndarray, components: np.ndarray, ops: Any = None) -> np.ndarray:
+    return (ops or HOST_OPS).row_product(Y, components, None, mean)
 
 
 def orthogonal_matrix(d: int, seed: int) -> np.ndarray:
@@ -84,7 +88,7 @@ def hadamard_size(d: int) -> int:
     return 1 << max(0, (d - 1).bit_length())
 
 
-def _signs(p: int, seed: int) -> np.ndarray:
+def hadamard_signs(p: int, seed: int) -> np.ndarray:
     return np.where(np.random.default_rng(seed).integers(0, 2, p) == 1, 1.0, -1.0)
 
 
@@ -101,21 +105,25 @@ def _fwht(a: np.ndarray) -> np.ndarray:
 
 
 def hadamard_rotate(X: np.ndarray, seed: int) -> np.ndarray:
-    """``H D x / sqrt(p)`` per row, float32 ``(n, p)`` (module docstring)."""
+    """``H D x / sqrt(p)`` per row of ``X`` as float32, float32 ``(n, p)`` (module docstring)."""
     n, d = X.shape
     p = hadamard_size(d)
     a = np.zeros((n, p), F64)
-    a[:, :d] = X
-    return (_fwht(a * _signs(p, seed)) / np.sqrt(p)).astype(F32)
+    a[:, :d] = np.asarray(X, F32)
+    return (_fwht(a * hadamard_signs(p, seed)) / np.sqrt(p)).astype(F32)
 
 
 def hadamard_inverse(Y: np.ndarray, d: int, seed: int) -> np.ndarray:
     """Undo :func:`hadamard_rotate`: ``D H y / sqrt(p)``, the first ``d`` columns, float32."""
     p = Y.shape[1]
-    return (_fwht(np.array(Y, F64)) / np.sqrt(p) * _signs(p, seed))[:, :d].astype(F32)
+    return (_fwht(np.array(np.asarray(Y, F32), F64)) / np.sqrt(p) * hadamard_signs(p, seed))[:, :d].astype(F32)
 
 
 ROTATIONS = (None, "orthogonal", "hadamard")
+#: The products :class:`PreTransform` is made of, on the host; the cupy backend's device versions
+#: (``gpuquant.backends.cupy_rotate.DEVICE_OPS``) give the same bits.
+HOST_OPS = SimpleNamespace(row_product=row_product, hadamard_rotate=hadamard_rotate,
+                           hadamard_inverse=hadamard_inverse)
 
 
 class PreTransform:
@@ -192,24 +200,26 @@ class PreTransform:
             state["rotation"] = orthogonal_matrix(self._rotated_dim(d), self.rotate_seed)
         self.state, self.input_dim = state, d
 
-    def apply(self, X: np.ndarray) -> np.ndarray:
-        """float32 rows as the scheme sees them."""
+    def apply(self, X: Any, ops: Any = None) -> Any:
+        """float32 rows as the scheme sees them (``ops``: :data:`HOST_OPS` or the device's)."""
         self.check_input(X.shape[1])
+        ops = ops or HOST_OPS
         if self.pca_dim is not None:
-            X = pca_apply(X, self.state["pca_mean"], self.state["pca_components"])
+            X = pca_apply(X, self.state["pca_mean"], self.state["pca_components"], ops)
         if self.rotate == "orthogonal":
-            X = row_product(X, self.state["rotation"])
+            X = ops.row_product(X, self.state["rotation"])
         elif self.rotate == "hadamard":
-            X = hadamard_rotate(np.asarray(X, F32), self.rotate_seed)
+            X = ops.hadamard_rotate(X, self.rotate_seed)
         return X
 
-    def inverse(self, Y: np.ndarray) -> np.ndarray:
+    def inverse(self, Y: Any, ops: Any = None) -> Any:
         """Undo :meth:`apply`: float32 ``(n, input_dim)``."""
+        ops = ops or HOST_OPS
         d = int(self.input_dim or Y.shape[1])
         if self.rotate == "orthogonal":
-            Y = row_product(Y, self.state["rotation"].T)
+            Y = ops.row_product(Y, self.state["rotation"].T)
         elif self.rotate == "hadamard":
-            Y = hadamard_inverse(np.asarray(Y, F32), self._rotated_dim(d), self.rotate_seed)
+            Y = ops.hadamard_inverse(Y, self._rotated_dim(d), self.rotate_seed)
         if self.pca_dim is not None:
-            Y = pca_inverse(Y, self.state["pca_mean"], self.state["pca_components"])
+            Y = pca_inverse(Y, self.state["pca_mean"], self.state["pca_components"], ops)
         return Y

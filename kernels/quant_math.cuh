@@ -83,6 +83,17 @@ GQ_BINOP(mul_f64, double, "d", "mul.rn.f64", *)
 GQ_BINOP(div_f64, double, "d", "div.rn.f64", /)
 #undef GQ_BINOP
 
+// Square root, round to nearest even, no flushing (sqrt.rn.f32 without .ftz; IEEE on the host).
+GQ_HD float sqrt_f32(float x) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#else
+    return __builtin_sqrtf(x);
+#endif
+}
+
 // a * b + c with one rounding (nearest even, subnormals kept).
 GQ_HD float fma_f32(float a, float b, float c) {
 #ifdef __CUDA_ARCH__

@@ -1,5 +1,5 @@
-// host_emulation.cpp: kernels/quantize.cu compiled for the host, its threads run one after another,
-// so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
+// host_emulation.cpp: kernels/quantize.cu, rabitq.cu, rotate.cu and weights.cu compiled for the host, its
+// threads run one after another, so tests/test_kernels_host.py can check the kernels' own loops (row/chunk tasks, 16-byte vector
 // paths, unaligned views, row tails, packing) against the numpy reference without a GPU.
 // Kernels whose threads cooperate (absmax_encode, scalar_decode's shared table) cannot run this
 // way: tests/host_emulation_warps.cpp runs them.
@@ -19,6 +19,9 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
 }
 
 #include "quantize.cu"
+#include "rabitq.cu"
+#include "rotate.cu"
+#include "weights.cu"
 
 // Run `launch` as a grid of `blocks` x `threads`, one thread at a time.
 template <typename F>
@@ -101,10 +104,57 @@ void emu_absmax_decode_wide(int blocks, int threads, const unsigned char* codes,
     });
 }
 
+void emu_rabitq_encode1(int blocks, int threads, int dtype, const void* x, const float* center, unsigned char* codes,
+                        unsigned long long* bad, long long n, long long d, int inner_product) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        rabitq_encode1<T>((const T*)x, center, codes, bad, n, d, inner_product);
+    }))
+}
+
+void emu_rabitq_decode(int blocks, int threads, const unsigned char* codes, const float* center, float* y, long long n,
+                       long long d, long long code_size) {
+    run_grid(blocks, threads, [&] { rabitq_decode(codes, center, y, n, d, code_size); });
+}
+
+void emu_row_product(int blocks, int threads, const float* x, const float* m, const float* shift,
+                     const float* offset, float* out, long long n, long long rows, long long cols) {
+    run_grid(blocks, threads, [&] { row_product(x, m, shift, offset, out, n, rows, cols); });
+}
+
+// The three Hadamard kernels in the launcher's order: load, one stage per h, store.
+void emu_hadamard(int blocks, int threads, const float* x, const double* load_signs, const double* store_signs,
+                  double* a, float* out, long long n, long long d_in, long long p, long long d_out, double root) {
+    run_grid(blocks, threads, [&] { hadamard_load(x, load_signs, a, n, d_in, p); });
+    for (long long h = 1; h < p; h *= 2) run_grid(blocks, threads, [&] { hadamard_stage(a, n, p, h); });
+    run_grid(blocks, threads, [&] { hadamard_store(a, store_signs, out, n, p, d_out, root); });
+}
+
 // gq::DivU32(s) applied to count numerators.
 void emu_div_u32(unsigned long long s, const unsigned* x, unsigned* q, long long count) {
     const gq::DivU32 div(s);
     for (long long i = 0; i < count; ++i) q[i] = div(x[i]);
+}
+
+void emu_gguf_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes, long long n,
+                     long long d, int q4, unsigned long long* bad_row) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] { gguf_encode<T>((const T*)x, codes, n, d, q4, bad_row); }))
+}
+
+void emu_gguf_decode(int blocks, int threads, const unsigned char* codes, float* out, long long n, long long d,
+                     int q4) {
+    run_grid(blocks, threads, [&] { gguf_decode(codes, out, n, d, q4); });
+}
+
+void emu_scaled_fp8_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes,
+                           const float* scales, long long n, long long d, float max_finite, int per_row, int format) {
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        scaled_fp8_encode<T>((const T*)x, codes, scales, n, d, max_finite, per_row, format);
+    }))
+}
+
+void emu_scaled_fp8_decode(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,
+                           long long n, long long d, int per_row, int format) {
+    run_grid(blocks, threads, [&] { scaled_fp8_decode(codes, scales, out, n, d, per_row, format); });
 }
 
 }  // extern "C"

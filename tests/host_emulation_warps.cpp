@@ -1,6 +1,6 @@
 // host_emulation_warps.cpp: the warp- and block-cooperative kernels (absmax_encode, absmax_encode_rows and scalar_decode
-// in kernels/quantize.cu, everything in kernels/train.cu) compiled for the host. Each block runs its
-// threads as std::threads; __syncthreads and the warp intrinsics (__reduce_*_sync, __ballot_sync,
+// in kernels/quantize.cu, everything in kernels/train.cu, scaled_fp8_scales in kernels/weights.cu) compiled for
+// the host. Each block runs its threads as std::threads; __syncthreads and the warp intrinsics (__reduce_*_sync, __ballot_sync,
 // __shfl_up_sync) meet at barriers; atomics are std::atomic_ref; blocks run one after another, so
 // __shared__ can be a function-local static. Built by tests/test_kernels_host.py (-std=c++20).
 
@@ -100,6 +100,7 @@ inline T atomicAdd(T* p, T v) {
 
 #include "quantize.cu"
 #include "train.cu"
+#include "weights.cu"
 
 // Run `kernel` on a (gx, gy) grid of `threads`-thread blocks (threads a multiple of 32 when the
 // kernel uses warp intrinsics).
@@ -144,6 +145,13 @@ void emu_scalar_decode(int blocks, int threads, const unsigned char* codes, floa
     launch(blocks, 1, threads, [=] {
         scalar_decode(codes, out, n, d, params, per_dim, rounding, bits, is_signed, high_first);
     });
+}
+
+void emu_scaled_fp8_scales(int blocks, int threads, int dtype, const void* x, float* scales, long long n,
+                           long long d, float max_finite, int per_row, unsigned long long* bad_row) {
+    GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] {
+        scaled_fp8_scales<T>((const T*)x, scales, n, d, max_finite, per_row, bad_row);
+    }))
 }
 
 void emu_to_float32(int blocks, int threads, int dtype, const void* x, float* y, long long count) {

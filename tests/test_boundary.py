@@ -179,7 +179,7 @@ def test_auto_is_decided_in_one_place(monkeypatch: pytest.MonkeyPatch, cupy_ok: 
 def test_every_backend_answers_supports() -> None:
     scheme = make_scheme("gguf-q8_0")
     assert backends.supports("numpy", scheme) == (True, "the numpy reference implements every scheme")
-    assert backends.supports("cupy", scheme)[0] is False
+    assert backends.supports("cupy", scheme) == (True, "implemented by the GPU kernels")  # kernels/weights.cu
     assert backends.supports("cuvs", scheme)[0] is False
 
 

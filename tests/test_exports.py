@@ -448,16 +448,18 @@ def test_gpu_support_is_declared(name):
     ok, why = supports("cupy", scheme)
     if "cannot import" in why:
         pytest.skip(why)
-    if scheme.family in ("gguf", "scaled_fp8"):  # CPU-only families for now: a clear refusal
-        assert not ok and "GPU" in why and "numpy" in why
+    assert ok, why  # every export format has GPU kernels (gguf and scaled_fp8: kernels/weights.cu)
 
 
 def test_explicit_gpu_backend_refuses_an_unsupported_scheme(monkeypatch):
     from gpuquant import backends
+    from gpuquant.backends import cupy_launch
     from gpuquant.errors import BackendUnavailableError
 
     monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
     monkeypatch.setattr(backends.registry, "resolve", lambda name: object())
+    monkeypatch.delitem(cupy_launch.LAUNCHERS, ("gguf", "encode"))  # as a family without GPU kernels
+    assert not backends.supports("cupy", gpuquant.schemes.make_scheme("gguf-q8_0"))[0]
     with pytest.raises(BackendUnavailableError, match="cannot run this scheme"):
         Quantizer("gguf-q8_0", backend="cupy").backend  # noqa: B018 - the property resolves
 

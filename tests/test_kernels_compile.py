@@ -11,11 +11,21 @@ import pytest
 
 nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy (with NVRTC) is not installed")
 
-from gpuquant.backends import cuda_loader, cupy_backend, cupy_train  # noqa: E402
+from gpuquant.backends import (  # noqa: E402
+    cuda_loader,
+    cupy_backend,
+    cupy_rotate,
+    cupy_train,
+)
+from gpuquant.backends.cupy_families import rabitq as rabitq_launch  # noqa: E402
+from gpuquant.backends.cupy_families import weights  # noqa: E402
 
 INSTANCES = {
     cupy_backend.QUANTIZE_FILE: cupy_backend.NAME_EXPRESSIONS,
     cupy_train.TRAIN_FILE: cupy_train.NAME_EXPRESSIONS,
+    rabitq_launch.RABITQ_FILE: rabitq_launch.NAME_EXPRESSIONS,
+    cupy_rotate.ROTATE_FILE: cupy_rotate.NAME_EXPRESSIONS,
+    weights.WEIGHTS_FILE: weights.NAME_EXPRESSIONS,
 }
 ARCHS = ["compute_80", "compute_90"]
 
@@ -48,14 +58,17 @@ def _ptx(filename: str, options: tuple[str, ...]) -> str:
     return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
-def test_quantize_kernels_do_not_flush_subnormals() -> None:
-    ptx = _ptx(cupy_backend.QUANTIZE_FILE, ("-arch=compute_90", "-ftz=true"))
+@pytest.mark.parametrize("filename", [cupy_backend.QUANTIZE_FILE, rabitq_launch.RABITQ_FILE, cupy_rotate.ROTATE_FILE,
+                                      weights.WEIGHTS_FILE])
+def test_kernels_do_not_flush_subnormals(filename: str) -> None:
+    ptx = _ptx(filename, ("-arch=compute_90", "-ftz=true"))
     flushing = sorted({m.group(0) for m in re.finditer(r"\b[a-z]+(\.[a-z0-9]+)*\.ftz(\.[a-z0-9]+)*", ptx)})
     assert not flushing, f"float instructions that flush subnormals: {flushing}"
     # the fma of gq::fma_f32 is written out (inline asm); one the compiler adds is a contraction
     contracted = re.sub(r"// begin inline asm.*?// end inline asm", "", ptx, flags=re.S)
     assert not re.search(r"\bfma\.", contracted), "an FMA contraction changes results"
-    assert "fma.rn.f32" in ptx  # the written-out ones are there (the stripping above is not vacuous)
+    # the written-out ones are there (the stripping above is not vacuous); only quantize.cu uses fma_f32
+    assert ("fma.rn.f32" if filename == cupy_backend.QUANTIZE_FILE else "add.rn.f") in ptx
 
 
 def test_compile_error_names_file_options_and_line(monkeypatch: pytest.MonkeyPatch) -> None:

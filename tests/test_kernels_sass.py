@@ -39,14 +39,11 @@ OVER_BUDGET: dict[tuple[str, str], str] = {
     ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("gguf-q8_0", "transform"): "no GPU kernel for gguf",
-    ("gguf-q8_0", "inverse"): "no GPU kernel for gguf",
-    ("gguf-q4_0", "transform"): "no GPU kernel for gguf",
-    ("gguf-q4_0", "inverse"): "no GPU kernel for gguf",
-    ("safetensors-fp8", "transform"): "no GPU kernel for scaled_fp8",
-    ("safetensors-fp8", "inverse"): "no GPU kernel for scaled_fp8",
-    ("faiss-rabitq", "transform"): "no GPU kernel for rabitq",
-    ("faiss-rabitq", "inverse"): "no GPU kernel for rabitq",
+    ("gguf-q8_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
+    ("gguf-q4_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
+    ("safetensors-fp8", "transform"): "issue fraction over 0.5; 32-bit loads; CALL: f32 division slow path",
+    ("safetensors-fp8", "inverse"): "issue fraction over 0.5; CALL: 64-bit division",
+    ("faiss-rabitq", "transform"): "issue fraction over 0.5 (one thread per row: FAISS's serial float32 sums)",
 }
 
 

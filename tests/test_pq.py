@@ -170,14 +170,15 @@ def test_a_streamed_fit_needs_only_the_training_rows(rng):
     assert_array_equal(bits(streamed["centroids"]), bits(q.scheme.fit(x[rows])["centroids"]))
 
 
-def test_no_gpu_kernels_yet_so_cupy_refuses_and_auto_picks_numpy(monkeypatch):
+@pytest.mark.parametrize("nbits", [4, 8])
+def test_the_gpu_implements_pq_so_auto_picks_it(monkeypatch, nbits):
     from gpuquant import backends
     from gpuquant.schemes import make_scheme
 
-    scheme = make_scheme("pq")
-    assert backends.supports("cupy", scheme) == (False, "scheme family 'pq' has no GPU kernels yet (use backend='numpy')")
+    scheme = make_scheme("pq", nbits=nbits)
+    assert backends.supports("cupy", scheme) == (True, "implemented by the GPU kernels")
     monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
-    assert backends.pick_auto(scheme)[0] == "numpy"
+    assert backends.pick_auto(scheme)[0] == "cupy"
 
 
 def test_planner_counts_the_codebooks_as_fixed_bytes():

@@ -313,14 +313,16 @@ def test_center_streams_in_batches(rng):
     assert_array_equal(bits(streamed["center"]), bits(rabitq_center(x)))
 
 
-def test_no_gpu_kernels_yet_so_cupy_refuses_and_auto_picks_numpy(monkeypatch):
+def test_the_gpu_encodes_one_bit_only_so_auto_picks_numpy_for_more(monkeypatch):
     from gpuquant import backends
     from gpuquant.schemes import make_scheme
 
-    scheme = make_scheme("faiss-rabitq")
-    assert backends.supports("cupy", scheme) == (
-        False, "scheme family 'rabitq' has no GPU kernels yet (use backend='numpy')")
+    one_bit, two_bits = make_scheme("faiss-rabitq"), make_scheme("rabitq", bits=2, metric="ip")
+    assert backends.supports("cupy", one_bit) == (True, "implemented by the GPU kernels")
+    assert backends.supports("cupy", two_bits) == (
+        False, "rabitq with bits > 1 has no GPU kernel yet (its scale search runs on the CPU: backend='numpy')")
     monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
-    assert backends.pick_auto(scheme)[0] == "numpy"
-    with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernels yet"):
-        backends.resolve_for("cupy", scheme)
+    assert backends.pick_auto(one_bit)[0] == "cupy"
+    assert backends.pick_auto(two_bits)[0] == "numpy"
+    with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernel yet"):
+        backends.resolve_for("cupy", two_bits)

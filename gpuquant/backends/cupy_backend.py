@@ -44,7 +44,7 @@ from gpuquant.backends.cupy_device import (
 )
 from gpuquant.backends.cupy_families import scalar as _scalar
 from gpuquant.backends.cupy_families.binary import binary_flip
-from gpuquant.backends.cupy_launch import LAUNCHERS, NAME_EXPRESSIONS, QUANTIZE_FILE
+from gpuquant.backends.cupy_launch import LAUNCHERS, LIMITS, NAME_EXPRESSIONS, QUANTIZE_FILE
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
@@ -100,8 +100,11 @@ class CupyBackend:
 
     @staticmethod
     def supports(scheme: Scheme) -> tuple[bool, str]:
-        """Whether the kernels implement ``scheme``: every parameter of the four kernel families."""
+        """Whether the kernels implement ``scheme``: every parameter of a family with launchers, unless its
+        launcher module registers narrower limits (:data:`~gpuquant.backends.cupy_launch.LIMITS`)."""
         if (scheme.family, "encode") in LAUNCHERS:
+            if scheme.family in LIMITS:
+                return LIMITS[scheme.family](scheme)
             return True, "implemented by the GPU kernels"
         return False, f"scheme family {scheme.family!r} has no GPU kernels yet (use backend='numpy')"
 

@@ -52,6 +52,18 @@ def launcher(family: str, mode: str) -> Callable[[Launcher], Launcher]:
     return register
 
 
+#: family -> ``(scheme) -> (supported, reason)`` for families whose kernels cover only some parameters.
+LIMITS: dict[str, Callable[[Any], tuple[bool, str]]] = {}
+
+
+def limits(family: str) -> Callable[[Callable[[Any], tuple[bool, str]]], Callable[[Any], tuple[bool, str]]]:
+    """Register the decorated predicate: which schemes of ``family`` its kernels implement (default: all)."""
+    def register(fn: Callable[[Any], tuple[bool, str]]) -> Callable[[Any], tuple[bool, str]]:
+        LIMITS[family] = fn
+        return fn
+    return register
+
+
 def _instances() -> list[str]:
     names = []
     for t in INPUT_TYPES.values():

@@ -193,9 +193,11 @@ def _column_median(stat: st.ColumnMedian, x: Any) -> np.ndarray:
     return median_of(a, b)
 
 
-def _not_on_the_device(stat: st.Statistic, x: Any) -> Any:
-    raise NotImplementedError(f"the statistic {stat!r} is not on the GPU yet: fit on the CPU "
-                              "(backend='numpy', or the streaming fit)")
+def _on_the_host(stat: st.Statistic, x: Any) -> Any:
+    """The numpy reference on a host copy (float32 as the reference converts): for the statistics
+    not ported to the device (a float32 running sum is one serial fold; k-means and the covariance
+    are not ported yet), so the cupy backend fits every family, identically."""
+    return st.REFERENCE[type(stat)](stat, as_float32(x).get())
 
 
 #: The device implementation of each statistic (:mod:`gpuquant.schemes.statistics`).
@@ -205,7 +207,7 @@ DEVICE: dict[type[st.Statistic], Any] = {
     st.Quantile: lambda stat, x: quantile_range(x, stat.q, stat.method, stat.axis == 0),
     st.ColumnMean: _column_mean,
     st.ColumnMedian: _column_median,
-    st.ColumnMeanF32: _not_on_the_device,
-    st.KMeans: _not_on_the_device,
-    st.Covariance: _not_on_the_device,
+    st.ColumnMeanF32: _on_the_host,
+    st.KMeans: _on_the_host,
+    st.Covariance: _on_the_host,
 }

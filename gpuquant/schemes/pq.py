@@ -40,6 +40,8 @@ from gpuquant.schemes.base import (
 from gpuquant.schemes.kmeans import nearest
 from gpuquant.schemes.statistics import FitSpec, KMeans
 
+NONFINITE_WHY = "product quantization needs finite values"
+
 
 def pq_encode(X: np.ndarray, centroids: np.ndarray, nbits: int) -> np.ndarray:
     """uint8 codes: ``(n, m)`` for 8 bits, ``(n, ceil(m/2))`` for 4."""
@@ -125,7 +127,7 @@ class PqScheme(Scheme):
         side: dict[str, np.ndarray],
         tmp: np.ndarray | None = None,
     ) -> None:
-        refuse_nonfinite_rows(X, "product quantization needs finite values")
+        refuse_nonfinite_rows(X, NONFINITE_WHY)
         codes[...] = pq_encode(X, (state or {})["centroids"], self.config.nbits)
 
     def decode(

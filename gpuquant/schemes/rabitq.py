@@ -56,6 +56,7 @@ ERROR_BOUND = F32(1.9)
 TIGHT_START = np.array([0.0, 0.15, 0.20, 0.52, 0.59, 0.71, 0.75, 0.77, 0.81], F32)
 LEVEL_EPS = 1e-5  # added in float64 before truncating a level
 ZERO_NORM = F32(1e-10)
+NONFINITE_WHY = "RaBitQ codes need finite values"
 
 
 def code_size(d: int, bits: int) -> int:
@@ -71,13 +72,18 @@ def rabitq_encode(X: np.ndarray, center: np.ndarray, bits: int, metric: str) -> 
     sums = running_sum(R * R), running_sum(X * X), running_sum(np.abs(R))
     overflow = ~(np.isfinite(sums[0]) & np.isfinite(sums[1]))
     if overflow.any():
-        raise InputError(f"row {int(np.argmax(overflow))}: |x|^2 or |x - center|^2 overflows float32, "
-                         "so its RaBitQ factors would not be finite")
+        raise overflow_error(int(np.argmax(overflow)))
     parts = [np.packbits(R > 0, axis=1, bitorder="little"), _as_bytes(_sign_factors(sums, d, metric, bits > 1))]
     if bits > 1:
         ex_codes, ex_factors = _extra_bits(R, center, bits - 1, metric)
         parts += [ex_codes, _as_bytes(ex_factors)]
     return np.concatenate(parts, axis=1) if n else np.empty((0, code_size(d, bits)), np.uint8)
+
+
+def overflow_error(row: int) -> InputError:
+    """The error for a row whose ``|x|^2`` or ``|x - center|^2`` overflows float32."""
+    return InputError(f"row {row}: |x|^2 or |x - center|^2 overflows float32, "
+                      "so its RaBitQ factors would not be finite")
 
 
 def rabitq_decode(codes: np.ndarray, center: np.ndarray, bits: int, d: int) -> np.ndarray:
@@ -158,7 +164,7 @@ def _sign_factors(sums: tuple[np.ndarray, ...], d: int, metric: str, with_error:
     norm_sq, x_sq, abs_sum = sums
     inv_sqrt_d = F32(1) / np.sqrt(F32(d))
     sqrt_norm = np.sqrt(norm_sq)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):  # 1 / a tiny dp: the branch np.where drops
         inv_norm = np.where(norm_sq < EPS, F32(1), F32(1) / sqrt_norm)
         dp = abs_sum * inv_norm * inv_sqrt_d
         inv_dp = np.where(np.abs(dp) < EPS, F32(1), F32(1) / dp)
@@ -309,7 +315,7 @@ class RabitqScheme(Scheme):
         side: dict[str, np.ndarray],
         tmp: np.ndarray | None = None,
     ) -> None:
-        refuse_nonfinite_rows(X, "RaBitQ codes need finite values")
+        refuse_nonfinite_rows(X, NONFINITE_WHY)
         codes[...] = rabitq_encode(X, self.center_for(state, X.shape[1]), self.config.bits, self.config.metric)
 
     def decode(

@@ -2,4 +2,12 @@
 them (:mod:`gpuquant.backends.cupy_launch`). A new family with GPU kernels adds its module here and
 one import line below."""
 
-from gpuquant.backends.cupy_families import absmax, binary, floatcast, scalar  # noqa: F401 - registration
+from gpuquant.backends.cupy_families import (  # noqa: F401 - registration
+    absmax,
+    binary,
+    floatcast,
+    pq,
+    rabitq,
+    scalar,
+    weights,
+)

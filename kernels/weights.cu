@@ -1,0 +1,164 @@
+// weights.cu: the kernels of the weight-checkpoint families "gguf" (llama.cpp Q8_0 / Q4_0 blocks) and
+// "scaled_fp8" (compressed-tensors FP8 with a float32 scale per output channel or per tensor). The
+// formulas are those of gpuquant/schemes/gguf.py and scaled_fp8.py, bit for bit; every float operation
+// goes through quant_math.cuh (no -ftz, no contraction), fp16 and fp8 through its integer converters.
+//
+// gguf: one thread per block of 32 values (its 34 or 18 bytes are written by that thread).
+// scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale, the refusal of
+// non-finite rows) then scaled_fp8_encode / scaled_fp8_decode, one thread per value, grid-stride.
+// A row holding NaN or ±Inf is refused: its index goes to bad_row by atomicMin (the launcher raises);
+// the codes of such a launch are not used.
+
+#include "device_io.cuh"
+
+namespace gq {
+
+constexpr int GGUF_QK = 32;
+
+// Bytes of one block: fp16 scale + 32 int8 codes (Q8_0) or 16 bytes of nibbles (Q4_0).
+__device__ __forceinline__ int gguf_block_bytes(bool q4) { return q4 ? 2 + GGUF_QK / 2 : 2 + GGUF_QK; }
+
+// id = d ? f32(1 / d) : 0.
+__device__ __forceinline__ float gguf_inverse(float dscale) {
+    return is_zero(dscale) ? 0.0f : div_f32(1.0f, dscale);
+}
+
+// Q8_0 code of v (roundf(f32(v * id)); 0 when id overflowed).
+__device__ __forceinline__ unsigned gguf_q8_code(float v, float id, bool tiny) {
+    if (tiny) return 0u;
+    return (unsigned)int_of(round_half_away_f32(mul_f32(v, id))) & 0xffu;
+}
+
+// Q4_0 level of v (min(15, trunc(f32(v * id) + 8.5)); 0 when id overflowed). The sum is in [0, 16.5).
+__device__ __forceinline__ unsigned gguf_q4_level(float v, float id, bool tiny) {
+    if (tiny) return 0u;
+    const int t = int_of(trunc_f32(add_f32(mul_f32(v, id), 8.5f)));
+    return (unsigned)(t < 15 ? t : 15);
+}
+
+// a * b with the NaN the reference's float32 product has on x86-64 (SSE): a NaN operand comes back
+// quietened (a's first), Inf * 0 gives the default NaN 0xffc00000; the GPU's own NaN would be
+// 0x7fffffff. Only the decoders' products of arbitrary code bytes can be NaN.
+__device__ __forceinline__ float mul_as_host(float a, float b) {
+    if (is_nan(a)) return float_of(bits_of(a) | 0x00400000u);
+    if (is_nan(b)) return float_of(bits_of(b) | 0x00400000u);
+    const float r = mul_f32(a, b);
+    return is_nan(r) ? float_of(0xffc00000u) : r;
+}
+
+}  // namespace gq
+
+template <typename T>
+__global__ void gguf_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, long long n, long long d,
+                            int q4, unsigned long long* bad_row) {
+    const long long nb = d / gq::GGUF_QK;
+    const int bytes = gq::gguf_block_bytes(q4);
+    for (long long b = gq::thread_index(); b < n * nb; b += gq::thread_count()) {
+        const T* src = x + b * gq::GGUF_QK;  // rows are d = nb * 32 values: block b starts at b * 32
+        float v[gq::GGUF_QK];
+        v[0] = gq::to_f32(src[0]);
+        // the first value of the largest magnitude (numpy's argmax; llama.cpp's scan starts from +0
+        // instead, which differs only for a block of zeros whose first one is -0)
+        float mx = v[0], amax = gq::abs_f(v[0]);
+        bool finite = gq::is_finite(v[0]);
+        for (int i = 1; i < gq::GGUF_QK; ++i) {
+            v[i] = gq::to_f32(src[i]);
+            const float a = gq::abs_f(v[i]);
+            finite = finite && gq::is_finite(v[i]);
+            if (gq::lt_f32(amax, a)) {  // strict: the first of equal magnitudes keeps its sign
+                amax = a;
+                mx = v[i];
+            }
+        }
+        if (!finite) {
+            atomicMin(bad_row, (unsigned long long)(b / nb));  // its row
+            continue;
+        }
+        const float dscale = q4 ? gq::div_f32(mx, -8.0f) : gq::div_f32(amax, 127.0f);
+        const float id = gq::gguf_inverse(dscale);
+        const bool tiny = !gq::is_finite(id);
+        unsigned char* dst = codes + b * bytes;
+        const gq_u32 half = gq::float_encode(dscale, gq::FP16, false);
+        dst[0] = (unsigned char)(half & 0xffu);
+        dst[1] = (unsigned char)(half >> 8);
+        if (q4) {
+            for (int j = 0; j < gq::GGUF_QK / 2; ++j) {
+                dst[2 + j] = (unsigned char)(gq::gguf_q4_level(v[j], id, tiny) |
+                                             (gq::gguf_q4_level(v[j + gq::GGUF_QK / 2], id, tiny) << 4));
+            }
+        } else {
+            for (int j = 0; j < gq::GGUF_QK; ++j) dst[2 + j] = (unsigned char)gq::gguf_q8_code(v[j], id, tiny);
+        }
+    }
+}
+
+__global__ void gguf_decode(const unsigned char* __restrict__ codes, float* __restrict__ y, long long n, long long d,
+                            int q4) {
+    const long long nb = d / gq::GGUF_QK;
+    const int bytes = gq::gguf_block_bytes(q4);
+    for (long long b = gq::thread_index(); b < n * nb; b += gq::thread_count()) {
+        const unsigned char* src = codes + b * bytes;
+        const float dscale = gq::float_decode((gq_u32)src[0] | ((gq_u32)src[1] << 8), gq::FP16);
+        float* dst = y + b * gq::GGUF_QK;  // rows are d = nb * 32 values: block b starts at b * 32
+        for (int j = 0; j < gq::GGUF_QK; ++j) {
+            int q;
+            if (q4) {
+                const unsigned byte = src[2 + (j % (gq::GGUF_QK / 2))];
+                q = (int)((j < gq::GGUF_QK / 2 ? byte : byte >> 4) & 0xfu) - 8;
+            } else {
+                q = (int)(signed char)src[2 + j];
+            }
+            dst[j] = gq::mul_as_host(dscale, (float)q);
+        }
+    }
+}
+
+// Per row, one warp a row (blockDim a multiple of 32): max |w| as the largest bit pattern of |w| (the
+// order of non-negative floats; Inf and NaN patterns are above every finite one, so the row is finite
+// iff that maximum is below 0x7f800000, and it is refused then) and, when the scale is per row,
+// f32(amax / M) with FLT_EPSILON for a zero scale, into scales[row].
+template <typename T>
+__global__ void scaled_fp8_scales(const T* __restrict__ x, float* __restrict__ scales, long long n, long long d,
+                                  float max_finite, int per_row, unsigned long long* bad_row) {
+    const long long lane = (long long)(threadIdx.x & 31u);
+    const long long warps = gq::thread_count() / 32;
+    for (long long row = gq::thread_index() / 32; row < n; row += warps) {  // the same rows for a whole warp
+        const T* src = x + row * d;
+        gq_u32 m = 0u;
+        for (long long i = lane; i < d; i += 32) {
+            const gq_u32 a = gq::bits_of(gq::to_f32(src[i])) & 0x7fffffffu;
+            m = a > m ? a : m;
+        }
+        m = __reduce_max_sync(0xffffffffu, m);
+        if (lane != 0) continue;
+        if (m >= 0x7f800000u) {
+            atomicMin(bad_row, (unsigned long long)row);
+        } else if (per_row) {
+            const float s = gq::div_f32(gq::float_of(m), max_finite);
+            scales[row] = gq::is_zero(s) ? gq::float_of(0x34000000u) : s;  // FLT_EPSILON = 2**-23
+        }
+    }
+}
+
+// q = fp8(clip(f32(w / s) + 0, -M, M)); s = scales[row] (per_row) or scales[0].
+template <typename T>
+__global__ void scaled_fp8_encode(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                  const float* __restrict__ scales, long long n, long long d, float max_finite,
+                                  int per_row, int format) {
+    const float lo = gq::float_of(gq::bits_of(max_finite) | 0x80000000u);  // -M by its bits (no neg.ftz)
+    for (long long i = gq::thread_index(); i < n * d; i += gq::thread_count()) {
+        const float s = scales[per_row ? i / d : 0];
+        float t = gq::add_f32(gq::div_f32(gq::to_f32(x[i]), s), 0.0f);  // + 0: -0 becomes +0
+        t = gq::lt_f32(t, lo) ? lo : t;
+        t = gq::gt_f32(t, max_finite) ? max_finite : t;
+        codes[i] = (unsigned char)gq::float_encode(t, format, false);
+    }
+}
+
+// w' = f32(f32(q) * s).
+__global__ void scaled_fp8_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                                  float* __restrict__ y, long long n, long long d, int per_row, int format) {
+    for (long long i = gq::thread_index(); i < n * d; i += gq::thread_count()) {
+        y[i] = gq::mul_as_host(gq::float_decode(codes[i], format), scales[per_row ? i / d : 0]);
+    }
+}
