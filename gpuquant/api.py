@@ -214,13 +214,16 @@ class Quantizer:
         if family not in FAMILIES:
             raise InputError(f"unknown scheme family {family!r} in quantizer file")
         _check_fields(doc)
-        pre = doc.get("pre_transform") or {}
+        pre = doc.get("pre_transform") or {}  # _check_fields checked that it is an object
         pre_params = {k: pre[k] for k in ("pca_dim", "rotate", "rotate_seed") if k in pre}
         q = cls(family, backend=backend, truncate_dim=doc.get("truncate_dim"), **pre_params, **doc.get("params", {}))
-        q.name = doc.get("scheme", family)
+        q.name = str(doc.get("scheme", family))  # a family or preset name: _check_fields checked it
         if q.pre.active:
             q.pre.state = {k: _decode_array(v, k) for k, v in (pre.get("state") or {}).items()}
             _validate_pre(q.pre, pre.get("input_dim"), doc.get("dim"))
+            if q.truncate_dim is not None and q.pre.input_dim not in (None, q.truncate_dim):
+                raise InputError(f"the quantizer file's truncate_dim {q.truncate_dim} does not match its "
+                                 f"pre_transform, fitted on {q.pre.input_dim} dimensions")
         state = doc.get("state")
         q.state = None if state is None else {k: _decode_array(v, k) for k, v in state.items()}
         q.dim = doc.get("dim")
@@ -304,6 +307,8 @@ class Quantizer:
 #: The fields of a quantizer file (``pre_transform`` only when one is set).
 FILE_FIELDS = ("format", "format_version", "gpuquant_version", "scheme", "family", "params", "dim",
                "truncate_dim", "state", "calibration", "pre_transform")
+#: The fields of a quantizer file's ``pre_transform``.
+PRE_FIELDS = ("pca_dim", "rotate", "rotate_seed", "input_dim", "state")
 #: Longer integer literals are no real dimension or parameter: kept unparsed, refused by field.
 MAX_INT_DIGITS = 64
 
@@ -337,8 +342,12 @@ def _check_fields(doc: dict[str, Any]) -> None:
         what = f"a {preset.family!r} preset" if preset else "no preset or family"
         raise InputError(f"field 'scheme' of the quantizer file is {name!r} ({what}), but its state and "
                          f"parameters are of family {family!r}")
-    if not isinstance(doc.get("params", {}), dict):
-        raise InputError(f"field 'params' of the quantizer file must be an object, got {doc['params']!r}")
+    for field in ("params", "pre_transform"):
+        if not isinstance(doc.get(field, {}), dict):
+            raise InputError(f"field {field!r} of the quantizer file must be an object, got {doc[field]!r:.80}")
+    unknown = sorted(set(doc.get("pre_transform") or {}) - set(PRE_FIELDS))
+    if unknown:
+        raise InputError(f"unknown field(s) {unknown} in the quantizer file's pre_transform; known: {list(PRE_FIELDS)}")
     dim = doc.get("dim")
     if dim is not None and (type(dim) is not int or dim < 1):
         raise InputError(f"field 'dim' of the quantizer file must be a positive integer or null, got {dim!r}")

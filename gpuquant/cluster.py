@@ -356,7 +356,8 @@ def _edges(block: Any, qjson: str, arrays: dict[str, np.ndarray]) -> tuple[int, 
     """The chunk's edge counts (values stored as NaN/±Inf, inputs clipped), on the host."""
     q = _worker_quantizer(qjson, "numpy")
     codes = arrays["codes"].view(q.scheme.code_dtype)
-    return q.scheme.edge_counts(_prepared(block, q.truncate_dim), codes,
+    pre = q.pre if q.pre.active else None  # the rows the scheme encoded: after the pre-transform
+    return q.scheme.edge_counts(_prepared(block, q.truncate_dim, pre), codes,
                                 {k: v for k, v in arrays.items() if k != "codes"}, q.state)
 
 
@@ -367,7 +368,7 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
 
     A task whose run is not current (see :func:`_current`, asked before encoding and again before
     writing) writes nothing and returns an empty range."""
-    from gpuquant import files as gio
+    from gpuquant import files as gfiles
 
     root = Path(path)
     m = int(block.shape[0])
@@ -387,7 +388,7 @@ def _write_block(block: Any, qjson: str, device: str, dim: int, path: str, start
     finally:
         writer.close()
     (root / PARTS).mkdir(exist_ok=True)
-    gio.write_json_atomic(root / PARTS / _part_name(start, start + m),
+    gfiles.write_json_atomic(root / PARTS / _part_name(start, start + m),
                           {"rows": [start, start + m], "pid": os.getpid(), "checksums": writer.pending})
     return (start, start + m, *_edges(block, qjson, arrays))
 

@@ -48,11 +48,11 @@ __all__ = [
     "export_info",
     "is_export_preset",
     "loading_entry",
-    "pgvector_literals",
     "pgvector_copy_rows",
-    "write_pgvector_copy",
-    "to_hex",
+    "pgvector_literals",
     "to_bytes",
+    "to_hex",
+    "write_pgvector_copy",
 ]
 
 

@@ -308,7 +308,8 @@ class Plan:
             lines.append("  REFUSED: " + self.refusal())
             return "\n".join(lines)
         if self.batch_rows is not None:
-            lines.append(f"  batch rows       {self.batch_rows:>12,}" + (f"   x {self.batches:,} batches" if self.batches else ""))
+            batches = f"   x {self.batches:,} batches" if self.batches else ""
+            lines.append(f"  batch rows       {self.batch_rows:>12,}{batches}")
         if self.peak_bytes is not None:
             lines.append(f"  device peak      {format_bytes(self.peak_bytes):>12}   (predicted, without scratch)")
         if self.pinned_host_bytes is not None:
@@ -387,7 +388,10 @@ def plan(
         raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
     dim = int(dim)
     q = as_quantizer(scheme, params)
-    sdim = q.pre.out_dim(dim) if q.pre.active else dim  # what the scheme sees after PCA / rotation
+    tdim = int(q.truncate_dim or dim)  # the pre-transforms take the rows after the Matryoshka step
+    if tdim > dim:
+        raise InputError(f"truncate_dim={tdim} is larger than the input's {dim} dimensions")
+    sdim = q.pre.out_dim(tdim) if q.pre.active else dim  # what the scheme sees after PCA / rotation
     q.scheme.check_dim(sdim)
 
     if gpu_memory is not None:
@@ -409,7 +413,7 @@ def plan(
     else:
         k = in_flight
         per_row = k * (rb["input"] + rb["codes"] + rb["side"])
-    fixed += spec_bytes(q.pre.state_spec(dim)) + (state_bytes(q.scheme, sdim) - state_bytes(q.scheme, dim))
+    fixed += spec_bytes(q.pre.state_spec(tdim)) + (state_bytes(q.scheme, sdim) - state_bytes(q.scheme, dim))
     n_max = max(0, (usable - fixed) // per_row) if usable > fixed else 0
     p = Plan(op=op, scheme=q.name, family=q.family, params=_jsonable(q.scheme.params), rows=rows, dim=dim,
              dtype=dtype.name, memory_source=source, free_bytes=int(free), other_bytes=other_b,

@@ -96,7 +96,7 @@ def _fwht(a: np.ndarray) -> np.ndarray:
     """Unnormalised Walsh-Hadamard transform of each row (length a power of two), in place."""
     h = 1
     while h < a.shape[1]:
-        v = a.reshape(a.shape[0], -1, 2, h)
+        v = a.reshape(a.shape[0], a.shape[1] // (2 * h), 2, h)  # no -1: it is ambiguous for 0 rows
         lo, hi = v[:, :, 0, :].copy(), v[:, :, 1, :]
         v[:, :, 0, :] += hi
         v[:, :, 1, :] = lo - hi
@@ -164,8 +164,14 @@ class PreTransform:
         """Dimensions after PCA (the rotation's input)."""
         return d if self.pca_dim is None else self.pca_dim
 
+    def check_input(self, d: int) -> None:
+        """``InputError`` unless the fitted steps take rows of ``d`` dimensions (after truncation)."""
+        if self.input_dim is not None and d != self.input_dim:
+            raise InputError(f"the rows have {d} dimensions but pca_dim/rotate were fitted on {self.input_dim}")
+
     def out_dim(self, d: int) -> int:
-        """Dimensions the scheme sees for ``d`` input dimensions."""
+        """Dimensions the scheme sees for ``d`` input dimensions (refused if fitted on others)."""
+        self.check_input(d)
         k = self._rotated_dim(d)
         return hadamard_size(k) if self.rotate == "hadamard" else k
 
@@ -196,6 +202,7 @@ class PreTransform:
 
     def apply(self, X: Any, ops: Any = None) -> Any:
         """float32 rows as the scheme sees them (``ops``: :data:`HOST_OPS` or the device's)."""
+        self.check_input(X.shape[1])
         ops = ops or HOST_OPS
         if self.pca_dim is not None:
             X = pca_apply(X, self.state["pca_mean"], self.state["pca_components"], ops)

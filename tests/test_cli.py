@@ -19,7 +19,7 @@ from helpers import cli_run
 
 import gpuquant
 from gpuquant import cli
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant import store as gstore
 
 PRESETS = [p.name for p in gpuquant.presets()]
@@ -138,7 +138,7 @@ def test_convert_every_preset_writes_what_transform_returns(
     ref = q.transform(X)
 
     codes = np.load(out / "codes.npy", mmap_mode="r")  # plain numpy, no gpuquant needed
-    view, logical, stored = gio.storage_view(np.asarray(ref))
+    view, logical, stored = gfiles.storage_view(np.asarray(ref))
     assert codes.dtype == view.dtype and codes.shape == view.shape
     np.testing.assert_array_equal(codes, view)
     assert doc["codes"] == {"file": "codes.npy", "shape": list(view.shape), "dtype": logical, "stored_dtype": stored}

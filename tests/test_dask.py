@@ -163,6 +163,18 @@ def test_cluster_convert_of_shards_is_bit_identical(client: Any, shards: tuple[P
     assert gstore.verify(out)["rows_checked"] == 1300  # the tasks' checksums, merged at completion
 
 
+@pytest.mark.parametrize("params", [{"rotate": "orthogonal"}, {"truncate_dim": 8, "pca_dim": 6}])
+def test_cluster_edge_counts_see_the_pre_transform(client: Any, shards: tuple[Path, np.ndarray], tmp_path: Path,
+                                                   params: dict[str, Any]) -> None:
+    """The tasks count clipping on the rows the scheme encodes (after the pre-transform), as convert."""
+    src, _ = shards
+    local = gpuquant.convert(src, tmp_path / "single", "cuvs-sq8", params=params, device="cpu", progress=False)
+    report = gd.convert(src, tmp_path / "dask", "cuvs-sq8", params=params, client=client, batch_rows=170)
+    _same_store(tmp_path / "single", tmp_path / "dask")
+    assert local["quality"]["clipped_inputs"] > 0
+    assert report["quality"] == local["quality"]
+
+
 def _killer(arm: str, parts: str | None = None) -> Any:
     """A block function that kills its own worker process (SIGKILL) the first time it runs on the
     block starting at row 510 while the file ``arm`` exists (claimed by renaming it); with ``parts``,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpuquant
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant import store as gstore
 from gpuquant.errors import InputError
 
@@ -22,15 +22,15 @@ from gpuquant.errors import InputError
 )
 def test_storage_view_round_trips_the_exact_bytes(tmp_path: Path, dtype: type, stored: str) -> None:
     a = np.random.default_rng(0).standard_normal((5, 7)).astype(dtype)
-    view, logical, stored_name = gio.storage_view(a)
+    view, logical, stored_name = gfiles.storage_view(a)
     assert stored_name == stored and logical == np.dtype(dtype).name
     np.save(tmp_path / "a.npy", view)
-    back = gio.logical_view(np.load(tmp_path / "a.npy"), logical)
+    back = gfiles.logical_view(np.load(tmp_path / "a.npy"), logical)
     assert back.dtype == a.dtype and back.tobytes() == a.tobytes()
 
 
 def test_to_jsonable_is_strict_json() -> None:
-    doc = gio.to_jsonable({"a": np.float32(1.5), "b": (np.int64(2), float("nan")), "c": np.arange(2),
+    doc = gfiles.to_jsonable({"a": np.float32(1.5), "b": (np.int64(2), float("nan")), "c": np.arange(2),
                            "d": float("-inf"), "e": np.dtype("float32"), "f": Path("/x")})
     assert json.loads(json.dumps(doc, allow_nan=False)) == {
         "a": 1.5, "b": [2, "nan"], "c": [0, 1], "d": "-inf", "e": "float32", "f": "/x"}
@@ -39,10 +39,10 @@ def test_to_jsonable_is_strict_json() -> None:
 def test_load_matrix_maps_the_file(tmp_path: Path) -> None:
     X = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.save(tmp_path / "x.npy", X)
-    m = gio.load_matrix(tmp_path / "x.npy")
+    m = gfiles.load_matrix(tmp_path / "x.npy")
     assert isinstance(m, np.memmap) and not m.flags.writeable
     np.testing.assert_array_equal(m, X)
-    np.testing.assert_array_equal(gio.load_matrix(tmp_path / "x.npy", mmap=False), X)
+    np.testing.assert_array_equal(gfiles.load_matrix(tmp_path / "x.npy", mmap=False), X)
 
 
 def _converted(tmp_path: Path) -> Path:

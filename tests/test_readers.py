@@ -156,9 +156,9 @@ def test_python_api_dask_reader_and_plan(capsys: pytest.CaptureFixture[str], tmp
     np.testing.assert_array_equal(np.asarray(gpuquant.open(tmp_path / "o").codes),
                                   gpuquant.Quantizer("int8-row").transform(X).data)
     da = pytest.importorskip("dask.array")
-    from gpuquant import cluster as gdask
+    from gpuquant import cluster as gcluster
 
-    arr, desc = gdask.from_source(tmp_path / "two.parquet", column="b", chunk_rows=130)
+    arr, desc = gcluster.from_source(tmp_path / "two.parquet", column="b", chunk_rows=130)
     assert isinstance(arr, da.Array) and desc["column"] == "b"
     np.testing.assert_array_equal(arr.compute(scheduler="synchronous"), X[:, :5])
     code, doc = cli_json(capsys, "plan", tmp_path / "two.parquet", "--column", "b", "--gpu-memory", "1GiB")

@@ -202,6 +202,33 @@ def test_a_bad_saved_pre_transform_is_refused_on_load(rng, edit, message):
         Quantizer.from_dict(doc, backend="numpy")
 
 
+@pytest.mark.parametrize("pre", PRE, ids=repr)
+def test_rows_of_other_dimensions_than_the_pre_transform_was_fitted_on_are_refused(rng, tmp_path, pre):
+    """Not a broadcast error, nor (orthogonal) codes from the first columns only; convert refuses
+    before it writes anything."""
+    q = Quantizer("faiss-sq8", backend="numpy", **pre).fit(correlated(rng, 200, 96))
+    x = correlated(rng, 20, 128)
+    with pytest.raises(InputError, match="128 dimensions but pca_dim/rotate were fitted on 96"):
+        q.transform(x)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(InputError, match="128 dimensions but pca_dim/rotate were fitted on 96"):
+        gpuquant.convert(tmp_path / "x.npy", tmp_path / "out", q, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda doc: doc.update(truncate_dim=8), "truncate_dim 8 .* fitted on 9"),
+    (lambda doc: doc.update(pre_transform=[]), "field 'pre_transform' .* must be an object"),
+    (lambda doc: doc.update(pre_transform=5), "field 'pre_transform' .* must be an object"),
+    (lambda doc: doc["pre_transform"].update(scale=2), r"unknown field\(s\) \['scale'\] in the quantizer file's pre"),
+])
+def test_a_saved_pre_transform_at_odds_with_the_file_is_refused(rng, edit, message):
+    doc = Quantizer("faiss-sq8", backend="numpy", pca_dim=6, truncate_dim=9).fit(correlated(rng, 80, 12)).to_dict()
+    edit(doc)
+    with pytest.raises(InputError, match=message):
+        Quantizer.from_dict(doc, backend="numpy")
+
+
 def test_a_saved_array_of_the_wrong_shape_is_refused(rng):
     q = Quantizer("faiss-sq8", backend="numpy", pca_dim=6).fit(correlated(rng, 80, 9))
     q.pre.state["pca_components"] = q.pre.state["pca_components"][:, :8]
@@ -254,6 +281,15 @@ def test_planner_counts_the_matrices_as_fixed_bytes():
     assert pq.fixed_bytes == 256 * 384 * 4
 
 
+def test_planner_sizes_the_pre_transform_on_the_truncated_rows(rng):
+    base = gpuquant.plan("fp8-e4m3", dim=48, rows=1000, gpu_memory="1GiB")
+    fitted_q = Quantizer("fp8-e4m3", backend="numpy", truncate_dim=32, pca_dim=16).fit(correlated(rng, 100, 48))
+    for q in ("fp8-e4m3", fitted_q):
+        params = {"truncate_dim": 32, "pca_dim": 16} if isinstance(q, str) else None
+        p = gpuquant.plan(q, dim=48, rows=1000, gpu_memory="1GiB", params=params)
+        assert p.fixed_bytes - base.fixed_bytes == 32 * 4 + 16 * 32 * 4
+
+
 def test_dask_fit_and_transform_with_pre_transforms(rng):
     da = pytest.importorskip("dask.array")
     from gpuquant import cluster
@@ -277,3 +313,35 @@ def test_cli_convert_and_inspect_show_the_pre_transform(capsys, tmp_path, rng):
     assert code == 0 and 'pre      pca_dim=12, rotate="orthogonal", rotate_seed=0, fitted on 24 dims' in out
     code, doc = cli_json(capsys, "inspect", tmp_path / "o")
     assert doc["quantizer"]["pre_transform"]["state"]["rotation"]["shape"] == [12, 12]
+
+
+def test_inspect_names_no_rotate_seed_without_a_rotation(capsys, tmp_path, rng):
+    from helpers import cli_run
+
+    Quantizer("faiss-sq8", backend="numpy", pca_dim=12).fit(correlated(rng, 100, 24)).save(tmp_path / "q.json")
+    code, out, _ = cli_run(capsys, "inspect", tmp_path / "q.json")
+    assert code == 0 and "pre      pca_dim=12, fitted on 24 dims" in out
+
+
+@pytest.mark.parametrize("pre", PRE, ids=repr)
+def test_a_store_decodes_through_the_pre_transform_as_the_quantizer(rng, tmp_path, pre):
+    """get_rows, iter_batches and decode give what inverse_transform gives: rows of the input's
+    dimensions, not of the space the scheme encodes in."""
+    x = correlated(rng, 300, 96)
+    report = gpuquant.convert(x, tmp_path / "o", "faiss-sq8", params=pre, device="cpu", progress=False)
+    store = gpuquant.open(tmp_path / "o")
+    want = store.quantizer.inverse_transform(store.quantizer.transform(x))
+    assert want.shape == x.shape
+    assert_array_equal(bits(store.get_rows(np.arange(300))), bits(want))
+    assert_array_equal(bits(np.concatenate([r for _, r in store.iter_batches(128)])), bits(want))
+    assert_array_equal(bits(store.decode(store.read_rows(np.arange(7, 9)))), bits(want[7:9]))
+    assert report["reconstruction"]["rel_error"] < 0.05  # convert's figure: the scheme's own error
+
+
+@pytest.mark.parametrize("pre", PRE, ids=repr)
+def test_empty_and_one_row_inputs_through_the_pre_transforms(rng, pre):
+    q = Quantizer("fp16", backend="numpy", **pre).fit(correlated(rng, 100, 96))
+    for n in (0, 1):
+        x = correlated(rng, 5, 96)[:n]
+        codes = q.transform(x)
+        assert codes.data.shape[0] == n and q.inverse_transform(codes).shape == (n, 96)

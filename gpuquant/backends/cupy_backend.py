@@ -191,9 +191,9 @@ class CupyBackend:
         """A device array to write into: a new one, or the caller's device ``out`` after checks."""
         cp = cupy_module()
         if out is None or host:
-            if host and out is not None:
-                if not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape) or out.dtype.itemsize != dtype.itemsize:
-                    raise InputError(f"out= for {what} must be a numpy array of shape {tuple(shape)}, got {out!r:.80}")
+            if host and out is not None and (not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape)
+                                             or out.dtype.itemsize != dtype.itemsize):
+                raise InputError(f"out= for {what} must be a numpy array of shape {tuple(shape)}, got {out!r:.80}")
             return cp.empty(shape, dtype)
         arr = out if isinstance(out, cp.ndarray) else wrap_device(out)
         if tuple(arr.shape) != tuple(shape) or arr.dtype.itemsize != dtype.itemsize or not arr.flags.c_contiguous:

@@ -74,7 +74,7 @@ def cupy_module() -> Any:
     return cupy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_id: int) -> int:
     cp = cupy_module()
     return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])

@@ -20,13 +20,14 @@ backend is never picked by ``auto`` (name it to compare against cuVS).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from gpuquant.codes import Codes
 from gpuquant.errors import BackendUnavailableError, InputError
 from gpuquant.schemes import Scheme
+from gpuquant.schemes.scalar import ScalarParams
 
 #: family -> the parameter values cuVS implements (the scalar quantizer: any quantile).
 REQUIRES: dict[str, dict[str, Any]] = {
@@ -106,7 +107,8 @@ class CuvsBackend:
 def _scalar_fit(backend: CuvsBackend, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
     from cuvs.preprocessing.quantize import scalar
 
-    trained = scalar.train(scalar.QuantizerParams(quantile=scheme.config.quantile), _contiguous(X))
+    params = cast(ScalarParams, scheme.config)  # registered for the scalar family only
+    trained = scalar.train(scalar.QuantizerParams(quantile=params.quantile), _contiguous(X))
     lo, hi = np.float32(trained.min), np.float32(trained.max)
     backend._trained[(float(lo), float(hi))] = trained
     return {"lo": np.array([lo], np.float32), "hi": np.array([hi], np.float32)}

@@ -81,7 +81,8 @@ def _output(out: Any, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.
     if not isinstance(out, np.ndarray):
         raise InputError(f"out= for {what} must be a numpy array on the numpy backend, got {type(out).__name__}")
     if out.shape != tuple(shape) or out.dtype != dtype:
-        raise InputError(f"out= for {what} must have shape {tuple(shape)} and dtype {dtype}, got {out.shape} {out.dtype}")
+        raise InputError(f"out= for {what} must have shape {tuple(shape)} and dtype {dtype}, "
+                         f"got {out.shape} {out.dtype}")
     return out
 
 
@@ -104,7 +105,8 @@ class NumpyBackend:
     def transform(self, scheme: Scheme, state: dict[str, Any] | None, X: np.ndarray, out: Any = None) -> Codes:
         n, d = X.shape
         given_side = out.side if isinstance(out, Codes) else {}
-        codes = _output(out.data if isinstance(out, Codes) else out, scheme.code_shape(n, d), scheme.code_dtype, "codes")
+        codes = _output(out.data if isinstance(out, Codes) else out, scheme.code_shape(n, d), scheme.code_dtype,
+                        "codes")
         side = {
             name: _output(given_side.get(name), shape, dtype, f"side array {name!r}")
             for name, (shape, dtype) in scheme.side_shapes(n, d).items()
@@ -126,7 +128,8 @@ class NumpyBackend:
         _run_chunks(n, d, work)
         return Codes(codes, side, scheme.family, d)
 
-    def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> np.ndarray:
+    def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes,
+                          out: Any = None) -> np.ndarray:
         n, d = len(codes), codes.dim
         result = _output(out, (n, d), np.dtype(np.float32), "the reconstruction")
 

@@ -40,7 +40,7 @@ class Backend(Protocol):
     ) -> Any: ...
 
 
-def _backend_class(name: str) -> type:
+def _backend_class(name: str) -> type[Backend]:
     module, cls = _MODULES[name]
     return getattr(importlib.import_module(module), cls)
 

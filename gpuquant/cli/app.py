@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant._version import __version__
 from gpuquant.checkpoint import cli as convert_model
 from gpuquant.cli import convert, describe, doctor, evaluate, quantizers
@@ -101,7 +101,7 @@ def _wants_json(argv: Sequence[str]) -> bool:
 
 def _emit(fmt: str, doc: dict[str, Any]) -> None:
     if fmt == "json":
-        sys.stdout.write(json.dumps(gio.to_jsonable(doc), allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(gfiles.to_jsonable(doc), allow_nan=False) + "\n")
 
 
 def _fail(fmt: str, command: str | None, exc: BaseException, code: int) -> int:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant.errors import InputError, UsageError
 
 log = logging.getLogger("gpuquant.cli")
@@ -138,7 +138,7 @@ def quantizer_info(q: Any) -> dict[str, Any]:
         "scheme": getattr(q, "name", None) or q.scheme.family,
         "preset": getattr(q, "preset", None),
         "family": q.scheme.family,
-        "params": gio.to_jsonable(q.scheme.params),
+        "params": gfiles.to_jsonable(q.scheme.params),
         "dim": q.dim,
         "is_fitted": bool(q.is_fitted),
         "code_dtype": np.dtype(q.scheme.code_dtype).name,

@@ -35,11 +35,11 @@ def _convert_dask(args: argparse.Namespace, path: Any, q: Any, device: str, demo
     if args.scheduler and args.workers:
         raise UsageError("gpuquant convert: error: --scheduler (an existing cluster) and --workers (a local one) "
                          "exclude each other")
-    from gpuquant import cluster as gdask
+    from gpuquant import cluster as gcluster
 
-    with gdask.cluster_client(args.scheduler, args.workers, device) as client:
+    with gcluster.cluster_client(args.scheduler, args.workers, device) as client:
         log.info("Dask cluster: %s", client)
-        return gdask.convert(path, args.output, q, client=client, device=device, batch_rows=args.batch_rows,
+        return gcluster.convert(path, args.output, q, client=client, device=device, batch_rows=args.batch_rows,
                              resume=args.resume, overwrite=args.overwrite, shape=args.shape,
                              column=args.column, dataset=args.dataset, source_info={"demo": demo},
                              progress=args.format == "human")
@@ -125,7 +125,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("input", metavar="INPUT",
                    help="a .npy file (2-D float), a raw float32 file with --shape, a directory of .npy shards, "
                         "Parquet (a file or directory), HDF5, .fbin/.u8bin/.i8bin, or 'demo'")
-    p.add_argument("output", metavar="OUTPUT", help="the store directory to write (must not exist)")
+    p.add_argument("output", metavar="OUTPUT", help="the store to write (new, unless --resume or --overwrite)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--scheme", help="fit this preset or family on INPUT")
     how.add_argument("--quantizer", metavar="Q.json", help="use this fitted quantizer")

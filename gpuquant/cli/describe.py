@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant import store as gstore
 from gpuquant.cli import render
 from gpuquant.cli.common import Report, add_source_args, array_summary, quantizer_info
@@ -32,8 +32,8 @@ def cmd_export_info(args: argparse.Namespace) -> Report:
 
 
 def _inspect_npy(p: Path) -> Report:
-    header = gio.read_npy_header(p)
-    gio.check_length(p, header)
+    header = gfiles.read_npy_header(p)
+    gfiles.check_length(p, header)
     doc = {"kind": "npy", "path": str(p), "shape": list(header.shape), "dtype": header.dtype.name,
            "fortran_order": header.fortran_order, "bytes": header.data_bytes}
     return doc, render.npy_text(doc)

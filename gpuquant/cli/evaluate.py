@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant.cli import render
 from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, positive_int, resolve_input
 from gpuquant.errors import InputError
@@ -23,7 +23,7 @@ def cmd_eval(args: argparse.Namespace) -> Report:
     if demo and args.shape:
         raise InputError("--shape is for raw float32 files, not the demo dataset")
     q = get_quantizer(args)
-    queries = np.asarray(gio.load_matrix(Path(args.queries))) if args.queries else None
+    queries = np.asarray(gfiles.load_matrix(Path(args.queries))) if args.queries else None
     start = time.perf_counter()
     r = evaluate_input(path, q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
                        rescore_with=args.rescore_with, backend=args.backend, shape=args.shape,

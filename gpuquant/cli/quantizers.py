@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant.cli import render
 from gpuquant.cli.common import (
     Report,
@@ -39,7 +39,7 @@ def _preset_row(preset: Any) -> dict[str, Any]:
         "bytes_per_value": float(scheme.bytes_per_value),
         "side": side,
         "peer": preset.peer,
-        "params": gio.to_jsonable(preset.params),
+        "params": gfiles.to_jsonable(preset.params),
         "summary": preset.summary,
         "consumer": getattr(preset, "consumer", ""),
     }

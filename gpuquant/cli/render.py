@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 
 
 def mb(nbytes: float) -> float:
@@ -24,7 +24,7 @@ def fmt_summary(name: str, s: dict[str, Any]) -> str:
 
 
 def fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(gio.to_jsonable(v))}" for k, v in params.items()) or "(defaults)"
+    return ", ".join(f"{k}={json.dumps(gfiles.to_jsonable(v))}" for k, v in params.items()) or "(defaults)"
 
 
 def quantizer_lines(info: dict[str, Any]) -> list[str]:
@@ -39,7 +39,8 @@ def quantizer_lines(info: dict[str, Any]) -> list[str]:
         lines += [fmt_summary(k, s) for k, s in info["state"].items()]
     pre = info.get("pre_transform")
     if pre:
-        shown = {k: v for k, v in pre.items() if k in ("pca_dim", "rotate", "rotate_seed") and v is not None}
+        names = ("pca_dim", "rotate", "rotate_seed") if pre.get("rotate") else ("pca_dim",)  # a seed only rotates
+        shown = {k: v for k, v in pre.items() if k in names and v is not None}
         lines.append(f"pre      {fmt_params(shown)}, fitted on {pre['input_dim']} dims"
                      if pre["input_dim"] else f"pre      {fmt_params(shown)}, not fitted")
         lines += [fmt_summary(k, s) for k, s in pre["state"].items()]

@@ -40,6 +40,7 @@ in batches here; ``gpuquant.cluster.DaskRows`` computes the per-block partials o
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,7 +94,7 @@ def _split(x: np.ndarray, fn: Callable[[np.ndarray], Any]) -> list[Any]:
     if parts == 1:
         return [fn(x)]
     edges = np.linspace(0, x.shape[0], parts + 1).astype(int)
-    return [f.result() for f in [_pool().submit(fn, x[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]]
+    return [f.result() for f in [_pool().submit(fn, x[a:b]) for a, b in itertools.pairwise(edges)]]
 
 
 class Rows:

@@ -5,12 +5,15 @@ The run is :func:`gpuquant.engine.run.run` (lock, resume check, fit, create, str
 report); :class:`LocalRunner` supplies this machine's steps:
 
 - the source (:mod:`gpuquant.engine.sources`): a ``.npy`` file, raw float32, a directory of
-  ``.npy`` shards or an array, opened once the output is locked and checked;
+  ``.npy`` shards, an array, or a Parquet, HDF5 or big-ann file (:mod:`gpuquant.engine.readers`),
+  opened once the output is locked and checked, and read as the scheme sees it: after the
+  Matryoshka step and the quantizer's pre-transforms (:func:`prepared_rows`);
 - the device: ``"gpu"`` (CuPy, pinned staging, CUDA streams, the batch size from the planner's
   N_max), ``"cpu"`` (the numpy backend, reader and writer threads, :data:`CPU_BATCH_BYTES` of
   input per batch) or ``"auto"`` (the GPU when the cupy backend works and implements the scheme);
-- the fit: streaming (:mod:`gpuquant.engine.fit`: the same state as the in-memory fit), on the CPU
-  whichever device converts;
+- the fit: streaming (:mod:`gpuquant.engine.fit`: the same state as the in-memory fit; the
+  pre-transforms first, on the truncated rows, then the scheme on the transformed ones), on the
+  CPU whichever device converts;
 - the stream (:mod:`gpuquant.engine.pipeline`) with a progress bar (:mod:`gpuquant.engine.progress`);
 - on a failure: a store this run created and never wrote a row into is removed; otherwise it is left
   unfinished with every batch written so far recorded, and ``resume=True`` (``--resume``) continues it.

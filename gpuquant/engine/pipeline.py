@@ -68,7 +68,8 @@ class _Stopped(Exception):
     pass
 
 
-def _batches(reader: Any, free_out: queue.Queue, stop: threading.Event, writer: Any) -> Iterator[tuple[int, int, Any, Any]]:
+def _batches(reader: Any, free_out: queue.Queue, stop: threading.Event,
+             writer: Any) -> Iterator[tuple[int, int, Any, Any]]:
     """The reader's batches as (start, stop, host buffer, a free output set), until its end; a
     reader error is raised here, and the writer's own error surfaces while waiting."""
     while True:

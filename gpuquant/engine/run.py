@@ -241,7 +241,7 @@ def sample_error(store: gstore.Store, source: Source | Rows, rows: int = ERROR_S
     idx = np.unique(np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64))
     ref = np.asarray(source.take(idx), dtype=np.float32)
     with np.errstate(all="ignore"):
-        got = store.decode(store.read_rows(idx))
+        got = store.decode(store.read_rows(idx), pre=False)  # as ``source``: the rows the scheme encoded
     out: dict[str, Any] = {"rows": int(idx.size), "rel_error": None, "max_abs_error": None}
     if store.scheme.search_in_code_space:
         out["why"] = "binary codes reconstruct to a sign pattern only: no reconstruction error"

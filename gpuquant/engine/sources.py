@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant import files as gio
+from gpuquant import files as gfiles
 from gpuquant.errors import InputError, SourceReadError
 
 log = logging.getLogger("gpuquant.engine")
 
 CHECKSUM_METHOD = "quick-v1"
 CHECKSUM_BLOCK = 1 << 20
-FLOAT_DTYPES = gio.FLOAT_DTYPES
+FLOAT_DTYPES = gfiles.FLOAT_DTYPES
 
 
 @dataclass
@@ -136,13 +136,13 @@ class ArraySource(Source):
                              f"got {type(X).__name__} (for device arrays use Quantizer.transform)")
         if X.ndim != 2:
             raise InputError(f"the input must be 2-D (rows, dims), got shape {X.shape}")
-        if gio.native(X.dtype) not in FLOAT_DTYPES:
+        if gfiles.native(X.dtype) not in FLOAT_DTYPES:
             raise InputError(f"the input has dtype {X.dtype}; expected float32 (float16 and float64 are accepted too)")
         if X.shape[0] == 0 or X.shape[1] == 0:
             raise InputError(f"the input is empty: shape {X.shape}")
         self.X = X
         self.shape = (int(X.shape[0]), int(X.shape[1]))
-        self.dtype = gio.native(X.dtype)
+        self.dtype = gfiles.native(X.dtype)
         self.label = f"<array {X.dtype}{X.shape}>"
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
@@ -170,7 +170,7 @@ class FileSource(Source):
         self.files = files
         self.label = label
         self.shape = (sum(f.rows for f in files), files[0].dim)
-        self.dtype = gio.native(files[0].dtype)
+        self.dtype = gfiles.native(files[0].dtype)
         self.starts = np.cumsum([0] + [f.rows for f in files])
         self._fds: dict[int, int] = {}
         self._maps: dict[int, np.ndarray] = {}
@@ -232,9 +232,9 @@ class FileSource(Source):
 
 
 def _npy_file(p: Path, allow_no_rows: bool = False) -> _File:
-    header = gio.read_npy_header(p)
-    gio.check_matrix_header(p, header, allow_no_rows=allow_no_rows)
-    gio.check_length(p, header)
+    header = gfiles.read_npy_header(p)
+    gfiles.check_matrix_header(p, header, allow_no_rows=allow_no_rows)
+    gfiles.check_length(p, header)
     return _File(p, header.shape[0], header.shape[1], header.dtype, header.data_offset, header.fortran_order)
 
 
@@ -299,7 +299,7 @@ def open_source(src: Any, *, shape: Any = None, column: str | None = None, datas
         files = _shards(p, [_npy_file(q, allow_no_rows=True) for q in shards])
         first = files[0]
         for f in files[1:]:
-            if f.dim != first.dim or gio.native(f.dtype) != gio.native(first.dtype):
+            if f.dim != first.dim or gfiles.native(f.dtype) != gfiles.native(first.dtype):
                 raise InputError(f"shards disagree: {f.path} is {f.dtype.name} with {f.dim} dims, "
                                  f"but {first.path} is {first.dtype.name} with {first.dim} dims")
         return FileSource("shards", files, label or str(p.resolve()))
@@ -309,7 +309,7 @@ def open_source(src: Any, *, shape: Any = None, column: str | None = None, datas
         npy = f.read(6) == b"\x93NUMPY"
     if shape is None and not npy:
         try:
-            gio.read_npy_header(p)
+            gfiles.read_npy_header(p)
         except InputError as exc:
             raise InputError(f"{exc}; if it holds raw float32 values, give its shape: --shape ROWS,DIM (ROWS may "
                              "be auto: from the file size)") from None

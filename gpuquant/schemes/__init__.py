@@ -2,7 +2,8 @@
 
 ``make_scheme(name, **params)`` builds a scheme from a preset name (``"cuvs-sq8"``, ...) or a family
 name (``"scalar"``, ``"absmax"``, ``"float"``, ``"binary"``, ``"gguf"``, ``"scaled_fp8"``,
-``"rabitq"``, ``"pq"``); keyword parameters override the preset's. The families are registered in :mod:`gpuquant.schemes.registry`.
+``"rabitq"``, ``"pq"``); keyword parameters override the preset's. The families are registered in
+:mod:`gpuquant.schemes.registry`.
 """
 
 from gpuquant.schemes.base import Scheme

@@ -147,7 +147,7 @@ class Scheme(ABC):
 
     def check_state(self, state: State) -> None:
         """Raise ``InputError`` if ``state``'s values break the family's rules (beyond shape, dtype
-        and finiteness, which :func:`gpuquant.schemes.state.check_state` checks for every family)."""
+        and finiteness, which :func:`validate_state` checks for every family)."""
 
     def encode(self, X: np.ndarray, state: State | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Reference encoding of float32 ``X``: new code and side arrays."""
@@ -218,7 +218,7 @@ class Scheme(ABC):
     @property
     def bytes_per_value(self) -> float:
         """Code bytes per input value, side arrays excluded."""
-        rows, cols = self.code_shape(1, 1024)
+        _, cols = self.code_shape(1, 1024)
         return self.code_dtype.itemsize * cols / 1024
 
 

@@ -19,8 +19,8 @@ summation order is not part of the spec, so backends agree within the float64 su
 the exact median (the middle value; for even n ``float32((f64(a) + f64(b)) / 2)`` of the two middle
 values). Fitting refuses NaN. These thresholds are gpuquant's own, not cuVS's: cuVS's ``mean`` sums
 in float32 in a GPU-parallel order, and its ``sampling_median`` sorts a sample of about 10% of the
-rows drawn with RAFT's generator; only threshold ``"zero"`` is cuVS's bit for bit. The inverse gives +1.0 where a bit is set and -1.0 where not: the
-sign pattern, not the magnitudes.
+rows drawn with RAFT's generator; only threshold ``"zero"`` is cuVS's bit for bit. The inverse
+gives +1.0 where a bit is set and -1.0 where not: the sign pattern, not the magnitudes.
 """
 
 from __future__ import annotations

@@ -356,7 +356,8 @@ def _given_ranges(ranges: Any, granularity: str) -> list[list[float]]:
 
 
 def cuvs_scale_offset(lo: np.ndarray, hi: np.ndarray, L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
-    """half_away constants: ``scale = L / (f64(hi) - f64(lo))`` (1 where hi <= lo), ``offset = -H - f64(lo) * scale``."""
+    """half_away constants: ``scale = L / (f64(hi) - f64(lo))`` (1 where hi <= lo),
+    ``offset = -H - f64(lo) * scale``."""
     lo64, hi64 = lo.astype(F64), hi.astype(F64)
     with np.errstate(divide="ignore"):
         scale = np.where(hi64 > lo64, L / (hi64 - lo64), 1.0)

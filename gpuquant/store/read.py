@@ -142,18 +142,21 @@ class Store:
         side = {k: v for k, v in out.items() if k != "codes"}
         return Codes(out["codes"], side, self.manifest.get("scheme", ""), self.dim)
 
-    def decode(self, codes: Any) -> np.ndarray:
-        """float32 rows of ``codes`` (a :class:`gpuquant.Codes` of this store's scheme)."""
+    def decode(self, codes: Any, *, pre: bool = True) -> np.ndarray:
+        """float32 rows of ``codes`` (a :class:`gpuquant.Codes` of this store's scheme), as the
+        quantizer's ``inverse_transform`` gives them: through its pre-transforms back to the input's
+        (truncated) dimensions, unless ``pre=False`` (the rows the scheme encoded)."""
+        return self._decoded(codes.data, codes.side, pre)
+
+    def _decoded(self, data: Any, side: dict[str, Any], pre: bool = True) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return np.asarray(self.scheme.decode(codes.data, codes.side, self.quantizer.state, self.dim), np.float32)
+            out = np.asarray(self.scheme.decode(data, side, self.quantizer.state, self.dim), np.float32)
+        return self.quantizer.pre.inverse(out) if pre and self.quantizer.pre.active else out
 
     def get_rows(self, ids: Any) -> np.ndarray:
-        """Rows ``ids`` decoded to float32, shape ``(len(ids), dim)``; any order, repeats allowed."""
+        """Rows ``ids`` decoded (:meth:`decode`) to float32, one row per id; any order, repeats allowed."""
         idx = self._ids(ids)
-        side = {k: v[idx] for k, v in self.side.items()}
-        with np.errstate(all="ignore"):
-            out = self.scheme.decode(self.codes[idx], side, self.quantizer.state, self.dim)
-        return np.asarray(out, dtype=np.float32)
+        return self._decoded(self.codes[idx], {k: v[idx] for k, v in self.side.items()})
 
     def iter_batches(self, batch_rows: int = 65536, *, start: int = 0,
                      stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -170,10 +173,7 @@ class Store:
     def _batches(self, batch_rows: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         for a in range(start, stop, batch_rows):
             b = min(stop, a + batch_rows)
-            side = {k: v[a:b] for k, v in self.side.items()}
-            with np.errstate(all="ignore"):
-                yield a, np.asarray(self.scheme.decode(self.codes[a:b], side, self.quantizer.state, self.dim),
-                                    dtype=np.float32)
+            yield a, self._decoded(self.codes[a:b], {k: v[a:b] for k, v in self.side.items()})
 
     def _ids(self, ids: Any) -> np.ndarray:
         idx = np.asarray(ids)
