@@ -326,3 +326,12 @@ def test_the_gpu_encodes_one_bit_only_so_auto_picks_numpy_for_more(monkeypatch):
     assert backends.pick_auto(two_bits)[0] == "numpy"
     with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernel yet"):
         backends.resolve_for("cupy", two_bits)
+
+
+def test_an_overflowing_row_is_named_as_a_row_of_the_input():
+    X = np.ones((40_000, 8), np.float32)  # the numpy backend encodes in chunks of 2**18 values
+    q = Quantizer("faiss-rabitq", backend="numpy").fit(X)
+    Y = X.copy()
+    Y[35_000, 2] = 3e38
+    with pytest.raises(InputError, match=re.escape("row 35000 of the input: |x|^2 or |x - center|^2 overflows")):
+        q.transform(Y)

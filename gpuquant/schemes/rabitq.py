@@ -48,7 +48,7 @@ import numpy as np
 from gpuquant.errors import InputError
 from gpuquant.schemes.base import F32, F64, Params, Scheme, State, StateSpec, choice, refuse_nonfinite_rows
 from gpuquant.schemes.float_order import lane_dot, running_sum
-from gpuquant.schemes.statistics import ColumnMeanF32, FitSpec
+from gpuquant.schemes.statistics import ColumnMeanF32, FitSpec, RowError
 
 METRICS = ("l2", "ip")
 EPS = F32(np.finfo(F32).eps)
@@ -80,10 +80,11 @@ def rabitq_encode(X: np.ndarray, center: np.ndarray, bits: int, metric: str) -> 
     return np.concatenate(parts, axis=1) if n else np.empty((0, code_size(d, bits)), np.uint8)
 
 
-def overflow_error(row: int) -> InputError:
-    """The error for a row whose ``|x|^2`` or ``|x - center|^2`` overflows float32."""
-    return InputError(f"row {row}: |x|^2 or |x - center|^2 overflows float32, "
-                      "so its RaBitQ factors would not be finite")
+def overflow_error(row: int) -> RowError:
+    """The error for a row whose ``|x|^2`` or ``|x - center|^2`` overflows float32 (a :class:`RowError`,
+    so the backends and the engine name the row of the whole input)."""
+    return RowError(row, "{row}: |x|^2 or |x - center|^2 overflows float32, "
+                         "so its RaBitQ factors would not be finite")
 
 
 def rabitq_decode(codes: np.ndarray, center: np.ndarray, bits: int, d: int) -> np.ndarray:
