@@ -442,3 +442,10 @@ def test_eval_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_run(capsys, "eval", "demo", "--k", "0")[0] == 2
     assert cli_run(capsys, "eval", "demo", "--n-queries", "5000")[0] == 2
     assert cli_run(capsys, "eval", "missing.npy")[0] == 2
+
+
+def test_eval_rescore_with_without_rescore_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for how in ("original", "reconstructed"):
+        code, doc = run_json(capsys, "eval", "demo", "--rescore-with", how)
+        assert code == 2 and doc["error"]["type"] == "UsageError"
+        assert "--rescore-with needs --rescore" in doc["error"]["message"]
