@@ -25,6 +25,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--targets", action="append", default=[], metavar="REGEX",
                    help="quantize only modules whose name matches (repeatable; default: every Linear weight)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted conversion into OUTPUT_DIR")
+    p.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                   help="auto (the GPU when it works and has the scheme's kernels: fp8), gpu (never falls back) "
+                        "or cpu; the bytes written are the same")
     p.set_defaults(func=cmd_convert_model)
 
 
@@ -33,5 +36,5 @@ def cmd_convert_model(args: argparse.Namespace) -> Report:
     from gpuquant.checkpoint.run import convert_model
 
     doc = convert_model(args.model, args.output, args.scheme, targets=args.targets,
-                        ignore=args.ignore, resume=args.resume)
+                        ignore=args.ignore, resume=args.resume, device=args.device)
     return doc, render.convert_model_text(doc)
