@@ -99,6 +99,9 @@ def check_options(k: int, rescore: int | None, rescore_with: str) -> None:
         raise InputError(f"rescore must be >= 1 (candidates = k * rescore), got {rescore}")
     if rescore_with not in ("original", "reconstructed"):
         raise InputError(f"rescore_with must be 'original' or 'reconstructed', got {rescore_with!r}")
+    if rescore is None and rescore_with != "original":
+        raise InputError(f"rescore_with={rescore_with!r} needs rescore (the number of candidates to re-rank); "
+                         "without it nothing is rescored")
 
 
 def sample_recall(q: Quantizer, queries: np.ndarray, corpus: np.ndarray, recon: np.ndarray, k: int = 10) -> float:

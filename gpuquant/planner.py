@@ -7,9 +7,13 @@ The formula is the one of the "Memory footprint" section of the cuVS scalar quan
     peak(N)  = N * B_per_row + B_fixed                        (scratch excluded)
     N_max    = floor((M_usable - B_fixed) / B_per_row)
 
-with, for ``D`` dimensions, ``B_x`` bytes per input value, ``C`` code bytes per row
-(``code_shape(1, D)`` times the code itemsize) and ``S`` bytes of per-row side arrays (the
-``scales`` of ``int8-row`` / ``int4-block``):
+with, for ``D`` input dimensions, ``B_x`` bytes per input value, ``C`` code bytes per row
+(``code_shape(1, D')`` times the code itemsize) and ``S`` bytes of per-row side arrays (the
+``scales`` of ``int8-row`` / ``int4-block``), where ``D'`` is what the scheme sees: ``D`` cut to
+``truncate_dim``, then PCA's ``pca_dim``, then padded to a power of two by the Hadamard rotation
+(``D' = D`` without them). The input term is the row as read (``D*B_x``); the scheme-side terms
+(``C``, ``S``, ``inverse``'s float32 decode, the fit's statistics and the state)
+count ``D'`` dimensions:
 
 ========== ====================================== ===================================================
 op         B_per_row                              B_fixed
@@ -110,13 +114,28 @@ def format_bytes(n: float | None) -> str:
 # bytes of one row, and of the fitted state
 
 
-def row_bytes(scheme: Any, d: int, dtype: Any = np.float32) -> dict[str, int]:
-    """Bytes per row: ``input`` (D*B_x), ``codes`` (C), ``side`` (S) and ``float32`` (D*4)."""
-    _, code_cols = scheme.code_shape(1, d)
+def row_bytes(scheme: Any, d: int, dtype: Any = np.float32, scheme_dim: int | None = None) -> dict[str, int]:
+    """Bytes per row of what the stream holds: ``input`` (D*B_x, the row as read, all ``d`` dimensions),
+    and on the scheme's side, at the ``scheme_dim`` dimensions it sees (``d`` by default; fewer after
+    ``truncate_dim`` or PCA, a power of two after the Hadamard rotation's padding): ``codes`` (C),
+    ``side`` (S) and ``float32`` (the decoded rows, scheme_dim*4)."""
+    sd = d if scheme_dim is None else scheme_dim
+    _, code_cols = scheme.code_shape(1, sd)
     side = sum(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dt).itemsize
-               for shape, dt in scheme.side_shapes(1, d).values())
+               for shape, dt in scheme.side_shapes(1, sd).values())
     return {"input": d * np.dtype(dtype).itemsize, "codes": int(code_cols) * scheme.code_dtype.itemsize,
-            "side": int(side), "float32": d * 4}
+            "side": int(side), "float32": sd * 4}
+
+
+def scheme_dims(q: Any, dim: int) -> tuple[int, int]:
+    """(rows' dimensions after ``truncate_dim``, dimensions the scheme sees after PCA / rotation) for
+    input rows of ``dim`` dimensions; ``InputError`` when the scheme cannot take them."""
+    tdim = int(q.truncate_dim or dim)  # the pre-transforms take the rows after the Matryoshka step
+    if tdim > dim:
+        raise InputError(f"truncate_dim={tdim} is larger than the input's {dim} dimensions")
+    sdim = q.pre.out_dim(tdim) if q.pre.active else tdim
+    q.scheme.check_dim(sdim)
+    return tdim, sdim
 
 
 def state_bytes(scheme: Any, d: int) -> int:
@@ -161,9 +180,10 @@ FIT_TERMS: dict[type[st.Statistic], Callable[[Any, int, int | None], tuple[int, 
 }
 
 
-def _fit_terms(scheme: Any, d: int, rows: int | None, b_x: int) -> tuple[int, int, str]:
-    """(per-row, fixed, note) of the ``fit`` op (gpuquant's device training, cupy_train)."""
-    per_row, fixed = d * b_x, state_bytes(scheme, d)
+def _fit_terms(scheme: Any, d: int, rows: int | None, input_row: int) -> tuple[int, int, str]:
+    """(per-row, fixed, note) of the ``fit`` op (gpuquant's device training, cupy_train): ``input_row``
+    bytes of each row read, and the statistics' terms at the ``d`` dimensions the scheme sees."""
+    per_row, fixed = input_row, state_bytes(scheme, d)
     note = "one read pass over the rows on the device"
     spec = scheme.fit_spec()
     for stat in (spec.stats.values() if spec else ()):
@@ -388,11 +408,7 @@ def plan(
         raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
     dim = int(dim)
     q = as_quantizer(scheme, params)
-    tdim = int(q.truncate_dim or dim)  # the pre-transforms take the rows after the Matryoshka step
-    if tdim > dim:
-        raise InputError(f"truncate_dim={tdim} is larger than the input's {dim} dimensions")
-    sdim = q.pre.out_dim(tdim) if q.pre.active else dim  # what the scheme sees after PCA / rotation
-    q.scheme.check_dim(sdim)
+    tdim, sdim = scheme_dims(q, dim)
 
     if gpu_memory is not None:
         free, source = parse_bytes(gpu_memory), "given (--gpu-memory)"
@@ -401,19 +417,19 @@ def plan(
     other_b = parse_bytes(other)
     usable = max(0, int((free - other_b) * (1 - headroom)))
 
-    rb = row_bytes(q.scheme, dim, dtype)
-    fixed, note = state_bytes(q.scheme, dim), ""
+    rb = row_bytes(q.scheme, dim, dtype, sdim)
+    fixed, note = state_bytes(q.scheme, sdim), ""
     k = 1
     if op == "transform":
         per_row = rb["input"] + rb["codes"] + rb["side"]
     elif op == "inverse":
         per_row = rb["codes"] + rb["side"] + rb["float32"]
     elif op == "fit":
-        per_row, fixed, note = _fit_terms(q.scheme, dim, rows, dtype.itemsize)
+        per_row, fixed, note = _fit_terms(q.scheme, sdim, rows, rb["input"])
     else:
         k = in_flight
         per_row = k * (rb["input"] + rb["codes"] + rb["side"])
-    fixed += spec_bytes(q.pre.state_spec(tdim)) + (state_bytes(q.scheme, sdim) - state_bytes(q.scheme, dim))
+    fixed += spec_bytes(q.pre.state_spec(tdim))
     n_max = max(0, (usable - fixed) // per_row) if usable > fixed else 0
     p = Plan(op=op, scheme=q.name, family=q.family, params=_jsonable(q.scheme.params), rows=rows, dim=dim,
              dtype=dtype.name, memory_source=source, free_bytes=int(free), other_bytes=other_b,
@@ -481,7 +497,7 @@ def cpu_run(scheme: Any = "int8-row", *, dim: int, rows: int, dtype: Any = "floa
     modelled. Keys: ``output_bytes``, ``disk_free_bytes``, ``disk_fits``, ``estimated_seconds``,
     ``bound_by``, ``bandwidths``."""
     q = as_quantizer(scheme, params)
-    rb = row_bytes(q.scheme, int(dim), np.dtype(dtype))
+    rb = row_bytes(q.scheme, int(dim), np.dtype(dtype), scheme_dims(q, int(dim))[1])
     out, free, fits = _output_on_disk(int(rows), rb, output)
     bw = {k: v for k, v in {**DEFAULT_BANDWIDTHS, **(bandwidths or {})}.items() if k in ("read", "write")}
     bound, seconds = _slowest(_disk_links(int(rows) * rb["input"], out, bw))

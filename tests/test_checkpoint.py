@@ -9,11 +9,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from helpers import bits, cli_json, cli_run, tiny_llama
+from helpers import assert_bit_equal, bits, cli_json, cli_run, cupy_usable, tiny_llama
 
 import gpuquant
 from gpuquant.checkpoint import SCHEMES, convert_model, dequantize, pack_int32, quantize, unpack_int32
 from gpuquant.checkpoint import run as crun
+from gpuquant.checkpoint.quant import device_quantize, weight_quantizer
 from gpuquant.errors import InputError
 from gpuquant.weights import load_safetensors, save_safetensors
 
@@ -173,11 +174,11 @@ def test_an_interrupted_conversion_resumes_tensor_by_tensor(tmp_path: Path, rng:
     convert_model(tmp_path / "m", tmp_path / "ref", "w4a16")
     real, calls = crun.encode, []
 
-    def crash_on_second(w, scheme, first_row=0):  # type: ignore[no-untyped-def]
+    def crash_on_second(*args):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(w, scheme, first_row)
+        return real(*args)
 
     monkeypatch.setattr(crun, "encode", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -217,6 +218,49 @@ def test_nan_weight_is_refused_naming_tensor_and_row(tmp_path: Path, rng: np.ran
     with pytest.raises(InputError, match=r"tensor 'model.layers.1.mlp.up_proj.weight': row 2 holds NaN or \+-Inf"):
         convert_model(tmp_path / "m", tmp_path / "q", "fp8")
     assert not (tmp_path / "q").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the device: --device auto | cpu | gpu
+
+
+def test_int_schemes_stay_on_numpy_and_auto_picks_numpy_without_a_gpu(tmp_path: Path, rng: np.random.Generator,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("w8a16", "w4a16"):
+        assert weight_quantizer(SCHEMES[name], "auto") is None and weight_quantizer(SCHEMES[name], "cpu") is None
+    assert weight_quantizer(SCHEMES["fp8"], "cpu") is None
+    with pytest.raises(InputError, match="device must be one of"):
+        weight_quantizer(SCHEMES["fp8"], "tpu")
+    fake_checkpoint(tmp_path / "m", rng, sharded=False)
+    code, doc = cli_json(capsys, "convert-model", tmp_path / "m", tmp_path / "q", "--scheme", "w8a16", "--device", "gpu")
+    assert code == 1 and doc["error"]["type"] == "BackendUnavailableError"
+    assert "--scheme w8a16 has no GPU path" in doc["error"]["message"] and not (tmp_path / "q").exists()
+    if cupy_usable()[0]:
+        return  # with a GPU, auto takes it: test_fp8_on_the_gpu_writes_the_cpu_bytes
+    assert weight_quantizer(SCHEMES["fp8"], "auto") is None
+    code, doc = cli_json(capsys, "convert-model", tmp_path / "m", tmp_path / "q", "--scheme", "fp8", "--device", "gpu")
+    assert code == 1 and doc["error"]["type"] == "BackendUnavailableError"
+    assert "backend 'cupy' cannot run here" in doc["error"]["message"] and not (tmp_path / "q").exists()
+    assert cli_json(capsys, "convert-model", tmp_path / "m", tmp_path / "q", "--scheme", "fp8", "--device", "auto")[0] == 0
+
+
+@pytest.mark.parametrize("device", ["auto", "gpu"])
+def test_fp8_on_the_gpu_writes_the_cpu_bytes(gpu: None, tmp_path: Path, rng: np.random.Generator, device: str) -> None:
+    q = weight_quantizer(SCHEMES["fp8"], device)
+    assert q is not None and q.backend_name == "cupy"
+    for rows, cols in ((67, 384), (1, 37), (5, 1), (300, 129)):
+        w = weights(rng, max(rows, 4), cols)[:rows]
+        assert_bit_equal(device_quantize(w, q, 7), quantize(w, SCHEMES["fp8"], 7), f"{rows}x{cols}")
+    w = weights(rng, 9, 64)
+    w[5, 3] = np.nan
+    with pytest.raises(InputError, match=r"^row 12 holds NaN or \+-Inf: it has no scale$"):
+        device_quantize(w, q, 7)
+    fake_checkpoint(tmp_path / "m", rng)
+    convert_model(tmp_path / "m", tmp_path / "cpu", "fp8", device="cpu")
+    convert_model(tmp_path / "m", tmp_path / "dev", "fp8", device=device)
+    for f in sorted((tmp_path / "cpu").rglob("*")):
+        if f.is_file():
+            assert (tmp_path / "dev" / f.relative_to(tmp_path / "cpu")).read_bytes() == f.read_bytes(), f.name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,6 +32,22 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
     return code, json.loads(lines[0])
 
 
+def test_every_command_lives_in_the_cli_package_and_no_library_imports_it() -> None:
+    import ast
+
+    from gpuquant.cli.app import COMMANDS
+
+    assert all(m.__name__.startswith("gpuquant.cli.") for m in COMMANDS)
+    package = Path(gpuquant.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.parent.name == "cli" or path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n == "gpuquant.cli" or n.startswith("gpuquant.cli.")], path
+
+
 @pytest.fixture()
 def matrix(tmp_path: Path) -> tuple[Path, np.ndarray]:
     X = np.random.default_rng(7).standard_normal((203, 128)).astype(np.float32)
@@ -442,3 +458,10 @@ def test_eval_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_run(capsys, "eval", "demo", "--k", "0")[0] == 2
     assert cli_run(capsys, "eval", "demo", "--n-queries", "5000")[0] == 2
     assert cli_run(capsys, "eval", "missing.npy")[0] == 2
+
+
+def test_eval_rescore_with_without_rescore_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for how in ("original", "reconstructed"):
+        code, doc = run_json(capsys, "eval", "demo", "--rescore-with", how)
+        assert code == 2 and doc["error"]["type"] == "UsageError"
+        assert "--rescore-with needs --rescore" in doc["error"]["message"]

@@ -82,6 +82,8 @@ def test_explicit_queries_and_errors(rng):
         evaluate(x, "st-int8", k=200, n_queries=10, backend="numpy")
     with pytest.raises(gpuquant.InputError, match="rescore"):
         evaluate(x, "st-int8", rescore=0, backend="numpy")
+    with pytest.raises(gpuquant.InputError, match="needs rescore"):
+        evaluate(x, "st-int8", rescore_with="reconstructed", backend="numpy")
 
 
 @pytest.mark.gpu

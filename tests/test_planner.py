@@ -146,3 +146,20 @@ def test_plan_without_gpu_memory_and_without_a_gpu_says_how() -> None:
         pytest.skip("a GPU works here")
     with pytest.raises(gpuquant.GpuquantError, match="--gpu-memory"):
         gpuquant.plan("fp16", dim=8)
+
+
+@pytest.mark.parametrize(("params", "seen"), [({"truncate_dim": 192}, 192), ({"rotate": "hadamard"}, 512),
+                                              ({"truncate_dim": 200, "rotate": "hadamard"}, 256)])
+def test_row_bytes_follow_truncation_and_hadamard_padding_as_measured(params: dict[str, Any], seen: int) -> None:
+    # float16 rows of 300 dims read whole; int4-block codes and block scales at the dims the scheme sees
+    x = np.random.default_rng(3).standard_normal((40, 300)).astype(np.float16)
+    q = gpuquant.Quantizer("int4-block", backend="numpy", **params).fit(x)
+    codes = q.transform(x)
+    assert codes.dim == seen
+    measured = {"input": x.nbytes // len(x), "codes": codes.data.nbytes // len(x),
+                "side": sum(a.nbytes for a in codes.side.values()) // len(x), "float32": seen * 4}
+    p = gpuquant.plan("int4-block", dim=300, dtype="float16", op="transform", gpu_memory="1GiB", params=params)
+    assert p.row_bytes == measured
+    assert p.bytes_per_row == measured["input"] + measured["codes"] + measured["side"]
+    run = gpuquant.planner.cpu_run("int4-block", dim=300, rows=40, dtype="float16", params=params)
+    assert run["output_bytes"] == codes.data.nbytes + sum(a.nbytes for a in codes.side.values())

@@ -9,8 +9,8 @@ compressed-tensors format that transformers (``AutoModelForCausalLM.from_pretrai
 * :mod:`gpuquant.checkpoint.quant`: the math (scales, codes, int4 packing), equal byte for byte to
   compressed-tensors' compressors.
 * :mod:`gpuquant.checkpoint.model`: reading the checkpoint, which tensors are quantized, the config.
-* :mod:`gpuquant.checkpoint.run`: the resumable run and its report.
-* :mod:`gpuquant.checkpoint.cli`: the ``convert-model`` subcommand.
+* :mod:`gpuquant.checkpoint.run`: the resumable run and its report (the ``convert-model``
+  subcommand, :mod:`gpuquant.cli.models`, calls :func:`convert_model`).
 
 Needs only numpy and ml_dtypes (safetensors files are read and written here).
 """

@@ -27,17 +27,27 @@ scheme      compressed-tensors format   h      [lo, hi]        stored tensors
 ``u = q + 8`` (0..15); int32 word ``j`` of a row holds columns ``8j .. 8j+7``, column ``8j + k`` in
 bits ``4k .. 4k+3`` (little end first), as compressed-tensors' ``pack_to_int32`` lays 32 values of
 ``b`` bits into ``b`` words. NaN or +-Inf in a weight is refused (``InputError`` naming the row).
+
+Device (:func:`weight_quantizer`): ``fp8`` is the ``safetensors-fp8`` preset's formula, whose CUDA
+kernels are bit-exact with the numpy reference, so on a working GPU (``device="auto"`` or ``"gpu"``)
+its codes and scales come from that preset's quantizer on the cupy backend: the same bytes. ``w8a16``
+and ``w4a16`` always run on numpy: no gpuquant kernel computes their formula (the ``absmax`` family's
+scale is ``amax / 127`` (``/ 7``) with codes clipped to ``[-127, 127]`` (``[-7, 7]``), where
+compressed-tensors divides by ``127.5`` (``7.5``) and clips to ``[-128, 127]`` (``[-8, 7]``)).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from gpuquant.errors import InputError
+from gpuquant.backends.arrays import is_device_array
+from gpuquant.errors import BackendUnavailableError, InputError
 from gpuquant.schemes.scaled_fp8 import scaled_values, symmetric_scale
+from gpuquant.schemes.statistics import RowError
 
 F32 = np.float32
 GROUP = 128
@@ -90,11 +100,54 @@ def quantize(w: np.ndarray, scheme: WeightScheme, first_row: int = 0) -> tuple[n
     amax = np.max(np.abs(x), axis=2) if x.size else np.zeros((rows, cols // g), F32)
     bad = np.flatnonzero(~np.isfinite(amax).all(axis=1))
     if bad.size:
-        raise InputError(f"row {first_row + int(bad[0])} holds NaN or +-Inf: it has no scale")
+        raise _no_scale(first_row + int(bad[0]))
     s = symmetric_scale(amax, scheme.half)
     t = scaled_values(x, s[:, :, None], scheme.lo, scheme.hi, out=np.empty_like(x))
     q = CAST[scheme.type](t)
     return q.reshape(rows, cols), s
+
+
+def _no_scale(row: int) -> InputError:
+    return InputError(f"row {row} holds NaN or +-Inf: it has no scale")
+
+
+#: The quantizer preset whose device kernels give a scheme's exact bytes (see the module docstring:
+#: the int schemes have none).
+DEVICE_PRESETS = {"fp8": "safetensors-fp8"}
+
+
+def weight_quantizer(scheme: WeightScheme, device: str = "auto") -> Any | None:
+    """The quantizer (cupy backend) that encodes ``scheme`` on the GPU for ``device`` (``"auto"``: when
+    the cupy backend works and implements the scheme's preset; ``"gpu"``: that or
+    ``BackendUnavailableError``; ``"cpu"``), or None: the numpy path of :func:`quantize`."""
+    from gpuquant.api import Quantizer
+    from gpuquant.engine.local import pick_device
+    from gpuquant.engine.run import DEVICES
+
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    preset = DEVICE_PRESETS.get(scheme.name)
+    if preset is None:
+        if device == "gpu":
+            raise BackendUnavailableError(f"--scheme {scheme.name} has no GPU path (no kernel computes "
+                                          "compressed-tensors' int formula); use --device auto or cpu")
+        return None
+    q = Quantizer(preset, backend="numpy")
+    where, backend = pick_device(device, q.scheme)
+    return Quantizer(preset, backend=backend.name) if where == "gpu" else None
+
+
+def device_quantize(w: np.ndarray, quantizer: Any, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, s)`` of :func:`quantize` computed by ``quantizer`` (from :func:`weight_quantizer`)."""
+    try:
+        codes = quantizer.transform(np.asarray(w, F32))
+    except RowError as exc:
+        raise _no_scale(first_row + exc.row) from None
+    return _host(codes.data), _host(codes.side["weight_scale"])
+
+
+def _host(a: Any) -> np.ndarray:
+    return np.asarray(a.get() if is_device_array(a) else a)
 
 
 def dequantize(q: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -126,9 +179,11 @@ def unpack_int32(p: np.ndarray, cols: int, bits: int = 4) -> np.ndarray:
     return v.reshape(p.shape[0], -1)[:, :cols].astype(np.int8)
 
 
-def encode(w: np.ndarray, scheme: WeightScheme, first_row: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def encode(w: np.ndarray, scheme: WeightScheme, first_row: int = 0,
+           quantizer: Any = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The stored tensors (local names: ``weight`` / ``weight_packed``, ``weight_scale``) of the rows
-    ``w`` and their dequantization (float32), for the error report."""
-    q, s = quantize(w, scheme, first_row)
+    ``w`` and their dequantization (float32), for the error report; computed by ``quantizer`` (the
+    device path of :func:`weight_quantizer`) when given, else by :func:`quantize`."""
+    q, s = quantize(w, scheme, first_row) if quantizer is None else device_quantize(w, quantizer, first_row)
     stored = {"weight_packed": pack_int32(q, scheme.bits)} if scheme.bits < 8 else {"weight": q}
     return {**stored, "weight_scale": s}, dequantize(q, s)

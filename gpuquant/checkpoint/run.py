@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gpuquant.checkpoint.model import Checkpoint, Selection, quantization_config, read_checkpoint
-from gpuquant.checkpoint.quant import F32, SCHEMES, WeightScheme, encode
+from gpuquant.checkpoint.quant import F32, SCHEMES, WeightScheme, encode, weight_quantizer
 from gpuquant.errors import InputError
 from gpuquant.files import atomic_file, fsync_path, write_json_atomic
 from gpuquant.store import StoreLock
@@ -43,13 +43,16 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".bin.index.json", ".pt", ".pth", ".c
 
 
 def convert_model(model_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], scheme: str = "fp8", *,
-                  targets: Sequence[str] = (), ignore: Sequence[str] = (), resume: bool = False) -> dict[str, Any]:
+                  targets: Sequence[str] = (), ignore: Sequence[str] = (), resume: bool = False,
+                  device: str = "auto") -> dict[str, Any]:
     """Quantize every Linear weight of the checkpoint ``model_dir`` into ``output_dir`` (compressed-tensors
-    format; see :mod:`gpuquant.checkpoint`); returns the report (a JSON-able dict)."""
+    format; see :mod:`gpuquant.checkpoint`) on ``device`` (``"auto"``, ``"gpu"`` or ``"cpu"``; the bytes
+    are the same: :func:`gpuquant.checkpoint.quant.weight_quantizer`); returns the report (a JSON-able dict)."""
     t0 = time.perf_counter()
     if scheme not in SCHEMES:
         raise InputError(f"unknown model scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     sel = Selection(SCHEMES[scheme], list(targets), list(ignore))
+    quantizer = weight_quantizer(sel.scheme, device)
     ckpt = read_checkpoint(Path(model_dir))
     dst = Path(output_dir)
     if dst.exists():
@@ -62,7 +65,7 @@ def convert_model(model_dir: str | os.PathLike[str], output_dir: str | os.PathLi
         _prepare(work, state, resume)
         records: list[dict[str, Any]] = []
         for shard in ckpt.shards:
-            records += _convert_shard(ckpt, shard, sel, work)
+            records += _convert_shard(ckpt, shard, sel, work, quantizer)
         _finish(ckpt, work, dst, sel.scheme, records)
     return _report(ckpt, dst, sel.scheme, records, time.perf_counter() - t0)
 
@@ -92,7 +95,7 @@ def _prepare(work: Path, state: dict[str, Any], resume: bool) -> None:
     write_json_atomic(work / "state.json", state)
 
 
-def _convert_shard(ckpt: Checkpoint, shard: str, sel: Selection, work: Path) -> list[dict[str, Any]]:
+def _convert_shard(ckpt: Checkpoint, shard: str, sel: Selection, work: Path, quantizer: Any) -> list[dict[str, Any]]:
     tensors, meta = ckpt.tensors(shard)
     done, parts = work / "done" / shard, work / "parts" / shard
     done.mkdir(parents=True, exist_ok=True)
@@ -102,7 +105,7 @@ def _convert_shard(ckpt: Checkpoint, shard: str, sel: Selection, work: Path) -> 
         if marker.exists():
             rec = json.loads(marker.read_text(encoding="utf-8"))
         else:
-            rec = _convert_tensor(name, tensors[name], sel, parts, k)
+            rec = _convert_tensor(name, tensors[name], sel, parts, k, quantizer)
             write_json_atomic(marker, rec)
         records.append({**rec, "shard": shard})
     out = work / shard
@@ -112,7 +115,8 @@ def _convert_shard(ckpt: Checkpoint, shard: str, sel: Selection, work: Path) -> 
     return records
 
 
-def _convert_tensor(name: str, arr: np.ndarray, sel: Selection, parts: Path, k: int) -> dict[str, Any]:
+def _convert_tensor(name: str, arr: np.ndarray, sel: Selection, parts: Path, k: int,
+                    quantizer: Any) -> dict[str, Any]:
     base = {"name": name, "shape": list(arr.shape), "dtype": dtype_name(arr.dtype)}
     reason = sel.decide(name, arr)
     if reason is not None:
@@ -127,7 +131,7 @@ def _convert_tensor(name: str, arr: np.ndarray, sel: Selection, parts: Path, k: 
         for a in range(0, rows, step):
             w = np.asarray(arr[a : a + step], F32)
             try:
-                stored, deq = encode(w, scheme, a)
+                stored, deq = encode(w, scheme, a, quantizer)
             except InputError as exc:
                 raise InputError(f"tensor {name!r}: {exc}") from None
             for local, v in stored.items():

@@ -39,7 +39,8 @@ Layout (this package only re-exports):
   returns ``(JSON document, human text)``): :mod:`~gpuquant.cli.quantizers` (schemes, fit),
   :mod:`~gpuquant.cli.convert` (convert, plan), :mod:`~gpuquant.cli.evaluate` (eval),
   :mod:`~gpuquant.cli.describe` (export-info, inspect), :mod:`~gpuquant.cli.doctor` (doctor, with
-  the probes in :mod:`gpuquant.diagnostics`), and :mod:`gpuquant.checkpoint.cli` (convert-model).
+  the probes in :mod:`gpuquant.diagnostics`), and :mod:`~gpuquant.cli.models` (convert-model, with
+  the library :mod:`gpuquant.checkpoint`).
   A new group is a new module plus one entry in :data:`gpuquant.cli.app.COMMANDS`.
 """
 

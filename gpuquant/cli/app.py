@@ -18,8 +18,7 @@ from typing import Any
 
 from gpuquant import files as gfiles
 from gpuquant._version import __version__
-from gpuquant.checkpoint import cli as convert_model
-from gpuquant.cli import convert, describe, doctor, evaluate, quantizers
+from gpuquant.cli import convert, describe, doctor, evaluate, models, quantizers
 from gpuquant.cli.common import FORMATS, Parser, common_parser
 from gpuquant.errors import ChecksumsMissingError, InputError, Interrupted, UsageError
 
@@ -34,7 +33,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 #: The command modules, in the order their subcommands appear in ``gpuquant --help``; each has
 #: ``register(subparsers, parents)``, which adds its subparsers (with ``parents``: ``--format``) and
 #: ``set_defaults(func=...)``.
-COMMANDS = (quantizers, convert, evaluate, describe, doctor, convert_model)
+COMMANDS = (quantizers, convert, evaluate, describe, doctor, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

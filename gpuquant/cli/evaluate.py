@@ -12,13 +12,15 @@ import numpy as np
 from gpuquant import files as gfiles
 from gpuquant.cli import render
 from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, positive_int, resolve_input
-from gpuquant.errors import InputError
+from gpuquant.errors import InputError, UsageError
 
 
 def cmd_eval(args: argparse.Namespace) -> Report:
     """Reconstruction error and recall@k of a scheme on DATA (see gpuquant.evaluate)."""
     from gpuquant.engine.evaluation import evaluate_input
 
+    if args.rescore_with is not None and args.rescore is None:
+        raise UsageError("gpuquant eval: error: --rescore-with needs --rescore (the candidates to re-rank)")
     path, demo = resolve_input(args.data)
     if demo and args.shape:
         raise InputError("--shape is for raw float32 files, not the demo dataset")
@@ -26,7 +28,7 @@ def cmd_eval(args: argparse.Namespace) -> Report:
     queries = np.asarray(gfiles.load_matrix(Path(args.queries))) if args.queries else None
     start = time.perf_counter()
     r = evaluate_input(path, q, queries, k=args.k, n_queries=args.n_queries, rescore=args.rescore,
-                       rescore_with=args.rescore_with, backend=args.backend, shape=args.shape,
+                       rescore_with=args.rescore_with or "original", backend=args.backend, shape=args.shape,
                        sample_rows=args.sample_rows, seed=args.seed, progress=args.format == "human",
                        column=args.column, dataset=args.dataset)
     r["seconds"] = time.perf_counter() - start
@@ -53,7 +55,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     held.add_argument("--n-queries", type=positive_int, default=1000, help="rows held out as queries (1000)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours (default 10)")
     p.add_argument("--rescore", type=positive_int, metavar="M", help="re-rank k*M candidates with the float query")
-    p.add_argument("--rescore-with", choices=("original", "reconstructed"), default="original",
+    p.add_argument("--rescore-with", choices=("original", "reconstructed"),
                    help="with --rescore: rank the candidates by the original vectors (default) or the decoded ones")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (GPU when one works, else numpy), numpy, cupy or cuvs")

@@ -212,3 +212,24 @@ def doctor_text(doc: dict[str, Any]) -> str:
     lines = [doctor_line(n, r) for n, r in doc["probes"].items()]
     lines.append("GPU backend usable: " + ("yes" if doc["gpu_usable"] else "no (the numpy backend works everywhere)"))
     return "\n".join(lines)
+
+
+def convert_model_text(doc: dict[str, Any]) -> str:
+    """``gpuquant convert-model``: sizes, tensors, the per-layer weight errors and how to serve it."""
+    mb = 1e6
+    lines = [f"converted {doc['model']} -> {doc['output']} ({doc['scheme']}, compressed-tensors {doc['format']}) "
+             f"in {doc['seconds']:.1f} s",
+             f"weights    {doc['bytes_before'] / mb:.1f} MB -> {doc['bytes_after'] / mb:.1f} MB"
+             + (f" ({doc['ratio']:.2f}x smaller)" if doc["ratio"] else ""),
+             f"tensors    {doc['quantized']} quantized, {doc['copied']} copied as they were"]
+    if doc["worst"]:
+        w = doc["worst"]
+        lines.append(f"error      largest relative weight error {_num(w['rel_error'])} in {w['name']}")
+    lines += [f"  {r['name']:<48} rel {_num(r['rel_error'])}  max abs {r['max_abs_error']:.3e}" for r in doc["layers"]]
+    lines += [f"  kept {s['name']}: {s['reason']}" for s in doc["skipped"]]
+    lines.append(f"serve it:  vllm serve {doc['output']}")
+    return "\n".join(lines)
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3e}"

@@ -49,7 +49,7 @@ CPU_BATCH_BYTES = 8 * 2**20
 GPU_STREAMS = 2
 
 
-def _device(device: str, scheme: Any) -> tuple[str, Any]:
+def pick_device(device: str, scheme: Any) -> tuple[str, Any]:
     """(``"gpu"`` | ``"cpu"``, backend) for ``device``; an explicit ``"gpu"`` never falls back."""
     from gpuquant.backends import pick_auto, resolve, resolve_for
 
@@ -99,7 +99,7 @@ class LocalRunner:
     def prepare(self, q: Any) -> Rows:
         assert self.source is not None
         rows: Any = prepared_rows(q, self.source)  # a Source: the runner protocol's rows
-        self.device, self.backend = _device(self.requested, q.scheme)
+        self.device, self.backend = pick_device(self.requested, q.scheme)
         return rows
 
     def fit(self, q: Any, rows: Any) -> None:
