@@ -164,6 +164,7 @@ class ParquetSource(Source):
     def __init__(self, paths: list[Path], column: str | None, label: str) -> None:
         super().__init__()
         pq = _need("pyarrow.parquet", "parquet")
+        self._pa, self._pc = _need("pyarrow", "parquet"), _need("pyarrow.compute", "parquet")
         self.paths, self.label = paths, label
         self.files = [pq.ParquetFile(p, pre_buffer=False, buffer_size=1 << 20) for p in paths]
         self.column = self._pick_column(column)
@@ -214,8 +215,7 @@ class ParquetSource(Source):
 
     def _block(self, arr: Any, first_row: int) -> np.ndarray:
         """A record batch's column as an ``(n, dim)`` array, refusing nulls and unequal lengths."""
-        pa = _need("pyarrow", "parquet")
-        pc = _need("pyarrow.compute", "parquet")
+        pa, pc = self._pa, self._pc
         where = f"column {self.column!r} of {self.label}"
         if arr.null_count:
             bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
