@@ -89,19 +89,6 @@ def open_reader(p: Path, kind: str, *, column: str | None, dataset: str | None, 
     return bigann_source(p, label)
 
 
-def load_rows(p: Path, *, column: str | None = None, dataset: str | None = None) -> np.ndarray | None:
-    """Every row of a Parquet, HDF5 or big-ann input, in memory (None for any other path: the caller
-    reads it as a ``.npy``)."""
-    kind = kind_of(p) if p.exists() else None
-    if kind is None and column is None and dataset is None:
-        return None
-    src = open_reader(p, kind or "npy", column=column, dataset=dataset, label=str(p.resolve()))
-    try:
-        return src.read(0, src.rows)
-    finally:
-        src.close()
-
-
 # --------------------------------------------------------------------------------------------
 # big-ann binary files
 
