@@ -96,11 +96,11 @@ def _probe_kernels() -> dict[str, Any]:
     from gpuquant.backends.cuda_loader import KERNEL_PACKAGE
 
     try:
-        resources.files(KERNEL_PACKAGE)
+        kernels = resources.files(KERNEL_PACKAGE)
     except ModuleNotFoundError:
         return {"ok": False, "reason": "package gpuquant.kernels not found: gpuquant runs from a source "
                 "tree that was not installed (pip install -e . maps kernels/ into the package)"}
-    files = sorted(p.name for p in resources.files(KERNEL_PACKAGE).iterdir()
+    files = sorted(p.name for p in kernels.iterdir()
                    if p.name.endswith((".cu", ".cuh")))
     return {"ok": bool(files), "files": files, **({} if files else {"reason": "no kernel sources found"})}
 

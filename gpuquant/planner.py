@@ -66,6 +66,7 @@ import numpy as np
 
 from gpuquant.api import as_quantizer
 from gpuquant.errors import BackendUnavailableError, InputError
+from gpuquant.files import to_jsonable
 from gpuquant.schemes import statistics as st
 
 OPS = ("fit", "transform", "inverse", "convert")
@@ -431,7 +432,7 @@ def plan(
         per_row = k * (rb["input"] + rb["codes"] + rb["side"])
     fixed += spec_bytes(q.pre.state_spec(tdim))
     n_max = max(0, (usable - fixed) // per_row) if usable > fixed else 0
-    p = Plan(op=op, scheme=q.name, family=q.family, params=_jsonable(q.scheme.params), rows=rows, dim=dim,
+    p = Plan(op=op, scheme=q.name, family=q.family, params=to_jsonable(q.scheme.params), rows=rows, dim=dim,
              dtype=dtype.name, memory_source=source, free_bytes=int(free), other_bytes=other_b,
              headroom=float(headroom), usable_bytes=usable, bytes_per_row=int(per_row), fixed_bytes=int(fixed),
              n_max=int(n_max), fits=n_max >= 1, row_bytes=rb, in_flight=k, note=note)
@@ -503,12 +504,6 @@ def cpu_run(scheme: Any = "int8-row", *, dim: int, rows: int, dtype: Any = "floa
     bound, seconds = _slowest(_disk_links(int(rows) * rb["input"], out, bw))
     return {"output_bytes": out, "disk_free_bytes": free, "disk_fits": fits, "estimated_seconds": seconds,
             "bound_by": bound, "bandwidths": bw}
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    from gpuquant.files import to_jsonable
-
-    return to_jsonable(params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def convert_model(model_dir: str | os.PathLike[str], output_dir: str | os.PathLi
 
 def _fingerprint(ckpt: Checkpoint) -> list[list[Any]]:
     files = [ckpt.root / "config.json", *ckpt.weight_files()]
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
 
 
 def _prepare(work: Path, state: dict[str, Any], resume: bool) -> None:

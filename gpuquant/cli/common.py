@@ -96,9 +96,12 @@ def scheme_params(items: Sequence[str] | None) -> dict[str, Any]:
     return params
 
 
-def resolve_input(name: str) -> tuple[Path, bool]:
-    """Return ``(path, is_demo)`` for an INPUT argument."""
+def resolve_input(name: str, shape: Any = None) -> tuple[Path, bool]:
+    """Return ``(path, is_demo)`` for an INPUT argument; ``shape`` (``--shape``, for raw float32
+    files) is refused with the demo dataset."""
     if name == DEMO:
+        if shape:
+            raise InputError("--shape is for raw float32 files, not the demo dataset")
         from gpuquant.data import demo_path
 
         return Path(demo_path()), True

@@ -17,7 +17,7 @@ from gpuquant.cli.common import (
     quantizer_args,
     resolve_input,
 )
-from gpuquant.errors import BackendUnavailableError, InputError, UsageError
+from gpuquant.errors import BackendUnavailableError, UsageError
 
 log = logging.getLogger("gpuquant.cli")
 
@@ -56,9 +56,7 @@ def cmd_convert(args: argparse.Namespace) -> Report:
     q = get_quantizer(args) if (args.scheme or args.quantizer) else None
     if q is not None and args.backend != "auto":
         backend_used(q, strict=True)
-    path, demo = resolve_input(args.input)
-    if demo and args.shape:
-        raise InputError("--shape is for raw float32 files, not the demo dataset")
+    path, demo = resolve_input(args.input, args.shape)
     log.info("reading %s", "the demo dataset" if demo else path)
     if args.scheduler or args.workers:
         doc = _convert_dask(args, path, q, device, demo)

@@ -12,7 +12,7 @@ import numpy as np
 from gpuquant import files as gfiles
 from gpuquant.cli import render
 from gpuquant.cli.common import BACKENDS, Report, add_source_args, get_quantizer, positive_int, resolve_input
-from gpuquant.errors import InputError, UsageError
+from gpuquant.errors import UsageError
 
 
 def cmd_eval(args: argparse.Namespace) -> Report:
@@ -21,9 +21,7 @@ def cmd_eval(args: argparse.Namespace) -> Report:
 
     if args.rescore_with is not None and args.rescore is None:
         raise UsageError("gpuquant eval: error: --rescore-with needs --rescore (the candidates to re-rank)")
-    path, demo = resolve_input(args.data)
-    if demo and args.shape:
-        raise InputError("--shape is for raw float32 files, not the demo dataset")
+    path, _ = resolve_input(args.data, args.shape)
     q = get_quantizer(args)
     queries = np.asarray(gfiles.load_matrix(Path(args.queries))) if args.queries else None
     start = time.perf_counter()

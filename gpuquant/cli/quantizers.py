@@ -70,9 +70,7 @@ def cmd_fit(args: argparse.Namespace) -> Report:
 
     q = make_quantizer(args.scheme, scheme_params(args.param), args.backend)
     backend_used(q, strict=True)
-    path, demo = resolve_input(args.input)
-    if demo and args.shape:
-        raise InputError("--shape is for raw float32 files, not the demo dataset")
+    path, demo = resolve_input(args.input, args.shape)
     log.info("reading %s", "the demo dataset" if demo else path)
     t0 = time.perf_counter()
     # streaming: memory bounded whatever INPUT's size

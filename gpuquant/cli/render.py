@@ -153,16 +153,15 @@ def source_text(p: Path, doc: dict[str, Any]) -> str:
 def store_text(doc: dict[str, Any]) -> str:
     """``gpuquant inspect`` of a store: its manifest, side arrays and quantizer."""
     p, m, side, info = doc["path"], doc["manifest"], doc["side_summary"], doc["quantizer"]
+    src, state = m.get("source", {}), m.get("state", {})
+    status = state.get("status", "complete")
     lines = [
         f"{p}: gpuquant output (format {m['format_version']}, written by gpuquant {m.get('gpuquant_version')})",
         f"codes    {m['codes']['dtype']}{tuple(m['codes']['shape'])} in {m['codes']['file']} "
         f"(stored as {m['codes']['stored_dtype']})",
-        f"source   {m.get('source', {}).get('path')} {tuple(m.get('source', {}).get('shape', ()))} "
-        f"{m.get('source', {}).get('dtype')}",
-        f"state    {m.get('state', {}).get('status', 'complete')}, "
-        f"{m.get('state', {}).get('rows_done', m.get('rows'))} "
-        f"of {m.get('rows')} rows written" + ("" if m.get("state", {}).get("status", "complete") == "complete"
-                                              else " (continue with gpuquant convert ... --resume)"),
+        f"source   {src.get('path')} {tuple(src.get('shape', ()))} {src.get('dtype')}",
+        f"state    {status}, {state.get('rows_done', m.get('rows'))} of {m.get('rows')} rows written"
+        + ("" if status == "complete" else " (continue with gpuquant convert ... --resume)"),
     ]
     lines += [fmt_summary(k, s) for k, s in side.items()]
     return "\n".join([*lines, *quantizer_lines(info)])

@@ -89,19 +89,6 @@ def open_reader(p: Path, kind: str, *, column: str | None, dataset: str | None, 
     return bigann_source(p, label)
 
 
-def load_rows(p: Path, *, column: str | None = None, dataset: str | None = None) -> np.ndarray | None:
-    """Every row of a Parquet, HDF5 or big-ann input, in memory (None for any other path: the caller
-    reads it as a ``.npy``)."""
-    kind = kind_of(p) if p.exists() else None
-    if kind is None and column is None and dataset is None:
-        return None
-    src = open_reader(p, kind or "npy", column=column, dataset=dataset, label=str(p.resolve()))
-    try:
-        return src.read(0, src.rows)
-    finally:
-        src.close()
-
-
 # --------------------------------------------------------------------------------------------
 # big-ann binary files
 
@@ -164,6 +151,7 @@ class ParquetSource(Source):
     def __init__(self, paths: list[Path], column: str | None, label: str) -> None:
         super().__init__()
         pq = _need("pyarrow.parquet", "parquet")
+        self._pa, self._pc = _need("pyarrow", "parquet"), _need("pyarrow.compute", "parquet")
         self.paths, self.label = paths, label
         self.files = [pq.ParquetFile(p, pre_buffer=False, buffer_size=1 << 20) for p in paths]
         self.column = self._pick_column(column)
@@ -214,8 +202,7 @@ class ParquetSource(Source):
 
     def _block(self, arr: Any, first_row: int) -> np.ndarray:
         """A record batch's column as an ``(n, dim)`` array, refusing nulls and unequal lengths."""
-        pa = _need("pyarrow", "parquet")
-        pc = _need("pyarrow.compute", "parquet")
+        pa, pc = self._pa, self._pc
         where = f"column {self.column!r} of {self.label}"
         if arr.null_count:
             bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
