@@ -252,6 +252,12 @@ def scratch(tmp: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return tmp.reshape(-1)[: int(np.prod(shape))].reshape(shape)
 
 
+def state_or_zeros(state: State | None, name: str, d: int) -> np.ndarray:
+    """The fitted state array ``name``, or float32 zeros of ``d`` values for a scheme whose
+    parameters need no fit (binary ``threshold="zero"``, rabitq ``center="zero"``)."""
+    return state[name] if state and name in state else np.zeros(d, F32)
+
+
 def has_nan(a: np.ndarray) -> bool:
     """Whether ``a`` holds NaN; a cheap sum first, the full scan only if the sum is not finite."""
     if a.size == 0:

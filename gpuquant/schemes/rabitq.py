@@ -46,7 +46,17 @@ from typing import Any
 import numpy as np
 
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import F32, F64, Params, Scheme, State, StateSpec, choice, refuse_nonfinite_rows
+from gpuquant.schemes.base import (
+    F32,
+    F64,
+    Params,
+    Scheme,
+    State,
+    StateSpec,
+    choice,
+    refuse_nonfinite_rows,
+    state_or_zeros,
+)
 from gpuquant.schemes.float_order import lane_dot, running_sum
 from gpuquant.schemes.statistics import ColumnMeanF32, FitSpec, RowError
 
@@ -306,7 +316,7 @@ class RabitqScheme(Scheme):
 
     @staticmethod
     def center_for(state: State | None, d: int) -> np.ndarray:
-        return state["center"] if state and "center" in state else np.zeros(d, F32)
+        return state_or_zeros(state, "center", d)
 
     def encode_into(
         self,
