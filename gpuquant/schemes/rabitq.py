@@ -124,9 +124,9 @@ def rabitq_estimate(Q: np.ndarray, codes: np.ndarray, center: np.ndarray, bits: 
     rq = (Q - center).astype(F32)
     head = (d + 7) // 8
     signs = np.unpackbits(codes[:, :head], axis=1, count=d, bitorder="little").astype(F32)
-    fac = np.ascontiguousarray(codes[:, head:head + 8]).view("<f4").astype(F32)
     if bits > 1:
         return _multibit_estimate(Q, rq, codes, signs, center, bits - 1, metric)
+    fac = np.ascontiguousarray(codes[:, head:head + 8]).view("<f4").astype(F32)
     inv_sqrt_d = F32(1) / np.sqrt(F32(d))
     rq_sq = (rq * rq).sum(axis=1, dtype=F32)
     dot = _one_bit_dot(rq, signs, qb) * inv_sqrt_d
