@@ -33,11 +33,8 @@ from typing import Any
 import numpy as np
 
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import State, StateSpec, choice
+from gpuquant.schemes.base import F32, F64, State, StateSpec, choice
 from gpuquant.schemes.statistics import Covariance, Statistic
-
-F32 = np.float32
-F64 = np.float64
 
 
 def pca_components(mean: np.ndarray, cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
