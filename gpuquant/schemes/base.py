@@ -321,7 +321,7 @@ def unpack_nibbles(packed: np.ndarray, d: int, order: str) -> np.ndarray:
 
 
 def sign_extend_nibble(nibbles: np.ndarray) -> np.ndarray:
-    """4-bit two's complement (uint8 0..15) to int8 -8..7."""
+    """4-bit two's complement (uint8 0..15) to int8 -8..7 (a numpy or CuPy array)."""
     return ((nibbles.astype(np.int8) ^ 8) - 8).astype(np.int8)
 
 
