@@ -275,6 +275,11 @@ def choice(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     return value
 
 
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (a bool is not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def as_bool(key: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{key} must be True or False, got {value!r}")

@@ -54,6 +54,7 @@ from gpuquant.schemes.base import (
     State,
     StateSpec,
     choice,
+    is_integer,
     refuse_nonfinite_rows,
     state_or_zeros,
 )
@@ -277,7 +278,7 @@ class RabitqParams(Params):
 
     def __post_init__(self) -> None:
         bits = self.bits
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 9:
+        if not is_integer(bits) or not 1 <= bits <= 9:
             raise InputError(f"bits must be an integer from 1 to 9 for rabitq, got {bits!r}")
         self._set("bits", int(bits))
         choice("metric", self.metric, METRICS)
