@@ -171,11 +171,9 @@ def cuvs_sample_size(n: int, d: int) -> int:
 
 
 def sample_rows(n: int, n_sample: int) -> np.ndarray:
-    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement."""
-    if n_sample >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(CUVS_SEED)
-    return np.sort(rng.choice(n, size=n_sample, replace=False))
+    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement
+    (:func:`train_rows` with seed :data:`CUVS_SEED`)."""
+    return train_rows(n, n_sample, CUVS_SEED)
 
 
 def quantile_positions(size: int, quantile: float) -> tuple[int, int]:
