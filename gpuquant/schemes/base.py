@@ -35,9 +35,8 @@ from gpuquant.schemes.statistics import (
     NAN_FIT_MESSAGE,
     NONFINITE_FIT_MESSAGE,
     FitSpec,
-    RowError,
     compute,
-    first_row,
+    refuse_rows,
 )
 
 State = dict[str, np.ndarray]
@@ -295,9 +294,7 @@ def abs_max(x: np.ndarray, tmp: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
 
 def refuse_nonfinite_rows(v: np.ndarray, why: str) -> None:
     """:class:`RowError` naming the first row ``i`` where ``v[i]`` (any shape per row) holds NaN or ±Inf."""
-    bad = ~np.isfinite(v)
-    if bad.any():
-        raise RowError(first_row(bad), "{row} holds NaN or ±Inf; " + why)
+    refuse_rows(~np.isfinite(v), "{row} holds NaN or ±Inf; " + why)
 
 
 def pack_nibbles(levels: np.ndarray, order: str) -> np.ndarray:

@@ -93,6 +93,12 @@ def first_row(bad: np.ndarray) -> int:
     return int(np.argmax(bad.any(axis=tuple(range(1, bad.ndim)))))
 
 
+def refuse_rows(bad: np.ndarray, template: str) -> None:
+    """:class:`RowError` with ``template`` naming the first row ``i`` where ``bad[i]`` holds a True value."""
+    if bad.any():
+        raise RowError(first_row(bad), template)
+
+
 class Statistic:
     """Base of the statistic descriptions (frozen dataclasses: hashable, comparable, printable)."""
 
@@ -160,9 +166,7 @@ def require_rows(n: int, minimum: int, why: str) -> None:
 
 def refuse_nan(X: np.ndarray) -> None:
     """:class:`RowError` naming the first row of ``X`` that holds NaN."""
-    nan = np.isnan(X)
-    if nan.any():
-        raise RowError(first_row(nan), NAN_FIT_ROW)
+    refuse_rows(np.isnan(X), NAN_FIT_ROW)
 
 
 def cuvs_sample_size(n: int, d: int) -> int:
@@ -201,9 +205,7 @@ def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def refuse_nonfinite(X: np.ndarray) -> None:
     """:class:`RowError` naming the first row of ``X`` that holds NaN or ±Inf."""
-    bad = ~np.isfinite(X)
-    if bad.any():
-        raise RowError(first_row(bad), NONFINITE_FIT_ROW)
+    refuse_rows(~np.isfinite(X), NONFINITE_FIT_ROW)
 
 
 def running_column_sum(total: np.ndarray, X: np.ndarray) -> np.ndarray:
