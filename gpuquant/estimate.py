@@ -20,6 +20,7 @@ from gpuquant.api import Quantizer
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import FAMILIES, Scheme
+from gpuquant.schemes.base import is_integer
 
 
 def estimate(quantizer: Quantizer, queries: Any, codes: Codes | Any, *, qb: int = 0,
@@ -28,7 +29,7 @@ def estimate(quantizer: Quantizer, queries: Any, codes: Codes | Any, *, qb: int 
     if not quantizer.scheme.has_estimator:
         with_one = [name for name, cls in FAMILIES.items() if cls.estimate is not Scheme.estimate]
         raise InputError(f"estimate works on {' and '.join(with_one)} codes, not {quantizer.family!r}")
-    if isinstance(qb, bool) or not isinstance(qb, (int, np.integer)) or not 0 <= qb <= 8:
+    if not is_integer(qb) or not 0 <= qb <= 8:
         raise InputError(f"qb must be an integer from 0 to 8, got {qb!r}")
     Q = quantizer._transformed(as_matrix(queries, "queries")).astype(np.float32)
     data = np.asarray(codes.data if isinstance(codes, Codes) else codes)

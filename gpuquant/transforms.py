@@ -33,11 +33,8 @@ from typing import Any
 import numpy as np
 
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import State, StateSpec, choice
+from gpuquant.schemes.base import F32, F64, State, StateSpec, choice, is_integer
 from gpuquant.schemes.statistics import Covariance, Statistic
-
-F32 = np.float32
-F64 = np.float64
 
 
 def pca_components(mean: np.ndarray, cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,11 +135,10 @@ class PreTransform:
     """
 
     def __init__(self, pca_dim: int | None = None, rotate: str | None = None, rotate_seed: int = 0) -> None:
-        if pca_dim is not None and (isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer))
-                                    or pca_dim < 1):
+        if pca_dim is not None and (not is_integer(pca_dim) or pca_dim < 1):
             raise InputError(f"pca_dim must be a positive integer, got {pca_dim!r}")
         choice("rotate", rotate, ROTATIONS)
-        if isinstance(rotate_seed, bool) or not isinstance(rotate_seed, (int, np.integer)) or rotate_seed < 0:
+        if not is_integer(rotate_seed) or rotate_seed < 0:
             raise InputError(f"rotate_seed must be a non-negative integer, got {rotate_seed!r}")
         self.pca_dim = None if pca_dim is None else int(pca_dim)
         self.rotate, self.rotate_seed = rotate, int(rotate_seed)

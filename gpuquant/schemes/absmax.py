@@ -203,7 +203,7 @@ class AbsmaxScheme(Scheme):
             n, d = X.shape
             g = self.groups(d)
             s = fixed if fixed is not None else side["scales"].reshape(n, g, 1)
-            q = codes if p.bits == 8 else (nibbles(xp, codes, d, p.nibble_order).astype(xp.int8) ^ 8) - 8
+            q = codes if p.bits == 8 else sign_extend_nibble(nibbles(xp, codes, d, p.nibble_order))
             y = q.astype(F32).reshape(n, g, d // g) * s
             t = xp.rint(X.reshape(n, g, d // g) / xp.where(s == 0, F32(1), s))
             return count(xp, ~xp.isfinite(y)), count(xp, xp.abs(t) > self.qmax)

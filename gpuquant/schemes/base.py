@@ -35,9 +35,8 @@ from gpuquant.schemes.statistics import (
     NAN_FIT_MESSAGE,
     NONFINITE_FIT_MESSAGE,
     FitSpec,
-    RowError,
     compute,
-    first_row,
+    refuse_rows,
 )
 
 State = dict[str, np.ndarray]
@@ -252,6 +251,12 @@ def scratch(tmp: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return tmp.reshape(-1)[: int(np.prod(shape))].reshape(shape)
 
 
+def state_or_zeros(state: State | None, name: str, d: int) -> np.ndarray:
+    """The fitted state array ``name``, or float32 zeros of ``d`` values for a scheme whose
+    parameters need no fit (binary ``threshold="zero"``, rabitq ``center="zero"``)."""
+    return state[name] if state and name in state else np.zeros(d, F32)
+
+
 def has_nan(a: np.ndarray) -> bool:
     """Whether ``a`` holds NaN; a cheap sum first, the full scan only if the sum is not finite."""
     if a.size == 0:
@@ -269,6 +274,11 @@ def choice(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     return value
 
 
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (a bool is not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def as_bool(key: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{key} must be True or False, got {value!r}")
@@ -284,9 +294,7 @@ def abs_max(x: np.ndarray, tmp: np.ndarray | None) -> tuple[np.ndarray, np.ndarr
 
 def refuse_nonfinite_rows(v: np.ndarray, why: str) -> None:
     """:class:`RowError` naming the first row ``i`` where ``v[i]`` (any shape per row) holds NaN or ±Inf."""
-    bad = ~np.isfinite(v)
-    if bad.any():
-        raise RowError(first_row(bad), "{row} holds NaN or ±Inf; " + why)
+    refuse_rows(~np.isfinite(v), "{row} holds NaN or ±Inf; " + why)
 
 
 def pack_nibbles(levels: np.ndarray, order: str) -> np.ndarray:
@@ -315,7 +323,7 @@ def unpack_nibbles(packed: np.ndarray, d: int, order: str) -> np.ndarray:
 
 
 def sign_extend_nibble(nibbles: np.ndarray) -> np.ndarray:
-    """4-bit two's complement (uint8 0..15) to int8 -8..7."""
+    """4-bit two's complement (uint8 0..15) to int8 -8..7 (a numpy or CuPy array)."""
     return ((nibbles.astype(np.int8) ^ 8) - 8).astype(np.int8)
 
 

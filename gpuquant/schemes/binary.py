@@ -39,6 +39,7 @@ from gpuquant.schemes.base import (
     StateSpec,
     as_bool,
     choice,
+    state_or_zeros,
 )
 from gpuquant.schemes.edges import Counter
 from gpuquant.schemes.granularity import Granularity, PerColumn
@@ -119,9 +120,7 @@ class BinaryScheme(Scheme):
 
     @staticmethod
     def thresholds_for(state: State | None, d: int) -> np.ndarray:
-        if state and "thresholds" in state:
-            return state["thresholds"]
-        return np.zeros(d, F32)
+        return state_or_zeros(state, "thresholds", d)
 
     def encode_into(
         self,

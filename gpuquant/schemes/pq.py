@@ -33,6 +33,7 @@ from gpuquant.schemes.base import (
     State,
     StateSpec,
     choice,
+    is_integer,
     pack_nibbles,
     refuse_nonfinite_rows,
     unpack_nibbles,
@@ -59,7 +60,7 @@ def pq_decode(codes: np.ndarray, centroids: np.ndarray, nbits: int) -> np.ndarra
 
 
 def _integer_at_least(key: str, value: Any, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+    if not is_integer(value) or value < least:
         raise InputError(f"{key} must be an integer >= {least} for pq, got {value!r}")
     return int(value)
 

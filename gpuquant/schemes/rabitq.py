@@ -46,7 +46,18 @@ from typing import Any
 import numpy as np
 
 from gpuquant.errors import InputError
-from gpuquant.schemes.base import F32, F64, Params, Scheme, State, StateSpec, choice, refuse_nonfinite_rows
+from gpuquant.schemes.base import (
+    F32,
+    F64,
+    Params,
+    Scheme,
+    State,
+    StateSpec,
+    choice,
+    is_integer,
+    refuse_nonfinite_rows,
+    state_or_zeros,
+)
 from gpuquant.schemes.float_order import lane_dot, running_sum
 from gpuquant.schemes.statistics import ColumnMeanF32, FitSpec, RowError
 
@@ -114,9 +125,9 @@ def rabitq_estimate(Q: np.ndarray, codes: np.ndarray, center: np.ndarray, bits: 
     rq = (Q - center).astype(F32)
     head = (d + 7) // 8
     signs = np.unpackbits(codes[:, :head], axis=1, count=d, bitorder="little").astype(F32)
-    fac = np.ascontiguousarray(codes[:, head:head + 8]).view("<f4").astype(F32)
     if bits > 1:
         return _multibit_estimate(Q, rq, codes, signs, center, bits - 1, metric)
+    fac = np.ascontiguousarray(codes[:, head:head + 8]).view("<f4").astype(F32)
     inv_sqrt_d = F32(1) / np.sqrt(F32(d))
     rq_sq = (rq * rq).sum(axis=1, dtype=F32)
     dot = _one_bit_dot(rq, signs, qb) * inv_sqrt_d
@@ -267,7 +278,7 @@ class RabitqParams(Params):
 
     def __post_init__(self) -> None:
         bits = self.bits
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 9:
+        if not is_integer(bits) or not 1 <= bits <= 9:
             raise InputError(f"bits must be an integer from 1 to 9 for rabitq, got {bits!r}")
         self._set("bits", int(bits))
         choice("metric", self.metric, METRICS)
@@ -306,7 +317,7 @@ class RabitqScheme(Scheme):
 
     @staticmethod
     def center_for(state: State | None, d: int) -> np.ndarray:
-        return state["center"] if state and "center" in state else np.zeros(d, F32)
+        return state_or_zeros(state, "center", d)
 
     def encode_into(
         self,

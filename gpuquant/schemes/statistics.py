@@ -93,6 +93,12 @@ def first_row(bad: np.ndarray) -> int:
     return int(np.argmax(bad.any(axis=tuple(range(1, bad.ndim)))))
 
 
+def refuse_rows(bad: np.ndarray, template: str) -> None:
+    """:class:`RowError` with ``template`` naming the first row ``i`` where ``bad[i]`` holds a True value."""
+    if bad.any():
+        raise RowError(first_row(bad), template)
+
+
 class Statistic:
     """Base of the statistic descriptions (frozen dataclasses: hashable, comparable, printable)."""
 
@@ -160,9 +166,7 @@ def require_rows(n: int, minimum: int, why: str) -> None:
 
 def refuse_nan(X: np.ndarray) -> None:
     """:class:`RowError` naming the first row of ``X`` that holds NaN."""
-    nan = np.isnan(X)
-    if nan.any():
-        raise RowError(first_row(nan), NAN_FIT_ROW)
+    refuse_rows(np.isnan(X), NAN_FIT_ROW)
 
 
 def cuvs_sample_size(n: int, d: int) -> int:
@@ -171,11 +175,9 @@ def cuvs_sample_size(n: int, d: int) -> int:
 
 
 def sample_rows(n: int, n_sample: int) -> np.ndarray:
-    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement."""
-    if n_sample >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(CUVS_SEED)
-    return np.sort(rng.choice(n, size=n_sample, replace=False))
+    """Sorted row indices of the quantile sample: all rows, or ``n_sample`` drawn without replacement
+    (:func:`train_rows` with seed :data:`CUVS_SEED`)."""
+    return train_rows(n, n_sample, CUVS_SEED)
 
 
 def quantile_positions(size: int, quantile: float) -> tuple[int, int]:
@@ -203,9 +205,7 @@ def median_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def refuse_nonfinite(X: np.ndarray) -> None:
     """:class:`RowError` naming the first row of ``X`` that holds NaN or ±Inf."""
-    bad = ~np.isfinite(X)
-    if bad.any():
-        raise RowError(first_row(bad), NONFINITE_FIT_ROW)
+    refuse_rows(~np.isfinite(X), NONFINITE_FIT_ROW)
 
 
 def running_column_sum(total: np.ndarray, X: np.ndarray) -> np.ndarray:
