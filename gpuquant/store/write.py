@@ -318,6 +318,7 @@ def replace_with(staged: Path, output: Path) -> Store:
     gfiles.fsync_path(output.parent)
     return open_store(output)
 
+
 def free_bytes(path: Path) -> int:
     """Free bytes on the file system that holds ``path`` (the probe :func:`check_space` asks)."""
     return int(shutil.disk_usage(path).free)
@@ -453,7 +454,7 @@ def _write_contents(
     quantizer.save(tmp / QUANTIZER)
     gfiles.fsync_path(tmp / QUANTIZER)
     doc["quantizer"] = QUANTIZER
-    doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
+    doc["state"] = {"status": COMPLETE, "rows_done": doc["rows"]}
     arrays = {"codes": np.asarray(codes.data), **{k: np.asarray(v) for k, v in codes.side.items()}}
     doc["checksums"] = {"method": CHECKSUM_METHOD,
                         "ranges": [range_sums(arrays, 0, doc["rows"])] if doc["rows"] else []}
