@@ -73,7 +73,7 @@ from gpuquant.api import as_quantizer
 from gpuquant.cluster_setup import NO_DASHBOARD, cluster_client, from_source
 from gpuquant.cluster_setup import import_dask as _dask
 from gpuquant.engine.fit import GATHER_BYTES, Rows, add_rows, fit_pre_transform, fit_rows
-from gpuquant.engine.run import DEVICES, create_store, report, run
+from gpuquant.engine.run import check_batch_rows, check_device, create_store, report, run
 from gpuquant.errors import ConvertError, InputError
 from gpuquant.schemes.statistics import RowError
 
@@ -407,8 +407,7 @@ def to_store(X: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "in
     file sources. ``source_desc`` replaces the manifest's ``source`` (default: the Dask array's name
     as the checksum, so ``resume`` needs the same graph). ``progress`` draws the engine's progress
     bar on stderr when it is a terminal."""
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    check_device(device)
     X = _rows_only(X)
     runner = DaskRunner(X, client=client, device=device, source_desc=source_desc or _describe(X),
                         gather_bytes=gather_bytes, progress=bool(progress))
@@ -587,8 +586,7 @@ def convert(src: Any, dst: str | os.PathLike[str], quantizer_or_preset: Any = "i
     """:func:`gpuquant.convert` on a Dask cluster: the same sources and store, rows chunked by
     ``batch_rows`` (default: 64 MiB of input per chunk), one task per chunk. The store is
     bit-identical to the single-machine one."""
-    if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
-        raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    check_batch_rows(batch_rows)
     X, desc = from_source(src, shape=shape, chunk_rows=batch_rows, column=column, dataset=dataset)
     return to_store(X, dst, quantizer_or_preset, client=client, device=device, resume=resume, overwrite=overwrite,
                     params=params, source_desc={**desc, **(source_info or {})}, gather_bytes=gather_bytes,

@@ -228,8 +228,7 @@ def _fit_rows(scheme: Any, rows: Rows, gather_bytes: int, on_pass: Callable[[str
         except st.RowError as exc:
             raise exc.shifted(0) from None
     st.require_rows(n, spec.min_rows, spec.why)
-    results = {name: st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say)
-               for name, stat in spec.stats.items()}
+    results = {name: _streamed(stat, rows, say) for name, stat in spec.stats.items()}
     return scheme.from_statistics(results)
 
 
@@ -237,7 +236,20 @@ def fit_pre_transform(pre: Any, rows: Rows, on_pass: Callable[[str], None] | Non
     """Fit a quantizer's pre-transform (:class:`gpuquant.transforms.PreTransform`) on ``rows`` (after
     the Matryoshka step) by the streamed statistics it asks for."""
     say = on_pass or (lambda what: log.info("pre-transform fit: %s", what))
-    pre.fit(lambda stat: st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say), rows.shape[1])
+    pre.fit(lambda stat: _streamed(stat, rows, say), rows.shape[1])
+
+
+def _streamed(stat: st.Statistic, rows: Rows, say: Callable[[str], None]) -> Any:
+    """``stat`` computed over ``rows`` by its streaming implementation (:data:`STREAMING`)."""
+    return st.implementation(STREAMING, stat, "the streaming fit")(stat, rows, say)
+
+
+def _on_sample(fn: Callable[[np.ndarray], Any], rows: Rows, idx: np.ndarray) -> Any:
+    """``fn`` on the rows ``idx`` of ``rows``; a ``RowError`` names its row as a row of the input."""
+    try:
+        return fn(rows.take(idx))
+    except st.RowError as exc:
+        raise st.RowError(int(idx[exc.row]), exc.template, of_input=True) from None
 
 
 def _summary(stat: st.Statistic, rows: Rows, say: Callable[[str], None]) -> Any:
@@ -253,10 +265,7 @@ def _quantile(stat: st.Quantile, rows: Rows, say: Callable[[str], None]) -> Any:
         idx = st.quantile_rows(stat, n, d)
         idx = np.arange(n) if idx is None else idx
         say(f"gathering the {idx.size} sampled rows")
-        try:
-            return st.REFERENCE[st.Quantile](stat, rows.take(idx))
-        except st.RowError as exc:  # the sample's row, as a row of the input
-            raise st.RowError(int(idx[exc.row]), exc.template, of_input=True) from None
+        return _on_sample(lambda x: st.REFERENCE[st.Quantile](stat, x), rows, idx)
     per_dim = stat.axis == 0
     lo_pos, hi_pos = st.quantile_positions(n if per_dim else n * d, stat.q)
     return tuple(select(rows, [lo_pos, hi_pos], per_dim, say))
@@ -284,10 +293,7 @@ def _column_mean_f32(stat: st.ColumnMeanF32, rows: Rows, say: Callable[[str], No
 def _kmeans(stat: st.KMeans, rows: Rows, say: Callable[[str], None]) -> np.ndarray:
     idx = st.train_rows(rows.shape[0], stat.max_rows, stat.seed)
     say(f"gathering the {idx.size} k-means training rows")
-    try:
-        return st.kmeans_codebooks(stat, rows.take(idx))
-    except st.RowError as exc:  # the training sample's row, as a row of the input
-        raise st.RowError(int(idx[exc.row]), exc.template, of_input=True) from None
+    return _on_sample(lambda x: st.kmeans_codebooks(stat, x), rows, idx)
 
 
 def _covariance(stat: st.Covariance, rows: Rows, say: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,7 @@ from gpuquant import store as gstore
 from gpuquant.api import as_quantizer
 from gpuquant.engine.fit import Rows, StreamRows, fit_pre_transform, fit_stream
 from gpuquant.engine.progress import Progress
-from gpuquant.engine.run import DEVICES, check_and_fit, create_store, report, run
+from gpuquant.engine.run import check_and_fit, check_batch_rows, check_device, create_store, report, run
 from gpuquant.engine.sources import PreparedSource, Source, open_source
 from gpuquant.errors import ConvertError, InputError, SourceReadError
 
@@ -53,8 +53,7 @@ def pick_device(device: str, scheme: Any) -> tuple[str, Any]:
     """(``"gpu"`` | ``"cpu"``, backend) for ``device``; an explicit ``"gpu"`` never falls back."""
     from gpuquant.backends import pick_auto, resolve, resolve_for
 
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    check_device(device)
     if device == "cpu":
         return "cpu", resolve("numpy")
     if device == "gpu":
@@ -277,8 +276,7 @@ def convert(
         run holds ``dst``; ``ConvertError``: the stream stopped (the store is resumable);
         ``BackendUnavailableError``: ``device="gpu"`` without a usable GPU.
     """
-    if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
-        raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    check_batch_rows(batch_rows)
     runner = LocalRunner(src, shape=shape, device=device, batch_rows=batch_rows, progress=progress,
                          source_info=source_info, streams=streams, column=column, dataset=dataset)
     return run(Path(dst), quantizer_or_preset, params, runner, resume=resume, overwrite=overwrite)

@@ -54,6 +54,18 @@ ERROR_SAMPLE_ROWS = 1000
 SAMPLE_K = 10
 
 
+def check_device(device: str) -> None:
+    """Refuse a ``device`` that is not one of :data:`DEVICES`."""
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
+
+
+def check_batch_rows(batch_rows: Any) -> None:
+    """Refuse a ``batch_rows`` that is neither ``None`` nor a positive integer."""
+    if batch_rows is not None and (not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1):
+        raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+
+
 class Runner(Protocol):
     """The steps of :func:`run` that depend on where the rows come from and who encodes them."""
 

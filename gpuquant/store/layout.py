@@ -173,6 +173,18 @@ def manifest_head(extra: Mapping[str, Any]) -> dict[str, Any]:
             **gfiles.to_jsonable(dict(extra))}
 
 
+def data_files(root: Path, manifest: Mapping[str, Any]) -> dict[str, tuple[Path, int, int]]:
+    """``(path, data offset, bytes per row)`` of the codes file and each side file ``manifest`` lists,
+    by array name, from their ``.npy`` headers."""
+    rows = int(manifest["rows"])
+    out = {}
+    for name, entry in {"codes": manifest["codes"], **manifest.get("side", {})}.items():
+        p = root / entry["file"]
+        header = gfiles.read_npy_header(p)
+        out[name] = (p, header.data_offset, header.data_bytes // rows if rows else 0)
+    return out
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The store's manifest, checked for its format tag and version (``InputError`` naming the problem)."""
     root = Path(path)

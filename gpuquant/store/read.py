@@ -23,6 +23,7 @@ from gpuquant.store.layout import (
     IN_PROGRESS,
     MANIFEST,
     QUANTIZER,
+    data_files,
     is_converted_dir,
     read_manifest,
 )
@@ -123,17 +124,15 @@ class Store:
 
         idx = self._ids(ids)
         arrays = {"codes": self.codes, **self.side}
+        files = data_files(self.path, self.manifest)
         out = {}
         for name, arr in arrays.items():
-            entry = self.manifest["codes"] if name == "codes" else self.manifest["side"][name]
-            path = self.path / entry["file"]
-            header = gfiles.read_npy_header(path)
-            row_bytes = header.data_bytes // max(1, self.rows)
+            path, offset, row_bytes = files[name]
             buf = np.empty((idx.size, row_bytes), np.uint8)
             fd = os.open(path, os.O_RDONLY)
             try:
                 for j, i in enumerate(idx):
-                    got = os.preadv(fd, [memoryview(buf[j])], header.data_offset + int(i) * row_bytes)
+                    got = os.preadv(fd, [memoryview(buf[j])], offset + int(i) * row_bytes)
                     if got != row_bytes:
                         raise InputError(f"{path}: short read at row {int(i)}")
             finally:

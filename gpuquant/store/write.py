@@ -34,6 +34,7 @@ from gpuquant.store.layout import (
     QUANTIZER,
     check_output,
     check_side_names,
+    data_files,
     is_converted_dir,
     manifest_head,
     now,
@@ -178,12 +179,8 @@ class StoreWriter:
         #: ``(rows_done, extra)`` of the last checkpoint written (``extra`` None: the manifest's, as opened)
         self.durable: tuple[int, dict[str, Any] | None] = (self.rows_done, None)
         self.files: dict[str, _File] = {}
-        rows = self.rows
-        for name, e in {"codes": manifest["codes"], **manifest.get("side", {})}.items():
-            p = path / e["file"]
-            header = gfiles.read_npy_header(p)
-            fd = os.open(p, os.O_RDWR)
-            self.files[name] = _File(fd, header.data_offset, header.data_bytes // rows if rows else 0)
+        for name, (p, offset, row_bytes) in data_files(path, manifest).items():
+            self.files[name] = _File(os.open(p, os.O_RDWR), offset, row_bytes)
 
     @property
     def rows(self) -> int:
@@ -321,6 +318,7 @@ def replace_with(staged: Path, output: Path) -> Store:
     gfiles.fsync_path(output.parent)
     return open_store(output)
 
+
 def free_bytes(path: Path) -> int:
     """Free bytes on the file system that holds ``path`` (the probe :func:`check_space` asks)."""
     return int(shutil.disk_usage(path).free)
@@ -456,7 +454,7 @@ def _write_contents(
     quantizer.save(tmp / QUANTIZER)
     gfiles.fsync_path(tmp / QUANTIZER)
     doc["quantizer"] = QUANTIZER
-    doc["state"] = {"status": "complete", "rows_done": doc["rows"]}
+    doc["state"] = {"status": COMPLETE, "rows_done": doc["rows"]}
     arrays = {"codes": np.asarray(codes.data), **{k: np.asarray(v) for k, v in codes.side.items()}}
     doc["checksums"] = {"method": CHECKSUM_METHOD,
                         "ranges": [range_sums(arrays, 0, doc["rows"])] if doc["rows"] else []}
