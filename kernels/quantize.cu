@@ -31,14 +31,22 @@
 // count the instructions of the loop that path runs; its FLAT (WALK) argument picks the walk that
 // the kernels (-1) choose at run time, once, before the loop (1: encode_flat/decode_flat).
 
+// The walk a scalar path takes, `rc` code units a row (WALK >= 0: that one): flat for 8-bit codes
+// of one range on arrays flat_ok accepts, columns for per-dimension ranges when the threads cover
+// a row's tasks (columns_fit), else rows. Encode and decode choose alike.
+template <int WALK, typename Codec, typename A, typename B>
+__device__ __forceinline__ int scalar_walk(int per_dim, const A* a, const B* b, long long rc) {
+    return WALK >= 0 ? WALK : Codec::EPC == 1 && !per_dim && flat_ok(a, b) ? 1
+                            : per_dim && columns_fit((rc + Codec::CPT - 1) / Codec::CPT) ? 2 : 0;
+}
+
 template <typename T, int R, int EPC, int WALK = -1>  // WALK: 0 rows, 1 flat, 2 columns, -1 chosen here
 __device__ __forceinline__ void scalar_encode_path(const T* __restrict__ x, unsigned char* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> enc{params, per_dim, rounding, is_signed, high_first, d, params[0]};
     const long long rc = EPC == 1 ? d : (d + 1) / 2;
-    const int walk = WALK >= 0 ? WALK : EPC == 1 && !per_dim && flat_ok(x, out) ? 1
-                                      : per_dim && columns_fit((rc + enc.CPT - 1) / enc.CPT) ? 2 : 0;
+    const int walk = scalar_walk<WALK, ScalarCodec<EPC, R>>(per_dim, x, out, rc);
     if (walk == 1) {
         encode_flat(enc.one_range(), x, out, n * d);
     } else if (walk == 2) {
@@ -71,14 +79,13 @@ __global__ void __launch_bounds__(256, 4)
 #undef GQ_SCALAR_ARGS
 }
 
-template <int R, int EPC, int FLAT = -1>  // FLAT (a walk): 0 rows, 1 flat, 2 columns, -1 chosen here
+template <int R, int EPC, int WALK = -1>  // WALK: 0 rows, 1 flat, 2 columns, -1 chosen here
 __device__ __forceinline__ void scalar_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ out,
                                                    long long n, long long d, const gq::ScalarParams* params,
                                                    int per_dim, int rounding, int, int is_signed, int high_first) {
     const ScalarCodec<EPC, R> dec{params, per_dim, rounding, is_signed, high_first, d, params[0]};
     const long long rc = EPC == 1 ? d : (d + 1) / 2;
-    const int walk = FLAT >= 0 ? FLAT : EPC == 1 && !per_dim && flat_ok(out, codes) ? 1
-                                      : per_dim && columns_fit((rc + dec.CPT - 1) / dec.CPT) ? 2 : 0;
+    const int walk = scalar_walk<WALK, ScalarCodec<EPC, R>>(per_dim, out, codes, rc);
     if (walk == 1) {
         if constexpr (EPC == 1) {
             __shared__ float table[256];

@@ -195,7 +195,7 @@ class CupyBackend:
                                              or out.dtype.itemsize != dtype.itemsize):
                 raise InputError(f"out= for {what} must be a numpy array of shape {tuple(shape)}, got {out!r:.80}")
             return cp.empty(shape, dtype)
-        arr = out if isinstance(out, cp.ndarray) else wrap_device(out)
+        arr = wrap_device(out)
         if tuple(arr.shape) != tuple(shape) or arr.dtype.itemsize != dtype.itemsize or not arr.flags.c_contiguous:
             raise InputError(
                 f"out= for {what} must be a C-contiguous device array of shape {tuple(shape)} and dtype {dtype}, "

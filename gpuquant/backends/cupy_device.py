@@ -8,6 +8,8 @@ device views of the arrays callers pass in.
   ``__cuda_array_interface__``) without copies, host arrays uploaded, non-contiguous device arrays
   made contiguous on their device.
 * :data:`INPUT_TYPES`: the C++ type of each input dtype in the kernels' template instances.
+* :data:`NO_ROW` / :func:`row_flags`: the device flags in which a kernel records the first row it
+  refuses (``NO_ROW``: none), read back by the launcher.
 * :func:`host_run`: a block in which the launch code runs on the host (numpy stands in for the few
   CuPy calls launchers make, grids are one block): what
   :func:`gpuquant.backends.cupy_launch.planned_launches` records launches in, without a device.
@@ -46,7 +48,7 @@ class _HostArray(np.ndarray):
 
 #: The CuPy calls launchers make (a flag buffer, dtype casts), on the host: see :func:`host_run`.
 _HOST_CUPY = SimpleNamespace(
-    uint64=np.uint64, float32=np.float32,
+    float32=np.float32,
     asarray=lambda a, dtype=None: np.asarray(a, dtype),
     full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray),
 )
@@ -116,6 +118,15 @@ def as_device(x: Any) -> tuple[Any, bool]:
         with arr.device:
             arr = cp.ascontiguousarray(arr)
     return arr, False
+
+
+#: A row flag's value while no row was recorded (see :func:`row_flags`).
+NO_ROW = np.iinfo(np.uint64).max
+
+
+def row_flags(count: int) -> Any:
+    """``count`` uint64 device flags set to :data:`NO_ROW`, in which a kernel records a refused row."""
+    return cupy_module().full(count, NO_ROW, dtype=np.uint64)
 
 
 def i64(v: int) -> np.int64:

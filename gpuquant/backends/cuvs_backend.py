@@ -79,8 +79,7 @@ class CuvsBackend:
         return IMPLEMENTATIONS[(scheme.family, "fit")](self, scheme, X)
 
     def transform(self, scheme: Scheme, state: dict[str, Any] | None, X: Any, out: Any = None) -> Codes:
-        if out is not None:
-            raise InputError("backend 'cuvs' does not take out=; use backend='cupy' for preallocated outputs")
+        _refuse_out(out)
         data = IMPLEMENTATIONS[(scheme.family, "transform")](self, state, _contiguous(X))
         return Codes(_like(X, data), {}, scheme.family, X.shape[1])
 
@@ -123,8 +122,7 @@ def _scalar_transform(backend: CuvsBackend, state: dict[str, Any] | None, x: Any
 
 @implements("scalar", "inverse")
 def _scalar_inverse(backend: CuvsBackend, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any) -> Any:
-    if out is not None:
-        raise InputError("backend 'cuvs' does not take out=; use backend='cupy' for preallocated outputs")
+    _refuse_out(out)
     from cuvs.preprocessing.quantize import scalar
 
     return _like(codes.data, scalar.inverse_transform(backend._quantizer(state), _contiguous(codes.data)))
@@ -150,6 +148,12 @@ def _binary_inverse(backend: CuvsBackend, scheme: Scheme, state: dict[str, Any] 
     from gpuquant.backends.cupy_backend import CupyBackend
 
     return CupyBackend().inverse_transform(scheme, state, codes, out=out)
+
+
+def _refuse_out(out: Any) -> None:
+    """cuVS writes into arrays of its own: ``out=`` is refused (binary decode, gpuquant's kernel, takes it)."""
+    if out is not None:
+        raise InputError("backend 'cuvs' does not take out=; use backend='cupy' for preallocated outputs")
 
 
 def _contiguous(a: Any) -> Any:

@@ -9,11 +9,13 @@ import numpy as np
 
 from gpuquant.backends.cupy_device import (
     INPUT_TYPES,
+    NO_ROW,
     THREADS,
     cupy_module,
     grid_for,
     i32,
     i64,
+    row_flags,
 )
 from gpuquant.backends.cupy_launch import launcher, quantize_kernel, row_blocks
 from gpuquant.errors import InputError
@@ -48,11 +50,10 @@ def _address(a: Any) -> int:
 
 @launcher("absmax", "encode")
 def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
-    cp = cupy_module()
     n, d = (int(s) for s in x.shape)
     p = scheme.config
     seg_len, groups = _segments(scheme, d)
-    bad = cp.full(1, np.iinfo(np.uint64).max, dtype=cp.uint64)
+    bad = row_flags(1)
     tensor = isinstance(scheme.granularity, PerTensor)
     scales = constant("tensor_scale", state["scales"], np.float32) if tensor else side["scales"]
     rows = _rows_path(seg_len, d, p.bits, x, codes)
@@ -63,7 +64,7 @@ def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
          i32(p.nibble_order == "high_first"), np.float32(p.eps), scales, i32(tensor)),
     )
     row = int(bad.get()[0])
-    if row != np.iinfo(np.uint64).max:
+    if row != NO_ROW:
         raise InputError(f"row {row} holds NaN or ±Inf; scheme 'absmax' needs finite values")
 
 

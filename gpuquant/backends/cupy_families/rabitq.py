@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, grid_for, i32, i64
+from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, grid_for, i32, i64, row_flags
 from gpuquant.backends.cupy_launch import kernel, launcher, limits
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.rabitq import NONFINITE_WHY, RabitqScheme, overflow_error
@@ -22,7 +22,6 @@ from gpuquant.schemes.statistics import RowError
 RABITQ_FILE = "rabitq.cu"
 #: Every kernel instance (``name_expressions``) of ``kernels/rabitq.cu``.
 NAME_EXPRESSIONS: tuple[str, ...] = (*(f"rabitq_encode1<{t}>" for t in INPUT_TYPES.values()), "rabitq_decode")
-NO_ROW = np.iinfo(np.uint64).max
 
 
 def _kernel(name: str) -> Any:
@@ -45,9 +44,8 @@ def rabitq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     ok, reason = rabitq_supported(scheme)
     if not ok:
         raise NotImplementedError(reason)
-    cp = cupy_module()
     n, d = (int(s) for s in x.shape)
-    bad = cp.full(2, NO_ROW, dtype=cp.uint64)
+    bad = row_flags(2)
     _kernel(f"rabitq_encode1<{INPUT_TYPES[x.dtype]}>")(
         (grid_for(n),), (THREADS,),
         (x, _center(constant, state, d), codes, bad, i64(n), i64(d), i32(scheme.config.metric == "ip")),

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, grid_for, i32, i64
+from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, cupy_module, grid_for, i32, i64, row_flags
 from gpuquant.backends.cupy_launch import kernel, launcher
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.gguf import QK
@@ -34,8 +34,6 @@ def _instances() -> list[str]:
 #: Every kernel instance (``name_expressions``) of ``kernels/weights.cu``.
 NAME_EXPRESSIONS: tuple[str, ...] = tuple(_instances())
 
-NO_ROW = np.iinfo(np.uint64).max
-
 
 def _kernel(name: str) -> Any:
     return kernel(WEIGHTS_FILE, name, NAME_EXPRESSIONS)
@@ -51,7 +49,7 @@ def _refuse(bad: Any, why: str) -> None:
 @launcher("gguf", "encode")
 def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     n, d = (int(s) for s in x.shape)
-    bad = cupy_module().full(1, NO_ROW, dtype=np.uint64)
+    bad = row_flags(1)
     _kernel(f"gguf_encode<{INPUT_TYPES[x.dtype]}>")(
         (grid_for(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
     )
@@ -78,7 +76,7 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     t = INPUT_TYPES[x.dtype]
     scales, per_row = _scales(constant, scheme, state, side)
     m = np.float32(scheme.max_finite)
-    bad = cupy_module().full(1, NO_ROW, dtype=np.uint64)
+    bad = row_flags(1)
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
         (grid_for(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
     )
