@@ -331,42 +331,51 @@ GQ_HD int clamp_level(float t, int L) {
 
 // ---------------------------------------------------------------------------------------------
 // Family "scalar". Per-range constants (computed once by the backend, in numpy, as the reference):
-//   HALF_AWAY: d0 = scale (f64), d1 = offset (f64), f0 = lo, f1 = hi
-//   FLOOR:     f0 = lo, f1 = step            TRUNC: f0 = lo, f1 = vdiff = f32(hi - lo)
-//   HALF_EVEN: f0 = scale, f1 = zp
+//   HALF_AWAY: away = {scale, offset} (f64), f0 = lo, f1 = hi
+//   FLOOR:     div = Divisor(step), f0 = lo, f1 = step
+//   TRUNC:     div = Divisor(vdiff), Divisor(+Inf) where vdiff = 0 (t = +-0 or NaN: level 0),
+//              f0 = lo, f1 = vdiff
+//   HALF_EVEN: div = Divisor(scale), f0 = scale, f1 = zp. quotient_for_rounding needs |zp| <= 2^50
+//              for rint(q + zp); when some range's zp is larger (a flat range far from 0) the backend
+//              passes HALF_EVEN_EXACT, which divides by div_exact instead.
 // ---------------------------------------------------------------------------------------------
-enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3 };
+enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3, HALF_EVEN_EXACT = 4 };
 
 struct ScalarParams {
-    double d0, d1;
+    union {
+        struct {
+            double scale, offset;
+        } away;
+        Divisor div;
+    };
     float f0, f1;
 };
 
 // Level u in [0, L] of x (L = 2**bits - 1, H = 2**(bits - 1)).
-GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
+GQ_HD int scalar_level(float x, int rounding, int bits, const ScalarParams& p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
     switch (rounding) {
     case HALF_AWAY: {  // cuVS: x <= lo or NaN -> 0, x >= hi -> L, else lroundf(f32(scale*x + offset)) + H
         // (the level selected before the conversion, so that it sees an in-range value only)
-        float t = round_half_away_f32(f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1)));
+        float t = round_half_away_f32(f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.away.scale), p.away.offset)));
         t = lt_f32(x, p.f1) ? t : (float)(L - H);
         t = lt_f32(p.f0, x) ? t : (float)-H;
         return int_of(t) + H;
     }
     case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
-        return clamp_level(floor_f32(div_f32(sub_f32(x, p.f0), p.f1)), L);
+        return clamp_level(floor_f32(quotient_for_rounding(sub_f32(x, p.f0), p.div)), L);
     case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1); u = (int)(255 * t) or (int)(f64(t) * 15)
-        // (selects, no branch: a zero vdiff divides by 1 and the quotient is dropped)
-        const bool flat = is_zero(p.f1);
-        float t = div_f32(sub_f32(x, p.f0), flat ? 1.0f : p.f1);
-        t = flat || lt_f32(t, 0.0f) ? 0.0f : t;
+        float t = quotient_for_rounding(sub_f32(x, p.f0), p.div);
+        t = lt_f32(t, 0.0f) ? 0.0f : t;
         t = gt_f32(t, 1.0f) ? 1.0f : t;
         t = is_nan(t) ? 0.0f : t;
         if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
         return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
     }
-    default:  // HALF_EVEN, affine: clip(rint(f32(x / scale) + zp), 0, L)
-        return clamp_level(rint_f32(add_f32(div_f32(x, p.f0), p.f1)), L);
+    case HALF_EVEN:  // affine: clip(rint(f32(x / scale) + zp), 0, L)
+        return clamp_level(rint_f32(add_f32(quotient_for_rounding(x, p.div), p.f1)), L);
+    default:  // HALF_EVEN_EXACT: the same with the exact quotient
+        return clamp_level(rint_f32(add_f32(div_exact(x, p.f0), p.f1)), L);
     }
 }
 
@@ -381,16 +390,16 @@ GQ_HD float level_center(int u, int L) {
 }
 
 // Reconstruction of level u.
-GQ_HD float scalar_value(int u, int rounding, int bits, ScalarParams p) {
+GQ_HD float scalar_value(int u, int rounding, int bits, const ScalarParams& p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
     switch (rounding) {
     case HALF_AWAY:  // f32((f64(u - H) - offset) / scale)
-        return f64_to_f32(div_f64(sub_f64((double)(u - H), p.d1), p.d0));
+        return f64_to_f32(div_f64(sub_f64((double)(u - H), p.away.offset), p.away.scale));
     case FLOOR:  // f32(f64(u) * f64(step) + f64(lo))
         return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
     case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
         return add_f32(p.f0, mul_f32(level_center(u, L), p.f1));
-    default:  // f32((u - zp) * scale)
+    default:  // HALF_EVEN and HALF_EVEN_EXACT: f32((u - zp) * scale)
         return mul_f32(sub_f32((float)u, p.f1), p.f0);
     }
 }
@@ -417,12 +426,16 @@ GQ_HD unsigned unpack_nibble(unsigned char b, int which, bool high_first) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Family "absmax": s = f32(f32(m + eps) / qmax); q = clip(rint(f32(x / s)), -qmax, qmax); x' = q*s.
+// Family "absmax": s = f32(f32(m + eps) / qmax) (div_exact: its bits are stored);
+// q = clip(rint(f32(x / s)), -qmax, qmax) (quotient_for_rounding: rint then clip); x' = q*s.
 // ---------------------------------------------------------------------------------------------
-GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_f32(add_f32(m, eps), (float)qmax); }
+GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_exact(add_f32(m, eps), (float)qmax); }
 
-GQ_HD int absmax_code(float x, float s, int qmax) {
-    float q = rint_f32(div_f32(x, is_zero(s) ? 1.0f : s));
+// The divisor of a segment's codes: its scale, 1 for a zero scale (every value is then 0).
+GQ_HD Divisor absmax_divisor(float s) { return make_divisor(is_zero(s) ? 1.0f : s); }
+
+GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
+    float q = rint_f32(quotient_for_rounding(x, D));
     if (lt_f32(q, (float)-qmax)) return -qmax;
     if (gt_f32(q, (float)qmax)) return qmax;
     return int_of(q);  // NaN cannot occur: rows with NaN/Inf are refused

@@ -18,7 +18,10 @@ import ctypes
 
 import numpy as np
 import pytest
-from test_kernels_host import VP, build_library, ptr
+from helpers import edge_values
+from test_kernels_host import VP, build_library, ptr, same_bits
+
+from gpuquant.backends.cupy_families.scalar import divisors
 
 U64, I64, I32 = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_int
 SIGNATURES = {
@@ -88,3 +91,14 @@ def test_divisor_of_special_values(div: ctypes.CDLL) -> None:
     assert p2[7] == np.float32(2.0**-127) and sp[7] == 1  # 2^-127: the subnormal factor
     assert p2[8] == np.float32(2.0**127) and sp[8] == np.float32(2.0**-22) and r[8] == np.float32(2.0**22)
     assert p2[9] == np.float32(2.0**126) and sp[9] == 1
+
+
+def test_backend_divisors_equal_the_kernel_setup(div: ctypes.CDLL, rng: np.random.Generator) -> None:
+    """The backend's numpy ``divisors`` (per-column ``gq::Divisor`` of the scalar family) equals
+    ``gq::make_divisor`` bit for bit: random bit patterns (every class) and the edge values."""
+    s = np.concatenate([rng.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+                        edge_values(), np.float32([2.0**127, 2.0**-127, 2.0**-149, 2.0**-126, -np.nan])])
+    want = np.zeros((s.size, 3), np.float32)
+    div.make_divisors(ptr(s), s.size, ptr(want))
+    for got, col in zip(divisors(s), want.T):
+        same_bits(got, col)
