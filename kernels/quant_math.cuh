@@ -335,11 +335,11 @@ GQ_HD int clamp_level(float t, int L) {
 //   FLOOR:     div = Divisor(step), f0 = lo, f1 = step
 //   TRUNC:     div = Divisor(vdiff), Divisor(+Inf) where vdiff = 0 (t = +-0 or NaN: level 0),
 //              f0 = lo, f1 = vdiff
-//   HALF_EVEN: div = Divisor(scale), f0 = scale, f1 = zp. quotient_for_rounding needs |zp| <= 2^50
-//              for rint(q + zp); when some range's zp is larger (a flat range far from 0) the backend
-//              passes HALF_EVEN_EXACT, which divides by div_exact instead.
+//   HALF_EVEN: div = Divisor(scale), f0 = scale, f1 = zp. rint(q + zp) needs |zp| <= 2^50 from
+//              quotient_for_rounding, or scale = 1 (then q0 = x exactly): the backend's ranges always
+//              meet one of them (gpuquant/backends/cupy_families/scalar.py, scalar_params).
 // ---------------------------------------------------------------------------------------------
-enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3, HALF_EVEN_EXACT = 4 };
+enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3 };
 
 struct ScalarParams {
     union {
@@ -372,10 +372,8 @@ GQ_HD int scalar_level(float x, int rounding, int bits, const ScalarParams& p) {
         if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
         return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
     }
-    case HALF_EVEN:  // affine: clip(rint(f32(x / scale) + zp), 0, L)
+    default:  // HALF_EVEN, affine: clip(rint(f32(x / scale) + zp), 0, L)
         return clamp_level(rint_f32(add_f32(quotient_for_rounding(x, p.div), p.f1)), L);
-    default:  // HALF_EVEN_EXACT: the same with the exact quotient
-        return clamp_level(rint_f32(add_f32(div_exact(x, p.f0), p.f1)), L);
     }
 }
 
@@ -399,7 +397,7 @@ GQ_HD float scalar_value(int u, int rounding, int bits, const ScalarParams& p) {
         return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
     case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
         return add_f32(p.f0, mul_f32(level_center(u, L), p.f1));
-    default:  // HALF_EVEN and HALF_EVEN_EXACT: f32((u - zp) * scale)
+    default:  // f32((u - zp) * scale)
         return mul_f32(sub_f32((float)u, p.f1), p.f0);
     }
 }

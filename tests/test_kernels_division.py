@@ -22,6 +22,7 @@ from helpers import edge_values
 from test_kernels_host import VP, build_library, ptr, same_bits
 
 from gpuquant.backends.cupy_families.scalar import divisors
+from gpuquant.schemes.scalar import affine_scale_zp
 
 U64, I64, I32 = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_int
 SIGNATURES = {
@@ -102,3 +103,20 @@ def test_backend_divisors_equal_the_kernel_setup(div: ctypes.CDLL, rng: np.rando
     div.make_divisors(ptr(s), s.size, ptr(want))
     for got, col in zip(divisors(s), want.T):
         same_bits(got, col)
+
+
+@pytest.mark.parametrize("levels", [255, 15])
+def test_half_even_ranges_meet_the_quotient_precondition(rng: np.random.Generator, levels: int) -> None:
+    """half_even's kernel needs |zp| <= 2^50 or scale == 1 (``scalar_params``' docstring says why
+    every finite range does): random bit patterns, neighbouring floats, subnormal and flat ranges."""
+    a = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    a = a[np.isfinite(a)]
+    b = np.concatenate([rng.permutation(a), np.nextafter(a, np.float32(np.inf)), a,
+                        np.nextafter(a, np.float32(0)), (a * np.float32(0.999)).astype(np.float32)])
+    a = np.tile(a, 5)
+    with np.errstate(over="ignore"):
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        scale, zp = affine_scale_zp(lo, hi, levels)
+    ok = (np.abs(zp) <= 2.0**50) | (scale == 1)
+    assert ok.all(), f"lo {lo[~ok][:3]!r} hi {hi[~ok][:3]!r}: zp {zp[~ok][:3]!r}, scale {scale[~ok][:3]!r}"
+    assert (lo == hi).any() and (np.abs(zp) > 2.0**50).any()  # both sides of the precondition occur
