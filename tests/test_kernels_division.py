@@ -8,6 +8,7 @@
   and the special divisors: the quotient's bits in band; outside it the sign, the magnitude class
   and every rounding function the kernels apply to it (floor, trunc, rint, rint(q + zp) for
   |zp| <= 2^50, each then clipped).
+- faiss-sq4's ``(int)(f64(t) * 15)`` in integer arithmetic (``times15_trunc``), for every t in [0, 1].
 - ``div_exact`` over 10^7 random bit patterns, subnormal operands and results, ties of subnormal
   results, the overflow edge and every pair of special values: bit for bit (NaN: a NaN).
 """
@@ -28,6 +29,7 @@ U64, I64, I32 = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_int
 SIGNATURES = {
     "recip_exhaustive": [I32, VP],
     "make_divisors": [VP, I64, VP],
+    "times15_exhaustive": [ctypes.c_uint32, ctypes.c_uint32, VP],
     "quotient_check": [U64, I64, I32, VP, VP],
     "quotient_worst_divisors": [I32, VP],
     "div_exact_check": [U64, I64, I32, VP],
@@ -37,7 +39,8 @@ SIGNATURES = {
 @pytest.fixture(scope="module")
 def div() -> ctypes.CDLL:
     library = build_library("host_division.cpp", SIGNATURES)
-    for name in ("recip_exhaustive", "quotient_check", "quotient_worst_divisors", "div_exact_check"):
+    for name in ("recip_exhaustive", "times15_exhaustive", "quotient_check", "quotient_worst_divisors",
+                 "div_exact_check"):
         getattr(library, name).restype = I64
     return library
 
@@ -78,6 +81,12 @@ def test_div_exact(div: ctypes.CDLL, rng: np.random.Generator, kind: int, count:
     seed = _seed(rng)
     failures = div.div_exact_check(seed, count, kind, ptr(bad))
     assert failures == 0, f"seed {seed}: {failures} quotients differ; first {bad[0]!r} / {bad[1]!r}"
+
+
+def test_faiss_sq4_level_without_float64(div: ctypes.CDLL) -> None:
+    bad = np.zeros(2, np.float32)
+    failures = div.times15_exhaustive(0, 0x3F800000, ptr(bad))
+    assert failures == 0, f"{failures} values of t in [0, 1] differ; first t = {bad[0]!r}"
 
 
 def test_divisor_of_special_values(div: ctypes.CDLL) -> None:
