@@ -381,6 +381,8 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), "1"]
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
+    elif kernel in ("absmax_encode", "absmax_encode_rows"):
+        modes = ["1" if int(args[12]) else "0", "8" if int(args[8]) == 8 else "4"]  # tensor scale, bits
     elif kernel == "absmax_decode":
         tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
         layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout

@@ -227,15 +227,24 @@ GQ_HD Divisor make_divisor(float s) {
 // |a| in [2^-59, 2^60] (the bits of 2^-59 and 2^60); false for NaN.
 GQ_HD bool in_band(float a) { return (bits_of(a) & 0x7fffffffu) - 0x22000000u <= 0x5d800000u - 0x22000000u; }
 
-// RN(a / sp) when a is in band (a and sp finite, q within 2 ulp), else q0 itself.
-GQ_HD float corrected_quotient(float a, float sp, float r) {
+// q2 of the sequence: RN(a / sp) for a in band; for |a| < 2^-59 a value of magnitude under 2^-35
+// (every step stays that small; its sign is not kept); needs |a| <= 2^60 (nothing overflows).
+GQ_HD float corrected_q2(float a, float sp, float r) {
     const float q0 = mul_f32(a, r);
     const float q1 = fma_f32(fnma_f32(q0, sp, a), r, q0);
-    const float q2 = fma_f32(fnma_f32(q1, sp, a), r, q1);
-    return in_band(a) ? q2 : q0;
+    return fma_f32(fnma_f32(q1, sp, a), r, q1);
+}
+
+// RN(a / sp) when a is in band (a and sp finite, q within 2 ulp), else q0 itself.
+GQ_HD float corrected_quotient(float a, float sp, float r) {
+    return in_band(a) ? corrected_q2(a, sp, r) : mul_f32(a, r);
 }
 
 GQ_HD float quotient_for_rounding(float x, const Divisor& D) { return corrected_quotient(mul_f32(x, D.p2), D.sp, D.r); }
+
+// quotient_for_rounding without the band test, for |x / s| known to be small (|x * p2| <= 2^60):
+// RN(x / s) in band, a value under 2^-35 in magnitude below it; so rint of it is RN's.
+GQ_HD float bounded_quotient(float x, const Divisor& D) { return corrected_q2(mul_f32(x, D.p2), D.sp, D.r); }
 
 // Significand in [1, 2) and unbiased exponent of a finite nonzero |x| (its bits a; subnormals
 // normalised by the count of leading zeros). Selects, no branch.
@@ -271,7 +280,7 @@ GQ_HD ExactDivisor exact_divisor(float b) {
 GQ_HD gq_u32 div_exact_bits(gq_u32 ua, const ExactDivisor& B) {
     int ea;
     const float ma = significand(ua, ea);
-    const float qm = corrected_quotient(ma, B.m, B.r);  // in (1/2, 2): in band
+    const float qm = corrected_q2(ma, B.m, B.r);  // ma in [1, 2): in band, RN(ma / m) in (1/2, 2)
     const gq_u32 uq = bits_of(qm);
     const int k = ea - B.e, e = (int)(uq >> 23) - 127 + k;  // the result's exponent
     const int sh = -126 - e < 1 ? 1 : (-126 - e > 25 ? 25 : -126 - e);
@@ -479,8 +488,11 @@ GQ_HD float absmax_scale(float m, float eps, const ExactDivisor& Q) {
 // non-finite scale (a refused row, whose codes are not used) gives some Divisor.
 GQ_HD Divisor absmax_divisor(float s) { return finite_divisor(is_zero(s) ? 1.0f : s); }
 
+// OWN: s is the segment's own scale, so |x| <= m and |x * p2| < 2^9 (bounded_quotient applies); else
+// (a tensor scale fitted elsewhere) |x / s| is unbounded. Rows with NaN/Inf are refused.
+template <bool OWN>
 GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
-    return clamp_int(rint_to_int(quotient_for_rounding(x, D)), -qmax, qmax);  // rows with NaN/Inf are refused
+    return clamp_int(rint_to_int(OWN ? bounded_quotient(x, D) : quotient_for_rounding(x, D)), -qmax, qmax);
 }
 
 GQ_HD float absmax_value(int q, float s) { return mul_f32((float)q, s); }

@@ -222,10 +222,11 @@ __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane,
 }
 
 // The codes of the values absmax_load loaded, encoded with scale s: 4 int8 codes (one 32-bit
-// store) or 4 nibbles (one 16-bit store) per float4.
+// store) or 4 nibbles (one 16-bit store) per float4. TS: s is the tensor scale (else the segment's).
+template <int TS, int BITS>
 __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], float s, unsigned char* dst, bool live,
-                                             int lane, int width, long long seg_len, int bits, int high_first) {
-    const int qmax = bits == 8 ? 127 : 7;
+                                             int lane, int width, long long seg_len, int high_first) {
+    constexpr int qmax = BITS == 8 ? 127 : 7;
     const gq::Divisor D = gq::absmax_divisor(s);
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
@@ -233,8 +234,8 @@ __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], flo
         if (live && j < seg_len) {
             unsigned q[4];
 #pragma unroll
-            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], D, qmax);
-            if (bits == 8) {
+            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code<!TS>(v[i][t], D, qmax);
+            if (BITS == 8) {
                 const unsigned word = (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
                 gq::store_raw<unsigned>(dst + j, &word);
             } else {
@@ -287,15 +288,15 @@ __device__ __forceinline__ int absmax_block_warps(long long seg_len) {  // K, or
     return 0;
 }
 
-template <typename T, int K>
+template <typename T, int K, int TS, int BITS>
 __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __restrict__ codes,
                                     float* __restrict__ scales, unsigned long long* bad_row, long long n, long long d,
-                                    long long seg_len, long long groups, int bits, int high_first, float eps,
-                                    const float* __restrict__ tensor_scale, int use_tensor_scale) {
+                                    long long seg_len, long long groups, int, int high_first, float eps,
+                                    const float* __restrict__ tensor_scale, int) {
     __shared__ gq_u32 warp_max[2][ABSMAX_MAX_WARPS];
     const int warp = (int)threadIdx.x / 32, part = warp % K, width = 32 * K;
-    const int lane = part * 32 + (int)(threadIdx.x & 31), qmax = bits == 8 ? 127 : 7;
-    const long long per_block = (long long)(blockDim.x / 32) / K, rc = bits == 8 ? d : (d + 1) / 2;
+    const int lane = part * 32 + (int)(threadIdx.x & 31), qmax = BITS == 8 ? 127 : 7;
+    const long long per_block = (long long)(blockDim.x / 32) / K, rc = BITS == 8 ? d : (d + 1) / 2;
     const long long segments = n * groups, first = (long long)blockIdx.x * per_block;
     const long long stride = (long long)gridDim.x * per_block;
     TaskWalk w(n, groups, first + warp / K, stride);
@@ -304,7 +305,7 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
         const bool live = w.more();
         const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
-        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
+        unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
         float v[ABSMAX_V4][4];
         gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load(src, live, lane, width, seg_len, v));
         if ((threadIdx.x & 31) == 0) warp_max[buf][warp] = m;
@@ -314,9 +315,8 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
             const gq_u32 o = warp_max[buf][warp - part + k];
             m = o > m ? o : m;
         }
-        const float s = absmax_record(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_scale,
-                                      use_tensor_scale);
-        absmax_store(v, s, dst, live, lane, width, seg_len, bits, high_first);
+        const float s = absmax_record(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_scale, TS);
+        absmax_store<TS, BITS>(v, s, dst, live, lane, width, seg_len, high_first);
     }
 }
 
@@ -324,14 +324,14 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
 // per row). scales[seg] = f32(f32(max|x| + eps) / qmax); codes int8 (bits 8) or nibbles (bits 4,
 // rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
 // row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
-template <typename T>
+template <typename T, int TS, int BITS>
 __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __restrict__ codes,
                                     float* __restrict__ scales, unsigned long long* bad_row, long long n,
-                                    long long d, long long seg_len, long long groups, int bits, int high_first,
-                                    float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+                                    long long d, long long seg_len, long long groups, int, int high_first,
+                                    float eps, const float* __restrict__ tensor_scale, int) {
     const LaneGroup grp(seg_len, threadIdx.x & 31);
-    const int qmax = bits == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
-    const long long rc = bits == 8 ? d : (d + 1) / 2;
+    const int qmax = BITS == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
+    const long long rc = BITS == 8 ? d : (d + 1) / 2;
     const long long warps = thread_count() / 32, segments = n * groups;
     // Every lane of a warp runs the same number of steps (the group reductions need their lanes);
     // a group past the last segment computes nothing and writes nothing.
@@ -343,16 +343,16 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
         const long long seg = live ? w.task : segments - 1;
         const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
-        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
+        unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
         const bool in_registers = seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
-                                  aligned(src, 4 * sizeof(T)) && aligned(dst, bits == 8 ? 4 : 2);
+                                  aligned(src, 4 * sizeof(T)) && aligned(dst, BITS == 8 ? 4 : 2);
         gq_u32 m = 0;
         if (in_registers) {
             float v[ABSMAX_V4][4];
             m = absmax_load(src, live, grp.lane, W, seg_len, v);
             const float s = absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale,
-                                                 use_tensor_scale);
-            absmax_store(v, s, dst, live, grp.lane, W, seg_len, bits, high_first);
+                                                 TS);
+            absmax_store<TS, BITS>(v, s, dst, live, grp.lane, W, seg_len, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -362,20 +362,20 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
             m = a > m ? a : m;
         }
         const float s =
-            absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale, use_tensor_scale);
+            absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale, TS);
         if (!live) continue;
         const gq::Divisor D = gq::absmax_divisor(s);
-        if (bits == 8) {
+        if (BITS == 8) {
 #pragma unroll 4
             for (long long i = grp.lane; i < seg_len; i += W) {
-                dst[i] = (unsigned char)(gq::absmax_code(to_f32(src[i]), D, qmax) & 0xff);
+                dst[i] = (unsigned char)(gq::absmax_code<!TS>(to_f32(src[i]), D, qmax) & 0xff);
             }
         } else {
             const long long nbytes = (seg_len + 1) / 2;
             for (long long b = grp.lane; b < nbytes; b += W) {
-                const unsigned lo = (unsigned)gq::absmax_code(to_f32(src[2 * b]), D, qmax) & 0xfu;
+                const unsigned lo = (unsigned)gq::absmax_code<!TS>(to_f32(src[2 * b]), D, qmax) & 0xfu;
                 const unsigned hi =
-                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code(to_f32(src[2 * b + 1]), D, qmax) & 0xfu : 0u;
+                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code<!TS>(to_f32(src[2 * b + 1]), D, qmax) & 0xfu : 0u;
                 dst[b] = gq::pack_nibbles(lo, hi, high_first);
             }
         }
@@ -389,26 +389,56 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
         int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
 #define GQ_ABSMAX_ENCODE_ARGS                                                                            \
     x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
+// The absmax encode kernels' switch: tensor scale or not (TS), 8- or 4-bit codes.
+#define GQ_ABSMAX_MODES(PATH)                                                                  \
+    switch (use_tensor_scale * 2 + (bits == 8 ? 1 : 0)) {                                      \
+    case 0: PATH<T, 0, 4>(GQ_ABSMAX_ENCODE_ARGS); break;                                       \
+    case 1: PATH<T, 0, 8>(GQ_ABSMAX_ENCODE_ARGS); break;                                       \
+    case 2: PATH<T, 1, 4>(GQ_ABSMAX_ENCODE_ARGS); break;                                       \
+    default: PATH<T, 1, 8>(GQ_ABSMAX_ENCODE_ARGS); break;                                      \
+    }
+
+template <typename T, int TS, int BITS>
+__device__ __forceinline__ void absmax_encode_path(GQ_ABSMAX_ENCODE_PARAMS) {
+    absmax_encode_warps<T, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS);
+}
+
+// (The kernels spell their parameters out: bench/sass_report.py reads them to build its probes.)
 template <typename T>
-__global__ void __launch_bounds__(256, 4) absmax_encode(GQ_ABSMAX_ENCODE_PARAMS) {
-    absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+__global__ void __launch_bounds__(256, 4)
+    absmax_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, float* __restrict__ scales,
+                  unsigned long long* bad_row, long long n, long long d, long long seg_len, long long groups, int bits,
+                  int high_first, float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+    GQ_ABSMAX_MODES(absmax_encode_path)
 }
 
 // absmax_encode for segments of 513..4096 values, held by several warps (absmax_encode_block), a
 // kernel of its own so that the other segment lengths keep absmax_encode's registers and code. The
 // launcher picks it for such segments when d % 4 == 0 and x and codes are aligned; any other
 // arguments take absmax_encode's path here too.
-template <typename T>
-__global__ void __launch_bounds__(256, 4) absmax_encode_rows(GQ_ABSMAX_ENCODE_PARAMS) {
-    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, bits == 8 ? 4 : 2)
+template <typename T, int TS, int BITS>
+__device__ __forceinline__ void absmax_encode_rows_path(GQ_ABSMAX_ENCODE_PARAMS) {
+    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2)
                       ? absmax_block_warps(seg_len) : 0;
     switch (K) {
-    case 2: absmax_encode_block<T, 2>(GQ_ABSMAX_ENCODE_ARGS); break;
-    case 4: absmax_encode_block<T, 4>(GQ_ABSMAX_ENCODE_ARGS); break;
-    case 8: absmax_encode_block<T, 8>(GQ_ABSMAX_ENCODE_ARGS); break;
-    default: absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+    case 2: absmax_encode_block<T, 2, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 4: absmax_encode_block<T, 4, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 8: absmax_encode_block<T, 8, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
+    default: absmax_encode_warps<T, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS);
     }
 }
+
+template <typename T>
+__global__ void __launch_bounds__(256, 4) absmax_encode_rows(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                                             float* __restrict__ scales, unsigned long long* bad_row,
+                                                             long long n, long long d, long long seg_len, long long groups,
+                                                             int bits, int high_first, float eps,
+                                                             const float* __restrict__ tensor_scale,
+                                                             int use_tensor_scale) {
+    // per mode: K warps a segment where absmax_block_warps allows it, else absmax_encode's path
+    GQ_ABSMAX_MODES(absmax_encode_rows_path)
+}
+#undef GQ_ABSMAX_MODES
 #undef GQ_ABSMAX_ENCODE_ARGS
 #undef GQ_ABSMAX_ENCODE_PARAMS
 
