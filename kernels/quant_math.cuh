@@ -304,7 +304,8 @@ GQ_HD float div_exact(float a, float b) {
 
 // Conversions of a float: to an integral float (half to even as numpy rint, floor, toward zero), or
 // to an int toward zero (an integral x, |x| < 2**31), by floor or to nearest even as PTX cvt.rmi /
-// cvt.rni.s32.f32 do it (NaN gives 0, values beyond the int range saturate). R is the result type,
+// cvt.rni.s32.f32 do it (NaN gives 0, values beyond the int range saturate), or to nearest even
+// saturated to the int8 range (cvt.rni.s8.f32). R is the result type,
 // C its asm constraint, HOST the host's function.
 #ifdef __CUDA_ARCH__
 #define GQ_CONVERT(NAME, R, C, PTX, HOST)                                        \
@@ -322,12 +323,14 @@ GQ_HD float host_floor(float x);
 GQ_HD float host_trunc(float x);
 GQ_HD int host_rint_int(float x);
 GQ_HD int host_floor_int(float x);
+GQ_HD int host_rint_s8(float x);
 GQ_CONVERT(rint_f32, float, "f", "cvt.rni.f32.f32", host_rint)
 GQ_CONVERT(floor_f32, float, "f", "cvt.rmi.f32.f32", host_floor)
 GQ_CONVERT(trunc_f32, float, "f", "cvt.rzi.f32.f32", host_trunc)
 GQ_CONVERT(int_of, int, "r", "cvt.rzi.s32.f32", (int))
 GQ_CONVERT(floor_to_int, int, "r", "cvt.rmi.s32.f32", host_floor_int)
 GQ_CONVERT(rint_to_int, int, "r", "cvt.rni.s32.f32", host_rint_int)
+GQ_CONVERT(rint_to_s8, int, "r", "cvt.rni.s8.f32", host_rint_s8)  // saturates to [-128, 127], sign-extended
 #undef GQ_CONVERT
 
 // Host versions by integer arithmetic (independent of the FPU rounding mode).
@@ -360,6 +363,7 @@ GQ_HD int host_floor_int(float x) { return host_to_int(host_floor(x)); }
 
 // v clipped to [lo, hi] (integer min and max).
 GQ_HD int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+GQ_HD int host_rint_s8(float x) { return clamp_int(host_rint_int(x), -128, 127); }
 
 // (int)(f64(t) * 15) for t in [0, 1] (or -0) without float64: x = (int)(t * 2^28), then (15 * x) >> 28
 // = umulhi(x, 240). For t >= 2^-5 the product t * 2^28 is an integer (t's last bit weighs at least
@@ -490,9 +494,15 @@ GQ_HD Divisor absmax_divisor(float s) { return finite_divisor(is_zero(s) ? 1.0f 
 
 // OWN: s is the segment's own scale, so |x| <= m and |x * p2| < 2^9 (bounded_quotient applies); else
 // (a tensor scale fitted elsewhere) |x / s| is unbounded. Rows with NaN/Inf are refused.
+// (qmax 127: the conversion saturates to [-128, 127], one max is left.)
 template <bool OWN>
 GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
-    return clamp_int(rint_to_int(OWN ? bounded_quotient(x, D) : quotient_for_rounding(x, D)), -qmax, qmax);
+    const float q = OWN ? bounded_quotient(x, D) : quotient_for_rounding(x, D);
+    if (qmax == 127) {
+        const int c = rint_to_s8(q);
+        return c < -127 ? -127 : c;
+    }
+    return clamp_int(rint_to_int(q), -qmax, qmax);
 }
 
 GQ_HD float absmax_value(int q, float s) { return mul_f32((float)q, s); }

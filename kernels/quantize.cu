@@ -221,13 +221,12 @@ __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane,
     return m;
 }
 
-// The codes of the values absmax_load loaded, encoded with scale s: 4 int8 codes (one 32-bit
-// store) or 4 nibbles (one 16-bit store) per float4. TS: s is the tensor scale (else the segment's).
+// The codes of the values absmax_load loaded, divided by D (absmax_record's): 4 int8 codes (one
+// 32-bit store) or 4 nibbles (one 16-bit store) per float4. TS: D is the tensor scale's.
 template <int TS, int BITS>
-__device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], float s, unsigned char* dst, bool live,
-                                             int lane, int width, long long seg_len, int high_first) {
+__device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], const gq::Divisor& D, unsigned char* dst,
+                                             bool live, int lane, int width, long long seg_len, int high_first) {
     constexpr int qmax = BITS == 8 ? 127 : 7;
-    const gq::Divisor D = gq::absmax_divisor(s);
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
@@ -248,27 +247,38 @@ __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], flo
     }
 }
 
-// Scale of a segment from its integer max |x| m; the writer lane records it, and the row when the
-// segment holds NaN or Inf.
-__device__ __forceinline__ float absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
-                                               long long seg, long long row, int qmax, float eps,
-                                               const float* tensor_scale, int use_tensor_scale) {
-    const float own = gq::absmax_scale(gq::float_of(m), eps, gq::qmax_divisor(qmax));
-    const float s = use_tensor_scale ? tensor_scale[0] : own;
-    if (writer) {
-        if (!use_tensor_scale) scales[seg] = s;
-        if (!gq::is_finite(own)) atomicMin(bad_row, (unsigned long long)row);
+// The divisor of a segment's codes, from its integer max |x| m: that of its own scale
+// f32(f32(m + eps) / qmax), which the writer lane records, or (TS) the tensor scale's. The writer
+// also records the row when the segment holds NaN or Inf (m + eps, and so the own scale, not finite).
+template <int TS>
+__device__ __forceinline__ gq::Divisor absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
+                                                     long long seg, long long row, int qmax, float eps,
+                                                     const gq::Divisor& tensor) {
+    if (TS) {
+        if (writer && !gq::is_finite(gq::add_f32(gq::float_of(m), eps))) atomicMin(bad_row, (unsigned long long)row);
+        return tensor;
     }
-    return s;
+    const float s = gq::absmax_scale(gq::float_of(m), eps, gq::qmax_divisor(qmax));
+    if (writer) {
+        scales[seg] = s;
+        if (!gq::is_finite(s)) atomicMin(bad_row, (unsigned long long)row);
+    }
+    return gq::absmax_divisor(s);
 }
 
-// Scale of a segment from its lanes' integer max |x| (absmax_record by lane 0 of the group).
-__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
-                                                      unsigned long long* bad_row, long long seg, long long row,
-                                                      int qmax, float eps, const float* tensor_scale,
-                                                      int use_tensor_scale) {
-    return absmax_record(__reduce_max_sync(grp.mask, m), live && grp.lane == 0, scales, bad_row, seg, row, qmax, eps,
-                         tensor_scale, use_tensor_scale);
+// The tensor scale's divisor (TS), loaded and built once per thread; else unused.
+template <int TS>
+__device__ __forceinline__ gq::Divisor absmax_tensor_divisor(const float* tensor_scale) {
+    return TS ? gq::absmax_divisor(tensor_scale[0]) : gq::Divisor{};
+}
+
+// absmax_record of a segment from its lanes' integer max |x| (by lane 0 of the group).
+template <int TS>
+__device__ __forceinline__ gq::Divisor absmax_segment_divisor(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
+                                                              unsigned long long* bad_row, long long seg, long long row,
+                                                              int qmax, float eps, const gq::Divisor& tensor) {
+    return absmax_record<TS>(__reduce_max_sync(grp.mask, m), live && grp.lane == 0, scales, bad_row, seg, row, qmax,
+                             eps, tensor);
 }
 
 // Segments longer than a warp holds (512 values) and up to 4096 (the rows of int8-row and every
@@ -300,6 +310,7 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
     const long long segments = n * groups, first = (long long)blockIdx.x * per_block;
     const long long stride = (long long)gridDim.x * per_block;
     TaskWalk w(n, groups, first + warp / K, stride);
+    const gq::Divisor tensor_div = absmax_tensor_divisor<TS>(tensor_scale);
     int buf = 0;
     for (long long base = first; base < segments; base += stride, w.next(), buf ^= 1) {
         const bool live = w.more();
@@ -315,8 +326,8 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
             const gq_u32 o = warp_max[buf][warp - part + k];
             m = o > m ? o : m;
         }
-        const float s = absmax_record(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_scale, TS);
-        absmax_store<TS, BITS>(v, s, dst, live, lane, width, seg_len, high_first);
+        const gq::Divisor D = absmax_record<TS>(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_div);
+        absmax_store<TS, BITS>(v, D, dst, live, lane, width, seg_len, high_first);
     }
 }
 
@@ -338,6 +349,7 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
     // The segment's row and block follow by increments (no 64-bit division per segment).
     const long long first = (thread_index() / 32) * per_warp;
     TaskWalk w(n, groups, first + grp.index, warps * per_warp);
+    const gq::Divisor tensor_div = absmax_tensor_divisor<TS>(tensor_scale);
     for (long long base = first; base < segments; base += warps * per_warp, w.next()) {
         const bool live = w.more();  // this group's segment exists
         const long long seg = live ? w.task : segments - 1;
@@ -350,9 +362,8 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
         if (in_registers) {
             float v[ABSMAX_V4][4];
             m = absmax_load(src, live, grp.lane, W, seg_len, v);
-            const float s = absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale,
-                                                 TS);
-            absmax_store<TS, BITS>(v, s, dst, live, grp.lane, W, seg_len, high_first);
+            const gq::Divisor D = absmax_segment_divisor<TS>(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_div);
+            absmax_store<TS, BITS>(v, D, dst, live, grp.lane, W, seg_len, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -361,10 +372,8 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
             const gq_u32 a = gq::bits_of(to_f32(src[i])) & 0x7fffffffu;
             m = a > m ? a : m;
         }
-        const float s =
-            absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale, TS);
+        const gq::Divisor D = absmax_segment_divisor<TS>(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_div);
         if (!live) continue;
-        const gq::Divisor D = gq::absmax_divisor(s);
         if (BITS == 8) {
 #pragma unroll 4
             for (long long i = grp.lane; i < seg_len; i += W) {

@@ -28,12 +28,8 @@ OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
 OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "inverse"): "issue fraction over 0.5",
-    ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("gguf-q8_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
     ("gguf-q4_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
     ("safetensors-fp8", "transform"): "issue fraction over 0.5; 32-bit loads; CALL: f32 division slow path",
