@@ -285,8 +285,9 @@ GQ_HD gq_u32 div_exact_bits(gq_u32 ua, const ExactDivisor& B) {
     const int k = ea - B.e, e = (int)(uq >> 23) - 127 + k;  // the result's exponent
     const int sh = -126 - e < 1 ? 1 : (-126 - e > 25 ? 25 : -126 - e);
     const gq_u32 M = (uq & 0x007fffffu) | 0x00800000u, kept = M >> sh;
-    const float rem = fnma_f32(qm, B.m, ma);
-    const int v = 2 * (int)(M & ((1u << sh) - 1u)) + (gt_f32(rem, 0.0f) ? 1 : 0) - (lt_f32(rem, 0.0f) ? 1 : 0);
+    const gq_u32 rem = bits_of(fnma_f32(qm, B.m, ma));  // exact; an exact 0 is +0
+    const int sign = ((int)rem >> 31) | (rem != 0u ? 1 : 0);  // -1, 0 or 1
+    const int v = 2 * (int)(M & ((1u << sh) - 1u)) + sign;
     const gq_u32 subnormal = kept + (gq_u32)((v + (1 << sh) - 1 + (int)(kept & 1u)) >> (sh + 1));
     return e > 127 ? 0x7f800000u : (e >= -126 ? uq + ((gq_u32)k << 23) : subnormal);
 }
@@ -481,11 +482,11 @@ GQ_HD ExactDivisor qmax_divisor(int qmax) {
     return qmax == 127 ? ExactDivisor{1.984375f, float_of(0x3f010204u), 6} : ExactDivisor{1.75f, float_of(0x3f124925u), 2};
 }
 
-// s = RN(RN(m + eps) / qmax), Q = qmax_divisor(qmax). m + eps >= 0; 0, Inf and NaN divide to themselves.
+// s = RN(RN(m + eps) / qmax), Q = qmax_divisor(qmax). m + eps >= 0; Inf and NaN divide to themselves
+// and 0 to 0 (div_exact_bits of 0: its significand 1 * 2^-150, the quotient rounds to 0).
 GQ_HD float absmax_scale(float m, float eps, const ExactDivisor& Q) {
     const float a = add_f32(m, eps);
-    const gq_u32 u = bits_of(a) & 0x7fffffffu;
-    return u == 0u || u >= 0x7f800000u ? a : float_of(div_exact_bits(u, Q));
+    return is_finite(a) ? float_of(div_exact_bits(bits_of(a), Q)) : a;
 }
 
 // The divisor of a segment's codes: its scale, 1 for a zero scale (every value is then 0). A

@@ -202,14 +202,15 @@ constexpr int ABSMAX_V4 = 4;
 
 // A segment held in registers by `width` lanes: lane `lane` loads the float4 at values
 // 4 * (lane + width * i) (i < ABSMAX_V4, those inside the segment) and returns its integer max |x|.
-template <typename T>
+// FULL: the segment fills the lanes' registers (seg_len = 4 * width * ABSMAX_V4), no test per float4.
+template <bool FULL, typename T>
 __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane, int width, long long seg_len,
                                               float (&v)[ABSMAX_V4][4]) {
     gq_u32 m = 0;
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
-        if (live && j < seg_len) {
+        if (live && (FULL || j < seg_len)) {
             load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
 #pragma unroll
             for (int t = 0; t < 4; ++t) {
@@ -223,14 +224,14 @@ __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane,
 
 // The codes of the values absmax_load loaded, divided by D (absmax_record's): 4 int8 codes (one
 // 32-bit store) or 4 nibbles (one 16-bit store) per float4. TS: D is the tensor scale's.
-template <int TS, int BITS>
+template <int TS, int BITS, bool FULL>
 __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], const gq::Divisor& D, unsigned char* dst,
                                              bool live, int lane, int width, long long seg_len, int high_first) {
     constexpr int qmax = BITS == 8 ? 127 : 7;
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
-        if (live && j < seg_len) {
+        if (live && (FULL || j < seg_len)) {
             unsigned q[4];
 #pragma unroll
             for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code<!TS>(v[i][t], D, qmax);
@@ -281,6 +282,13 @@ __device__ __forceinline__ gq::Divisor absmax_segment_divisor(gq_u32 m, const La
                              eps, tensor);
 }
 
+// The parameters of both absmax encode kernels, and their names.
+#define GQ_ABSMAX_ENCODE_PARAMS                                                                          \
+    const T *__restrict__ x, unsigned char *__restrict__ codes, float *__restrict__ scales,              \
+        unsigned long long *bad_row, long long n, long long d, long long seg_len, long long groups, int bits, \
+        int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
+#define GQ_ABSMAX_ENCODE_ARGS                                                                            \
+    x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
 // Segments longer than a warp holds (512 values) and up to 4096 (the rows of int8-row and every
 // per-row scale at common embedding sizes) stay in the registers of K warps of a block (K = 2, 4
 // or 8, the fewest that hold the segment, 16 values per lane): a block takes warps / K segments
@@ -318,7 +326,7 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
         const T* src = x + row * d + g * seg_len;
         unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
         float v[ABSMAX_V4][4];
-        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load(src, live, lane, width, seg_len, v));
+        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load<false>(src, live, lane, width, seg_len, v));
         if ((threadIdx.x & 31) == 0) warp_max[buf][warp] = m;
         __syncthreads();
 #pragma unroll
@@ -327,7 +335,7 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
             m = o > m ? o : m;
         }
         const gq::Divisor D = absmax_record<TS>(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_div);
-        absmax_store<TS, BITS>(v, D, dst, live, lane, width, seg_len, high_first);
+        absmax_store<TS, BITS, false>(v, D, dst, live, lane, width, seg_len, high_first);
     }
 }
 
@@ -335,11 +343,10 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
 // per row). scales[seg] = f32(f32(max|x| + eps) / qmax); codes int8 (bits 8) or nibbles (bits 4,
 // rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
 // row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
-template <typename T, int TS, int BITS>
-__device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __restrict__ codes,
-                                    float* __restrict__ scales, unsigned long long* bad_row, long long n,
-                                    long long d, long long seg_len, long long groups, int, int high_first,
-                                    float eps, const float* __restrict__ tensor_scale, int) {
+// FULL: every segment fills its lanes' registers and is aligned (absmax_encode_warps), so each step
+// loads, reduces and stores without a test.
+template <typename T, int TS, int BITS, bool FULL>
+__device__ void absmax_warps_walk(GQ_ABSMAX_ENCODE_PARAMS) {
     const LaneGroup grp(seg_len, threadIdx.x & 31);
     const int qmax = BITS == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
     const long long rc = BITS == 8 ? d : (d + 1) / 2;
@@ -356,14 +363,14 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
         const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
         unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
-        const bool in_registers = seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
-                                  aligned(src, 4 * sizeof(T)) && aligned(dst, BITS == 8 ? 4 : 2);
+        const bool in_registers = FULL || (seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
+                                           aligned(src, 4 * sizeof(T)) && aligned(dst, BITS == 8 ? 4 : 2));
         gq_u32 m = 0;
         if (in_registers) {
             float v[ABSMAX_V4][4];
-            m = absmax_load(src, live, grp.lane, W, seg_len, v);
+            m = absmax_load<FULL>(src, live, grp.lane, W, seg_len, v);
             const gq::Divisor D = absmax_segment_divisor<TS>(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_div);
-            absmax_store<TS, BITS>(v, D, dst, live, grp.lane, W, seg_len, high_first);
+            absmax_store<TS, BITS, FULL>(v, D, dst, live, grp.lane, W, seg_len, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -391,13 +398,17 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
     }
 }
 
-// The parameters of both absmax encode kernels, and their names.
-#define GQ_ABSMAX_ENCODE_PARAMS                                                                          \
-    const T *__restrict__ x, unsigned char *__restrict__ codes, float *__restrict__ scales,              \
-        unsigned long long *bad_row, long long n, long long d, long long seg_len, long long groups, int bits, \
-        int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
-#define GQ_ABSMAX_ENCODE_ARGS                                                                            \
-    x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
+template <typename T, int TS, int BITS>
+__device__ __forceinline__ void absmax_encode_warps(GQ_ABSMAX_ENCODE_PARAMS) {
+    const bool full = seg_len == 4LL * LaneGroup(seg_len, 0).width * ABSMAX_V4 && d % 4 == 0 &&
+                      aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2);
+    if (full) {
+        absmax_warps_walk<T, TS, BITS, true>(GQ_ABSMAX_ENCODE_ARGS);
+    } else {
+        absmax_warps_walk<T, TS, BITS, false>(GQ_ABSMAX_ENCODE_ARGS);
+    }
+}
+
 // The absmax encode kernels' switch: tensor scale or not (TS), 8- or 4-bit codes.
 #define GQ_ABSMAX_MODES(PATH)                                                                  \
     switch (use_tensor_scale * 2 + (bits == 8 ? 1 : 0)) {                                      \

@@ -28,7 +28,6 @@ OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
 OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "inverse"): "issue fraction over 0.5",
     ("gguf-q8_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
     ("gguf-q4_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
