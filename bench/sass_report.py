@@ -426,8 +426,8 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
-    if kernel == "rabitq_encode1":  # a thread's row, float4 by float4: its sign bytes stored one by one
-        return Spec("LDG", 128, None, 8, 0)
+    if kernel == "rabitq_encode1":  # a thread's row, 8 values a step: 2 float4 of x, 2 of the center, a sign byte
+        return Spec("LDG", 128, 4, 8, 1, vectors=2)
     if kernel == "rabitq_decode":  # a thread's row, value by value from its sign bytes
         return Spec("STG", 32, None, 8, 0)
     if kernel in ("absmax_encode", "absmax_encode_rows"):
