@@ -118,3 +118,20 @@ def test_gpu_check_tables(gpu_check: Any) -> None:
     assert short[0].startswith("== gpu_check") and "copy: 100 GB/s, read-only: 150 GB/s" in short[2]
     body = [ln.split()[0] for ln in short[4:]]
     assert body == ["big", "wide", "FAILED"]  # only the largest size of each d, failures last
+
+
+def test_gpu_check_radix_passes(gpu_check: Any) -> None:
+    """Bytes of each radix-select pass (candidates kept or not), each pass's own time from the
+    cumulative replays, and the select's speed-up over cupy.quantile."""
+    from gpuquant.backends.cupy_train import RadixSelect
+
+    kept = RadixSelect(None, 0, 10, 100)
+    assert kept.input_reads == 2 and gpu_check.radix_pass_bytes(4000, kept) == [4000, 4040, 40]
+    spilled = RadixSelect(None, 0, 101, 100)
+    assert spilled.input_reads == 3 and gpu_check.radix_pass_bytes(4000, spilled) == [4000, 4400, 4000]
+    rows = [{"scheme": gpu_check.RADIX_ROW, "seconds": 2.0}, {"scheme": gpu_check.CUPY_QUANTILE_ROW, "seconds": 9.0}]
+    rows += [{"radix_pass": p, "pass_bytes": b, "kernel_seconds": t} for p, b, t in [(2, 4e9, 2.5), (1, 4e9, 1.0)]]
+    gpu_check.pass_figures(rows, 8.0)
+    assert rows[0]["speedup_vs_cupy_quantile"] == 4.5
+    assert [rows[3]["pass_kernel_seconds"], rows[2]["pass_kernel_seconds"]] == [1.0, 1.5]
+    assert rows[3]["pass_fraction_of_read"] == 0.5 and rows[2]["pass_gbps"] == pytest.approx(4 / 1.5)

@@ -12,7 +12,7 @@ reference's (``gpuquant.schemes``):
   few float64 ulps of a float32 rounding boundary.
 * :func:`column_order_statistics` - exact per-dimension order statistics (median, per-dimension
   quantiles) from a CuPy sort of a float32 copy along the rows.
-* :func:`select_values` - exact order statistics of *all* values by radix select over the uint32
+* :func:`select_values` (:func:`radix_select`) - exact order statistics of *all* values by radix select over the uint32
   keys, two ranks at once, no sort: digits of 13 + 11 + 8 bits; pass 0 reads every value, pass 1
   reads every value again and keeps the candidates (values whose 13-bit key prefix is a target's:
   at most :func:`candidate_capacity` of them, as float32), pass 2 reads the candidates. For float32
@@ -29,6 +29,7 @@ like the reference ``scheme.fit``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -133,13 +134,32 @@ def candidate_capacity(count: int) -> int:
     return min(count, max(CANDIDATE_MIN, count // CANDIDATE_SHARE))
 
 
-def select_values(x: Any, k0: int, k1: int) -> tuple[np.ndarray, int]:
-    """Values of ranks ``k0`` and ``k1`` (0-based) among all of ``x``'s values, and the NaN count.
+@dataclass(frozen=True)
+class RadixSelect:
+    """What :func:`radix_select` found: the two values, the NaN count, and the candidates pass 1
+    counted (pass 2 read them when there were at most ``capacity``, else the input again)."""
 
-    Radix select on the order-preserving keys (module docstring): each pass histograms one digit of
-    the keys that share the prefix found so far (shared memory, then global), and ``radix_pick``
-    picks the digit holding each rank by a block scan. NaN keys sort outside ±Inf, so ranks that
-    avoid them are exact.
+    values: np.ndarray
+    nan_count: int
+    candidates: int
+    capacity: int
+
+    @property
+    def input_reads(self) -> int:
+        return 2 if self.candidates <= self.capacity else 3
+
+
+def select_values(x: Any, k0: int, k1: int) -> tuple[np.ndarray, int]:
+    """Values of ranks ``k0`` and ``k1`` (0-based) among all of ``x``'s values, and the NaN count."""
+    found = radix_select(x, k0, k1)
+    return found.values, found.nan_count
+
+
+def radix_select(x: Any, k0: int, k1: int) -> RadixSelect:
+    """Radix select of ranks ``k0`` and ``k1`` on the order-preserving keys (module docstring): each
+    pass histograms one digit of the keys that share the prefix found so far (shared memory, then
+    global), and ``radix_pick`` picks the digit holding each rank by a block scan. NaN keys sort
+    outside ±Inf, so ranks that avoid them are exact.
     """
     cp = _cupy()
     count = int(x.size)
@@ -153,8 +173,8 @@ def select_values(x: Any, k0: int, k1: int) -> tuple[np.ndarray, int]:
         _kernel(f"radix_histogram<{_t(x)}, {p}>")(
             (blocks,), (THREADS,), (x, np.int64(count), sel, hist, counters, cand, counters[1:], np.int64(cap)))
         _kernel(f"radix_pick<{p}>")((1,), (RADIX_PICK_THREADS,), (sel, hist))
-    found = sel.get()
-    return keys_to_values(found[:2].astype(np.uint32)), int(counters.get()[0])
+    nans, candidates = (int(v) for v in counters.get())
+    return RadixSelect(keys_to_values(sel.get()[:2].astype(np.uint32)), nans, candidates, cap)
 
 
 def quantile_range(x: Any, quantile: float, method: str, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
