@@ -78,7 +78,6 @@ __global__ void column_sums(const T* __restrict__ x, long long n, long long d, d
 // Keys below order_key(-Inf) or above order_key(+Inf) are NaN.
 constexpr unsigned RADIX_KEY_NEG_INF = 0x007fffffu, RADIX_KEY_POS_INF = 0xff800000u;
 constexpr int RADIX_UNROLL = 4;  // vectors (or single values) in flight per lane
-constexpr int RADIX_HIST_TOTAL = 8192 + 2 * 2048 + 2 * 256;
 
 template <int PASS>
 struct Radix {
@@ -89,6 +88,11 @@ struct Radix {
     static constexpr int HISTS = PASS == 0 ? 1 : 2;  // pass 0: one histogram serves both targets
     static constexpr int OFFSET = PASS == 0 ? 0 : (PASS == 1 ? 8192 : 8192 + 2 * 2048);
 };
+constexpr int RADIX_HIST_TOTAL = 8192 + 2 * 2048 + 2 * 256;  // cupy_train.RADIX_HIST_BINS
+static_assert(Radix<1>::OFFSET == Radix<0>::HISTS * Radix<0>::BINS &&
+                  Radix<2>::OFFSET == Radix<1>::OFFSET + Radix<1>::HISTS * Radix<1>::BINS &&
+                  RADIX_HIST_TOTAL == Radix<2>::OFFSET + Radix<2>::HISTS * Radix<2>::BINS,
+              "the passes' histograms lie end to end in hist");
 
 // A block's counts of one pass (sh: Radix<PASS>::HISTS histograms in shared memory).
 template <int PASS>
