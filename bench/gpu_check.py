@@ -10,9 +10,9 @@
 3. For every (d, size): every preset and a few family variants, the cupy backend's transform on
    fresh random float32 input (never zeros), inverse_transform for a few schemes, and the training
    passes (exact quantile by radix select vs cuVS-compatible sample-and-sort vs ``cupy.quantile``,
-   min/max; and the radix select's passes one by one: its launches replayed up to the end of each
-   pass, a pass's own time being the difference). Each case is timed two ways with CUDA events: the
-   whole call (``seconds``: Python, launch set-up and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
+   min/max; the radix select's passes one by one, by replays of its launches up to each pass's end).
+   Each case is timed two ways with CUDA events: the whole call (``seconds``: Python, launch set-up
+   and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
    captured from the backend, replayed back to back ``KERNEL_BATCH`` times so that launch overhead
    hides behind the queue). Cases are interleaved: every round times each case once, ``--rounds``
    (>= 5) rounds, so drift over the run shows as a spread; each time is reported as min / median /
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _radix
 from _common import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,7 +325,7 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, ro
     time_cases(cases, timer, rounds, roofs["copy"], roofs["read"])
     expr_times(cp, timer, x, cases)
     rows = [c.row for c in cases]
-    pass_figures(rows, roofs["read"])
+    _radix.pass_figures(rows, roofs["read"])
     del cases, x
     cp.get_default_memory_pool().free_all_blocks()
     return rows
@@ -387,19 +388,26 @@ def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
         cp.get_default_memory_pool().free_all_blocks()
 
 
+RADIX_ROW = "train: exact quantile (radix select, all values)"
+CUPY_QUANTILE_ROW = "train: cupy.quantile (sort of a copy)"
+
+
 def training_cases(cp: Any, x: Any) -> list[Case]:
-    """The training passes (read-only): bytes moved = the bytes each reads (and the radix select's
-    candidates, written once and read once), then the radix select's passes as kernels alone."""
+    """The training passes (read-only; bytes moved = what each reads, and the radix select's candidates
+    written and read), then the radix select's passes as kernels alone (``_radix``)."""
     from gpuquant.backends import cupy_train
     from gpuquant.schemes.scalar import quantile_positions
 
     lo_pos, hi_pos = quantile_positions(int(x.size), 0.99)
-    per_pass = radix_pass_bytes(x.nbytes, cupy_train.radix_select(x, lo_pos, hi_pos))
+    try:
+        per_pass = _radix.pass_bytes(x.nbytes, cupy_train.radix_select(x, lo_pos, hi_pos))
+    except Exception:  # noqa: BLE001 - the select's own row reports it
+        per_pass = [x.nbytes] * cupy_train.RADIX_PASSES
     specs: list[tuple[str, Callable[[], Any], int]] = [
-        (RADIX_ROW, lambda: cupy_train.select_values(x, lo_pos, hi_pos), sum(per_pass)),
+        (_radix.RADIX_ROW, lambda: cupy_train.select_values(x, lo_pos, hi_pos), sum(per_pass)),
         ("train: cuVS-compatible quantile (1e6-value sample, sort)",
          lambda: cupy_train.quantile_range(x, 0.99, "cuvs", per_dim=False), x.nbytes),
-        (CUPY_QUANTILE_ROW, lambda: cp.quantile(x.reshape(-1), cp.array([0.005, 0.995])), x.nbytes),
+        (_radix.CUPY_QUANTILE_ROW, lambda: cp.quantile(x.reshape(-1), cp.array([0.005, 0.995])), x.nbytes),
         ("train: min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=False), x.nbytes),
         ("train: per-dimension min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=True), x.nbytes),
     ]
@@ -410,51 +418,11 @@ def training_cases(cp: Any, x: Any) -> list[Case]:
             cases.append(prepared(row, fn, moved, read_only=True, seconds_first=True))
         except Exception as exc:  # noqa: BLE001 - report and go on
             cases.append(_failed(row, exc))
-    return cases + radix_pass_cases(cases[0], per_pass)
-
-
-RADIX_ROW = "train: exact quantile (radix select, all values)"
-CUPY_QUANTILE_ROW = "train: cupy.quantile (sort of a copy)"
-
-
-def radix_pass_bytes(nbytes: int, found: Any) -> list[int]:
-    """Bytes each radix-select pass moves: the input; the input and the candidates it writes; the
-    candidates (float32), or the input again when they did not fit."""
-    kept = 4 * min(found.candidates, found.capacity)
-    return [nbytes, nbytes + kept, kept if found.input_reads == 2 else nbytes]
-
-
-def radix_pass_cases(select: Case, per_pass: list[int]) -> list[Case]:
-    """The select's launches replayed up to the end of pass p (they leave their buffers ready to run
-    again): timing passes 1..p+1 together, so that each pass's time is a difference (``pass_figures``)."""
-    cases = []
-    for p in range(len(per_pass)):
-        row: dict[str, Any] = {"scheme": f"train: radix select passes 1-{p + 1} (kernels)", "op": "train",
-                               "radix_pass": p + 1, "pass_bytes": per_pass[p]}
-        if "error" in select.row or len(select.launches) != 2 * len(per_pass):
-            cases.append(_failed(row, RuntimeError(select.row.get("error", "the select's launches were not seen"))))
-            continue
-        replay = Case(row, lambda: None, sum(per_pass[:p + 1]), read_only=True, seconds_first=True,
-                      launches=select.launches[:2 * (p + 1)])
+    for row, launches, moved in _radix.pass_rows(cases[0].launches, per_pass):
+        replay = Case(row, lambda: None, moved, True, launches, seconds_first=True)
         replay.call = replay.kernels
-        cases.append(replay)
+        cases.append(replay if launches else _failed(row, RuntimeError("the select's launches were not seen")))
     return cases
-
-
-def pass_figures(rows: list[dict[str, Any]], read_gbps: float) -> None:
-    """Each radix pass's own kernel time (the difference of the cumulative replays), its bandwidth and
-    its fraction of the read-only roofline; the select's speed-up over ``cupy.quantile``."""
-    passes = sorted((r for r in rows if "radix_pass" in r and "kernel_seconds" in r), key=lambda r: r["radix_pass"])
-    before = 0.0
-    for r in passes:
-        r["pass_kernel_seconds"] = r["kernel_seconds"] - before
-        before = r["kernel_seconds"]
-        if r["pass_kernel_seconds"] > 0:
-            r["pass_gbps"] = r["pass_bytes"] / r["pass_kernel_seconds"] / 1e9
-            r["pass_fraction_of_read"] = r["pass_gbps"] / read_gbps
-    by_name = {r["scheme"]: r for r in rows if "seconds" in r}
-    if RADIX_ROW in by_name and CUPY_QUANTILE_ROW in by_name:
-        by_name[RADIX_ROW]["speedup_vs_cupy_quantile"] = by_name[CUPY_QUANTILE_ROW]["seconds"] / by_name[RADIX_ROW]["seconds"]
 
 
 def _ms(row: dict[str, Any], key: str) -> str:

@@ -2,9 +2,8 @@
 
 For each preset (``gpuquant schemes``, export presets included) and op (``transform``, ``inverse``,
 the training passes its fit launches, and any read-only pass an op launches before its own kernel,
-such as a row scale: ``<op>:<kernel>``; the training passes of a variant in ``TRAINING_VARIANTS`` as
-``train[<param>=<value>]:<kernel>``, with any template arguments after the input type, such as the
-radix select's pass), float32 input of ``--dim`` columns:
+such as a row scale: ``<op>:<kernel>``; ``train[<param>=<value>]:<kernel><pass>`` for the passes of
+a variant in ``TRAINING_VARIANTS``), float32 input of ``--dim`` columns:
 
 1. The launch is recorded by running the cupy backend's own launcher of the family on the host
    (``cupy_launch.planned_launches``): kernel name and the real arguments.
@@ -22,8 +21,7 @@ radix select's pass), float32 input of ``--dim`` columns:
    slow paths of divisions), a ``@P BRA`` taken or not as its block's counted ``@P`` operations
    require, and the most instructions among such paths (values in range, no NaN, fast division:
    early-outs are shorter). A branch on a launch-wide value is charged its longer side, so counts
-   err high. Training passes take the loop with the most loads (the radix select's: its
-``RADIX_UNROLL`` 16-byte loads, without the rare candidate stores of pass 1).
+   err high. Training passes take the loop with the most loads (radix select: no candidate store).
 
 Keys of a record: ``instr_per_16B`` = instructions on the common path / (its float32 bytes / 16)
 (input bytes for transforms and training passes, output bytes for inverses); ``issue_fraction`` =
@@ -72,8 +70,7 @@ ISSUE_PER_CLOCK, LANES, SMS, CLOCK_HZ, COPY_BPS, COPY_SHARE = 4, 32, 132, 1.755e
 BUDGETS = {"issue_fraction": 0.5, "input_load_bits": 128, "blocks_per_sm": 4}
 TASKS_IN_FLIGHT = 4  # UNROLL in kernels/quantize.cu: tasks (or float4 steps) per loop iteration
 RADIX_UNROLL = 4  # RADIX_UNROLL in kernels/train.cu: float4 loads per lane per step
-#: Presets whose default fit launches no training pass of their own, and the parameters of a variant
-#: whose passes are recorded under the preset (``train[<param>=<value>]:<kernel>``).
+#: A parameter of a preset's variant whose training passes are recorded under the preset as well.
 TRAINING_VARIANTS: dict[str, dict[str, Any]] = {"cuvs-sq8": {"quantile_method": "exact"}}
 
 
@@ -435,7 +432,7 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
-    if kernel == "rabitq_encode1":  # a thread's row, 8 values a step: 2 float4 of x, 2 of the center, a sign byte
+    if kernel == "rabitq_encode1":  # a thread's row, 8 values a step: 2 float4 of x and of the center, a byte
         return Spec("LDG", 128, 4, 8, 1, vectors=2)
     if kernel == "rabitq_decode":  # a thread's row, value by value from its sign bytes
         return Spec("STG", 32, None, 8, 0)
@@ -489,19 +486,15 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
             kernel, targs = _split(launch.name)
             out.append(Job(preset.name, op, launch.filename, launch.name, path_function(kernel, targs, launch.args),
                            spec_for(op, kernel, launch.args, ratio), ratio))
-        variant = TRAINING_VARIANTS.get(preset.name, {})
-        tag = "".join(f"[{k}={v}]" for k, v in variant.items())
-        for label, fitted in [("train", scheme)] + ([(f"train{tag}", make_scheme(preset.name, **variant))] if tag else []):
+        fits = [("train", scheme)] + [(f"train[{k}={v}]", make_scheme(preset.name, **{k: v}))
+                                      for k, v in TRAINING_VARIANTS.get(preset.name, {}).items()]
+        for label, fitted in fits:
             for expr in training_kernels(fitted):
-                out.append(Job(preset.name, f"{label}:{_train_name(expr)}", cupy_train.TRAIN_FILE, expr, None,
+                kernel, targs = _split(expr)  # after the input type: the radix select's pass
+                name = kernel + (f"<{', '.join(targs[1:])}>" if len(targs) > 1 else "")
+                out.append(Job(preset.name, f"{label}:{name}", cupy_train.TRAIN_FILE, expr, None,
                                spec_for("train", expr, (), 0.0), 0.0))
     return out
-
-
-def _train_name(expr: str) -> str:
-    """A training kernel's name with its template arguments after the input type (the radix pass)."""
-    kernel, targs = _split(expr)
-    return kernel + (f"<{', '.join(targs[1:])}>" if len(targs) > 1 else "")
 
 
 listings: dict[tuple[str, str], list[str]] = {}  # common path per (preset, op) of the last analyse()

@@ -48,7 +48,8 @@ TRAIN_FILE = "train.cu"
 #: Every kernel instance (``name_expressions``) of ``kernels/train.cu``.
 RADIX_PASSES = 3
 NAME_EXPRESSIONS: tuple[str, ...] = tuple(
-    [f"{k}<{t}>" for k in ("to_float32", "minmax_global", "minmax_columns", "column_sums") for t in INPUT_TYPES.values()]
+    [f"{k}<{t}>" for k in ("to_float32", "minmax_global", "minmax_columns", "column_sums")
+     for t in INPUT_TYPES.values()]
     + [f"radix_histogram<{t}, {p}>" for t in INPUT_TYPES.values() for p in range(RADIX_PASSES)]
     + [f"radix_pick<{p}>" for p in range(RADIX_PASSES)]
 )
