@@ -6,6 +6,7 @@ quantiles) and, bit for bit, the values at those ranks in the order of the keys 
 one value, ties, ±0, subnormals, ±Inf, columns of one value, NaN counting, and both ways of pass 2:
 over the candidates pass 1 kept, and over the input again when they did not all fit; the histograms
 are zero after a select, and the same launches run again on the same buffers give the same result.
+On a GPU (skipped without one): ``cupy_train.radix_select`` itself, both ways of pass 2.
 """
 
 from __future__ import annotations
@@ -122,3 +123,28 @@ def test_select_counts_nan(warps, rng, nan: float) -> None:
     x[5, 1] = nan
     x[19, 5] = nan
     assert emulated_select(warps, x, 0, 3, candidate_capacity(x.size))[1] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kept", [True, False], ids=["candidates", "input-again"])
+def test_radix_select_on_the_gpu(gpu, rng, monkeypatch, kept: bool) -> None:
+    """cupy_train.radix_select on a GPU, several blocks: pass 2 over the candidates, and (no room for
+    any) over the input again."""
+    cp = pytest.importorskip("cupy")
+    from gpuquant.backends import cupy_train
+
+    if not kept:
+        monkeypatch.setattr(cupy_train, "CANDIDATE_MIN", 0)
+        monkeypatch.setattr(cupy_train, "CANDIDATE_SHARE", 2**62)
+    x = matrix(rng, 3001, 257, edges=edge_values()[np.isfinite(edge_values())])
+    for dtype in DTYPES:
+        with np.errstate(over="ignore"):
+            xd = x.astype(dtype)
+        xd[~np.isfinite(xd)] = 0
+        x32 = xd.astype(np.float32).reshape(-1)
+        by_key = keys_to_values(np.sort(order_keys(x32)))
+        for k0, k1 in rank_pairs(rng, x32.size):
+            found = cupy_train.radix_select(cp.asarray(xd), k0, k1)
+            assert np.array_equal(found.values, np.partition(x32, [k0, k1])[[k0, k1]])
+            same_bits(found.values, by_key[[k0, k1]])
+            assert found.nan_count == 0 and found.input_reads == (2 if kept else 3)
