@@ -119,6 +119,7 @@ def test_transform_and_inverse_match_reference(backend, rng, kw: dict, dtype) ->
             for arg in (cp.asarray(x), x):
                 with pytest.raises(InputError) as info:
                     backend.transform(scheme, state, arg)
+                    backend.check_refusals()  # device input: absmax refusals surface at the check
                 assert str(info.value) == str(exc)
             limit = getattr(scheme, "max_finite", np.inf)
             x32 = np.clip(np.nan_to_num(x32, nan=0.0, posinf=1.0, neginf=-1.0), -limit, limit)
@@ -219,8 +220,14 @@ def test_absmax_refuses_non_finite_rows(backend, rng, bad: float) -> None:
     x = matrix(rng, 40, 33)
     x[29, 5] = bad
     x[31, 0] = bad
+    codes = backend.transform(scheme, {}, cp.asarray(x))  # no read-back: the flag is checked later
     with pytest.raises(InputError, match="row 29"):
-        backend.transform(scheme, {}, cp.asarray(x))
+        backend.check_refusals()
+    with pytest.raises(InputError, match="row 29"):
+        backend.transform(scheme, {}, x)  # host input: before the codes come back
+    backend.transform(scheme, {}, cp.asarray(x[:29]))
+    backend.check_refusals()  # the flag's slot was set back
+    assert codes.data.shape == (40, 33)
 
 
 # -- training -----------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ Arrays in and out:
   arrays, anything with ``__cuda_array_interface__`` and DLPack device tensors (torch) are wrapped,
   not copied. A non-contiguous (strided, Fortran-order) device input is the one exception: a
   C-contiguous copy is made on the device first. No host synchronisation happens, except where the
-  reference refuses rows: an ``absmax`` transform reads back one flag (rows holding NaN or ±Inf),
-  and a ``float`` transform with ``nonfinite="raise"`` one reduction over its codes.
+  reference refuses rows in a ``float`` transform with ``nonfinite="raise"`` (one reduction over its
+  codes). An ``absmax`` transform's refused rows (NaN or ±Inf) are recorded on the device and raised
+  at the next synchronisation: the next download of a result (numpy input: before ``transform``
+  writes any output), ``fit``, the engine's pipeline when the batch completes, or
+  :meth:`CupyBackend.check_refusals` (see :mod:`gpuquant.backends.cupy_refusals`).
 * ``out=``: transform takes a code array or a ``Codes`` (with its side arrays) of the right shape
   and dtype, C-contiguous; inverse_transform a float32 ``(n, d)`` array. numpy ``out`` for numpy
   input, CuPy ``out`` for device input.
@@ -45,6 +48,7 @@ from gpuquant.backends.cupy_device import (
 from gpuquant.backends.cupy_families import scalar as _scalar
 from gpuquant.backends.cupy_families.binary import binary_flip
 from gpuquant.backends.cupy_launch import LAUNCHERS, LIMITS, NAME_EXPRESSIONS, QUANTIZE_FILE
+from gpuquant.backends.cupy_refusals import RefusalLog, Refusals
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
@@ -75,6 +79,7 @@ class CupyBackend:
     def __init__(self) -> None:
         self._constants: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._constants_lock = threading.Lock()
+        self._refusals = RefusalLog()
 
     @staticmethod
     def is_available() -> tuple[bool, str]:
@@ -110,7 +115,8 @@ class CupyBackend:
 
     # -- fit ----------------------------------------------------------------------------------
     def fit(self, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
-        """Train on the device; the state comes back as numpy float32 arrays."""
+        """Train on the device; the state comes back as numpy float32 arrays (pending refusals first)."""
+        self.check_refusals()
         x, _ = as_device(X)
         with x.device:
             return cupy_train.fit(scheme, x)
@@ -132,6 +138,7 @@ class CupyBackend:
                 self._encode(scheme, state or {}, x, codes, side)
             if not host:
                 return Codes(codes, side, scheme.family, d)
+            self.check_refusals()
             host_codes = self._download(codes, out_data)
             if host_codes.dtype != scheme.code_dtype:  # fp8 / bf16 bits get their ml_dtypes dtype
                 host_codes = host_codes.view(scheme.code_dtype)
@@ -139,7 +146,17 @@ class CupyBackend:
             return Codes(host_codes, host_side, scheme.family, d)
 
     def _encode(self, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
-        _launcher(scheme, "encode")(self._constant, scheme, state, x, codes, side)
+        with self._refusals.filing():
+            _launcher(scheme, "encode")(self._constant, scheme, state, x, codes, side)
+
+    def take_refusals(self) -> Refusals:
+        """The refused-row checks this thread's transforms left pending, handed to the caller, who calls
+        their ``raise_first()`` once it has waited for the device (the engine's pipeline: per batch)."""
+        return self._refusals.take()
+
+    def check_refusals(self) -> None:
+        """Raise the first row refused by this thread's pending transforms (waits for their streams)."""
+        self.take_refusals().raise_first()
 
     # -- inverse ------------------------------------------------------------------------------
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:
@@ -155,7 +172,10 @@ class CupyBackend:
             y = self._device_output(out, host, (n, d), np.dtype(np.float32), "the reconstruction")
             if n > 0:
                 self._decode(scheme, state or {}, c, {k: as_device(v)[0] for k, v in codes.side.items()}, y)
-            return self._download(y, out) if host else y
+            if not host:
+                return y
+            self.check_refusals()
+            return self._download(y, out)
 
     def _decode(self, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
         _launcher(scheme, "decode")(self._constant, scheme, state, c, side, y)

@@ -363,6 +363,8 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
             result = _gpu_pass(cupy, backend, source, scheme, state, store, done, batch_rows, k, in_bufs, out_sets,
                                dev_dtype, progress, meta, totals, counter)
             return {**totals, **result, "batch_rows": batch_rows, "streams": k}
+        except _Refused as refused:
+            raise refused.error from None
         except _OutOfMemory as oom:
             done = oom.rows_done
             cupy.get_default_memory_pool().free_all_blocks()
@@ -372,6 +374,14 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
                         batch_rows, batch_rows // 2, done)
             batch_rows //= 2
             totals["oom_halvings"] += 1
+
+
+class _Refused(Exception):
+    """A batch's rows refused when it completed: ``error`` (absolute rows) is raised by the pass."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _OutOfMemory(Exception):
@@ -392,8 +402,13 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
     slots: list[dict[str, Any]] = []
 
     def retire() -> None:
-        ev, buf, outs, a, b = inflight.popleft()
+        ev, buf, outs, a, b, refusals = inflight.popleft()
         ev.synchronize()
+        try:  # rows the kernels refused, read now that the batch is complete
+            refusals.raise_first()
+        except InputError as exc:
+            free_out.put(outs)
+            raise _Refused(row_error(exc, scheme, buf[:b - a], a, b)) from None
         free_in.put(buf)
         writer.submit(a, b, _slices(outs, b - a), lambda outs=outs: free_out.put(outs))
 
@@ -425,7 +440,7 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                         arr[:m].get(stream=s, out=outs[name][:m], blocking=False)
                     ev = cupy.cuda.Event(disable_timing=True)
                     ev.record(s)
-                inflight.append((ev, buf, outs, a, b))
+                inflight.append((ev, buf, outs, a, b, backend.take_refusals()))
                 i += 1
                 while len(inflight) >= k:
                     retire()
@@ -433,6 +448,8 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
             while inflight:
                 retire()
             _tally(slots, totals)
+        except _Refused:  # the batches after the refused one are not written (run_gpu raises its error)
+            raise
         except OOM as exc:
             oom = exc
             while inflight:  # batches launched before the failure are complete and correct

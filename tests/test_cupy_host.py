@@ -1,0 +1,127 @@
+"""The cupy backend's host side without a GPU, on the numpy-backed stand-in for CuPy
+(``tests/fake_cupy.py``, which logs every transfer and emulates the kernels it is given):
+
+* refused rows (absmax: NaN or ±Inf) are not read back inside ``transform``; the same
+  ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
+  the engine's pipeline when the batch completes: ``tests/test_engine.py``), before any output is
+  finalised;
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fake_cupy
+import numpy as np
+import pytest
+from helpers import matrix
+
+import gpuquant
+from gpuquant.backends.cupy_device import NO_ROW
+from gpuquant.errors import InputError
+from gpuquant.schemes import make_scheme
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> fake_cupy.FakeCupy:
+    return fake_cupy.install(monkeypatch)
+
+
+def rows_with_nan(rng: np.random.Generator, n: int, d: int, bad_rows: tuple[int, ...], value: float) -> np.ndarray:
+    x = matrix(rng, n, d)
+    for r in bad_rows:
+        x[r, r % d] = value
+    return x
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_device_transform_reads_nothing_back_and_the_refusal_surfaces_at_the_check(
+        fake: fake_cupy.FakeCupy, rng: np.random.Generator, value: float) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    x = fake.asarray(rows_with_nan(rng, 40, 33, (29, 31), value))
+    fake.log.clear()
+    codes = backend.transform(scheme, {}, x)
+    assert fake.count("download") == 0 and fake.count("launch") == 1
+    with pytest.raises(InputError, match=r"^row 29 holds NaN or ±Inf; scheme 'absmax' needs finite values$"):
+        backend.check_refusals()
+    assert fake.count("download") == 1
+    backend.check_refusals()  # raised once: nothing pending
+    clean = fake.asarray(matrix(rng, 40, 33))
+    codes = backend.transform(scheme, {}, clean)
+    backend.check_refusals()  # the slot was set back to NO_ROW
+    np.testing.assert_array_equal(np.asarray(codes.data), scheme.encode(np.asarray(clean), {})[0])
+
+
+def test_a_host_transform_raises_before_writing_its_out_arrays(fake: fake_cupy.FakeCupy,
+                                                               rng: np.random.Generator) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int4-block")
+    fake_cupy.emulate_absmax(fake, scheme)
+    x = rows_with_nan(rng, 7, 128, (5,), np.nan)
+    out = gpuquant.Codes(np.full((7, 64), 0xAB, np.uint8), {"scales": np.full((7, 2), 3.0, np.float32)})
+    with pytest.raises(InputError, match=r"^row 5 holds NaN"):
+        CupyBackend().transform(scheme, {}, x, out=out)
+    assert (out.data == 0xAB).all() and (out.side["scales"] == 3.0).all()
+
+
+def test_a_pending_refusal_surfaces_at_the_next_synchronisation(fake: fake_cupy.FakeCupy,
+                                                                rng: np.random.Generator) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 9, 16, (4,), np.inf)))
+    with pytest.raises(InputError, match=r"^row 4 holds"):  # a host transform's download
+        backend.transform(scheme, {}, matrix(rng, 3, 16))
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 9, 16, (7,), np.nan)))
+    with pytest.raises(InputError, match=r"^row 7 holds"):  # fit
+        backend.fit(make_scheme("st-int8"), matrix(rng, 3, 16))
+    taken = backend.take_refusals()
+    assert taken.pending == []
+
+
+def test_flags_come_from_one_persistent_buffer_per_stream(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    from gpuquant.backends import cupy_refusals
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    flags: list[Any] = []
+    fake.emulators["absmax"] = lambda args: flags.append(args[3])
+    x = fake.asarray(matrix(rng, 5, 16))
+    for _ in range(3):
+        backend.transform(scheme, {}, x)
+    assert len({f.base.ctypes.data for f in flags}) == 1 and flags[0].base.size == cupy_refusals.MAX_PENDING
+    assert len({f.ctypes.data for f in flags}) == 3  # three pending calls, three slots
+    backend.check_refusals()
+    backend.transform(scheme, {}, x)
+    assert flags[-1].ctypes.data in {f.ctypes.data for f in flags[:3]} and int(flags[-1][0]) == NO_ROW
+    with fake.cupy.cuda.Stream(non_blocking=True):
+        backend.transform(scheme, {}, x)
+    assert flags[-1].base.ctypes.data != flags[0].base.ctypes.data  # another stream, another buffer
+    backend.check_refusals()
+
+
+def test_an_unchecked_thread_is_checked_every_max_pending_calls(fake: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuquant.backends import cupy_refusals
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    monkeypatch.setattr(cupy_refusals, "MAX_PENDING", 4)
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    fake.log.clear()
+    for _ in range(4):
+        backend.transform(scheme, {}, x)
+    assert fake.count("download") == 0
+    backend.transform(scheme, {}, x)
+    assert fake.count("download") == 4 and len(backend.take_refusals().pending) == 1
