@@ -151,13 +151,14 @@ class FakeCupy:
 
 def install(monkeypatch: pytest.MonkeyPatch, blocks_per_sm: int = 3) -> FakeCupy:
     """The fake as ``cupy`` / ``cupyx``, its kernels as the loader's (undone by ``monkeypatch``)."""
-    from gpuquant.backends import cuda_loader, cupy_device
+    from gpuquant.backends import cuda_loader, cupy_device, cupy_launch
 
     fake = FakeCupy(blocks_per_sm)
     monkeypatch.setitem(sys.modules, "cupy", fake.cupy)
     monkeypatch.setitem(sys.modules, "cupyx", fake.cupyx)
     monkeypatch.setattr(cuda_loader, "get_kernel", fake.kernel)
-    monkeypatch.setattr(cupy_device, "_sm_count", functools.cache(cupy_device._sm_count.__wrapped__))
+    for module, cached in ((cupy_device, "_sm_count"), (cupy_launch, "occupancy")):  # caches of the fake's values
+        monkeypatch.setattr(module, cached, functools.cache(getattr(module, cached).__wrapped__))
     return fake
 
 

@@ -125,3 +125,37 @@ def test_an_unchecked_thread_is_checked_every_max_pending_calls(fake: fake_cupy.
     assert fake.count("download") == 0
     backend.transform(scheme, {}, x)
     assert fake.count("download") == 4 and len(backend.take_refusals().pending) == 1
+
+
+# -- the grid: one wave of the kernel's own resident blocks -----------------------------------------
+@pytest.mark.parametrize(("blocks_per_sm", "sms", "items", "per_block", "want"), [
+    (4, 132, 10**9, 256, 528), (8, 132, 10**9, 256, 1056), (3, 132, 1000, 256, 4), (3, 132, 1024, 256, 4),
+    (3, 132, 1025, 256, 5), (2, 1, 10**6, 256, 2), (4, 132, 0, 256, 1), (4, 132, 1, 256, 1),
+    (0, 132, 10**6, 256, 1), (4, 132, 10**6, 4096, 245)])
+def test_grid_size_is_one_wave_at_most(blocks_per_sm: int, sms: int, items: int, per_block: int, want: int) -> None:
+    from gpuquant.backends.cupy_device import grid_size
+
+    assert grid_size(blocks_per_sm, sms, items, per_block) == want
+
+
+@pytest.mark.parametrize("blocks_per_sm", [1, 3, 8])
+def test_launches_are_sized_from_the_kernels_occupancy(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator,
+                                                       blocks_per_sm: int) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    fake = fake_cupy.install(monkeypatch, blocks_per_sm)
+    backend = CupyBackend()
+    for preset, n, d in [("st-int8", 100_000, 64), ("binary", 3, 64), ("int8-row", 50_000, 33)]:
+        scheme = make_scheme(preset)
+        x = fake.asarray(matrix(rng, n, d))
+        state = scheme.fit(matrix(rng, 10, d)) or {}
+        fake.log.clear()
+        backend.transform(scheme, state, x)
+        backend.transform(scheme, state, x)
+        launches = [v for k, v in fake.log if k == "launch"]
+        queries = [v for k, v in fake.log if k == "occupancy"]
+        assert len(launches) == 2 and len(queries) == 1 and queries[0][1:] == (256, 0)  # asked once per kernel
+        (name, grid, block), _ = launches
+        items = {"st-int8": n * d // 8, "binary": n * d // 64, "int8-row": n * 32}[preset]
+        assert grid == (min(blocks_per_sm * fake_cupy.SMS, -(-items // 256)),) and block == (256,), name
+    backend.check_refusals()

@@ -11,9 +11,9 @@ from gpuquant.backends.cupy_device import (
     INPUT_TYPES,
     THREADS,
     cupy_module,
-    grid_for,
     i32,
     i64,
+    occupancy_grid,
 )
 from gpuquant.backends.cupy_launch import launcher, quantize_kernel, row_blocks
 from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
@@ -58,7 +58,7 @@ def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     rows = _rows_path(seg_len, d, p.bits, x, codes)
     warps = n * groups * (-(-seg_len // WARP_VALUES) if rows else 1)
     quantize_kernel(f"{'absmax_encode_rows' if rows else 'absmax_encode'}<{INPUT_TYPES[x.dtype]}>")(
-        (grid_for(warps * 32),), (THREADS,),
+        (occupancy_grid(warps * 32),), (THREADS,),
         (x, codes, scales, bad, i64(n), i64(d), i64(seg_len), i64(groups), i32(p.bits),
          i32(p.nibble_order == "high_first"), np.float32(p.eps), scales, i32(tensor)),
     )

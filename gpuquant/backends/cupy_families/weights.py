@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, cupy_module, grid_for, i32, i64, row_flags
+from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, cupy_module, i32, i64, occupancy_grid, row_flags
 from gpuquant.backends.cupy_launch import kernel, launcher
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.gguf import QK
@@ -51,7 +51,7 @@ def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, co
     n, d = (int(s) for s in x.shape)
     bad = row_flags(1)
     _kernel(f"gguf_encode<{INPUT_TYPES[x.dtype]}>")(
-        (grid_for(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
+        (occupancy_grid(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
     )
     _refuse(bad, "GGUF blocks need finite values")
 
@@ -59,7 +59,7 @@ def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, co
 @launcher("gguf", "decode")
 def gguf_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
     n, d = (int(s) for s in y.shape)
-    _kernel("gguf_decode")((grid_for(n * (d // QK)),), (THREADS,), (c, y, i64(n), i64(d), i32(scheme.config.type == "q4_0")))
+    _kernel("gguf_decode")((occupancy_grid(n * (d // QK)),), (THREADS,), (c, y, i64(n), i64(d), i32(scheme.config.type == "q4_0")))
 
 
 def _scales(constant: Any, scheme: Scheme, state: dict[str, Any], side: dict[str, Any]) -> tuple[Any, bool]:
@@ -78,11 +78,11 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     m = np.float32(scheme.max_finite)
     bad = row_flags(1)
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
-        (grid_for(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
+        (occupancy_grid(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
     )
     _refuse(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
-        (grid_for(n * d),), (THREADS,),
+        (occupancy_grid(n * d),), (THREADS,),
         (x, codes, scales, i64(n), i64(d), m, i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
     )
 
@@ -95,5 +95,5 @@ def scaled_fp8_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: A
     if per_row:  # side arrays went through as_device: already C-contiguous (astype keeps that)
         scales = cupy_module().asarray(scales, dtype=np.float32)
     _kernel("scaled_fp8_decode")(
-        (grid_for(n * d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
+        (occupancy_grid(n * d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
     )
