@@ -159,3 +159,32 @@ def test_launches_are_sized_from_the_kernels_occupancy(monkeypatch: pytest.Monke
         items = {"st-int8": n * d // 8, "binary": n * d // 64, "int8-row": n * 32}[preset]
         assert grid == (min(blocks_per_sm * fake_cupy.SMS, -(-items // 256)),) and block == (256,), name
     backend.check_refusals()
+
+
+# -- launch arguments: built and uploaded once per fitted state ---------------------------------------
+@pytest.mark.parametrize(("name", "params"), [
+    ("st-int8", {}), ("faiss-sq4", {}), ("cuvs-sq8", {}), ("binary", {"threshold": "mean"}),
+    ("absmax", {"granularity": "tensor"}), ("pq", {"m": 4, "nbits": 4}), ("scaled_fp8", {"granularity": "tensor"})])
+def test_a_second_call_builds_and_uploads_no_constant(fake: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                      monkeypatch: pytest.MonkeyPatch, name: str,
+                                                      params: dict[str, Any]) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+    from gpuquant.backends.cupy_families import scalar
+
+    built: list[int] = []
+    real_params = scalar.scalar_params
+    monkeypatch.setattr(scalar, "scalar_params", lambda *a: (built.append(1), real_params(*a))[1])
+    q = gpuquant.Quantizer(name, backend="numpy", **params)
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 64, 32))
+    uploads = []
+    for fit in (True, False, True):  # fit, the same state again, a refit
+        if fit:
+            q.fit(matrix(rng, 300, 32))
+        fake.log.clear()
+        codes = backend.transform(q.scheme, q.state, x)
+        backend.inverse_transform(q.scheme, q.state, codes)
+        uploads.append(fake.count("upload"))
+    assert uploads[1] == 0 and uploads[0] == uploads[2] > 0, uploads
+    assert len(built) == (2 if q.family == "scalar" else 0)  # once per state (transform and inverse share it)
+    backend.check_refusals()

@@ -31,13 +31,12 @@ the state as numpy arrays. Kernels need compute capability 8.0 or newer (warp re
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from gpuquant.backends import cupy_train, device_code_dtype, is_device_array
+from gpuquant.backends.cupy_constants import ConstantCache
 from gpuquant.backends.cupy_device import (
     INPUT_TYPES,
     THREADS,
@@ -55,6 +54,8 @@ from gpuquant.schemes import Scheme
 
 SCALAR_PARAMS_DTYPE, scalar_params = _scalar.SCALAR_PARAMS_DTYPE, _scalar.scalar_params
 MIN_COMPUTE_CAPABILITY = 80
+#: The state of schemes without one: one object, so their constants' cache keys stay the same.
+_NO_STATE: dict[str, Any] = {}
 #: The families the kernels implement (every parameter of each).
 FAMILIES = tuple(dict.fromkeys(family for family, _ in LAUNCHERS))
 __all__ = ["FAMILIES", "INPUT_TYPES", "NAME_EXPRESSIONS", "QUANTIZE_FILE", "SCALAR_PARAMS_DTYPE", "THREADS",
@@ -73,12 +74,11 @@ class CupyBackend:
 
     name = "cupy"
 
-    #: Device copies of scheme constants kept per backend (see :meth:`_constant`), least recently used dropped.
+    #: Device copies of scheme constants kept per backend (:mod:`~gpuquant.backends.cupy_constants`).
     CONSTANTS_CACHED = 16
 
     def __init__(self) -> None:
-        self._constants: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._constants_lock = threading.Lock()
+        self._constants = ConstantCache(self.CONSTANTS_CACHED)
         self._refusals = RefusalLog()
 
     @staticmethod
@@ -135,7 +135,8 @@ class CupyBackend:
                 for name, (shape, dtype) in scheme.side_shapes(n, d).items()
             }
             if n > 0:
-                self._encode(scheme, state or {}, x, codes, side)
+                with self._refusals.filing():
+                    self._launch("encode", scheme, state, x, codes, side)
             if not host:
                 return Codes(codes, side, scheme.family, d)
             self.check_refusals()
@@ -145,9 +146,10 @@ class CupyBackend:
             host_side = {k: self._download(v, out_side.get(k)) for k, v in side.items()}
             return Codes(host_codes, host_side, scheme.family, d)
 
-    def _encode(self, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
-        with self._refusals.filing():
-            _launcher(scheme, "encode")(self._constant, scheme, state, x, codes, side)
+    def _launch(self, mode: str, scheme: Scheme, state: dict[str, Any] | None, *arrays: Any) -> None:
+        """Run the ``mode`` launcher of ``scheme``'s family on the arrays, with the call's cached constants."""
+        state = _NO_STATE if state is None else state
+        _launcher(scheme, mode)(self._constants.bound(scheme, state), scheme, state, *arrays)
 
     def take_refusals(self) -> Refusals:
         """The refused-row checks this thread's transforms left pending, handed to the caller, who calls
@@ -171,39 +173,11 @@ class CupyBackend:
         with c.device:
             y = self._device_output(out, host, (n, d), np.dtype(np.float32), "the reconstruction")
             if n > 0:
-                self._decode(scheme, state or {}, c, {k: as_device(v)[0] for k, v in codes.side.items()}, y)
+                self._launch("decode", scheme, state, c, {k: as_device(v)[0] for k, v in codes.side.items()}, y)
             if not host:
                 return y
             self.check_refusals()
             return self._download(y, out)
-
-    def _decode(self, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
-        _launcher(scheme, "decode")(self._constant, scheme, state, c, side, y)
-
-    def _constant(self, kind: str, value: Any, dtype: Any) -> Any:
-        """A device copy of the host constant ``value`` as ``dtype`` (C-contiguous), cached on the backend.
-
-        Scheme constants (scalar ranges, binary thresholds, absmax tensor scales) are the same for
-        every batch, so they are uploaded once: the cache is keyed by (kind, dtype, device, current
-        stream, the exact bytes of the host value) and holds :attr:`CONSTANTS_CACHED` entries, least
-        recently used dropped. A copy is made and used on one stream only, so its upload is ordered
-        before every kernel that reads it, and its memory goes back to the pool of that stream. A
-        value already on a device is used as it is (``cupy.asarray``), not cached.
-        """
-        cp = cupy_module()
-        if not isinstance(value, np.ndarray) and is_device_array(value):
-            return cp.asarray(value, dtype=dtype)
-        host = np.ascontiguousarray(value, dtype=dtype)
-        key = (kind, host.dtype.str, cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr, host.tobytes())
-        with self._constants_lock:
-            arr = self._constants.get(key)
-            if arr is not None:
-                self._constants.move_to_end(key)
-                return arr
-            arr = self._constants[key] = cp.asarray(host)
-            if len(self._constants) > self.CONSTANTS_CACHED:
-                self._constants.popitem(last=False)
-            return arr
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod

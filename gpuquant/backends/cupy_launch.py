@@ -5,7 +5,9 @@ with :func:`launcher`; the backend looks up ``LAUNCHERS[(scheme.family, mode)]``
 or ``"decode"``) and knows nothing of the families. A launcher reads its family's typed parameters
 (``scheme.config``), picks the kernel instance for the input dtype and passes the constants the
 per-element math takes; it is given the backend's constant cache (``constant(kind, value, dtype)``:
-device copies of ranges, thresholds and scales, uploaded once per stream).
+device copies of ranges, thresholds and scales, made once per fitted state and stream; ``value`` an
+array of the state, a zero-argument callable building the host value, or any host array: see
+:mod:`gpuquant.backends.cupy_constants`).
 
 Encode launchers: ``(constant, scheme, state, x, codes, side)``; decode launchers:
 ``(constant, scheme, state, codes, side, y)``. ``x`` and ``codes`` are C-contiguous CuPy arrays on
@@ -167,7 +169,7 @@ def planned_launches(scheme: Any, mode: str, state: dict[str, Any], data: np.nda
     launches: list[Launch] = []
 
     def constant(kind: str, value: Any, dtype: Any) -> np.ndarray:
-        return np.ascontiguousarray(value, dtype)
+        return np.ascontiguousarray(value() if callable(value) else value, dtype)
 
     args: tuple[Any, ...] = ((constant, scheme, state, data, out, side) if mode == "encode"
                              else (constant, scheme, state, data, side, out))
