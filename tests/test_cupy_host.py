@@ -123,8 +123,10 @@ def test_an_unchecked_thread_is_checked_every_max_pending_calls(fake: fake_cupy.
     for _ in range(4):
         backend.transform(scheme, {}, x)
     assert fake.count("download") == 0
-    backend.transform(scheme, {}, x)
-    assert fake.count("download") == 4 and len(backend.take_refusals().pending) == 1
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (3,), np.nan)))  # on a fresh flag
+    assert fake.count("download") == 1  # the four pending, in one read of the buffer
+    with pytest.raises(InputError, match=r"^row 3 holds"):
+        backend.check_refusals()
 
 
 # -- the grid: one wave of the kernel's own resident blocks -----------------------------------------

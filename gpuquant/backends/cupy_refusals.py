@@ -21,10 +21,11 @@ either way. A thread that files :data:`MAX_PENDING` refusals without a check has
 the next one (one wait per :data:`MAX_PENDING` calls), so neither the list nor the buffers grow.
 
 Flags live in a persistent buffer per (device, stream) of :data:`MAX_PENDING` slots, set to
-``NO_ROW`` once when the buffer is made; reading a slot gives it back and sets it to ``NO_ROW`` again
-on its own stream (ordered before any later use of the slot). A stream whose slots are all pending
-elsewhere gets a fresh one-flag array instead. Outside a backend's log (tools that call a launcher
-directly, planned launches on the host) :func:`refuse_later` reads the flag at once, as before.
+``NO_ROW`` once when the buffer is made. A check reads each buffer once (one copy after its stream)
+and sets the slots it read back to ``NO_ROW`` on that stream (ordered before any later use of a
+slot), then gives them back. A stream whose slots are all pending gets a fresh one-flag array
+instead. Outside a backend's log (tools that call a launcher directly, planned launches on the
+host) :func:`refusal_flag` makes a fresh flag and :func:`refuse_later` reads it at once.
 """
 
 from __future__ import annotations
@@ -46,19 +47,14 @@ MAX_PENDING = 1024
 @dataclass
 class Refusal:
     """A filed flag: ``flag`` (a one-element device array), ``error`` (the error for a refused row),
-    ``stream`` (the one its kernel ran on) and ``release`` (gives a buffer slot back; None otherwise)."""
+    ``stream`` (the one its kernel ran on; None: the current one) and, for a flag of a buffer,
+    ``buffer`` and ``slot``."""
 
     flag: Any
     error: Callable[[int], InputError]
     stream: Any = None
-    release: Callable[[], None] | None = None
-
-    def read(self) -> int:
-        """The recorded row (``NO_ROW``: none), read after the flag's stream; the slot is given back."""
-        row = int(self.flag.get(stream=self.stream)[0]) if self.stream is not None else int(self.flag.get()[0])
-        if self.release is not None:
-            self.release()
-        return row
+    buffer: _FlagBuffer | None = None
+    slot: int = -1
 
 
 class Refusals:
@@ -68,10 +64,17 @@ class Refusals:
         self.pending = pending
 
     def raise_first(self) -> None:
-        """Read every flag (and release it), then raise the first refused one's error."""
+        """Read every flag (one copy per buffer) and give the slots back, then raise the first refused
+        one's error."""
         pending, self.pending = self.pending, []
-        rows = [r.read() for r in pending]
-        for refusal, row in zip(pending, rows, strict=True):
+        rows: dict[int, int] = {}
+        buffers = {id(r.buffer): r.buffer for r in pending if r.buffer is not None}
+        for buffer in buffers.values():
+            slots = [r.slot for r in pending if r.buffer is buffer]
+            values = buffer.read_and_release(slots)
+            rows.update({id(r): int(values[r.slot]) for r in pending if r.buffer is buffer})
+        for refusal in pending:
+            row = rows[id(refusal)] if refusal.buffer is not None else int(refusal.flag.get(stream=refusal.stream)[0])
             if row != NO_ROW:
                 raise refusal.error(row)
 
@@ -85,20 +88,22 @@ class _FlagBuffer:
         self.free = list(range(MAX_PENDING - 1, -1, -1))
         self.lock = threading.Lock()
 
-    def take(self) -> tuple[Any, Callable[[], None]] | None:
+    def take(self) -> int | None:
         with self.lock:
-            if not self.free:
-                return None
-            slot = self.free.pop()
-        flag = self.flags[slot:slot + 1]
+            return self.free.pop() if self.free else None
 
-        def release() -> None:
-            with self.stream:
-                flag.fill(NO_ROW)
-            with self.lock:
-                self.free.append(slot)
-
-        return flag, release
+    def read_and_release(self, slots: list[int]) -> Any:
+        """The host values of every flag (after the buffer's stream); ``slots`` set back to ``NO_ROW``
+        on that stream and given back."""
+        values = self.flags.get(stream=self.stream)
+        with self.stream:
+            if len(slots) == 1:
+                self.flags[slots[0]:slots[0] + 1].fill(NO_ROW)
+            else:
+                self.flags[cupy_module().asarray(slots)] = NO_ROW
+        with self.lock:
+            self.free.extend(slots)
+        return values
 
 
 class RefusalLog:
@@ -110,7 +115,7 @@ class RefusalLog:
         self._local = threading.local()
 
     def _thread(self) -> Any:
-        """This thread's ``pending`` refusals and ``handed`` flags (id -> (flag, stream, release))."""
+        """This thread's ``pending`` refusals and ``handed`` flags (id -> (flag, stream, buffer, slot), until filed)."""
         if not hasattr(self._local, "pending"):
             self._local.pending, self._local.handed = [], {}
         return self._local
@@ -124,18 +129,18 @@ class RefusalLog:
             buffer = self._buffers.get(key)
             if buffer is None:
                 buffer = self._buffers[key] = _FlagBuffer(stream)
-        taken = buffer.take()
-        flag, release = (row_flags(1), None) if taken is None else taken
-        self._thread().handed[id(flag)] = (flag, stream, release)
+        slot = buffer.take()
+        flag = row_flags(1) if slot is None else buffer.flags[slot:slot + 1]
+        self._thread().handed[id(flag)] = (flag, stream, None if slot is None else buffer, slot)
         return flag
 
     def file(self, flag: Any, error: Callable[[int], InputError]) -> None:
         """Leave ``flag`` (handed out by :meth:`flag`) to the next check."""
         local = self._thread()
-        _, stream, release = local.handed.pop(id(flag))
+        _, stream, buffer, slot = local.handed.pop(id(flag))
         if len(local.pending) >= MAX_PENDING:
             self.take().raise_first()
-        local.pending.append(Refusal(flag, error, stream, release))
+        local.pending.append(Refusal(flag, error, stream, buffer, slot))
 
     def take(self) -> Refusals:
         """This thread's pending refusals, handed over (the log forgets them)."""
@@ -152,9 +157,9 @@ class RefusalLog:
         finally:
             _LOG.reset(token)
             handed = self._thread().handed
-            for _, _, release in handed.values():  # a launch failed before its flag was filed
-                if release is not None:
-                    release()
+            for _, _, buffer, slot in handed.values():  # a launch failed before its flag was filed
+                if buffer is not None:
+                    buffer.read_and_release([slot])
             handed.clear()
 
 
