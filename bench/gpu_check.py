@@ -17,7 +17,8 @@
    (>= 5) rounds, so drift over the run shows as a spread; each time is reported as min / median /
    max. Bytes moved = input read + codes and side arrays written; ``fraction_of_copy`` of the copy
    roofline, and for read-only passes (training, binary codes) ``fraction_of_read`` of the
-   read-only roofline too. The same formula as a plain CuPy expression for comparison.
+   read-only roofline too. The same formula as a plain CuPy expression for comparison. At the 64 MiB
+   point each transform is also timed replayed from a CUDA graph and as queued calls (``_graphs.py``).
 4. JSON and a markdown table under ``bench/results/`` (and copies in ``--out``): device, driver,
    CUDA runtime, CuPy, git commit; per row ``scheme``, ``op``, ``dim``, ``size_bytes``,
    ``bytes_moved``, ``seconds`` (median) with ``seconds_min``/``seconds_max``, ``gbps``,
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _graphs
 from _common import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +148,7 @@ class Case:
     launches: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)
     seconds_first: bool = False
     expr: tuple[str, dict] | None = None  # (preset, state) of the plain CuPy expression to compare
+    queue: int = 1  # calls back to back per timing (the time is per call)
 
     def kernels(self) -> None:
         for kernel, grid, block, args in self.launches:
@@ -178,7 +181,7 @@ def interleaved(cases: list[Case], rounds: int, once: Callable[..., float]) -> d
     times: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(cases))}
     for _ in range(rounds):
         for i, case in enumerate(cases):
-            times[i][0].append(once(case.call))
+            times[i][0].append(once(case.call, case.queue))
             if case.launches:
                 times[i][1].append(once(case.kernels, KERNEL_BATCH))
     return times
@@ -316,6 +319,8 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, ro
     x *= cp.float32(3)
     x += cp.float32(0.25)  # fresh, never zero, not centred
     cases = scheme_cases(cp, x) + training_cases(cp, x) + cuvs_cases(cp, x)
+    if size_bytes <= _graphs.POINT_BYTES:
+        cases += _graphs.companions(cp, cases, Case, _failed)
     for case in cases:
         case.row.update(dim=dim, size_bytes=int(x.nbytes), copy_gbps=roofs["copy"])
     time_cases(cases, timer, rounds, roofs["copy"], roofs["read"])
@@ -470,6 +475,7 @@ def short_table(report: dict[str, Any]) -> str:
         lines.append(f"{r['scheme'][:34]:<34} {r['op']:<9} {r.get('dim', '-'):>5} {r['seconds'] * 1e3:>8.3f} "
                      f"{kern:>8} {r['fraction_of_copy']:>8.2f} {_frac(r, 'kernel_fraction_of_copy'):>7} "
                      f"{read:>8} {spread_pct:>7} {vs:>8}")
+    lines += _graphs.graph_lines(results)
     for r in report.get("results", []):
         if "error" in r:
             lines.append(f"FAILED {r['scheme']} {r['op']} d={r.get('dim')} ({r['size_bytes'] / 2**30:.2f} GiB): "
