@@ -13,7 +13,8 @@ device views of the arrays callers pass in.
   made contiguous on their device.
 * :data:`INPUT_TYPES`: the C++ type of each input dtype in the kernels' template instances.
 * :data:`NO_ROW` / :func:`row_flags`: the device flags in which a kernel records the first row it
-  refuses (``NO_ROW``: none), read back by the launcher.
+  refuses (``NO_ROW``: none), read back by the launcher or at the next check
+  (:mod:`gpuquant.backends.cupy_refusals`).
 * :func:`host_run`: a block in which the launch code runs on the host (numpy stands in for the few
   CuPy calls launchers make, grids are one block): what
   :func:`gpuquant.backends.cupy_launch.planned_launches` records launches in, without a device.

@@ -96,7 +96,7 @@ class _FlagBuffer:
         """The host values of every flag (after the buffer's stream); ``slots`` set back to ``NO_ROW``
         on that stream and given back."""
         values = self.flags.get(stream=self.stream)
-        with self.stream:
+        with self.flags.device, self.stream:
             if len(slots) == 1:
                 self.flags[slots[0]:slots[0] + 1].fill(NO_ROW)
             else:
