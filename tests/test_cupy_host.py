@@ -120,13 +120,17 @@ def test_an_unchecked_thread_is_checked_every_max_pending_calls(fake: fake_cupy.
     backend = CupyBackend()
     x = fake.asarray(matrix(rng, 5, 16))
     fake.log.clear()
-    for _ in range(4):
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (1,), np.inf)))
+    for _ in range(3):
         backend.transform(scheme, {}, x)
     assert fake.count("download") == 0
-    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (3,), np.nan)))  # on a fresh flag
-    assert fake.count("download") == 1  # the four pending, in one read of the buffer
-    with pytest.raises(InputError, match=r"^row 3 holds"):
+    with pytest.raises(InputError, match=r"^row 1 holds"):  # the four pending, checked in the fifth call
+        backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (3,), np.nan)))  # on a fresh flag
+    assert fake.count("download") == 1  # in one read of the buffer
+    with pytest.raises(InputError, match=r"^row 3 holds"):  # the fifth call's own refusal is kept
         backend.check_refusals()
+    backend.transform(scheme, {}, x)
+    backend.check_refusals()  # the slots were given back
 
 
 # -- the grid: one wave of the kernel's own resident blocks -----------------------------------------

@@ -47,7 +47,7 @@ INPUT_TYPES: dict[np.dtype, str] = {
 class _HostArray(np.ndarray):
     """A numpy array with CuPy's ``get()`` (the host stand-in's arrays)."""
 
-    def get(self) -> np.ndarray:
+    def get(self, stream: Any = None) -> np.ndarray:
         return np.asarray(self)
 
 

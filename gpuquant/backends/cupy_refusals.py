@@ -138,9 +138,10 @@ class RefusalLog:
         """Leave ``flag`` (handed out by :meth:`flag`) to the next check."""
         local = self._thread()
         _, stream, buffer, slot = local.handed.pop(id(flag))
-        if len(local.pending) >= MAX_PENDING:
-            self.take().raise_first()
+        overdue = self.take() if len(local.pending) >= MAX_PENDING else None
         local.pending.append(Refusal(flag, error, stream, buffer, slot))
+        if overdue is not None:
+            overdue.raise_first()
 
     def take(self) -> Refusals:
         """This thread's pending refusals, handed over (the log forgets them)."""
