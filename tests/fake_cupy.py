@@ -176,3 +176,16 @@ def emulate_absmax(fake: FakeCupy, scheme: Any) -> None:
             bad[0] = min(int(bad[0]), int(np.argmin(finite)))
 
     fake.emulators["absmax_encode"] = run
+
+
+def emulate_row_refusals(fake: FakeCupy, prefix: str) -> None:
+    """Kernels named ``prefix...`` on the host, as far as refusals go: the first row of their input
+    (``args[0]``, ``n = args[2]``) holding NaN or ±Inf is recorded in their one-element uint64 flag."""
+    def run(args: tuple[Any, ...]) -> None:
+        x, n = args[0], int(args[2])
+        (flag,) = (a for a in args if isinstance(a, DeviceArray) and a.dtype == np.uint64 and a.size == 1)
+        finite = np.isfinite(np.asarray(x[:n], np.float32)).all(axis=1)
+        if not finite.all():
+            flag[0] = min(int(flag[0]), int(np.argmin(finite)))
+
+    fake.emulators[prefix] = run

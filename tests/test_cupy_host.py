@@ -56,6 +56,26 @@ def test_a_device_transform_reads_nothing_back_and_the_refusal_surfaces_at_the_c
     np.testing.assert_array_equal(np.asarray(codes.data), scheme.encode(np.asarray(clean), {})[0])
 
 
+@pytest.mark.parametrize(("preset", "kernel"), [("gguf-q8_0", "gguf_encode"), ("gguf-q4_0", "gguf_encode"),
+                                               ("safetensors-fp8", "scaled_fp8_scales")])
+def test_weight_refusals_are_the_references_and_wait_for_the_check(fake: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                                   preset: str, kernel: str) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme(preset)
+    fake_cupy.emulate_row_refusals(fake, kernel)
+    x = rows_with_nan(rng, 12, 64, (9, 10), np.nan)
+    with pytest.raises(InputError) as want:
+        scheme.encode(x, scheme.fit(np.nan_to_num(x)) if scheme.needs_fit else {})
+    backend = CupyBackend()
+    fake.log.clear()
+    backend.transform(scheme, {}, fake.asarray(x))
+    assert fake.count("download") == 0
+    with pytest.raises(InputError) as got:
+        backend.check_refusals()
+    assert str(got.value) == str(want.value) and "row 9 " in str(got.value)
+
+
 def test_a_host_transform_raises_before_writing_its_out_arrays(fake: fake_cupy.FakeCupy,
                                                                rng: np.random.Generator) -> None:
     from gpuquant.backends.cupy_backend import CupyBackend

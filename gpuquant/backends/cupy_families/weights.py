@@ -3,7 +3,8 @@
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
 ``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
 ``scaled_fp8_encode`` / ``scaled_fp8_decode``, one thread per value. A row holding NaN or ±Inf is
-refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
+refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row), raised
+at the backend's next check (:mod:`gpuquant.backends.cupy_refusals`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, cupy_module, i32, i64, occupancy_grid, row_flags
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, i32, i64, occupancy_grid
 from gpuquant.backends.cupy_launch import kernel, launcher
+from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.gguf import QK
 from gpuquant.schemes.granularity import PerRow
@@ -40,16 +42,15 @@ def _kernel(name: str) -> Any:
 
 
 def _refuse(bad: Any, why: str) -> None:
-    """Raise the reference's error for the first non-finite row the kernel recorded in ``bad``."""
-    row = int(bad.get()[0])
-    if row != NO_ROW:
-        raise RowError(row, "{row} holds NaN or ±Inf; " + why)
+    """The reference's error for the first non-finite row the kernel records in ``bad``, raised at the
+    next check (:mod:`gpuquant.backends.cupy_refusals`: the launch does not wait for the kernel)."""
+    refuse_later(bad, lambda row: RowError(row, "{row} holds NaN or ±Inf; " + why))
 
 
 @launcher("gguf", "encode")
 def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     n, d = (int(s) for s in x.shape)
-    bad = row_flags(1)
+    bad = refusal_flag()
     _kernel(f"gguf_encode<{INPUT_TYPES[x.dtype]}>")(
         (occupancy_grid(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
     )
@@ -76,7 +77,7 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     t = INPUT_TYPES[x.dtype]
     scales, per_row = _scales(constant, scheme, state, side)
     m = np.float32(scheme.max_finite)
-    bad = row_flags(1)
+    bad = refusal_flag()
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
         (occupancy_grid(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
     )
