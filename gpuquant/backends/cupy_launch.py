@@ -35,6 +35,7 @@ compiling or running any kernel.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -128,7 +129,7 @@ def _sized(dim: Any, real: Any, block: Any, shared: int) -> Any:
         return dim
     if real is None:
         return 1
-    threads = int(np.prod(block))
+    threads = math.prod(int(b) for b in block)
     return grid_size(occupancy(real.kernel.ptr, threads, shared), sm_count(), dim.items, dim.per_block)
 
 
