@@ -26,6 +26,10 @@ and sets the slots it read back to ``NO_ROW`` on that stream (ordered before any
 slot), then gives them back. A stream whose slots are all pending gets a fresh one-flag array
 instead. Outside a backend's log (tools that call a launcher directly, planned launches on the
 host) :func:`refusal_flag` makes a fresh flag and :func:`refuse_later` reads it at once.
+
+A CUDA graph that captured a transform records its replays' refusals in the captured call's slot:
+they surface at the first check after the replay, which gives the slot back; later replays are not
+checked (capture again).
 """
 
 from __future__ import annotations
