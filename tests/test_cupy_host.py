@@ -1,10 +1,13 @@
 """The cupy backend's host side without a GPU, on the numpy-backed stand-in for CuPy
 (``tests/fake_cupy.py``, which logs every transfer and emulates the kernels it is given):
 
-* refused rows (absmax: NaN or ±Inf) are not read back inside ``transform``; the same
-  ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
+* refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf) are not read back inside ``transform``; the
+  same ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
   the engine's pipeline when the batch completes: ``tests/test_engine.py``), before any output is
-  finalised;
+  finalised, from a persistent flag buffer per stream;
+* grids are one wave of the launched kernel's own occupancy (a pure function, and its use);
+* launch constants are built and uploaded once per fitted state (none on a second call, again
+  after a refit).
 """
 
 from __future__ import annotations
@@ -54,6 +57,21 @@ def test_a_device_transform_reads_nothing_back_and_the_refusal_surfaces_at_the_c
     codes = backend.transform(scheme, {}, clean)
     backend.check_refusals()  # the slot was set back to NO_ROW
     np.testing.assert_array_equal(np.asarray(codes.data), scheme.encode(np.asarray(clean), {})[0])
+
+
+def test_one_row_and_empty_inputs(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int4-block")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    fake.log.clear()
+    empty = backend.transform(scheme, {}, fake.asarray(np.zeros((0, 128), np.float32)))
+    assert empty.data.shape == (0, 64) and fake.count("launch") == 0
+    backend.check_refusals()
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 1, 128, (0,), -np.inf)))
+    with pytest.raises(InputError, match=r"^row 0 holds"):
+        backend.check_refusals()
 
 
 @pytest.mark.parametrize(("preset", "kernel"), [("gguf-q8_0", "gguf_encode"), ("gguf-q4_0", "gguf_encode"),
