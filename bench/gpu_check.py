@@ -318,9 +318,10 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, ro
     x = cp.random.standard_normal((n, dim), dtype=cp.float32)
     x *= cp.float32(3)
     x += cp.float32(0.25)  # fresh, never zero, not centred
-    cases = scheme_cases(cp, x) + training_cases(cp, x) + cuvs_cases(cp, x)
-    if size_bytes <= _graphs.POINT_BYTES:
+    cases = scheme_cases(cp, x)
+    if size_bytes <= _graphs.POINT_BYTES:  # gpuquant's transforms only (cuVS's calls synchronise)
         cases += _graphs.companions(cp, cases, Case, _failed)
+    cases += training_cases(cp, x) + cuvs_cases(cp, x)
     for case in cases:
         case.row.update(dim=dim, size_bytes=int(x.nbytes), copy_gbps=roofs["copy"])
     time_cases(cases, timer, rounds, roofs["copy"], roofs["read"])
