@@ -52,7 +52,6 @@ class _Device:
     def __init__(self, device_id: int | None = None) -> None:
         self.id = 0
         self.attributes = {"MultiProcessorCount": SMS}
-        self.compute_capability = "90"
 
     def __enter__(self) -> _Device:
         return self
@@ -64,8 +63,8 @@ class _Device:
 class _Stream:
     current: _Stream
 
-    def __init__(self, non_blocking: bool = False, ptr: int = 0) -> None:
-        self.ptr = ptr or id(self)
+    def __init__(self, non_blocking: bool = False, ptr: int | None = None) -> None:
+        self.ptr = id(self) if ptr is None else ptr  # the default stream's is 0, as CuPy's
         self.outer: list[_Stream] = []
 
     def __enter__(self) -> _Stream:
