@@ -11,7 +11,8 @@ the rings whatever the input size:
   memory), the kernel runs into that stream's device buffers, and the codes and side arrays are
   downloaded into a pinned output buffer (``ndarray.get(blocking=False)``) followed by an event, so
   batch i+1's upload overlaps batch i's kernel and batch i-1's download. A batch is handed to the
-  writer when its event completes (in order);
+  writer when its event completes (in order), after the rows its kernels refused are read
+  (``CupyBackend.take_refusals``: the transform itself does not wait for them);
 * a **writer** thread writes finished batches into the store's files (``pwrite`` at the rows'
   offsets of ``codes.npy`` and each side ``.npy``), in row order; beside it a **checkpoint** thread
   every ``checkpoint_s`` seconds notes the rows written, fsyncs the files and records that count in
