@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _exprs
 import _graphs
 from _common import git_commit
 
@@ -248,52 +249,6 @@ def read_bandwidth(cp: Any, timer: Timer, nbytes: int) -> float:
     return x.nbytes / seconds / 1e9
 
 
-# -- plain CuPy expressions of the same formulas (for comparison; not bit-exact) ------------------
-def cupy_expressions(cp: Any) -> dict[str, Callable[[Any, dict], Any]]:
-    def affine(x: Any, s: dict) -> Any:
-        scale = (s["hi"] - s["lo"]) / 255
-        return cp.clip(cp.rint(x / scale + (0 - s["lo"] / scale)), 0, 255).astype(cp.uint8)
-
-    def st_int8(x: Any, s: dict) -> Any:
-        steps = (s["hi"] - s["lo"]) / 255
-        return (cp.clip(cp.floor((x - s["lo"]) / steps), 0, 255) - 128).astype(cp.int8)
-
-    def faiss8(x: Any, s: dict) -> Any:
-        return (255 * cp.clip((x - s["lo"]) / (s["hi"] - s["lo"]), 0, 1)).astype(cp.uint8)
-
-    def faiss4(x: Any, s: dict) -> Any:
-        u = (15 * cp.clip((x - s["lo"]) / (s["hi"] - s["lo"]), 0, 1)).astype(cp.uint8)
-        return u[:, 0::2] | (u[:, 1::2] << 4)
-
-    def cuvs(x: Any, s: dict) -> Any:
-        scale = 255 / (s["hi"] - s["lo"])
-        return cp.clip(cp.around(x * scale + (-128 - s["lo"] * scale)), -128, 127).astype(cp.int8)
-
-    def int8_row(x: Any, s: dict) -> Any:
-        scale = (cp.abs(x).max(axis=1, keepdims=True) + 1e-8) / 127
-        return cp.clip(cp.rint(x / scale), -127, 127).astype(cp.int8), scale
-
-    def int4_block(x: Any, s: dict) -> Any:
-        b = x.reshape(x.shape[0], -1, 64)
-        scale = cp.abs(b).max(axis=2, keepdims=True) / 7
-        q = (cp.clip(cp.rint(b / scale), -7, 7).astype(cp.int8).reshape(x.shape).view(cp.uint8)) & 15
-        return q[:, 0::2] | (q[:, 1::2] << 4), scale
-
-    def bf16(x: Any, s: dict) -> Any:
-        u = x.view(cp.uint32)
-        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(cp.uint16)
-
-    return {
-        "cuvs-sq8": cuvs, "st-int8": st_int8, "st-uint8": lambda x, s: (st_int8(x, s).view(cp.uint8) ^ 0x80),
-        "faiss-sq8": faiss8, "faiss-sq4": faiss4, "uint8-affine": affine, "int8-row": int8_row,
-        "int4-block": int4_block, "fp16": lambda x, s: x.astype(cp.float16), "bf16": bf16,
-        # cupy.packbits has no axis argument; rows of d values (each d of DIMS a multiple of 8) pack the same flat
-        "binary": lambda x, s: cp.packbits((x > 0).ravel(), bitorder="little").reshape(x.shape[0], -1),
-        "st-ubinary": lambda x, s: cp.packbits((x > 0).ravel()).reshape(x.shape[0], -1),
-        "st-binary": lambda x, s: (cp.packbits((x > 0).ravel()) ^ 0x80).view(cp.int8).reshape(x.shape[0], -1),
-    }
-
-
 BENCH_SCHEMES: list[tuple[str, dict]] = [
     (name, {}) for name in (
         "cuvs-sq8", "st-int8", "st-uint8", "st-binary", "st-ubinary", "faiss-sq8", "faiss-sq4", "fp8-e4m3",
@@ -318,9 +273,8 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, ro
     x = cp.random.standard_normal((n, dim), dtype=cp.float32)
     x *= cp.float32(3)
     x += cp.float32(0.25)  # fresh, never zero, not centred
-    cases = scheme_cases(cp, x)
-    if size_bytes <= _graphs.POINT_BYTES:  # gpuquant's transforms only (cuVS's calls synchronise)
-        cases += _graphs.companions(cp, cases, Case, _failed)
+    cases = scheme_cases(cp, x)  # at 64 MiB with graph and queued companions (not cuVS's: its calls synchronise)
+    cases += _graphs.companions(cp, cases, Case, _failed) if size_bytes <= _graphs.POINT_BYTES else []
     cases += training_cases(cp, x) + cuvs_cases(cp, x)
     for case in cases:
         case.row.update(dim=dim, size_bytes=int(x.nbytes), copy_gbps=roofs["copy"])
@@ -374,7 +328,7 @@ def scheme_cases(cp: Any, x: Any) -> list[Case]:
 
 def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
     """The same formula as a plain CuPy expression (median whole call), next to each transform."""
-    exprs = cupy_expressions(cp)
+    exprs = _exprs.cupy_expressions(cp)
     for case in cases:
         name, state = case.expr or (None, {})
         expr = exprs.get(name) if name else None
