@@ -3,8 +3,7 @@
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
 ``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
 ``scaled_fp8_encode`` / ``scaled_fp8_decode``, one thread per value. A row holding NaN or ±Inf is
-refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row), raised
-at the backend's next check (:mod:`gpuquant.backends.cupy_refusals`).
+refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
 from __future__ import annotations
