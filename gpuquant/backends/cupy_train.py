@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import BLOCKS_PER_SM, INPUT_TYPES, THREADS, grid_for
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, grid_for, occupancy_grid
 from gpuquant.backends.cupy_device import cupy_module as _cupy
 from gpuquant.backends.cupy_launch import kernel
 from gpuquant.errors import InputError
@@ -55,7 +55,6 @@ NAME_EXPRESSIONS: tuple[str, ...] = tuple(
 )
 RADIX_HIST_BINS = 8192 + 2 * 2048 + 2 * 256  # RADIX_HIST_TOTAL in kernels/train.cu: every pass's histograms
 RADIX_PICK_THREADS = 512  # two halves of 256, one per target
-RADIX_BLOCKS_PER_SM = 6  # blocks of radix_histogram<T, 0> resident per SM (32 KB of shared memory each)
 CANDIDATE_SHARE = 16  # the candidate buffer holds up to 1/16 of the values ...
 CANDIDATE_MIN = 1 << 16  # ... and at least this many (all of a small input)
 _ROW_BLOCKS = 1024  # row slices of the column kernels (gridDim.y)
@@ -169,7 +168,7 @@ def radix_select(x: Any, k0: int, k1: int) -> RadixSelect:
     counters = cp.zeros(2, cp.uint64)  # NaN values, candidates
     cap = candidate_capacity(count)
     cand = cp.empty(max(cap, 1), cp.float32)
-    blocks = max(1, grid_for(count, THREADS * 16) * RADIX_BLOCKS_PER_SM // BLOCKS_PER_SM)  # one wave
+    blocks = occupancy_grid(count, THREADS * 16)  # one wave of each pass's own kernel
     for p in range(RADIX_PASSES):
         _kernel(f"radix_histogram<{_t(x)}, {p}>")(
             (blocks,), (THREADS,), (x, np.int64(count), sel, hist, counters, cand, counters[1:], np.int64(cap)))
