@@ -10,8 +10,9 @@
 3. For every (d, size): every preset and a few family variants, the cupy backend's transform on
    fresh random float32 input (never zeros), inverse_transform for a few schemes, and the training
    passes (exact quantile by radix select vs cuVS-compatible sample-and-sort vs ``cupy.quantile``,
-   min/max). Each case is timed two ways with CUDA events: the whole call (``seconds``: Python,
-   launch set-up and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
+   min/max; the radix select's passes one by one, by replays of its launches up to each pass's end).
+   Each case is timed two ways with CUDA events: the whole call (``seconds``: Python, launch set-up
+   and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
    captured from the backend, replayed back to back ``KERNEL_BATCH`` times so that launch overhead
    hides behind the queue). Cases are interleaved: every round times each case once, ``--rounds``
    (>= 5) rounds, so drift over the run shows as a spread; each time is reported as min / median /
@@ -24,7 +25,9 @@
    ``bytes_moved``, ``seconds`` (median) with ``seconds_min``/``seconds_max``, ``gbps``,
    ``fraction_of_copy``, ``kernel_seconds`` (median, min, max), ``kernel_gbps``,
    ``kernel_fraction_of_copy``, ``fraction_of_read`` / ``kernel_fraction_of_read`` (read-only
-   passes), ``cupy_expr_seconds``, ``speedup_vs_cupy_expr``.
+   passes), ``cupy_expr_seconds``, ``speedup_vs_cupy_expr``; the radix select's row
+   ``speedup_vs_cupy_quantile``, its pass rows ``radix_pass``, ``pass_bytes``, ``pass_kernel_seconds``,
+   ``pass_gbps`` and ``pass_fraction_of_read`` (the short table's "of read" for those rows).
 5. The short table, last. A failing benchmark is reported in its row and the others go on.
 """
 
@@ -46,6 +49,7 @@ from typing import Any
 
 import _exprs
 import _graphs
+import _radix
 from _common import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,6 +285,7 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, ro
     time_cases(cases, timer, rounds, roofs["copy"], roofs["read"])
     expr_times(cp, timer, x, cases)
     rows = [c.row for c in cases]
+    _radix.pass_figures(rows, roofs["read"])
     del cases, x
     cp.get_default_memory_pool().free_all_blocks()
     return rows
@@ -343,27 +348,40 @@ def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
         cp.get_default_memory_pool().free_all_blocks()
 
 
+RADIX_ROW = "train: exact quantile (radix select, all values)"
+CUPY_QUANTILE_ROW = "train: cupy.quantile (sort of a copy)"
+
+
 def training_cases(cp: Any, x: Any) -> list[Case]:
-    """The training passes (read-only): bytes moved = input bytes x passes over it."""
+    """The training passes (read-only; bytes moved = what each reads, and the radix select's candidates
+    written and read), then the radix select's passes as kernels alone (``_radix``)."""
     from gpuquant.backends import cupy_train
     from gpuquant.schemes.scalar import quantile_positions
 
     lo_pos, hi_pos = quantile_positions(int(x.size), 0.99)
+    try:
+        per_pass = _radix.pass_bytes(x.nbytes, cupy_train.radix_select(x, lo_pos, hi_pos))
+    except Exception:  # noqa: BLE001 - the select's own row reports it
+        per_pass = [x.nbytes] * cupy_train.RADIX_PASSES
     specs: list[tuple[str, Callable[[], Any], int]] = [
-        ("train: exact quantile (radix select, all values)", lambda: cupy_train.select_values(x, lo_pos, hi_pos), 3),
+        (_radix.RADIX_ROW, lambda: cupy_train.select_values(x, lo_pos, hi_pos), sum(per_pass)),
         ("train: cuVS-compatible quantile (1e6-value sample, sort)",
-         lambda: cupy_train.quantile_range(x, 0.99, "cuvs", per_dim=False), 0),
-        ("train: cupy.quantile (sort of a copy)", lambda: cp.quantile(x.reshape(-1), cp.array([0.005, 0.995])), 1),
-        ("train: min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=False), 1),
-        ("train: per-dimension min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=True), 1),
+         lambda: cupy_train.quantile_range(x, 0.99, "cuvs", per_dim=False), x.nbytes),
+        (_radix.CUPY_QUANTILE_ROW, lambda: cp.quantile(x.reshape(-1), cp.array([0.005, 0.995])), x.nbytes),
+        ("train: min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=False), x.nbytes),
+        ("train: per-dimension min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=True), x.nbytes),
     ]
     cases = []
-    for name, fn, passes in specs:
+    for name, fn, moved in specs:
         row: dict[str, Any] = {"scheme": name, "op": "train"}
         try:
-            cases.append(prepared(row, fn, x.nbytes * max(passes, 1), read_only=True, seconds_first=True))
+            cases.append(prepared(row, fn, moved, read_only=True, seconds_first=True))
         except Exception as exc:  # noqa: BLE001 - report and go on
             cases.append(_failed(row, exc))
+    for row, launches, moved in _radix.pass_rows(cases[0].launches, per_pass):
+        replay = Case(row, lambda: None, moved, True, launches, seconds_first=True)
+        replay.call = replay.kernels
+        cases.append(replay if launches else _failed(row, RuntimeError("the select's launches were not seen")))
     return cases
 
 
@@ -423,10 +441,11 @@ def short_table(report: dict[str, Any]) -> str:
     for r in results:
         if r["size_bytes"] != largest[r.get("dim")]:
             continue
-        vs = f"{r['speedup_vs_cupy_expr']:.1f}x" if "speedup_vs_cupy_expr" in r else "-"
+        vs = next((f"{r[k]:.1f}x" for k in ("speedup_vs_cupy_expr", "speedup_vs_cupy_quantile") if k in r), "-")
         kern = f"{r['kernel_seconds'] * 1e3:.3f}" if "kernel_seconds" in r else "-"
         spread_pct = f"{(r['seconds_max'] - r['seconds_min']) / r['seconds'] * 100:.0f}%" if "seconds_max" in r else "-"
-        read = _frac(r, "kernel_fraction_of_read" if "kernel_fraction_of_read" in r else "fraction_of_read")
+        read = _frac(r, next((k for k in ("pass_fraction_of_read", "kernel_fraction_of_read") if k in r),
+                             "fraction_of_read"))
         lines.append(f"{r['scheme'][:34]:<34} {r['op']:<9} {r.get('dim', '-'):>5} {r['seconds'] * 1e3:>8.3f} "
                      f"{kern:>8} {r['fraction_of_copy']:>8.2f} {_frac(r, 'kernel_fraction_of_copy'):>7} "
                      f"{read:>8} {spread_pct:>7} {vs:>8}")

@@ -120,6 +120,29 @@ def test_gpu_check_tables(gpu_check: Any) -> None:
     assert body == ["big", "wide", "FAILED"]  # only the largest size of each d, failures last
 
 
+def test_gpu_check_radix_passes(gpu_check: Any) -> None:
+    """Bytes of each radix-select pass (candidates kept or not), the replays up to each pass's end,
+    each pass's own time from them, and the select's speed-up over cupy.quantile."""
+    from gpuquant.backends.cupy_train import RadixSelect
+
+    kept = RadixSelect(None, 0, 10, 100)
+    assert kept.input_reads == 2 and gpu_check._radix.pass_bytes(4000, kept) == [4000, 4040, 40]
+    spilled = RadixSelect(None, 0, 101, 100)
+    assert spilled.input_reads == 3 and gpu_check._radix.pass_bytes(4000, spilled) == [4000, 4400, 4000]
+    radix = gpu_check._radix
+    replays = radix.pass_rows(list("abcdef"), [10, 20, 30])
+    assert [(r["radix_pass"], r["pass_bytes"], launches, moved) for r, launches, moved in replays] == [
+        (1, 10, list("ab"), 10), (2, 20, list("abcd"), 30), (3, 30, list("abcdef"), 60)]
+    assert not any(launches for _, launches, _ in radix.pass_rows(list("abc"), [10, 20, 30]))  # not all seen
+    rows = [{"scheme": radix.RADIX_ROW, "seconds": 2.0}, {"scheme": radix.CUPY_QUANTILE_ROW, "seconds": 9.0}]
+    rows += [{"scheme": "pass", "radix_pass": p, "pass_bytes": b, "kernel_seconds": t}
+             for p, b, t in [(2, 4e9, 2.5), (1, 4e9, 1.0)]]
+    radix.pass_figures(rows, 8.0)
+    assert rows[0]["speedup_vs_cupy_quantile"] == 4.5
+    assert [rows[3]["pass_kernel_seconds"], rows[2]["pass_kernel_seconds"]] == [1.0, 1.5]
+    assert rows[3]["pass_fraction_of_read"] == 0.5 and rows[2]["pass_gbps"] == pytest.approx(4 / 1.5)
+
+
 # -- the 64 MiB point: CUDA graph and queued calls beside the plain call ------------------------------
 class _Graph:
     def __init__(self, log: list[str]) -> None:
