@@ -232,3 +232,25 @@ def test_a_second_call_builds_and_uploads_no_constant(fake: fake_cupy.FakeCupy, 
     assert uploads[1] == 0 and uploads[0] == uploads[2] > 0, uploads
     assert len(built) == (2 if q.family == "scalar" else 0)  # once per state (transform and inverse share it)
     backend.check_refusals()
+
+
+@pytest.mark.parametrize(("name", "params", "entry"), [
+    ("st-int8", {}, "hi"), ("binary", {"threshold": "mean"}, "thresholds"), ("absmax", {"granularity": "tensor"}, "scales")])
+def test_a_state_entry_replaced_by_another_array_gets_new_constants(fake: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                                     name: str, params: dict[str, Any],
+                                                                     entry: str) -> None:
+    """The cache is keyed on the state's arrays too: ``state[k] = new`` in the same dict is a new key."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    q = gpuquant.Quantizer(name, backend="numpy", **params).fit(matrix(rng, 300, 32))
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 64, 32))
+    seen: list[np.ndarray] = []
+    fake.emulators[""] = lambda args: seen.append(np.array(next(
+        a for a in args[2:] if isinstance(a, fake_cupy.DeviceArray) and a.dtype in (np.uint8, np.float32))))
+    backend.transform(q.scheme, q.state, x)
+    q.state[entry] = q.state[entry] * np.float32(0.5)
+    backend.transform(q.scheme, q.state, x)
+    changed = not np.array_equal(seen[0], seen[1])
+    assert changed, "the second call used the constants of the replaced array"
+    backend.check_refusals()
