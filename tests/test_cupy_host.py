@@ -254,3 +254,98 @@ def test_a_state_entry_replaced_by_another_array_gets_new_constants(fake: fake_c
     changed = not np.array_equal(seen[0], seen[1])
     assert changed, "the second call used the constants of the replaced array"
     backend.check_refusals()
+
+
+def test_each_refused_call_raises_once_at_successive_checks(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """A check raises the first refused call; the later refused calls stay pending, none dropped."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    for bad in (3, None, 5, 2):
+        x = matrix(rng, 8, 16) if bad is None else rows_with_nan(rng, 8, 16, (bad,), np.nan)
+        backend.transform(scheme, {}, fake.asarray(x))
+    for row in (3, 5):
+        with pytest.raises(InputError, match=rf"^row {row} holds"):
+            backend.check_refusals()
+    with pytest.raises(InputError, match=r"^row 2 holds"):  # a host call's download checks first
+        backend.transform(scheme, {}, matrix(rng, 2, 16))
+    backend.check_refusals()
+    backend.transform(scheme, {}, matrix(rng, 2, 16))
+
+
+def test_threads_never_share_a_flag_buffer(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """Two threads on streams of one handle (CuPy's per-thread default stream): a slot one thread
+    resets on its own stream is never taken by the other, whose stream is not ordered after it."""
+    import threading
+
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    flags: list[Any] = []
+    fake.emulators["absmax"] = lambda args: flags.append(args[3])
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    per_thread = fake.cupy.cuda.Stream(ptr=2)
+
+    def call() -> None:
+        with per_thread:
+            backend.transform(scheme, {}, x)
+            backend.check_refusals()
+
+    for _ in range(2):
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join()
+    assert flags[0].base is not flags[1].base
+
+
+def test_flag_buffers_stay_bounded_with_a_stream_per_call(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    from gpuquant.backends import cupy_refusals
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    for _ in range(3 * cupy_refusals.MAX_BUFFERS):
+        with fake.cupy.cuda.Stream(non_blocking=True):
+            backend.transform(scheme, {}, x)
+            backend.check_refusals()
+    assert len(backend._refusals._thread().buffers) <= cupy_refusals.MAX_BUFFERS
+    streams = [fake.cupy.cuda.Stream(non_blocking=True) for _ in range(cupy_refusals.MAX_BUFFERS + 2)]
+    for stream in streams:  # every buffer pending: the streams past the limit get fresh flags
+        with stream:
+            backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (4,), np.inf)))
+    assert len(backend._refusals._thread().buffers) <= cupy_refusals.MAX_BUFFERS
+    for _ in streams:
+        with pytest.raises(InputError, match=r"^row 4 holds"):
+            backend.check_refusals()
+    backend.check_refusals()
+
+
+def test_a_captured_calls_slot_is_never_given_back(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """Every replay of a CUDA graph writes into the slot its captured call took: no later call gets it."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    flags: list[Any] = []
+    fake.emulators["absmax"] = lambda args: flags.append(args[3])
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    stream = fake.cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        backend.transform(scheme, {}, x)  # warm-up: the stream's buffer is made outside the capture
+        backend.check_refusals()
+        stream.capturing = True
+        backend.transform(scheme, {}, x)
+        stream.capturing = False
+        captured = flags[-1]
+        captured[0] = 7  # a replay refused row 7
+        with pytest.raises(InputError, match=r"^row 7 holds"):
+            backend.check_refusals()
+        for _ in range(3):
+            backend.transform(scheme, {}, x)
+        assert all(f.ctypes.data != captured.ctypes.data for f in flags[-3:])
+        backend.check_refusals()

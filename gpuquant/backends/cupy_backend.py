@@ -158,8 +158,9 @@ class CupyBackend:
         return self._refusals.take()
 
     def check_refusals(self) -> None:
-        """Raise the first row refused by this thread's pending transforms (waits for their streams)."""
-        self.take_refusals().raise_first()
+        """Raise the first row refused by this thread's pending transforms (waits for their streams);
+        later refused transforms stay pending, each raised by a check of its own."""
+        self._refusals.check()
 
     # -- inverse ------------------------------------------------------------------------------
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:
