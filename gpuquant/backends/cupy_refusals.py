@@ -79,7 +79,8 @@ class Refusals:
         """Read every flag (one copy per buffer) and give the slots back, then raise the first refused
         one's error; the later refused ones stay in ``pending``, read, for the next call."""
         pending, self.pending = self.pending, []
-        refused = [Refusal(None, r.error, row=row) for r, row in zip(pending, _rows(pending)) if row != NO_ROW]
+        rows = _rows(pending)
+        refused = [Refusal(None, r.error, row=row) for r, row in zip(pending, rows, strict=True) if row != NO_ROW]
         if refused:
             self.pending = refused[1:]
             raise refused[0].error(refused[0].row)
