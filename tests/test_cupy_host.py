@@ -349,3 +349,43 @@ def test_a_captured_calls_slot_is_never_given_back(fake: fake_cupy.FakeCupy, rng
             backend.transform(scheme, {}, x)
         assert all(f.ctypes.data != captured.ctypes.data for f in flags[-3:])
         backend.check_refusals()
+
+
+@pytest.fixture
+def usable(fake: fake_cupy.FakeCupy, monkeypatch: pytest.MonkeyPatch) -> fake_cupy.FakeCupy:
+    """The stand-in, with the cupy backend reporting it usable (``backend="cupy"`` resolves to it)."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    monkeypatch.setattr(CupyBackend, "is_available", staticmethod(lambda: (True, "the CuPy stand-in")))
+    return fake
+
+
+def test_callers_that_keep_no_quantizer_check_device_codes(usable: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gpuquant.quantize`` and a cluster task on a CuPy chunk drop their quantizer (or only
+    download the codes themselves): the refused row raises before the codes are returned."""
+    from gpuquant import cluster
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(usable, scheme)
+    x = usable.asarray(rows_with_nan(rng, 6, 16, (4,), np.nan))
+    with pytest.raises(InputError, match=r"^row 4 holds NaN"):
+        gpuquant.quantize(x, "int8-row", backend="cupy")
+    monkeypatch.setattr(cluster, "_QCACHE", {})
+    qjson = cluster._qjson(gpuquant.Quantizer("int8-row", backend="numpy"))
+    with pytest.raises(InputError, match=r"^row 4 holds NaN"):
+        cluster._encode(x, qjson, "gpu", 16)
+    clean = matrix(rng, 6, 16)
+    got = cluster._encode(usable.asarray(clean), qjson, "gpu", 16)
+    np.testing.assert_array_equal(got["codes"], scheme.encode(clean, {})[0])
+
+
+def test_quantizer_check_refusals(usable: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    q = gpuquant.Quantizer("int4-block", backend="cupy")
+    q.check_refusals()  # nothing transformed yet
+    fake_cupy.emulate_absmax(usable, q.scheme)
+    q.transform(usable.asarray(rows_with_nan(rng, 3, 64, (1,), -np.inf)))
+    with pytest.raises(InputError, match=r"^row 1 holds"):
+        q.check_refusals()
+    q.check_refusals()
+    gpuquant.Quantizer("int4-block", backend="numpy").check_refusals()
