@@ -389,3 +389,13 @@ def test_quantizer_check_refusals(usable: fake_cupy.FakeCupy, rng: np.random.Gen
         q.check_refusals()
     q.check_refusals()
     gpuquant.Quantizer("int4-block", backend="numpy").check_refusals()
+
+
+def test_evaluate_on_device_arrays_raises_the_refused_row(usable: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    from gpuquant.evaluate import evaluate
+
+    q = gpuquant.Quantizer("int8-row", backend="cupy")
+    fake_cupy.emulate_absmax(usable, q.scheme)
+    x = rows_with_nan(rng, 40, 16, (30,), np.inf)
+    with pytest.raises(InputError, match=r"^row 25 holds"):  # the 5 held-out queries come first
+        evaluate(usable.asarray(x), q, n_queries=5, k=3)
