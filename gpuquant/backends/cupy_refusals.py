@@ -11,8 +11,9 @@ own reasons:
   before any output array is written) and before ``fit``;
 * the engine's GPU pipeline, when a batch's event has completed and before the batch goes to the
   writer (:meth:`Refusals.raise_first` on what :meth:`RefusalLog.take` handed it);
-* a caller that keeps codes on the device: ``CupyBackend.check_refusals()`` (it waits for the streams
-  of the pending flags).
+* ``gpuquant.quantize``, ``gpuquant.evaluate`` and the Dask tasks, before codes leave them;
+* a caller that keeps codes on the device: ``Quantizer.check_refusals()`` (``CupyBackend.check_refusals``;
+  it waits for the streams of the pending flags).
 
 So the error is the same :class:`~gpuquant.errors.InputError`, naming the same row, raised before any
 output is finalised; only its moment moves to the next synchronisation. Refusals are pending per
