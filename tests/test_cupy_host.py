@@ -399,3 +399,25 @@ def test_evaluate_on_device_arrays_raises_the_refused_row(usable: fake_cupy.Fake
     x = rows_with_nan(rng, 40, 16, (30,), np.inf)
     with pytest.raises(InputError, match=r"^row 25 holds"):  # the 5 held-out queries come first
         evaluate(usable.asarray(x), q, n_queries=5, k=3)
+
+
+@pytest.mark.parametrize(("n", "d"), [(1, 1), (1000, 100), (3000, 384), (20_000, 64), (70_000, 256)])
+def test_the_planner_counts_what_the_radix_select_allocates(fake: fake_cupy.FakeCupy, monkeypatch: pytest.MonkeyPatch,
+                                                            n: int, d: int) -> None:
+    """The exact quantile's device bytes beyond the input (candidates, histograms, selection state)
+    are within the planner's ``rows * per_row + fixed`` for the global radix select."""
+    from gpuquant import planner
+    from gpuquant.backends import cupy_train
+    from gpuquant.schemes import statistics as st
+
+    allocated: list[int] = []
+    for name in ("zeros", "empty"):
+        make = getattr(fake.cupy, name)
+        monkeypatch.setattr(fake.cupy, name, lambda shape, dtype=np.float32, make=make: (
+            allocated.append(make(shape, dtype).nbytes), make(shape, dtype))[1])
+    x = fake_cupy.DeviceArray((n, d), np.float32)  # no values are read: the kernels are not emulated
+    fake.log.clear()
+    cupy_train.radix_select(x, 0, n * d - 1)
+    uploaded = sum(size for kind, size in fake.log if kind == "upload")
+    per_row, fixed, _ = planner._quantile_terms(st.Quantile(0.99, "exact"), d, n)
+    assert sum(allocated) + uploaded <= n * per_row + fixed
