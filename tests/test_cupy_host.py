@@ -164,9 +164,8 @@ def test_an_unchecked_thread_is_checked_every_max_pending_calls(fake: fake_cupy.
     assert fake.count("download") == 0
     with pytest.raises(InputError, match=r"^row 1 holds"):  # the four pending, checked in the fifth call
         backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (3,), np.nan)))  # on a fresh flag
-    assert fake.count("download") == 1  # in one read of the buffer
-    with pytest.raises(InputError, match=r"^row 3 holds"):  # the fifth call's own refusal is kept
-        backend.check_refusals()
+    assert fake.count("download") == 2  # one read of the buffer, and the fifth call's fresh flag
+    backend.check_refusals()  # the fifth call raised (no codes returned): its own refusal went with it
     backend.transform(scheme, {}, x)
     backend.check_refusals()  # the slots were given back
 
@@ -421,3 +420,25 @@ def test_the_planner_counts_what_the_radix_select_allocates(fake: fake_cupy.Fake
     uploaded = sum(size for kind, size in fake.log if kind == "upload")
     per_row, fixed, _ = planner._quantile_terms(st.Quantile(0.99, "exact"), d, n)
     assert sum(allocated) + uploaded <= n * per_row + fixed
+
+
+def test_a_call_that_raises_leaves_no_refusal_of_its_own(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """A host call that raises an earlier device call's row returns no codes: its own refused row is
+    not left to fail the next, clean call; a later device call's refusal is kept."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 8, 16, (3,), np.nan)))
+    with pytest.raises(InputError, match=r"^row 3 holds"):
+        backend.transform(scheme, {}, rows_with_nan(rng, 8, 16, (5,), np.nan))
+    clean = matrix(rng, 4, 16)
+    np.testing.assert_array_equal(backend.transform(scheme, {}, clean).data, scheme.encode(clean, {})[0])
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 8, 16, (2,), np.nan)))
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 8, 16, (6,), np.nan)))
+    with pytest.raises(InputError, match=r"^row 2 holds"):
+        backend.transform(scheme, {}, clean)
+    with pytest.raises(InputError, match=r"^row 6 holds"):
+        backend.check_refusals()
+    backend.check_refusals()

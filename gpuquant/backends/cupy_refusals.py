@@ -19,7 +19,8 @@ So the error is the same :class:`~gpuquant.errors.InputError`, naming the same r
 output is finalised; only its moment moves to the next synchronisation. Refusals are pending per
 thread, in call order. A check reads every pending flag and gives its slot back, raises the first
 refused call's error and keeps the later refused calls pending (already read), so each refused call
-raises exactly once, at successive checks, and none is dropped. A thread that files
+raises exactly once, at successive checks, and none is dropped; only a call that raises itself (its
+codes never returned) drops the refusals it filed. A thread that files
 :data:`MAX_PENDING` refusals without a check has them checked on the next one (one wait per
 :data:`MAX_PENDING` calls), so neither the list nor the buffers grow.
 
@@ -60,7 +61,8 @@ MAX_BUFFERS = 8
 class Refusal:
     """A filed flag: ``flag`` (a one-element device array; None once read into ``row``), ``error``
     (the error for a refused row), ``stream`` (the one its kernel ran on; None: the current one) and,
-    for a flag of a buffer that takes it back, ``buffer`` and ``slot``."""
+    for a flag of a buffer that takes it back, ``buffer`` and ``slot``; ``call``: the thread's call
+    that filed it."""
 
     flag: Any
     error: Callable[[int], InputError]
@@ -68,6 +70,7 @@ class Refusal:
     buffer: _FlagBuffer | None = None
     slot: int = -1
     row: int = NO_ROW
+    call: int = 0
 
 
 class Refusals:
@@ -80,8 +83,9 @@ class Refusals:
         """Read every flag (one copy per buffer) and give the slots back, then raise the first refused
         one's error; the later refused ones stay in ``pending``, read, for the next call."""
         pending, self.pending = self.pending, []
-        rows = _rows(pending)
-        refused = [Refusal(None, r.error, row=row) for r, row in zip(pending, rows, strict=True) if row != NO_ROW]
+        for refusal, row in zip(pending, _rows(pending), strict=True):
+            refusal.flag, refusal.buffer, refusal.row = None, None, row
+        refused = [r for r in pending if r.row != NO_ROW]
         if refused:
             self.pending = refused[1:]
             raise refused[0].error(refused[0].row)
@@ -138,9 +142,11 @@ class RefusalLog:
 
     def _thread(self) -> Any:
         """This thread's ``pending`` refusals, ``handed`` flags (id -> (flag, stream, buffer, slot),
-        until filed) and flag ``buffers`` ((device, stream) -> buffer)."""
+        until filed), flag ``buffers`` ((device, stream) -> buffer) and ``calls`` (the last call's
+        number; ``call``: the one filing now)."""
         if not hasattr(self._local, "pending"):
             self._local.pending, self._local.handed, self._local.buffers = [], {}, {}
+            self._local.calls = self._local.call = 0
         return self._local
 
     def flag(self) -> Any:
@@ -164,7 +170,7 @@ class RefusalLog:
         local = self._thread()
         _, stream, buffer, slot = local.handed.pop(id(flag))
         overdue = self.take() if len(local.pending) >= MAX_PENDING else None
-        local.pending.append(Refusal(flag, error, stream, buffer, slot))
+        local.pending.append(Refusal(flag, error, stream, buffer, slot, call=local.call))
         if overdue is not None:
             self._raise(overdue)
 
@@ -186,13 +192,23 @@ class RefusalLog:
 
     @contextmanager
     def filing(self) -> Iterator[None]:
-        """Inside the block, :func:`refusal_flag` and :func:`refuse_later` use this log."""
+        """One call: inside the block, :func:`refusal_flag` and :func:`refuse_later` use this log. A
+        call that raises returns nothing, so the refusals it filed are dropped (slots given back)."""
+        local = self._thread()
+        local.calls += 1
+        outer, local.call = local.call, local.calls
         token = _LOG.set(self)
         try:
             yield
+        except BaseException:
+            mine = [r for r in local.pending if r.call == local.call]
+            local.pending = [r for r in local.pending if r.call != local.call]
+            _rows(mine)
+            raise
         finally:
             _LOG.reset(token)
-            handed = self._thread().handed
+            local.call = outer
+            handed = local.handed
             for _, _, buffer, slot in handed.values():  # a launch failed before its flag was filed
                 if buffer is not None:
                     buffer.read_and_release([slot])
