@@ -4,10 +4,14 @@
 * refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf) are not read back inside ``transform``; the
   same ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
   the engine's pipeline when the batch completes: ``tests/test_engine.py``), before any output is
-  finalised, from a persistent flag buffer per stream;
+  finalised, from a persistent flag buffer per thread and stream; each refused call raises once, at
+  successive checks, and a call that raises leaves none of its own; buffers stay bounded, are never
+  shared by threads, and a slot a CUDA graph captured is never given back; callers that keep no
+  quantizer (``gpuquant.quantize``, ``evaluate``, a Dask task on CuPy chunks) check before returning;
 * grids are one wave of the launched kernel's own occupancy (a pure function, and its use);
 * launch constants are built and uploaded once per fitted state (none on a second call, again
-  after a refit).
+  after a refit, or after an entry of the state is replaced by another array);
+* the planner's bytes for the exact quantile cover what the radix select allocates.
 """
 
 from __future__ import annotations
