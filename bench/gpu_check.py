@@ -348,10 +348,6 @@ def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
         cp.get_default_memory_pool().free_all_blocks()
 
 
-RADIX_ROW = "train: exact quantile (radix select, all values)"
-CUPY_QUANTILE_ROW = "train: cupy.quantile (sort of a copy)"
-
-
 def training_cases(cp: Any, x: Any) -> list[Case]:
     """The training passes (read-only; bytes moved = what each reads, and the radix select's candidates
     written and read), then the radix select's passes as kernels alone (``_radix``)."""

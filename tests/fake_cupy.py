@@ -66,6 +66,10 @@ class _Stream:
     def __init__(self, non_blocking: bool = False, ptr: int | None = None) -> None:
         self.ptr = id(self) if ptr is None else ptr  # the default stream's is 0, as CuPy's
         self.outer: list[_Stream] = []
+        self.capturing = False  # between a test's begin and end of a CUDA graph capture
+
+    def is_capturing(self) -> bool:
+        return self.capturing
 
     def __enter__(self) -> _Stream:
         self.outer.append(_Stream.current)

@@ -4,10 +4,14 @@
 * refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf) are not read back inside ``transform``; the
   same ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
   the engine's pipeline when the batch completes: ``tests/test_engine.py``), before any output is
-  finalised, from a persistent flag buffer per stream;
+  finalised, from a persistent flag buffer per thread and stream; each refused call raises once, at
+  successive checks, and a call that raises leaves none of its own; buffers stay bounded, are never
+  shared by threads, and a slot a CUDA graph captured is never given back; callers that keep no
+  quantizer (``gpuquant.quantize``, ``evaluate``, a Dask task on CuPy chunks) check before returning;
 * grids are one wave of the launched kernel's own occupancy (a pure function, and its use);
 * launch constants are built and uploaded once per fitted state (none on a second call, again
-  after a refit).
+  after a refit, or after an entry of the state is replaced by another array);
+* the planner's bytes for the exact quantile cover what the radix select allocates.
 """
 
 from __future__ import annotations
@@ -164,9 +168,8 @@ def test_an_unchecked_thread_is_checked_every_max_pending_calls(fake: fake_cupy.
     assert fake.count("download") == 0
     with pytest.raises(InputError, match=r"^row 1 holds"):  # the four pending, checked in the fifth call
         backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (3,), np.nan)))  # on a fresh flag
-    assert fake.count("download") == 1  # in one read of the buffer
-    with pytest.raises(InputError, match=r"^row 3 holds"):  # the fifth call's own refusal is kept
-        backend.check_refusals()
+    assert fake.count("download") == 2  # one read of the buffer, and the fifth call's fresh flag
+    backend.check_refusals()  # the fifth call raised (no codes returned): its own refusal went with it
     backend.transform(scheme, {}, x)
     backend.check_refusals()  # the slots were given back
 
@@ -231,4 +234,215 @@ def test_a_second_call_builds_and_uploads_no_constant(fake: fake_cupy.FakeCupy, 
         uploads.append(fake.count("upload"))
     assert uploads[1] == 0 and uploads[0] == uploads[2] > 0, uploads
     assert len(built) == (2 if q.family == "scalar" else 0)  # once per state (transform and inverse share it)
+    backend.check_refusals()
+
+
+@pytest.mark.parametrize(("name", "params", "entry"), [
+    ("st-int8", {}, "hi"), ("binary", {"threshold": "mean"}, "thresholds"), ("absmax", {"granularity": "tensor"}, "scales")])
+def test_a_state_entry_replaced_by_another_array_gets_new_constants(fake: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                                     name: str, params: dict[str, Any],
+                                                                     entry: str) -> None:
+    """The cache is keyed on the state's arrays too: ``state[k] = new`` in the same dict is a new key."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    q = gpuquant.Quantizer(name, backend="numpy", **params).fit(matrix(rng, 300, 32))
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 64, 32))
+    seen: list[np.ndarray] = []
+    fake.emulators[""] = lambda args: seen.append(np.array(next(
+        a for a in args[2:] if isinstance(a, fake_cupy.DeviceArray) and a.dtype in (np.uint8, np.float32))))
+    backend.transform(q.scheme, q.state, x)
+    q.state[entry] = q.state[entry] * np.float32(0.5)
+    backend.transform(q.scheme, q.state, x)
+    changed = not np.array_equal(seen[0], seen[1])
+    assert changed, "the second call used the constants of the replaced array"
+    backend.check_refusals()
+
+
+def test_each_refused_call_raises_once_at_successive_checks(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """A check raises the first refused call; the later refused calls stay pending, none dropped."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    for bad in (3, None, 5, 2):
+        x = matrix(rng, 8, 16) if bad is None else rows_with_nan(rng, 8, 16, (bad,), np.nan)
+        backend.transform(scheme, {}, fake.asarray(x))
+    for row in (3, 5):
+        with pytest.raises(InputError, match=rf"^row {row} holds"):
+            backend.check_refusals()
+    with pytest.raises(InputError, match=r"^row 2 holds"):  # a host call's download checks first
+        backend.transform(scheme, {}, matrix(rng, 2, 16))
+    backend.check_refusals()
+    backend.transform(scheme, {}, matrix(rng, 2, 16))
+
+
+def test_threads_never_share_a_flag_buffer(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """Two threads on streams of one handle (CuPy's per-thread default stream): a slot one thread
+    resets on its own stream is never taken by the other, whose stream is not ordered after it."""
+    import threading
+
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    flags: list[Any] = []
+    fake.emulators["absmax"] = lambda args: flags.append(args[3])
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    per_thread = fake.cupy.cuda.Stream(ptr=2)
+
+    def call() -> None:
+        with per_thread:
+            backend.transform(scheme, {}, x)
+            backend.check_refusals()
+
+    for _ in range(2):
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join()
+    assert flags[0].base is not flags[1].base
+
+
+def test_flag_buffers_stay_bounded_with_a_stream_per_call(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    from gpuquant.backends import cupy_refusals
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    for _ in range(3 * cupy_refusals.MAX_BUFFERS):
+        with fake.cupy.cuda.Stream(non_blocking=True):
+            backend.transform(scheme, {}, x)
+            backend.check_refusals()
+    assert len(backend._refusals._thread().buffers) <= cupy_refusals.MAX_BUFFERS
+    streams = [fake.cupy.cuda.Stream(non_blocking=True) for _ in range(cupy_refusals.MAX_BUFFERS + 2)]
+    for stream in streams:  # every buffer pending: the streams past the limit get fresh flags
+        with stream:
+            backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 5, 16, (4,), np.inf)))
+    assert len(backend._refusals._thread().buffers) <= cupy_refusals.MAX_BUFFERS
+    for _ in streams:
+        with pytest.raises(InputError, match=r"^row 4 holds"):
+            backend.check_refusals()
+    backend.check_refusals()
+
+
+def test_a_captured_calls_slot_is_never_given_back(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """Every replay of a CUDA graph writes into the slot its captured call took: no later call gets it."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    flags: list[Any] = []
+    fake.emulators["absmax"] = lambda args: flags.append(args[3])
+    backend = CupyBackend()
+    x = fake.asarray(matrix(rng, 5, 16))
+    stream = fake.cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        backend.transform(scheme, {}, x)  # warm-up: the stream's buffer is made outside the capture
+        backend.check_refusals()
+        stream.capturing = True
+        backend.transform(scheme, {}, x)
+        stream.capturing = False
+        captured = flags[-1]
+        captured[0] = 7  # a replay refused row 7
+        with pytest.raises(InputError, match=r"^row 7 holds"):
+            backend.check_refusals()
+        for _ in range(3):
+            backend.transform(scheme, {}, x)
+        assert all(f.ctypes.data != captured.ctypes.data for f in flags[-3:])
+        backend.check_refusals()
+
+
+@pytest.fixture
+def usable(fake: fake_cupy.FakeCupy, monkeypatch: pytest.MonkeyPatch) -> fake_cupy.FakeCupy:
+    """The stand-in, with the cupy backend reporting it usable (``backend="cupy"`` resolves to it)."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    monkeypatch.setattr(CupyBackend, "is_available", staticmethod(lambda: (True, "the CuPy stand-in")))
+    return fake
+
+
+def test_callers_that_keep_no_quantizer_check_device_codes(usable: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gpuquant.quantize`` and a cluster task on a CuPy chunk drop their quantizer (or only
+    download the codes themselves): the refused row raises before the codes are returned."""
+    from gpuquant import cluster
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(usable, scheme)
+    x = usable.asarray(rows_with_nan(rng, 6, 16, (4,), np.nan))
+    with pytest.raises(InputError, match=r"^row 4 holds NaN"):
+        gpuquant.quantize(x, "int8-row", backend="cupy")
+    monkeypatch.setattr(cluster, "_QCACHE", {})
+    qjson = cluster._qjson(gpuquant.Quantizer("int8-row", backend="numpy"))
+    with pytest.raises(InputError, match=r"^row 4 holds NaN"):
+        cluster._encode(x, qjson, "gpu", 16)
+    clean = matrix(rng, 6, 16)
+    got = cluster._encode(usable.asarray(clean), qjson, "gpu", 16)
+    np.testing.assert_array_equal(got["codes"], scheme.encode(clean, {})[0])
+
+
+def test_quantizer_check_refusals(usable: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    q = gpuquant.Quantizer("int4-block", backend="cupy")
+    q.check_refusals()  # nothing transformed yet
+    fake_cupy.emulate_absmax(usable, q.scheme)
+    q.transform(usable.asarray(rows_with_nan(rng, 3, 64, (1,), -np.inf)))
+    with pytest.raises(InputError, match=r"^row 1 holds"):
+        q.check_refusals()
+    q.check_refusals()
+    gpuquant.Quantizer("int4-block", backend="numpy").check_refusals()
+
+
+def test_evaluate_on_device_arrays_raises_the_refused_row(usable: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    from gpuquant.evaluate import evaluate
+
+    q = gpuquant.Quantizer("int8-row", backend="cupy")
+    fake_cupy.emulate_absmax(usable, q.scheme)
+    x = rows_with_nan(rng, 40, 16, (30,), np.inf)
+    with pytest.raises(InputError, match=r"^row 25 holds"):  # the 5 held-out queries come first
+        evaluate(usable.asarray(x), q, n_queries=5, k=3)
+
+
+@pytest.mark.parametrize(("n", "d"), [(1, 1), (1000, 100), (3000, 384), (20_000, 64), (70_000, 256)])
+def test_the_planner_counts_what_the_radix_select_allocates(fake: fake_cupy.FakeCupy, monkeypatch: pytest.MonkeyPatch,
+                                                            n: int, d: int) -> None:
+    """The exact quantile's device bytes beyond the input (candidates, histograms, selection state)
+    are within the planner's ``rows * per_row + fixed`` for the global radix select."""
+    from gpuquant import planner
+    from gpuquant.backends import cupy_train
+    from gpuquant.schemes import statistics as st
+
+    allocated: list[int] = []
+    for name in ("zeros", "empty"):
+        make = getattr(fake.cupy, name)
+        monkeypatch.setattr(fake.cupy, name, lambda shape, dtype=np.float32, make=make: (
+            allocated.append(make(shape, dtype).nbytes), make(shape, dtype))[1])
+    x = fake_cupy.DeviceArray((n, d), np.float32)  # no values are read: the kernels are not emulated
+    fake.log.clear()
+    cupy_train.radix_select(x, 0, n * d - 1)
+    uploaded = sum(size for kind, size in fake.log if kind == "upload")
+    per_row, fixed, _ = planner._quantile_terms(st.Quantile(0.99, "exact"), d, n)
+    assert sum(allocated) + uploaded <= n * per_row + fixed
+
+
+def test_a_call_that_raises_leaves_no_refusal_of_its_own(fake: fake_cupy.FakeCupy, rng: np.random.Generator) -> None:
+    """A host call that raises an earlier device call's row returns no codes: its own refused row is
+    not left to fail the next, clean call; a later device call's refusal is kept."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("int8-row")
+    fake_cupy.emulate_absmax(fake, scheme)
+    backend = CupyBackend()
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 8, 16, (3,), np.nan)))
+    with pytest.raises(InputError, match=r"^row 3 holds"):
+        backend.transform(scheme, {}, rows_with_nan(rng, 8, 16, (5,), np.nan))
+    clean = matrix(rng, 4, 16)
+    np.testing.assert_array_equal(backend.transform(scheme, {}, clean).data, scheme.encode(clean, {})[0])
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 8, 16, (2,), np.nan)))
+    backend.transform(scheme, {}, fake.asarray(rows_with_nan(rng, 8, 16, (6,), np.nan)))
+    with pytest.raises(InputError, match=r"^row 2 holds"):
+        backend.transform(scheme, {}, clean)
+    with pytest.raises(InputError, match=r"^row 6 holds"):
+        backend.check_refusals()
     backend.check_refusals()

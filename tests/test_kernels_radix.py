@@ -148,3 +148,17 @@ def test_radix_select_on_the_gpu(gpu, rng, monkeypatch, kept: bool) -> None:
             assert np.array_equal(found.values, np.partition(x32, [k0, k1])[[k0, k1]])
             same_bits(found.values, by_key[[k0, k1]])
             assert found.nan_count == 0 and found.input_reads == (2 if kept else 3)
+
+
+def test_select_candidates_at_the_capacity_edge(warps, rng) -> None:
+    """Ties that fill the candidate buffer exactly (pass 2 reads the candidates) and one value more
+    than it holds (pass 2 reads the input again); unwritten slots hold NaN, so a read past the kept
+    candidates would show."""
+    x = np.repeat(rng.integers(-2, 3, 60).astype(np.float32), 7).reshape(20, 21)  # 5 values, 84 ties each
+    x[0, :3] = [np.float32(-0.0), np.float32(0.0), np.float32(-0.0)]
+    for k0, k1 in [(0, x.size - 1), (100, 101), (x.size // 2, 3)]:
+        keys = order_keys(x.reshape(-1)) >> 19
+        picked = np.unique(np.sort(order_keys(x.reshape(-1)))[[k0, k1]] >> 19)
+        want = int(np.isin(keys, picked).sum())
+        for cap in (want, want - 1):
+            assert check(warps, x, [(k0, k1)], cap=cap) == [want]

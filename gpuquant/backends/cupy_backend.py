@@ -135,12 +135,13 @@ class CupyBackend:
                 name: self._device_output(out_side.get(name), host, shape, dtype, f"side array {name!r}")
                 for name, (shape, dtype) in scheme.side_shapes(n, d).items()
             }
-            if n > 0:
-                with self._refusals.filing():
+            with self._refusals.filing():  # numpy input: this call's own refusals and earlier ones, checked
+                if n > 0:
                     self._launch("encode", scheme, state, x, codes, side)
+                if host:
+                    self.check_refusals()
             if not host:
                 return Codes(codes, side, scheme.family, d)
-            self.check_refusals()
             host_codes = self._download(codes, out_data)
             if host_codes.dtype != scheme.code_dtype:  # fp8 / bf16 bits get their ml_dtypes dtype
                 host_codes = host_codes.view(scheme.code_dtype)
@@ -158,8 +159,9 @@ class CupyBackend:
         return self._refusals.take()
 
     def check_refusals(self) -> None:
-        """Raise the first row refused by this thread's pending transforms (waits for their streams)."""
-        self.take_refusals().raise_first()
+        """Raise the first row refused by this thread's pending transforms (waits for their streams);
+        later refused transforms stay pending, each raised by a check of its own."""
+        self._refusals.check()
 
     # -- inverse ------------------------------------------------------------------------------
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:

@@ -5,20 +5,25 @@ A launcher asks for a constant with ``constant(kind, value, dtype)`` (see
 
 * a zero-argument callable that builds the host value (``lambda: scalar_params(...)``), or an array
   of the fitted state itself (``state["thresholds"]``): the device copy is cached on the identity of
-  the call's (scheme, state) objects and ``kind``, so a second call on the same fitted quantizer
-  builds, hashes and uploads nothing. A refit makes a new state (``fit`` never changes one in place),
-  so its constants are built anew;
+  the call's scheme, its state dict and every array in that dict, and ``kind``, so a second call on
+  the same fitted quantizer builds, hashes and uploads nothing. A refit makes a new state (``fit``
+  never changes one in place), and an entry of the state replaced by another array
+  (``state["lo"] = ...``) changes the key too, so their constants are built anew. Values written
+  into a state array in place (``state["lo"][:] = ...``) are not seen: the backend reads a fitted
+  state as immutable;
 * any other host array (derived per call): cached on its exact bytes, so equal values share one copy;
 * a device array: used as it is (``cupy.asarray``), not cached.
 
 Every key also holds the dtype, the device and the current stream: a copy is made and used on one
 stream only, so its upload is ordered before every kernel that reads it, and its memory goes back
 to that stream's pool. :attr:`ConstantCache.size` entries are kept, least recently used dropped; an
-identity entry keeps its scheme and state alive (so their ids cannot be reused while it is cached).
+identity entry keeps the objects of its key alive (so their ids cannot be reused while it is
+cached) and is used only when each of them is the very object of the call.
 """
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,8 +35,6 @@ from gpuquant.backends import is_device_array
 from gpuquant.backends.cupy_device import cupy_module
 
 Constant = Callable[[str, Any, Any], Any]
-#: The owner of the constants cached on their bytes (shared by every call).
-_ANYONE: tuple[Any, Any] = (None, None)
 
 
 class ConstantCache:
@@ -55,22 +58,24 @@ class ConstantCache:
         if not callable(value) and not isinstance(value, np.ndarray) and is_device_array(value):
             return cp.asarray(value, dtype=dtype)
         where = (kind, np.dtype(dtype).str, cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr)
+        held: tuple[Any, ...] = ()  # the objects whose identity the key holds
         if callable(value) or any(value is v for v in owner[1].values()):
-            key: tuple[Any, ...] = ("state", id(owner[0]), id(owner[1]), *where)
+            held = (owner[0], owner[1], *owner[1].values())
+            key: tuple[Any, ...] = ("state", *map(id, held), *where)
             host = None
         else:
             host = np.ascontiguousarray(value, dtype=dtype)
-            key, owner = ("bytes", *where, host.tobytes()), _ANYONE
+            key = ("bytes", *where, host.tobytes())
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry[0][0] is owner[0] and entry[0][1] is owner[1]:
+            if entry is not None and all(map(operator.is_, entry[0], held)):
                 self._entries.move_to_end(key)
                 return entry[1]
         if host is None:
             host = np.ascontiguousarray(value() if callable(value) else value, dtype=dtype)
         arr = cp.asarray(host)
         with self._lock:
-            self._entries[key] = (owner, arr)
+            self._entries[key] = (held, arr)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

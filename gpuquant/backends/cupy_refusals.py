@@ -11,25 +11,32 @@ own reasons:
   before any output array is written) and before ``fit``;
 * the engine's GPU pipeline, when a batch's event has completed and before the batch goes to the
   writer (:meth:`Refusals.raise_first` on what :meth:`RefusalLog.take` handed it);
-* a caller that keeps codes on the device: ``CupyBackend.check_refusals()`` (it waits for the streams
-  of the pending flags).
+* ``gpuquant.quantize``, ``gpuquant.evaluate`` and the Dask tasks, before codes leave them;
+* a caller that keeps codes on the device: ``Quantizer.check_refusals()`` (``CupyBackend.check_refusals``;
+  it waits for the streams of the pending flags).
 
 So the error is the same :class:`~gpuquant.errors.InputError`, naming the same row, raised before any
 output is finalised; only its moment moves to the next synchronisation. Refusals are pending per
-thread, in call order; the first refused one is raised, and every pending flag is read and released
-either way. A thread that files :data:`MAX_PENDING` refusals without a check has them checked on
-the next one (one wait per :data:`MAX_PENDING` calls), so neither the list nor the buffers grow.
+thread, in call order. A check reads every pending flag and gives its slot back, raises the first
+refused call's error and keeps the later refused calls pending (already read), so each refused call
+raises exactly once, at successive checks, and none is dropped; only a call that raises itself (its
+codes never returned) drops the refusals it filed. A thread that files
+:data:`MAX_PENDING` refusals without a check has them checked on the next one (one wait per
+:data:`MAX_PENDING` calls), so neither the list nor the buffers grow.
 
-Flags live in a persistent buffer per (device, stream) of :data:`MAX_PENDING` slots, set to
-``NO_ROW`` once when the buffer is made. A check reads each buffer once (one copy after its stream)
-and sets the slots it read back to ``NO_ROW`` on that stream (ordered before any later use of a
-slot), then gives them back. A stream whose slots are all pending gets a fresh one-flag array
+Flags live in persistent buffers of :data:`MAX_PENDING` slots, one per (thread, device, stream),
+set to ``NO_ROW`` once when made. A check reads each buffer once (one copy after its stream) and
+sets the slots it read back to ``NO_ROW`` on that stream, then gives them back. Only the thread that
+owns a buffer takes its slots, so the reset is ordered before the slot's next use even where two
+threads' streams share a handle (CuPy's per-thread default stream). A thread keeps at most
+:data:`MAX_BUFFERS` buffers (a buffer with nothing pending is dropped to make room for another
+stream's); a stream that finds no room, or all its slots pending, gets a fresh one-flag array
 instead. Outside a backend's log (tools that call a launcher directly, planned launches on the
 host) :func:`refusal_flag` makes a fresh flag and :func:`refuse_later` reads it at once.
 
-A CUDA graph that captured a transform records its replays' refusals in the captured call's slot:
-they surface at the first check after the replay, which gives the slot back; later replays are not
-checked (capture again).
+A transform captured into a CUDA graph (its stream capturing) takes a slot that is never given
+back, as every replay of the graph writes into it: a replay's refusal surfaces at the first check
+after it, later replays are not checked (capture again). No buffer is made while capturing.
 """
 
 from __future__ import annotations
@@ -46,19 +53,24 @@ from gpuquant.errors import InputError
 
 #: Slots of a stream's flag buffer, and refusals a thread may leave unchecked.
 MAX_PENDING = 1024
+#: Flag buffers (streams) a thread keeps.
+MAX_BUFFERS = 8
 
 
 @dataclass
 class Refusal:
-    """A filed flag: ``flag`` (a one-element device array), ``error`` (the error for a refused row),
-    ``stream`` (the one its kernel ran on; None: the current one) and, for a flag of a buffer,
-    ``buffer`` and ``slot``."""
+    """A filed flag: ``flag`` (a one-element device array; None once read into ``row``), ``error``
+    (the error for a refused row), ``stream`` (the one its kernel ran on; None: the current one) and,
+    for a flag of a buffer that takes it back, ``buffer`` and ``slot``; ``call``: the thread's call
+    that filed it."""
 
     flag: Any
     error: Callable[[int], InputError]
     stream: Any = None
     buffer: _FlagBuffer | None = None
     slot: int = -1
+    row: int = NO_ROW
+    call: int = 0
 
 
 class Refusals:
@@ -69,28 +81,40 @@ class Refusals:
 
     def raise_first(self) -> None:
         """Read every flag (one copy per buffer) and give the slots back, then raise the first refused
-        one's error."""
+        one's error; the later refused ones stay in ``pending``, read, for the next call."""
         pending, self.pending = self.pending, []
-        rows: dict[int, int] = {}
-        buffers = {id(r.buffer): r.buffer for r in pending if r.buffer is not None}
-        for buffer in buffers.values():
-            slots = [r.slot for r in pending if r.buffer is buffer]
-            values = buffer.read_and_release(slots)
-            rows.update({id(r): int(values[r.slot]) for r in pending if r.buffer is buffer})
-        for refusal in pending:
-            row = rows[id(refusal)] if refusal.buffer is not None else int(refusal.flag.get(stream=refusal.stream)[0])
-            if row != NO_ROW:
-                raise refusal.error(row)
+        for refusal, row in zip(pending, _rows(pending), strict=True):
+            refusal.flag, refusal.buffer, refusal.row = None, None, row
+        refused = [r for r in pending if r.row != NO_ROW]
+        if refused:
+            self.pending = refused[1:]
+            raise refused[0].error(refused[0].row)
+
+
+def _rows(pending: list[Refusal]) -> list[int]:
+    """The row each refusal's flag holds, in order (``NO_ROW``: none); buffer slots given back."""
+    rows: dict[int, int] = {}
+    for buffer in {id(r.buffer): r.buffer for r in pending if r.buffer is not None}.values():
+        mine = [r for r in pending if r.buffer is buffer]
+        values = buffer.read_and_release([r.slot for r in mine])
+        rows.update({id(r): int(values[r.slot]) for r in mine})
+    return [r.row if r.flag is None else rows[id(r)] if id(r) in rows else int(r.flag.get(stream=r.stream)[0])
+            for r in pending]
 
 
 class _FlagBuffer:
-    """:data:`MAX_PENDING` flags of one (device, stream), made once; free slots hold ``NO_ROW``."""
+    """:data:`MAX_PENDING` flags of one (thread, device, stream), made once; free slots hold ``NO_ROW``."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self.flags = row_flags(MAX_PENDING)
         self.free = list(range(MAX_PENDING - 1, -1, -1))
         self.lock = threading.Lock()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending in it (every slot free)."""
+        return len(self.free) == MAX_PENDING
 
     def take(self) -> int | None:
         with self.lock:
@@ -111,31 +135,34 @@ class _FlagBuffer:
 
 
 class RefusalLog:
-    """One backend's pending refusals (per thread) and flag buffers (per device and stream)."""
+    """One backend's pending refusals and flag buffers, per thread (buffers also per device and stream)."""
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[int, int], _FlagBuffer] = {}
-        self._lock = threading.Lock()
         self._local = threading.local()
 
     def _thread(self) -> Any:
-        """This thread's ``pending`` refusals and ``handed`` flags (id -> (flag, stream, buffer, slot), until filed)."""
+        """This thread's ``pending`` refusals, ``handed`` flags (id -> (flag, stream, buffer, slot),
+        until filed), flag ``buffers`` ((device, stream) -> buffer) and ``calls`` (the last call's
+        number; ``call``: the one filing now)."""
         if not hasattr(self._local, "pending"):
-            self._local.pending, self._local.handed = [], {}
+            self._local.pending, self._local.handed, self._local.buffers = [], {}, {}
+            self._local.calls = self._local.call = 0
         return self._local
 
     def flag(self) -> Any:
-        """A ``NO_ROW`` flag on the current device and stream, from that stream's buffer."""
+        """A ``NO_ROW`` flag on the current device and stream, from this thread's buffer for them."""
         cp = cupy_module()
         stream = cp.cuda.get_current_stream()
+        local = self._thread()
+        capturing = bool(stream.is_capturing())
         key = (cp.cuda.runtime.getDevice(), int(stream.ptr))
-        with self._lock:
-            buffer = self._buffers.get(key)
-            if buffer is None:
-                buffer = self._buffers[key] = _FlagBuffer(stream)
-        slot = buffer.take()
+        buffer = local.buffers.get(key)
+        if buffer is None and not capturing:
+            buffer = _new_buffer(local.buffers, key, stream)
+        slot = None if buffer is None else buffer.take()
         flag = row_flags(1) if slot is None else buffer.flags[slot:slot + 1]
-        self._thread().handed[id(flag)] = (flag, stream, None if slot is None else buffer, slot)
+        kept = None if slot is None or capturing else buffer  # a captured slot is the graph's for good
+        local.handed[id(flag)] = (flag, stream, kept, slot)
         return flag
 
     def file(self, flag: Any, error: Callable[[int], InputError]) -> None:
@@ -143,9 +170,9 @@ class RefusalLog:
         local = self._thread()
         _, stream, buffer, slot = local.handed.pop(id(flag))
         overdue = self.take() if len(local.pending) >= MAX_PENDING else None
-        local.pending.append(Refusal(flag, error, stream, buffer, slot))
+        local.pending.append(Refusal(flag, error, stream, buffer, slot, call=local.call))
         if overdue is not None:
-            overdue.raise_first()
+            self._raise(overdue)
 
     def take(self) -> Refusals:
         """This thread's pending refusals, handed over (the log forgets them)."""
@@ -153,19 +180,51 @@ class RefusalLog:
         pending, local.pending = local.pending, []
         return Refusals(pending)
 
+    def check(self) -> None:
+        """Raise the first refused of this thread's pending refusals (the later ones stay pending)."""
+        self._raise(self.take())
+
+    def _raise(self, taken: Refusals) -> None:
+        try:
+            taken.raise_first()
+        finally:  # refused calls after the raised one: pending again, ahead of any filed since
+            self._thread().pending[:0] = taken.pending
+
     @contextmanager
     def filing(self) -> Iterator[None]:
-        """Inside the block, :func:`refusal_flag` and :func:`refuse_later` use this log."""
+        """One call: inside the block, :func:`refusal_flag` and :func:`refuse_later` use this log. A
+        call that raises returns nothing, so the refusals it filed are dropped (slots given back)."""
+        local = self._thread()
+        local.calls += 1
+        outer, local.call = local.call, local.calls
         token = _LOG.set(self)
         try:
             yield
+        except BaseException:
+            mine = [r for r in local.pending if r.call == local.call]
+            local.pending = [r for r in local.pending if r.call != local.call]
+            _rows(mine)
+            raise
         finally:
             _LOG.reset(token)
-            handed = self._thread().handed
+            local.call = outer
+            handed = local.handed
             for _, _, buffer, slot in handed.values():  # a launch failed before its flag was filed
                 if buffer is not None:
                     buffer.read_and_release([slot])
             handed.clear()
+
+
+def _new_buffer(buffers: dict[tuple[int, int], _FlagBuffer], key: tuple[int, int], stream: Any) -> _FlagBuffer | None:
+    """A new buffer for ``key`` in ``buffers`` (idle ones dropped when :data:`MAX_BUFFERS` are
+    there), or None when every one of them has refusals pending."""
+    if len(buffers) >= MAX_BUFFERS:
+        for idle in [k for k, b in buffers.items() if b.idle]:
+            del buffers[idle]
+        if len(buffers) >= MAX_BUFFERS:
+            return None
+    buffer = buffers[key] = _FlagBuffer(stream)
+    return buffer
 
 
 _LOG: ContextVar[RefusalLog | None] = ContextVar("gpuquant_refusal_log", default=None)

@@ -57,6 +57,8 @@ RADIX_HIST_BINS = 8192 + 2 * 2048 + 2 * 256  # RADIX_HIST_TOTAL in kernels/train
 RADIX_PICK_THREADS = 512  # two halves of 256, one per target
 CANDIDATE_SHARE = 16  # the candidate buffer holds up to 1/16 of the values ...
 CANDIDATE_MIN = 1 << 16  # ... and at least this many (all of a small input)
+#: Device bytes of a radix select besides its candidates: histograms, selection state and counters (u64).
+RADIX_STATE_BYTES = (RADIX_HIST_BINS + 6 + 2) * 8
 _ROW_BLOCKS = 1024  # row slices of the column kernels (gridDim.y)
 
 
