@@ -382,8 +382,9 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
     elif kernel == "absmax_decode":
-        tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
-        layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
+        tensor, groups, d, seg = int(args[9]), int(args[6]), int(args[4]), int(args[5])
+        quads = seg % 4 == 0 and d % 4 == 0  # aligned buffers: the flat walk over float4s
+        layout = 4 if quads else 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
         modes = ["1" if int(args[7]) == 8 else "2", str(layout)]
     else:
         return None

@@ -453,18 +453,22 @@ def test_emulated_kernels(emu, warps, rng, variant, dtype, misalign: bool) -> No
                                                             ("block", 4, "low_first"), ("block", 8, "low_first"),
                                                             ("tensor", 8, "low_first"), ("tensor", 4, "high_first")])
 def test_emulated_absmax_decode(emu, rng, granularity: str, bits: int, order: str, misalign: bool) -> None:
-    for n, d, g in [(1, 1, 32), (5, 7, 32), (3, 64, 32), (4, 384, 64), (2, 1000, 40), (3, 96, 96)]:
+    # aligned rows of whole float4s take the flat walk over float4s (absmax_decode_quads), the others the
+    # row walk; blocks of 34 values split float4s; scales include NaN, ±Inf, ±0 and subnormals
+    for n, d, g in [(1, 1, 32), (5, 7, 32), (3, 64, 32), (4, 384, 64), (2, 1000, 40), (3, 96, 96), (3, 68, 34),
+                    (1, 4, 32), (7, 8, 32), (0, 64, 32)]:
         if granularity == "block" and d % g:
             continue
         scheme = make_scheme("absmax", granularity=granularity, bits=bits, block_size=g, nibble_order=order)
         seg, groups = (g, d // g) if granularity == "block" else (d, 1)
         codes = placed(rng.integers(0, 256, scheme.code_shape(n, d), dtype=np.uint8), misalign)
-        scales = placed(np.abs(rng.standard_normal((n, groups))).astype(np.float32), misalign)
+        scales = placed(matrix(rng, max(n, 1), groups, edges=edge_values()), misalign)  # a tensor scale for n = 0
         if granularity == "tensor":
             state, side = {"scales": scales.reshape(-1)[:1].copy()}, {}
         else:
-            state, side = {}, {"scales": scales.reshape(scheme.side_shapes(n, d)["scales"][0])}
-        want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
+            state, side = {}, {"scales": scales[:n].reshape(scheme.side_shapes(n, d)["scales"][0])}
+        with np.errstate(invalid="ignore", over="ignore"):  # Inf * 0, huge scales
+            want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
         for blocks, threads in GRIDS:
             wide = emu.emu_absmax_decode_wide  # block scales by 64-bit division (any layout's scales read as blocks)
             for decode in (emu.emu_absmax_decode, wide) if granularity == "block" else (emu.emu_absmax_decode,):

@@ -35,7 +35,6 @@ OVER_BUDGET: dict[tuple[str, str], str] = {
     ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("uint8-affine", "transform"): "CALL: f32 division slow path",
     ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("int4-block", "inverse"): "issue fraction over 0.5",
     ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
