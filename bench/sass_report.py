@@ -379,6 +379,9 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
+    elif kernel == "scaled_fp8_decode":
+        n, d, per_row = int(args[3]), int(args[4]), int(args[5])
+        modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
     elif kernel == "absmax_decode":
@@ -418,7 +421,7 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 # ----- records ---------------------------------------------------------------------------------
 #: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
-SCALAR_ACCESS = ("gguf_encode", "gguf_decode", "scaled_fp8_encode", "scaled_fp8_decode")
+SCALAR_ACCESS = ("gguf_encode", "gguf_decode", "scaled_fp8_encode")
 
 
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:

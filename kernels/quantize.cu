@@ -410,51 +410,20 @@ __global__ void __launch_bounds__(256, 4) absmax_encode_rows(GQ_ABSMAX_ENCODE_PA
 #undef GQ_ABSMAX_ENCODE_ARGS
 #undef GQ_ABSMAX_ENCODE_PARAMS
 
-// Segments of whole float4s (seg_len % 4 == 0, d % 4 == 0) lie one after another in the codes and
-// the output (n * d / seg_len of them), so the values are one flat array of `quads` float4s: quad q
-// (one 4-byte code word or 2 nibble bytes in, one float4 out) belongs to segment q / seg_quads, found
-// by gq::DivU32 in 32-bit arithmetic (absmax_quads_fit: every index below 2^32), so no division per
-// value; UNROLL quads in flight per thread. Needs codes aligned to a quad's code bytes, out to 16.
-// (A tensor scale is one segment of every value.)
-__device__ __forceinline__ bool absmax_quads_fit(long long n, long long d, long long seg_len, long long groups,
-                                                 int tensor) {
-    return n > 0 && seg_len > 0 && seg_len % 4 == 0 && d % 4 == 0 && (tensor || groups * seg_len == d) &&
-           n * d / 4 + (long long)UNROLL * thread_count() <= 0xffffffffLL;
-}
-
+// The quads of segment_quads_decode for absmax codes: 4 int8 codes or 2 nibble bytes.
 template <int EPC>
-__device__ void absmax_decode_quads(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
-                                    float* __restrict__ out, unsigned quads, unsigned seg_quads, int high_first) {
-    constexpr int CB = 4 / EPC;  // code bytes of a quad
-    const gq::DivU32 segment_of(seg_quads);
-    const unsigned step = (unsigned)thread_count();
-    for (unsigned q0 = (unsigned)thread_index(); q0 < quads; q0 += step * UNROLL) {
-        __align__(4) unsigned char c[UNROLL][4];
-        float s[UNROLL];
+struct AbsmaxQuad {
+    static constexpr int CODE_BYTES = 4 / EPC;
+    int high_first;
+    __device__ __forceinline__ void quad(const unsigned char* c, float s, float* v) const {
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const unsigned q = q0 + u * step;
-            if (q < quads) {
-                move_in<CB>(c[u], codes + (unsigned long long)q * CB);
-                s[u] = scales[segment_of(q)];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const unsigned q = q0 + u * step;
-            if (q < quads) {
-                __align__(16) float v[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const int level = EPC == 1 ? (int)(signed char)c[u][k]
-                                               : gq::sign_extend4(gq::unpack_nibble(c[u][k / 2], k % 2, high_first));
-                    v[k] = gq::absmax_value(level, s[u]);
-                }
-                gq::store_raw<float4>(out + 4 * (unsigned long long)q, v);
-            }
+        for (int k = 0; k < 4; ++k) {
+            const int level = EPC == 1 ? (int)(signed char)c[k]
+                                       : gq::sign_extend4(gq::unpack_nibble(c[k / 2], k % 2, high_first));
+            v[k] = gq::absmax_value(level, s);
         }
     }
-}
+};
 
 template <int EPC, int LAYOUT>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
@@ -462,9 +431,7 @@ __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restri
                                                    long long n, long long d, long long seg_len, long long groups,
                                                    int, int high_first, int tensor) {
     if constexpr (LAYOUT == SEGMENT_QUADS) {
-        const long long quads = n * d / 4;
-        absmax_decode_quads<EPC>(codes, scales, out, (unsigned)quads, (unsigned)(tensor ? quads : seg_len / 4),
-                                 high_first);
+        segment_quads_decode(AbsmaxQuad<EPC>{high_first}, codes, scales, out, n * d, tensor ? n * d : seg_len);
     } else {
         const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
         const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
@@ -477,8 +444,10 @@ __global__ void __launch_bounds__(256, 4)
     absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
                   float* __restrict__ out, long long n, long long d, long long seg_len, long long groups, int bits,
                   int high_first, int tensor) {
-    const bool quads =
-        absmax_quads_fit(n, d, seg_len, groups, tensor) && aligned(codes, bits == 8 ? 4 : 2) && aligned(out, 16);
+    // Segments of whole float4s (a tensor scale: one segment of every value) are one flat array.
+    const bool quads = d % 4 == 0 && (tensor || groups * seg_len == d) &&
+                       segment_quads_fit(n * d, tensor ? n * d : seg_len) && aligned(codes, bits == 8 ? 4 : 2) &&
+                       aligned(out, 16);
     // BLOCK_SCALE needs every column index (and seg_len <= d) to fit in 32 bits.
     const int layout = quads ? SEGMENT_QUADS : tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE
                                                     : d <= 0xffffffffLL ? BLOCK_SCALE : BLOCK_SCALE_WIDE;

@@ -5,11 +5,13 @@
 //
 // gguf: one thread per block of 32 values (its 34 or 18 bytes are written by that thread).
 // scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale, the refusal of
-// non-finite rows) then scaled_fp8_encode / scaled_fp8_decode, one thread per value, grid-stride.
+// non-finite rows) then scaled_fp8_encode, one thread per value, grid-stride; scaled_fp8_decode walks
+// float4s (walks.cuh: segment_quads_decode, a row one segment, or decode_rows).
 // A row holding NaN or ±Inf is refused: its index goes to bad_row by atomicMin (the launcher raises);
 // the codes of such a launch are not used.
 
 #include "device_io.cuh"
+#include "walks.cuh"
 
 namespace gq {
 
@@ -39,11 +41,26 @@ __device__ __forceinline__ unsigned gguf_q4_level(float v, float id, bool tiny) 
 // a * b with the NaN the reference's float32 product has on x86-64 (SSE): a NaN operand comes back
 // quietened (a's first), Inf * 0 gives the default NaN 0xffc00000; the GPU's own NaN would be
 // 0x7fffffff. Only the decoders' products of arbitrary code bytes can be NaN.
+// Selects, no branch: the NaN is chosen before it is known whether r is one.
 __device__ __forceinline__ float mul_as_host(float a, float b) {
-    if (is_nan(a)) return float_of(bits_of(a) | 0x00400000u);
-    if (is_nan(b)) return float_of(bits_of(b) | 0x00400000u);
+    const gq_u32 nan = is_nan(a) ? bits_of(a) | 0x00400000u : is_nan(b) ? bits_of(b) | 0x00400000u : 0xffc00000u;
     const float r = mul_f32(a, b);
-    return is_nan(r) ? float_of(0xffc00000u) : r;
+    return is_nan(r) ? float_of(nan) : r;
+}
+
+// gq::float_decode(c, F) of an fp8 code (F = E4M3 or E5M2) in fewer operations: the code's exponent and
+// mantissa bits placed at the top of a float32's (shifted by 23 - mbits) are the value times
+// 2^(bias - 127), normal and subnormal codes alike, so one exact product by 2^(127 - bias) rescales
+// them; the sign is the code's top bit. Codes with all exponent bits set (e4m3fn: also all mantissa
+// bits) give NaN 0x7fc00000 with the code's sign, e5m2's mantissa 0 gives ±Inf.
+template <int F>
+__device__ __forceinline__ float fp8_value(gq_u32 c) {
+    const gq_u32 mag = c & 0x7fu, sign = (c & 0x80u) << 24;
+    const gq_u32 special = F == E4M3 ? (mag == 0x7fu ? 0x7fc00000u : 0u)
+                                     : (mag >= 0x7cu ? (mag == 0x7cu ? 0x7f800000u : 0x7fc00000u) : 0u);
+    const float unit = float_of(F == E4M3 ? 0x7b800000u : 0x77800000u);  // 2^120, 2^112
+    const float scaled = mul_f32(float_of(mag << (F == E4M3 ? 20 : 21)), unit);
+    return float_of(sign | (special ? special : bits_of(scaled)));
 }
 
 }  // namespace gq
@@ -155,10 +172,44 @@ __global__ void scaled_fp8_encode(const T* __restrict__ x, unsigned char* __rest
     }
 }
 
-// w' = f32(f32(q) * s).
-__global__ void scaled_fp8_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
-                                  float* __restrict__ y, long long n, long long d, int per_row, int format) {
-    for (long long i = gq::thread_index(); i < n * d; i += gq::thread_count()) {
-        y[i] = gq::mul_as_host(gq::float_decode(codes[i], format), scales[per_row ? i / d : 0]);
+// w' = f32(f32(q) * s) for fp8 codes of format F, s = scales[row] (per_row) or scales[0]: a decoder of
+// the row walk (decode_rows) and of the flat walk over float4s (segment_quads_decode: a row, or every
+// value for a tensor scale, is one segment).
+template <int F>
+struct ScaledFp8Decoder {
+    typedef unsigned char code_t;
+    static constexpr int EPC = 1, CPT = 4, CODE_BYTES = 4;
+    const float* scales;
+    int per_row;
+    __device__ __forceinline__ void unpack(code_t c, long long row, long long, float* v) const {
+        v[0] = gq::mul_as_host(gq::fp8_value<F>(c), scales[per_row ? row : 0]);
+    }
+    __device__ __forceinline__ void quad(const unsigned char* c, float s, float* v) const {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = gq::mul_as_host(gq::fp8_value<F>(c[k]), s);
+    }
+};
+
+// QUADS: 1 the flat walk, 0 the row walk (unaligned buffers, rows of d % 4 != 0), -1 chosen here.
+template <int F, int QUADS = -1>
+__device__ __forceinline__ void scaled_fp8_decode_path(const unsigned char* __restrict__ codes,
+                                                       const float* __restrict__ scales, float* __restrict__ y,
+                                                       long long n, long long d, int per_row, int) {
+    const ScaledFp8Decoder<F> dec{scales, per_row};
+    const long long seg_len = per_row ? d : n * d;
+    if (QUADS >= 0 ? QUADS == 1 : segment_quads_fit(n * d, seg_len) && aligned(codes, 4) && aligned(y, 16)) {
+        segment_quads_decode(dec, codes, scales, y, n * d, seg_len);
+    } else {
+        decode_rows(dec, codes, y, n, d, d);
+    }
+}
+
+__global__ void __launch_bounds__(256, 4)
+    scaled_fp8_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                      float* __restrict__ y, long long n, long long d, int per_row, int format) {
+    if (format == gq::E4M3) {
+        scaled_fp8_decode_path<gq::E4M3>(codes, scales, y, n, d, per_row, format);
+    } else {
+        scaled_fp8_decode_path<gq::E5M2>(codes, scales, y, n, d, per_row, format);
     }
 }

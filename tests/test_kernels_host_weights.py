@@ -12,7 +12,7 @@ import ctypes
 
 import numpy as np
 import pytest
-from helpers import finite_edge_values, matrix, same_on_backends
+from helpers import edge_values, finite_edge_values, matrix, same_on_backends
 from test_kernels_host import (
     EMU_SIGNATURES,
     GRIDS,
@@ -188,6 +188,30 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
             got_x = placed(np.full((n, d), np.nan, np.float32), misalign)
             emu.emu_scaled_fp8_decode(3, 5, ptr(codes), ptr(scales), ptr(got_x), n, d, per_row, fmt_id)
             same_bits(got_x, want_x)
+
+
+@pytest.mark.parametrize("misalign", [False, True], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_scaled_fp8_decode_every_code_and_scale(emu, rng, fmt: str, misalign: bool) -> None:
+    """Every fp8 byte under every edge scale (NaN, ±Inf, ±0, subnormal), per row and per tensor: the flat
+    walk over float4s (aligned) and the row walk (unaligned, and rows of 255 values)."""
+    for granularity in ("channel", "tensor"):
+        scheme = make_scheme("scaled_fp8", granularity=granularity, format=fmt)
+        per_row = int(granularity == "channel")
+        edges = np.concatenate([edge_values(), rng.uniform(1e-6, 10, 5).astype(np.float32)])
+        for d in (256, 255):
+            codes = placed(np.resize(np.arange(256, dtype=np.uint8), (edges.size, d)), misalign)
+            # (a tensor scale is not NaN: numpy's array-by-scalar loop keeps the scalar's NaN where both are)
+            tensor_scales = [edges[i : i + 1] for i in range(edges.size) if not np.isnan(edges[i])][::3]
+            for scales in [edges] if per_row else tensor_scales:
+                side = {"weight_scale": scales.reshape(-1, 1)} if per_row else {}
+                state = {} if per_row else {"weight_scale": scales}
+                with np.errstate(invalid="ignore", over="ignore"):
+                    want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
+                got = placed(np.full(want.shape, np.nan, np.float32), misalign)
+                emu.emu_scaled_fp8_decode(3, 5, ptr(codes), ptr(placed(scales, misalign)), ptr(got), edges.size, d,
+                                          per_row, {"e4m3": 0, "e5m2": 1}[fmt])
+                same_bits(got, want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda t: np.dtype(t).name)

@@ -2,7 +2,7 @@
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
 ``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
-``scaled_fp8_encode`` / ``scaled_fp8_decode``, one thread per value. A row holding NaN or ±Inf is
+``scaled_fp8_encode`` (one thread per value) / ``scaled_fp8_decode`` (float4 by float4). A row holding NaN or ±Inf is
 refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
