@@ -137,6 +137,130 @@ GQ_HD float f64_to_f32(double x) {
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// Division without the division routine. PTX div.rn.f32 (no .ftz) compiles to a reciprocal, FFMAs
+// and a CALL to a slow path in every loop that divides; these primitives need neither.
+//
+// Divisor {p2, sp, r} of s, built once per divisor: x / s == (x * p2) / sp with p2 a power of two,
+// sp = s * p2 (exact) and r = RN(1 / sp). s normal with biased exponent e: p2 = 2^(127 - e) (2^-127,
+// a subnormal, for e = 254), |sp| in [1, 2); s subnormal: p2 = 2^127, |sp| in [2^-22, 2); s = +-0:
+// p2 = +Inf, sp = r = +-1; s = +-Inf: p2 = 0, sp = r = +-1; s NaN: p2 = NaN, sp = r = 1.
+//
+// quotient_for_rounding(x, D): a = x * p2, q0 = a * r, then two Markstein corrections (remainder by
+// fma, q += remainder * r). When |a| is in [2^-59, 2^60] (one unsigned compare on the bits; NaN is
+// outside), a is exact, |a / sp| in [2^-60, 2^83], nothing under- or overflows, both remainders are
+// exact (q0 within 2 ulp, q1 faithful) and q2 is RN(x / s) (Markstein: r within 1/2 ulp of 1 / sp,
+// q1 within 1 ulp, exact remainder). Outside the band the result is q0, which is not the quotient but
+// is equivalent for rounding: |x / s| < 2^-36 gives |q0| < 2^-35, |x / s| > 2^59 gives |q0| > 2^58
+// (or Inf), both with the quotient's sign; NaN gives NaN and the special divisors give IEEE's exact
+// +-Inf / NaN / +-0. So any f constant on (0, 2^-35) and on (2^58, Inf] for each sign (floor or
+// trunc then clip, rint then clip, rint(q + zp) then clip when |zp| <= 2^50) has f(q) == f(RN(x / s)).
+//
+// The reciprocal: r0 = rcp.approx.f32 (within 1 ulp) of the significand m in [1, 2), then two Newton
+// steps e = fma(-m, r, 1), r = fma(r, e, r) (and one fix-up); the exponent is restored by bits. The
+// host tests prove, for every m in [1, 2) and every start within 3 ulp of RN(1 / m), that the result
+// is RN(1 / m).
+//
+// div_exact(a, b): RN(a / b) bit for bit (IEEE, subnormals kept) for a quotient whose bits matter
+// (a scale): significands normalised to [1, 2), their quotient RN(ma / mb) in (1/2, 2) by the in-band
+// sequence, the exponent by integer arithmetic; a subnormal result is rounded once from the kept
+// bits, a tie decided by the sign of the exact remainder ma - qm * mb. NaN operands give a NaN.
+// ---------------------------------------------------------------------------------------------
+struct Divisor {
+    float p2, sp, r;
+};
+
+// 1 / m with a start within a few ulp: r0 from the hardware (device) or the IEEE quotient (host).
+GQ_HD float recip_start(float m) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("rcp.approx.f32 %0, %1;" : "=f"(r) : "f"(m));  // no .ftz, as everywhere here (m is normal)
+    return r;
+#else
+    return 1.0f / m;
+#endif
+}
+
+// RN(1 / m) for m in [1, 2), from r0 within 3 ulp of it: two Newton steps (exact residuals). The
+// one m they miss is 2 - 2^-23 (the known exception: they give 1/2, RN is 1/2 + 2^-24), set by bits.
+GQ_HD float refine_recip(float m, float r0) {
+    const float r1 = fma_f32(r0, fma_f32(-m, r0, 1.0f), r0);
+    const float r2 = fma_f32(r1, fma_f32(-m, r1, 1.0f), r1);
+    return bits_of(m) == 0x3fffffffu ? float_of(0x3f000001u) : r2;
+}
+
+// RN(1 / sp) for |sp| in [2^-22, 2): the reciprocal of its significand, the exponent put back by bits.
+GQ_HD float recip_f32(float sp) {
+    const gq_u32 u = bits_of(sp), sign = u & 0x80000000u;
+    const gq_u32 k = 127u - ((u >> 23) & 0xffu);  // sp = m * 2^-k, k in [0, 22]
+    const float m = float_of((u & 0x007fffffu) | 0x3f800000u);
+    return float_of((bits_of(refine_recip(m, recip_start(m))) + (k << 23)) | sign);
+}
+
+GQ_HD Divisor make_divisor(float s) {
+    const gq_u32 u = bits_of(s), e = (u >> 23) & 0xffu, one = (u & 0x80000000u) | 0x3f800000u;
+    if (is_nan(s)) return {s, 1.0f, 1.0f};
+    if (e == 0xffu) return {0.0f, float_of(one), float_of(one)};
+    if (is_zero(s)) return {float_of(0x7f800000u), float_of(one), float_of(one)};
+    const float p2 = float_of(e == 0u ? 0x7f000000u : e == 254u ? 0x00400000u : (254u - e) << 23);
+    const float sp = mul_f32(s, p2);
+    return {p2, sp, recip_f32(sp)};
+}
+
+// |a| in [2^-59, 2^60] (the bits of 2^-59 and 2^60); false for NaN.
+GQ_HD bool in_band(float a) { return (bits_of(a) & 0x7fffffffu) - 0x22000000u <= 0x5d800000u - 0x22000000u; }
+
+// RN(a / sp) when a is in band (a and sp finite, q within 2 ulp), else q0 itself.
+GQ_HD float corrected_quotient(float a, float sp, float r) {
+    const float q0 = mul_f32(a, r);
+    const float q1 = fma_f32(fma_f32(-q0, sp, a), r, q0);
+    const float q2 = fma_f32(fma_f32(-q1, sp, a), r, q1);
+    return in_band(a) ? q2 : q0;
+}
+
+GQ_HD float quotient_for_rounding(float x, const Divisor& D) { return corrected_quotient(mul_f32(x, D.p2), D.sp, D.r); }
+
+// Significand in [1, 2) and unbiased exponent of a finite nonzero |x| (subnormals normalised).
+GQ_HD float significand(gq_u32 a, int& exponent) {
+    gq_u32 e = a >> 23, f = a & 0x007fffffu;
+    if (e == 0u) {
+#ifdef __CUDA_ARCH__
+        const int shift = __clz(f) - 8;
+#else
+        const int shift = __builtin_clz(f) - 8;
+#endif
+        f = (f << shift) & 0x007fffffu;
+        exponent = -126 - shift;
+    } else {
+        exponent = (int)e - 127;
+    }
+    return float_of(f | 0x3f800000u);
+}
+
+GQ_HD float div_exact(float a, float b) {
+    const gq_u32 ua = bits_of(a) & 0x7fffffffu, ub = bits_of(b) & 0x7fffffffu;
+    const gq_u32 sign = (bits_of(a) ^ bits_of(b)) & 0x80000000u;
+    if (ua > 0x7f800000u || ub > 0x7f800000u || (ua == ub && (ua == 0u || ua == 0x7f800000u))) {
+        return float_of(0x7fffffffu);  // NaN operand, 0 / 0, Inf / Inf
+    }
+    if (ua == 0x7f800000u || ub == 0u) return float_of(sign | 0x7f800000u);
+    if (ua == 0u || ub == 0x7f800000u) return float_of(sign);
+    int ea, eb;
+    const float ma = significand(ua, ea), mb = significand(ub, eb);
+    const float qm = corrected_quotient(ma, mb, recip_f32(mb));  // in (1/2, 2): in band
+    const gq_u32 uq = bits_of(qm);
+    const int e = (int)(uq >> 23) - 127 + ea - eb;  // exponent of the result
+    if (e > 127) return float_of(sign | 0x7f800000u);
+    if (e >= -126) return float_of(sign | (uq + ((gq_u32)(ea - eb) << 23)));
+    // Subnormal: keep M >> sh of the 24-bit significand M; a dropped half is a tie only if exact.
+    const int sh = -126 - e < 25 ? -126 - e : 25;
+    const gq_u32 M = (uq & 0x007fffffu) | 0x00800000u, kept = M >> sh;
+    const gq_u32 dropped = M & ((1u << sh) - 1u), half = 1u << (sh - 1);
+    const float rem = fma_f32(-qm, mb, ma);
+    const bool up = dropped > half || (dropped == half && (gt_f32(rem, 0.0f) || (is_zero(rem) && (kept & 1u))));
+    return float_of(sign | (kept + (up ? 1u : 0u)));
+}
+
 // Round to an integral float: half to even (numpy rint), floor, toward zero.
 #ifdef __CUDA_ARCH__
 #define GQ_ROUND(NAME, PTX, HOST)                                                \
@@ -207,42 +331,51 @@ GQ_HD int clamp_level(float t, int L) {
 
 // ---------------------------------------------------------------------------------------------
 // Family "scalar". Per-range constants (computed once by the backend, in numpy, as the reference):
-//   HALF_AWAY: d0 = scale (f64), d1 = offset (f64), f0 = lo, f1 = hi
-//   FLOOR:     f0 = lo, f1 = step            TRUNC: f0 = lo, f1 = vdiff = f32(hi - lo)
-//   HALF_EVEN: f0 = scale, f1 = zp
+//   HALF_AWAY: away = {scale, offset} (f64), f0 = lo, f1 = hi
+//   FLOOR:     div = Divisor(step), f0 = lo, f1 = step
+//   TRUNC:     div = Divisor(vdiff), Divisor(+Inf) where vdiff = 0 (t = +-0 or NaN: level 0),
+//              f0 = lo, f1 = vdiff
+//   HALF_EVEN: div = Divisor(scale), f0 = scale, f1 = zp. quotient_for_rounding needs |zp| <= 2^50
+//              for rint(q + zp); when some range's zp is larger (a flat range far from 0) the backend
+//              passes HALF_EVEN_EXACT, which divides by div_exact instead.
 // ---------------------------------------------------------------------------------------------
-enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3 };
+enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3, HALF_EVEN_EXACT = 4 };
 
 struct ScalarParams {
-    double d0, d1;
+    union {
+        struct {
+            double scale, offset;
+        } away;
+        Divisor div;
+    };
     float f0, f1;
 };
 
 // Level u in [0, L] of x (L = 2**bits - 1, H = 2**(bits - 1)).
-GQ_HD int scalar_level(float x, int rounding, int bits, ScalarParams p) {
+GQ_HD int scalar_level(float x, int rounding, int bits, const ScalarParams& p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
     switch (rounding) {
     case HALF_AWAY: {  // cuVS: x <= lo or NaN -> 0, x >= hi -> L, else lroundf(f32(scale*x + offset)) + H
         // (the level selected before the conversion, so that it sees an in-range value only)
-        float t = round_half_away_f32(f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.d0), p.d1)));
+        float t = round_half_away_f32(f64_to_f32(add_f64(mul_f64(f32_to_f64(x), p.away.scale), p.away.offset)));
         t = lt_f32(x, p.f1) ? t : (float)(L - H);
         t = lt_f32(p.f0, x) ? t : (float)-H;
         return int_of(t) + H;
     }
     case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
-        return clamp_level(floor_f32(div_f32(sub_f32(x, p.f0), p.f1)), L);
+        return clamp_level(floor_f32(quotient_for_rounding(sub_f32(x, p.f0), p.div)), L);
     case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1); u = (int)(255 * t) or (int)(f64(t) * 15)
-        // (selects, no branch: a zero vdiff divides by 1 and the quotient is dropped)
-        const bool flat = is_zero(p.f1);
-        float t = div_f32(sub_f32(x, p.f0), flat ? 1.0f : p.f1);
-        t = flat || lt_f32(t, 0.0f) ? 0.0f : t;
+        float t = quotient_for_rounding(sub_f32(x, p.f0), p.div);
+        t = lt_f32(t, 0.0f) ? 0.0f : t;
         t = gt_f32(t, 1.0f) ? 1.0f : t;
         t = is_nan(t) ? 0.0f : t;
         if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
         return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
     }
-    default:  // HALF_EVEN, affine: clip(rint(f32(x / scale) + zp), 0, L)
-        return clamp_level(rint_f32(add_f32(div_f32(x, p.f0), p.f1)), L);
+    case HALF_EVEN:  // affine: clip(rint(f32(x / scale) + zp), 0, L)
+        return clamp_level(rint_f32(add_f32(quotient_for_rounding(x, p.div), p.f1)), L);
+    default:  // HALF_EVEN_EXACT: the same with the exact quotient
+        return clamp_level(rint_f32(add_f32(div_exact(x, p.f0), p.f1)), L);
     }
 }
 
@@ -257,16 +390,16 @@ GQ_HD float level_center(int u, int L) {
 }
 
 // Reconstruction of level u.
-GQ_HD float scalar_value(int u, int rounding, int bits, ScalarParams p) {
+GQ_HD float scalar_value(int u, int rounding, int bits, const ScalarParams& p) {
     const int L = (1 << bits) - 1, H = 1 << (bits - 1);
     switch (rounding) {
     case HALF_AWAY:  // f32((f64(u - H) - offset) / scale)
-        return f64_to_f32(div_f64(sub_f64((double)(u - H), p.d1), p.d0));
+        return f64_to_f32(div_f64(sub_f64((double)(u - H), p.away.offset), p.away.scale));
     case FLOOR:  // f32(f64(u) * f64(step) + f64(lo))
         return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
     case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
         return add_f32(p.f0, mul_f32(level_center(u, L), p.f1));
-    default:  // f32((u - zp) * scale)
+    default:  // HALF_EVEN and HALF_EVEN_EXACT: f32((u - zp) * scale)
         return mul_f32(sub_f32((float)u, p.f1), p.f0);
     }
 }
@@ -293,12 +426,16 @@ GQ_HD unsigned unpack_nibble(unsigned char b, int which, bool high_first) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Family "absmax": s = f32(f32(m + eps) / qmax); q = clip(rint(f32(x / s)), -qmax, qmax); x' = q*s.
+// Family "absmax": s = f32(f32(m + eps) / qmax) (div_exact: its bits are stored);
+// q = clip(rint(f32(x / s)), -qmax, qmax) (quotient_for_rounding: rint then clip); x' = q*s.
 // ---------------------------------------------------------------------------------------------
-GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_f32(add_f32(m, eps), (float)qmax); }
+GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_exact(add_f32(m, eps), (float)qmax); }
 
-GQ_HD int absmax_code(float x, float s, int qmax) {
-    float q = rint_f32(div_f32(x, is_zero(s) ? 1.0f : s));
+// The divisor of a segment's codes: its scale, 1 for a zero scale (every value is then 0).
+GQ_HD Divisor absmax_divisor(float s) { return make_divisor(is_zero(s) ? 1.0f : s); }
+
+GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
+    float q = rint_f32(quotient_for_rounding(x, D));
     if (lt_f32(q, (float)-qmax)) return -qmax;
     if (gt_f32(q, (float)qmax)) return qmax;
     return int_of(q);  // NaN cannot occur: rows with NaN/Inf are refused

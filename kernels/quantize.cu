@@ -226,13 +226,14 @@ __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane,
 __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], float s, unsigned char* dst, bool live,
                                              int lane, int width, long long seg_len, int bits, int high_first) {
     const int qmax = bits == 8 ? 127 : 7;
+    const gq::Divisor D = gq::absmax_divisor(s);
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
         if (live && j < seg_len) {
             unsigned q[4];
 #pragma unroll
-            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
+            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], D, qmax);
             if (bits == 8) {
                 const unsigned word = (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
                 gq::store_raw<unsigned>(dst + j, &word);
@@ -363,17 +364,18 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
         const float s =
             absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale, use_tensor_scale);
         if (!live) continue;
+        const gq::Divisor D = gq::absmax_divisor(s);
         if (bits == 8) {
 #pragma unroll 4
             for (long long i = grp.lane; i < seg_len; i += W) {
-                dst[i] = (unsigned char)(gq::absmax_code(to_f32(src[i]), s, qmax) & 0xff);
+                dst[i] = (unsigned char)(gq::absmax_code(to_f32(src[i]), D, qmax) & 0xff);
             }
         } else {
             const long long nbytes = (seg_len + 1) / 2;
             for (long long b = grp.lane; b < nbytes; b += W) {
-                const unsigned lo = (unsigned)gq::absmax_code(to_f32(src[2 * b]), s, qmax) & 0xfu;
+                const unsigned lo = (unsigned)gq::absmax_code(to_f32(src[2 * b]), D, qmax) & 0xfu;
                 const unsigned hi =
-                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code(to_f32(src[2 * b + 1]), s, qmax) & 0xfu : 0u;
+                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code(to_f32(src[2 * b + 1]), D, qmax) & 0xfu : 0u;
                 dst[b] = gq::pack_nibbles(lo, hi, high_first);
             }
         }

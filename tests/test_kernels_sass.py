@@ -33,7 +33,6 @@ OVER_BUDGET: dict[tuple[str, str], str] = {
     ("faiss-sq8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("faiss-sq4", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("uint8-affine", "transform"): "CALL: f32 division slow path",
     ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
