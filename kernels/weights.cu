@@ -3,7 +3,9 @@
 // formulas are those of gpuquant/schemes/gguf.py and scaled_fp8.py, bit for bit; every float operation
 // goes through quant_math.cuh (no -ftz, no contraction), fp16 and fp8 through its integer converters.
 //
-// gguf: one thread per block of 32 values (its 34 or 18 bytes are written by that thread).
+// gguf: one thread per block of 32 values: 8 float4 loads (128 bytes in flight, no shuffle), the
+// block's scale and its inverse by exact division (two per block, none per value), its 34 or 18 bytes
+// written by that thread in 32-bit stores.
 // scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale, the refusal of
 // non-finite rows) then scaled_fp8_encode, one thread per value, grid-stride; scaled_fp8_decode walks
 // float4s (walks.cuh: segment_quads_decode, a row one segment, or decode_rows).
@@ -18,22 +20,21 @@ namespace gq {
 constexpr int GGUF_QK = 32;
 
 // Bytes of one block: fp16 scale + 32 int8 codes (Q8_0) or 16 bytes of nibbles (Q4_0).
-__device__ __forceinline__ int gguf_block_bytes(bool q4) { return q4 ? 2 + GGUF_QK / 2 : 2 + GGUF_QK; }
+__device__ constexpr int gguf_block_bytes(bool q4) { return q4 ? 2 + GGUF_QK / 2 : 2 + GGUF_QK; }
 
-// id = d ? f32(1 / d) : 0.
+// id = d ? f32(1 / d) : 0 (its bits matter: exact division).
 __device__ __forceinline__ float gguf_inverse(float dscale) {
-    return is_zero(dscale) ? 0.0f : div_f32(1.0f, dscale);
+    return is_zero(dscale) ? 0.0f : div_exact(1.0f, dscale);
 }
 
-// Q8_0 code of v (roundf(f32(v * id)); 0 when id overflowed).
-__device__ __forceinline__ unsigned gguf_q8_code(float v, float id, bool tiny) {
-    if (tiny) return 0u;
+// Q8_0 code of v (roundf(f32(v * id))), for a finite id (the codes of a block whose id overflowed are 0).
+__device__ __forceinline__ unsigned gguf_q8_code(float v, float id) {
     return (unsigned)int_of(round_half_away_f32(mul_f32(v, id))) & 0xffu;
 }
 
-// Q4_0 level of v (min(15, trunc(f32(v * id) + 8.5)); 0 when id overflowed). The sum is in [0, 16.5).
-__device__ __forceinline__ unsigned gguf_q4_level(float v, float id, bool tiny) {
-    if (tiny) return 0u;
+// Q4_0 level of v (min(15, trunc(f32(v * id) + 8.5))), for a finite id (else the levels are 0). The
+// sum is in [0, 16.5).
+__device__ __forceinline__ unsigned gguf_q4_level(float v, float id) {
     const int t = int_of(trunc_f32(add_f32(mul_f32(v, id), 8.5f)));
     return (unsigned)(t < 15 ? t : 15);
 }
@@ -65,47 +66,98 @@ __device__ __forceinline__ float fp8_value(gq_u32 c) {
 
 }  // namespace gq
 
+// The 32 values of a block as float32: 16-byte loads when src is aligned to 16 bytes.
 template <typename T>
-__global__ void gguf_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, long long n, long long d,
-                            int q4, unsigned long long* bad_row) {
-    const long long nb = d / gq::GGUF_QK;
-    const int bytes = gq::gguf_block_bytes(q4);
-    for (long long b = gq::thread_index(); b < n * nb; b += gq::thread_count()) {
-        const T* src = x + b * gq::GGUF_QK;  // rows are d = nb * 32 values: block b starts at b * 32
-        float v[gq::GGUF_QK];
-        v[0] = gq::to_f32(src[0]);
-        // the first value of the largest magnitude (numpy's argmax; llama.cpp's scan starts from +0
-        // instead, which differs only for a block of zeros whose first one is -0)
-        float mx = v[0], amax = gq::abs_f(v[0]);
-        bool finite = gq::is_finite(v[0]);
-        for (int i = 1; i < gq::GGUF_QK; ++i) {
-            v[i] = gq::to_f32(src[i]);
-            const float a = gq::abs_f(v[i]);
-            finite = finite && gq::is_finite(v[i]);
-            if (gq::lt_f32(amax, a)) {  // strict: the first of equal magnitudes keeps its sign
-                amax = a;
-                mx = v[i];
-            }
+__device__ __forceinline__ void gguf_load(const T* src, float (&v)[gq::GGUF_QK]) {
+    if (gq::aligned(src, 16)) {
+        gq::load_vec<T, gq::GGUF_QK>(src, v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < gq::GGUF_QK; ++i) v[i] = gq::to_f32(src[i]);
+    }
+}
+
+// A block's bytes at dst: its fp16 scale `half`, then the W code words (4 code bytes each, the first
+// in the low byte). dst 2 mod 4: a 16-bit store, then one 32-bit store per word; dst 0 mod 4: 32-bit
+// stores of the words shifted by two bytes (the scale in the first), then a 16-bit tail; odd: bytes.
+template <int W>
+__device__ __forceinline__ void gguf_store(unsigned char* dst, gq_u32 half, const gq_u32 (&word)[W]) {
+    const unsigned misalign = (unsigned)(reinterpret_cast<unsigned long long>(dst) & 3u);
+    if (misalign == 2u) {
+        const unsigned short head = (unsigned short)half;
+        gq::store_raw<unsigned short>(dst, &head);
+#pragma unroll
+        for (int i = 0; i < W; ++i) gq::store_raw<gq_u32>(dst + 2 + 4 * i, &word[i]);
+    } else if (misalign == 0u) {
+        gq_u32 carry = half;  // the two bytes before word i's last two
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+            const gq_u32 out = (carry & 0xffffu) | (word[i] << 16);
+            gq::store_raw<gq_u32>(dst + 4 * i, &out);
+            carry = word[i] >> 16;
         }
-        if (!finite) {
-            atomicMin(bad_row, (unsigned long long)(b / nb));  // its row
-            continue;
-        }
-        const float dscale = q4 ? gq::div_f32(mx, -8.0f) : gq::div_f32(amax, 127.0f);
-        const float id = gq::gguf_inverse(dscale);
-        const bool tiny = !gq::is_finite(id);
-        unsigned char* dst = codes + b * bytes;
-        const gq_u32 half = gq::float_encode(dscale, gq::FP16, false);
+        const unsigned short tail = (unsigned short)carry;
+        gq::store_raw<unsigned short>(dst + 4 * W, &tail);
+    } else {
         dst[0] = (unsigned char)(half & 0xffu);
         dst[1] = (unsigned char)(half >> 8);
-        if (q4) {
-            for (int j = 0; j < gq::GGUF_QK / 2; ++j) {
-                dst[2 + j] = (unsigned char)(gq::gguf_q4_level(v[j], id, tiny) |
-                                             (gq::gguf_q4_level(v[j + gq::GGUF_QK / 2], id, tiny) << 4));
-            }
-        } else {
-            for (int j = 0; j < gq::GGUF_QK; ++j) dst[2 + j] = (unsigned char)gq::gguf_q8_code(v[j], id, tiny);
+#pragma unroll
+        for (int k = 0; k < 4 * W; ++k) dst[2 + k] = (unsigned char)(word[k / 4] >> (8 * (k % 4)));
+    }
+}
+
+// Q4: 0 Q8_0, 1 Q4_0. Blocks are walked as (row, block of the row) by increments (TaskWalk): the row
+// of a refused block needs no division.
+template <typename T, int Q4>
+__device__ __forceinline__ void gguf_encode_path(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                                 long long n, long long d, int, unsigned long long* bad_row) {
+    constexpr int BYTES = gq::gguf_block_bytes(Q4), W = (BYTES - 2) / 4;
+    for (TaskWalk w(n, d / gq::GGUF_QK); w.more(); w.next()) {
+        float v[gq::GGUF_QK];
+        gguf_load(x + w.task * gq::GGUF_QK, v);  // rows are d = 32 * blocks values: block b starts at 32 b
+        // max |v| as the largest bit pattern of |v| (non-finite patterns are above every finite one) and,
+        // for Q4_0, the first value of that magnitude (numpy's argmax; llama.cpp's scan starts from +0
+        // instead, which differs only for a block of zeros whose first one is -0)
+        gq_u32 m = 0u;
+        float mx = v[0];
+#pragma unroll
+        for (int i = 0; i < gq::GGUF_QK; ++i) {
+            const gq_u32 a = gq::bits_of(v[i]) & 0x7fffffffu;
+            if (Q4) mx = a > m ? v[i] : mx;  // strict: the first of equal magnitudes keeps its sign
+            m = a > m ? a : m;
         }
+        if (m >= 0x7f800000u) {
+            atomicMin(bad_row, (unsigned long long)w.row);
+            continue;
+        }
+        const float dscale = Q4 ? gq::div_exact(mx, -8.0f) : gq::div_exact(gq::float_of(m), 127.0f);
+        const float id = gq::gguf_inverse(dscale);
+        gq_u32 word[W] = {};  // a block whose id overflowed (tiny values) has codes 0 (Q8_0) and nibbles 0 (Q4_0)
+        if (gq::is_finite(id)) {
+#pragma unroll
+            for (int i = 0; i < W; ++i) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const int j = 4 * i + k;
+                    const gq_u32 byte = Q4 ? gq::gguf_q4_level(v[j], id) |
+                                                 (gq::gguf_q4_level(v[j + gq::GGUF_QK / 2], id) << 4)
+                                           : gq::gguf_q8_code(v[j], id);
+                    word[i] |= byte << (8 * k);
+                }
+            }
+        }
+        gguf_store(codes + w.task * BYTES, gq::float_encode(dscale, gq::FP16, false), word);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256, 4)
+    gguf_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, long long n, long long d, int q4,
+                unsigned long long* bad_row) {
+    if (q4) {
+        gguf_encode_path<T, 1>(x, codes, n, d, q4, bad_row);
+    } else {
+        gguf_encode_path<T, 0>(x, codes, n, d, q4, bad_row);
     }
 }
 
