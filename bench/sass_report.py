@@ -381,7 +381,7 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), "1"]
     elif kernel == "gguf_encode":
         modes = [str(int(args[4]))]  # Q4_0 or Q8_0
-    elif kernel == "scaled_fp8_decode":
+    elif kernel in ("scaled_fp8_encode", "scaled_fp8_decode"):  # (.., n, d, per_row, format)
         n, d, per_row = int(args[3]), int(args[4]), int(args[5])
         modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
@@ -423,7 +423,7 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 # ----- records ---------------------------------------------------------------------------------
 #: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
-SCALAR_ACCESS = ("gguf_decode", "scaled_fp8_encode")
+SCALAR_ACCESS = ("gguf_decode",)
 
 
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
@@ -451,6 +451,8 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
     if kernel == "gguf_encode":  # a thread's block of 32 values in 16-byte loads, its bytes in 16/32-bit stores
         return Spec("LDG", 128, None, 16, 1)
+    if kernel == "scaled_fp8_encode":  # a 16-byte Divisor load beside each float4 of values
+        return Spec("LDG", 128, None, code_bits, TASKS_IN_FLIGHT, vectors=TASKS_IN_FLIGHT)
     if kernel in SCALAR_ACCESS:  # one float32 value per load (store): as many as the loop has
         return Spec("LDG" if op == "transform" else "STG", 32, None)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks

@@ -9,6 +9,7 @@ On a GPU the same bodies also run through the cupy backend against the numpy bac
 from __future__ import annotations
 
 import ctypes
+import itertools
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from test_kernels_host import (
 
 import gpuquant
 from gpuquant.schemes import make_scheme
+from gpuquant.schemes.edges import byte_values
 from gpuquant.schemes.statistics import RowError
 
 F32 = ctypes.c_float
@@ -35,7 +37,7 @@ SIGNATURES = {
     **EMU_SIGNATURES,
     "emu_gguf_encode": [I32, I32, I32, VP, VP, I64, I64, I32, VP],
     "emu_gguf_decode": [I32, I32, VP, VP, I64, I64, I32],
-    "emu_scaled_fp8_encode": [I32, I32, I32, VP, VP, VP, I64, I64, F32, I32, I32],
+    "emu_scaled_fp8_encode": [I32, I32, I32, VP, VP, VP, I64, I64, I32, I32],
     "emu_scaled_fp8_decode": [I32, I32, VP, VP, VP, I64, I64, I32, I32],
 }
 DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.float64): 2}
@@ -43,7 +45,7 @@ SHAPES = [(1, 32), (3, 64), (5, 96), (7, 160), (2, 1024)]
 NO_ROW = np.iinfo(np.uint64).max
 
 
-WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, I64, I64, F32, I32, VP]}
+WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, VP, I64, I64, F32, I32, VP]}
 WARP_GRIDS = [(1, 32), (3, 64)]  # scaled_fp8_scales: one warp a row, rows grid-strided
 
 
@@ -145,8 +147,8 @@ def test_emulated_refusals(emu, warps, rng, family: str, kw: dict, bad_value: fl
     if family == "gguf":
         emu.emu_gguf_encode(3, 5, 0, ptr(x32), ptr(codes), n, d, int(kw["type"] == "q4_0"), ptr(bad))
     else:
-        scales = np.zeros(n, np.float32)
-        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), n, d, np.float32(448), 1, ptr(bad))
+        scales, divisors = np.zeros(n, np.float32), np.zeros((n, 4), np.float32)
+        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), ptr(divisors), n, d, np.float32(448), 1, ptr(bad))
     assert bad[0] == want
 
 
@@ -157,12 +159,16 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
     scheme = make_scheme("scaled_fp8", granularity=granularity, format=fmt)
     per_row = int(granularity == "channel")
     fmt_id = {"e4m3": 0, "e5m2": 1}[fmt]
-    for n, d in [*SHAPES, (3, 7), (1, 1)]:
+    # tensor scales: half the one a fit gives (values beyond M * s clip); 1 and 0.75 (quotients at the fp8
+    # ties among the edge values); subnormal (huge quotients), huge (quotients that cast to ±0)
+    tensor_scales = [None, 1.0, 0.75, 1e-40, 3e38] if not per_row else [0.0]
+    for (n, d), tensor_scale in itertools.product([*SHAPES, (3, 7), (1, 1)], tensor_scales):
         x, x32 = inputs(rng, n, d, dtype)
         x[0], x32[0] = 0, 0  # a zero row: the scale FLT_EPSILON (-0 among the edge values codes as +0)
         state = {}
-        if not per_row:  # a tensor scale half the one a fit gives: values beyond M * s clip
-            state = {"weight_scale": scheme.scale_of(np.abs(x32).max() * np.float32(0.5)).reshape(1)}
+        if not per_row:
+            half_fit = scheme.scale_of(np.abs(x32).max() * np.float32(0.5))
+            state = {"weight_scale": np.float32(half_fit if tensor_scale is None else tensor_scale).reshape(1)}
         want, side = scheme.encode(x32, state)
         want = want.view(np.uint8)
         scales_want = side["weight_scale"].reshape(-1) if per_row else state["weight_scale"]
@@ -172,22 +178,61 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
             for (blocks, threads), (wblocks, wthreads) in zip(GRIDS, WARP_GRIDS, strict=True):
                 scales = placed(np.full(n, np.nan, np.float32), misalign) if per_row else state["weight_scale"].copy()
                 bad = np.full(1, NO_ROW, np.uint64)
-                m = np.float32(scheme.max_finite)
-                warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), n, d, m,
-                                            per_row, ptr(bad))
-                emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(scales), n, d, m,
+                divisors = np.full((n, 4), np.nan, np.float32)  # a Divisor {p2, sp, r, 0} per row (row 0: tensor)
+                warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), ptr(divisors),
+                                            n, d, np.float32(scheme.max_finite), per_row, ptr(bad))
+                emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(divisors), n, d,
                                           per_row, fmt_id)
                 assert bad[0] == NO_ROW
                 same_bits(got, want)
                 same_bits(scales, scales_want)
             codes = placed(np.arange(n * d, dtype=np.uint8).reshape(n, d) * np.uint8(97), misalign)
             scales = placed(rng.uniform(1e-6, 10, n).astype(np.float32) if per_row else scales_want, misalign)
-            want_x = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype),
-                                   {"weight_scale": scales.reshape(n, 1)} if per_row else {},
-                                   state, d)
+            with np.errstate(over="ignore"):  # huge tensor scales
+                want_x = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype),
+                                       {"weight_scale": scales.reshape(n, 1)} if per_row else {}, state, d)
             got_x = placed(np.full((n, d), np.nan, np.float32), misalign)
             emu.emu_scaled_fp8_decode(3, 5, ptr(codes), ptr(scales), ptr(got_x), n, d, per_row, fmt_id)
             same_bits(got_x, want_x)
+
+
+def quotient_edges(s: np.float32, fmt: str) -> np.ndarray:
+    """float32 w whose w / s lands on what the encode must get exactly: every midpoint between two fp8
+    values (and beyond M), the quotients that round to ±0 or to ±2^-149 (|w / s| about 2^-150), tiny and
+    huge ones; each with its float32 neighbours and both signs."""
+    grid = np.unique(np.abs(byte_values(make_scheme("scaled_fp8", format=fmt).code_dtype)))
+    grid = grid[np.isfinite(grid)].astype(np.float64)
+    q = np.concatenate([(grid[1:] + grid[:-1]) / 2, grid, [grid[-1] * 1.5, 2.0**-150, 2.0**-149, 3 * 2.0**-151,
+                                                          2.0**-40, 2.0**-36, 2.0**59, 2.0**70]])
+    with np.errstate(over="ignore", under="ignore"):
+        w = (q * np.float64(s)).astype(np.float32)  # q * s is exact in float64: one rounding
+        w = w[np.isfinite(w)]
+        w = np.concatenate([w, np.nextafter(w, np.float32(0)), np.nextafter(w, np.float32(np.inf))])
+    w = np.concatenate([w, -w, [0.0, -0.0, 1e-45, -1e-45]]).astype(np.float32)
+    return w[np.isfinite(w)]
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_scaled_fp8_encode_quotient_edges(emu, warps, fmt: str) -> None:
+    """fp8 ties, quotients rounding to ±0, subnormal and huge tensor scales: the encode's quotient (Divisor
+    band, the q0 outside it, the zero limit) against the reference's division, both walks."""
+    scheme = make_scheme("scaled_fp8", granularity="tensor", format=fmt)
+    for s in np.array([1.0, 0.75, 3e38, 2.0**127 * 1.75, 1e-40, 2.0**-149, 1.1754942e-38, 2.0**100 * 1.3, 5e-3],
+                      np.float32):
+        w = quotient_edges(s, fmt)
+        x = np.resize(w, (-(-w.size // 64), 64))  # rows of 64: the flat walk when aligned
+        state = {"weight_scale": s.reshape(1)}
+        want = scheme.encode(x, state)[0].view(np.uint8)
+        for misalign in (False, True):
+            xin = placed(x, misalign)
+            got = placed(np.full(want.shape, 0x5A, np.uint8), misalign)
+            divisors, bad = np.full((1, 4), np.nan, np.float32), np.full(1, NO_ROW, np.uint64)
+            scales = state["weight_scale"].copy()
+            warps.emu_scaled_fp8_scales(1, 32, 0, ptr(xin), ptr(scales), ptr(divisors), *x.shape,
+                                        np.float32(scheme.max_finite), 0, ptr(bad))
+            fmt_id = {"e4m3": 0, "e5m2": 1}[fmt]
+            emu.emu_scaled_fp8_encode(3, 5, 0, ptr(xin), ptr(got), ptr(divisors), *x.shape, 0, fmt_id)
+            same_bits(got, want)
 
 
 @pytest.mark.parametrize("misalign", [False, True], ids=["aligned", "unaligned"])

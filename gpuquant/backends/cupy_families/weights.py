@@ -1,8 +1,8 @@
 """Launchers of the weight-checkpoint families ``gguf`` and ``scaled_fp8`` (``kernels/weights.cu``).
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
-``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
-``scaled_fp8_encode`` (one thread per value) / ``scaled_fp8_decode`` (float4 by float4). A row holding NaN or ±Inf is
+``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale and its divisor constants, the refusal of
+a non-finite row), then ``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row holding NaN or ±Inf is
 refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, cupy_module, grid_for, i32, i64, row_flags
-from gpuquant.backends.cupy_launch import kernel, launcher
+from gpuquant.backends.cupy_launch import kernel, launcher, row_blocks
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.gguf import QK
 from gpuquant.schemes.granularity import PerRow
@@ -75,15 +75,16 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     n, d = (int(s) for s in x.shape)
     t = INPUT_TYPES[x.dtype]
     scales, per_row = _scales(constant, scheme, state, side)
-    m = np.float32(scheme.max_finite)
     bad = row_flags(1)
+    divisors = cupy_module().full((max(n, 1) if per_row else 1, 4), 0, np.float32)  # a scale's gq::Divisor
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
-        (grid_for(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
+        (grid_for(n * 32),), (THREADS,),
+        (x, scales, divisors, i64(n), i64(d), np.float32(scheme.max_finite), i32(per_row), bad),
     )
     _refuse(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
-        (grid_for(n * d),), (THREADS,),
-        (x, codes, scales, i64(n), i64(d), m, i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
+        (row_blocks(n, d),), (THREADS,),
+        (x, codes, divisors, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
     )
 
 
@@ -95,5 +96,5 @@ def scaled_fp8_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: A
     if per_row:  # side arrays went through as_device: already C-contiguous (astype keeps that)
         scales = cupy_module().asarray(scales, dtype=np.float32)
     _kernel("scaled_fp8_decode")(
-        (grid_for(n * d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
+        (row_blocks(n, d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
     )
