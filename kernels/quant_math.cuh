@@ -61,27 +61,33 @@ GQ_HD bool is_nan(float x) { return (bits_of(x) & 0x7fffffffu) > 0x7f800000u; }
 GQ_HD bool is_finite(float x) { return (bits_of(x) & 0x7f800000u) != 0x7f800000u; }
 GQ_HD float abs_f(float x) { return float_of(bits_of(x) & 0x7fffffffu); }
 
-// add/sub/mul/div, round to nearest even. T is float or double, C its asm constraint ("f"/"d").
+// add/sub/mul/div, round to nearest even; max/min (of a NaN and a number: the number). T is float or
+// double, C its asm constraint ("f"/"d"), HOST the host's expression of a and b.
 #ifdef __CUDA_ARCH__
-#define GQ_BINOP(NAME, T, C, PTX, OP)                                            \
+#define GQ_BINOP(NAME, T, C, PTX, HOST)                                          \
     GQ_HD T NAME(T a, T b) {                                                     \
         T r;                                                                     \
         asm(PTX " %0, %1, %2;" : "=" C(r) : C(a), C(b));                         \
         return r;                                                                \
     }
 #else
-#define GQ_BINOP(NAME, T, C, PTX, OP)                                            \
-    GQ_HD T NAME(T a, T b) { return a OP b; }
+#define GQ_BINOP(NAME, T, C, PTX, HOST)                                          \
+    GQ_HD T NAME(T a, T b) { return HOST; }
 #endif
-GQ_BINOP(add_f32, float, "f", "add.rn.f32", +)
-GQ_BINOP(sub_f32, float, "f", "sub.rn.f32", -)
-GQ_BINOP(mul_f32, float, "f", "mul.rn.f32", *)
-GQ_BINOP(div_f32, float, "f", "div.rn.f32", /)
-GQ_BINOP(add_f64, double, "d", "add.rn.f64", +)
-GQ_BINOP(sub_f64, double, "d", "sub.rn.f64", -)
-GQ_BINOP(mul_f64, double, "d", "mul.rn.f64", *)
-GQ_BINOP(div_f64, double, "d", "div.rn.f64", /)
+GQ_BINOP(add_f32, float, "f", "add.rn.f32", a + b)
+GQ_BINOP(sub_f32, float, "f", "sub.rn.f32", a - b)
+GQ_BINOP(mul_f32, float, "f", "mul.rn.f32", a * b)
+GQ_BINOP(div_f32, float, "f", "div.rn.f32", a / b)
+GQ_BINOP(max_f32, float, "f", "max.f32", __builtin_fmaxf(a, b))
+GQ_BINOP(min_f32, float, "f", "min.f32", __builtin_fminf(a, b))
+GQ_BINOP(add_f64, double, "d", "add.rn.f64", a + b)
+GQ_BINOP(sub_f64, double, "d", "sub.rn.f64", a - b)
+GQ_BINOP(mul_f64, double, "d", "mul.rn.f64", a * b)
+GQ_BINOP(div_f64, double, "d", "div.rn.f64", a / b)
 #undef GQ_BINOP
+
+// min(max(x, 0), 1); NaN gives 0.
+GQ_HD float clamp01_f32(float x) { return min_f32(max_f32(x, 0.0f), 1.0f); }
 
 // Square root, round to nearest even, no flushing (sqrt.rn.f32 without .ftz; IEEE on the host).
 GQ_HD float sqrt_f32(float x) {
@@ -104,6 +110,10 @@ GQ_HD float fma_f32(float a, float b, float c) {
     return __builtin_fmaf(a, b, c);
 #endif
 }
+
+// c - a * b with one rounding. The sign is flipped by bits (C++'s -a compiles to a flushing negate
+// under -ftz=true); ptxas folds it into the FMA.
+GQ_HD float fnma_f32(float a, float b, float c) { return fma_f32(float_of(bits_of(a) ^ 0x80000000u), b, c); }
 
 // a < b and a > b, IEEE (false when either is NaN; subnormals compared exactly).
 GQ_HD bool lt_f32(float a, float b) {
@@ -184,8 +194,8 @@ GQ_HD float recip_start(float m) {
 // RN(1 / m) for m in [1, 2), from r0 within 3 ulp of it: two Newton steps (exact residuals). The
 // one m they miss is 2 - 2^-23 (the known exception: they give 1/2, RN is 1/2 + 2^-24), set by bits.
 GQ_HD float refine_recip(float m, float r0) {
-    const float r1 = fma_f32(r0, fma_f32(-m, r0, 1.0f), r0);
-    const float r2 = fma_f32(r1, fma_f32(-m, r1, 1.0f), r1);
+    const float r1 = fma_f32(r0, fnma_f32(m, r0, 1.0f), r0);
+    const float r2 = fma_f32(r1, fnma_f32(m, r1, 1.0f), r1);
     return bits_of(m) == 0x3fffffffu ? float_of(0x3f000001u) : r2;
 }
 
@@ -213,8 +223,8 @@ GQ_HD bool in_band(float a) { return (bits_of(a) & 0x7fffffffu) - 0x22000000u <=
 // RN(a / sp) when a is in band (a and sp finite, q within 2 ulp), else q0 itself.
 GQ_HD float corrected_quotient(float a, float sp, float r) {
     const float q0 = mul_f32(a, r);
-    const float q1 = fma_f32(fma_f32(-q0, sp, a), r, q0);
-    const float q2 = fma_f32(fma_f32(-q1, sp, a), r, q1);
+    const float q1 = fma_f32(fnma_f32(q0, sp, a), r, q0);
+    const float q2 = fma_f32(fnma_f32(q1, sp, a), r, q1);
     return in_band(a) ? q2 : q0;
 }
 
@@ -256,30 +266,38 @@ GQ_HD float div_exact(float a, float b) {
     const int sh = -126 - e < 25 ? -126 - e : 25;
     const gq_u32 M = (uq & 0x007fffffu) | 0x00800000u, kept = M >> sh;
     const gq_u32 dropped = M & ((1u << sh) - 1u), half = 1u << (sh - 1);
-    const float rem = fma_f32(-qm, mb, ma);
+    const float rem = fnma_f32(qm, mb, ma);
     const bool up = dropped > half || (dropped == half && (gt_f32(rem, 0.0f) || (is_zero(rem) && (kept & 1u))));
     return float_of(sign | (kept + (up ? 1u : 0u)));
 }
 
-// Round to an integral float: half to even (numpy rint), floor, toward zero.
+// Conversions of a float: to an integral float (half to even as numpy rint, floor, toward zero), or
+// to an int toward zero (an integral x, |x| < 2**31), by floor or to nearest even as PTX cvt.rmi /
+// cvt.rni.s32.f32 do it (NaN gives 0, values beyond the int range saturate). R is the result type,
+// C its asm constraint, HOST the host's function.
 #ifdef __CUDA_ARCH__
-#define GQ_ROUND(NAME, PTX, HOST)                                                \
-    GQ_HD float NAME(float x) {                                                  \
-        float r;                                                                 \
-        asm(PTX " %0, %1;" : "=f"(r) : "f"(x));                                  \
+#define GQ_CONVERT(NAME, R, C, PTX, HOST)                                        \
+    GQ_HD R NAME(float x) {                                                      \
+        R r;                                                                     \
+        asm(PTX " %0, %1;" : "=" C(r) : "f"(x));                                 \
         return r;                                                                \
     }
 #else
-#define GQ_ROUND(NAME, PTX, HOST)                                                \
-    GQ_HD float NAME(float x) { return HOST(x); }
+#define GQ_CONVERT(NAME, R, C, PTX, HOST)                                        \
+    GQ_HD R NAME(float x) { return HOST(x); }
 #endif
 GQ_HD float host_rint(float x);
 GQ_HD float host_floor(float x);
 GQ_HD float host_trunc(float x);
-GQ_ROUND(rint_f32, "cvt.rni.f32.f32", host_rint)
-GQ_ROUND(floor_f32, "cvt.rmi.f32.f32", host_floor)
-GQ_ROUND(trunc_f32, "cvt.rzi.f32.f32", host_trunc)
-#undef GQ_ROUND
+GQ_HD int host_rint_int(float x);
+GQ_HD int host_floor_int(float x);
+GQ_CONVERT(rint_f32, float, "f", "cvt.rni.f32.f32", host_rint)
+GQ_CONVERT(floor_f32, float, "f", "cvt.rmi.f32.f32", host_floor)
+GQ_CONVERT(trunc_f32, float, "f", "cvt.rzi.f32.f32", host_trunc)
+GQ_CONVERT(int_of, int, "r", "cvt.rzi.s32.f32", (int))
+GQ_CONVERT(floor_to_int, int, "r", "cvt.rmi.s32.f32", host_floor_int)
+GQ_CONVERT(rint_to_int, int, "r", "cvt.rni.s32.f32", host_rint_int)
+#undef GQ_CONVERT
 
 // Host versions by integer arithmetic (independent of the FPU rounding mode).
 GQ_HD float host_trunc(float x) {
@@ -301,16 +319,24 @@ GQ_HD float host_rint(float x) {
     }
     return t;
 }
+GQ_HD int host_to_int(float t) {  // an integral float, NaN or +-Inf, as cvt.s32 converts it
+    if (is_nan(t)) return 0;
+    if (!lt_f32(t, 2147483648.0f)) return 2147483647;
+    return lt_f32(t, -2147483648.0f) ? (-2147483647 - 1) : (int)t;
+}
+GQ_HD int host_rint_int(float x) { return host_to_int(host_rint(x)); }
+GQ_HD int host_floor_int(float x) { return host_to_int(host_floor(x)); }
 
-// An integral float (|x| < 2**31) to int.
-GQ_HD int int_of(float x) {
-#ifdef __CUDA_ARCH__
-    int r;
-    asm("cvt.rzi.s32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-#else
-    return (int)x;
-#endif
+// v clipped to [lo, hi] (integer min and max).
+GQ_HD int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// (int)(f64(t) * 15) for t in [0, 1] (or -0) without float64: x = (int)(t * 2^28), then (15 * x) >> 28
+// = umulhi(x, 240). For t >= 2^-5 the product t * 2^28 is an integer (t's last bit weighs at least
+// 2^-28), so x is exact and the shift truncates 15 * t exactly; below, 15 * x / 2^28 <= 15 * t < 1
+// and both give 0. The host tests check every t in [0, 1].
+GQ_HD int times15_trunc(float t) {
+    const gq_u32 x = (gq_u32)int_of(mul_f32(t, 268435456.0f));
+    return (int)(((gq_u64)x * 240u) >> 32);
 }
 
 // lroundf: round half away from zero (|x| < 2**31).
@@ -320,25 +346,17 @@ GQ_HD float round_half_away_f32(float x) {
     return lt_f32(frac, 0.5f) ? t : add_f32(t, float_of((bits_of(x) & 0x80000000u) | 0x3f800000u));  // a select
 }
 
-// A rounded value (integral, or NaN) to a level in [0, L]: NaN and negatives give 0. Selects, not
-// branches (no divergent region per value); the conversion sees an in-range value only.
-GQ_HD int clamp_level(float t, int L) {
-    t = gt_f32(t, 0.0f) ? t : 0.0f;
-    t = gt_f32(t, (float)L) ? (float)L : t;
-    return int_of(t);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Family "scalar". Per-range constants (computed once by the backend, in numpy, as the reference):
 //   HALF_AWAY: away = {scale, offset} (f64), f0 = lo, f1 = hi
 //   FLOOR:     div = Divisor(step), f0 = lo, f1 = step
 //   TRUNC:     div = Divisor(vdiff), Divisor(+Inf) where vdiff = 0 (t = +-0 or NaN: level 0),
 //              f0 = lo, f1 = vdiff
-//   HALF_EVEN: div = Divisor(scale), f0 = scale, f1 = zp. quotient_for_rounding needs |zp| <= 2^50
-//              for rint(q + zp); when some range's zp is larger (a flat range far from 0) the backend
-//              passes HALF_EVEN_EXACT, which divides by div_exact instead.
+//   HALF_EVEN: div = Divisor(scale), f0 = scale, f1 = zp. rint(q + zp) needs |zp| <= 2^50 from
+//              quotient_for_rounding, or scale = 1 (then q0 = x exactly): the backend's ranges always
+//              meet one of them (gpuquant/backends/cupy_families/scalar.py, scalar_params).
 // ---------------------------------------------------------------------------------------------
-enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3, HALF_EVEN_EXACT = 4 };
+enum Rounding { HALF_AWAY = 0, FLOOR = 1, TRUNC = 2, HALF_EVEN = 3 };
 
 struct ScalarParams {
     union {
@@ -361,20 +379,14 @@ GQ_HD int scalar_level(float x, int rounding, int bits, const ScalarParams& p) {
         t = lt_f32(p.f0, x) ? t : (float)-H;
         return int_of(t) + H;
     }
-    case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L)
-        return clamp_level(floor_f32(quotient_for_rounding(sub_f32(x, p.f0), p.div)), L);
-    case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1); u = (int)(255 * t) or (int)(f64(t) * 15)
-        float t = quotient_for_rounding(sub_f32(x, p.f0), p.div);
-        t = lt_f32(t, 0.0f) ? 0.0f : t;
-        t = gt_f32(t, 1.0f) ? 1.0f : t;
-        t = is_nan(t) ? 0.0f : t;
-        if (bits == 8) return int_of(mul_f32(255.0f, t));  // truncates
-        return (int)mul_f64(f32_to_f64(t), 15.0);  // double -> int truncates
+    case FLOOR:  // sentence-transformers: clip(floor(f32(f32(x - lo) / step)), 0, L) (NaN: 0)
+        return clamp_int(floor_to_int(quotient_for_rounding(sub_f32(x, p.f0), p.div)), 0, L);
+    case TRUNC: {  // FAISS: t = clamp(f32(x - lo) / vdiff, 0, 1) (NaN: 0); u = (int)(255 * t) or (int)(f64(t) * 15)
+        const float t = clamp01_f32(quotient_for_rounding(sub_f32(x, p.f0), p.div));
+        return bits == 8 ? int_of(mul_f32(255.0f, t)) : times15_trunc(t);  // int_of truncates
     }
-    case HALF_EVEN:  // affine: clip(rint(f32(x / scale) + zp), 0, L)
-        return clamp_level(rint_f32(add_f32(quotient_for_rounding(x, p.div), p.f1)), L);
-    default:  // HALF_EVEN_EXACT: the same with the exact quotient
-        return clamp_level(rint_f32(add_f32(div_exact(x, p.f0), p.f1)), L);
+    default:  // HALF_EVEN, affine: clip(rint(f32(x / scale) + zp), 0, L) (NaN: 0)
+        return clamp_int(rint_to_int(add_f32(quotient_for_rounding(x, p.div), p.f1)), 0, L);
     }
 }
 
@@ -398,7 +410,7 @@ GQ_HD float scalar_value(int u, int rounding, int bits, const ScalarParams& p) {
         return f64_to_f32(add_f64(mul_f64((double)u, f32_to_f64(p.f1)), f32_to_f64(p.f0)));
     case TRUNC:  // lo + f32((u + 0.5f) / L) * vdiff, float32
         return add_f32(p.f0, mul_f32(level_center(u, L), p.f1));
-    default:  // HALF_EVEN and HALF_EVEN_EXACT: f32((u - zp) * scale)
+    default:  // f32((u - zp) * scale)
         return mul_f32(sub_f32((float)u, p.f1), p.f0);
     }
 }
@@ -409,8 +421,8 @@ GQ_HD unsigned char level_to_byte(int u, bool is_signed) {
 }
 GQ_HD int byte_to_level(unsigned char b, bool is_signed) { return is_signed ? (int)(b ^ 0x80u) : (int)b; }
 
-// 4-bit: nibble of a level (two's complement of u - 8 when signed), and back.
-GQ_HD unsigned nibble_of_level(int u, bool is_signed) { return (unsigned)((is_signed ? u - 8 : u) & 0xf); }
+// 4-bit: nibble of a level u in [0, 15] (two's complement of u - 8 when signed: u ^ 8), and back.
+GQ_HD unsigned nibble_of_level(int u, bool is_signed) { return (unsigned)(u ^ (is_signed ? 8 : 0)); }
 GQ_HD int level_of_nibble(unsigned nib, bool is_signed) {
     return is_signed ? (int)((nib ^ 8u)) : (int)nib;  // sign-extend(nib) + 8 == nib ^ 8
 }
@@ -434,10 +446,7 @@ GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_exact(add_f3
 GQ_HD Divisor absmax_divisor(float s) { return make_divisor(is_zero(s) ? 1.0f : s); }
 
 GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
-    float q = rint_f32(quotient_for_rounding(x, D));
-    if (lt_f32(q, (float)-qmax)) return -qmax;
-    if (gt_f32(q, (float)qmax)) return qmax;
-    return int_of(q);  // NaN cannot occur: rows with NaN/Inf are refused
+    return clamp_int(rint_to_int(quotient_for_rounding(x, D)), -qmax, qmax);  // rows with NaN/Inf are refused
 }
 
 GQ_HD float absmax_value(int q, float s) { return mul_f32((float)q, s); }

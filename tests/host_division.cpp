@@ -131,6 +131,18 @@ long long quotient_worst_divisors(int count, float* bad) {
     return failures;
 }
 
+// Failures of times15_trunc against (int)(f64(t) * 15) over every float32 t with bits in
+// [lo_bits, hi_bits] (0 .. 0x3f800000: every t in [0, 1]), and -0.
+long long times15_exhaustive(gq_u32 lo_bits, gq_u32 hi_bits, float* bad) {
+    long long failures = 0;
+    for (gq_u64 u = lo_bits; u <= hi_bits; ++u) {
+        const float t = float_of((gq_u32)u);
+        if (gq::times15_trunc(t) != (int)((double)t * 15.0)) fail(failures, bad, t, 0.0f);
+    }
+    if (gq::times15_trunc(-0.0f) != 0) fail(failures, bad, -0.0f, 0.0f);
+    return failures;
+}
+
 // make_divisor of each s (p2, sp, r per s), for the backend's numpy builder.
 void make_divisors(const float* s, long long n, float* out) {
     for (long long i = 0; i < n; ++i) {

@@ -8,6 +8,7 @@
   and the special divisors: the quotient's bits in band; outside it the sign, the magnitude class
   and every rounding function the kernels apply to it (floor, trunc, rint, rint(q + zp) for
   |zp| <= 2^50, each then clipped).
+- faiss-sq4's ``(int)(f64(t) * 15)`` in integer arithmetic (``times15_trunc``), for every t in [0, 1].
 - ``div_exact`` over 10^7 random bit patterns, subnormal operands and results, ties of subnormal
   results, the overflow edge and every pair of special values: bit for bit (NaN: a NaN).
 """
@@ -22,11 +23,13 @@ from helpers import edge_values
 from test_kernels_host import VP, build_library, ptr, same_bits
 
 from gpuquant.backends.cupy_families.scalar import divisors
+from gpuquant.schemes.scalar import affine_scale_zp
 
 U64, I64, I32 = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_int
 SIGNATURES = {
     "recip_exhaustive": [I32, VP],
     "make_divisors": [VP, I64, VP],
+    "times15_exhaustive": [ctypes.c_uint32, ctypes.c_uint32, VP],
     "quotient_check": [U64, I64, I32, VP, VP],
     "quotient_worst_divisors": [I32, VP],
     "div_exact_check": [U64, I64, I32, VP],
@@ -36,7 +39,8 @@ SIGNATURES = {
 @pytest.fixture(scope="module")
 def div() -> ctypes.CDLL:
     library = build_library("host_division.cpp", SIGNATURES)
-    for name in ("recip_exhaustive", "quotient_check", "quotient_worst_divisors", "div_exact_check"):
+    for name in ("recip_exhaustive", "times15_exhaustive", "quotient_check", "quotient_worst_divisors",
+                 "div_exact_check"):
         getattr(library, name).restype = I64
     return library
 
@@ -79,6 +83,12 @@ def test_div_exact(div: ctypes.CDLL, rng: np.random.Generator, kind: int, count:
     assert failures == 0, f"seed {seed}: {failures} quotients differ; first {bad[0]!r} / {bad[1]!r}"
 
 
+def test_faiss_sq4_level_without_float64(div: ctypes.CDLL) -> None:
+    bad = np.zeros(2, np.float32)
+    failures = div.times15_exhaustive(0, 0x3F800000, ptr(bad))
+    assert failures == 0, f"{failures} values of t in [0, 1] differ; first t = {bad[0]!r}"
+
+
 def test_divisor_of_special_values(div: ctypes.CDLL) -> None:
     s = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -3.0, 2.0**127, 2.0**-149, 2.0**-126], np.float32)
     out = np.zeros((s.size, 3), np.float32)
@@ -102,3 +112,20 @@ def test_backend_divisors_equal_the_kernel_setup(div: ctypes.CDLL, rng: np.rando
     div.make_divisors(ptr(s), s.size, ptr(want))
     for got, col in zip(divisors(s), want.T):
         same_bits(got, col)
+
+
+@pytest.mark.parametrize("levels", [255, 15])
+def test_half_even_ranges_meet_the_quotient_precondition(rng: np.random.Generator, levels: int) -> None:
+    """half_even's kernel needs |zp| <= 2^50 or scale == 1 (``scalar_params``' docstring says why
+    every finite range does): random bit patterns, neighbouring floats, subnormal and flat ranges."""
+    a = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    a = a[np.isfinite(a)]
+    b = np.concatenate([rng.permutation(a), np.nextafter(a, np.float32(np.inf)), a,
+                        np.nextafter(a, np.float32(0)), (a * np.float32(0.999)).astype(np.float32)])
+    a = np.tile(a, 5)
+    with np.errstate(over="ignore"):
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        scale, zp = affine_scale_zp(lo, hi, levels)
+    ok = (np.abs(zp) <= 2.0**50) | (scale == 1)
+    assert ok.all(), f"lo {lo[~ok][:3]!r} hi {hi[~ok][:3]!r}: zp {zp[~ok][:3]!r}, scale {scale[~ok][:3]!r}"
+    assert (lo == hi).any() and (np.abs(zp) > 2.0**50).any()  # both sides of the precondition occur

@@ -28,7 +28,6 @@ import pytest
 from helpers import assert_means_agree, edge_values, matrix
 
 from gpuquant.backends.cupy_backend import SCALAR_PARAMS_DTYPE, binary_flip, scalar_params
-from gpuquant.backends.cupy_families.scalar import rounding_code
 from gpuquant.backends.cupy_train import keys_to_values
 from gpuquant.errors import InputError
 from gpuquant.schemes import make_scheme
@@ -212,7 +211,7 @@ def scalar_cases(rng: np.random.Generator, d: int) -> list[tuple[str, np.ndarray
     degenerate_lo = base.copy()
     cases.append(("degenerate", degenerate_lo, degenerate_lo.copy()))
     far = base.copy()
-    far[::2] = np.float32(2.0**60) * np.sign(base[::2])  # flat ranges whose half_even |zp| > 2^50
+    far[::2] = np.float32(2.0**60) * np.sign(base[::2])  # flat ranges: half_even's |zp| > 2^50, scale 1
     cases.append(("far_flat", far, far.copy()))
     mixed_hi = (base + width).copy()
     mixed_hi[::3] = base[::3]  # some dimensions with lo == hi
@@ -258,7 +257,7 @@ def test_scalar(lib, rng, granularity: str, rounding: str, bits: int, signed: bo
         x = scalar_inputs(rng, np.broadcast_to(state["lo"], d).copy(), np.broadcast_to(state["hi"], d).copy(), n)
         params = scalar_params(scheme, state["lo"], state["hi"])
         assert params.dtype == SCALAR_PARAMS_DTYPE
-        args = (int(params.size > 1), rounding_code(scheme, params), bits, int(signed), int(order == "high_first"))
+        args = (int(params.size > 1), ROUNDINGS[rounding], bits, int(signed), int(order == "high_first"))
         want, _ = scheme.encode(x, state)
         got = np.empty_like(want)
         lib.scalar_encode(ptr(x), n, d, ptr(params), *args, ptr(got))
@@ -425,7 +424,7 @@ def test_emulated_kernels(emu, warps, rng, variant, dtype, misalign: bool) -> No
             p = scheme.params
             if family == "scalar":
                 params = scalar_params(scheme, state["lo"], state["hi"])
-                args = (int(params.size > 1), rounding_code(scheme, params), p["bits"], int(p["signed"]),
+                args = (int(params.size > 1), ROUNDINGS[p["rounding"]], p["bits"], int(p["signed"]),
                         int(p["nibble_order"] == "high_first"))
                 emu.emu_scalar_encode(blocks, threads, DTYPE_IDS[x.dtype], ptr(xin), ptr(got), n, d, ptr(params), *args)
             elif family == "binary":

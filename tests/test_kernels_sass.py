@@ -28,10 +28,6 @@ OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
 OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("st-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("st-uint8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-sq8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-sq4", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",

@@ -22,10 +22,6 @@ from gpuquant.schemes.scalar import (
 )
 
 ROUNDINGS = {"half_away": 0, "floor": 1, "trunc": 2, "half_even": 3}
-#: half_even with an exact division, when some |zp| > ZP_BOUND (``gq::HALF_EVEN_EXACT``).
-HALF_EVEN_EXACT = 4
-#: |zp| up to which half_even may use ``gq::quotient_for_rounding`` (kernels/quant_math.cuh).
-ZP_BOUND = 2.0**50
 #: One ``gq::ScalarParams`` (kernels/quant_math.cuh) per range: half_away's two float64 share their
 #: 16 bytes with the ``gq::Divisor`` (p2, sp, r) of the other roundings.
 SCALAR_PARAMS_DTYPE = np.dtype({"names": ["scale", "offset", "p2", "sp", "r", "f0", "f1"],
@@ -62,6 +58,12 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     ``f1 = step``; trunc the divisor of ``vdiff = f32(hi - lo)`` (of +inf where 0: the level is 0),
     ``f0 = lo``, ``f1 = vdiff``; half_even the divisor of ``scale = step``, ``f0 = scale``,
     ``f1 = zp = f32(0 - lo / scale)``.
+
+    half_even's kernel rounds ``rint(q + zp)`` with ``gq::quotient_for_rounding``, which needs
+    ``|zp| <= 2**50`` or ``scale == 1`` (then the quotient is ``x`` itself). Both finite, ``hi > lo``
+    gives ``|lo| / (hi - lo) < 2**24`` (two distinct floats differ by at least the ulp of the smaller
+    magnitude), so ``|zp| < 2**24 * L`` up to the rounding of ``step`` (a subnormal ``step`` needs a
+    tiny ``lo``: ``|zp| < 2**33``); ``hi == lo`` gives ``scale == 1``; an infinite ``step`` gives ``zp = ±0``.
     """
     p = scheme.config
     L, H = scheme.levels, scheme.half
@@ -87,21 +89,12 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out
 
 
-def rounding_code(scheme: Scheme, params: np.ndarray) -> int:
-    """``gq::Rounding`` of the kernels for ``scheme``: its rounding, half_even's exact variant when
-    some |zp| exceeds ``ZP_BOUND`` (the precondition of the fast quotient)."""
-    rounding = scheme.config.rounding
-    if rounding == "half_even" and not (np.abs(params["f1"]) <= ZP_BOUND).all():
-        return HALF_EVEN_EXACT
-    return ROUNDINGS[rounding]
-
-
 def _scalar_args(constant: Any, scheme: Scheme, state: dict[str, Any], n: int, d: int) -> tuple[Any, ...]:
     """Arguments of ``scalar_encode`` / ``scalar_decode`` after their input and output arrays."""
     p = scheme.config
     params = scalar_params(scheme, state["lo"], state["hi"])
     return (i64(n), i64(d), constant("scalar_params", params.view(np.uint8), np.uint8),
-            i32(params.size > 1), i32(rounding_code(scheme, params)), i32(p.bits), i32(p.signed),
+            i32(params.size > 1), i32(ROUNDINGS[p.rounding]), i32(p.bits), i32(p.signed),
             i32(p.nibble_order == "high_first"))
 
 
