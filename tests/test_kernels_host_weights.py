@@ -41,7 +41,7 @@ SIGNATURES = {
     "emu_scaled_fp8_decode": [I32, I32, VP, VP, VP, I64, I64, I32, I32],
 }
 DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.float64): 2}
-SHAPES = [(1, 32), (3, 64), (5, 96), (7, 160), (2, 1024)]
+SHAPES = [(0, 64), (1, 32), (3, 64), (5, 96), (7, 160), (2, 1024)]
 NO_ROW = np.iinfo(np.uint64).max
 
 
@@ -109,7 +109,7 @@ def test_emulated_gguf(emu, rng, kind: str, dtype) -> None:
                 assert bad[0] == NO_ROW
                 same_bits(got, want)
             codes = rng.integers(0, 256, want.shape, dtype=np.uint8)
-            codes[0, : 2 * 256 : want.shape[1] // (d // 32)] = 0  # some scales decode as ±0
+            codes[:1, : 2 * 256 : want.shape[1] // (d // 32)] = 0  # some scales decode as ±0
             codes = placed(codes, misalign)
             want_x = scheme.decode(np.ascontiguousarray(codes), {}, {}, d)
             got_x = placed(np.full((n, d), np.nan, np.float32), misalign)
@@ -164,10 +164,10 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
     tensor_scales = [None, 1.0, 0.75, 1e-40, 3e38] if not per_row else [0.0]
     for (n, d), tensor_scale in itertools.product([*SHAPES, (3, 7), (1, 1)], tensor_scales):
         x, x32 = inputs(rng, n, d, dtype)
-        x[0], x32[0] = 0, 0  # a zero row: the scale FLT_EPSILON (-0 among the edge values codes as +0)
+        x[:1], x32[:1] = 0, 0  # a zero row: the scale FLT_EPSILON (-0 among the edge values codes as +0)
         state = {}
         if not per_row:
-            half_fit = scheme.scale_of(np.abs(x32).max() * np.float32(0.5))
+            half_fit = scheme.scale_of(np.abs(x32).max(initial=0) * np.float32(0.5))
             state = {"weight_scale": np.float32(half_fit if tensor_scale is None else tensor_scale).reshape(1)}
         want, side = scheme.encode(x32, state)
         want = want.view(np.uint8)
@@ -178,7 +178,7 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
             for (blocks, threads), (wblocks, wthreads) in zip(GRIDS, WARP_GRIDS, strict=True):
                 scales = placed(np.full(n, np.nan, np.float32), misalign) if per_row else state["weight_scale"].copy()
                 bad = np.full(1, NO_ROW, np.uint64)
-                divisors = np.full((n, 4), np.nan, np.float32)  # a Divisor {p2, sp, r, 0} per row (row 0: tensor)
+                divisors = np.full((max(n, 1), 4), np.nan, np.float32)  # packed Divisors, a row's (row 0: tensor)
                 warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), ptr(divisors),
                                             n, d, np.float32(scheme.max_finite), per_row, ptr(bad))
                 emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(divisors), n, d,

@@ -1,9 +1,9 @@
 """Launchers of the weight-checkpoint families ``gguf`` and ``scaled_fp8`` (``kernels/weights.cu``).
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
-``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale and its divisor constants, the refusal of
-a non-finite row), then ``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row holding NaN or ±Inf is
-refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
+``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale and its divisor constants, the refusal
+of a non-finite row), then ``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row
+holding NaN or ±Inf is refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
 from __future__ import annotations
