@@ -379,7 +379,7 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
-    elif kernel == "gguf_encode":
+    elif kernel in ("gguf_encode", "gguf_decode"):
         modes = [str(int(args[4]))]  # Q4_0 or Q8_0
     elif kernel in ("scaled_fp8_encode", "scaled_fp8_decode"):  # (.., n, d, per_row, format)
         n, d, per_row = int(args[3]), int(args[4]), int(args[5])
@@ -422,10 +422,6 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 
 # ----- records ---------------------------------------------------------------------------------
-#: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
-SCALAR_ACCESS = ("gguf_decode",)
-
-
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
     """What the common path of ``kernel``'s hot loop moves per iteration (module docstring)."""
     if op not in ("transform", "inverse"):
@@ -451,10 +447,10 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
     if kernel == "gguf_encode":  # a thread's block of 32 values in 16-byte loads, its bytes in 16/32-bit stores
         return Spec("LDG", 128, None, 16, 1)
+    if kernel == "gguf_decode":  # its bytes in 16/32-bit loads, its 32 values in 16-byte stores
+        return Spec("STG", 128, None, 16, 1)
     if kernel == "scaled_fp8_encode":  # a 16-byte Divisor load beside each float4 of values
         return Spec("LDG", 128, None, code_bits, TASKS_IN_FLIGHT, vectors=TASKS_IN_FLIGHT)
-    if kernel in SCALAR_ACCESS:  # one float32 value per load (store): as many as the loop has
-        return Spec("LDG" if op == "transform" else "STG", 32, None)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
         tasks = TASKS_IN_FLIGHT // per_task
         return Spec("LDG", 128, tasks * per_task, code_bits, tasks)

@@ -5,7 +5,7 @@
 //
 // gguf: one thread per block of 32 values: 8 float4 loads (128 bytes in flight, no shuffle), the
 // block's scale and its inverse by exact division (two per block, none per value), its 34 or 18 bytes
-// written by that thread in 32-bit stores.
+// written by that thread in 32-bit stores; decode reads them back alike and stores float4s.
 // scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale and its gq::Divisor, the
 // refusal of non-finite rows) then scaled_fp8_encode and scaled_fp8_decode, float4 by float4 (a row's
 // scale or Divisor loaded once per float4: walks.cuh's segment_quads_decode and its encode twin here).
@@ -161,24 +161,71 @@ __global__ void __launch_bounds__(256, 4)
     }
 }
 
-__global__ void gguf_decode(const unsigned char* __restrict__ codes, float* __restrict__ y, long long n, long long d,
-                            int q4) {
-    const long long nb = d / gq::GGUF_QK;
-    const int bytes = gq::gguf_block_bytes(q4);
-    for (long long b = gq::thread_index(); b < n * nb; b += gq::thread_count()) {
-        const unsigned char* src = codes + b * bytes;
-        const float dscale = gq::float_decode((gq_u32)src[0] | ((gq_u32)src[1] << 8), gq::FP16);
-        float* dst = y + b * gq::GGUF_QK;  // rows are d = nb * 32 values: block b starts at b * 32
-        for (int j = 0; j < gq::GGUF_QK; ++j) {
-            int q;
-            if (q4) {
-                const unsigned byte = src[2 + (j % (gq::GGUF_QK / 2))];
-                q = (int)((j < gq::GGUF_QK / 2 ? byte : byte >> 4) & 0xfu) - 8;
-            } else {
-                q = (int)(signed char)src[2 + j];
-            }
-            dst[j] = gq::mul_as_host(dscale, (float)q);
+// The block bytes gguf_store writes, read back the same way: the fp16 scale into half, the code words.
+template <int W>
+__device__ __forceinline__ void gguf_block_load(const unsigned char* src, gq_u32& half, gq_u32 (&word)[W]) {
+    const unsigned misalign = (unsigned)(reinterpret_cast<unsigned long long>(src) & 3u);
+    if (misalign == 2u) {
+        unsigned short head;
+        gq::load_raw<unsigned short>(src, &head);
+        half = head;
+#pragma unroll
+        for (int i = 0; i < W; ++i) gq::load_raw<gq_u32>(src + 2 + 4 * i, &word[i]);
+    } else if (misalign == 0u) {
+        gq_u32 in[W];
+#pragma unroll
+        for (int i = 0; i < W; ++i) gq::load_raw<gq_u32>(src + 4 * i, &in[i]);
+        unsigned short tail;
+        gq::load_raw<unsigned short>(src + 4 * W, &tail);
+        half = in[0] & 0xffffu;
+#pragma unroll
+        for (int i = 0; i < W; ++i) word[i] = (in[i] >> 16) | ((i + 1 < W ? in[i + 1] : (gq_u32)tail) << 16);
+    } else {
+        half = (gq_u32)src[0] | ((gq_u32)src[1] << 8);
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+            word[i] = (gq_u32)src[2 + 4 * i] | ((gq_u32)src[3 + 4 * i] << 8) | ((gq_u32)src[4 + 4 * i] << 16) |
+                      ((gq_u32)src[5 + 4 * i] << 24);
         }
+    }
+}
+
+// x' = f32(f32(fp16 d) * q): one thread per block, its bytes in 32-bit loads, its 32 values in float4
+// stores (value by value when y is not aligned to 16 bytes). Q4: 0 Q8_0, 1 Q4_0.
+template <int Q4>
+__device__ __forceinline__ void gguf_decode_path(const unsigned char* __restrict__ codes, float* __restrict__ y,
+                                                 long long n, long long d, int) {
+    constexpr int BYTES = gq::gguf_block_bytes(Q4), W = (BYTES - 2) / 4;
+    const long long blocks = n * (d / gq::GGUF_QK);
+    for (long long b = gq::thread_index(); b < blocks; b += gq::thread_count()) {
+        gq_u32 half, word[W];
+        gguf_block_load(codes + b * BYTES, half, word);
+        const float dscale = gq::float_decode(half, gq::FP16);
+        __align__(16) float v[gq::GGUF_QK];
+#pragma unroll
+        for (int j = 0; j < gq::GGUF_QK; ++j) {
+            const int k = Q4 ? j % (gq::GGUF_QK / 2) : j;  // Q4_0: byte j holds values j (low) and j + 16 (high)
+            const gq_u32 byte = (word[k / 4] >> (8 * (k % 4))) & 0xffu;
+            const int q = Q4 ? (int)((j < gq::GGUF_QK / 2 ? byte : byte >> 4) & 0xfu) - 8 : (int)(signed char)byte;
+            v[j] = gq::mul_as_host(dscale, (float)q);
+        }
+        float* dst = y + b * gq::GGUF_QK;  // rows are d = 32 * blocks values: block b starts at 32 b
+        if (gq::aligned(dst, 16)) {
+#pragma unroll
+            for (int i = 0; i < gq::GGUF_QK / 4; ++i) gq::store_raw<float4>(dst + 4 * i, v + 4 * i);
+        } else {
+#pragma unroll
+            for (int j = 0; j < gq::GGUF_QK; ++j) dst[j] = v[j];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(256, 4)
+    gguf_decode(const unsigned char* __restrict__ codes, float* __restrict__ y, long long n, long long d, int q4) {
+    if (q4) {
+        gguf_decode_path<1>(codes, y, n, d, q4);
+    } else {
+        gguf_decode_path<0>(codes, y, n, d, q4);
     }
 }
 
