@@ -1,7 +1,10 @@
 // weights.cu: the kernels of the weight-checkpoint families "gguf" (llama.cpp Q8_0 / Q4_0 blocks) and
 // "scaled_fp8" (compressed-tensors FP8 with a float32 scale per output channel or per tensor). The
 // formulas are those of gpuquant/schemes/gguf.py and scaled_fp8.py, bit for bit; every float operation
-// goes through quant_math.cuh (no -ftz, no contraction), fp16 and fp8 through its integer converters.
+// goes through quant_math.cuh (no -ftz, no contraction), fp16 through its integer converters, fp8 codes
+// by their bits (fp8_value) and by a saturating conversion (fp8_saturated_word: the paired hardware one
+// on sm_89+, checked on a GPU against the reference; quant_math.cuh's integer one, which the host tests
+// check, elsewhere).
 //
 // gguf: one thread per block of 32 values: 8 float4 loads (128 bytes in flight, no shuffle), the
 // block's scale and its inverse by exact division (two per block, none per value), its 34 or 18 bytes
