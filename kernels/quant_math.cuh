@@ -175,6 +175,7 @@ GQ_HD float f64_to_f32(double x) {
 // (a scale): significands normalised to [1, 2), their quotient RN(ma / mb) in (1/2, 2) by the in-band
 // sequence, the exponent by integer arithmetic; a subnormal result is rounded once from the kept
 // bits, a tie decided by the sign of the exact remainder ma - qm * mb. NaN operands give a NaN.
+// exact_divisor / div_exact_bits split it for one divisor used many times (absmax's qmax).
 // ---------------------------------------------------------------------------------------------
 struct Divisor {
     float p2, sp, r;
@@ -207,14 +208,20 @@ GQ_HD float recip_f32(float sp) {
     return float_of((bits_of(refine_recip(m, recip_start(m))) + (k << 23)) | sign);
 }
 
-GQ_HD Divisor make_divisor(float s) {
-    const gq_u32 u = bits_of(s), e = (u >> 23) & 0xffu, one = (u & 0x80000000u) | 0x3f800000u;
-    if (is_nan(s)) return {s, 1.0f, 1.0f};
-    if (e == 0xffu) return {0.0f, float_of(one), float_of(one)};
-    if (is_zero(s)) return {float_of(0x7f800000u), float_of(one), float_of(one)};
+// The Divisor of a finite nonzero s, straight-line code (another s gives some Divisor).
+GQ_HD Divisor finite_divisor(float s) {
+    const gq_u32 e = (bits_of(s) >> 23) & 0xffu;
     const float p2 = float_of(e == 0u ? 0x7f000000u : e == 254u ? 0x00400000u : (254u - e) << 23);
     const float sp = mul_f32(s, p2);
     return {p2, sp, recip_f32(sp)};
+}
+
+GQ_HD Divisor make_divisor(float s) {
+    const gq_u32 one = (bits_of(s) & 0x80000000u) | 0x3f800000u;
+    if (is_nan(s)) return {s, 1.0f, 1.0f};
+    if (!is_finite(s)) return {0.0f, float_of(one), float_of(one)};
+    if (is_zero(s)) return {float_of(0x7f800000u), float_of(one), float_of(one)};
+    return finite_divisor(s);
 }
 
 // |a| in [2^-59, 2^60] (the bits of 2^-59 and 2^60); false for NaN.
@@ -230,21 +237,49 @@ GQ_HD float corrected_quotient(float a, float sp, float r) {
 
 GQ_HD float quotient_for_rounding(float x, const Divisor& D) { return corrected_quotient(mul_f32(x, D.p2), D.sp, D.r); }
 
-// Significand in [1, 2) and unbiased exponent of a finite nonzero |x| (subnormals normalised).
+// Significand in [1, 2) and unbiased exponent of a finite nonzero |x| (its bits a; subnormals
+// normalised by the count of leading zeros). Selects, no branch.
 GQ_HD float significand(gq_u32 a, int& exponent) {
-    gq_u32 e = a >> 23, f = a & 0x007fffffu;
-    if (e == 0u) {
+    const gq_u32 e = a >> 23, f = a & 0x007fffffu;
 #ifdef __CUDA_ARCH__
-        const int shift = __clz(f) - 8;
+    const int lz = __clz(f);
 #else
-        const int shift = __builtin_clz(f) - 8;
+    const int lz = f ? __builtin_clz(f) : 32;
 #endif
-        f = (f << shift) & 0x007fffffu;
-        exponent = -126 - shift;
-    } else {
-        exponent = (int)e - 127;
-    }
-    return float_of(f | 0x3f800000u);
+    const int shift = e == 0u ? lz - 8 : 0;
+    exponent = e == 0u ? -126 - shift : (int)e - 127;
+    return float_of(((f << (shift & 31)) & 0x007fffffu) | 0x3f800000u);
+}
+
+// A divisor b (finite, nonzero; its sign is not kept) prepared for div_exact: its significand m in
+// [1, 2), r = RN(1 / m) and its exponent e. Built once for dividing by b many times.
+struct ExactDivisor {
+    float m, r;
+    int e;
+};
+GQ_HD ExactDivisor exact_divisor(float b) {
+    int e;
+    const float m = significand(bits_of(b) & 0x7fffffffu, e);
+    return {m, recip_f32(m), e};
+}
+
+// The bits of RN(|a| / |b|) for a finite nonzero |a| (bits ua) and b given by B; straight-line code.
+// Normal result: qm's bits with the exponent moved. Subnormal result: the significand M of qm
+// shifted right by sh, rounded to nearest even from v = 2 * (dropped bits) + sign(ma - qm * m) in
+// half units of the last dropped bit (the exact remainder's sign says on which side of qm the
+// quotient lies, so a dropped half is a tie only when the remainder is 0: no double rounding).
+GQ_HD gq_u32 div_exact_bits(gq_u32 ua, const ExactDivisor& B) {
+    int ea;
+    const float ma = significand(ua, ea);
+    const float qm = corrected_quotient(ma, B.m, B.r);  // in (1/2, 2): in band
+    const gq_u32 uq = bits_of(qm);
+    const int k = ea - B.e, e = (int)(uq >> 23) - 127 + k;  // the result's exponent
+    const int sh = -126 - e < 1 ? 1 : (-126 - e > 25 ? 25 : -126 - e);
+    const gq_u32 M = (uq & 0x007fffffu) | 0x00800000u, kept = M >> sh;
+    const float rem = fnma_f32(qm, B.m, ma);
+    const int v = 2 * (int)(M & ((1u << sh) - 1u)) + (gt_f32(rem, 0.0f) ? 1 : 0) - (lt_f32(rem, 0.0f) ? 1 : 0);
+    const gq_u32 subnormal = kept + (gq_u32)((v + (1 << sh) - 1 + (int)(kept & 1u)) >> (sh + 1));
+    return e > 127 ? 0x7f800000u : (e >= -126 ? uq + ((gq_u32)k << 23) : subnormal);
 }
 
 GQ_HD float div_exact(float a, float b) {
@@ -255,20 +290,7 @@ GQ_HD float div_exact(float a, float b) {
     }
     if (ua == 0x7f800000u || ub == 0u) return float_of(sign | 0x7f800000u);
     if (ua == 0u || ub == 0x7f800000u) return float_of(sign);
-    int ea, eb;
-    const float ma = significand(ua, ea), mb = significand(ub, eb);
-    const float qm = corrected_quotient(ma, mb, recip_f32(mb));  // in (1/2, 2): in band
-    const gq_u32 uq = bits_of(qm);
-    const int e = (int)(uq >> 23) - 127 + ea - eb;  // exponent of the result
-    if (e > 127) return float_of(sign | 0x7f800000u);
-    if (e >= -126) return float_of(sign | (uq + ((gq_u32)(ea - eb) << 23)));
-    // Subnormal: keep M >> sh of the 24-bit significand M; a dropped half is a tie only if exact.
-    const int sh = -126 - e < 25 ? -126 - e : 25;
-    const gq_u32 M = (uq & 0x007fffffu) | 0x00800000u, kept = M >> sh;
-    const gq_u32 dropped = M & ((1u << sh) - 1u), half = 1u << (sh - 1);
-    const float rem = fnma_f32(qm, mb, ma);
-    const bool up = dropped > half || (dropped == half && (gt_f32(rem, 0.0f) || (is_zero(rem) && (kept & 1u))));
-    return float_of(sign | (kept + (up ? 1u : 0u)));
+    return float_of(sign | div_exact_bits(ua, exact_divisor(b)));
 }
 
 // Conversions of a float: to an integral float (half to even as numpy rint, floor, toward zero), or
@@ -440,10 +462,21 @@ GQ_HD unsigned unpack_nibble(unsigned char b, int which, bool high_first) {
 // Family "absmax": s = f32(f32(m + eps) / qmax) (div_exact: its bits are stored);
 // q = clip(rint(f32(x / s)), -qmax, qmax) (quotient_for_rounding: rint then clip); x' = q*s.
 // ---------------------------------------------------------------------------------------------
-GQ_HD float absmax_scale(float m, float eps, int qmax) { return div_exact(add_f32(m, eps), (float)qmax); }
+// exact_divisor(qmax) for qmax = 127 or 7, as constants: 127 = 1.984375 * 2^6, 7 = 1.75 * 2^2.
+GQ_HD ExactDivisor qmax_divisor(int qmax) {
+    return qmax == 127 ? ExactDivisor{1.984375f, float_of(0x3f010204u), 6} : ExactDivisor{1.75f, float_of(0x3f124925u), 2};
+}
 
-// The divisor of a segment's codes: its scale, 1 for a zero scale (every value is then 0).
-GQ_HD Divisor absmax_divisor(float s) { return make_divisor(is_zero(s) ? 1.0f : s); }
+// s = RN(RN(m + eps) / qmax), Q = qmax_divisor(qmax). m + eps >= 0; 0, Inf and NaN divide to themselves.
+GQ_HD float absmax_scale(float m, float eps, const ExactDivisor& Q) {
+    const float a = add_f32(m, eps);
+    const gq_u32 u = bits_of(a) & 0x7fffffffu;
+    return u == 0u || u >= 0x7f800000u ? a : float_of(div_exact_bits(u, Q));
+}
+
+// The divisor of a segment's codes: its scale, 1 for a zero scale (every value is then 0). A
+// non-finite scale (a refused row, whose codes are not used) gives some Divisor.
+GQ_HD Divisor absmax_divisor(float s) { return finite_divisor(is_zero(s) ? 1.0f : s); }
 
 GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
     return clamp_int(rint_to_int(quotient_for_rounding(x, D)), -qmax, qmax);  // rows with NaN/Inf are refused

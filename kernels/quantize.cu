@@ -252,7 +252,7 @@ __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], flo
 __device__ __forceinline__ float absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
                                                long long seg, long long row, int qmax, float eps,
                                                const float* tensor_scale, int use_tensor_scale) {
-    const float own = gq::absmax_scale(gq::float_of(m), eps, qmax);
+    const float own = gq::absmax_scale(gq::float_of(m), eps, gq::qmax_divisor(qmax));
     const float s = use_tensor_scale ? tensor_scale[0] : own;
     if (writer) {
         if (!use_tensor_scale) scales[seg] = s;

@@ -143,6 +143,15 @@ long long times15_exhaustive(gq_u32 lo_bits, gq_u32 hi_bits, float* bad) {
     return failures;
 }
 
+// Whether qmax_divisor(q) equals exact_divisor(q) (the reciprocal computed) for q = 127 and 7.
+int qmax_divisors_ok() {
+    for (int q : {127, 7}) {
+        const gq::ExactDivisor a = gq::qmax_divisor(q), b = gq::exact_divisor((float)q);
+        if (bits_of(a.m) != bits_of(b.m) || bits_of(a.r) != bits_of(b.r) || a.e != b.e) return 0;
+    }
+    return 1;
+}
+
 // make_divisor of each s (p2, sp, r per s), for the backend's numpy builder.
 void make_divisors(const float* s, long long n, float* out) {
     for (long long i = 0; i < n; ++i) {

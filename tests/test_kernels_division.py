@@ -29,6 +29,7 @@ U64, I64, I32 = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_int
 SIGNATURES = {
     "recip_exhaustive": [I32, VP],
     "make_divisors": [VP, I64, VP],
+    "qmax_divisors_ok": [],
     "times15_exhaustive": [ctypes.c_uint32, ctypes.c_uint32, VP],
     "quotient_check": [U64, I64, I32, VP, VP],
     "quotient_worst_divisors": [I32, VP],
@@ -87,6 +88,10 @@ def test_faiss_sq4_level_without_float64(div: ctypes.CDLL) -> None:
     bad = np.zeros(2, np.float32)
     failures = div.times15_exhaustive(0, 0x3F800000, ptr(bad))
     assert failures == 0, f"{failures} values of t in [0, 1] differ; first t = {bad[0]!r}"
+
+
+def test_absmax_qmax_constants(div: ctypes.CDLL) -> None:
+    assert div.qmax_divisors_ok() == 1
 
 
 def test_divisor_of_special_values(div: ctypes.CDLL) -> None:
