@@ -257,8 +257,8 @@ __device__ __forceinline__ float4 packed_divisor(float s) {
 // and s's Divisor into divisors[row]; for a tensor scale, thread 0 writes the Divisor of scales[0] into
 // divisors[0].
 template <typename T>
-__global__ void scaled_fp8_scales(const T* __restrict__ x, float* __restrict__ scales, float4* __restrict__ divisors,
-                                  long long n, long long d, float max_finite, int per_row,
+__global__ void scaled_fp8_scales(const T* __restrict__ x, float* __restrict__ scales, long long n, long long d,
+                                  float max_finite, int per_row, float4* __restrict__ divisors,
                                   unsigned long long* bad_row) {
     const long long lane = (long long)(threadIdx.x & 31u);
     const long long warps = gq::thread_count() / 32;

@@ -6,7 +6,7 @@ and without saturation, on millions of fresh random values and every edge value.
 ``tests/host_emulation.cpp`` compiles ``kernels/quantize.cu`` itself, its threads run one after
 another, to check the kernels' loops (tasks, vector paths, unaligned views, tails) as well;
 ``tests/host_emulation_warps.cpp`` runs the warp- and block-cooperative kernels (absmax encode and
-all of ``kernels/train.cu``) with one std::thread per CUDA thread. All are built here with
+``kernels/train.cu``; its radix select in ``test_kernels_radix.py``) with one std::thread per CUDA thread. All are built here with
 ``g++ -O2 -ffp-contract=off -fno-fast-math`` (C++17; C++20 for the threaded one) into
 ``tests/_hostlib/`` (cached by a hash of the sources). No GPU needed; skipped without g++.
 """
@@ -108,7 +108,6 @@ WARP_SIGNATURES = {
     "emu_minmax_global": [I32, I32, I32, VP, I64, VP, VP],
     "emu_minmax_columns": [I32, I32, I32, I32, VP, I64, I64, VP, VP],
     "emu_column_sums": [I32, I32, I32, I32, VP, I64, I64, VP],
-    "emu_select": [I32, I32, I32, VP, I64, VP, VP, VP],
 }
 
 
@@ -607,19 +606,6 @@ def test_emulated_training(warps, rng, dtype) -> None:
         warps.emu_column_sums(-(-d // 32), 3, 32, t, ptr(xd), n, d, ptr(sums))
         want = make_scheme("binary", threshold="mean").fit(x32)["thresholds"]
         assert_means_agree((sums / n).astype(np.float32), want, x32)
-        flat = np.sort(x32.reshape(-1))
-        for k0, k1 in [(0, flat.size - 1), (flat.size // 2, (flat.size - 1) // 2), *rng.integers(0, flat.size, (3, 2))]:
-            sel = np.array([0, 0, k0, k1], np.uint64)
-            hist, nans = np.zeros(4096, np.uint64), np.zeros(1, np.uint64)
-            warps.emu_select(3, 64, t, ptr(xd), xd.size, ptr(sel), ptr(hist), ptr(nans))
-            got = keys_to_values(sel[:2].astype(np.uint32))
-            assert np.array_equal(got, flat[[k0, k1]]), (k0, k1, got, flat[[k0, k1]])
-            assert nans[0] == 0 and not hist.any()
-    x = matrix(rng, 20, 4)
-    x[5, 1] = np.nan
-    sel, hist, nans = np.array([0, 0, 0, 3], np.uint64), np.zeros(4096, np.uint64), np.zeros(1, np.uint64)
-    warps.emu_select(2, 64, 0, ptr(x), x.size, ptr(sel), ptr(hist), ptr(nans))
-    assert nans[0] == 1
 
 
 def finite(v: np.ndarray) -> np.ndarray:

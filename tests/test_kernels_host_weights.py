@@ -45,7 +45,7 @@ SHAPES = [(0, 64), (1, 32), (3, 64), (5, 96), (7, 160), (2, 1024)]
 NO_ROW = np.iinfo(np.uint64).max
 
 
-WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, VP, I64, I64, F32, I32, VP]}
+WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, I64, I64, F32, I32, VP, VP]}
 WARP_GRIDS = [(1, 32), (3, 64)]  # scaled_fp8_scales: one warp a row, rows grid-strided
 
 
@@ -148,7 +148,7 @@ def test_emulated_refusals(emu, warps, rng, family: str, kw: dict, bad_value: fl
         emu.emu_gguf_encode(3, 5, 0, ptr(x32), ptr(codes), n, d, int(kw["type"] == "q4_0"), ptr(bad))
     else:
         scales, divisors = np.zeros(n, np.float32), np.zeros((n, 4), np.float32)
-        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), ptr(divisors), n, d, np.float32(448), 1, ptr(bad))
+        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), n, d, np.float32(448), 1, ptr(divisors), ptr(bad))
     assert bad[0] == want
 
 
@@ -179,8 +179,8 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
                 scales = placed(np.full(n, np.nan, np.float32), misalign) if per_row else state["weight_scale"].copy()
                 bad = np.full(1, NO_ROW, np.uint64)
                 divisors = np.full((max(n, 1), 4), np.nan, np.float32)  # packed Divisors, a row's (row 0: tensor)
-                warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), ptr(divisors),
-                                            n, d, np.float32(scheme.max_finite), per_row, ptr(bad))
+                warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), n, d,
+                                            np.float32(scheme.max_finite), per_row, ptr(divisors), ptr(bad))
                 emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(divisors), n, d,
                                           per_row, fmt_id)
                 assert bad[0] == NO_ROW
@@ -228,8 +228,8 @@ def test_scaled_fp8_encode_quotient_edges(emu, warps, fmt: str) -> None:
             got = placed(np.full(want.shape, 0x5A, np.uint8), misalign)
             divisors, bad = np.full((1, 4), np.nan, np.float32), np.full(1, NO_ROW, np.uint64)
             scales = state["weight_scale"].copy()
-            warps.emu_scaled_fp8_scales(1, 32, 0, ptr(xin), ptr(scales), ptr(divisors), *x.shape,
-                                        np.float32(scheme.max_finite), 0, ptr(bad))
+            warps.emu_scaled_fp8_scales(1, 32, 0, ptr(xin), ptr(scales), *x.shape, np.float32(scheme.max_finite), 0,
+                                        ptr(divisors), ptr(bad))
             fmt_id = {"e4m3": 0, "e5m2": 1}[fmt]
             emu.emu_scaled_fp8_encode(3, 5, 0, ptr(xin), ptr(got), ptr(divisors), *x.shape, 0, fmt_id)
             same_bits(got, want)

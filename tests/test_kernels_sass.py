@@ -33,7 +33,6 @@ OVER_BUDGET: dict[tuple[str, str], str] = {
     ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
     ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-rabitq", "transform"): "issue fraction over 0.5 (one thread per row: FAISS's serial float32 sums)",
 }
 
 
