@@ -385,7 +385,9 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), "1"]
     elif kernel in ("gguf_encode", "gguf_decode"):
         modes = [str(int(args[4]))]  # Q4_0 or Q8_0
-    elif kernel in ("scaled_fp8_encode", "scaled_fp8_decode"):  # (.., n, d, per_row, format)
+    elif kernel == "scaled_fp8_encode":  # aligned buffers: a warp per row for row scales
+        modes = [str(int(args[6])), "1" if int(args[5]) and int(args[4]) % 4 == 0 else "0"]
+    elif kernel == "scaled_fp8_decode":
         n, d, per_row = int(args[3]), int(args[4]), int(args[5])
         modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
@@ -455,8 +457,6 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("LDG", 128, None, 16, 1)
     if kernel == "gguf_decode":  # its bytes in 16/32-bit loads, its 32 values in 16-byte stores
         return Spec("STG", 128, None, 16, 1)
-    if kernel == "scaled_fp8_encode":  # a 16-byte Divisor load beside each float4 of values
-        return Spec("LDG", 128, None, code_bits, TASKS_IN_FLIGHT, vectors=TASKS_IN_FLIGHT)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
         tasks = TASKS_IN_FLIGHT // per_task
         return Spec("LDG", 128, tasks * per_task, code_bits, tasks)

@@ -9,9 +9,9 @@
 // gguf: one thread per block of 32 values: 8 float4 loads (128 bytes in flight, no shuffle), the
 // block's scale and its inverse by exact division (two per block, none per value), its 34 or 18 bytes
 // written by that thread in 32-bit stores; decode reads them back alike and stores float4s.
-// scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale and its gq::Divisor, the
-// refusal of non-finite rows) then scaled_fp8_encode and scaled_fp8_decode, float4 by float4 (a row's
-// scale or Divisor loaded once per float4: walks.cuh's segment_quads_decode and its encode twin here).
+// scaled_fp8: scaled_fp8_scales (one warp per row: max |w|, the row's scale, the refusal of non-finite
+// rows) then scaled_fp8_encode (a warp per row, float4 by float4, the row's divisor made once) and
+// scaled_fp8_decode (float4 by float4, a row's scale loaded once per float4: walks.cuh).
 // A row holding NaN or ±Inf is refused: its index goes to bad_row by atomicMin (the launcher raises);
 // the codes of such a launch are not used.
 
@@ -234,35 +234,24 @@ __global__ void __launch_bounds__(256, 4)
 
 // 1 + the bits of the largest float32 x >= 0 with x / s <= 2^-150, i.e. RN(x / s) = 0, for s > 0 (+Inf:
 // every finite x; NaN: none, 0): the bits of RD(s * 2^-150), exact by integers (s of biased exponent e
-// >= 151: its bits less 150 exponents; below: its significand shifted into the subnormal range).
+// >= 151: its bits less 150 exponents; below: its significand shifted into the subnormal range, 0 from
+// a shift of 24 on). Selects, no branch.
 __device__ __forceinline__ gq_u32 zero_quotient_limit(float s) {
-    const gq_u32 u = gq::bits_of(s) & 0x7fffffffu, e = u >> 23;
-    if (gq::is_nan(s)) return 0u;
-    if (e == 0xffu) return 0x7f800000u;
-    if (e >= 151u) return u - (150u << 23) + 1u;
-    return (e == 0u || 151u - e >= 32u ? 0u : ((u & 0x007fffffu) | 0x00800000u) >> (151u - e)) + 1u;
-}
-
-// A scale as the encode kernel reads it, one 16-byte load per float4 of values: its Divisor {p2, sp, r}
-// and, as the bits of the fourth float, zero_quotient_limit(s).
-__device__ __forceinline__ float4 packed_divisor(float s) {
-    const gq::Divisor D = gq::make_divisor(s);
-    return {D.p2, D.sp, D.r, gq::float_of(zero_quotient_limit(s))};
+    const gq_u32 u = gq::bits_of(s) & 0x7fffffffu, e = u >> 23, shift = 151u - e;
+    const gq_u32 below = shift < 24u ? ((u & 0x007fffffu) | 0x00800000u) >> shift : 0u;
+    const gq_u32 limit = (e >= 151u ? u - (150u << 23) : below) + 1u;
+    return u > 0x7f800000u ? 0u : u == 0x7f800000u ? 0x7f800000u : limit;
 }
 
 // Per row, one warp a row (blockDim a multiple of 32): max |w| as the largest bit pattern of |w| (the
 // order of non-negative floats; Inf and NaN patterns are above every finite one, so the row is finite
 // iff that maximum is below 0x7f800000, and it is refused then) and, when the scale is per row,
-// s = f32(amax / M) (exact division: s is stored) with FLT_EPSILON for a zero scale, into scales[row],
-// and s's Divisor into divisors[row]; for a tensor scale, thread 0 writes the Divisor of scales[0] into
-// divisors[0].
+// f32(amax / M) (exact division: its bits are stored) with FLT_EPSILON for a zero scale, into scales[row].
 template <typename T>
 __global__ void scaled_fp8_scales(const T* __restrict__ x, float* __restrict__ scales, long long n, long long d,
-                                  float max_finite, int per_row, float4* __restrict__ divisors,
-                                  unsigned long long* bad_row) {
+                                  float max_finite, int per_row, unsigned long long* bad_row) {
     const long long lane = (long long)(threadIdx.x & 31u);
     const long long warps = gq::thread_count() / 32;
-    if (!per_row && gq::thread_index() == 0) divisors[0] = packed_divisor(scales[0]);
     for (long long row = gq::thread_index() / 32; row < n; row += warps) {  // the same rows for a whole warp
         const T* src = x + row * d;
         gq_u32 m = 0u;
@@ -275,23 +264,32 @@ __global__ void scaled_fp8_scales(const T* __restrict__ x, float* __restrict__ s
         if (m >= 0x7f800000u) {
             atomicMin(bad_row, (unsigned long long)row);
         } else if (per_row) {
-            float s = gq::div_exact(gq::float_of(m), max_finite);
-            s = gq::is_zero(s) ? gq::float_of(0x34000000u) : s;  // FLT_EPSILON = 2**-23
-            scales[row] = s;
-            divisors[row] = packed_divisor(s);
+            const float s = gq::div_exact(gq::float_of(m), max_finite);
+            scales[row] = gq::is_zero(s) ? gq::float_of(0x34000000u) : s;  // FLT_EPSILON = 2**-23
         }
     }
 }
 
-// fp8(clip(f32(w / s) + 0, -M, M)) needs, for D = packed_divisor(s), the quotient of quotient_for_rounding
+// A scale s as the encode divides by it: its Divisor {p2, sp, r} and zero_quotient_limit(s); FINITE: s is
+// finite and nonzero (a row's scale: straight-line code), else any s (a tensor scale).
+struct Fp8Divisor {
+    gq::Divisor D;
+    gq_u32 zero_limit;
+};
+template <bool FINITE>
+__device__ __forceinline__ Fp8Divisor fp8_divisor(float s) {
+    return {FINITE ? gq::finite_divisor(s) : gq::make_divisor(s), zero_quotient_limit(s)};
+}
+
+// fp8(clip(f32(w / s) + 0, -M, M)) needs, for D = fp8_divisor(s), the quotient of quotient_for_rounding
 // cast with saturation (M is the format's largest finite value), except that a quotient which rounds to
 // ±0 gives +0 (the + 0), found exactly by |w| against D's limit. Out of its band q is equivalent: |w / s|
 // < 2^-36 casts to ±0 with the quotient's sign (a nonzero quotient keeps it through the + 0, and q0 has it
 // even when it underflows), |w / s| > 2^59 clips to ±M. (The + 0 cannot be applied to q itself: the q0 of
 // a quotient that rounds to -0 may be nonzero.) NaN cannot occur: non-finite rows are refused, s > 0.
-__device__ __forceinline__ float scaled_fp8_quotient(float w, const float4& D) {
-    const float q = gq::quotient_for_rounding(w, gq::Divisor{D.x, D.y, D.z});
-    return (gq::bits_of(w) & 0x7fffffffu) < gq::bits_of(D.w) ? 0.0f : q;
+__device__ __forceinline__ float scaled_fp8_quotient(float w, const Fp8Divisor& D) {
+    const float q = gq::quotient_for_rounding(w, D.D);
+    return (gq::bits_of(w) & 0x7fffffffu) < D.zero_limit ? 0.0f : q;
 }
 
 // The saturating fp8 codes (format F) of 4 non-NaN floats as one little-endian word: on sm_89+ two paired
@@ -312,57 +310,83 @@ __device__ __forceinline__ gq_u32 fp8_saturated_word(const float (&q)[4]) {
 #endif
 }
 
-// QUADS: 1 the flat walk over float4s (one segment per row, or of every value for a tensor scale: the
-// segment's Divisor loaded once per float4, its index by gq::DivU32: no division per value), 0 value
-// by value as (row, column) by increments (unaligned buffers, rows of d % 4 != 0), -1 chosen here.
-template <typename T, int F, int QUADS = -1>
-__device__ __forceinline__ void scaled_fp8_encode_path(const T* __restrict__ x, unsigned char* __restrict__ codes,
-                                                       const float4* __restrict__ divisors, long long n, long long d,
-                                                       int per_row, int) {
-    const long long seg_len = per_row ? d : n * d;
-    const bool flat = segment_quads_fit(n * d, seg_len) && aligned(x, 4 * sizeof(T)) && aligned(codes, 4);
-    if (QUADS >= 0 ? QUADS == 0 : !flat) {
-        for (TaskWalk w(n, d); w.more(); w.next()) {
-            const float q = scaled_fp8_quotient(to_f32(x[w.task]), divisors[per_row ? w.row : 0]);
-            codes[w.task] = (unsigned char)gq::float_encode(q, F, true);
-        }
-        return;
+// A tensor scale's encoder for the walks of walks.cuh (encode_flat, encode_rows).
+template <int F>
+struct ScaledFp8Encoder {
+    typedef unsigned char code_t;
+    static constexpr int EPC = 1, CPT = 4;
+    Fp8Divisor D;
+    __device__ __forceinline__ code_t pack(const float* v, long long, long long) const {
+        const float q = scaled_fp8_quotient(v[0], D);
+        return FloatCodec<code_t, F, 1>{F, 1}.pack(&q, 0, 1);
     }
-    const unsigned quads = (unsigned)(n * d / 4), step = (unsigned)thread_count();
-    const gq::DivU32 segment_of((unsigned long long)seg_len / 4);
-    for (unsigned q0 = (unsigned)thread_index(); q0 < quads; q0 += step * UNROLL) {
-        float v[UNROLL][4];
-        float4 D[UNROLL];
+};
+
+// Row scales, rows of whole float4s (x and codes aligned, d / 4 below 2^31: 32-bit indices in a row):
+// groups of G lanes per row (G = 32, or every thread of a grid of fewer or of a non-multiple of 32),
+// the row's divisor made once per lane, then the lanes on consecutive float4s of the row, UNROLL in
+// flight, 4 codes stored at once.
+template <typename T, int F>
+__device__ void scaled_fp8_encode_warps(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                        const float* __restrict__ scales, long long n, long long d) {
+    const unsigned G = thread_count() % 32 == 0 ? 32u : (unsigned)thread_count(), quads = (unsigned)(d / 4);
+    const unsigned lane = (unsigned)(thread_index() % G);
+    for (long long row = thread_index() / G; row < n; row += thread_count() / G) {
+        const Fp8Divisor D = fp8_divisor<true>(scales[row]);
+        const T* src = x + row * d;
+        unsigned char* dst = codes + row * d;
+        for (unsigned j0 = lane; j0 < quads; j0 += G * UNROLL) {
+            float v[UNROLL][4];
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const unsigned q = q0 + u * step;
-            if (q < quads) {
-                load_vec<T, 4>(x + 4 * (unsigned long long)q, v[u]);
-                D[u] = divisors[segment_of(q)];
+            for (int u = 0; u < UNROLL; ++u) {
+                if (j0 + u * G < quads) load_vec<T, 4>(src + 4 * (j0 + u * G), v[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                if (j0 + u * G < quads) {
+                    float t[4];
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) t[k] = scaled_fp8_quotient(v[u][k], D);
+                    const gq_u32 word = fp8_saturated_word<F>(t);
+                    move_out<4>(dst + 4 * (j0 + u * G), &word);
+                }
             }
         }
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const unsigned q = q0 + u * step;
-            if (q < quads) {
-                float t[4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) t[k] = scaled_fp8_quotient(v[u][k], D[u]);
-                const gq_u32 word = fp8_saturated_word<F>(t);
-                move_out<4>(codes + 4 * (unsigned long long)q, &word);
-            }
+    }
+}
+
+// WARPS: 1 scaled_fp8_encode_warps (row scales, rows of whole float4s, aligned buffers); 0 a tensor scale
+// by encode_flat (aligned) or encode_rows, row scales value by value; -1 chosen here. No division, and
+// no buffer besides the scales (a CUDA graph can capture the launch).
+template <typename T, int F, int WARPS = -1>
+__device__ __forceinline__ void scaled_fp8_encode_path(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                                       const float* __restrict__ scales, long long n, long long d,
+                                                       int per_row, int) {
+    if (WARPS >= 0 ? WARPS == 1 : per_row && d % 4 == 0 && d / 4 < (1LL << 31) && flat_ok(x, codes)) {
+        scaled_fp8_encode_warps<T, F>(x, codes, scales, n, d);
+    } else if (!per_row) {
+        const ScaledFp8Encoder<F> enc{fp8_divisor<false>(scales[0])};
+        if (flat_ok(x, codes)) {
+            encode_flat(enc, x, codes, n * d);
+        } else {
+            encode_rows(enc, x, codes, n, d, d);
+        }
+    } else {
+        for (TaskWalk w(n, d); w.more(); w.next()) {
+            const float q = scaled_fp8_quotient(to_f32(x[w.task]), fp8_divisor<true>(scales[w.row]));
+            codes[w.task] = (unsigned char)gq::float_encode(q, F, true);
         }
     }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(256, 4)
-    scaled_fp8_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, const float4* __restrict__ divisors,
+    scaled_fp8_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, const float* __restrict__ scales,
                       long long n, long long d, int per_row, int format) {
     if (format == gq::E4M3) {
-        scaled_fp8_encode_path<T, gq::E4M3>(x, codes, divisors, n, d, per_row, format);
+        scaled_fp8_encode_path<T, gq::E4M3>(x, codes, scales, n, d, per_row, format);
     } else {
-        scaled_fp8_encode_path<T, gq::E5M2>(x, codes, divisors, n, d, per_row, format);
+        scaled_fp8_encode_path<T, gq::E5M2>(x, codes, scales, n, d, per_row, format);
     }
 }
 

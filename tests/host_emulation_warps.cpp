@@ -152,10 +152,10 @@ void emu_scalar_decode(int blocks, int threads, const unsigned char* codes, floa
     });
 }
 
-void emu_scaled_fp8_scales(int blocks, int threads, int dtype, const void* x, float* scales, long long n, long long d,
-                           float max_finite, int per_row, float4* divisors, unsigned long long* bad_row) {
+void emu_scaled_fp8_scales(int blocks, int threads, int dtype, const void* x, float* scales, long long n,
+                           long long d, float max_finite, int per_row, unsigned long long* bad_row) {
     GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] {
-        scaled_fp8_scales<T>((const T*)x, scales, n, d, max_finite, per_row, divisors, bad_row);
+        scaled_fp8_scales<T>((const T*)x, scales, n, d, max_finite, per_row, bad_row);
     }))
 }
 

@@ -45,7 +45,7 @@ SHAPES = [(0, 64), (1, 32), (3, 64), (5, 96), (7, 160), (2, 1024)]
 NO_ROW = np.iinfo(np.uint64).max
 
 
-WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, I64, I64, F32, I32, VP, VP]}
+WARPS = {**WARP_SIGNATURES, "emu_scaled_fp8_scales": [I32, I32, I32, VP, VP, I64, I64, F32, I32, VP]}
 WARP_GRIDS = [(1, 32), (3, 64)]  # scaled_fp8_scales: one warp a row, rows grid-strided
 
 
@@ -147,8 +147,8 @@ def test_emulated_refusals(emu, warps, rng, family: str, kw: dict, bad_value: fl
     if family == "gguf":
         emu.emu_gguf_encode(3, 5, 0, ptr(x32), ptr(codes), n, d, int(kw["type"] == "q4_0"), ptr(bad))
     else:
-        scales, divisors = np.zeros(n, np.float32), np.zeros((n, 4), np.float32)
-        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), n, d, np.float32(448), 1, ptr(divisors), ptr(bad))
+        scales = np.zeros(n, np.float32)
+        warps.emu_scaled_fp8_scales(3, 64, 0, ptr(x32), ptr(scales), n, d, np.float32(448), 1, ptr(bad))
     assert bad[0] == want
 
 
@@ -178,10 +178,9 @@ def test_emulated_scaled_fp8(emu, warps, rng, granularity: str, fmt: str, dtype)
             for (blocks, threads), (wblocks, wthreads) in zip(GRIDS, WARP_GRIDS, strict=True):
                 scales = placed(np.full(n, np.nan, np.float32), misalign) if per_row else state["weight_scale"].copy()
                 bad = np.full(1, NO_ROW, np.uint64)
-                divisors = np.full((max(n, 1), 4), np.nan, np.float32)  # packed Divisors, a row's (row 0: tensor)
                 warps.emu_scaled_fp8_scales(wblocks, wthreads, DTYPES[x.dtype], ptr(xin), ptr(scales), n, d,
-                                            np.float32(scheme.max_finite), per_row, ptr(divisors), ptr(bad))
-                emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(divisors), n, d,
+                                            np.float32(scheme.max_finite), per_row, ptr(bad))
+                emu.emu_scaled_fp8_encode(blocks, threads, DTYPES[x.dtype], ptr(xin), ptr(got), ptr(scales), n, d,
                                           per_row, fmt_id)
                 assert bad[0] == NO_ROW
                 same_bits(got, want)
@@ -213,25 +212,22 @@ def quotient_edges(s: np.float32, fmt: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
-def test_scaled_fp8_encode_quotient_edges(emu, warps, fmt: str) -> None:
-    """fp8 ties, quotients rounding to ±0, subnormal and huge tensor scales: the encode's quotient (Divisor
-    band, the q0 outside it, the zero limit) against the reference's division, both walks."""
+def test_scaled_fp8_encode_quotient_edges(emu, fmt: str) -> None:
+    """fp8 ties, quotients rounding to ±0, subnormal and huge scales: the encode's quotient (Divisor band,
+    the q0 outside it, the zero limit) against the reference's division, as a tensor scale and as every
+    row's scale (the divisor made per float4), both walks."""
     scheme = make_scheme("scaled_fp8", granularity="tensor", format=fmt)
     for s in np.array([1.0, 0.75, 3e38, 2.0**127 * 1.75, 1e-40, 2.0**-149, 1.1754942e-38, 2.0**100 * 1.3, 5e-3],
                       np.float32):
         w = quotient_edges(s, fmt)
         x = np.resize(w, (-(-w.size // 64), 64))  # rows of 64: the flat walk when aligned
-        state = {"weight_scale": s.reshape(1)}
-        want = scheme.encode(x, state)[0].view(np.uint8)
-        for misalign in (False, True):
+        want = scheme.encode(x, {"weight_scale": s.reshape(1)})[0].view(np.uint8)
+        for misalign, per_row in itertools.product((False, True), (0, 1)):
             xin = placed(x, misalign)
             got = placed(np.full(want.shape, 0x5A, np.uint8), misalign)
-            divisors, bad = np.full((1, 4), np.nan, np.float32), np.full(1, NO_ROW, np.uint64)
-            scales = state["weight_scale"].copy()
-            warps.emu_scaled_fp8_scales(1, 32, 0, ptr(xin), ptr(scales), *x.shape, np.float32(scheme.max_finite), 0,
-                                        ptr(divisors), ptr(bad))
-            fmt_id = {"e4m3": 0, "e5m2": 1}[fmt]
-            emu.emu_scaled_fp8_encode(3, 5, 0, ptr(xin), ptr(got), ptr(divisors), *x.shape, 0, fmt_id)
+            scales = np.full(x.shape[0], s, np.float32)  # per row: the same scale in every row
+            emu.emu_scaled_fp8_encode(3, 5, 0, ptr(xin), ptr(got), ptr(scales), *x.shape, per_row,
+                                      {"e4m3": 0, "e5m2": 1}[fmt])
             same_bits(got, want)
 
 

@@ -1,10 +1,9 @@
 """Launchers of the weight-checkpoint families ``gguf`` and ``scaled_fp8`` (``kernels/weights.cu``).
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
-``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale and its divisor constants, the refusal
-of a non-finite row), then ``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row
-holding NaN or ±Inf is refused with the reference's :class:`~gpuquant.schemes.statistics.RowError`
-(its first such row).
+``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
+``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row holding NaN or ±Inf is refused
+with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
 from __future__ import annotations
@@ -76,16 +75,15 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     n, d = (int(s) for s in x.shape)
     t = INPUT_TYPES[x.dtype]
     scales, per_row = _scales(constant, scheme, state, side)
+    m = np.float32(scheme.max_finite)
     bad = refusal_flag()
-    divisors = cupy_module().full((max(n, 1) if per_row else 1, 4), 0, np.float32)  # a scale's gq::Divisor
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
-        (occupancy_grid(n * 32),), (THREADS,),
-        (x, scales, i64(n), i64(d), np.float32(scheme.max_finite), i32(per_row), divisors, bad),
+        (occupancy_grid(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
     )
     _refuse(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
         (occupancy_grid(n * d),), (THREADS,),
-        (x, codes, divisors, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
+        (x, codes, scales, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
     )
 
 
