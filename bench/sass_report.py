@@ -392,6 +392,8 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
+    elif kernel in ("absmax_encode", "absmax_encode_rows"):
+        modes = ["1" if int(args[12]) else "0", "8" if int(args[8]) == 8 else "4"]  # tensor scale, bits
     elif kernel == "absmax_decode":
         tensor, groups, d, seg = int(args[9]), int(args[6]), int(args[4]), int(args[5])
         quads = seg % 4 == 0 and d % 4 == 0  # aligned buffers: the flat walk over float4s

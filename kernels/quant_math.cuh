@@ -227,15 +227,24 @@ GQ_HD Divisor make_divisor(float s) {
 // |a| in [2^-59, 2^60] (the bits of 2^-59 and 2^60); false for NaN.
 GQ_HD bool in_band(float a) { return (bits_of(a) & 0x7fffffffu) - 0x22000000u <= 0x5d800000u - 0x22000000u; }
 
-// RN(a / sp) when a is in band (a and sp finite, q within 2 ulp), else q0 itself.
-GQ_HD float corrected_quotient(float a, float sp, float r) {
+// q2 of the sequence: RN(a / sp) for a in band; for |a| < 2^-59 a value of magnitude under 2^-35
+// (every step stays that small; its sign is not kept); needs |a| <= 2^60 (nothing overflows).
+GQ_HD float corrected_q2(float a, float sp, float r) {
     const float q0 = mul_f32(a, r);
     const float q1 = fma_f32(fnma_f32(q0, sp, a), r, q0);
-    const float q2 = fma_f32(fnma_f32(q1, sp, a), r, q1);
-    return in_band(a) ? q2 : q0;
+    return fma_f32(fnma_f32(q1, sp, a), r, q1);
+}
+
+// RN(a / sp) when a is in band (a and sp finite, q within 2 ulp), else q0 itself.
+GQ_HD float corrected_quotient(float a, float sp, float r) {
+    return in_band(a) ? corrected_q2(a, sp, r) : mul_f32(a, r);
 }
 
 GQ_HD float quotient_for_rounding(float x, const Divisor& D) { return corrected_quotient(mul_f32(x, D.p2), D.sp, D.r); }
+
+// quotient_for_rounding without the band test, for |x / s| known to be small (|x * p2| <= 2^60):
+// RN(x / s) in band, a value under 2^-35 in magnitude below it; so rint of it is RN's.
+GQ_HD float bounded_quotient(float x, const Divisor& D) { return corrected_q2(mul_f32(x, D.p2), D.sp, D.r); }
 
 // Significand in [1, 2) and unbiased exponent of a finite nonzero |x| (its bits a; subnormals
 // normalised by the count of leading zeros). Selects, no branch.
@@ -271,13 +280,14 @@ GQ_HD ExactDivisor exact_divisor(float b) {
 GQ_HD gq_u32 div_exact_bits(gq_u32 ua, const ExactDivisor& B) {
     int ea;
     const float ma = significand(ua, ea);
-    const float qm = corrected_quotient(ma, B.m, B.r);  // in (1/2, 2): in band
+    const float qm = corrected_q2(ma, B.m, B.r);  // ma in [1, 2): in band, RN(ma / m) in (1/2, 2)
     const gq_u32 uq = bits_of(qm);
     const int k = ea - B.e, e = (int)(uq >> 23) - 127 + k;  // the result's exponent
     const int sh = -126 - e < 1 ? 1 : (-126 - e > 25 ? 25 : -126 - e);
     const gq_u32 M = (uq & 0x007fffffu) | 0x00800000u, kept = M >> sh;
-    const float rem = fnma_f32(qm, B.m, ma);
-    const int v = 2 * (int)(M & ((1u << sh) - 1u)) + (gt_f32(rem, 0.0f) ? 1 : 0) - (lt_f32(rem, 0.0f) ? 1 : 0);
+    const gq_u32 rem = bits_of(fnma_f32(qm, B.m, ma));  // exact; an exact 0 is +0
+    const int sign = ((int)rem >> 31) | (rem != 0u ? 1 : 0);  // -1, 0 or 1
+    const int v = 2 * (int)(M & ((1u << sh) - 1u)) + sign;
     const gq_u32 subnormal = kept + (gq_u32)((v + (1 << sh) - 1 + (int)(kept & 1u)) >> (sh + 1));
     return e > 127 ? 0x7f800000u : (e >= -126 ? uq + ((gq_u32)k << 23) : subnormal);
 }
@@ -295,7 +305,8 @@ GQ_HD float div_exact(float a, float b) {
 
 // Conversions of a float: to an integral float (half to even as numpy rint, floor, toward zero), or
 // to an int toward zero (an integral x, |x| < 2**31), by floor or to nearest even as PTX cvt.rmi /
-// cvt.rni.s32.f32 do it (NaN gives 0, values beyond the int range saturate). R is the result type,
+// cvt.rni.s32.f32 do it (NaN gives 0, values beyond the int range saturate), or to nearest even
+// saturated to the int8 range (cvt.rni.s8.f32). R is the result type,
 // C its asm constraint, HOST the host's function.
 #ifdef __CUDA_ARCH__
 #define GQ_CONVERT(NAME, R, C, PTX, HOST)                                        \
@@ -313,12 +324,14 @@ GQ_HD float host_floor(float x);
 GQ_HD float host_trunc(float x);
 GQ_HD int host_rint_int(float x);
 GQ_HD int host_floor_int(float x);
+GQ_HD int host_rint_s8(float x);
 GQ_CONVERT(rint_f32, float, "f", "cvt.rni.f32.f32", host_rint)
 GQ_CONVERT(floor_f32, float, "f", "cvt.rmi.f32.f32", host_floor)
 GQ_CONVERT(trunc_f32, float, "f", "cvt.rzi.f32.f32", host_trunc)
 GQ_CONVERT(int_of, int, "r", "cvt.rzi.s32.f32", (int))
 GQ_CONVERT(floor_to_int, int, "r", "cvt.rmi.s32.f32", host_floor_int)
 GQ_CONVERT(rint_to_int, int, "r", "cvt.rni.s32.f32", host_rint_int)
+GQ_CONVERT(rint_to_s8, int, "r", "cvt.rni.s8.f32", host_rint_s8)  // saturates to [-128, 127], sign-extended
 #undef GQ_CONVERT
 
 // Host versions by integer arithmetic (independent of the FPU rounding mode).
@@ -351,6 +364,7 @@ GQ_HD int host_floor_int(float x) { return host_to_int(host_floor(x)); }
 
 // v clipped to [lo, hi] (integer min and max).
 GQ_HD int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+GQ_HD int host_rint_s8(float x) { return clamp_int(host_rint_int(x), -128, 127); }
 
 // (int)(f64(t) * 15) for t in [0, 1] (or -0) without float64: x = (int)(t * 2^28), then (15 * x) >> 28
 // = umulhi(x, 240). For t >= 2^-5 the product t * 2^28 is an integer (t's last bit weighs at least
@@ -467,19 +481,28 @@ GQ_HD ExactDivisor qmax_divisor(int qmax) {
     return qmax == 127 ? ExactDivisor{1.984375f, float_of(0x3f010204u), 6} : ExactDivisor{1.75f, float_of(0x3f124925u), 2};
 }
 
-// s = RN(RN(m + eps) / qmax), Q = qmax_divisor(qmax). m + eps >= 0; 0, Inf and NaN divide to themselves.
+// s = RN(RN(m + eps) / qmax), Q = qmax_divisor(qmax). m + eps >= 0; Inf and NaN divide to themselves
+// and 0 to 0 (div_exact_bits of 0: its significand 1 * 2^-150, the quotient rounds to 0).
 GQ_HD float absmax_scale(float m, float eps, const ExactDivisor& Q) {
     const float a = add_f32(m, eps);
-    const gq_u32 u = bits_of(a) & 0x7fffffffu;
-    return u == 0u || u >= 0x7f800000u ? a : float_of(div_exact_bits(u, Q));
+    return is_finite(a) ? float_of(div_exact_bits(bits_of(a), Q)) : a;
 }
 
 // The divisor of a segment's codes: its scale, 1 for a zero scale (every value is then 0). A
 // non-finite scale (a refused row, whose codes are not used) gives some Divisor.
 GQ_HD Divisor absmax_divisor(float s) { return finite_divisor(is_zero(s) ? 1.0f : s); }
 
+// OWN: s is the segment's own scale, so |x| <= m and |x * p2| < 2^9 (bounded_quotient applies); else
+// (a tensor scale fitted elsewhere) |x / s| is unbounded. Rows with NaN/Inf are refused.
+// (qmax 127: the conversion saturates to [-128, 127], one max is left.)
+template <bool OWN>
 GQ_HD int absmax_code(float x, const Divisor& D, int qmax) {
-    return clamp_int(rint_to_int(quotient_for_rounding(x, D)), -qmax, qmax);  // rows with NaN/Inf are refused
+    const float q = OWN ? bounded_quotient(x, D) : quotient_for_rounding(x, D);
+    if (qmax == 127) {
+        const int c = rint_to_s8(q);
+        return c < -127 ? -127 : c;
+    }
+    return clamp_int(rint_to_int(q), -qmax, qmax);
 }
 
 GQ_HD float absmax_value(int q, float s) { return mul_f32((float)q, s); }

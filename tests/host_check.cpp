@@ -88,7 +88,7 @@ long long absmax_encode(const float* x, long long n, long long d, long long seg_
             if (!gq::is_finite(s) && bad < 0) bad = i;
             const gq::Divisor D = gq::absmax_divisor(s);
             for (long long k = 0; k < seg_len; ++k) {
-                const int q = gq::absmax_code(src[k], D, qmax);
+                const int q = gq::absmax_code<true>(src[k], D, qmax);
                 if (bits == 8) {
                     codes[i * rc + g * seg_len + k] = (unsigned char)(q & 0xff);
                 } else {

@@ -32,12 +32,17 @@ long long code_of(float q, int which, float zp) {
 }
 
 // One (x, s) pair: in band, the quotient's bits; outside it, the sign, the magnitude class and every
-// rounding function above (zp over its allowed range) agree with IEEE's x / s.
+// rounding function above (zp over its allowed range) agree with IEEE's x / s. bounded_quotient
+// (|x * p2| <= 2^60): the quotient's bits in band, a magnitude under 2^-35 below it.
 bool quotient_ok(float x, float s, const float* zps, int nzp, long long* in_band) {
     const gq::Divisor D = gq::make_divisor(s);
-    const float q = gq::quotient_for_rounding(x, D), want = x / s;
+    const float q = gq::quotient_for_rounding(x, D), want = x / s, a = gq::mul_f32(x, D.p2);
     const bool special = gq::is_zero(s) || !gq::is_finite(s);
-    if (gq::in_band(gq::mul_f32(x, D.p2)) || special) {
+    if (!special && std::fabs(a) <= 0x1p60f) {  // bounded_quotient: the quotient, or under 2^-35 below the band
+        const float b = gq::bounded_quotient(x, D);
+        if (gq::in_band(a) ? !same(b, want) : !(std::fabs(b) < 0x1p-35f)) return false;
+    }
+    if (gq::in_band(a) || special) {
         *in_band += !special;
         return same(q, want);
     }

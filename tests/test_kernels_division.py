@@ -7,7 +7,7 @@
   accurate (RN(1/s) nearest a half ulp from 1/s), over 10^7 random pairs, 6 * 10^6 quotients next to midpoints or exact,
   and the special divisors: the quotient's bits in band; outside it the sign, the magnitude class
   and every rounding function the kernels apply to it (floor, trunc, rint, rint(q + zp) for
-  |zp| <= 2^50, each then clipped).
+  |zp| <= 2^50, each then clipped); ``bounded_quotient`` (no band test) likewise where |x * p2| <= 2^60.
 - faiss-sq4's ``(int)(f64(t) * 15)`` in integer arithmetic (``times15_trunc``), for every t in [0, 1].
 - ``div_exact`` over 10^7 random bit patterns, subnormal operands and results, ties of subnormal
   results, the overflow edge and every pair of special values: bit for bit (NaN: a NaN).

@@ -27,13 +27,7 @@ DIM = 768
 OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
-OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-}
+OVER_BUDGET: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="module")
