@@ -383,11 +383,21 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
+    elif kernel in ("gguf_encode", "gguf_decode"):
+        modes = [str(int(args[4]))]  # Q4_0 or Q8_0
+    elif kernel == "scaled_fp8_encode":  # aligned buffers: a warp per row for row scales
+        modes = [str(int(args[6])), "1" if int(args[5]) and int(args[4]) % 4 == 0 else "0"]
+    elif kernel == "scaled_fp8_decode":
+        n, d, per_row = int(args[3]), int(args[4]), int(args[5])
+        modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
+    elif kernel in ("absmax_encode", "absmax_encode_rows"):
+        modes = ["1" if int(args[12]) else "0", "8" if int(args[8]) == 8 else "4"]  # tensor scale, bits
     elif kernel == "absmax_decode":
-        tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
-        layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
+        tensor, groups, d, seg = int(args[9]), int(args[6]), int(args[4]), int(args[5])
+        quads = seg % 4 == 0 and d % 4 == 0  # aligned buffers: the flat walk over float4s
+        layout = 4 if quads else 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
         modes = ["1" if int(args[7]) == 8 else "2", str(layout)]
     else:
         return None
@@ -420,10 +430,6 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 
 # ----- records ---------------------------------------------------------------------------------
-#: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
-SCALAR_ACCESS = ("gguf_encode", "gguf_decode", "scaled_fp8_encode", "scaled_fp8_decode")
-
-
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
     """What the common path of ``kernel``'s hot loop moves per iteration (module docstring)."""
     if kernel.startswith("radix_histogram"):  # RADIX_UNROLL float4 a lane; no (32-bit) candidate store
@@ -449,8 +455,10 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
-    if kernel in SCALAR_ACCESS:  # one float32 value per load (store): as many as the loop has
-        return Spec("LDG" if op == "transform" else "STG", 32, None)
+    if kernel == "gguf_encode":  # a thread's block of 32 values in 16-byte loads, its bytes in 16/32-bit stores
+        return Spec("LDG", 128, None, 16, 1)
+    if kernel == "gguf_decode":  # its bytes in 16/32-bit loads, its 32 values in 16-byte stores
+        return Spec("STG", 128, None, 16, 1)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
         tasks = TASKS_IN_FLIGHT // per_task
         return Spec("LDG", 128, tasks * per_task, code_bits, tasks)

@@ -202,14 +202,15 @@ constexpr int ABSMAX_V4 = 4;
 
 // A segment held in registers by `width` lanes: lane `lane` loads the float4 at values
 // 4 * (lane + width * i) (i < ABSMAX_V4, those inside the segment) and returns its integer max |x|.
-template <typename T>
+// FULL: the segment fills the lanes' registers (seg_len = 4 * width * ABSMAX_V4), no test per float4.
+template <bool FULL, typename T>
 __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane, int width, long long seg_len,
                                               float (&v)[ABSMAX_V4][4]) {
     gq_u32 m = 0;
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
-        if (live && j < seg_len) {
+        if (live && (FULL || j < seg_len)) {
             load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
 #pragma unroll
             for (int t = 0; t < 4; ++t) {
@@ -221,19 +222,20 @@ __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane,
     return m;
 }
 
-// The codes of the values absmax_load loaded, encoded with scale s: 4 int8 codes (one 32-bit
-// store) or 4 nibbles (one 16-bit store) per float4.
-__device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], float s, unsigned char* dst, bool live,
-                                             int lane, int width, long long seg_len, int bits, int high_first) {
-    const int qmax = bits == 8 ? 127 : 7;
+// The codes of the values absmax_load loaded, divided by D (absmax_record's): 4 int8 codes (one
+// 32-bit store) or 4 nibbles (one 16-bit store) per float4. TS: D is the tensor scale's.
+template <int TS, int BITS, bool FULL>
+__device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], const gq::Divisor& D, unsigned char* dst,
+                                             bool live, int lane, int width, long long seg_len, int high_first) {
+    constexpr int qmax = BITS == 8 ? 127 : 7;
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
-        if (live && j < seg_len) {
+        if (live && (FULL || j < seg_len)) {
             unsigned q[4];
 #pragma unroll
-            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code(v[i][t], s, qmax);
-            if (bits == 8) {
+            for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code<!TS>(v[i][t], D, qmax);
+            if (BITS == 8) {
                 const unsigned word = (q[0] & 0xffu) | ((q[1] & 0xffu) << 8) | ((q[2] & 0xffu) << 16) | (q[3] << 24);
                 gq::store_raw<unsigned>(dst + j, &word);
             } else {
@@ -246,29 +248,47 @@ __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], flo
     }
 }
 
-// Scale of a segment from its integer max |x| m; the writer lane records it, and the row when the
-// segment holds NaN or Inf.
-__device__ __forceinline__ float absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
-                                               long long seg, long long row, int qmax, float eps,
-                                               const float* tensor_scale, int use_tensor_scale) {
-    const float own = gq::absmax_scale(gq::float_of(m), eps, qmax);
-    const float s = use_tensor_scale ? tensor_scale[0] : own;
-    if (writer) {
-        if (!use_tensor_scale) scales[seg] = s;
-        if (!gq::is_finite(own)) atomicMin(bad_row, (unsigned long long)row);
+// The divisor of a segment's codes, from its integer max |x| m: that of its own scale
+// f32(f32(m + eps) / qmax), which the writer lane records, or (TS) the tensor scale's. The writer
+// also records the row when the segment holds NaN or Inf (m + eps, and so the own scale, not finite).
+template <int TS>
+__device__ __forceinline__ gq::Divisor absmax_record(gq_u32 m, bool writer, float* scales, unsigned long long* bad_row,
+                                                     long long seg, long long row, int qmax, float eps,
+                                                     const gq::Divisor& tensor) {
+    if (TS) {
+        if (writer && !gq::is_finite(gq::add_f32(gq::float_of(m), eps))) atomicMin(bad_row, (unsigned long long)row);
+        return tensor;
     }
-    return s;
+    const float s = gq::absmax_scale(gq::float_of(m), eps, gq::qmax_divisor(qmax));
+    if (writer) {
+        scales[seg] = s;
+        if (!gq::is_finite(s)) atomicMin(bad_row, (unsigned long long)row);
+    }
+    return gq::absmax_divisor(s);
 }
 
-// Scale of a segment from its lanes' integer max |x| (absmax_record by lane 0 of the group).
-__device__ __forceinline__ float absmax_segment_scale(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
-                                                      unsigned long long* bad_row, long long seg, long long row,
-                                                      int qmax, float eps, const float* tensor_scale,
-                                                      int use_tensor_scale) {
-    return absmax_record(__reduce_max_sync(grp.mask, m), live && grp.lane == 0, scales, bad_row, seg, row, qmax, eps,
-                         tensor_scale, use_tensor_scale);
+// The tensor scale's divisor (TS), loaded and built once per thread; else unused.
+template <int TS>
+__device__ __forceinline__ gq::Divisor absmax_tensor_divisor(const float* tensor_scale) {
+    return TS ? gq::absmax_divisor(tensor_scale[0]) : gq::Divisor{};
 }
 
+// absmax_record of a segment from its lanes' integer max |x| (by lane 0 of the group).
+template <int TS>
+__device__ __forceinline__ gq::Divisor absmax_segment_divisor(gq_u32 m, const LaneGroup& grp, bool live, float* scales,
+                                                              unsigned long long* bad_row, long long seg, long long row,
+                                                              int qmax, float eps, const gq::Divisor& tensor) {
+    return absmax_record<TS>(__reduce_max_sync(grp.mask, m), live && grp.lane == 0, scales, bad_row, seg, row, qmax,
+                             eps, tensor);
+}
+
+// The parameters of both absmax encode kernels, and their names.
+#define GQ_ABSMAX_ENCODE_PARAMS                                                                          \
+    const T *__restrict__ x, unsigned char *__restrict__ codes, float *__restrict__ scales,              \
+        unsigned long long *bad_row, long long n, long long d, long long seg_len, long long groups, int bits, \
+        int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
+#define GQ_ABSMAX_ENCODE_ARGS                                                                            \
+    x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
 // Segments longer than a warp holds (512 values) and up to 4096 (the rows of int8-row and every
 // per-row scale at common embedding sizes) stay in the registers of K warps of a block (K = 2, 4
 // or 8, the fewest that hold the segment, 16 values per lane): a block takes warps / K segments
@@ -286,26 +306,27 @@ __device__ __forceinline__ int absmax_block_warps(long long seg_len) {  // K, or
     return 0;
 }
 
-template <typename T, int K>
+template <typename T, int K, int TS, int BITS>
 __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __restrict__ codes,
                                     float* __restrict__ scales, unsigned long long* bad_row, long long n, long long d,
-                                    long long seg_len, long long groups, int bits, int high_first, float eps,
-                                    const float* __restrict__ tensor_scale, int use_tensor_scale) {
+                                    long long seg_len, long long groups, int, int high_first, float eps,
+                                    const float* __restrict__ tensor_scale, int) {
     __shared__ gq_u32 warp_max[2][ABSMAX_MAX_WARPS];
     const int warp = (int)threadIdx.x / 32, part = warp % K, width = 32 * K;
-    const int lane = part * 32 + (int)(threadIdx.x & 31), qmax = bits == 8 ? 127 : 7;
-    const long long per_block = (long long)(blockDim.x / 32) / K, rc = bits == 8 ? d : (d + 1) / 2;
+    const int lane = part * 32 + (int)(threadIdx.x & 31), qmax = BITS == 8 ? 127 : 7;
+    const long long per_block = (long long)(blockDim.x / 32) / K, rc = BITS == 8 ? d : (d + 1) / 2;
     const long long segments = n * groups, first = (long long)blockIdx.x * per_block;
     const long long stride = (long long)gridDim.x * per_block;
     TaskWalk w(n, groups, first + warp / K, stride);
+    const gq::Divisor tensor_div = absmax_tensor_divisor<TS>(tensor_scale);
     int buf = 0;
     for (long long base = first; base < segments; base += stride, w.next(), buf ^= 1) {
         const bool live = w.more();
         const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
-        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
+        unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
         float v[ABSMAX_V4][4];
-        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load(src, live, lane, width, seg_len, v));
+        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load<false>(src, live, lane, width, seg_len, v));
         if ((threadIdx.x & 31) == 0) warp_max[buf][warp] = m;
         __syncthreads();
 #pragma unroll
@@ -313,9 +334,8 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
             const gq_u32 o = warp_max[buf][warp - part + k];
             m = o > m ? o : m;
         }
-        const float s = absmax_record(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_scale,
-                                      use_tensor_scale);
-        absmax_store(v, s, dst, live, lane, width, seg_len, bits, high_first);
+        const gq::Divisor D = absmax_record<TS>(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_div);
+        absmax_store<TS, BITS, false>(v, D, dst, live, lane, width, seg_len, high_first);
     }
 }
 
@@ -323,35 +343,34 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
 // per row). scales[seg] = f32(f32(max|x| + eps) / qmax); codes int8 (bits 8) or nibbles (bits 4,
 // rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
 // row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
-template <typename T>
-__device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __restrict__ codes,
-                                    float* __restrict__ scales, unsigned long long* bad_row, long long n,
-                                    long long d, long long seg_len, long long groups, int bits, int high_first,
-                                    float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+// FULL: every segment fills its lanes' registers and is aligned (absmax_encode_warps), so each step
+// loads, reduces and stores without a test.
+template <typename T, int TS, int BITS, bool FULL>
+__device__ void absmax_warps_walk(GQ_ABSMAX_ENCODE_PARAMS) {
     const LaneGroup grp(seg_len, threadIdx.x & 31);
-    const int qmax = bits == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
-    const long long rc = bits == 8 ? d : (d + 1) / 2;
+    const int qmax = BITS == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
+    const long long rc = BITS == 8 ? d : (d + 1) / 2;
     const long long warps = thread_count() / 32, segments = n * groups;
     // Every lane of a warp runs the same number of steps (the group reductions need their lanes);
     // a group past the last segment computes nothing and writes nothing.
     // The segment's row and block follow by increments (no 64-bit division per segment).
     const long long first = (thread_index() / 32) * per_warp;
     TaskWalk w(n, groups, first + grp.index, warps * per_warp);
+    const gq::Divisor tensor_div = absmax_tensor_divisor<TS>(tensor_scale);
     for (long long base = first; base < segments; base += warps * per_warp, w.next()) {
         const bool live = w.more();  // this group's segment exists
         const long long seg = live ? w.task : segments - 1;
         const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
-        unsigned char* dst = codes + row * rc + (bits == 8 ? g * seg_len : g * seg_len / 2);
-        const bool in_registers = seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
-                                  aligned(src, 4 * sizeof(T)) && aligned(dst, bits == 8 ? 4 : 2);
+        unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
+        const bool in_registers = FULL || (seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
+                                           aligned(src, 4 * sizeof(T)) && aligned(dst, BITS == 8 ? 4 : 2));
         gq_u32 m = 0;
         if (in_registers) {
             float v[ABSMAX_V4][4];
-            m = absmax_load(src, live, grp.lane, W, seg_len, v);
-            const float s = absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale,
-                                                 use_tensor_scale);
-            absmax_store(v, s, dst, live, grp.lane, W, seg_len, bits, high_first);
+            m = absmax_load<FULL>(src, live, grp.lane, W, seg_len, v);
+            const gq::Divisor D = absmax_segment_divisor<TS>(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_div);
+            absmax_store<TS, BITS, FULL>(v, D, dst, live, grp.lane, W, seg_len, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -360,64 +379,116 @@ __device__ void absmax_encode_warps(const T* __restrict__ x, unsigned char* __re
             const gq_u32 a = gq::bits_of(to_f32(src[i])) & 0x7fffffffu;
             m = a > m ? a : m;
         }
-        const float s =
-            absmax_segment_scale(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_scale, use_tensor_scale);
+        const gq::Divisor D = absmax_segment_divisor<TS>(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_div);
         if (!live) continue;
-        if (bits == 8) {
+        if (BITS == 8) {
 #pragma unroll 4
             for (long long i = grp.lane; i < seg_len; i += W) {
-                dst[i] = (unsigned char)(gq::absmax_code(to_f32(src[i]), s, qmax) & 0xff);
+                dst[i] = (unsigned char)(gq::absmax_code<!TS>(to_f32(src[i]), D, qmax) & 0xff);
             }
         } else {
             const long long nbytes = (seg_len + 1) / 2;
             for (long long b = grp.lane; b < nbytes; b += W) {
-                const unsigned lo = (unsigned)gq::absmax_code(to_f32(src[2 * b]), s, qmax) & 0xfu;
+                const unsigned lo = (unsigned)gq::absmax_code<!TS>(to_f32(src[2 * b]), D, qmax) & 0xfu;
                 const unsigned hi =
-                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code(to_f32(src[2 * b + 1]), s, qmax) & 0xfu : 0u;
+                    (2 * b + 1 < seg_len) ? (unsigned)gq::absmax_code<!TS>(to_f32(src[2 * b + 1]), D, qmax) & 0xfu : 0u;
                 dst[b] = gq::pack_nibbles(lo, hi, high_first);
             }
         }
     }
 }
 
-// The parameters of both absmax encode kernels, and their names.
-#define GQ_ABSMAX_ENCODE_PARAMS                                                                          \
-    const T *__restrict__ x, unsigned char *__restrict__ codes, float *__restrict__ scales,              \
-        unsigned long long *bad_row, long long n, long long d, long long seg_len, long long groups, int bits, \
-        int high_first, float eps, const float *__restrict__ tensor_scale, int use_tensor_scale
-#define GQ_ABSMAX_ENCODE_ARGS                                                                            \
-    x, codes, scales, bad_row, n, d, seg_len, groups, bits, high_first, eps, tensor_scale, use_tensor_scale
+template <typename T, int TS, int BITS>
+__device__ __forceinline__ void absmax_encode_warps(GQ_ABSMAX_ENCODE_PARAMS) {
+    const bool full = seg_len == 4LL * LaneGroup(seg_len, 0).width * ABSMAX_V4 && d % 4 == 0 &&
+                      aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2);
+    if (full) {
+        absmax_warps_walk<T, TS, BITS, true>(GQ_ABSMAX_ENCODE_ARGS);
+    } else {
+        absmax_warps_walk<T, TS, BITS, false>(GQ_ABSMAX_ENCODE_ARGS);
+    }
+}
+
+// The absmax encode kernels' switch: tensor scale or not (TS), 8- or 4-bit codes.
+#define GQ_ABSMAX_MODES(PATH)                                                                  \
+    switch (use_tensor_scale * 2 + (bits == 8 ? 1 : 0)) {                                      \
+    case 0: PATH<T, 0, 4>(GQ_ABSMAX_ENCODE_ARGS); break;                                       \
+    case 1: PATH<T, 0, 8>(GQ_ABSMAX_ENCODE_ARGS); break;                                       \
+    case 2: PATH<T, 1, 4>(GQ_ABSMAX_ENCODE_ARGS); break;                                       \
+    default: PATH<T, 1, 8>(GQ_ABSMAX_ENCODE_ARGS); break;                                      \
+    }
+
+template <typename T, int TS, int BITS>
+__device__ __forceinline__ void absmax_encode_path(GQ_ABSMAX_ENCODE_PARAMS) {
+    absmax_encode_warps<T, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS);
+}
+
+// (The kernels spell their parameters out: bench/sass_report.py reads them to build its probes.)
 template <typename T>
-__global__ void __launch_bounds__(256, 4) absmax_encode(GQ_ABSMAX_ENCODE_PARAMS) {
-    absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+__global__ void __launch_bounds__(256, 4)
+    absmax_encode(const T* __restrict__ x, unsigned char* __restrict__ codes, float* __restrict__ scales,
+                  unsigned long long* bad_row, long long n, long long d, long long seg_len, long long groups, int bits,
+                  int high_first, float eps, const float* __restrict__ tensor_scale, int use_tensor_scale) {
+    GQ_ABSMAX_MODES(absmax_encode_path)
 }
 
 // absmax_encode for segments of 513..4096 values, held by several warps (absmax_encode_block), a
 // kernel of its own so that the other segment lengths keep absmax_encode's registers and code. The
 // launcher picks it for such segments when d % 4 == 0 and x and codes are aligned; any other
 // arguments take absmax_encode's path here too.
-template <typename T>
-__global__ void __launch_bounds__(256, 4) absmax_encode_rows(GQ_ABSMAX_ENCODE_PARAMS) {
-    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, bits == 8 ? 4 : 2)
+template <typename T, int TS, int BITS>
+__device__ __forceinline__ void absmax_encode_rows_path(GQ_ABSMAX_ENCODE_PARAMS) {
+    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2)
                       ? absmax_block_warps(seg_len) : 0;
     switch (K) {
-    case 2: absmax_encode_block<T, 2>(GQ_ABSMAX_ENCODE_ARGS); break;
-    case 4: absmax_encode_block<T, 4>(GQ_ABSMAX_ENCODE_ARGS); break;
-    case 8: absmax_encode_block<T, 8>(GQ_ABSMAX_ENCODE_ARGS); break;
-    default: absmax_encode_warps(GQ_ABSMAX_ENCODE_ARGS);
+    case 2: absmax_encode_block<T, 2, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 4: absmax_encode_block<T, 4, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
+    case 8: absmax_encode_block<T, 8, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
+    default: absmax_encode_warps<T, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS);
     }
 }
+
+template <typename T>
+__global__ void __launch_bounds__(256, 4) absmax_encode_rows(const T* __restrict__ x, unsigned char* __restrict__ codes,
+                                                             float* __restrict__ scales, unsigned long long* bad_row,
+                                                             long long n, long long d, long long seg_len, long long groups,
+                                                             int bits, int high_first, float eps,
+                                                             const float* __restrict__ tensor_scale,
+                                                             int use_tensor_scale) {
+    // per mode: K warps a segment where absmax_block_warps allows it, else absmax_encode's path
+    GQ_ABSMAX_MODES(absmax_encode_rows_path)
+}
+#undef GQ_ABSMAX_MODES
 #undef GQ_ABSMAX_ENCODE_ARGS
 #undef GQ_ABSMAX_ENCODE_PARAMS
+
+// The quads of segment_quads_decode for absmax codes: 4 int8 codes or 2 nibble bytes.
+template <int EPC>
+struct AbsmaxQuad {
+    static constexpr int CODE_BYTES = 4 / EPC;
+    int high_first;
+    __device__ __forceinline__ void quad(const unsigned char* c, float s, float* v) const {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int level = EPC == 1 ? (int)(signed char)c[k]
+                                       : gq::sign_extend4(gq::unpack_nibble(c[k / 2], k % 2, high_first));
+            v[k] = gq::absmax_value(level, s);
+        }
+    }
+};
 
 template <int EPC, int LAYOUT>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
                                                    const float* __restrict__ scales, float* __restrict__ out,
                                                    long long n, long long d, long long seg_len, long long groups,
-                                                   int, int high_first, int) {
-    const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
-    const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
-    decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+                                                   int, int high_first, int tensor) {
+    if constexpr (LAYOUT == SEGMENT_QUADS) {
+        segment_quads_decode(AbsmaxQuad<EPC>{high_first}, codes, scales, out, n * d, tensor ? n * d : seg_len);
+    } else {
+        const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
+        const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
+        decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+    }
 }
 
 // tensor: every value uses scales[0] (granularity "tensor"); else scales is (n, groups).
@@ -425,9 +496,13 @@ __global__ void __launch_bounds__(256, 4)
     absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
                   float* __restrict__ out, long long n, long long d, long long seg_len, long long groups, int bits,
                   int high_first, int tensor) {
+    // Segments of whole float4s (a tensor scale: one segment of every value) are one flat array.
+    const bool quads = d % 4 == 0 && (tensor || groups * seg_len == d) &&
+                       segment_quads_fit(n * d, tensor ? n * d : seg_len) && aligned(codes, bits == 8 ? 4 : 2) &&
+                       aligned(out, 16);
     // BLOCK_SCALE needs every column index (and seg_len <= d) to fit in 32 bits.
-    const int layout = tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE : d <= 0xffffffffLL ? BLOCK_SCALE
-                                                                                          : BLOCK_SCALE_WIDE;
+    const int layout = quads ? SEGMENT_QUADS : tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE
+                                                    : d <= 0xffffffffLL ? BLOCK_SCALE : BLOCK_SCALE_WIDE;
     switch (layout * 2 + (bits == 8 ? 0 : 1)) {
 #define GQ_ABSMAX_CASE(L)                                                                                     \
     case L * 2: absmax_decode_path<1, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
@@ -435,7 +510,7 @@ __global__ void __launch_bounds__(256, 4)
     case L * 2 + 1: absmax_decode_path<2, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
         break;
         GQ_ABSMAX_CASE(TENSOR_SCALE) GQ_ABSMAX_CASE(ROW_SCALE) GQ_ABSMAX_CASE(BLOCK_SCALE)
-        GQ_ABSMAX_CASE(BLOCK_SCALE_WIDE)
+        GQ_ABSMAX_CASE(BLOCK_SCALE_WIDE) GQ_ABSMAX_CASE(SEGMENT_QUADS)
 #undef GQ_ABSMAX_CASE
     }
 }

@@ -132,13 +132,69 @@ __device__ void encode_rows(const Enc& enc, const T* __restrict__ x, typename En
 // of at least one thread per task of a row (columns_fit): thread t keeps the task t % per_row of
 // every row it visits, rows t / per_row + k * R (R = threads / per_row; the last threads % per_row
 // threads idle), so the constants of its columns are loaded once, before the loop, and each step
-// is a pointer increment.
+// is a pointer increment. Whether its tasks are whole aligned vectors is the same in every row
+// (columns_vectors): decided once, it picks the loop (VEC), so the loop tests nothing per task.
 __device__ __forceinline__ bool columns_fit(long long per_row) { return thread_count() >= per_row; }
+
+template <typename T, typename C, int EPT, int CPT>
+__device__ __forceinline__ bool columns_vectors(const T* src, const C* dst, long long src_step, long long dst_step,
+                                                long long col0, long long left, long long d) {
+    constexpr int IN_BYTES = EPT * (int)sizeof(T) < 16 ? EPT * (int)sizeof(T) : 16, OUT_BYTES = CPT * (int)sizeof(C);
+    return col0 + EPT <= d && left >= CPT && aligned(src, IN_BYTES) && aligned(dst, OUT_BYTES) &&
+           (src_step * (long long)sizeof(T)) % IN_BYTES == 0 && (dst_step * (long long)sizeof(C)) % OUT_BYTES == 0;
+}
+
+// One column task: VEC, a vector load and one store of its CPT codes (inside the row, aligned);
+// else load_task / store_task, which test both.
+template <bool VEC, typename T, typename Enc>
+__device__ __forceinline__ void column_load(const T* src, long long col0, long long d, float* v) {
+    constexpr int EPT = Enc::CPT * Enc::EPC;
+    if (VEC) {
+        load_vec<T, EPT>(src, v);
+    } else {
+        load_task<T, EPT>(src, col0, d, v);
+    }
+}
+template <bool VEC, typename Enc>
+__device__ __forceinline__ void column_store(const Enc& enc, const float* v, typename Enc::code_t* dst, long long col0,
+                                             long long left, long long d) {
+    typedef typename Enc::code_t C;
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC;
+    if (VEC) {
+        __align__(16) C codes[CPT];
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) codes[k] = enc.pack(v + k * Enc::EPC, col0 + k * Enc::EPC, col0 + EPT);
+        move_out<CPT * (int)sizeof(C)>(dst, codes);
+    } else {
+        store_task(enc, v, dst, col0, left, d);
+    }
+}
+
+template <bool VEC, typename T, typename Enc>
+__device__ void encode_column_rows(const Enc& fixed, const T* __restrict__ src, typename Enc::code_t* __restrict__ dst,
+                                   long long r, long long n, long long d, long long step, long long src_step,
+                                   long long dst_step, long long col0, long long left) {
+    constexpr int EPT = Enc::CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
+    for (; r + (U - 1) * step < n; r += U * step) {  // U rows at once, every one present
+        float v[U][EPT];
+#pragma unroll
+        for (int u = 0; u < U; ++u) column_load<VEC, T, Enc>(src + u * src_step, col0, d, v[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) column_store<VEC>(fixed, v[u], dst + u * dst_step, col0, left, d);
+        src += U * src_step;
+        dst += U * dst_step;
+    }
+    for (; r < n; r += step, src += src_step, dst += dst_step) {  // the last rows, one by one
+        float v[EPT];
+        column_load<VEC, T, Enc>(src, col0, d, v);
+        column_store<VEC>(fixed, v, dst, col0, left, d);
+    }
+}
 
 template <typename T, typename Enc>
 __device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename Enc::code_t* __restrict__ out,
                                long long n, long long d, long long rc) {
-    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC, U = TASKS_IN_FLIGHT<T, Enc>;
+    constexpr int CPT = Enc::CPT, EPT = CPT * Enc::EPC;
     const long long per_row = (rc + CPT - 1) / CPT, rows_per_step = thread_count() / per_row;
     const long long t = thread_index(), chunk = t % per_row, col0 = chunk * EPT, left = rc - chunk * CPT;
     if (t >= rows_per_step * per_row) return;
@@ -146,18 +202,10 @@ __device__ void encode_columns(const Enc& enc, const T* __restrict__ x, typename
     typename Enc::code_t* dst = out + (t / per_row) * rc + chunk * CPT;
     const long long src_step = rows_per_step * d, dst_step = rows_per_step * rc;
     const auto fixed = enc.template fixed_columns<EPT>(col0, d);
-    for (long long r = t / per_row; r < n; r += rows_per_step * U) {
-        float v[U][EPT];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (r + u * rows_per_step < n) load_task<T, EPT>(src + u * src_step, col0, d, v[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (r + u * rows_per_step < n) store_task(fixed, v[u], dst + u * dst_step, col0, left, d);
-        }
-        src += U * src_step;
-        dst += U * dst_step;
+    if (columns_vectors<T, typename Enc::code_t, EPT, CPT>(src, dst, src_step, dst_step, col0, left, d)) {
+        encode_column_rows<true>(fixed, src, dst, t / per_row, n, d, rows_per_step, src_step, dst_step, col0, left);
+    } else {
+        encode_column_rows<false>(fixed, src, dst, t / per_row, n, d, rows_per_step, src_step, dst_step, col0, left);
     }
 }
 
@@ -307,6 +355,48 @@ __device__ void decode_columns(const Dec& dec, const typename Dec::code_t* __res
         }
         src += UNROLL * src_step;
         dst += UNROLL * dst_step;
+    }
+}
+
+// Flat walk for decoders with one scale per segment of seg_len values, every segment whole float4s
+// (seg_len % 4 == 0) and the segments one after another in the codes and the output (a row's scale, a
+// block's, or one segment of every value for a tensor scale): quad q (Dec::CODE_BYTES code bytes in,
+// one float4 out) has scale scales[q / (seg_len / 4)], that index by gq::DivU32 in 32-bit arithmetic
+// (segment_quads_fit: every quad index below 2^32), so no division per value and no row walk; UNROLL
+// quads in flight per thread. Dec::quad(c, s, v) writes the 4 values of code bytes c under scale s.
+// Needs codes aligned to Dec::CODE_BYTES and out to 16 bytes.
+__device__ __forceinline__ bool segment_quads_fit(long long values, long long seg_len) {
+    return values > 0 && seg_len > 0 && seg_len % 4 == 0 && values % seg_len == 0 &&
+           values / 4 + (long long)UNROLL * thread_count() <= 0xffffffffLL;
+}
+
+template <typename Dec>
+__device__ void segment_quads_decode(const Dec& dec, const unsigned char* __restrict__ codes,
+                                     const float* __restrict__ scales, float* __restrict__ out, long long values,
+                                     long long seg_len) {
+    constexpr int CB = Dec::CODE_BYTES;
+    const unsigned quads = (unsigned)(values / 4), step = (unsigned)thread_count();
+    const gq::DivU32 segment_of((unsigned long long)seg_len / 4);
+    for (unsigned q0 = (unsigned)thread_index(); q0 < quads; q0 += step * UNROLL) {
+        __align__(4) unsigned char c[UNROLL][4];
+        float s[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const unsigned q = q0 + u * step;
+            if (q < quads) {
+                move_in<CB>(c[u], codes + (unsigned long long)q * CB);
+                s[u] = scales[segment_of(q)];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const unsigned q = q0 + u * step;
+            if (q < quads) {
+                __align__(16) float v[4];
+                dec.quad(c[u], s[u], v);
+                gq::store_raw<float4>(out + 4 * (unsigned long long)q, v);
+            }
+        }
     }
 }
 

@@ -83,11 +83,12 @@ long long absmax_encode(const float* x, long long n, long long d, long long seg_
                 const gq_u32 a = gq::bits_of(src[k]) & 0x7fffffffu;
                 m = a > m ? a : m;
             }
-            const float s = gq::absmax_scale(gq::float_of(m), eps, qmax);
+            const float s = gq::absmax_scale(gq::float_of(m), eps, gq::qmax_divisor(qmax));
             scales[i * groups + g] = s;
             if (!gq::is_finite(s) && bad < 0) bad = i;
+            const gq::Divisor D = gq::absmax_divisor(s);
             for (long long k = 0; k < seg_len; ++k) {
-                const int q = gq::absmax_code(src[k], s, qmax);
+                const int q = gq::absmax_code<true>(src[k], D, qmax);
                 if (bits == 8) {
                     codes[i * rc + g * seg_len + k] = (unsigned char)(q & 0xff);
                 } else {

@@ -209,6 +209,9 @@ def scalar_cases(rng: np.random.Generator, d: int) -> list[tuple[str, np.ndarray
     ]
     degenerate_lo = base.copy()
     cases.append(("degenerate", degenerate_lo, degenerate_lo.copy()))
+    far = base.copy()
+    far[::2] = np.float32(2.0**60) * np.sign(base[::2])  # flat ranges: half_even's |zp| > 2^50, scale 1
+    cases.append(("far_flat", far, far.copy()))
     mixed_hi = (base + width).copy()
     mixed_hi[::3] = base[::3]  # some dimensions with lo == hi
     cases.append(("mixed", base.copy(), mixed_hi))
@@ -452,18 +455,22 @@ def test_emulated_kernels(emu, warps, rng, variant, dtype, misalign: bool) -> No
                                                             ("block", 4, "low_first"), ("block", 8, "low_first"),
                                                             ("tensor", 8, "low_first"), ("tensor", 4, "high_first")])
 def test_emulated_absmax_decode(emu, rng, granularity: str, bits: int, order: str, misalign: bool) -> None:
-    for n, d, g in [(1, 1, 32), (5, 7, 32), (3, 64, 32), (4, 384, 64), (2, 1000, 40), (3, 96, 96)]:
+    # aligned rows of whole float4s take the flat walk over float4s (absmax_decode_quads), the others the
+    # row walk; blocks of 34 values split float4s; scales include NaN, ±Inf, ±0 and subnormals
+    for n, d, g in [(1, 1, 32), (5, 7, 32), (3, 64, 32), (4, 384, 64), (2, 1000, 40), (3, 96, 96), (3, 68, 34),
+                    (1, 4, 32), (7, 8, 32), (0, 64, 32)]:
         if granularity == "block" and d % g:
             continue
         scheme = make_scheme("absmax", granularity=granularity, bits=bits, block_size=g, nibble_order=order)
         seg, groups = (g, d // g) if granularity == "block" else (d, 1)
         codes = placed(rng.integers(0, 256, scheme.code_shape(n, d), dtype=np.uint8), misalign)
-        scales = placed(np.abs(rng.standard_normal((n, groups))).astype(np.float32), misalign)
+        scales = placed(matrix(rng, max(n, 1), groups, edges=edge_values()), misalign)  # a tensor scale for n = 0
         if granularity == "tensor":
             state, side = {"scales": scales.reshape(-1)[:1].copy()}, {}
         else:
-            state, side = {}, {"scales": scales.reshape(scheme.side_shapes(n, d)["scales"][0])}
-        want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
+            state, side = {}, {"scales": scales[:n].reshape(scheme.side_shapes(n, d)["scales"][0])}
+        with np.errstate(invalid="ignore", over="ignore"):  # Inf * 0, huge scales
+            want = scheme.decode(np.ascontiguousarray(codes).view(scheme.code_dtype), side, state, d)
         for blocks, threads in GRIDS:
             wide = emu.emu_absmax_decode_wide  # block scales by 64-bit division (any layout's scales read as blocks)
             for decode in (emu.emu_absmax_decode, wide) if granularity == "block" else (emu.emu_absmax_decode,):
@@ -500,7 +507,7 @@ def test_emulated_absmax_encode(warps, rng, granularity: str, bits: int, order: 
     # lane); 32 (blocks of 48, rows of 384, 1000: several float4 a lane, or the two-pass loop)
     shapes = [(1, 1, 32), (5, 7, 32), (9, 64, 32), (4, 384, 64), (3, 1000, 40), (6, 33, 32), (5, 16, 32),
               (3, 256, 128), (2, 1024, 512), (4, 256, 256), (3, 96, 48), (4, 8, 32)]
-    for n, d, g in shapes:
+    for k, (n, d, g) in enumerate(shapes):
         if granularity == "block" and d % g:
             continue
         scheme = make_scheme("absmax", granularity=granularity, bits=bits, block_size=g, eps=eps, nibble_order=order)
@@ -510,7 +517,10 @@ def test_emulated_absmax_encode(warps, rng, granularity: str, bits: int, order: 
             xd = x.astype(dtype)
         xd[~np.isfinite(xd)] = 0
         x32 = xd.astype(np.float32)
-        state = scheme.fit(x32) if granularity == "tensor" else {}
+        # a tensor scale fitted on the data, or (every other shape) a subnormal one: quotients far beyond
+        # qmax, x * 2^127 overflowing, clipped
+        fitted = x32 if k % 2 else np.full_like(x32, 1e-40)
+        state = scheme.fit(fitted) if granularity == "tensor" else {}
         want, want_side = scheme.encode(x32, state)
         tensor_scale = state.get("scales", np.ones(1, np.float32))
         for misalign, rows in itertools.product((False, True), (0, 1)):

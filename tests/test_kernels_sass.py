@@ -27,23 +27,7 @@ DIM = 768
 OPS = ("transform", "inverse")
 
 #: (preset, op) over budget today, and why (the report's own words, shortened).
-OVER_BUDGET: dict[tuple[str, str], str] = {
-    ("st-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("st-uint8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-sq8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("faiss-sq4", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("int8-row", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("uint8-affine", "transform"): "CALL: f32 division slow path",
-    ("int4-block", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("int4-block", "inverse"): "issue fraction over 0.5",
-    ("vespa-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("es-byte", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("milvus-int8", "transform"): "issue fraction over 0.5; CALL: f32 division slow path",
-    ("gguf-q8_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
-    ("gguf-q4_0", "transform"): "32-bit input loads; CALL: 64-bit division (a refused row), f32 division slow path",
-    ("safetensors-fp8", "transform"): "issue fraction over 0.5; 32-bit loads; CALL: f32 division slow path",
-    ("safetensors-fp8", "inverse"): "issue fraction over 0.5; CALL: 64-bit division",
-}
+OVER_BUDGET: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="module")

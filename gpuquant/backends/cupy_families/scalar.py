@@ -22,8 +22,31 @@ from gpuquant.schemes.scalar import (
 )
 
 ROUNDINGS = {"half_away": 0, "floor": 1, "trunc": 2, "half_even": 3}
-#: One ``gq::ScalarParams`` (kernels/quant_math.cuh) per range.
-SCALAR_PARAMS_DTYPE = np.dtype([("d0", "<f8"), ("d1", "<f8"), ("f0", "<f4"), ("f1", "<f4")])
+#: One ``gq::ScalarParams`` (kernels/quant_math.cuh) per range: half_away's two float64 share their
+#: 16 bytes with the ``gq::Divisor`` (p2, sp, r) of the other roundings.
+SCALAR_PARAMS_DTYPE = np.dtype({"names": ["scale", "offset", "p2", "sp", "r", "f0", "f1"],
+                                "formats": ["<f8", "<f8", "<f4", "<f4", "<f4", "<f4", "<f4"],
+                                "offsets": [0, 8, 0, 4, 8, 16, 20], "itemsize": 24})
+
+F32 = np.float32
+
+
+def divisors(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``gq::make_divisor`` of each float32 ``s``: (p2, sp, r) with ``x / s == (x * p2) / sp``.
+
+    s normal with biased exponent e: ``p2 = 2**(127 - e)``, ``sp = s * p2`` (exact, |sp| in [1, 2));
+    s subnormal: ``p2 = 2**127``; ``r = f32(1 / sp)``. s = ±0: ``(+inf, ±1, ±1)``; ±inf:
+    ``(0, ±1, ±1)``; NaN: ``(s, 1, 1)``.
+    """
+    s = np.asarray(s, F32)
+    e = ((s.view(np.uint32) >> 23) & 0xFF).astype(np.int64)
+    p2 = np.where(e == 0, 0x7F000000, np.where(e == 254, 0x00400000, ((254 - e) << 23) & 0x7FFFFFFF))
+    nan, special = np.isnan(s), np.isnan(s) | (e == 255) | (s == 0)
+    unit = np.where(nan, F32(1), np.copysign(F32(1), s)).astype(F32)  # sp and r of the special values
+    with np.errstate(all="ignore"):
+        p2 = np.select([nan, e == 255, s == 0], [s, F32(0), F32(np.inf)], p2.astype(np.uint32).view(F32))
+        sp = np.where(special, unit, s * p2.astype(F32)).astype(F32)
+        return p2.astype(F32), sp, np.where(special, unit, F32(1) / sp).astype(F32)
 
 
 def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -31,25 +54,38 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
     Returns a ``SCALAR_PARAMS_DTYPE`` array (one entry per range) holding, by rounding:
     half_away ``scale = L / (f64(hi) - f64(lo))`` (1 where hi <= lo), ``offset = -H - f64(lo) * scale``,
-    ``lo``, ``hi``; floor ``lo``, ``step = f32(hi - lo) / L`` (1 where 0); trunc ``lo``,
-    ``vdiff = f32(hi - lo)``; half_even ``scale = step``, ``zp = f32(0 - lo / scale)``.
+    ``f0 = lo``, ``f1 = hi``; floor the divisor of ``step = f32(hi - lo) / L`` (1 where 0), ``f0 = lo``,
+    ``f1 = step``; trunc the divisor of ``vdiff = f32(hi - lo)`` (of +inf where 0: the level is 0),
+    ``f0 = lo``, ``f1 = vdiff``; half_even the divisor of ``scale = step``, ``f0 = scale``,
+    ``f1 = zp = f32(0 - lo / scale)``.
+
+    half_even's kernel rounds ``rint(q + zp)`` with ``gq::quotient_for_rounding``, which needs
+    ``|zp| <= 2**50`` or ``scale == 1`` (then the quotient is ``x`` itself). Both finite, ``hi > lo``
+    gives ``|lo| / (hi - lo) < 2**24`` (two distinct floats differ by at least the ulp of the smaller
+    magnitude), so ``|zp| < 2**24 * L`` up to the rounding of ``step`` (a subnormal ``step`` needs a
+    tiny ``lo``: ``|zp| < 2**33``); ``hi == lo`` gives ``scale == 1``; an infinite ``step`` gives ``zp = ±0``.
     """
     p = scheme.config
     L, H = scheme.levels, scheme.half
-    lo = np.asarray(lo, np.float32).reshape(-1)
-    hi = np.asarray(hi, np.float32).reshape(-1)
+    lo = np.asarray(lo, F32).reshape(-1)
+    hi = np.asarray(hi, F32).reshape(-1)
     out = np.zeros(lo.size, SCALAR_PARAMS_DTYPE)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rounding = p.rounding
         if rounding == "half_away":
-            out["d0"], out["d1"] = cuvs_scale_offset(lo, hi, L, H)
+            out["scale"], out["offset"] = cuvs_scale_offset(lo, hi, L, H)
             out["f0"], out["f1"] = lo, hi
-        elif rounding == "floor":
+            return out
+        if rounding == "floor":
             out["f0"], out["f1"] = lo, floor_step(lo, hi, L)
+            divisor = out["f1"]
         elif rounding == "trunc":
             out["f0"], out["f1"] = lo, trunc_vdiff(lo, hi)
+            divisor = np.where(out["f1"] == 0, F32(np.inf), out["f1"])
         else:
             out["f0"], out["f1"] = affine_scale_zp(lo, hi, L)
+            divisor = out["f0"]
+    out["p2"], out["sp"], out["r"] = divisors(divisor)
     return out
 
 

@@ -2,8 +2,8 @@
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
 ``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
-``scaled_fp8_encode`` / ``scaled_fp8_decode``, one thread per value. A row holding NaN or ±Inf is
-refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
+``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row holding NaN or ±Inf is refused
+with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     _refuse(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
         (occupancy_grid(n * d),), (THREADS,),
-        (x, codes, scales, i64(n), i64(d), m, i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
+        (x, codes, scales, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
     )
 
 
