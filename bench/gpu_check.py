@@ -10,20 +10,24 @@
 3. For every (d, size): every preset and a few family variants, the cupy backend's transform on
    fresh random float32 input (never zeros), inverse_transform for a few schemes, and the training
    passes (exact quantile by radix select vs cuVS-compatible sample-and-sort vs ``cupy.quantile``,
-   min/max). Each case is timed two ways with CUDA events: the whole call (``seconds``: Python,
-   launch set-up and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
+   min/max; the radix select's passes one by one, by replays of its launches up to each pass's end).
+   Each case is timed two ways with CUDA events: the whole call (``seconds``: Python, launch set-up
+   and kernels) and its kernels alone (``kernel_seconds``: the launches one call made,
    captured from the backend, replayed back to back ``KERNEL_BATCH`` times so that launch overhead
    hides behind the queue). Cases are interleaved: every round times each case once, ``--rounds``
    (>= 5) rounds, so drift over the run shows as a spread; each time is reported as min / median /
    max. Bytes moved = input read + codes and side arrays written; ``fraction_of_copy`` of the copy
    roofline, and for read-only passes (training, binary codes) ``fraction_of_read`` of the
-   read-only roofline too. The same formula as a plain CuPy expression for comparison.
+   read-only roofline too. The same formula as a plain CuPy expression for comparison. At the 64 MiB
+   point each transform is also timed replayed from a CUDA graph and as queued calls (``_graphs.py``).
 4. JSON and a markdown table under ``bench/results/`` (and copies in ``--out``): device, driver,
    CUDA runtime, CuPy, git commit; per row ``scheme``, ``op``, ``dim``, ``size_bytes``,
    ``bytes_moved``, ``seconds`` (median) with ``seconds_min``/``seconds_max``, ``gbps``,
    ``fraction_of_copy``, ``kernel_seconds`` (median, min, max), ``kernel_gbps``,
    ``kernel_fraction_of_copy``, ``fraction_of_read`` / ``kernel_fraction_of_read`` (read-only
-   passes), ``cupy_expr_seconds``, ``speedup_vs_cupy_expr``.
+   passes), ``cupy_expr_seconds``, ``speedup_vs_cupy_expr``; the radix select's row
+   ``speedup_vs_cupy_quantile``, its pass rows ``radix_pass``, ``pass_bytes``, ``pass_kernel_seconds``,
+   ``pass_gbps`` and ``pass_fraction_of_read`` (the short table's "of read" for those rows).
 5. The short table, last. A failing benchmark is reported in its row and the others go on.
 """
 
@@ -43,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _exprs
+import _graphs
+import _radix
 from _common import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +153,7 @@ class Case:
     launches: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)
     seconds_first: bool = False
     expr: tuple[str, dict] | None = None  # (preset, state) of the plain CuPy expression to compare
+    queue: int = 1  # calls back to back per timing (the time is per call)
 
     def kernels(self) -> None:
         for kernel, grid, block, args in self.launches:
@@ -178,7 +186,7 @@ def interleaved(cases: list[Case], rounds: int, once: Callable[..., float]) -> d
     times: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(cases))}
     for _ in range(rounds):
         for i, case in enumerate(cases):
-            times[i][0].append(once(case.call))
+            times[i][0].append(once(case.call, case.queue))
             if case.launches:
                 times[i][1].append(once(case.kernels, KERNEL_BATCH))
     return times
@@ -245,52 +253,6 @@ def read_bandwidth(cp: Any, timer: Timer, nbytes: int) -> float:
     return x.nbytes / seconds / 1e9
 
 
-# -- plain CuPy expressions of the same formulas (for comparison; not bit-exact) ------------------
-def cupy_expressions(cp: Any) -> dict[str, Callable[[Any, dict], Any]]:
-    def affine(x: Any, s: dict) -> Any:
-        scale = (s["hi"] - s["lo"]) / 255
-        return cp.clip(cp.rint(x / scale + (0 - s["lo"] / scale)), 0, 255).astype(cp.uint8)
-
-    def st_int8(x: Any, s: dict) -> Any:
-        steps = (s["hi"] - s["lo"]) / 255
-        return (cp.clip(cp.floor((x - s["lo"]) / steps), 0, 255) - 128).astype(cp.int8)
-
-    def faiss8(x: Any, s: dict) -> Any:
-        return (255 * cp.clip((x - s["lo"]) / (s["hi"] - s["lo"]), 0, 1)).astype(cp.uint8)
-
-    def faiss4(x: Any, s: dict) -> Any:
-        u = (15 * cp.clip((x - s["lo"]) / (s["hi"] - s["lo"]), 0, 1)).astype(cp.uint8)
-        return u[:, 0::2] | (u[:, 1::2] << 4)
-
-    def cuvs(x: Any, s: dict) -> Any:
-        scale = 255 / (s["hi"] - s["lo"])
-        return cp.clip(cp.around(x * scale + (-128 - s["lo"] * scale)), -128, 127).astype(cp.int8)
-
-    def int8_row(x: Any, s: dict) -> Any:
-        scale = (cp.abs(x).max(axis=1, keepdims=True) + 1e-8) / 127
-        return cp.clip(cp.rint(x / scale), -127, 127).astype(cp.int8), scale
-
-    def int4_block(x: Any, s: dict) -> Any:
-        b = x.reshape(x.shape[0], -1, 64)
-        scale = cp.abs(b).max(axis=2, keepdims=True) / 7
-        q = (cp.clip(cp.rint(b / scale), -7, 7).astype(cp.int8).reshape(x.shape).view(cp.uint8)) & 15
-        return q[:, 0::2] | (q[:, 1::2] << 4), scale
-
-    def bf16(x: Any, s: dict) -> Any:
-        u = x.view(cp.uint32)
-        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(cp.uint16)
-
-    return {
-        "cuvs-sq8": cuvs, "st-int8": st_int8, "st-uint8": lambda x, s: (st_int8(x, s).view(cp.uint8) ^ 0x80),
-        "faiss-sq8": faiss8, "faiss-sq4": faiss4, "uint8-affine": affine, "int8-row": int8_row,
-        "int4-block": int4_block, "fp16": lambda x, s: x.astype(cp.float16), "bf16": bf16,
-        # cupy.packbits has no axis argument; rows of d values (each d of DIMS a multiple of 8) pack the same flat
-        "binary": lambda x, s: cp.packbits((x > 0).ravel(), bitorder="little").reshape(x.shape[0], -1),
-        "st-ubinary": lambda x, s: cp.packbits((x > 0).ravel()).reshape(x.shape[0], -1),
-        "st-binary": lambda x, s: (cp.packbits((x > 0).ravel()) ^ 0x80).view(cp.int8).reshape(x.shape[0], -1),
-    }
-
-
 BENCH_SCHEMES: list[tuple[str, dict]] = [
     (name, {}) for name in (
         "cuvs-sq8", "st-int8", "st-uint8", "st-binary", "st-ubinary", "faiss-sq8", "faiss-sq4", "fp8-e4m3",
@@ -315,12 +277,15 @@ def bench_size(cp: Any, timer: Timer, size_bytes: int, dim: int, rounds: int, ro
     x = cp.random.standard_normal((n, dim), dtype=cp.float32)
     x *= cp.float32(3)
     x += cp.float32(0.25)  # fresh, never zero, not centred
-    cases = scheme_cases(cp, x) + training_cases(cp, x) + cuvs_cases(cp, x)
+    cases = scheme_cases(cp, x)  # at 64 MiB with graph and queued companions (not cuVS's: its calls synchronise)
+    cases += _graphs.companions(cp, cases, Case, _failed) if size_bytes <= _graphs.POINT_BYTES else []
+    cases += training_cases(cp, x) + cuvs_cases(cp, x)
     for case in cases:
         case.row.update(dim=dim, size_bytes=int(x.nbytes), copy_gbps=roofs["copy"])
     time_cases(cases, timer, rounds, roofs["copy"], roofs["read"])
     expr_times(cp, timer, x, cases)
     rows = [c.row for c in cases]
+    _radix.pass_figures(rows, roofs["read"])
     del cases, x
     cp.get_default_memory_pool().free_all_blocks()
     return rows
@@ -368,7 +333,7 @@ def scheme_cases(cp: Any, x: Any) -> list[Case]:
 
 def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
     """The same formula as a plain CuPy expression (median whole call), next to each transform."""
-    exprs = cupy_expressions(cp)
+    exprs = _exprs.cupy_expressions(cp)
     for case in cases:
         name, state = case.expr or (None, {})
         expr = exprs.get(name) if name else None
@@ -384,26 +349,35 @@ def expr_times(cp: Any, timer: Timer, x: Any, cases: list[Case]) -> None:
 
 
 def training_cases(cp: Any, x: Any) -> list[Case]:
-    """The training passes (read-only): bytes moved = input bytes x passes over it."""
+    """The training passes (read-only; bytes moved = what each reads, and the radix select's candidates
+    written and read), then the radix select's passes as kernels alone (``_radix``)."""
     from gpuquant.backends import cupy_train
     from gpuquant.schemes.scalar import quantile_positions
 
     lo_pos, hi_pos = quantile_positions(int(x.size), 0.99)
+    try:
+        per_pass = _radix.pass_bytes(x.nbytes, cupy_train.radix_select(x, lo_pos, hi_pos))
+    except Exception:  # noqa: BLE001 - the select's own row reports it
+        per_pass = [x.nbytes] * cupy_train.RADIX_PASSES
     specs: list[tuple[str, Callable[[], Any], int]] = [
-        ("train: exact quantile (radix select, all values)", lambda: cupy_train.select_values(x, lo_pos, hi_pos), 3),
+        (_radix.RADIX_ROW, lambda: cupy_train.select_values(x, lo_pos, hi_pos), sum(per_pass)),
         ("train: cuVS-compatible quantile (1e6-value sample, sort)",
-         lambda: cupy_train.quantile_range(x, 0.99, "cuvs", per_dim=False), 0),
-        ("train: cupy.quantile (sort of a copy)", lambda: cp.quantile(x.reshape(-1), cp.array([0.005, 0.995])), 1),
-        ("train: min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=False), 1),
-        ("train: per-dimension min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=True), 1),
+         lambda: cupy_train.quantile_range(x, 0.99, "cuvs", per_dim=False), x.nbytes),
+        (_radix.CUPY_QUANTILE_ROW, lambda: cp.quantile(x.reshape(-1), cp.array([0.005, 0.995])), x.nbytes),
+        ("train: min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=False), x.nbytes),
+        ("train: per-dimension min/max (one pass)", lambda: cupy_train.minmax(x, per_dim=True), x.nbytes),
     ]
     cases = []
-    for name, fn, passes in specs:
+    for name, fn, moved in specs:
         row: dict[str, Any] = {"scheme": name, "op": "train"}
         try:
-            cases.append(prepared(row, fn, x.nbytes * max(passes, 1), read_only=True, seconds_first=True))
+            cases.append(prepared(row, fn, moved, read_only=True, seconds_first=True))
         except Exception as exc:  # noqa: BLE001 - report and go on
             cases.append(_failed(row, exc))
+    for row, launches, moved in _radix.pass_rows(cases[0].launches, per_pass):
+        replay = Case(row, lambda: None, moved, True, launches, seconds_first=True)
+        replay.call = replay.kernels
+        cases.append(replay if launches else _failed(row, RuntimeError("the select's launches were not seen")))
     return cases
 
 
@@ -463,13 +437,15 @@ def short_table(report: dict[str, Any]) -> str:
     for r in results:
         if r["size_bytes"] != largest[r.get("dim")]:
             continue
-        vs = f"{r['speedup_vs_cupy_expr']:.1f}x" if "speedup_vs_cupy_expr" in r else "-"
+        vs = next((f"{r[k]:.1f}x" for k in ("speedup_vs_cupy_expr", "speedup_vs_cupy_quantile") if k in r), "-")
         kern = f"{r['kernel_seconds'] * 1e3:.3f}" if "kernel_seconds" in r else "-"
         spread_pct = f"{(r['seconds_max'] - r['seconds_min']) / r['seconds'] * 100:.0f}%" if "seconds_max" in r else "-"
-        read = _frac(r, "kernel_fraction_of_read" if "kernel_fraction_of_read" in r else "fraction_of_read")
+        read = _frac(r, next((k for k in ("pass_fraction_of_read", "kernel_fraction_of_read") if k in r),
+                             "fraction_of_read"))
         lines.append(f"{r['scheme'][:34]:<34} {r['op']:<9} {r.get('dim', '-'):>5} {r['seconds'] * 1e3:>8.3f} "
                      f"{kern:>8} {r['fraction_of_copy']:>8.2f} {_frac(r, 'kernel_fraction_of_copy'):>7} "
                      f"{read:>8} {spread_pct:>7} {vs:>8}")
+    lines += _graphs.graph_lines(results)
     for r in report.get("results", []):
         if "error" in r:
             lines.append(f"FAILED {r['scheme']} {r['op']} d={r.get('dim')} ({r['size_bytes'] / 2**30:.2f} GiB): "

@@ -2,7 +2,8 @@
 
 For each preset (``gpuquant schemes``, export presets included) and op (``transform``, ``inverse``,
 the training passes its fit launches, and any read-only pass an op launches before its own kernel,
-such as a row scale: ``<op>:<kernel>``), float32 input of ``--dim`` columns:
+such as a row scale: ``<op>:<kernel>``; ``train[<param>=<value>]:<kernel><pass>`` for the passes of
+a variant in ``TRAINING_VARIANTS``), float32 input of ``--dim`` columns:
 
 1. The launch is recorded by running the cupy backend's own launcher of the family on the host
    (``cupy_launch.planned_launches``): kernel name and the real arguments.
@@ -20,7 +21,7 @@ such as a row scale: ``<op>:<kernel>``), float32 input of ``--dim`` columns:
    slow paths of divisions), a ``@P BRA`` taken or not as its block's counted ``@P`` operations
    require, and the most instructions among such paths (values in range, no NaN, fast division:
    early-outs are shorter). A branch on a launch-wide value is charged its longer side, so counts
-   err high. Training passes take the loop with the most loads.
+   err high. Training passes take the loop with the most loads (radix select: no candidate store).
 
 Keys of a record: ``instr_per_16B`` = instructions on the common path / (its float32 bytes / 16)
 (input bytes for transforms and training passes, output bytes for inverses); ``issue_fraction`` =
@@ -68,6 +69,9 @@ THREADS = 256
 ISSUE_PER_CLOCK, LANES, SMS, CLOCK_HZ, COPY_BPS, COPY_SHARE = 4, 32, 132, 1.755e9, 3.0e12, 0.9
 BUDGETS = {"issue_fraction": 0.5, "input_load_bits": 128, "blocks_per_sm": 4}
 TASKS_IN_FLIGHT = 4  # UNROLL in kernels/quantize.cu: tasks (or float4 steps) per loop iteration
+RADIX_UNROLL = 4  # RADIX_UNROLL in kernels/train.cu: float4 loads per lane per step
+#: A parameter of a preset's variant whose training passes are recorded under the preset as well.
+TRAINING_VARIANTS: dict[str, dict[str, Any]] = {"cuvs-sq8": {"quantile_method": "exact"}}
 
 
 def issue_budget(code_bytes_per_float_byte: float) -> float:
@@ -356,7 +360,7 @@ def training_kernels(scheme: Any) -> list[str]:
     if scheme.family == "scalar" and p.get("range") == "minmax":
         return ["minmax_columns<float>" if p["granularity"] == "dimension" else "minmax_global<float>"]
     if scheme.family == "scalar" and p.get("range") == "quantile" and p["quantile_method"] == "exact":
-        return ["radix_histogram<float>"]
+        return [f"radix_histogram<float, {k}>" for k in range(cupy_train.RADIX_PASSES)]
     if scheme.family == "binary" and p["threshold"] == "mean":
         return ["column_sums<float>"]
     if scheme.family == "absmax" and p["granularity"] == "tensor":
@@ -379,13 +383,21 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[4])), str(int(bool(args[5]))), "1"]  # aligned buffers: the flat walk
     elif kernel == "float_decode":
         modes = [str(int(args[4])), "1"]
+    elif kernel in ("gguf_encode", "gguf_decode"):
+        modes = [str(int(args[4]))]  # Q4_0 or Q8_0
+    elif kernel == "scaled_fp8_encode":  # aligned buffers: a warp per row for row scales
+        modes = [str(int(args[6])), "1" if int(args[5]) and int(args[4]) % 4 == 0 else "0"]
+    elif kernel == "scaled_fp8_decode":
+        n, d, per_row = int(args[3]), int(args[4]), int(args[5])
+        modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
     elif kernel in ("absmax_encode", "absmax_encode_rows"):
         modes = ["1" if int(args[12]) else "0", "8" if int(args[8]) == 8 else "4"]  # tensor scale, bits
     elif kernel == "absmax_decode":
-        tensor, groups, d = int(args[9]), int(args[6]), int(args[4])
-        layout = 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
+        tensor, groups, d, seg = int(args[9]), int(args[6]), int(args[4]), int(args[5])
+        quads = seg % 4 == 0 and d % 4 == 0  # aligned buffers: the flat walk over float4s
+        layout = 4 if quads else 0 if tensor else 1 if groups == 1 else 2 if d <= 0xFFFFFFFF else 3  # ScaleLayout
         modes = ["1" if int(args[7]) == 8 else "2", str(layout)]
     else:
         return None
@@ -418,18 +430,16 @@ def _split(expr: str) -> tuple[str, list[str]]:
 
 
 # ----- records ---------------------------------------------------------------------------------
-#: Kernels that move their float32 values one at a time (kernels/weights.cu: no vector loop yet).
-SCALAR_ACCESS = ("gguf_encode", "gguf_decode", "scaled_fp8_encode", "scaled_fp8_decode")
-
-
 def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
     """What the common path of ``kernel``'s hot loop moves per iteration (module docstring)."""
+    if kernel.startswith("radix_histogram"):  # RADIX_UNROLL float4 a lane; no (32-bit) candidate store
+        return Spec("LDG", 128, RADIX_UNROLL, 64, 0)
     if op not in ("transform", "inverse"):
         return Spec("LDG", 32, None)
     per_task = 2 if kernel.startswith("binary") else 1  # float4 per task: 8 values for bits, else 4
     code_bits = round(128 * ratio * per_task)  # the codes of one task, moved at once
-    if kernel == "rabitq_encode1":  # a thread's row, float4 by float4: its sign bytes stored one by one
-        return Spec("LDG", 128, None, 8, 0)
+    if kernel == "rabitq_encode1":  # a thread's row, 8 values a step: 2 float4 of x and of the center, a byte
+        return Spec("LDG", 128, 4, 8, 1, vectors=2)
     if kernel == "rabitq_decode":  # a thread's row, value by value from its sign bytes
         return Spec("STG", 32, None, 8, 0)
     if kernel in ("absmax_encode", "absmax_encode_rows"):
@@ -445,8 +455,10 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)
         return Spec("LDG", 32, None)  # long rows: the max pass, one value per load
-    if kernel in SCALAR_ACCESS:  # one float32 value per load (store): as many as the loop has
-        return Spec("LDG" if op == "transform" else "STG", 32, None)
+    if kernel == "gguf_encode":  # a thread's block of 32 values in 16-byte loads, its bytes in 16/32-bit stores
+        return Spec("LDG", 128, None, 16, 1)
+    if kernel == "gguf_decode":  # its bytes in 16/32-bit loads, its 32 values in 16-byte stores
+        return Spec("STG", 128, None, 16, 1)
     if op == "transform":  # encode_rows keeps 64 B in flight: half as many binary tasks
         tasks = TASKS_IN_FLIGHT // per_task
         return Spec("LDG", 128, tasks * per_task, code_bits, tasks)
@@ -482,9 +494,14 @@ def jobs(d: int) -> list[Job | dict[str, Any]]:
             kernel, targs = _split(launch.name)
             out.append(Job(preset.name, op, launch.filename, launch.name, path_function(kernel, targs, launch.args),
                            spec_for(op, kernel, launch.args, ratio), ratio))
-        for expr in training_kernels(scheme):
-            out.append(Job(preset.name, f"train:{_split(expr)[0]}", cupy_train.TRAIN_FILE, expr, None,
-                           spec_for("train", expr, (), 0.0), 0.0))
+        fits = [("train", scheme)] + [(f"train[{k}={v}]", make_scheme(preset.name, **{k: v}))
+                                      for k, v in TRAINING_VARIANTS.get(preset.name, {}).items()]
+        for label, fitted in fits:
+            for expr in training_kernels(fitted):
+                kernel, targs = _split(expr)  # after the input type: the radix select's pass
+                name = kernel + (f"<{', '.join(targs[1:])}>" if len(targs) > 1 else "")
+                out.append(Job(preset.name, f"{label}:{name}", cupy_train.TRAIN_FILE, expr, None,
+                               spec_for("train", expr, (), 0.0), 0.0))
     return out
 
 

@@ -150,13 +150,29 @@ class Quantizer:
         return self
 
     def transform(self, X: Any, out: Any = None) -> Codes:
-        """Encode ``X``; ``out=`` takes a preallocated code array (or ``Codes`` with side arrays)."""
+        """Encode ``X``; ``out=`` takes a preallocated code array (or ``Codes`` with side arrays).
+
+        Device input on the cupy backend does not wait for the GPU, so rows its kernels refuse (NaN or
+        ±Inf under ``absmax``, ``gguf``, ``scaled_fp8``) raise the reference's ``InputError`` at the
+        next synchronisation of this quantizer on this thread (a transform or inverse with numpy
+        input, ``fit``, :meth:`check_refusals`). Until then the device codes (and a device ``out=``)
+        hold unchecked values for those rows: call :meth:`check_refusals` before trusting codes kept
+        on the device.
+        """
         self._require_fitted()
         X = self._transformed(as_matrix(X))
         check_dim(X, self.dim)
         self.scheme.check_dim(X.shape[1])
         codes = self.backend.transform(self.scheme, self.state, X, out=out)
         return dataclasses.replace(codes, scheme=self.name)
+
+    def check_refusals(self) -> None:
+        """Raise the first row refused by this thread's transforms of device arrays not yet checked
+        (see :meth:`transform`; it waits for their streams). Each refused call raises once; nothing
+        is pending on backends that check inside ``transform``."""
+        check = getattr(self._backend, "check_refusals", None)
+        if check is not None:
+            check()
 
     def fit_transform(self, X: Any) -> Codes:
         return self.fit(X).transform(X)
@@ -401,9 +417,12 @@ def _decode_array(doc: Any, name: str) -> np.ndarray:
 
 
 def quantize(X: Any, scheme: str = "int8-row", *, backend: str = "auto", **params: Any) -> Codes:
-    """Fit (when the scheme needs it) and transform in one call."""
+    """Fit (when the scheme needs it) and transform in one call. The quantizer is not kept, so device
+    codes are checked for refused rows before they are returned (:meth:`Quantizer.check_refusals`)."""
     q = Quantizer(scheme, backend=backend, **params)
-    return q.fit_transform(X) if q.scheme.needs_fit else q.transform(X)
+    codes = q.fit_transform(X) if q.scheme.needs_fit else q.transform(X)
+    q.check_refusals()
+    return codes
 
 
 def dequantize(codes: Codes, quantizer: Quantizer | str, *, backend: str = "auto") -> Any:

@@ -274,6 +274,7 @@ def _encode(block: Any, qjson: str, device: str, dim: int) -> dict[str, np.ndarr
         block = _host(block)
     q = _worker_quantizer(qjson, backend)
     codes = q.transform(block)
+    q.check_refusals()  # device chunks: the rows the kernels refused, before any code leaves the task
     return {name: _host(codes.data if name == "codes" else codes.side[name]) for name, *_ in layout(q.scheme, dim)}
 
 

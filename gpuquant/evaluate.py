@@ -144,6 +144,7 @@ def evaluate(
     if not q.is_fitted:
         q.fit(X)
     codes = q.transform(X)
+    q.check_refusals()  # device input: the rows the transform refused raise before any use of its codes
     recon = q.inverse_transform(codes)
 
     seen = q._prepare(X)  # what the scheme quantized: X itself, or its Matryoshka truncation

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from gpuquant.api import as_quantizer
+from gpuquant.backends.cupy_train import CANDIDATE_MIN, CANDIDATE_SHARE, RADIX_STATE_BYTES
 from gpuquant.errors import BackendUnavailableError, InputError
 from gpuquant.files import to_jsonable
 from gpuquant.schemes import statistics as st
@@ -159,7 +160,8 @@ def _quantile_terms(stat: st.Quantile, d: int, rows: int | None) -> tuple[int, i
         return 0, sample_rows * d * 4 * 2, "cuVS sample sorted as float32 (copy + sort buffer)"
     if stat.axis == 0:
         return 2 * d * 4, 0, "per-dimension order statistics sort a float32 copy"
-    return 0, 0, "radix select over the rows (three read passes, no copy)"
+    return (-(-d * 4 // CANDIDATE_SHARE), CANDIDATE_MIN * 4 + RADIX_STATE_BYTES,
+            f"radix select over the rows (two read passes; candidates: up to 1/{CANDIDATE_SHARE} of the values)")
 
 
 def _kmeans_terms(stat: st.KMeans, d: int, rows: int | None) -> tuple[int, int, str]:

@@ -179,8 +179,9 @@ struct FloatCodec {
 // ----- absmax (decode side; encode is the warp kernel below) ---------------------------------
 // Where the scale of a value comes from, fixed per launch: one scale for the tensor, one per row
 // (groups == 1), or one per block of seg_len values, the block found by gq::DivU32 (multiply and
-// shifts) when every column index fits in 32 bits, else by a 64-bit division.
-enum ScaleLayout { TENSOR_SCALE = 0, ROW_SCALE = 1, BLOCK_SCALE = 2, BLOCK_SCALE_WIDE = 3 };
+// shifts) when every column index fits in 32 bits, else by a 64-bit division. SEGMENT_QUADS: any of
+// these whose segments are whole float4s, decoded as one flat array (segment_quads_decode, walks.cuh).
+enum ScaleLayout { TENSOR_SCALE = 0, ROW_SCALE = 1, BLOCK_SCALE = 2, BLOCK_SCALE_WIDE = 3, SEGMENT_QUADS = 4 };
 
 template <int EPC_, int LAYOUT>
 struct AbsmaxDecoder {

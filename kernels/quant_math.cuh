@@ -364,10 +364,9 @@ GQ_HD int times15_trunc(float t) {
 
 // lroundf: round half away from zero (|x| < 2**31).
 GQ_HD float round_half_away_f32(float x) {
-    float t = trunc_f32(x);
-    float frac = abs_f(sub_f32(x, t));  // exact
-    if (!lt_f32(frac, 0.5f)) t = add_f32(t, float_of((bits_of(x) & 0x80000000u) | 0x3f800000u));
-    return t;
+    const float t = trunc_f32(x);
+    const float frac = abs_f(sub_f32(x, t));  // exact
+    return lt_f32(frac, 0.5f) ? t : add_f32(t, float_of((bits_of(x) & 0x80000000u) | 0x3f800000u));  // a select
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -462,14 +462,33 @@ __global__ void __launch_bounds__(256, 4) absmax_encode_rows(const T* __restrict
 #undef GQ_ABSMAX_ENCODE_ARGS
 #undef GQ_ABSMAX_ENCODE_PARAMS
 
+// The quads of segment_quads_decode for absmax codes: 4 int8 codes or 2 nibble bytes.
+template <int EPC>
+struct AbsmaxQuad {
+    static constexpr int CODE_BYTES = 4 / EPC;
+    int high_first;
+    __device__ __forceinline__ void quad(const unsigned char* c, float s, float* v) const {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int level = EPC == 1 ? (int)(signed char)c[k]
+                                       : gq::sign_extend4(gq::unpack_nibble(c[k / 2], k % 2, high_first));
+            v[k] = gq::absmax_value(level, s);
+        }
+    }
+};
+
 template <int EPC, int LAYOUT>
 __device__ __forceinline__ void absmax_decode_path(const unsigned char* __restrict__ codes,
                                                    const float* __restrict__ scales, float* __restrict__ out,
                                                    long long n, long long d, long long seg_len, long long groups,
-                                                   int, int high_first, int) {
-    const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
-    const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
-    decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+                                                   int, int high_first, int tensor) {
+    if constexpr (LAYOUT == SEGMENT_QUADS) {
+        segment_quads_decode(AbsmaxQuad<EPC>{high_first}, codes, scales, out, n * d, tensor ? n * d : seg_len);
+    } else {
+        const gq::DivU32 block_of(LAYOUT == BLOCK_SCALE ? seg_len : 1);
+        const AbsmaxDecoder<EPC, LAYOUT> dec{scales, groups, seg_len, high_first, block_of};
+        decode_rows(dec, codes, out, n, d, EPC == 1 ? d : (d + 1) / 2);
+    }
 }
 
 // tensor: every value uses scales[0] (granularity "tensor"); else scales is (n, groups).
@@ -477,9 +496,13 @@ __global__ void __launch_bounds__(256, 4)
     absmax_decode(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
                   float* __restrict__ out, long long n, long long d, long long seg_len, long long groups, int bits,
                   int high_first, int tensor) {
+    // Segments of whole float4s (a tensor scale: one segment of every value) are one flat array.
+    const bool quads = d % 4 == 0 && (tensor || groups * seg_len == d) &&
+                       segment_quads_fit(n * d, tensor ? n * d : seg_len) && aligned(codes, bits == 8 ? 4 : 2) &&
+                       aligned(out, 16);
     // BLOCK_SCALE needs every column index (and seg_len <= d) to fit in 32 bits.
-    const int layout = tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE : d <= 0xffffffffLL ? BLOCK_SCALE
-                                                                                          : BLOCK_SCALE_WIDE;
+    const int layout = quads ? SEGMENT_QUADS : tensor ? TENSOR_SCALE : groups == 1 ? ROW_SCALE
+                                                    : d <= 0xffffffffLL ? BLOCK_SCALE : BLOCK_SCALE_WIDE;
     switch (layout * 2 + (bits == 8 ? 0 : 1)) {
 #define GQ_ABSMAX_CASE(L)                                                                                     \
     case L * 2: absmax_decode_path<1, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
@@ -487,7 +510,7 @@ __global__ void __launch_bounds__(256, 4)
     case L * 2 + 1: absmax_decode_path<2, L>(codes, scales, out, n, d, seg_len, groups, bits, high_first, tensor); \
         break;
         GQ_ABSMAX_CASE(TENSOR_SCALE) GQ_ABSMAX_CASE(ROW_SCALE) GQ_ABSMAX_CASE(BLOCK_SCALE)
-        GQ_ABSMAX_CASE(BLOCK_SCALE_WIDE)
+        GQ_ABSMAX_CASE(BLOCK_SCALE_WIDE) GQ_ABSMAX_CASE(SEGMENT_QUADS)
 #undef GQ_ABSMAX_CASE
     }
 }

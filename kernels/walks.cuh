@@ -358,4 +358,46 @@ __device__ void decode_columns(const Dec& dec, const typename Dec::code_t* __res
     }
 }
 
+// Flat walk for decoders with one scale per segment of seg_len values, every segment whole float4s
+// (seg_len % 4 == 0) and the segments one after another in the codes and the output (a row's scale, a
+// block's, or one segment of every value for a tensor scale): quad q (Dec::CODE_BYTES code bytes in,
+// one float4 out) has scale scales[q / (seg_len / 4)], that index by gq::DivU32 in 32-bit arithmetic
+// (segment_quads_fit: every quad index below 2^32), so no division per value and no row walk; UNROLL
+// quads in flight per thread. Dec::quad(c, s, v) writes the 4 values of code bytes c under scale s.
+// Needs codes aligned to Dec::CODE_BYTES and out to 16 bytes.
+__device__ __forceinline__ bool segment_quads_fit(long long values, long long seg_len) {
+    return values > 0 && seg_len > 0 && seg_len % 4 == 0 && values % seg_len == 0 &&
+           values / 4 + (long long)UNROLL * thread_count() <= 0xffffffffLL;
+}
+
+template <typename Dec>
+__device__ void segment_quads_decode(const Dec& dec, const unsigned char* __restrict__ codes,
+                                     const float* __restrict__ scales, float* __restrict__ out, long long values,
+                                     long long seg_len) {
+    constexpr int CB = Dec::CODE_BYTES;
+    const unsigned quads = (unsigned)(values / 4), step = (unsigned)thread_count();
+    const gq::DivU32 segment_of((unsigned long long)seg_len / 4);
+    for (unsigned q0 = (unsigned)thread_index(); q0 < quads; q0 += step * UNROLL) {
+        __align__(4) unsigned char c[UNROLL][4];
+        float s[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const unsigned q = q0 + u * step;
+            if (q < quads) {
+                move_in<CB>(c[u], codes + (unsigned long long)q * CB);
+                s[u] = scales[segment_of(q)];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const unsigned q = q0 + u * step;
+            if (q < quads) {
+                __align__(16) float v[4];
+                dec.quad(c[u], s[u], v);
+                gq::store_raw<float4>(out + 4 * (unsigned long long)q, v);
+            }
+        }
+    }
+}
+
 }  // namespace

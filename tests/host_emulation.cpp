@@ -146,9 +146,9 @@ void emu_gguf_decode(int blocks, int threads, const unsigned char* codes, float*
 }
 
 void emu_scaled_fp8_encode(int blocks, int threads, int dtype, const void* x, unsigned char* codes,
-                           const float* scales, long long n, long long d, float max_finite, int per_row, int format) {
+                           const float* scales, long long n, long long d, int per_row, int format) {
     GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
-        scaled_fp8_encode<T>((const T*)x, codes, scales, n, d, max_finite, per_row, format);
+        scaled_fp8_encode<T>((const T*)x, codes, scales, n, d, per_row, format);
     }))
 }
 

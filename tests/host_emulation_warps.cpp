@@ -71,7 +71,12 @@ inline unsigned __ballot_sync(unsigned, int pred) {
 inline unsigned long long __shfl_up_sync(unsigned, unsigned long long v, int off) {
     return warp_exchange(v, [off](const unsigned long long* a, int lane) { return lane >= off ? a[lane - off] : a[lane]; });
 }
+inline unsigned long long __shfl_sync(unsigned, unsigned long long v, int src) {
+    return warp_exchange(v, [src](const unsigned long long* a, int) { return a[src]; });
+}
+inline bool __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0u; }
 inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 template <typename T>
 inline T atomicMin(T* p, T v) {
@@ -172,22 +177,19 @@ void emu_column_sums(int gx, int gy, int threads, int dtype, const void* x, long
     GQ_DISPATCH(dtype, launch(gx, gy, threads, [=] { column_sums<T>((const T*)x, n, d, sums); }))
 }
 
-void emu_radix_histogram(int blocks, int threads, int dtype, const void* x, long long count, int pass,
-                         const unsigned long long* sel, unsigned long long* hist, unsigned long long* nans) {
-    GQ_DISPATCH(dtype, launch(blocks, 1, threads, [=] { radix_histogram<T>((const T*)x, count, pass, sel, hist, nans); }))
-}
-
-void emu_radix_pick(int pass, unsigned long long* sel, unsigned long long* hist) {
-    launch(1, 1, 64, [=] { radix_pick(pass, sel, hist); });
-}
-
-// The three radix-select passes as cupy_train.select_values launches them.
+// The three radix-select passes as cupy_train.select_values launches them (cand: cap floats;
+// counters: NaN count, candidate count).
 void emu_select(int blocks, int threads, int dtype, const void* x, long long count, unsigned long long* sel,
-                unsigned long long* hist, unsigned long long* nans) {
-    for (int p = 0; p < 3; ++p) {
-        emu_radix_histogram(blocks, threads, dtype, x, count, p, sel, hist, nans);
-        emu_radix_pick(p, sel, hist);
-    }
+                unsigned long long* hist, unsigned long long* counters, float* cand, long long cap) {
+    GQ_DISPATCH(dtype, {
+        const T* xt = (const T*)x;
+        launch(blocks, 1, threads, [=] { radix_histogram<T, 0>(xt, count, sel, hist, counters, cand, counters + 1, cap); });
+        launch(1, 1, 512, [=] { radix_pick<0>(sel, hist); });
+        launch(blocks, 1, threads, [=] { radix_histogram<T, 1>(xt, count, sel, hist, counters, cand, counters + 1, cap); });
+        launch(1, 1, 512, [=] { radix_pick<1>(sel, hist); });
+        launch(blocks, 1, threads, [=] { radix_histogram<T, 2>(xt, count, sel, hist, counters, cand, counters + 1, cap); });
+        launch(1, 1, 512, [=] { radix_pick<2>(sel, hist); });
+    })
 }
 
 }  // extern "C"

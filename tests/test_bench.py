@@ -118,3 +118,104 @@ def test_gpu_check_tables(gpu_check: Any) -> None:
     assert short[0].startswith("== gpu_check") and "copy: 100 GB/s, read-only: 150 GB/s" in short[2]
     body = [ln.split()[0] for ln in short[4:]]
     assert body == ["big", "wide", "FAILED"]  # only the largest size of each d, failures last
+
+
+def test_gpu_check_radix_passes(gpu_check: Any) -> None:
+    """Bytes of each radix-select pass (candidates kept or not), the replays up to each pass's end,
+    each pass's own time from them, and the select's speed-up over cupy.quantile."""
+    from gpuquant.backends.cupy_train import RadixSelect
+
+    kept = RadixSelect(None, 0, 10, 100)
+    assert kept.input_reads == 2 and gpu_check._radix.pass_bytes(4000, kept) == [4000, 4040, 40]
+    spilled = RadixSelect(None, 0, 101, 100)
+    assert spilled.input_reads == 3 and gpu_check._radix.pass_bytes(4000, spilled) == [4000, 4400, 4000]
+    radix = gpu_check._radix
+    replays = radix.pass_rows(list("abcdef"), [10, 20, 30])
+    assert [(r["radix_pass"], r["pass_bytes"], launches, moved) for r, launches, moved in replays] == [
+        (1, 10, list("ab"), 10), (2, 20, list("abcd"), 30), (3, 30, list("abcdef"), 60)]
+    assert not any(launches for _, launches, _ in radix.pass_rows(list("abc"), [10, 20, 30]))  # not all seen
+    rows = [{"scheme": radix.RADIX_ROW, "seconds": 2.0}, {"scheme": radix.CUPY_QUANTILE_ROW, "seconds": 9.0}]
+    rows += [{"scheme": "pass", "radix_pass": p, "pass_bytes": b, "kernel_seconds": t}
+             for p, b, t in [(2, 4e9, 2.5), (1, 4e9, 1.0)]]
+    radix.pass_figures(rows, 8.0)
+    assert rows[0]["speedup_vs_cupy_quantile"] == 4.5
+    assert [rows[3]["pass_kernel_seconds"], rows[2]["pass_kernel_seconds"]] == [1.0, 1.5]
+    assert rows[3]["pass_fraction_of_read"] == 0.5 and rows[2]["pass_gbps"] == pytest.approx(4 / 1.5)
+
+
+# -- the 64 MiB point: CUDA graph and queued calls beside the plain call ------------------------------
+class _Graph:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def upload(self, stream: Any) -> None:
+        self.log.append("upload")
+
+    def launch(self, stream: Any = None) -> None:
+        self.log.append("replay")
+
+
+class _CaptureStream:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def __enter__(self) -> _CaptureStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        self.log.append("sync")
+
+    def begin_capture(self) -> None:
+        self.log.append("begin")
+
+    def end_capture(self) -> _Graph:
+        self.log.append("end")
+        return _Graph(self.log)
+
+
+def test_gpu_check_adds_graph_and_queued_rows_to_each_transform(gpu_check: Any) -> None:
+    import types
+
+    graphs = sys.modules["_graphs"]
+    log: list[str] = []
+    cp = types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=lambda non_blocking: _CaptureStream(log)))
+
+    def failing() -> None:
+        if "begin" in log:  # synchronises inside: cannot be captured
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    cases = [gpu_check.Case({"scheme": "a", "op": "transform"}, lambda: log.append("call a"), 7, read_only=True),
+             gpu_check.Case({"scheme": "a", "op": "inverse"}, lambda: None, 7),
+             gpu_check.Case({"scheme": "b", "op": "transform", "error": "x"}, lambda: None, 0),
+             gpu_check.Case({"scheme": "c", "op": "transform"}, failing, 5)]
+    extra = graphs.companions(cp, cases, gpu_check.Case, gpu_check._failed)
+    assert [(c.row["scheme"], c.row["op"]) for c in extra] == [
+        ("a", graphs.GRAPH_OP), ("a", graphs.QUEUED_OP), ("c", graphs.GRAPH_OP), ("c", graphs.QUEUED_OP)]
+    assert log[:6] == ["call a", "sync", "begin", "call a", "end", "upload"]  # warm-up, then one captured call
+    graph_a, queued_a, graph_c, _ = extra
+    assert graph_a.moved == 7 and graph_a.read_only and graph_a.queue == 1 and queued_a.queue == graphs.QUEUE
+    assert queued_a.call is cases[0].call and "operation not permitted" in graph_c.row["error"]
+    log.clear()
+    graph_a.call()
+    assert log == ["replay"]
+    batches: list[int] = []
+    gpu_check.interleaved([queued_a], 2, lambda fn, batch=1: batches.append(batch) or 1.0)
+    assert batches == [graphs.QUEUE] * 2
+
+
+def test_gpu_check_short_table_compares_graphs_at_64_mib(gpu_check: Any) -> None:
+    graphs = sys.modules["_graphs"]
+    rows = []
+    for op, size, seconds in (("transform", 2**26 - 512, 1.0), (graphs.GRAPH_OP, 2**26 - 512, 0.5),
+                              (graphs.QUEUED_OP, 2**26 - 512, 0.25), ("transform", 2**30, 1.0)):
+        row = {"scheme": "s", "op": op, "dim": 384, "size_bytes": size}
+        gpu_check.fill_times(row, [seconds], [], size, 0.1, None)
+        rows.append(row)
+    lines = gpu_check.short_table({"results": rows}).splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("64 MiB: fraction of copy"))
+    plain = (2**26 - 512) / 1e9 / 0.1  # bytes moved in 1 s at a 0.1 GB/s copy
+    assert lines[head + 1].split() == ["s", "384", f"{plain:.2f}", f"{2 * plain:.2f}", f"{4 * plain:.2f}"]
+    assert graphs.graph_lines([r for r in rows if r["op"] == "transform"]) == []

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fake_cupy
 import numpy as np
 import pytest
 from helpers import cli_json, cli_run, fit_codes, matrix
@@ -27,6 +28,7 @@ from gpuquant.engine import ConvertError
 from gpuquant.engine import fit as efit
 from gpuquant.engine.progress import Progress
 from gpuquant.errors import InputError
+from gpuquant.schemes import make_scheme
 
 PRESETS = [p.name for p in gpuquant.presets()]
 ROOT = Path(__file__).resolve().parent.parent
@@ -515,6 +517,11 @@ class _FakeCupyBackend:
         return NumpyBackend().transform(scheme, state, np.asarray(x),
                                         out=gpuquant.Codes(codes, {k: np.asarray(v) for k, v in out.side.items()}))
 
+    def take_refusals(self) -> Any:
+        from gpuquant.backends.cupy_refusals import Refusals
+
+        return Refusals([])  # the reference raised already, inside transform
+
 
 def _use_fake_cupy(monkeypatch: pytest.MonkeyPatch, fail_rows: int | None, log: list[str]) -> None:
     """Installs ``_fake_cupy`` as ``cupy`` / ``cupyx`` and ``_FakeCupyBackend`` as the cupy backend."""
@@ -561,12 +568,19 @@ def test_the_gpu_pipeline_logic_with_a_stand_in_for_cupy(tmp_path: Path, rng: np
     assert_store_equals(tmp_path / "o", ref)
 
 
+@pytest.mark.parametrize("kernels", ["reference", "emulated"])
 def test_the_gpu_pipeline_keeps_launched_batches_when_a_row_is_refused(tmp_path: Path, rng: np.random.Generator,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       kernels: str) -> None:
+    # "emulated": the real cupy backend on tests/fake_cupy.py, whose absmax kernel records the refused
+    # row on the device: the error surfaces when the batch completes, not inside transform
     from gpuquant.engine import pipeline
     from gpuquant.engine.sources import open_source
 
-    _use_fake_cupy(monkeypatch, None, [])
+    if kernels == "reference":
+        _use_fake_cupy(monkeypatch, None, [])
+    else:
+        fake_cupy.emulate_absmax(fake_cupy.install(monkeypatch), make_scheme("int8-row"))
     X = matrix(rng, 1000, 64)
     X[650, 3] = np.nan
     np.save(tmp_path / "x.npy", X)

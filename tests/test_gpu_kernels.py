@@ -119,6 +119,7 @@ def test_transform_and_inverse_match_reference(backend, rng, kw: dict, dtype) ->
             for arg in (cp.asarray(x), x):
                 with pytest.raises(InputError) as info:
                     backend.transform(scheme, state, arg)
+                    backend.check_refusals()  # device input: absmax refusals surface at the check
                 assert str(info.value) == str(exc)
             limit = getattr(scheme, "max_finite", np.inf)
             x32 = np.clip(np.nan_to_num(x32, nan=0.0, posinf=1.0, neginf=-1.0), -limit, limit)
@@ -219,8 +220,63 @@ def test_absmax_refuses_non_finite_rows(backend, rng, bad: float) -> None:
     x = matrix(rng, 40, 33)
     x[29, 5] = bad
     x[31, 0] = bad
+    codes = backend.transform(scheme, {}, cp.asarray(x))  # no read-back: the flag is checked later
     with pytest.raises(InputError, match="row 29"):
-        backend.transform(scheme, {}, cp.asarray(x))
+        backend.check_refusals()
+    with pytest.raises(InputError, match="row 29"):
+        backend.transform(scheme, {}, x)  # host input: before the codes come back
+    backend.transform(scheme, {}, cp.asarray(x[:29]))
+    backend.check_refusals()  # the flag's slot was set back
+    assert codes.data.shape == (40, 33)
+
+
+def _captured_transform(backend, scheme, state, x, out: Codes):
+    """One transform of ``x`` into ``out`` captured into a CUDA graph: the capture fails if the call
+    waits for the device (a read-back), so capturing it proves it does not."""
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        backend.transform(scheme, state, x, out=out)  # warm-up here: this stream's constants and flags
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            backend.transform(scheme, state, x, out=out)
+        finally:
+            graph = stream.end_capture()
+    return graph
+
+
+@pytest.mark.parametrize("preset", ["int8-row", "int4-block", "gguf-q8_0", "safetensors-fp8", "st-int8", "cuvs-sq8",
+                                    "faiss-sq4", "binary", "fp16", "fp8-e4m3"])
+def test_a_device_transform_never_waits_so_a_graph_can_capture_it(backend, rng, preset: str) -> None:
+    scheme = make_scheme(preset)
+    x = matrix(rng, 300, 64)
+    state = reference_state(scheme, rng, 64)
+    want, want_side = scheme.encode(x, state)
+    dev = cp.asarray(x)
+    first = backend.transform(scheme, state, dev)
+    out = Codes(cp.zeros_like(first.data), {k: cp.zeros_like(v) for k, v in first.side.items()})
+    graph = _captured_transform(backend, scheme, state, dev, out)
+    out.data.fill(0)
+    graph.launch()  # on the current stream, after the fill
+    cp.cuda.Device().synchronize()
+    backend.check_refusals()
+    assert_same_bits(out.data, want, "graph replay")
+    for name, arr in want_side.items():
+        assert_same_bits(out.side[name], arr, f"graph replay side {name}")
+
+
+def test_a_refusal_recorded_by_a_graph_replay_surfaces_at_the_check(backend, rng) -> None:
+    scheme = make_scheme("int8-row")
+    x = matrix(rng, 50, 96)
+    dev = cp.asarray(x)
+    out = backend.transform(scheme, {}, dev)
+    graph = _captured_transform(backend, scheme, {}, dev, out)  # its flag stays pending until a check
+    dev[37, 5] = np.nan
+    graph.launch()
+    cp.cuda.Device().synchronize()
+    with pytest.raises(InputError, match=r"^row 37 holds NaN"):
+        backend.check_refusals()
 
 
 # -- training -----------------------------------------------------------------------------------

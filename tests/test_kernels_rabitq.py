@@ -1,8 +1,10 @@
 """``kernels/rabitq.cu`` against the numpy reference (:mod:`gpuquant.schemes.rabitq`), bit for bit.
 
 Host emulation (``tests/host_emulation.cpp``, threads one after another; see ``test_kernels_host``):
-the 1-bit encode for float32, float16 and float64 input, both metrics, odd dimensions, one row,
-edge values (subnormals, ±0, values whose squares overflow) and the refusal flags; the decode of
+the 1-bit encode for float32, float16 and float64 input, both metrics, both of its loops (8 values a
+step with a tail of 4, and value by value for odd dimensions or unaligned rows or centers), no row and
+one row, edge values (subnormals, ±0, values whose squares overflow) and the refusal flags (NaN, ±Inf,
+float64 values beyond float32, overflowing sums, in either loop); the decode of
 codes of every ``bits`` (1, 2, 4, 8, 9) and of random code bytes. On a GPU (skipped without one) the
 cupy backend against numpy through :func:`helpers.same_on_backends`.
 """
@@ -69,20 +71,23 @@ def unaligned(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("n, d, misalign", [(1, 1, False), (1, 384, False), (40, 7, False), (33, 17, False),
-                                            (25, 131, False), (20, 64, True), (9, 12, False)])
-def test_emulated_encode(emu, rng, n: int, d: int, dtype, metric: str, grid, misalign: bool) -> None:
-    """Both paths: vector loads (d a multiple of 4, aligned rows) and one value at a time."""
+                                            (25, 131, False), (20, 64, True), (9, 12, False), (11, 4, False),
+                                            (6, 36, False), (0, 16, False), (5, 40, "center")])
+def test_emulated_encode(emu, rng, n: int, d: int, dtype, metric: str, grid, misalign) -> None:
+    """Both loops: 8 values a step with a tail of 4 (d a multiple of 4, aligned rows and center) and one
+    value at a time (other d, unaligned rows or center)."""
     x = matrix(rng, n, d).astype(dtype)
-    x = unaligned(x) if misalign else x
+    x = unaligned(x) if misalign is True else x
     x32 = x.astype(np.float32)
     for center in centers(rng, x32):
+        center = unaligned(center) if misalign == "center" else center
         codes, bad = emulated_encode(emu, x, center, metric, grid)
         assert_array_equal(bad, [NO_ROW, NO_ROW])
         assert_array_equal(codes, rabitq_encode(x32, center, 1, metric))
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-@pytest.mark.parametrize("d", [5, 64, 99])
+@pytest.mark.parametrize("d", [5, 12, 64, 99])
 def test_emulated_encode_edges(emu, rng, d: int, metric: str) -> None:
     """Subnormals, ±0 and huge values: rows whose squares overflow are flagged (the lowest one) and
     every other row equals the reference."""
@@ -100,13 +105,33 @@ def test_emulated_encode_edges(emu, rng, d: int, metric: str) -> None:
         assert_array_equal(codes[ok], rabitq_encode(x[ok], center, 1, metric))
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("d", [9, 12, 64])
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
-def test_emulated_encode_flags_nonfinite_rows(emu, rng, bad_value: float) -> None:
-    x = matrix(rng, 30, 9)
-    x[[11, 20], 3] = bad_value
-    x[25, 0] = 3e38  # overflows |x|^2 too, after the nonfinite rows
-    _, bad = emulated_encode(emu, x, np.zeros(9, np.float32), "l2", (2, 4))
-    assert_array_equal(bad, [11, 25])
+def test_emulated_encode_flags_nonfinite_rows(emu, rng, bad_value: float, d: int, dtype) -> None:
+    """In either loop: the lowest row holding NaN or ±Inf, and the lowest other row whose sums
+    overflow (none for float16), even one before the nonfinite rows; every other row as the reference."""
+    x = matrix(rng, 30, d)
+    x[[11, 20], d - 1] = bad_value
+    if dtype is not np.float16:
+        x[[8, 20, 25], 1] = 3e38  # |x|^2 overflows: rows 8 and 25, and nonfinite row 20
+    x = x.astype(dtype)
+    codes, bad = emulated_encode(emu, x, np.zeros(d, np.float32), "l2", (2, 4))
+    x32 = x.astype(np.float32)
+    finite = np.isfinite(x32).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = finite & np.isfinite(running_sum(x32 * x32))
+    assert_array_equal(bad, [11, 8 if dtype is not np.float16 else NO_ROW])
+    assert_array_equal(codes[ok], rabitq_encode(x32[ok], np.zeros(d, np.float32), 1, "l2"))
+
+
+@pytest.mark.parametrize("d", [9, 16])
+def test_emulated_encode_flags_float64_beyond_float32(emu, rng, d: int) -> None:
+    """A float64 value that rounds to ±Inf in float32 makes its row nonfinite, as the conversion does."""
+    x = matrix(rng, 7, d).astype(np.float64)
+    x[[3, 5], 2] = [1e300, -4e38]
+    _, bad = emulated_encode(emu, x, np.zeros(d, np.float32), "ip", (1, 3))
+    assert_array_equal(bad, [3, NO_ROW])
 
 
 @pytest.mark.parametrize("grid", GRIDS)

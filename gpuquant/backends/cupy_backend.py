@@ -12,8 +12,12 @@ Arrays in and out:
   arrays, anything with ``__cuda_array_interface__`` and DLPack device tensors (torch) are wrapped,
   not copied. A non-contiguous (strided, Fortran-order) device input is the one exception: a
   C-contiguous copy is made on the device first. No host synchronisation happens, except where the
-  reference refuses rows: an ``absmax`` transform reads back one flag (rows holding NaN or ±Inf),
-  and a ``float`` transform with ``nonfinite="raise"`` one reduction over its codes.
+  reference refuses rows in a ``float`` transform with ``nonfinite="raise"`` (one reduction over its
+  codes), ``rabitq`` (two flags) and ``pq`` (host checks). Rows an ``absmax``, ``gguf`` or
+  ``scaled_fp8`` transform refuses (NaN or ±Inf) are recorded on the device and raised at the next
+  synchronisation: the next download of a result (numpy input: before ``transform`` writes any
+  output), ``fit``, the engine's pipeline when the batch completes, or
+  :meth:`CupyBackend.check_refusals` (see :mod:`gpuquant.backends.cupy_refusals`).
 * ``out=``: transform takes a code array or a ``Codes`` (with its side arrays) of the right shape
   and dtype, C-contiguous; inverse_transform a float32 ``(n, d)`` array. numpy ``out`` for numpy
   input, CuPy ``out`` for device input.
@@ -28,13 +32,12 @@ the state as numpy arrays. Kernels need compute capability 8.0 or newer (warp re
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from gpuquant.backends import cupy_train, device_code_dtype, is_device_array
+from gpuquant.backends.cupy_constants import ConstantCache
 from gpuquant.backends.cupy_device import (
     INPUT_TYPES,
     THREADS,
@@ -45,12 +48,15 @@ from gpuquant.backends.cupy_device import (
 from gpuquant.backends.cupy_families import scalar as _scalar
 from gpuquant.backends.cupy_families.binary import binary_flip
 from gpuquant.backends.cupy_launch import LAUNCHERS, LIMITS, NAME_EXPRESSIONS, QUANTIZE_FILE
+from gpuquant.backends.cupy_refusals import RefusalLog, Refusals
 from gpuquant.codes import Codes
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
 
 SCALAR_PARAMS_DTYPE, scalar_params = _scalar.SCALAR_PARAMS_DTYPE, _scalar.scalar_params
 MIN_COMPUTE_CAPABILITY = 80
+#: The state of schemes without one: one object, so their constants' cache keys stay the same.
+_NO_STATE: dict[str, Any] = {}
 #: The families the kernels implement (every parameter of each).
 FAMILIES = tuple(dict.fromkeys(family for family, _ in LAUNCHERS))
 __all__ = ["FAMILIES", "INPUT_TYPES", "NAME_EXPRESSIONS", "QUANTIZE_FILE", "SCALAR_PARAMS_DTYPE", "THREADS",
@@ -69,12 +75,12 @@ class CupyBackend:
 
     name = "cupy"
 
-    #: Device copies of scheme constants kept per backend (see :meth:`_constant`), least recently used dropped.
+    #: Device copies of scheme constants kept per backend (:mod:`~gpuquant.backends.cupy_constants`).
     CONSTANTS_CACHED = 16
 
     def __init__(self) -> None:
-        self._constants: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._constants_lock = threading.Lock()
+        self._constants = ConstantCache(self.CONSTANTS_CACHED)
+        self._refusals = RefusalLog()
 
     @staticmethod
     def is_available() -> tuple[bool, str]:
@@ -110,7 +116,8 @@ class CupyBackend:
 
     # -- fit ----------------------------------------------------------------------------------
     def fit(self, scheme: Scheme, X: Any) -> dict[str, np.ndarray]:
-        """Train on the device; the state comes back as numpy float32 arrays."""
+        """Train on the device; the state comes back as numpy float32 arrays (pending refusals first)."""
+        self.check_refusals()
         x, _ = as_device(X)
         with x.device:
             return cupy_train.fit(scheme, x)
@@ -128,8 +135,11 @@ class CupyBackend:
                 name: self._device_output(out_side.get(name), host, shape, dtype, f"side array {name!r}")
                 for name, (shape, dtype) in scheme.side_shapes(n, d).items()
             }
-            if n > 0:
-                self._encode(scheme, state or {}, x, codes, side)
+            with self._refusals.filing():  # numpy input: this call's own refusals and earlier ones, checked
+                if n > 0:
+                    self._launch("encode", scheme, state, x, codes, side)
+                if host:
+                    self.check_refusals()
             if not host:
                 return Codes(codes, side, scheme.family, d)
             host_codes = self._download(codes, out_data)
@@ -138,8 +148,20 @@ class CupyBackend:
             host_side = {k: self._download(v, out_side.get(k)) for k, v in side.items()}
             return Codes(host_codes, host_side, scheme.family, d)
 
-    def _encode(self, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
-        _launcher(scheme, "encode")(self._constant, scheme, state, x, codes, side)
+    def _launch(self, mode: str, scheme: Scheme, state: dict[str, Any] | None, *arrays: Any) -> None:
+        """Run the ``mode`` launcher of ``scheme``'s family on the arrays, with the call's cached constants."""
+        state = _NO_STATE if state is None else state
+        _launcher(scheme, mode)(self._constants.bound(scheme, state), scheme, state, *arrays)
+
+    def take_refusals(self) -> Refusals:
+        """The refused-row checks this thread's transforms left pending, handed to the caller, who calls
+        their ``raise_first()`` once it has waited for the device (the engine's pipeline: per batch)."""
+        return self._refusals.take()
+
+    def check_refusals(self) -> None:
+        """Raise the first row refused by this thread's pending transforms (waits for their streams);
+        later refused transforms stay pending, each raised by a check of its own."""
+        self._refusals.check()
 
     # -- inverse ------------------------------------------------------------------------------
     def inverse_transform(self, scheme: Scheme, state: dict[str, Any] | None, codes: Codes, out: Any = None) -> Any:
@@ -154,36 +176,11 @@ class CupyBackend:
         with c.device:
             y = self._device_output(out, host, (n, d), np.dtype(np.float32), "the reconstruction")
             if n > 0:
-                self._decode(scheme, state or {}, c, {k: as_device(v)[0] for k, v in codes.side.items()}, y)
-            return self._download(y, out) if host else y
-
-    def _decode(self, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
-        _launcher(scheme, "decode")(self._constant, scheme, state, c, side, y)
-
-    def _constant(self, kind: str, value: Any, dtype: Any) -> Any:
-        """A device copy of the host constant ``value`` as ``dtype`` (C-contiguous), cached on the backend.
-
-        Scheme constants (scalar ranges, binary thresholds, absmax tensor scales) are the same for
-        every batch, so they are uploaded once: the cache is keyed by (kind, dtype, device, current
-        stream, the exact bytes of the host value) and holds :attr:`CONSTANTS_CACHED` entries, least
-        recently used dropped. A copy is made and used on one stream only, so its upload is ordered
-        before every kernel that reads it, and its memory goes back to the pool of that stream. A
-        value already on a device is used as it is (``cupy.asarray``), not cached.
-        """
-        cp = cupy_module()
-        if not isinstance(value, np.ndarray) and is_device_array(value):
-            return cp.asarray(value, dtype=dtype)
-        host = np.ascontiguousarray(value, dtype=dtype)
-        key = (kind, host.dtype.str, cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr, host.tobytes())
-        with self._constants_lock:
-            arr = self._constants.get(key)
-            if arr is not None:
-                self._constants.move_to_end(key)
-                return arr
-            arr = self._constants[key] = cp.asarray(host)
-            if len(self._constants) > self.CONSTANTS_CACHED:
-                self._constants.popitem(last=False)
-            return arr
+                self._launch("decode", scheme, state, c, {k: as_device(v)[0] for k, v in codes.side.items()}, y)
+            if not host:
+                return y
+            self.check_refusals()
+            return self._download(y, out)
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod

@@ -2,14 +2,19 @@
 device views of the arrays callers pass in.
 
 * :func:`cupy_module` imports CuPy on first use (never at package import).
-* :func:`grid_for` sizes a grid-stride launch: enough blocks of :data:`THREADS` threads to cover
-  the work, at most :data:`BLOCKS_PER_SM` per multiprocessor.
+* :func:`occupancy_grid` sizes a grid-stride launch from the occupancy of the kernel it launches:
+  a :class:`Work` that the launch wrapper (``cupy_launch.kernel``) turns into
+  :func:`grid_size` ``(blocks_per_sm, sm_count, items, per_block)`` blocks, ``blocks_per_sm`` being
+  what the driver says the kernel keeps resident per multiprocessor at that block size (one wave).
+  :func:`grid_for` is the same with a fixed :data:`BLOCKS_PER_SM` (the training and rotation
+  passes, which use the count as a number).
 * :func:`as_device` / :func:`wrap_device`: CuPy views of device arrays (CuPy, DLPack on CUDA,
   ``__cuda_array_interface__``) without copies, host arrays uploaded, non-contiguous device arrays
   made contiguous on their device.
 * :data:`INPUT_TYPES`: the C++ type of each input dtype in the kernels' template instances.
 * :data:`NO_ROW` / :func:`row_flags`: the device flags in which a kernel records the first row it
-  refuses (``NO_ROW``: none), read back by the launcher.
+  refuses (``NO_ROW``: none), read back by the launcher or at the next check
+  (:mod:`gpuquant.backends.cupy_refusals`).
 * :func:`host_run`: a block in which the launch code runs on the host (numpy stands in for the few
   CuPy calls launchers make, grids are one block): what
   :func:`gpuquant.backends.cupy_launch.planned_launches` records launches in, without a device.
@@ -22,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,7 +47,7 @@ INPUT_TYPES: dict[np.dtype, str] = {
 class _HostArray(np.ndarray):
     """A numpy array with CuPy's ``get()`` (the host stand-in's arrays)."""
 
-    def get(self) -> np.ndarray:
+    def get(self, stream: Any = None) -> np.ndarray:
         return np.asarray(self)
 
 
@@ -82,13 +87,34 @@ def _sm_count(device_id: int) -> int:
     return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
 
 
+def sm_count() -> int:
+    """Multiprocessors of the current device."""
+    return _sm_count(cupy_module().cuda.Device().id)
+
+
+def grid_size(blocks_per_sm: int, sms: int, work_items: int, per_block: int) -> int:
+    """Blocks of a grid-stride launch: enough to cover ``work_items`` at ``per_block`` items a block,
+    at most one wave (``blocks_per_sm`` resident on each of ``sms`` multiprocessors), at least 1."""
+    return int(max(1, min(blocks_per_sm * sms, -(-work_items // per_block))))
+
+
 def grid_for(work_items: int, per_block: int = THREADS) -> int:
-    """Blocks for ``work_items`` items: enough to cover them, at most a few per SM (grid-stride)."""
+    """Blocks for ``work_items`` items: enough to cover them, at most :data:`BLOCKS_PER_SM` per SM."""
     if _HOST_RUN.get():
         return 1
-    cp = cupy_module()
-    cap = _sm_count(cp.cuda.Device().id) * BLOCKS_PER_SM
-    return int(max(1, min(cap, -(-work_items // per_block))))
+    return grid_size(BLOCKS_PER_SM, sm_count(), work_items, per_block)
+
+
+class Work(NamedTuple):
+    """A grid dimension still to size: ``items`` of work, ``per_block`` of them for a block at most."""
+
+    items: int
+    per_block: int
+
+
+def occupancy_grid(work_items: int, per_block: int = THREADS) -> Work:
+    """The grid of a grid-stride launch over ``work_items``, sized at launch from the kernel's occupancy."""
+    return Work(int(work_items), int(per_block))
 
 
 def wrap_device(x: Any) -> Any:

@@ -5,7 +5,9 @@ with :func:`launcher`; the backend looks up ``LAUNCHERS[(scheme.family, mode)]``
 or ``"decode"``) and knows nothing of the families. A launcher reads its family's typed parameters
 (``scheme.config``), picks the kernel instance for the input dtype and passes the constants the
 per-element math takes; it is given the backend's constant cache (``constant(kind, value, dtype)``:
-device copies of ranges, thresholds and scales, uploaded once per stream).
+device copies of ranges, thresholds and scales, made once per fitted state and stream; ``value`` an
+array of the state, a zero-argument callable building the host value, or any host array: see
+:mod:`gpuquant.backends.cupy_constants`).
 
 Encode launchers: ``(constant, scheme, state, x, codes, side)``; decode launchers:
 ``(constant, scheme, state, codes, side, y)``. ``x`` and ``codes`` are C-contiguous CuPy arrays on
@@ -15,9 +17,15 @@ the current device; ``state`` is the fitted state (``{}`` when none).
 lists its template instances and :func:`quantize_kernel` fetches one. A family with its own kernel
 file keeps its instance list in its launcher module and fetches its kernels with :func:`kernel`.
 
-Seeing the launches (for tools: the SASS report, the kernel-only benchmark): every kernel fetched
-through :func:`kernel` is launched through a wrapper that tells the observers of the current
-context a :class:`Launch` (file, name expression, grid, block, arguments).
+Every kernel fetched through :func:`kernel` is launched through a wrapper. It sizes each grid
+dimension given as a :class:`~gpuquant.backends.cupy_device.Work` (``occupancy_grid``) from the
+occupancy of that very kernel at the launch's block size (the driver's
+``cuOccupancyMaxActiveBlocksPerMultiprocessor``, cached per kernel and block size): one wave of
+resident blocks at most (:func:`~gpuquant.backends.cupy_device.grid_size`).
+
+Seeing the launches (for tools: the SASS report, the kernel-only benchmark): the wrapper tells the
+observers of the current context a :class:`Launch` (file, name expression, grid as launched, block,
+arguments).
 :func:`observe_launches` collects them while the kernels still run; :func:`planned_launches` runs a
 family's launcher on the host (``cupy_device.host_run``), with numpy arrays for the device arrays
 and host values for the constants, and returns the launches it would make without fetching,
@@ -26,6 +34,8 @@ compiling or running any kernel.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from gpuquant.backends import cuda_loader
-from gpuquant.backends.cupy_device import INPUT_TYPES, grid_for, host_run
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, Work, cupy_module, grid_size, host_run, sm_count
 
 QUANTIZE_FILE = "quantize.cu"
 
@@ -98,19 +108,37 @@ _OBSERVING: ContextVar[tuple[tuple[Observer, ...], bool]] = ContextVar("gpuquant
 
 def kernel(filename: str, name: str, names: Any) -> Any:
     """The kernel instance ``name`` of ``kernels/<filename>`` (``names``: the file's instances), compiled
-    once per device; while launches are observed, a launcher that reports each launch first."""
+    once per device, behind the launch wrapper (see the module docstring)."""
     observers, planned = _OBSERVING.get()
-    if not observers:
-        return cuda_loader.get_kernel(filename, name, names)
     real = None if planned else cuda_loader.get_kernel(filename, name, names)
 
     def launch(grid: Any, block: Any, args: Any, **kw: Any) -> None:
+        grid = tuple(_sized(g, real, block, kw.get("shared_mem", 0)) for g in grid)
         for observe in observers:
             observe(Launch(filename, name, tuple(names), grid, block, tuple(args)))
         if real is not None:
             real(grid, block, args, **kw)
 
     return launch
+
+
+def _sized(dim: Any, real: Any, block: Any, shared: int) -> Any:
+    """A grid dimension as launched: a :class:`Work` sized from ``real``'s occupancy (1 block when
+    launches are only planned), anything else as given."""
+    if not isinstance(dim, Work):
+        return dim
+    if real is None:
+        return 1
+    threads = math.prod(int(b) for b in block)
+    return grid_size(occupancy(real.kernel.ptr, threads, shared), sm_count(), dim.items, dim.per_block)
+
+
+@functools.cache
+def occupancy(function: int, threads: int, shared: int) -> int:
+    """Resident blocks per multiprocessor of the loaded kernel ``function`` (a ``CUfunction``) at
+    ``threads`` threads a block and ``shared`` bytes of dynamic shared memory."""
+    driver = cupy_module().cuda.driver
+    return int(driver.occupancyMaxActiveBlocksPerMultiprocessor(function, threads, shared))
 
 
 
@@ -142,7 +170,7 @@ def planned_launches(scheme: Any, mode: str, state: dict[str, Any], data: np.nda
     launches: list[Launch] = []
 
     def constant(kind: str, value: Any, dtype: Any) -> np.ndarray:
-        return np.ascontiguousarray(value, dtype)
+        return np.ascontiguousarray(value() if callable(value) else value, dtype)
 
     args: tuple[Any, ...] = ((constant, scheme, state, data, out, side) if mode == "encode"
                              else (constant, scheme, state, data, side, out))
@@ -156,6 +184,6 @@ def quantize_kernel(name: str) -> Any:
     return kernel(QUANTIZE_FILE, name, NAME_EXPRESSIONS)
 
 
-def row_blocks(n: int, row_units: int) -> int:
-    """Blocks for ``n`` rows of ``row_units`` output units, eight units per thread."""
-    return grid_for(n * -(-row_units // 8))
+def row_blocks(n: int, row_units: int) -> Work:
+    """The grid for ``n`` rows of ``row_units`` output units, eight units per thread (occupancy-sized)."""
+    return Work(n * -(-row_units // 8), THREADS)

@@ -12,8 +12,12 @@ reference's (``gpuquant.schemes``):
   few float64 ulps of a float32 rounding boundary.
 * :func:`column_order_statistics` - exact per-dimension order statistics (median, per-dimension
   quantiles) from a CuPy sort of a float32 copy along the rows.
-* :func:`select_values` - exact order statistics of *all* values by radix select over the uint32
-  keys (11 + 11 + 10 bit digits: three read passes, no sort, no copy), two ranks at once.
+* :func:`select_values` (:func:`radix_select`) - exact order statistics of *all* values by radix select over the uint32
+  keys, two ranks at once, no sort: digits of 13 + 11 + 8 bits; pass 0 reads every value, pass 1
+  reads every value again and keeps the candidates (values whose 13-bit key prefix is a target's:
+  at most :func:`candidate_capacity` of them, as float32), pass 2 reads the candidates. For float32
+  input that is 2 reads of the data plus 8 bytes per candidate; 3 reads when more values than the
+  capacity share a target's 13-bit prefix (pass 2 then reads the input again).
 * :func:`quantile_range` - the scalar family's quantile range: ``method="cuvs"`` sorts the values of
   the rows :func:`gpuquant.schemes.scalar.sample_rows` picks (the reference's own row selection, so
   both use identical rows); ``method="exact"`` uses every row (radix select for one global range).
@@ -25,11 +29,12 @@ like the reference ``scheme.fit``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, grid_for
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, grid_for, occupancy_grid
 from gpuquant.backends.cupy_device import cupy_module as _cupy
 from gpuquant.backends.cupy_launch import kernel
 from gpuquant.errors import InputError
@@ -41,10 +46,19 @@ from gpuquant.schemes.statistics import median_of, median_ranks, quantile_positi
 TRAIN_FILE = "train.cu"
 
 #: Every kernel instance (``name_expressions``) of ``kernels/train.cu``.
+RADIX_PASSES = 3
 NAME_EXPRESSIONS: tuple[str, ...] = tuple(
-    [f"{k}<{t}>" for k in ("to_float32", "minmax_global", "minmax_columns", "column_sums", "radix_histogram")
-     for t in INPUT_TYPES.values()] + ["radix_pick"]
+    [f"{k}<{t}>" for k in ("to_float32", "minmax_global", "minmax_columns", "column_sums")
+     for t in INPUT_TYPES.values()]
+    + [f"radix_histogram<{t}, {p}>" for t in INPUT_TYPES.values() for p in range(RADIX_PASSES)]
+    + [f"radix_pick<{p}>" for p in range(RADIX_PASSES)]
 )
+RADIX_HIST_BINS = 8192 + 2 * 2048 + 2 * 256  # RADIX_HIST_TOTAL in kernels/train.cu: every pass's histograms
+RADIX_PICK_THREADS = 512  # two halves of 256, one per target
+CANDIDATE_SHARE = 16  # the candidate buffer holds up to 1/16 of the values ...
+CANDIDATE_MIN = 1 << 16  # ... and at least this many (all of a small input)
+#: Device bytes of a radix select besides its candidates: histograms, selection state and counters (u64).
+RADIX_STATE_BYTES = (RADIX_HIST_BINS + 6 + 2) * 8
 _ROW_BLOCKS = 1024  # row slices of the column kernels (gridDim.y)
 
 
@@ -117,26 +131,52 @@ def column_order_statistics(x: Any, ranks: list[int]) -> np.ndarray:
     return ordered[cp.asarray(np.asarray(ranks, np.int64))].get()
 
 
-def select_values(x: Any, k0: int, k1: int) -> tuple[np.ndarray, int]:
-    """Values of ranks ``k0`` and ``k1`` (0-based) among all of ``x``'s values, and the NaN count.
+def candidate_capacity(count: int) -> int:
+    """Values the radix select's candidate buffer holds for ``count`` values (float32 each)."""
+    return min(count, max(CANDIDATE_MIN, count // CANDIDATE_SHARE))
 
-    Radix select on the order-preserving keys: each pass histograms one digit of the keys that
-    share the prefix found so far (shared memory, then global), and ``radix_pick`` picks the digit
-    holding each rank. NaN keys sort outside ±Inf, so ranks that avoid them are exact.
+
+@dataclass(frozen=True)
+class RadixSelect:
+    """What :func:`radix_select` found: the two values, the NaN count, and the candidates pass 1
+    counted (pass 2 read them when there were at most ``capacity``, else the input again)."""
+
+    values: np.ndarray
+    nan_count: int
+    candidates: int
+    capacity: int
+
+    @property
+    def input_reads(self) -> int:
+        return 2 if self.candidates <= self.capacity else 3
+
+
+def select_values(x: Any, k0: int, k1: int) -> tuple[np.ndarray, int]:
+    """Values of ranks ``k0`` and ``k1`` (0-based) among all of ``x``'s values, and the NaN count."""
+    found = radix_select(x, k0, k1)
+    return found.values, found.nan_count
+
+
+def radix_select(x: Any, k0: int, k1: int) -> RadixSelect:
+    """Radix select of ranks ``k0`` and ``k1`` on the order-preserving keys (module docstring): each
+    pass histograms one digit of the keys that share the prefix found so far (shared memory, then
+    global), and ``radix_pick`` picks the digit holding each rank by a block scan. NaN keys sort
+    outside ±Inf, so ranks that avoid them are exact.
     """
     cp = _cupy()
     count = int(x.size)
-    sel = cp.asarray(np.array([0, 0, k0, k1], np.uint64))
-    hist = cp.zeros(2 * 2048, cp.uint64)
-    nans = cp.zeros(1, cp.uint64)
-    hist_kernel = _kernel(f"radix_histogram<{_t(x)}>")
-    pick = _kernel("radix_pick")
-    blocks = grid_for(count, THREADS * 16)
-    for p in range(3):
-        hist_kernel((blocks,), (THREADS,), (x, np.int64(count), np.int32(p), sel, hist, nans))
-        pick((1,), (64,), (np.int32(p), sel, hist))
-    found = sel.get()
-    return keys_to_values(found[:2].astype(np.uint32)), int(nans.get()[0])
+    sel = cp.asarray(np.array([0, 0, k0, k1, k0, k1], np.uint64))  # prefixes, ranks, ranks left
+    hist = cp.zeros(RADIX_HIST_BINS, cp.uint64)
+    counters = cp.zeros(2, cp.uint64)  # NaN values, candidates
+    cap = candidate_capacity(count)
+    cand = cp.empty(max(cap, 1), cp.float32)
+    blocks = occupancy_grid(count, THREADS * 16)  # one wave of each pass's own kernel
+    for p in range(RADIX_PASSES):
+        _kernel(f"radix_histogram<{_t(x)}, {p}>")(
+            (blocks,), (THREADS,), (x, np.int64(count), sel, hist, counters, cand, counters[1:], np.int64(cap)))
+        _kernel(f"radix_pick<{p}>")((1,), (RADIX_PICK_THREADS,), (sel, hist))
+    nans, candidates = (int(v) for v in counters.get())
+    return RadixSelect(keys_to_values(sel.get()[:2].astype(np.uint32)), nans, candidates, cap)
 
 
 def quantile_range(x: Any, quantile: float, method: str, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:

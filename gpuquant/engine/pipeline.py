@@ -11,7 +11,8 @@ the rings whatever the input size:
   memory), the kernel runs into that stream's device buffers, and the codes and side arrays are
   downloaded into a pinned output buffer (``ndarray.get(blocking=False)``) followed by an event, so
   batch i+1's upload overlaps batch i's kernel and batch i-1's download. A batch is handed to the
-  writer when its event completes (in order);
+  writer when its event completes (in order), after the rows its kernels refused are read
+  (``CupyBackend.take_refusals``: the transform itself does not wait for them);
 * a **writer** thread writes finished batches into the store's files (``pwrite`` at the rows'
   offsets of ``codes.npy`` and each side ``.npy``), in row order; beside it a **checkpoint** thread
   every ``checkpoint_s`` seconds notes the rows written, fsyncs the files and records that count in
@@ -363,6 +364,8 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
             result = _gpu_pass(cupy, backend, source, scheme, state, store, done, batch_rows, k, in_bufs, out_sets,
                                dev_dtype, progress, meta, totals, counter)
             return {**totals, **result, "batch_rows": batch_rows, "streams": k}
+        except _Refused as refused:
+            raise refused.error from None
         except _OutOfMemory as oom:
             done = oom.rows_done
             cupy.get_default_memory_pool().free_all_blocks()
@@ -372,6 +375,14 @@ def run_gpu(source: Source, scheme: Any, state: Any, store: StoreWriter, *, star
                         batch_rows, batch_rows // 2, done)
             batch_rows //= 2
             totals["oom_halvings"] += 1
+
+
+class _Refused(Exception):
+    """A batch's rows refused when it completed: ``error`` (absolute rows) is raised by the pass."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _OutOfMemory(Exception):
@@ -392,8 +403,13 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
     slots: list[dict[str, Any]] = []
 
     def retire() -> None:
-        ev, buf, outs, a, b = inflight.popleft()
+        ev, buf, outs, a, b, refusals = inflight.popleft()
         ev.synchronize()
+        try:  # rows the kernels refused, read now that the batch is complete
+            refusals.raise_first()
+        except InputError as exc:
+            free_out.put(outs)
+            raise _Refused(row_error(exc, scheme, buf[:b - a], a, b)) from None
         free_in.put(buf)
         writer.submit(a, b, _slices(outs, b - a), lambda outs=outs: free_out.put(outs))
 
@@ -425,7 +441,7 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
                         arr[:m].get(stream=s, out=outs[name][:m], blocking=False)
                     ev = cupy.cuda.Event(disable_timing=True)
                     ev.record(s)
-                inflight.append((ev, buf, outs, a, b))
+                inflight.append((ev, buf, outs, a, b, backend.take_refusals()))
                 i += 1
                 while len(inflight) >= k:
                     retire()
@@ -433,6 +449,8 @@ def _gpu_pass(cupy: Any, backend: Any, source: Source, scheme: Any, state: Any, 
             while inflight:
                 retire()
             _tally(slots, totals)
+        except _Refused:  # the batches after the refused one are not written (run_gpu raises its error)
+            raise
         except OOM as exc:
             oom = exc
             while inflight:  # batches launched before the failure are complete and correct

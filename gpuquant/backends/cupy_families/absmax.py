@@ -9,15 +9,14 @@ import numpy as np
 
 from gpuquant.backends.cupy_device import (
     INPUT_TYPES,
-    NO_ROW,
     THREADS,
     cupy_module,
-    grid_for,
     i32,
     i64,
-    row_flags,
+    occupancy_grid,
 )
 from gpuquant.backends.cupy_launch import launcher, quantize_kernel, row_blocks
+from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
 from gpuquant.errors import InputError
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.granularity import PerBlock, PerTensor
@@ -53,19 +52,17 @@ def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     n, d = (int(s) for s in x.shape)
     p = scheme.config
     seg_len, groups = _segments(scheme, d)
-    bad = row_flags(1)
+    bad = refusal_flag()
     tensor = isinstance(scheme.granularity, PerTensor)
     scales = constant("tensor_scale", state["scales"], np.float32) if tensor else side["scales"]
     rows = _rows_path(seg_len, d, p.bits, x, codes)
     warps = n * groups * (-(-seg_len // WARP_VALUES) if rows else 1)
     quantize_kernel(f"{'absmax_encode_rows' if rows else 'absmax_encode'}<{INPUT_TYPES[x.dtype]}>")(
-        (grid_for(warps * 32),), (THREADS,),
+        (occupancy_grid(warps * 32),), (THREADS,),
         (x, codes, scales, bad, i64(n), i64(d), i64(seg_len), i64(groups), i32(p.bits),
          i32(p.nibble_order == "high_first"), np.float32(p.eps), scales, i32(tensor)),
     )
-    row = int(bad.get()[0])
-    if row != NO_ROW:
-        raise InputError(f"row {row} holds NaN or ±Inf; scheme 'absmax' needs finite values")
+    refuse_later(bad, lambda row: InputError(f"row {row} holds NaN or ±Inf; scheme 'absmax' needs finite values"))
 
 
 @launcher("absmax", "decode")

@@ -92,7 +92,7 @@ def pq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, code
     sub32 = x32.reshape(n, m, dsub)
     # Widened on the host (exact); the device's widening might flush float32 subnormals, so rows
     # holding one are never trusted to the margin.
-    c64 = constant("pq_centroids64", centroids.astype(np.float64), np.float64)
+    c64 = constant("pq_centroids64", lambda: centroids.astype(np.float64), np.float64)
     bits = sub32.view(cp.uint32) & 0x7FFFFFFF
     subnormal = ((bits != 0) & (bits < 0x00800000)).any(axis=2)
     idx = cp.empty((n, m), cp.uint8)

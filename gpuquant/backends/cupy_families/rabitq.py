@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, grid_for, i32, i64, row_flags
+from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, i32, i64, occupancy_grid, row_flags
 from gpuquant.backends.cupy_launch import kernel, launcher, limits
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.rabitq import NONFINITE_WHY, RabitqScheme, overflow_error
@@ -47,7 +47,7 @@ def rabitq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     n, d = (int(s) for s in x.shape)
     bad = row_flags(2)
     _kernel(f"rabitq_encode1<{INPUT_TYPES[x.dtype]}>")(
-        (grid_for(n),), (THREADS,),
+        (occupancy_grid(n),), (THREADS,),
         (x, _center(constant, state, d), codes, bad, i64(n), i64(d), i32(scheme.config.metric == "ip")),
     )
     nonfinite, overflow = (int(v) for v in bad.get())
@@ -61,5 +61,5 @@ def rabitq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
 def rabitq_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
     n, d = (int(s) for s in y.shape)
     _kernel("rabitq_decode")(
-        (grid_for(n),), (THREADS,), (c, _center(constant, state, d), y, i64(n), i64(d), i64(int(c.shape[1]))),
+        (occupancy_grid(n),), (THREADS,), (c, _center(constant, state, d), y, i64(n), i64(d), i64(int(c.shape[1]))),
     )

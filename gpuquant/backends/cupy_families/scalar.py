@@ -92,10 +92,9 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def _scalar_args(constant: Any, scheme: Scheme, state: dict[str, Any], n: int, d: int) -> tuple[Any, ...]:
     """Arguments of ``scalar_encode`` / ``scalar_decode`` after their input and output arrays."""
     p = scheme.config
-    params = scalar_params(scheme, state["lo"], state["hi"])
-    return (i64(n), i64(d), constant("scalar_params", params.view(np.uint8), np.uint8),
-            i32(params.size > 1), i32(ROUNDINGS[p.rounding]), i32(p.bits), i32(p.signed),
-            i32(p.nibble_order == "high_first"))
+    params = constant("scalar_params", lambda: scalar_params(scheme, state["lo"], state["hi"]).view(np.uint8), np.uint8)
+    return (i64(n), i64(d), params, i32(np.size(state["lo"]) > 1), i32(ROUNDINGS[p.rounding]), i32(p.bits),
+            i32(p.signed), i32(p.nibble_order == "high_first"))
 
 
 @launcher("scalar", "encode")

@@ -2,8 +2,8 @@
 
 ``gguf``: ``gguf_encode`` / ``gguf_decode``, one thread per block of 32 values. ``scaled_fp8``:
 ``scaled_fp8_scales`` (a warp per row: max |w|, the row's scale, the refusal of a non-finite row), then
-``scaled_fp8_encode`` / ``scaled_fp8_decode``, one thread per value. A row holding NaN or ±Inf is
-refused with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
+``scaled_fp8_encode`` / ``scaled_fp8_decode``, float4 by float4. A row holding NaN or ±Inf is refused
+with the reference's :class:`~gpuquant.schemes.statistics.RowError` (its first such row).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, cupy_module, grid_for, i32, i64, row_flags
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, i32, i64, occupancy_grid
 from gpuquant.backends.cupy_launch import kernel, launcher
+from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.gguf import QK
 from gpuquant.schemes.granularity import PerRow
@@ -40,18 +41,17 @@ def _kernel(name: str) -> Any:
 
 
 def _refuse(bad: Any, why: str) -> None:
-    """Raise the reference's error for the first non-finite row the kernel recorded in ``bad``."""
-    row = int(bad.get()[0])
-    if row != NO_ROW:
-        raise RowError(row, "{row} holds NaN or ±Inf; " + why)
+    """The reference's error for the first non-finite row the kernel records in ``bad``, raised at the
+    next check (:mod:`gpuquant.backends.cupy_refusals`: the launch does not wait for the kernel)."""
+    refuse_later(bad, lambda row: RowError(row, "{row} holds NaN or ±Inf; " + why))
 
 
 @launcher("gguf", "encode")
 def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     n, d = (int(s) for s in x.shape)
-    bad = row_flags(1)
+    bad = refusal_flag()
     _kernel(f"gguf_encode<{INPUT_TYPES[x.dtype]}>")(
-        (grid_for(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
+        (occupancy_grid(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
     )
     _refuse(bad, "GGUF blocks need finite values")
 
@@ -59,7 +59,7 @@ def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, co
 @launcher("gguf", "decode")
 def gguf_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: Any, side: dict[str, Any], y: Any) -> None:
     n, d = (int(s) for s in y.shape)
-    _kernel("gguf_decode")((grid_for(n * (d // QK)),), (THREADS,), (c, y, i64(n), i64(d), i32(scheme.config.type == "q4_0")))
+    _kernel("gguf_decode")((occupancy_grid(n * (d // QK)),), (THREADS,), (c, y, i64(n), i64(d), i32(scheme.config.type == "q4_0")))
 
 
 def _scales(constant: Any, scheme: Scheme, state: dict[str, Any], side: dict[str, Any]) -> tuple[Any, bool]:
@@ -76,14 +76,14 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     t = INPUT_TYPES[x.dtype]
     scales, per_row = _scales(constant, scheme, state, side)
     m = np.float32(scheme.max_finite)
-    bad = row_flags(1)
+    bad = refusal_flag()
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
-        (grid_for(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
+        (occupancy_grid(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
     )
     _refuse(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
-        (grid_for(n * d),), (THREADS,),
-        (x, codes, scales, i64(n), i64(d), m, i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
+        (occupancy_grid(n * d),), (THREADS,),
+        (x, codes, scales, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
     )
 
 
@@ -95,5 +95,5 @@ def scaled_fp8_decode(constant: Any, scheme: Scheme, state: dict[str, Any], c: A
     if per_row:  # side arrays went through as_device: already C-contiguous (astype keeps that)
         scales = cupy_module().asarray(scales, dtype=np.float32)
     _kernel("scaled_fp8_decode")(
-        (grid_for(n * d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
+        (occupancy_grid(n * d),), (THREADS,), (c, scales, y, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format]))
     )
