@@ -148,38 +148,28 @@ GQ_HD float f64_to_f32(double x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Division without the division routine. PTX div.rn.f32 (no .ftz) compiles to a reciprocal, FFMAs
-// and a CALL to a slow path in every loop that divides; these primitives need neither.
-//
-// Divisor {p2, sp, r} of s, built once per divisor: x / s == (x * p2) / sp with p2 a power of two,
-// sp = s * p2 (exact) and r = RN(1 / sp). s normal with biased exponent e: p2 = 2^(127 - e) (2^-127,
-// a subnormal, for e = 254), |sp| in [1, 2); s subnormal: p2 = 2^127, |sp| in [2^-22, 2); s = +-0:
-// p2 = +Inf, sp = r = +-1; s = +-Inf: p2 = 0, sp = r = +-1; s NaN: p2 = NaN, sp = r = 1.
-//
-// quotient_for_rounding(x, D): a = x * p2, q0 = a * r, then two Markstein corrections (remainder by
-// fma, q += remainder * r). When |a| is in [2^-59, 2^60] (one unsigned compare on the bits; NaN is
-// outside), a is exact, |a / sp| in [2^-60, 2^83], nothing under- or overflows, both remainders are
-// exact (q0 within 2 ulp, q1 faithful) and q2 is RN(x / s) (Markstein: r within 1/2 ulp of 1 / sp,
-// q1 within 1 ulp, exact remainder). Outside the band the result is q0, which is not the quotient but
+// Division without the division routine (div.rn.f32 compiles to FFMAs and a CALL to a slow path).
+// Divisor {p2, sp, r} of s, built once: x / s == (x * p2) / sp, p2 a power of two, sp = s * p2 exact,
+// r = RN(1 / sp). s normal, biased exponent e: p2 = 2^(127 - e) (2^-127, subnormal, for e = 254),
+// |sp| in [1, 2); s subnormal: p2 = 2^127, |sp| in [2^-22, 2); s = +-0: p2 = +Inf, sp = r = +-1;
+// s = +-Inf: p2 = 0, sp = r = +-1; s NaN: p2 = NaN, sp = r = 1.
+// quotient_for_rounding(x, D): a = x * p2, q0 = a * r, two corrections q += fma(-q, sp, a) * r. For
+// |a| in [2^-59, 2^60] (one unsigned compare; NaN is outside) a is exact, |a / sp| in [2^-60, 2^83],
+// nothing under- or overflows, the remainders are exact (q0 within 2 ulp, q1 faithful) and q2 is
+// RN(x / s) (Markstein: r within 1/2 ulp of 1 / sp, q1 within 1 ulp, exact remainder). Outside, q0
 // is equivalent for rounding: |x / s| < 2^-36 gives |q0| < 2^-35, |x / s| > 2^59 gives |q0| > 2^58
-// (or Inf), both with the quotient's sign; NaN gives NaN and the special divisors give IEEE's exact
-// +-Inf / NaN / +-0. So any f constant on (0, 2^-35) and on (2^58, Inf] for each sign (floor or
-// trunc then clip, rint then clip, rint(q + zp) then clip when |zp| <= 2^50) has f(q) == f(RN(x / s)).
-//
-// The reciprocal: r0 = rcp.approx.f32 (within 1 ulp) of the significand m in [1, 2), then two Newton
-// steps e = fma(-m, r, 1), r = fma(r, e, r) (and one fix-up); the exponent is restored by bits. The
-// host tests prove, for every m in [1, 2) and every start within 3 ulp of RN(1 / m), that the result
-// is RN(1 / m).
-//
-// div_exact(a, b): RN(a / b) bit for bit (IEEE, subnormals kept) for a quotient whose bits matter
-// (a scale): significands normalised to [1, 2), their quotient RN(ma / mb) in (1/2, 2) by the in-band
-// sequence, the exponent by integer arithmetic; a subnormal result is rounded once from the kept
-// bits, a tie decided by the sign of the exact remainder ma - qm * mb. NaN operands give a NaN.
-// exact_divisor / div_exact_bits split it for one divisor used many times (absmax's qmax).
+// (or Inf), with the quotient's sign; NaN gives NaN, the special divisors IEEE's +-Inf / NaN / +-0.
+// So f(q) == f(RN(x / s)) for every f constant on (0, 2^-35) and (2^58, Inf] per sign: floor or
+// trunc then clip, rint then clip, rint(q + zp) then clip when |zp| <= 2^50.
+// The reciprocal: rcp.approx.f32 (within 1 ulp) of the significand m in [1, 2), two Newton steps
+// r += r * fma(-m, r, 1) and one fix-up, the exponent put back by bits; the host tests prove the
+// result is RN(1 / m) for every m and every start within 3 ulp of it.
+// div_exact(a, b): RN(a / b) bit for bit (subnormals kept), for a quotient whose bits matter (a
+// scale): the significands' quotient in (1/2, 2) by the in-band sequence, the exponent by integers,
+// a subnormal result rounded once from the kept bits and the exact remainder's sign. NaN operands
+// give a NaN. exact_divisor / div_exact_bits split it for one divisor used many times.
 // ---------------------------------------------------------------------------------------------
-struct Divisor {
-    float p2, sp, r;
-};
+struct Divisor { float p2, sp, r; };
 
 // 1 / m with a start within a few ulp: r0 from the hardware (device) or the IEEE quotient (host).
 GQ_HD float recip_start(float m) {
@@ -262,10 +252,7 @@ GQ_HD float significand(gq_u32 a, int& exponent) {
 
 // A divisor b (finite, nonzero; its sign is not kept) prepared for div_exact: its significand m in
 // [1, 2), r = RN(1 / m) and its exponent e. Built once for dividing by b many times.
-struct ExactDivisor {
-    float m, r;
-    int e;
-};
+struct ExactDivisor { float m, r; int e; };
 GQ_HD ExactDivisor exact_divisor(float b) {
     int e;
     const float m = significand(bits_of(b) & 0x7fffffffu, e);

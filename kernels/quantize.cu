@@ -202,15 +202,16 @@ constexpr int ABSMAX_V4 = 4;
 
 // A segment held in registers by `width` lanes: lane `lane` loads the float4 at values
 // 4 * (lane + width * i) (i < ABSMAX_V4, those inside the segment) and returns its integer max |x|.
-// FULL: the segment fills the lanes' registers (seg_len = 4 * width * ABSMAX_V4), no test per float4.
-template <bool FULL, typename T>
+// VECS > 0: every lane holds exactly VECS float4 of the segment (seg_len = 4 * width * VECS), so no
+// float4 needs a test; 0: those inside the segment.
+template <int VECS, typename T>
 __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane, int width, long long seg_len,
                                               float (&v)[ABSMAX_V4][4]) {
     gq_u32 m = 0;
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
-        if (live && (FULL || j < seg_len)) {
+        if (live && (VECS ? i < VECS : j < seg_len)) {
             load_vec<T, 4>(src + j, v[i]);  // src + j aligned to 4 * sizeof(T)
 #pragma unroll
             for (int t = 0; t < 4; ++t) {
@@ -224,14 +225,14 @@ __device__ __forceinline__ gq_u32 absmax_load(const T* src, bool live, int lane,
 
 // The codes of the values absmax_load loaded, divided by D (absmax_record's): 4 int8 codes (one
 // 32-bit store) or 4 nibbles (one 16-bit store) per float4. TS: D is the tensor scale's.
-template <int TS, int BITS, bool FULL>
+template <int TS, int BITS, int VECS>
 __device__ __forceinline__ void absmax_store(const float (&v)[ABSMAX_V4][4], const gq::Divisor& D, unsigned char* dst,
                                              bool live, int lane, int width, long long seg_len, int high_first) {
     constexpr int qmax = BITS == 8 ? 127 : 7;
 #pragma unroll
     for (int i = 0; i < ABSMAX_V4; ++i) {
         const long long j = 4 * (lane + (long long)width * i);
-        if (live && (FULL || j < seg_len)) {
+        if (live && (VECS ? i < VECS : j < seg_len)) {
             unsigned q[4];
 #pragma unroll
             for (int t = 0; t < 4; ++t) q[t] = (unsigned)gq::absmax_code<!TS>(v[i][t], D, qmax);
@@ -326,7 +327,7 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
         const T* src = x + row * d + g * seg_len;
         unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
         float v[ABSMAX_V4][4];
-        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load<false>(src, live, lane, width, seg_len, v));
+        gq_u32 m = __reduce_max_sync(0xffffffffu, absmax_load<0>(src, live, lane, width, seg_len, v));
         if ((threadIdx.x & 31) == 0) warp_max[buf][warp] = m;
         __syncthreads();
 #pragma unroll
@@ -335,7 +336,7 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
             m = o > m ? o : m;
         }
         const gq::Divisor D = absmax_record<TS>(m, live && lane == 0, scales, bad_row, w.task, row, qmax, eps, tensor_div);
-        absmax_store<TS, BITS, false>(v, D, dst, live, lane, width, seg_len, high_first);
+        absmax_store<TS, BITS, 0>(v, D, dst, live, lane, width, seg_len, high_first);
     }
 }
 
@@ -343,9 +344,9 @@ __device__ void absmax_encode_block(const T* __restrict__ x, unsigned char* __re
 // per row). scales[seg] = f32(f32(max|x| + eps) / qmax); codes int8 (bits 8) or nibbles (bits 4,
 // rows of ceil(d/2) bytes). A non-finite own scale (NaN/Inf in the segment) lowers *bad_row to the
 // row index. use_tensor_scale: encode with tensor_scale[0] (granularity "tensor"), write no scales.
-// FULL: every segment fills its lanes' registers and is aligned (absmax_encode_warps), so each step
+// VECS > 0: every segment is VECS float4 a lane and aligned (absmax_encode_warps), so each step
 // loads, reduces and stores without a test.
-template <typename T, int TS, int BITS, bool FULL>
+template <typename T, int TS, int BITS, int VECS>
 __device__ void absmax_warps_walk(GQ_ABSMAX_ENCODE_PARAMS) {
     const LaneGroup grp(seg_len, threadIdx.x & 31);
     const int qmax = BITS == 8 ? 127 : 7, W = grp.width, per_warp = 32 / W;
@@ -363,14 +364,14 @@ __device__ void absmax_warps_walk(GQ_ABSMAX_ENCODE_PARAMS) {
         const long long row = live ? w.row : n - 1, g = live ? w.chunk : groups - 1;
         const T* src = x + row * d + g * seg_len;
         unsigned char* dst = codes + row * rc + (BITS == 8 ? g * seg_len : g * seg_len / 2);
-        const bool in_registers = FULL || (seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
+        const bool in_registers = VECS > 0 || (seg_len % 4 == 0 && d % 4 == 0 && seg_len <= 4 * (long long)W * ABSMAX_V4 &&
                                            aligned(src, 4 * sizeof(T)) && aligned(dst, BITS == 8 ? 4 : 2));
         gq_u32 m = 0;
         if (in_registers) {
             float v[ABSMAX_V4][4];
-            m = absmax_load<FULL>(src, live, grp.lane, W, seg_len, v);
+            m = absmax_load<VECS>(src, live, grp.lane, W, seg_len, v);
             const gq::Divisor D = absmax_segment_divisor<TS>(m, grp, live, scales, bad_row, seg, row, qmax, eps, tensor_div);
-            absmax_store<TS, BITS, FULL>(v, D, dst, live, grp.lane, W, seg_len, high_first);
+            absmax_store<TS, BITS, VECS>(v, D, dst, live, grp.lane, W, seg_len, high_first);
             continue;
         }
         // Long or unaligned segments: a max pass, then an encode pass re-reading from L1/L2.
@@ -398,14 +399,18 @@ __device__ void absmax_warps_walk(GQ_ABSMAX_ENCODE_PARAMS) {
     }
 }
 
-template <typename T, int TS, int BITS>
+// Segments of 4 * W * k values (k float4 a lane) in aligned arrays take a walk without tests: k = 4
+// (the blocks of 16 * W values LaneGroup makes) and, where THREE, k = 3 (rows of 384 on a warp).
+template <typename T, int TS, int BITS, bool THREE>
 __device__ __forceinline__ void absmax_encode_warps(GQ_ABSMAX_ENCODE_PARAMS) {
-    const bool full = seg_len == 4LL * LaneGroup(seg_len, 0).width * ABSMAX_V4 && d % 4 == 0 &&
-                      aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2);
-    if (full) {
-        absmax_warps_walk<T, TS, BITS, true>(GQ_ABSMAX_ENCODE_ARGS);
+    const long long quad = 4LL * LaneGroup(seg_len, 0).width;
+    const bool aligned_all = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2);
+    if (aligned_all && seg_len == ABSMAX_V4 * quad) {
+        absmax_warps_walk<T, TS, BITS, ABSMAX_V4>(GQ_ABSMAX_ENCODE_ARGS);
+    } else if (THREE && aligned_all && seg_len == 3 * quad) {
+        absmax_warps_walk<T, TS, BITS, THREE ? 3 : 0>(GQ_ABSMAX_ENCODE_ARGS);
     } else {
-        absmax_warps_walk<T, TS, BITS, false>(GQ_ABSMAX_ENCODE_ARGS);
+        absmax_warps_walk<T, TS, BITS, 0>(GQ_ABSMAX_ENCODE_ARGS);
     }
 }
 
@@ -420,7 +425,7 @@ __device__ __forceinline__ void absmax_encode_warps(GQ_ABSMAX_ENCODE_PARAMS) {
 
 template <typename T, int TS, int BITS>
 __device__ __forceinline__ void absmax_encode_path(GQ_ABSMAX_ENCODE_PARAMS) {
-    absmax_encode_warps<T, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS);
+    absmax_encode_warps<T, TS, BITS, BITS == 8>(GQ_ABSMAX_ENCODE_ARGS);  // int8 rows of 384: k = 3
 }
 
 // (The kernels spell their parameters out: bench/sass_report.py reads them to build its probes.)
@@ -444,7 +449,7 @@ __device__ __forceinline__ void absmax_encode_rows_path(GQ_ABSMAX_ENCODE_PARAMS)
     case 2: absmax_encode_block<T, 2, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
     case 4: absmax_encode_block<T, 4, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
     case 8: absmax_encode_block<T, 8, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
-    default: absmax_encode_warps<T, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS);
+    default: absmax_encode_warps<T, TS, BITS, false>(GQ_ABSMAX_ENCODE_ARGS);
     }
 }
 
