@@ -7,6 +7,7 @@ disk). Import them with ``from helpers import ...``."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import inspect
@@ -133,6 +134,8 @@ def same_on_backends(*backends: str) -> Callable[[Callable[..., Any]], Callable[
     """Decorator: the test body takes ``backend`` (a backend name) and returns what it computed; the
     test runs it with ``"numpy"`` (the reference) and with each of ``backends`` that can run here,
     and fails unless every result is bit-identical to the reference's (:func:`assert_bit_equal`).
+    Each run gets its own copy of any ``numpy.random.Generator`` argument (the ``rng`` fixture), so
+    every backend sees the same random data.
     Skipped, after running the reference, when none of ``backends`` can run. The body's other
     parameters are pytest fixtures and parameters as usual::
 
@@ -146,11 +149,16 @@ def same_on_backends(*backends: str) -> Callable[[Callable[..., Any]], Callable[
         def test(*args: Any, **kwargs: Any) -> None:
             from gpuquant.backends import availability
 
-            want = body(*args, backend="numpy", **kwargs)
+            def run(name: str) -> Any:  # every run draws from its own copy of the random generators
+                fresh = [copy.deepcopy(a) if isinstance(a, np.random.Generator) else a for a in args]
+                return body(*fresh, backend=name, **{k: copy.deepcopy(v) if isinstance(v, np.random.Generator)
+                                                      else v for k, v in kwargs.items()})
+
+            want = run("numpy")
             ran = []
             for name in backends:
                 if availability(name)[0]:
-                    assert_bit_equal(body(*args, backend=name, **kwargs), want, f"{name} vs numpy")
+                    assert_bit_equal(run(name), want, f"{name} vs numpy")
                     ran.append(name)
             if not ran:
                 pytest.skip(f"none of {list(backends)} can run here: " +

@@ -71,3 +71,9 @@ def test_every_preset_encodes_and_decodes_the_same_on_the_gpu(backend: str, pres
     q = gpuquant.Quantizer.from_dict(ref.to_dict(), backend=backend)
     codes = q.transform(x)
     return codes, q.inverse_transform(codes)
+
+
+def test_same_on_backends_gives_every_run_the_same_random_data() -> None:
+    # the body draws its data from the rng fixture: each backend's run must see the same draws
+    test = same_on_backends("numpy")(lambda backend, rng: rng.random(4))
+    test(rng=np.random.default_rng(1))
