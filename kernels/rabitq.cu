@@ -11,9 +11,9 @@
 // is 4); other rows value by value. Every float operation goes through quant_math.cuh (IEEE, no
 // flushing, no contraction). Finiteness is read from |x|^2: it is finite exactly when every value of
 // the row is (a NaN or an infinity makes it NaN or +Inf, and it never comes back), so only a row whose
-// |x|^2 is not finite is read again to tell a nonfinite value from an overflow. A row holding NaN or
-// +-Inf lowers the flag nonfinite[0] to its index, another row whose |x|^2 or |r|^2 overflows lowers
-// overflow[0]; the launcher files both, nonfinite rows first, as the reference checks them.
+// |x|^2 is not finite is read again to tell a nonfinite value from an overflow. One flag holds the
+// first refused row as the reference names it, nonfinite rows first: a row holding NaN or +-Inf lowers
+// it to its index, another row whose |x|^2 or |r|^2 overflows to n + its index (so one error a call).
 //
 // rabitq_encode_ex (bits > 1): the extra bits and their two factors, after rabitq_encode1 has written
 // the head of each row; see its comment.
@@ -120,8 +120,7 @@ __device__ __forceinline__ float rabitq_error_factor(const gq::RabitqSums& acc, 
 template <typename T, bool VEC>
 __device__ __forceinline__ void rabitq_encode1_path(const T* __restrict__ x, const float* __restrict__ center,
                                                     unsigned char* __restrict__ codes,
-                                                    unsigned long long* __restrict__ nonfinite,
-                                                    unsigned long long* __restrict__ overflow, long long n,
+                                                    unsigned long long* __restrict__ refused, long long n,
                                                     long long d, long long code_size, int inner_product,
                                                     int error_factor) {
     const long long head = (d + 7) / 8;
@@ -131,9 +130,9 @@ __device__ __forceinline__ void rabitq_encode1_path(const T* __restrict__ x, con
         unsigned char* out = codes + row * code_size;
         const gq::RabitqSums acc = rabitq_scan<T, VEC>(x + row * d, center, out, d);
         if (!gq::is_finite(acc.x_sq) && !rabitq_row_finite(x + row * d, d)) {
-            atomicMin(nonfinite, (unsigned long long)row);
+            atomicMin(refused, (unsigned long long)row);
         } else if (!gq::is_finite(acc.norm_sq) || !gq::is_finite(acc.x_sq)) {
-            atomicMin(overflow, (unsigned long long)row);
+            atomicMin(refused, (unsigned long long)(n + row));
         }
         const float sqrt_norm = gq::sqrt_f32(acc.norm_sq);
         const float inv_norm = gq::lt_f32(acc.norm_sq, eps) ? 1.0f : gq::div_f32(1.0f, sqrt_norm);
@@ -148,15 +147,13 @@ __device__ __forceinline__ void rabitq_encode1_path(const T* __restrict__ x, con
 template <typename T>
 __global__ void __launch_bounds__(256, 4)
 rabitq_encode1(const T* __restrict__ x, const float* __restrict__ center, unsigned char* __restrict__ codes,
-               unsigned long long* __restrict__ nonfinite, unsigned long long* __restrict__ overflow, long long n,
-               long long d, long long code_size, int inner_product, int error_factor) {
+               unsigned long long* __restrict__ refused, long long n, long long d, long long code_size,
+               int inner_product, int error_factor) {
     constexpr unsigned ALIGN = 4 * sizeof(T) < 16 ? 4 * sizeof(T) : 16;
     if (d % 4 == 0 && gq::aligned(x, ALIGN) && gq::aligned(center, 16)) {
-        rabitq_encode1_path<T, true>(x, center, codes, nonfinite, overflow, n, d, code_size, inner_product,
-                                              error_factor);
+        rabitq_encode1_path<T, true>(x, center, codes, refused, n, d, code_size, inner_product, error_factor);
     } else {
-        rabitq_encode1_path<T, false>(x, center, codes, nonfinite, overflow, n, d, code_size, inner_product,
-                                              error_factor);
+        rabitq_encode1_path<T, false>(x, center, codes, refused, n, d, code_size, inner_product, error_factor);
     }
 }
 

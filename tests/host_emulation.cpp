@@ -110,7 +110,7 @@ void emu_rabitq_encode1(int blocks, int threads, int dtype, const void* x, const
                         unsigned long long* bad, long long n, long long d, long long code_size, int inner_product,
                         int error_factor) {
     GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
-        rabitq_encode1<T>((const T*)x, center, codes, bad, bad + 1, n, d, code_size, inner_product, error_factor);
+        rabitq_encode1<T>((const T*)x, center, codes, bad, n, d, code_size, inner_product, error_factor);
     }))
 }
 

@@ -3,7 +3,7 @@
 Host emulation (``tests/host_emulation.cpp``, threads one after another; see ``test_kernels_host``):
 the 1-bit encode for float32, float16 and float64 input, both metrics, both of its loops (8 values a
 step with a tail of 4, and value by value for odd dimensions or unaligned rows or centers), no row and
-one row, edge values (subnormals, ±0, values whose squares overflow) and the refusal flags (NaN, ±Inf,
+one row, edge values (subnormals, ±0, values whose squares overflow) and the refusal flag (NaN, ±Inf,
 float64 values beyond float32, overflowing sums, in either loop); the encode of bits 2..9 (the error
 factor, the extra bits' scale search and factors) for both metrics, odd d, every lane-order tail, no
 row and one row, rows of zeros, rows with one non-zero value, ties in t, edge values and its flags;
@@ -42,17 +42,18 @@ def emu() -> ctypes.CDLL:
 
 def emulated_encode(emu: ctypes.CDLL, x: np.ndarray, center: np.ndarray, metric: str, grid: tuple[int, int],
                     bits: int = 1):
-    """The launcher's sequence: the sign bits and factors, then (bits > 1) the extra bits."""
+    """The launcher's sequence: the sign bits and factors, then (bits > 1) the extra bits. Returns the
+    codes and the refusal flag (a nonfinite row, or n + an overflowing row; ``NO_ROW``: none)."""
     n, d = x.shape
     size = code_size(d, bits)
     codes = np.full((n, size), 0xAB, np.uint8)
-    bad = np.full(2, NO_ROW, np.uint64)
+    bad = np.full(1, NO_ROW, np.uint64)
     emu.emu_rabitq_encode1(*grid, DTYPES[x.dtype.type], ptr(x), ptr(center), ptr(codes), ptr(bad), n, d, size,
                            int(metric == "ip"), int(bits > 1))
     if bits > 1:
         emu.emu_rabitq_encode_ex(*grid, DTYPES[x.dtype.type], ptr(x), ptr(center), ptr(codes), n, d, size, bits - 1,
                                  int(metric == "ip"))
-    return codes, bad
+    return codes, int(bad[0])
 
 
 def emulated_decode(emu: ctypes.CDLL, codes: np.ndarray, center: np.ndarray, d: int, grid: tuple[int, int]):
@@ -91,7 +92,7 @@ def test_emulated_encode(emu, rng, n: int, d: int, dtype, metric: str, grid, mis
     for center in centers(rng, x32):
         center = unaligned(center) if misalign == "center" else center
         codes, bad = emulated_encode(emu, x, center, metric, grid)
-        assert_array_equal(bad, [NO_ROW, NO_ROW])
+        assert bad == NO_ROW
         assert_array_equal(codes, rabitq_encode(x32, center, 1, metric))
 
 
@@ -109,8 +110,7 @@ def test_emulated_encode_edges(emu, rng, d: int, metric: str) -> None:
         with np.errstate(over="ignore", invalid="ignore"):
             r = x - center
             ok = np.isfinite(running_sum(r * r)) & np.isfinite(running_sum(x * x))
-        assert bad[0] == NO_ROW
-        assert bad[1] == (NO_ROW if ok.all() else np.flatnonzero(~ok)[0])
+        assert bad == (NO_ROW if ok.all() else 60 + np.flatnonzero(~ok)[0])
         assert_array_equal(codes[ok], rabitq_encode(x[ok], center, 1, metric))
 
 
@@ -118,8 +118,8 @@ def test_emulated_encode_edges(emu, rng, d: int, metric: str) -> None:
 @pytest.mark.parametrize("d", [9, 12, 64])
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
 def test_emulated_encode_flags_nonfinite_rows(emu, rng, bad_value: float, d: int, dtype) -> None:
-    """In either loop: the lowest row holding NaN or ±Inf, and the lowest other row whose sums
-    overflow (none for float16), even one before the nonfinite rows; every other row as the reference."""
+    """In either loop: the lowest row holding NaN or ±Inf, even after a row whose sums overflow; without
+    them the lowest such row (none for float16), as n + its index; every other row as the reference."""
     x = matrix(rng, 30, d)
     x[[11, 20], d - 1] = bad_value
     if dtype is not np.float16:
@@ -130,8 +130,11 @@ def test_emulated_encode_flags_nonfinite_rows(emu, rng, bad_value: float, d: int
     finite = np.isfinite(x32).all(axis=1)
     with np.errstate(over="ignore", invalid="ignore"):
         ok = finite & np.isfinite(running_sum(x32 * x32))
-    assert_array_equal(bad, [11, 8 if dtype is not np.float16 else NO_ROW])
+    assert bad == 11
     assert_array_equal(codes[ok], rabitq_encode(x32[ok], np.zeros(d, np.float32), 1, "l2"))
+    x[~finite] = 0
+    _, bad = emulated_encode(emu, x, np.zeros(d, np.float32), "l2", (2, 4))
+    assert bad == (30 + 8 if dtype is not np.float16 else NO_ROW)
 
 
 @pytest.mark.parametrize("d", [9, 16])
@@ -140,7 +143,7 @@ def test_emulated_encode_flags_float64_beyond_float32(emu, rng, d: int) -> None:
     x = matrix(rng, 7, d).astype(np.float64)
     x[[3, 5], 2] = [1e300, -4e38]
     _, bad = emulated_encode(emu, x, np.zeros(d, np.float32), "ip", (1, 3))
-    assert_array_equal(bad, [3, NO_ROW])
+    assert bad == 3
 
 
 @pytest.mark.parametrize("bits", range(2, 10))
@@ -152,7 +155,7 @@ def test_emulated_multibit_encode(emu, rng, n: int, d: int, bits: int, metric: s
     x = matrix(rng, n, d)
     for center in centers(rng, x):
         codes, bad = emulated_encode(emu, x, center, metric, (2, 3), bits)
-        assert_array_equal(bad, [NO_ROW, NO_ROW])
+        assert bad == NO_ROW
         assert_array_equal(codes, rabitq_encode(x, center, bits, metric))
 
 
@@ -185,7 +188,7 @@ def test_emulated_multibit_encode_special_rows(emu, rng, d: int, bits: int, metr
     x = special_rows(rng, d)
     for center in [np.zeros(d, np.float32), x[5].copy(), centers(rng, x)[1]]:
         codes, bad = emulated_encode(emu, x, center, metric, (3, 2), bits)
-        assert_array_equal(bad, [NO_ROW, NO_ROW])
+        assert bad == NO_ROW
         with np.errstate(over="ignore"):  # the reference's 1 / o of a subnormal o is +Inf (its t is never kept)
             assert_array_equal(codes, rabitq_encode(x, center, bits, metric))
 
@@ -195,9 +198,13 @@ def test_emulated_multibit_encode_keeps_the_flags(emu, rng) -> None:
     x = matrix(rng, 12, 10)
     x[4, 3], x[2, 0], x[7, 9] = np.nan, 3e38, -np.inf
     codes, bad = emulated_encode(emu, x, np.zeros(10, np.float32), "l2", (2, 2), 4)
-    assert_array_equal(bad, [4, 2])
+    assert bad == 4
     ok = np.setdiff1d(np.arange(12), [2, 4, 7])
     assert_array_equal(codes[ok], rabitq_encode(x[ok], np.zeros(10, np.float32), 4, "l2"))
+    _, bad = emulated_encode(emu, x[ok], np.zeros(10, np.float32), "ip", (1, 2), 9)
+    assert bad == NO_ROW
+    _, bad = emulated_encode(emu, np.delete(x, [4, 7], axis=0), np.zeros(10, np.float32), "ip", (1, 2), 9)
+    assert bad == 10 + 2
 
 
 @pytest.mark.parametrize("grid", GRIDS)

@@ -9,9 +9,10 @@ levels) a thread, in scratch arrays allocated here, so its grid is capped at
 :data:`EX_SCRATCH_KEYS` keys (at least one block of :data:`EX_THREADS`). Decode: FAISS's
 ``sa_decode`` from the sign bits and ``dp_multiplier`` (any ``bits``).
 
-Rows holding NaN or ±Inf, and rows whose ``|x|^2`` or ``|x - center|^2`` overflows float32, lower two
-device flags; both are filed with :func:`~gpuquant.backends.cupy_refusals.refuse_later` (nonfinite
-first, as the reference checks) and raised at the next synchronisation.
+Refused rows lower one device flag, filed with :func:`~gpuquant.backends.cupy_refusals.refuse_later`
+and raised at the next synchronisation: a row holding NaN or ±Inf to its index, another row whose
+``|x|^2`` or ``|x - center|^2`` overflows float32 to ``n`` + its index, so the first nonfinite row
+wins as in the reference (which checks them first) and a call raises one error, the reference's.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def rabitq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
     n, d = (int(s) for s in x.shape)
     bits, inner_product = scheme.config.bits, i32(scheme.config.metric == "ip")
     center, size, kind = _center(constant, state, d), i64(code_size(d, bits)), INPUT_TYPES[x.dtype]
-    nonfinite, overflow = refusal_flag(), refusal_flag()
+    refused = refusal_flag()
     _kernel(f"rabitq_encode1<{kind}>")(
         (occupancy_grid(n),), (THREADS,),
-        (x, center, codes, nonfinite, overflow, i64(n), i64(d), size, inner_product, i32(bits > 1)),
+        (x, center, codes, refused, i64(n), i64(d), size, inner_product, i32(bits > 1)),
     )
     if bits > 1 and n and d:
         blocks = max(1, min(-(-n // EX_THREADS), EX_SCRATCH_KEYS // (d * EX_THREADS)))
@@ -63,8 +64,8 @@ def rabitq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
         _kernel(f"rabitq_encode_ex<{kind}>")(
             (blocks,), (EX_THREADS,), (x, center, codes, keys, levels, i64(n), i64(d), size, i32(bits - 1), inner_product),
         )
-    refuse_later(nonfinite, lambda row: RowError(row, "{row} holds NaN or ±Inf; " + NONFINITE_WHY))
-    refuse_later(overflow, overflow_error)
+    refuse_later(refused, lambda v: RowError(v, "{row} holds NaN or ±Inf; " + NONFINITE_WHY) if v < n
+                 else overflow_error(v - n))
 
 
 @launcher("rabitq", "decode")
