@@ -166,7 +166,7 @@ rabitq_encode1(const T* __restrict__ x, const float* __restrict__ center, unsign
 // when needed (no per-row array). The scale search visits every step (t, dimension) the reference
 // keeps, in increasing t (ties: lower dimension first), as a k-way merge: a binary min-heap of one
 // 64-bit key per dimension, (bits of t) << 32 | dimension (t > 0, so its bits order as its value),
-// the dimension's next step replacing its key once taken. A dimension's steps are the
+// the dimension's next step pushed once its key is taken. A dimension's steps are the
 // levels cur + 1 .. max(cur + 1, min(M, floor(t_end * o) + 2)) while t = f32(level) * (1 / o) < t_end;
 // t grows with the level, so they are taken in level order. The running float32 sums (denominator,
 // numerator, the product of the steps) are added in the order the steps are taken, as the
@@ -272,7 +272,7 @@ struct RabitqScale {
         if (!first && level > (bound < max_code ? bound : max_code)) return;
         const float t = mul_f32((float)level, div_f32(1.0f, o));
         if (!lt_f32(t, t_end)) return;
-        heap.levels[j * heap.stride] = (unsigned short)level;  // level <= max(M, cur + 1) <= 256
+        heap.levels[j * heap.stride] = (unsigned short)level;  // level <= max(M, cur + 1) <= 255
         heap.push(((unsigned long long)bits_of(t) << 32) | (unsigned long long)j);
     }
 

@@ -1,13 +1,13 @@
 """Launchers of the ``rabitq`` family (``kernels/rabitq.cu``).
 
 Every ``bits`` and both metrics on the GPU (no narrower limits registered), bit for bit with
-:mod:`gpuquant.schemes.rabitq`. Encode: ``rabitq_encode1``
-writes each row's sign bits and factors (the error factor too when ``bits > 1``), then for ``bits >
-1`` ``rabitq_encode_ex`` the extra bits and their two factors, one thread per row: its scale search
-merges the dimensions' level steps in increasing ``t`` with a binary heap of ``d`` keys (and ``d``
-levels) a thread, in scratch arrays allocated here, so its grid is capped at
-:data:`EX_SCRATCH_KEYS` keys (at least one block of :data:`EX_THREADS`). Decode: FAISS's
-``sa_decode`` from the sign bits and ``dp_multiplier`` (any ``bits``).
+:mod:`gpuquant.schemes.rabitq`. Encode: ``rabitq_encode1`` writes each row's sign bits and factors
+(the error factor too when ``bits > 1``); for ``bits > 1`` ``rabitq_encode_ex`` then writes the extra
+bits and their two factors, one thread per row. Its scale search merges the dimensions' level steps
+in increasing ``t`` with a binary heap of ``d`` keys (and ``d`` levels) a thread, in scratch arrays
+allocated here (10 bytes a key), so its grid holds at most :data:`EX_SCRATCH_KEYS` keys (at least
+one block of :data:`EX_THREADS` threads). Decode: FAISS's ``sa_decode`` from the sign bits and
+``dp_multiplier`` (any ``bits``).
 
 Refused rows lower one device flag, filed with :func:`~gpuquant.backends.cupy_refusals.refuse_later`
 and raised at the next synchronisation: a row holding NaN or ±Inf to its index, another row whose
