@@ -207,6 +207,28 @@ def test_emulated_multibit_encode_keeps_the_flags(emu, rng) -> None:
     assert bad == 10 + 2
 
 
+@pytest.mark.parametrize("n, d", [(1000, 40), (3, 70000), (0, 8)])
+def test_multibit_launches_and_their_scratch(n: int, d: int) -> None:
+    """The launcher's two launches for bits > 1 (one with no rows), recorded on the host: the heap
+    scratch holds d keys and d levels for each thread of its grid, within the cap or one block."""
+    from gpuquant.backends.cupy_families import rabitq as launchers
+    from gpuquant.backends.cupy_launch import planned_launches
+    from gpuquant.schemes import make_scheme
+
+    scheme = make_scheme("rabitq", bits=4, center="zero")
+    x = np.zeros((n, d), np.float32)
+    codes = np.zeros((n, code_size(d, 4)), np.uint8)
+    launches = planned_launches(scheme, "encode", {}, x, codes, {})
+    assert [launch.name for launch in launches] == ["rabitq_encode1<float>", "rabitq_encode_ex<float>"][:1 + (n > 0)]
+    assert launches[0].args[6] == code_size(d, 4) and launches[0].args[8] == 1  # rows of code_size, error factor
+    if n:
+        (blocks,), (threads,) = launches[1].grid, launches[1].block
+        keys, levels = launches[1].args[3:5]
+        assert threads == launchers.EX_THREADS and keys.size == levels.size == blocks * threads * d
+        assert blocks == max(1, min(-(-n // threads), launchers.EX_SCRATCH_KEYS // (d * threads)))
+        assert (keys.dtype, levels.dtype, launches[1].args[8]) == (np.uint64, np.uint16, 3)
+
+
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 9])
 @pytest.mark.parametrize("n, d", [(1, 1), (30, 7), (17, 33), (3, 384)])
