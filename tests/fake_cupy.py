@@ -192,3 +192,21 @@ def emulate_row_refusals(fake: FakeCupy, prefix: str) -> None:
             flag[0] = min(int(flag[0]), int(np.argmin(finite)))
 
     fake.emulators[prefix] = run
+
+
+def emulate_rabitq(fake: FakeCupy, scheme: Any) -> None:
+    """The rabitq encode on the host: the reference's codes (every ``bits``) for the rows it accepts,
+    and in the flag (``args[3]``) the first row holding NaN or ±Inf, else ``n`` + the first row whose
+    squared norms overflow float32, as ``rabitq_encode1`` records them."""
+    def run(args: tuple[Any, ...]) -> None:
+        x, center, codes, flag, n = *args[:4], int(args[4])
+        x32 = np.asarray(x[:n], np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(x32).all(axis=1)
+            r = x32 - center
+            ok = finite & np.isfinite((r * r).sum(axis=1)) & np.isfinite((x32 * x32).sum(axis=1))
+        codes[:n][ok] = scheme.encode(x32[ok], {"center": np.asarray(center)})[0]
+        if not ok.all():
+            flag[0] = min(int(flag[0]), int(np.argmin(finite)) if not finite.all() else n + int(np.argmin(ok)))
+
+    fake.emulators["rabitq_encode1"] = run

@@ -6,6 +6,8 @@
 
 #include "host_emulation.h"
 
+#include <vector>
+
 struct Dim { unsigned x; };
 static Dim threadIdx{0}, blockIdx{0}, blockDim{1}, gridDim{1};
 
@@ -105,9 +107,21 @@ void emu_absmax_decode_wide(int blocks, int threads, const unsigned char* codes,
 }
 
 void emu_rabitq_encode1(int blocks, int threads, int dtype, const void* x, const float* center, unsigned char* codes,
-                        unsigned long long* bad, long long n, long long d, int inner_product) {
+                        unsigned long long* bad, long long n, long long d, long long code_size, int inner_product,
+                        int error_factor) {
     GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
-        rabitq_encode1<T>((const T*)x, center, codes, bad, n, d, inner_product);
+        rabitq_encode1<T>((const T*)x, center, codes, bad, n, d, code_size, inner_product, error_factor);
+    }))
+}
+
+// The extra bits, with the scratch the launcher allocates: d keys and d levels for each thread of the grid.
+void emu_rabitq_encode_ex(int blocks, int threads, int dtype, const void* x, const float* center, unsigned char* codes,
+                          long long n, long long d, long long code_size, int ex_bits, int inner_product) {
+    std::vector<unsigned long long> keys((size_t)(blocks * threads * d) + 1);
+    std::vector<unsigned short> levels(keys.size());
+    GQ_DISPATCH(dtype, run_grid(blocks, threads, [&] {
+        rabitq_encode_ex<T>((const T*)x, center, codes, keys.data(), levels.data(), n, d, code_size, ex_bits,
+                            inner_product);
     }))
 }
 

@@ -1,8 +1,8 @@
 """The cupy backend's host side without a GPU, on the numpy-backed stand-in for CuPy
 (``tests/fake_cupy.py``, which logs every transfer and emulates the kernels it is given):
 
-* refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf) are not read back inside ``transform``; the
-  same ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
+* refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf; rabitq: also overflowing norms) are not
+  read back inside ``transform``; the same ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
   the engine's pipeline when the batch completes: ``tests/test_engine.py``), before any output is
   finalised, from a persistent flag buffer per thread and stream; each refused call raises once, at
   successive checks, and a call that raises leaves none of its own; buffers stay bounded, are never
@@ -96,6 +96,40 @@ def test_weight_refusals_are_the_references_and_wait_for_the_check(fake: fake_cu
     with pytest.raises(InputError) as got:
         backend.check_refusals()
     assert str(got.value) == str(want.value) and "row 9 " in str(got.value)
+
+
+@pytest.mark.parametrize("bits", [1, 3])
+def test_rabitq_refusals_are_the_references_and_wait_for_the_check(fake: fake_cupy.FakeCupy,
+                                                                    rng: np.random.Generator, bits: int) -> None:
+    """Nonfinite rows and rows whose norms overflow: nothing read back inside ``transform``; at the
+    check the reference's one error (a nonfinite row, even after an overflowing one; else the
+    overflowing row), raised once; a host transform raises it before returning."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme("rabitq", bits=bits, center="zero")
+    fake_cupy.emulate_rabitq(fake, scheme)
+    x = matrix(rng, 12, 9)
+    x[3, 1], x[8, 4] = 3e38, np.nan
+    backend = CupyBackend()
+    overflow = "row 3: |x|^2 or |x - center|^2 overflows float32, so its RaBitQ factors would not be finite"
+    for rows, error in ((x, "row 8 holds NaN or ±Inf; RaBitQ codes need finite values"),
+                        (np.delete(x, 8, axis=0), overflow)):
+        with pytest.raises(InputError) as want:
+            scheme.encode(rows, {})
+        assert str(want.value) == error
+        fake.log.clear()
+        backend.transform(scheme, {}, fake.asarray(rows))
+        assert fake.count("download") == 0 and fake.count("launch") == (2 if bits > 1 else 1)
+        with pytest.raises(InputError) as got:
+            backend.check_refusals()
+        assert str(got.value) == str(want.value)
+        backend.check_refusals()  # raised once
+        with pytest.raises(InputError) as got:
+            backend.transform(scheme, {}, rows)
+        assert str(got.value) == str(want.value)
+        backend.check_refusals()  # the raising call left no refusal
+    clean = matrix(rng, 5, 9)
+    np.testing.assert_array_equal(backend.transform(scheme, {}, clean).data, scheme.encode(clean, {})[0])
 
 
 def test_a_host_transform_raises_before_writing_its_out_arrays(fake: fake_cupy.FakeCupy,

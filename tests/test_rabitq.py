@@ -313,19 +313,16 @@ def test_center_streams_in_batches(rng):
     assert_array_equal(bits(streamed["center"]), bits(rabitq_center(x)))
 
 
-def test_the_gpu_encodes_one_bit_only_so_auto_picks_numpy_for_more(monkeypatch):
+def test_the_gpu_encodes_every_bits_so_auto_picks_it(monkeypatch):
     from gpuquant import backends
     from gpuquant.schemes import make_scheme
 
-    one_bit, two_bits = make_scheme("faiss-rabitq"), make_scheme("rabitq", bits=2, metric="ip")
-    assert backends.supports("cupy", one_bit) == (True, "implemented by the GPU kernels")
-    assert backends.supports("cupy", two_bits) == (
-        False, "rabitq with bits > 1 has no GPU kernel yet (its scale search runs on the CPU: backend='numpy')")
+    one_bit, nine_bits = make_scheme("faiss-rabitq"), make_scheme("rabitq", bits=9, metric="ip")
+    for scheme in (one_bit, nine_bits):
+        assert backends.supports("cupy", scheme) == (True, "implemented by the GPU kernels")
     monkeypatch.setattr(backends.registry, "availability", lambda name: (True, "pretend"))
     assert backends.pick_auto(one_bit)[0] == "cupy"
-    assert backends.pick_auto(two_bits)[0] == "numpy"
-    with pytest.raises(gpuquant.BackendUnavailableError, match="no GPU kernel yet"):
-        backends.resolve_for("cupy", two_bits)
+    assert backends.pick_auto(nine_bits)[0] == "cupy"
 
 
 def test_an_overflowing_row_is_named_as_a_row_of_the_input():

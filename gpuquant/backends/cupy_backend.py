@@ -13,10 +13,10 @@ Arrays in and out:
   not copied. A non-contiguous (strided, Fortran-order) device input is the one exception: a
   C-contiguous copy is made on the device first. No host synchronisation happens, except where the
   reference refuses rows in a ``float`` transform with ``nonfinite="raise"`` (one reduction over its
-  codes), ``rabitq`` (two flags) and ``pq`` (host checks). Rows an ``absmax``, ``gguf`` or
-  ``scaled_fp8`` transform refuses (NaN or ±Inf) are recorded on the device and raised at the next
-  synchronisation: the next download of a result (numpy input: before ``transform`` writes any
-  output), ``fit``, the engine's pipeline when the batch completes, or
+  codes) and ``pq`` (host checks). Rows an ``absmax``, ``gguf``, ``scaled_fp8`` or ``rabitq``
+  transform refuses (NaN or ±Inf; for ``rabitq`` also norms that overflow float32) are recorded on
+  the device and raised at the next synchronisation: the next download of a result (numpy input:
+  before ``transform`` writes any output), ``fit``, the engine's pipeline when the batch completes, or
   :meth:`CupyBackend.check_refusals` (see :mod:`gpuquant.backends.cupy_refusals`).
 * ``out=``: transform takes a code array or a ``Codes`` (with its side arrays) of the right shape
   and dtype, C-contiguous; inverse_transform a float32 ``(n, d)`` array. numpy ``out`` for numpy

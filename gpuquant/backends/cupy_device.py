@@ -51,11 +51,12 @@ class _HostArray(np.ndarray):
         return np.asarray(self)
 
 
-#: The CuPy calls launchers make (a flag buffer, dtype casts), on the host: see :func:`host_run`.
+#: The CuPy calls launchers make (a flag buffer, scratch, dtype casts), on the host: see :func:`host_run`.
 _HOST_CUPY = SimpleNamespace(
     float32=np.float32,
     asarray=lambda a, dtype=None: np.asarray(a, dtype),
     full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray),
+    empty=lambda shape, dtype: np.empty(shape, dtype).view(_HostArray),
 )
 _HOST_RUN: ContextVar[bool] = ContextVar("gpuquant_cupy_host_run", default=False)
 

@@ -1,10 +1,18 @@
 """Launchers of the ``rabitq`` family (``kernels/rabitq.cu``).
 
-On the GPU: the 1-bit codes (sign bits and the two factors, for both metrics) and the decode of every
-``bits`` (FAISS's ``sa_decode`` reads the sign bits and ``dp_multiplier`` only). The extra-bit codes
-of ``bits > 1`` stay on the CPU: their per-row scale search visits the level steps in sorted order,
-a serial sweep that is not ported yet, so :func:`rabitq_supported` refuses those schemes and
-``backend="auto"`` picks numpy for them.
+Every ``bits`` and both metrics on the GPU (no narrower limits registered), bit for bit with
+:mod:`gpuquant.schemes.rabitq`. Encode: ``rabitq_encode1`` writes each row's sign bits and factors
+(the error factor too when ``bits > 1``); for ``bits > 1`` ``rabitq_encode_ex`` then writes the extra
+bits and their two factors, one thread per row. Its scale search merges the dimensions' level steps
+in increasing ``t`` with a binary heap of ``d`` keys (and ``d`` levels) a thread, in scratch arrays
+allocated here (10 bytes a key), so its grid holds at most :data:`EX_SCRATCH_KEYS` keys (at least
+one block of :data:`EX_THREADS` threads). Decode: FAISS's ``sa_decode`` from the sign bits and
+``dp_multiplier`` (any ``bits``).
+
+Refused rows lower one device flag, filed with :func:`~gpuquant.backends.cupy_refusals.refuse_later`
+and raised at the next synchronisation: a row holding NaN or ±Inf to its index, another row whose
+``|x|^2`` or ``|x - center|^2`` overflows float32 to ``n`` + its index, so the first nonfinite row
+wins as in the reference (which checks them first) and a call raises one error, the reference's.
 """
 
 from __future__ import annotations
@@ -13,26 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, NO_ROW, THREADS, i32, i64, occupancy_grid, row_flags
-from gpuquant.backends.cupy_launch import kernel, launcher, limits
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, i32, i64, occupancy_grid
+from gpuquant.backends.cupy_launch import kernel, launcher
+from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
 from gpuquant.schemes import Scheme
-from gpuquant.schemes.rabitq import NONFINITE_WHY, RabitqScheme, overflow_error
+from gpuquant.schemes.rabitq import NONFINITE_WHY, RabitqScheme, code_size, overflow_error
 from gpuquant.schemes.statistics import RowError
 
 RABITQ_FILE = "rabitq.cu"
 #: Every kernel instance (``name_expressions``) of ``kernels/rabitq.cu``.
-NAME_EXPRESSIONS: tuple[str, ...] = (*(f"rabitq_encode1<{t}>" for t in INPUT_TYPES.values()), "rabitq_decode")
+NAME_EXPRESSIONS: tuple[str, ...] = (*(f"rabitq_encode1<{t}>" for t in INPUT_TYPES.values()),
+                                     *(f"rabitq_encode_ex<{t}>" for t in INPUT_TYPES.values()), "rabitq_decode")
+#: Threads a block of ``rabitq_encode_ex`` (its ``__launch_bounds__``).
+EX_THREADS = 128
+#: Heap keys (8 bytes, plus a 2-byte level each) the extra-bit encode's grid may hold at once.
+EX_SCRATCH_KEYS = 1 << 23
 
 
 def _kernel(name: str) -> Any:
     return kernel(RABITQ_FILE, name, NAME_EXPRESSIONS)
-
-
-@limits("rabitq")
-def rabitq_supported(scheme: Scheme) -> tuple[bool, str]:
-    if scheme.config.bits == 1:
-        return True, "implemented by the GPU kernels"
-    return False, "rabitq with bits > 1 has no GPU kernel yet (its scale search runs on the CPU: backend='numpy')"
 
 
 def _center(constant: Any, state: dict[str, Any], d: int) -> Any:
@@ -41,20 +48,24 @@ def _center(constant: Any, state: dict[str, Any], d: int) -> Any:
 
 @launcher("rabitq", "encode")
 def rabitq_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
-    ok, reason = rabitq_supported(scheme)
-    if not ok:
-        raise NotImplementedError(reason)
     n, d = (int(s) for s in x.shape)
-    bad = row_flags(2)
-    _kernel(f"rabitq_encode1<{INPUT_TYPES[x.dtype]}>")(
+    bits, inner_product = scheme.config.bits, i32(scheme.config.metric == "ip")
+    center, size, kind = _center(constant, state, d), i64(code_size(d, bits)), INPUT_TYPES[x.dtype]
+    refused = refusal_flag()
+    _kernel(f"rabitq_encode1<{kind}>")(
         (occupancy_grid(n),), (THREADS,),
-        (x, _center(constant, state, d), codes, bad, i64(n), i64(d), i32(scheme.config.metric == "ip")),
+        (x, center, codes, refused, i64(n), i64(d), size, inner_product, i32(bits > 1)),
     )
-    nonfinite, overflow = (int(v) for v in bad.get())
-    if nonfinite != NO_ROW:
-        raise RowError(nonfinite, "{row} holds NaN or ±Inf; " + NONFINITE_WHY)
-    if overflow != NO_ROW:
-        raise overflow_error(overflow)
+    if bits > 1 and n and d:
+        blocks = max(1, min(-(-n // EX_THREADS), EX_SCRATCH_KEYS // (d * EX_THREADS)))
+        cp = cupy_module()
+        keys = cp.empty(blocks * EX_THREADS * d, dtype=np.uint64)
+        levels = cp.empty(blocks * EX_THREADS * d, dtype=np.uint16)
+        _kernel(f"rabitq_encode_ex<{kind}>")(
+            (blocks,), (EX_THREADS,), (x, center, codes, keys, levels, i64(n), i64(d), size, i32(bits - 1), inner_product),
+        )
+    refuse_later(refused, lambda v: RowError(v, "{row} holds NaN or ±Inf; " + NONFINITE_WHY) if v < n
+                 else overflow_error(v - n))
 
 
 @launcher("rabitq", "decode")
