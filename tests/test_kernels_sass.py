@@ -64,6 +64,24 @@ def test_every_gpu_path_has_a_hot_loop(records: dict[tuple[str, str], dict[str, 
             assert rec["registers"] > 0 and rec["blocks_per_sm"] >= 1
 
 
+@pytest.mark.parametrize(("preset", "d", "path"), [
+    ("int4-block", 768, "absmax_encode_path<float, 0, 4, 4>"),
+    ("int8-row", 384, "absmax_encode_path<float, 0, 8, 3>"),
+    ("vespa-int8", 384, "absmax_encode_path<float, 1, 8, 3>"),
+    ("int8-row", 102, "absmax_encode_path<float, 0, 8, 0>"),
+    ("int8-row", 768, "absmax_encode_rows_path<float, 0, 8, 2>"),
+    ("int8-row", 2048, "absmax_encode_rows_path<float, 0, 8, 4>"),
+    ("milvus-int8", 4096, "absmax_encode_rows_path<float, 1, 8, 8>"),
+])
+def test_absmax_probes_compile_the_launched_walk_alone(preset: str, d: int, path: str) -> None:
+    """A probe that left the walk to the kernel's run-time choice compiled every walk, and the report
+    counted the smallest loop: at d = 384 a cheaper walk than the launched one (82.3 instead of 100.3
+    instructions per 16 B for vespa-int8)."""
+    launch = sass_report.backend_launches(gpuquant.schemes.make_scheme(preset), d)["transform"][-1]
+    kernel, targs = sass_report._split(launch.name)
+    assert sass_report.path_function(kernel, targs, launch.args) == path
+
+
 def test_issue_budget_formula() -> None:
     # 1-byte codes, 16-bit codes, nibbles, bits (instructions per 16 B of float32 at 0.9 of copy)
     assert [round(sass_report.issue_budget(r)) for r in (0.25, 0.5, 0.125, 1 / 32)] == [220, 264, 198, 181]
