@@ -2,7 +2,7 @@
 the host: its fix-up (``fp8_fixed_up``: NaN with its sign, the non-saturating overflow to NaN above 464
 for e4m3fn and to Inf from 61440 for e5m2) runs around a host model of the hardware's saturating
 round-to-nearest-even conversion (``cvt.rn.satfinite``: ``gq::float_encode`` with saturation, never
-given a NaN) and must equal the reference ``gq::float_encode`` (itself checked against ml_dtypes by
+given a NaN) and must equal ``gq::float_encode`` (itself checked against the numpy reference by
 ``tests/test_kernels_host.py``) for every sign, exponent and leading 16 bits of float32, with the low
 bits at 0, 1, the half-way patterns, 0xffff and random. The conversion itself can only be checked on a
 GPU (``tests/test_gpu_kernels.py``)."""
