@@ -373,6 +373,25 @@ _KERNEL_RE = re.compile(r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+(?:(__
                         r"(\w+)\s*\(([^)]*)\)\s*\{")
 
 
+def absmax_lanes(seg: int) -> int:
+    """Lanes per segment of the absmax encode (``LaneGroup``'s width rule, kernels/quantize.cu)."""
+    quads, sixteens = seg // 4, seg // 16
+    if seg % 16 == 0 and 0 < sixteens <= 32 and 32 % sixteens == 0:
+        return sixteens
+    return quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
+
+
+def absmax_walk(kernel: str, args: tuple[Any, ...]) -> int:
+    """The walk the absmax encode kernels take for ``args`` on aligned buffers: ``absmax_encode``'s
+    float4 per lane of its walk without tests (4, or 3 for int8 codes; 0 the walk with tests),
+    ``absmax_encode_rows``' warps a segment (``absmax_block_warps``)."""
+    d, seg, bits = int(args[5]), int(args[6]), int(args[8])
+    if kernel == "absmax_encode_rows":
+        return next((k for k in (2, 4, 8) if 16 * 32 < seg <= 16 * 32 * k and seg % 4 == 0), 0)
+    quad = 4 * absmax_lanes(seg)
+    return 0 if d % 4 else 4 if seg == 4 * quad else 3 if bits == 8 and seg == 3 * quad else 0
+
+
 def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str | None:
     """The ``<kernel>_path<...>`` call the kernel's mode switch makes for ``args`` (None: no switch)."""
     if kernel in ("scalar_encode", "scalar_decode"):
@@ -392,8 +411,8 @@ def path_function(kernel: str, targs: list[str], args: tuple[Any, ...]) -> str |
         modes = [str(int(args[6])), "1" if (d if per_row else n * d) % 4 == 0 else "0"]  # aligned: the flat walk
     elif kernel == "rabitq_encode1":
         modes = ["true" if int(args[5]) % 4 == 0 else "false"]  # rows of whole float4s: the vector path
-    elif kernel in ("absmax_encode", "absmax_encode_rows"):
-        modes = ["1" if int(args[12]) else "0", "8" if int(args[8]) == 8 else "4"]  # tensor scale, bits
+    elif kernel in ("absmax_encode", "absmax_encode_rows"):  # tensor scale, bits, then the walk itself
+        modes = ["1" if int(args[12]) else "0", "8" if int(args[8]) == 8 else "4", str(absmax_walk(kernel, args))]
     elif kernel == "absmax_decode":
         tensor, groups, d, seg = int(args[9]), int(args[6]), int(args[4]), int(args[5])
         quads = seg % 4 == 0 and d % 4 == 0  # aligned buffers: the flat walk over float4s
@@ -444,13 +463,9 @@ def spec_for(op: str, kernel: str, args: tuple[Any, ...], ratio: float) -> Spec:
         return Spec("STG", 32, None, 8, 0)
     if kernel in ("absmax_encode", "absmax_encode_rows"):
         d, seg = int(args[5]), int(args[6])
-        quads, sixteens = seg // 4, seg // 16  # LaneGroup's width rule (kernels/quantize.cu)
-        if seg % 16 == 0 and 0 < sixteens <= 32 and 32 % sixteens == 0:
-            width = sixteens
-        else:
-            width = quads if seg % 4 == 0 and seg < 128 and quads and 32 % quads == 0 else 32
+        width = absmax_lanes(seg)
         if kernel == "absmax_encode_rows":  # K warps a segment
-            width = 32 * next(k for k in (2, 4, 8) if seg <= 16 * 32 * k)
+            width = 32 * absmax_walk(kernel, args) or width
         if seg % 4 == 0 and d % 4 == 0 and seg <= 16 * width:
             steps = min(4, -(-seg // (4 * width)))  # float4 per lane; the other steps' loads are predicated off
             return Spec("LDG", 128, None, code_bits, steps, vectors=steps)

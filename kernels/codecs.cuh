@@ -157,13 +157,15 @@ struct FloatCodec {
         v[0] = gq::float_decode(c, F >= 0 ? F : format);
     }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    // sm_89+: the hardware conversion (cvt.rn.satfinite.e4m3x2/e5m2x2.f32, round to nearest even,
-    // saturating), then the cases where gq::float_encode differs: NaN becomes the canonical NaN with
-    // its sign, and without saturation the values that round past the largest finite code become
-    // NaN (e4m3fn: |x| > 464) or Inf (e5m2: |x| >= 61440), as ml_dtypes does. GPU tests check it
-    // against the reference; the integer path above is the one the host tests check.
-    __device__ __forceinline__ code_t fp8_by_hardware(float x) const {
+    // The fp8 code of x from `satfinite`, a conversion that is exact for every non-NaN x: round to nearest
+    // even, clamped to the largest finite code (on sm_89+ the hardware's cvt.rn.satfinite.e4m3x2/e5m2x2.f32
+    // in fp8_by_hardware; the host tests pass gq::float_encode with saturation, and compare with
+    // gq::float_encode over every class of float32). The cases where gq::float_encode differs are fixed
+    // first: NaN becomes the canonical NaN with its sign, and without saturation the values that round
+    // past the largest finite code become NaN (e4m3fn: |x| > 464) or Inf (e5m2: |x| >= 61440), as
+    // ml_dtypes does.
+    template <typename Satfinite>
+    __device__ __forceinline__ code_t fp8_fixed_up(float x, Satfinite satfinite) const {
         const gq_u32 u = gq::bits_of(x), a = u & 0x7fffffffu, sign = (u >> 24) & 0x80u;
         const gq::FormatInfo f = gq::format_info(F);
         if (a > 0x7f800000u) return (code_t)(sign | f.nan_bits);
@@ -171,7 +173,14 @@ struct FloatCodec {
             const gq_u32 overflow = F == gq::E4M3 ? 0x43e80000u : 0x47700000u;  // 464 (exclusive), 61440
             if (F == gq::E4M3 ? a > overflow : a >= overflow) return (code_t)(sign | (F == gq::E4M3 ? 0x7fu : 0x7cu));
         }
-        return (code_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, F == gq::E4M3 ? __NV_E4M3 : __NV_E5M2);
+        return (code_t)satfinite(x);
+    }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    __device__ __forceinline__ code_t fp8_by_hardware(float x) const {
+        return fp8_fixed_up(x, [](float v) {
+            return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, F == gq::E4M3 ? __NV_E4M3 : __NV_E5M2);
+        });
     }
 #endif
 };

@@ -155,8 +155,9 @@ GQ_HD float f64_to_f32(double x) {
 // s = +-Inf: p2 = 0, sp = r = +-1; s NaN: p2 = NaN, sp = r = 1.
 // quotient_for_rounding(x, D): a = x * p2, q0 = a * r, two corrections q += fma(-q, sp, a) * r. For
 // |a| in [2^-59, 2^60] (one unsigned compare; NaN is outside) a is exact, |a / sp| in [2^-60, 2^83],
-// nothing under- or overflows, the remainders are exact (q0 within 2 ulp, q1 faithful) and q2 is
-// RN(x / s) (Markstein: r within 1/2 ulp of 1 / sp, q1 within 1 ulp, exact remainder). Outside, q0
+// nothing under- or overflows; q0 is within 1.5 ulp and its remainder, rounded once (not always
+// exact), still makes q1 faithful, so q1's remainder is exact and q2 is RN(x / s) (Markstein: r
+// within 1/2 ulp of 1 / sp, q1 within 1 ulp, exact remainder). Outside, q0
 // is equivalent for rounding: |x / s| < 2^-36 gives |q0| < 2^-35, |x / s| > 2^59 gives |q0| > 2^58
 // (or Inf), with the quotient's sign; NaN gives NaN, the special divisors IEEE's +-Inf / NaN / +-0.
 // So f(q) == f(RN(x / s)) for every f constant on (0, 2^-35) and (2^58, Inf] per sign: floor or

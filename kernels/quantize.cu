@@ -423,9 +423,14 @@ __device__ __forceinline__ void absmax_encode_warps(GQ_ABSMAX_ENCODE_PARAMS) {
     default: PATH<T, 1, 8>(GQ_ABSMAX_ENCODE_ARGS); break;                                      \
     }
 
-template <typename T, int TS, int BITS>
+// VECS >= 0: that walk of absmax_warps_walk (bench/sass_report.py); -1: chosen here.
+template <typename T, int TS, int BITS, int VECS = -1>
 __device__ __forceinline__ void absmax_encode_path(GQ_ABSMAX_ENCODE_PARAMS) {
-    absmax_encode_warps<T, TS, BITS, BITS == 8>(GQ_ABSMAX_ENCODE_ARGS);  // int8 rows of 384: k = 3
+    if constexpr (VECS >= 0) {
+        absmax_warps_walk<T, TS, BITS, VECS>(GQ_ABSMAX_ENCODE_ARGS);
+    } else {
+        absmax_encode_warps<T, TS, BITS, BITS == 8>(GQ_ABSMAX_ENCODE_ARGS);  // int8 rows of 384: k = 3
+    }
 }
 
 // (The kernels spell their parameters out: bench/sass_report.py reads them to build its probes.)
@@ -441,10 +446,12 @@ __global__ void __launch_bounds__(256, 4)
 // kernel of its own so that the other segment lengths keep absmax_encode's registers and code. The
 // launcher picks it for such segments when d % 4 == 0 and x and codes are aligned; any other
 // arguments take absmax_encode's path here too.
-template <typename T, int TS, int BITS>
+// WARPS > 0: absmax_encode_block with that many warps a segment (bench/sass_report.py); -1: chosen here.
+template <typename T, int TS, int BITS, int WARPS = -1>
 __device__ __forceinline__ void absmax_encode_rows_path(GQ_ABSMAX_ENCODE_PARAMS) {
-    const int K = d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2)
-                      ? absmax_block_warps(seg_len) : 0;
+    const int K = WARPS > 0 ? WARPS
+                            : d % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(codes, BITS == 8 ? 4 : 2)
+                                  ? absmax_block_warps(seg_len) : 0;
     switch (K) {
     case 2: absmax_encode_block<T, 2, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;
     case 4: absmax_encode_block<T, 4, TS, BITS>(GQ_ABSMAX_ENCODE_ARGS); break;

@@ -136,6 +136,32 @@ long long quotient_worst_divisors(int count, float* bad) {
     return failures;
 }
 
+// The steps of corrected_q2 on `count` random in-band pairs (x of any significand and an exponent in
+// [-59, 59], s of random bits: normal or subnormal divisors), against exact remainders (double fma:
+// a - q * sp fits in 53 bits here). counts[0]: pairs where q0's remainder, rounded once, is not exact
+// (allowed); counts[1]: failures of the proof's claims (q1 within 1 ulp of a / sp, q1's remainder
+// exact, the steps' q2 equal to corrected_q2's).
+void markstein_steps(gq_u64 seed, long long count, long long* counts, float* bad) {
+    std::mt19937_64 g(seed);
+    counts[0] = counts[1] = 0;
+    for (long long i = 0; i < count; ++i) {
+        const float x = std::fabs(random_exp(g, -59, 59)), s = std::fabs(random_bits(g));
+        if (!std::isfinite(s) || s == 0.0f) continue;
+        const gq::Divisor D = gq::make_divisor(s);
+        const float a = gq::mul_f32(x, D.p2), sp = D.sp, r = D.r;
+        if (!gq::in_band(a)) continue;
+        const auto rem = [&](float q) { return std::fma(-(double)q, (double)sp, (double)a); };
+        const float q0 = gq::mul_f32(a, r), r0 = gq::fnma_f32(q0, sp, a);
+        const float q1 = gq::fma_f32(r0, r, q0), r1 = gq::fnma_f32(q1, sp, a);
+        const float q2 = gq::fma_f32(r1, r, q1);
+        counts[0] += (double)r0 != rem(q0);
+        const bool faithful = rem(std::nextafter(q1, 0.0f)) > 0.0 && rem(std::nextafter(q1, INFINITY)) < 0.0;
+        if (!faithful || (double)r1 != rem(q1) || gq::bits_of(q2) != gq::bits_of(gq::corrected_q2(a, sp, r))) {
+            fail(counts[1], bad, x, s);
+        }
+    }
+}
+
 // Failures of times15_trunc against (int)(f64(t) * 15) over every float32 t with bits in
 // [lo_bits, hi_bits] (0 .. 0x3f800000: every t in [0, 1]), and -0.
 long long times15_exhaustive(gq_u32 lo_bits, gq_u32 hi_bits, float* bad) {

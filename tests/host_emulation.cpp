@@ -39,6 +39,26 @@ static void run_grid(int blocks, int threads, F launch) {
     }
 }
 
+// Failures of FloatCodec<_, F, S>::fp8_fixed_up (the fix-up of the fp8 encoder's sm_89+ path) around
+// the host model of the hardware's saturating conversion, gq::float_encode(v, F, true), against the
+// reference gq::float_encode(x, F, S): every float32 with bits hi << 16 | lows[k], every hi (each sign,
+// exponent and leading significand: every class, each threshold's neighbours when lows holds 0, 1 and
+// 0xffff). The model maps a NaN to a wrong code (0x55): the fix-up must never pass one to it.
+template <int F, int S>
+static long long fp8_fixup_failures(const unsigned* lows, int nlow, unsigned* bad) {
+    const FloatCodec<unsigned char, F, S> codec{F, S};
+    const auto model = [](float v) { return gq::is_nan(v) ? 0x55u : gq::float_encode(v, F, true); };
+    long long failures = 0;
+    for (unsigned hi = 0; hi < 0x10000u; ++hi) {
+        for (int k = 0; k < nlow; ++k) {
+            const unsigned u = (hi << 16) | (lows[k] & 0xffffu);
+            const float x = gq::float_of(u);
+            if (codec.fp8_fixed_up(x, model) != gq::float_encode(x, F, S != 0) && failures++ == 0) *bad = u;
+        }
+    }
+    return failures;
+}
+
 extern "C" {
 
 void emu_scalar_encode(int blocks, int threads, int dtype, const void* x, unsigned char* out, long long n,
@@ -169,6 +189,13 @@ void emu_scaled_fp8_encode(int blocks, int threads, int dtype, const void* x, un
 void emu_scaled_fp8_decode(int blocks, int threads, const unsigned char* codes, const float* scales, float* out,
                            long long n, long long d, int per_row, int format) {
     run_grid(blocks, threads, [&] { scaled_fp8_decode(codes, scales, out, n, d, per_row, format); });
+}
+
+long long emu_fp8_fixup(int format, int saturate, const unsigned* lows, int nlow, unsigned* bad) {
+    if (format == gq::E4M3) {
+        return saturate ? fp8_fixup_failures<gq::E4M3, 1>(lows, nlow, bad) : fp8_fixup_failures<gq::E4M3, 0>(lows, nlow, bad);
+    }
+    return saturate ? fp8_fixup_failures<gq::E5M2, 1>(lows, nlow, bad) : fp8_fixup_failures<gq::E5M2, 0>(lows, nlow, bad);
 }
 
 }  // extern "C"

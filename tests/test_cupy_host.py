@@ -27,6 +27,7 @@ import gpuquant
 from gpuquant.backends.cupy_device import NO_ROW
 from gpuquant.errors import InputError
 from gpuquant.schemes import make_scheme
+from gpuquant.schemes.statistics import RowError
 
 
 @pytest.fixture
@@ -130,6 +131,27 @@ def test_rabitq_refusals_are_the_references_and_wait_for_the_check(fake: fake_cu
         backend.check_refusals()  # the raising call left no refusal
     clean = matrix(rng, 5, 9)
     np.testing.assert_array_equal(backend.transform(scheme, {}, clean).data, scheme.encode(clean, {})[0])
+
+
+@pytest.mark.parametrize("preset", ["int8-row", "int4-block"])
+def test_absmax_refusal_is_the_references_row_error(fake: fake_cupy.FakeCupy, rng: np.random.Generator,
+                                                    preset: str) -> None:
+    """The absmax refusal is the reference's ``RowError`` (same text), so a caller that encodes part of
+    an input (a Dask task on CuPy chunks) restates it as a row of the input."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = make_scheme(preset)
+    fake_cupy.emulate_absmax(fake, scheme)
+    x = rows_with_nan(rng, 12, 64, (9, 10), np.inf)
+    with pytest.raises(RowError) as want:
+        scheme.encode(x, {})
+    backend = CupyBackend()
+    backend.transform(scheme, {}, fake.asarray(x))
+    with pytest.raises(RowError) as got:
+        backend.check_refusals()
+    assert str(got.value) == str(want.value)
+    assert str(got.value.shifted(100)) == str(want.value.shifted(100))
+    assert str(got.value.shifted(100)).startswith("row 109 of the input holds NaN or ±Inf")
 
 
 def test_a_host_transform_raises_before_writing_its_out_arrays(fake: fake_cupy.FakeCupy,

@@ -9,6 +9,7 @@
   and every rounding function the kernels apply to it (floor, trunc, rint, rint(q + zp) for
   |zp| <= 2^50, each then clipped); ``bounded_quotient`` (no band test) likewise where |x * p2| <= 2^60.
 - faiss-sq4's ``(int)(f64(t) * 15)`` in integer arithmetic (``times15_trunc``), for every t in [0, 1].
+- the in-band steps against exact remainders: q1 faithful with an exact remainder (q0's need not be).
 - ``div_exact`` over 10^7 random bit patterns, subnormal operands and results, ties of subnormal
   results, the overflow edge and every pair of special values: bit for bit (NaN: a NaN).
 """
@@ -34,6 +35,7 @@ SIGNATURES = {
     "quotient_check": [U64, I64, I32, VP, VP],
     "quotient_worst_divisors": [I32, VP],
     "div_exact_check": [U64, I64, I32, VP],
+    "markstein_steps": [U64, I64, VP, VP],
 }
 
 
@@ -72,6 +74,16 @@ def test_quotient_for_rounding(div: ctypes.CDLL, rng: np.random.Generator, kind:
     assert failures == 0, f"seed {seed}: {failures} pairs differ; first x = {bad[0]!r}, s = {bad[1]!r}"
     if kind != 4:  # the in-band sequence itself is exercised, not only the early-outs
         assert in_band[0] > count // 10
+
+
+def test_the_quotient_steps_meet_the_proof(div: ctypes.CDLL, rng: np.random.Generator) -> None:
+    """In band, q1 is faithful and its remainder exact (what Markstein's last step needs); the first
+    remainder is not always exact (quant_math.cuh's comment says so), which q1 does not need."""
+    counts, bad = np.zeros(2, np.int64), np.zeros(2, np.float32)
+    seed = _seed(rng)
+    div.markstein_steps(seed, 3_000_000, ptr(counts), ptr(bad))
+    assert counts[1] == 0, f"seed {seed}: {counts[1]} pairs break the proof; first x = {bad[0]!r}, s = {bad[1]!r}"
+    assert counts[0] > 0
 
 
 @pytest.mark.parametrize(("kind", "count"), [(0, 10_000_000), (1, 2_000_000), (2, 2_000_000), (3, 2_000_000),

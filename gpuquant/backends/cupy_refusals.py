@@ -50,6 +50,7 @@ from typing import Any
 
 from gpuquant.backends.cupy_device import NO_ROW, cupy_module, row_flags
 from gpuquant.errors import InputError
+from gpuquant.schemes.statistics import RowError
 
 #: Slots of a stream's flag buffer, and refusals a thread may leave unchecked.
 MAX_PENDING = 1024
@@ -244,3 +245,10 @@ def refuse_later(flag: Any, error: Callable[[int], InputError]) -> None:
         Refusals([Refusal(flag, error)]).raise_first()
     else:
         log.file(flag, error)
+
+
+def refuse_nonfinite_later(flag: Any, why: str) -> None:
+    """:func:`refuse_later` with the reference's error for a row holding NaN or ±Inf: a
+    :class:`~gpuquant.schemes.statistics.RowError` (``"{row} holds NaN or ±Inf; " + why``), so that a
+    caller encoding part of an input (a Dask task, a pipeline batch) can name the row of the input."""
+    refuse_later(flag, lambda row: RowError(row, "{row} holds NaN or ±Inf; " + why))

@@ -16,8 +16,7 @@ from gpuquant.backends.cupy_device import (
     occupancy_grid,
 )
 from gpuquant.backends.cupy_launch import launcher, quantize_kernel, row_blocks
-from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
-from gpuquant.errors import InputError
+from gpuquant.backends.cupy_refusals import refusal_flag, refuse_nonfinite_later
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.granularity import PerBlock, PerTensor
 
@@ -62,7 +61,7 @@ def absmax_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, 
         (x, codes, scales, bad, i64(n), i64(d), i64(seg_len), i64(groups), i32(p.bits),
          i32(p.nibble_order == "high_first"), np.float32(p.eps), scales, i32(tensor)),
     )
-    refuse_later(bad, lambda row: InputError(f"row {row} holds NaN or ±Inf; scheme 'absmax' needs finite values"))
+    refuse_nonfinite_later(bad, f"scheme {scheme.family!r} needs finite values")
 
 
 @launcher("absmax", "decode")

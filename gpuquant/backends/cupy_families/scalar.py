@@ -61,9 +61,10 @@ def scalar_params(scheme: Scheme, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
     half_even's kernel rounds ``rint(q + zp)`` with ``gq::quotient_for_rounding``, which needs
     ``|zp| <= 2**50`` or ``scale == 1`` (then the quotient is ``x`` itself). Both finite, ``hi > lo``
-    gives ``|lo| / (hi - lo) < 2**24`` (two distinct floats differ by at least the ulp of the smaller
-    magnitude), so ``|zp| < 2**24 * L`` up to the rounding of ``step`` (a subnormal ``step`` needs a
-    tiny ``lo``: ``|zp| < 2**33``); ``hi == lo`` gives ``scale == 1``; an infinite ``step`` gives ``zp = ±0``.
+    gives ``|lo| / (hi - lo) <= 2**24`` (two distinct floats differ by at least the ulp of the smaller
+    magnitude; equality for ``lo = -2**k`` and its neighbour), so ``|zp| <= 2**24 * L`` up to the
+    rounding of ``step`` (a subnormal ``step`` needs a tiny ``lo``: ``|zp| < 2**33``); ``hi == lo``
+    gives ``scale == 1``; an infinite ``step`` gives ``zp = ±0``.
     """
     p = scheme.config
     L, H = scheme.levels, scheme.half

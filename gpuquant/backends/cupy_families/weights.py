@@ -14,11 +14,10 @@ import numpy as np
 
 from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, cupy_module, i32, i64, occupancy_grid
 from gpuquant.backends.cupy_launch import kernel, launcher
-from gpuquant.backends.cupy_refusals import refusal_flag, refuse_later
+from gpuquant.backends.cupy_refusals import refusal_flag, refuse_nonfinite_later
 from gpuquant.schemes import Scheme
 from gpuquant.schemes.gguf import QK
 from gpuquant.schemes.granularity import PerRow
-from gpuquant.schemes.statistics import RowError
 
 WEIGHTS_FILE = "weights.cu"
 #: fp8 format -> gq::Format (kernels/quant_math.cuh).
@@ -40,12 +39,6 @@ def _kernel(name: str) -> Any:
     return kernel(WEIGHTS_FILE, name, NAME_EXPRESSIONS)
 
 
-def _refuse(bad: Any, why: str) -> None:
-    """The reference's error for the first non-finite row the kernel records in ``bad``, raised at the
-    next check (:mod:`gpuquant.backends.cupy_refusals`: the launch does not wait for the kernel)."""
-    refuse_later(bad, lambda row: RowError(row, "{row} holds NaN or ±Inf; " + why))
-
-
 @launcher("gguf", "encode")
 def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, codes: Any, side: dict[str, Any]) -> None:
     n, d = (int(s) for s in x.shape)
@@ -53,7 +46,7 @@ def gguf_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, co
     _kernel(f"gguf_encode<{INPUT_TYPES[x.dtype]}>")(
         (occupancy_grid(n * (d // QK)),), (THREADS,), (x, codes, i64(n), i64(d), i32(scheme.config.type == "q4_0"), bad)
     )
-    _refuse(bad, "GGUF blocks need finite values")
+    refuse_nonfinite_later(bad, "GGUF blocks need finite values")
 
 
 @launcher("gguf", "decode")
@@ -80,7 +73,7 @@ def scaled_fp8_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: A
     _kernel(f"scaled_fp8_scales<{t}>")(  # one warp a row
         (occupancy_grid(n * 32),), (THREADS,), (x, scales, i64(n), i64(d), m, i32(per_row), bad)
     )
-    _refuse(bad, "FP8 weights need finite values")
+    refuse_nonfinite_later(bad, "FP8 weights need finite values")
     _kernel(f"scaled_fp8_encode<{t}>")(
         (occupancy_grid(n * d),), (THREADS,),
         (x, codes, scales, i64(n), i64(d), i32(per_row), i32(FP8_FORMATS[scheme.config.format])),
