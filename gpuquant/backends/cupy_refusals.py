@@ -247,6 +247,18 @@ def refuse_later(flag: Any, error: Callable[[int], InputError]) -> None:
         log.file(flag, error)
 
 
+def refuse_rows_later(rows: Any, error: Callable[[int], InputError]) -> None:
+    """:func:`refuse_later` for a refusal computed on the device rather than in a kernel: ``rows`` is a
+    device bool vector (row ``i`` refused where ``rows[i]``), and the flag gets the first refused row
+    (``NO_ROW``: none) by a reduction on the current stream, so nothing is read back here."""
+    flag = refusal_flag()
+    if rows.size:
+        cp = cupy_module()
+        first = cp.where(rows, cp.arange(rows.size, dtype=cp.uint64), cp.uint64(NO_ROW)).min(keepdims=True)
+        cp.minimum(flag, first, out=flag)
+    refuse_later(flag, error)
+
+
 def refuse_nonfinite_later(flag: Any, why: str) -> None:
     """:func:`refuse_later` with the reference's error for a row holding NaN or ±Inf: a
     :class:`~gpuquant.schemes.statistics.RowError` (``"{row} holds NaN or ±Inf; " + why``), so that a
