@@ -1,7 +1,9 @@
 """Rows a kernel refuses, checked where the host waits for the device anyway.
 
 A kernel that refuses rows (an ``absmax`` segment holding NaN or ±Inf) lowers a uint64 device flag to
-the first such row (``atomicMin``; :data:`~gpuquant.backends.cupy_device.NO_ROW` while none). Reading
+the first such row (``atomicMin``; :data:`~gpuquant.backends.cupy_device.NO_ROW` while none); a
+launcher whose refusal is an array expression (``float`` codes holding NaN or ±Inf) reduces it into
+such a flag on the device (:func:`refuse_rows_later`). Reading
 that flag right after the launch is a device-to-host copy, which makes the host wait for the stream on
 every call. Instead the launcher files the flag with the error it stands for
 (:func:`refuse_later`), and the flag is read later, once the host has waited for the stream for its
