@@ -1,6 +1,7 @@
 """A numpy-backed stand-in for CuPy that runs the cupy backend's own host code without a GPU and
 logs every transfer: ``upload`` (host -> device: ``asarray`` of a host array, ``ndarray.set``),
-``download`` (device -> host: ``ndarray.get``, which waits for the device) and ``launch``.
+``download`` (device -> host: ``ndarray.get``, and ``bool`` / ``int`` / ``item`` of a device value,
+which copy it as CuPy does; each waits for the device) and ``launch``.
 
 Kernels are replaced by :meth:`FakeCupy.kernel`: each launch is logged and handed to the test's
 emulator for that kernel (``emulators[name_prefix](args)``), which may write the outputs with the
@@ -42,6 +43,18 @@ class DeviceArray(np.ndarray):
             return np.array(self)
         np.copyto(out, self)
         return out
+
+    def __bool__(self) -> bool:
+        DeviceArray.log.append(("download", self.nbytes))
+        return bool(np.asarray(self))
+
+    def __int__(self) -> int:
+        DeviceArray.log.append(("download", self.nbytes))
+        return int(np.asarray(self))
+
+    def item(self, *args: Any) -> Any:
+        DeviceArray.log.append(("download", self.nbytes))
+        return np.asarray(self).item(*args)
 
     def set(self, arr: np.ndarray, stream: Any = None) -> None:
         DeviceArray.log.append(("upload", arr.nbytes))
@@ -181,6 +194,16 @@ def emulate_absmax(fake: FakeCupy, scheme: Any) -> None:
     fake.emulators["absmax_encode"] = run
 
 
+def emulate_float(fake: FakeCupy, scheme: Any) -> None:
+    """``float_encode`` on the host: ``scheme``'s reference codes (a ``nonfinite="keep"`` scheme: NaN,
+    ±Inf and overflow written as codes, as the kernel writes them), in the device code dtype."""
+    def run(args: tuple[Any, ...]) -> None:
+        x, codes, n = args[0], args[1], int(args[2])
+        codes[:n] = scheme.encode(np.asarray(x[:n], np.float32), {})[0].view(codes.dtype)
+
+    fake.emulators["float_encode"] = run
+
+
 def emulate_row_refusals(fake: FakeCupy, prefix: str) -> None:
     """Kernels named ``prefix...`` on the host, as far as refusals go: the first row of their input
     (``args[0]``, ``n = args[2]``) holding NaN or ±Inf is recorded in their one-element uint64 flag."""
@@ -203,7 +226,7 @@ def emulate_rabitq(fake: FakeCupy, scheme: Any) -> None:
         x32 = np.asarray(x[:n], np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
             finite = np.isfinite(x32).all(axis=1)
-            r = x32 - center
+            r = x32 - np.asarray(center)  # host values: the emulated kernel reads nothing back
             ok = finite & np.isfinite((r * r).sum(axis=1)) & np.isfinite((x32 * x32).sum(axis=1))
         codes[:n][ok] = scheme.encode(x32[ok], {"center": np.asarray(center)})[0]
         if not ok.all():

@@ -123,7 +123,7 @@ def test_every_kernel_family_has_both_launchers() -> None:
     assert set(LAUNCHERS) == {(f, mode) for f in families for mode in ("encode", "decode")}
 
 
-@pytest.mark.parametrize("preset", ["st-int8", "binary", "int4-block", "fp8-e4m3"])
+@pytest.mark.parametrize("preset", ["st-int8", "binary", "int4-block", "fp8-e4m3", "pgvector-halfvec"])
 def test_planned_launches_are_the_launchers_own_on_the_host(preset: str) -> None:
     # the seam tools use (SASS report): one launch per call, its arrays the caller's, no device needed
     from gpuquant.backends import device_code_dtype

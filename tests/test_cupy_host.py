@@ -1,13 +1,15 @@
 """The cupy backend's host side without a GPU, on the numpy-backed stand-in for CuPy
 (``tests/fake_cupy.py``, which logs every transfer and emulates the kernels it is given):
 
-* refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf; rabitq: also overflowing norms) are not
-  read back inside ``transform``; the same ``InputError`` surfaces at the next synchronisation (a download, ``fit``, ``check_refusals``;
-  the engine's pipeline when the batch completes: ``tests/test_engine.py``), before any output is
-  finalised, from a persistent flag buffer per thread and stream; each refused call raises once, at
-  successive checks, and a call that raises leaves none of its own; buffers stay bounded, are never
-  shared by threads, and a slot a CUDA graph captured is never given back; callers that keep no
-  quantizer (``gpuquant.quantize``, ``evaluate``, a Dask task on CuPy chunks) check before returning;
+* refused rows (absmax, gguf, scaled_fp8: NaN or ±Inf; rabitq: also overflowing norms; float with
+  ``nonfinite="raise"``: NaN, ±Inf or overflow, reduced on the device from its codes) are not read
+  back inside ``transform``; the same ``InputError`` surfaces at the next synchronisation (a
+  download, ``fit``, ``check_refusals``; the engine's pipeline when the batch completes:
+  ``tests/test_engine.py``), before any output is finalised, from a persistent flag buffer per
+  thread and stream; each refused call raises once, at successive checks, and a call that raises
+  leaves none of its own; buffers stay bounded, are never shared by threads, and a slot a CUDA
+  graph captured is never given back; callers that keep no quantizer (``gpuquant.quantize``,
+  ``evaluate``, a Dask task on CuPy chunks) check before returning;
 * grids are one wave of the launched kernel's own occupancy (a pure function, and its use);
 * launch constants are built and uploaded once per fitted state (none on a second call, again
   after a refit, or after an entry of the state is replaced by another array);
@@ -152,6 +154,87 @@ def test_absmax_refusal_is_the_references_row_error(fake: fake_cupy.FakeCupy, rn
     assert str(got.value) == str(want.value)
     assert str(got.value.shifted(100)) == str(want.value.shifted(100))
     assert str(got.value.shifted(100)).startswith("row 109 of the input holds NaN or ±Inf")
+
+
+def float_raise(fake: fake_cupy.FakeCupy, fmt: str) -> Any:
+    """The ``float`` scheme refusing non-finite rows in ``fmt``, its kernel emulated."""
+    fake_cupy.emulate_float(fake, make_scheme("float", format=fmt, nonfinite="keep"))
+    return make_scheme("float", format=fmt, nonfinite="raise")
+
+
+def float_bits(codes: Any) -> np.ndarray:
+    a = np.asarray(codes)
+    return a.view({1: np.uint8, 2: np.uint16}[a.dtype.itemsize])
+
+
+@pytest.mark.parametrize(("fmt", "value"), [("fp16", np.nan), ("fp16", np.inf), ("e4m3", -np.inf),
+                                            ("bf16", np.nan), ("e5m2", -1e6)])
+def test_float_raise_is_filed_for_the_check_with_the_references_row_error(
+        fake: fake_cupy.FakeCupy, rng: np.random.Generator, fmt: str, value: float) -> None:
+    """``nonfinite="raise"`` on device input: nothing read back inside ``transform``; the reference's
+    ``RowError`` (same text, the first refused row, restated as a row of the input) at the check,
+    raised once; a clean call after it gives the reference's codes and no refusal."""
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = float_raise(fake, fmt)
+    x = rows_with_nan(rng, 13, 9, (7, 11), value)
+    with pytest.raises(RowError) as want:
+        scheme.encode(x, {})
+    assert str(want.value).startswith("row 7 holds NaN, ±Inf or a value beyond")
+    backend = CupyBackend()
+    fake.log.clear()
+    backend.transform(scheme, {}, fake.asarray(x))
+    assert fake.count("download") == 0 and fake.count("launch") == 1
+    with pytest.raises(RowError) as got:
+        backend.check_refusals()
+    assert str(got.value) == str(want.value) and str(got.value.shifted(40)) == str(want.value.shifted(40))
+    backend.check_refusals()  # raised once
+    clean = matrix(rng, 13, 9)
+    codes = backend.transform(scheme, {}, fake.asarray(clean))
+    backend.check_refusals()
+    np.testing.assert_array_equal(float_bits(codes.data), float_bits(scheme.encode(clean, {})[0]))
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "e4m3"])
+def test_float_raise_on_empty_and_one_row_inputs(fake: fake_cupy.FakeCupy, rng: np.random.Generator, fmt: str) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = float_raise(fake, fmt)
+    backend = CupyBackend()
+    fake.log.clear()
+    empty = backend.transform(scheme, {}, fake.asarray(np.zeros((0, 5), np.float32)))
+    assert empty.data.shape == (0, 5) and fake.count("launch") == 0
+    backend.check_refusals()
+    one = matrix(rng, 1, 5)
+    np.testing.assert_array_equal(float_bits(backend.transform(scheme, {}, fake.asarray(one)).data),
+                                  float_bits(scheme.encode(one, {})[0]))
+    backend.check_refusals()
+    bad = fake.asarray(rows_with_nan(rng, 1, 5, (0,), np.nan))
+    fake.log.clear()
+    backend.transform(scheme, {}, bad)
+    assert fake.count("download") == 0
+    with pytest.raises(RowError, match=r"^row 0 holds NaN, ±Inf"):
+        backend.check_refusals()
+    backend.check_refusals()
+
+
+def test_float_raise_on_numpy_input_raises_before_writing_its_out_array(fake: fake_cupy.FakeCupy,
+                                                                       rng: np.random.Generator) -> None:
+    from gpuquant.backends.cupy_backend import CupyBackend
+
+    scheme = float_raise(fake, "fp16")
+    x = rows_with_nan(rng, 6, 10, (4,), np.inf)
+    with pytest.raises(RowError) as want:
+        scheme.encode(x, {})
+    out = np.full((6, 10), 3.0, np.float16)
+    backend = CupyBackend()
+    with pytest.raises(RowError) as got:
+        backend.transform(scheme, {}, x, out=out)
+    assert str(got.value) == str(want.value) and (out == 3.0).all()
+    backend.check_refusals()  # the raising call left no refusal
+    clean = matrix(rng, 6, 10)
+    np.testing.assert_array_equal(float_bits(backend.transform(scheme, {}, clean).data),
+                                  float_bits(scheme.encode(clean, {})[0]))
 
 
 def test_a_host_transform_raises_before_writing_its_out_arrays(fake: fake_cupy.FakeCupy,

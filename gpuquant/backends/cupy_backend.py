@@ -11,11 +11,11 @@ Arrays in and out:
 * device in -> CuPy out, on the input's device and the current CuPy stream, without copies: CuPy
   arrays, anything with ``__cuda_array_interface__`` and DLPack device tensors (torch) are wrapped,
   not copied. A non-contiguous (strided, Fortran-order) device input is the one exception: a
-  C-contiguous copy is made on the device first. No host synchronisation happens, except where the
-  reference refuses rows in a ``float`` transform with ``nonfinite="raise"`` (one reduction over its
-  codes) and ``pq`` (host checks). Rows an ``absmax``, ``gguf``, ``scaled_fp8`` or ``rabitq``
-  transform refuses (NaN or ±Inf; for ``rabitq`` also norms that overflow float32) are recorded on
-  the device and raised at the next synchronisation: the next download of a result (numpy input:
+  C-contiguous copy is made on the device first. No host synchronisation happens, except in ``pq``
+  (host checks). Rows an ``absmax``, ``gguf``, ``scaled_fp8``, ``rabitq`` or ``float`` (with
+  ``nonfinite="raise"``) transform refuses (NaN or ±Inf; for ``rabitq`` also norms that overflow
+  float32, for ``float`` also values that round past the format's largest finite one) are recorded
+  on the device and raised at the next synchronisation: the next download of a result (numpy input:
   before ``transform`` writes any output), ``fit``, the engine's pipeline when the batch completes, or
   :meth:`CupyBackend.check_refusals` (see :mod:`gpuquant.backends.cupy_refusals`).
 * ``out=``: transform takes a code array or a ``Codes`` (with its side arrays) of the right shape

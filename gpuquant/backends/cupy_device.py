@@ -51,9 +51,14 @@ class _HostArray(np.ndarray):
         return np.asarray(self)
 
 
-#: The CuPy calls launchers make (a flag buffer, scratch, dtype casts), on the host: see :func:`host_run`.
+#: The CuPy calls launchers make (a flag buffer, scratch, dtype casts, a refusal's reduction), on the host:
+#: see :func:`host_run`.
 _HOST_CUPY = SimpleNamespace(
     float32=np.float32,
+    uint64=np.uint64,
+    arange=np.arange,
+    where=np.where,
+    minimum=np.minimum,
     asarray=lambda a, dtype=None: np.asarray(a, dtype),
     full=lambda shape, value, dtype: np.full(shape, value, dtype).view(_HostArray),
     empty=lambda shape, dtype: np.empty(shape, dtype).view(_HostArray),

@@ -1,7 +1,9 @@
 """Rows a kernel refuses, checked where the host waits for the device anyway.
 
 A kernel that refuses rows (an ``absmax`` segment holding NaN or ±Inf) lowers a uint64 device flag to
-the first such row (``atomicMin``; :data:`~gpuquant.backends.cupy_device.NO_ROW` while none). Reading
+the first such row (``atomicMin``; :data:`~gpuquant.backends.cupy_device.NO_ROW` while none); a
+launcher whose refusal is an array expression (``float`` codes holding NaN or ±Inf) reduces it into
+such a flag on the device (:func:`refuse_rows_later`). Reading
 that flag right after the launch is a device-to-host copy, which makes the host wait for the stream on
 every call. Instead the launcher files the flag with the error it stands for
 (:func:`refuse_later`), and the flag is read later, once the host has waited for the stream for its
@@ -245,6 +247,18 @@ def refuse_later(flag: Any, error: Callable[[int], InputError]) -> None:
         Refusals([Refusal(flag, error)]).raise_first()
     else:
         log.file(flag, error)
+
+
+def refuse_rows_later(rows: Any, error: Callable[[int], InputError]) -> None:
+    """:func:`refuse_later` for a refusal computed on the device rather than in a kernel: ``rows`` is a
+    device bool vector (row ``i`` refused where ``rows[i]``), and the flag gets the first refused row
+    (``NO_ROW``: none) by a reduction on the current stream, so nothing is read back here."""
+    flag = refusal_flag()
+    if rows.size:
+        cp = cupy_module()
+        first = cp.where(rows, cp.arange(rows.size, dtype=cp.uint64), cp.uint64(NO_ROW)).min(keepdims=True)
+        cp.minimum(flag, first, out=flag)
+    refuse_later(flag, error)
 
 
 def refuse_nonfinite_later(flag: Any, why: str) -> None:

@@ -25,7 +25,7 @@ input, or overflow without ``saturate``); with ``saturate`` a value beyond ±max
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,15 +58,27 @@ NONFINITE_MASKS = {"e4m3": 0x7F, "e5m2": 0x7C, "fp16": 0x7C00, "bf16": 0x7F80}
 _UINT = {1: np.uint8, 2: np.uint16}
 
 
-def refuse_nonfinite_codes(codes: Any, fmt: str) -> None:
-    """Raise :class:`RowError` naming the first row whose ``fmt`` codes (a numpy or CuPy array of any
-    dtype of the format's width) hold NaN or ±Inf (from the input or from overflow)."""
+def nonfinite_code_rows(codes: Any, fmt: str) -> Any:
+    """Per row of ``fmt`` codes (a numpy or CuPy array of any dtype of the format's width): whether it
+    holds NaN or ±Inf (from the input or from overflow); an array of the codes' kind."""
     bits = codes.view(_UINT[codes.dtype.itemsize])
     mask = NONFINITE_MASKS[fmt]
-    rows = ((bits & mask) == mask).any(axis=1)
+    return ((bits & mask) == mask).any(axis=1)
+
+
+def nonfinite_codes_error(fmt: str) -> Callable[[int], RowError]:
+    """The error refusing a row of ``fmt`` codes that holds NaN or ±Inf (``nonfinite="raise"``)."""
+    template = (f"{{row}} holds NaN, ±Inf or a value beyond ±{FORMATS[fmt][1]:g}; "
+                f"format {fmt!r} with nonfinite='raise' refuses them")
+    return lambda row: RowError(row, template)
+
+
+def refuse_nonfinite_codes(codes: Any, fmt: str) -> None:
+    """Raise :func:`nonfinite_codes_error` naming the first row of numpy ``codes`` that
+    :func:`nonfinite_code_rows` finds."""
+    rows = nonfinite_code_rows(codes, fmt)
     if codes.shape[0] and bool(rows.any()):
-        raise RowError(int(rows.argmax()), f"{{row}} holds NaN, ±Inf or a value beyond ±{FORMATS[fmt][1]:g}; "
-                       f"format {fmt!r} with nonfinite='raise' refuses them")
+        raise nonfinite_codes_error(fmt)(int(rows.argmax()))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from gpuquant.backends.cupy_device import (
     i64,
 )
 from gpuquant.backends.cupy_launch import launcher, quantize_kernel, row_blocks
+from gpuquant.backends.cupy_refusals import refuse_rows_later
 from gpuquant.schemes import Scheme
-from gpuquant.schemes.floatcast import refuse_nonfinite_codes
+from gpuquant.schemes.floatcast import nonfinite_code_rows, nonfinite_codes_error
 
 FORMATS = {"e4m3": 0, "e5m2": 1, "fp16": 2, "bf16": 3}
 
@@ -29,8 +30,8 @@ def float_encode(constant: Any, scheme: Scheme, state: dict[str, Any], x: Any, c
         (row_blocks(n, d),), (THREADS,),
         (x, codes, i64(n), i64(d), i32(FORMATS[p.format]), i32(p.saturate)),
     )
-    if p.nonfinite == "raise":
-        refuse_nonfinite_codes(codes, p.format)
+    if p.nonfinite == "raise":  # the reference's refusal, reduced on the device and filed for the next check
+        refuse_rows_later(nonfinite_code_rows(codes, p.format), nonfinite_codes_error(p.format))
 
 
 @launcher("float", "decode")
