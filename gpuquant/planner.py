@@ -4,7 +4,7 @@ The formula is the one of the "Memory footprint" section of the cuVS scalar quan
 (https://docs.nvidia.com/cuvs/user-guide/api-guides/preprocessing-guide/scalar-quantizer)::
 
     M_usable = (M_free - M_other) * (1 - H)                  H = 0.10 unless --headroom
-    peak(N)  = N * B_per_row + B_fixed                        (scratch excluded)
+    peak(N)  = N * B_per_row + B_fixed                        (undeclared scratch excluded)
     N_max    = floor((M_usable - B_fixed) / B_per_row)
 
 with, for ``D`` input dimensions, ``B_x`` bytes per input value, ``C`` code bytes per row
@@ -12,13 +12,12 @@ with, for ``D`` input dimensions, ``B_x`` bytes per input value, ``C`` code byte
 ``scales`` of ``int8-row`` / ``int4-block``), where ``D'`` is what the scheme sees: ``D`` cut to
 ``truncate_dim``, then PCA's ``pca_dim``, then padded to a power of two by the Hadamard rotation
 (``D' = D`` without them). The input term is the row as read (``D*B_x``); the scheme-side terms
-(``C``, ``S``, ``inverse``'s float32 decode, the fit's statistics and the state)
-count ``D'`` dimensions:
+(``C``, ``S``, ``inverse``'s float32 decode, the fit's statistics, the state and ``W``) count ``D'`` dimensions:
 
 ========== ====================================== ===================================================
 op         B_per_row                              B_fixed
 ========== ====================================== ===================================================
-transform  ``D*B_x + C + S``  (input + codes)      the fitted state (ranges, thresholds), float32
+transform  ``D*B_x + C + S``  (input + codes)      the fitted state (ranges, thresholds), float32, + ``W``
 inverse    ``C + S + D*4``    (codes + float32     the fitted state
            reconstruction: the guide's
            ``reconstructed_size = N*D*B_x`` with
@@ -27,11 +26,15 @@ fit        ``D*B_x`` + the device training's       the state, + the cuVS quantil
            copies: per-dimension order statistics  (``min(1e6 // D, N)`` rows sorted as float32:
            (median, per-dimension exact quantile)  copy + sort buffer, ``2 * 4`` bytes a value)
            sort a float32 copy: ``+ 2*D*4``
-convert    ``k * (D*B_x + C + S)``: k batches in   the state
+convert    ``k * (D*B_x + C + S)``: k batches in   the state + ``k * W``: each batch's call its own scratch
            flight (``--in-flight``, default 2 =
            the engine's CUDA streams), each with
            its device input and output buffers
 ========== ====================================== ===================================================
+
+``W`` is the device scratch one encode call allocates as its launcher declares it (``@scratch``, read by
+:func:`~gpuquant.backends.cupy_launch.scratch_bytes`; the launcher sizes its buffers with it), for ``rows`` rows
+when known (no batch holds more), else the most a call allocates; 0 where none (the plan's note states it).
 
 ``convert`` also reports the pinned host memory of its staging ring, ``(k + 1) * batch_rows *
 (D*B_x)`` for inputs plus ``(k + 1) * batch_rows * (C + S)`` for outputs (what
@@ -65,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from gpuquant.api import as_quantizer
+from gpuquant.backends.cupy_families import scratch_bytes
 from gpuquant.backends.cupy_train import CANDIDATE_MIN, CANDIDATE_SHARE, RADIX_STATE_BYTES
 from gpuquant.errors import BackendUnavailableError, InputError
 from gpuquant.files import to_jsonable
@@ -422,16 +426,15 @@ def plan(
 
     rb = row_bytes(q.scheme, dim, dtype, sdim)
     fixed, note = state_bytes(q.scheme, sdim), ""
-    k = 1
-    if op == "transform":
-        per_row = rb["input"] + rb["codes"] + rb["side"]
-    elif op == "inverse":
+    k = in_flight if op == "convert" else 1
+    if op == "inverse":
         per_row = rb["codes"] + rb["side"] + rb["float32"]
     elif op == "fit":
         per_row, fixed, note = _fit_terms(q.scheme, sdim, rows, rb["input"])
-    else:
-        k = in_flight
-        per_row = k * (rb["input"] + rb["codes"] + rb["side"])
+    else:  # transform, convert: k encode calls in flight, each with its buffers and its launcher's scratch
+        per_row, scratch = k * (rb["input"] + rb["codes"] + rb["side"]), scratch_bytes(q.scheme, rows, sdim)
+        if scratch:
+            fixed, note = fixed + k * scratch, f"+ {k} x {scratch} B encode scratch"
     fixed += spec_bytes(q.pre.state_spec(tdim))
     n_max = max(0, (usable - fixed) // per_row) if usable > fixed else 0
     p = Plan(op=op, scheme=q.name, family=q.family, params=to_jsonable(q.scheme.params), rows=rows, dim=dim,

@@ -163,3 +163,39 @@ def test_row_bytes_follow_truncation_and_hadamard_padding_as_measured(params: di
     assert p.bytes_per_row == measured["input"] + measured["codes"] + measured["side"]
     run = gpuquant.planner.cpu_run("int4-block", dim=300, rows=40, dtype="float16", params=params)
     assert run["output_bytes"] == codes.data.nbytes + sum(a.nbytes for a in codes.side.values())
+
+
+def _launcher_scratch(scheme: Any, state: dict[str, Any], rows: int, d: int) -> int:
+    """Bytes of the device arrays the encode launcher allocates for its extra launches (recorded on the
+    host): every array of a later launch that the first one (the caller's arrays, constants, flag) lacks."""
+    from gpuquant.backends import device_code_dtype
+    from gpuquant.backends.cupy_launch import planned_launches
+
+    x = np.zeros((rows, d), np.float32)
+    codes = np.zeros(scheme.code_shape(rows, d), device_code_dtype(scheme))
+    first, *later = planned_launches(scheme, "encode", state, x, codes, {})
+    known = {id(a) for a in first.args}
+    return sum(a.nbytes for launch in later for a in launch.args if isinstance(a, np.ndarray) and id(a) not in known)
+
+
+@pytest.mark.parametrize(("d", "rows", "launched"), [(16, 300, 300), (768, None, 85 * 128 + 7), (70000, 5, 5)])
+@pytest.mark.parametrize("op", ["transform", "convert"])
+def test_the_planned_fixed_bytes_hold_the_scratch_the_launcher_allocates(d: int, rows: int | None, launched: int,
+                                                                        op: str) -> None:
+    # rabitq bits=4: the extra-bit encode's heap scratch (10 B a key, d keys a thread, capped at 2^23 keys
+    # or one block), once per encode call in flight; unknown rows: the most a call allocates
+    q = gpuquant.Quantizer("rabitq", bits=4, center="zero")
+    p = gpuquant.plan(q, dim=d, rows=rows, op=op, gpu_memory="80GiB", in_flight=3)
+    allocated = _launcher_scratch(q.scheme, {}, launched, d)
+    assert allocated > 0 and p.fixed_bytes == gpuquant.planner.state_bytes(q.scheme, d) + p.in_flight * allocated
+    assert p.note == f"+ {p.in_flight} x {allocated} B encode scratch" and p.note in p.text()
+    assert gpuquant.plan(q, dim=d, rows=rows, op="inverse", gpu_memory="80GiB").note == ""
+
+
+@pytest.mark.parametrize("name", [p.name for p in gpuquant.presets()])
+def test_no_presets_launcher_allocates_scratch(name: str) -> None:
+    # so their transform and convert plans fix the same bytes as their inverse (the fitted state)
+    ops = ("transform", "convert", "inverse")
+    plans = {op: gpuquant.plan(name, dim=256, rows=1000, op=op, gpu_memory="8GiB") for op in ops}
+    assert {p.fixed_bytes for p in plans.values()} == {plans["inverse"].fixed_bytes}
+    assert plans["transform"].note == plans["convert"].note == ""

@@ -64,14 +64,34 @@ def launcher(family: str, mode: str) -> Callable[[Launcher], Launcher]:
 
 #: family -> ``(scheme) -> (supported, reason)`` for families whose kernels cover only some parameters.
 LIMITS: dict[str, Callable[[Any], tuple[bool, str]]] = {}
+#: family -> ``(scheme, rows, d) -> bytes`` of device scratch its encode launcher allocates for a call
+#: of ``rows`` x ``d`` (``rows`` None: the most any call allocates) for families whose launcher allocates.
+SCRATCH: dict[str, Callable[[Any, int | None, int], int]] = {}
+
+
+def _registrar(table: dict[str, Any], family: str) -> Callable[[Any], Any]:
+    def register(fn: Any) -> Any:
+        table[family] = fn
+        return fn
+    return register
 
 
 def limits(family: str) -> Callable[[Callable[[Any], tuple[bool, str]]], Callable[[Any], tuple[bool, str]]]:
     """Register the decorated predicate: which schemes of ``family`` its kernels implement (default: all)."""
-    def register(fn: Callable[[Any], tuple[bool, str]]) -> Callable[[Any], tuple[bool, str]]:
-        LIMITS[family] = fn
-        return fn
-    return register
+    return _registrar(LIMITS, family)
+
+
+def scratch(family: str) -> Callable[[Callable[[Any, int | None, int], int]], Callable[[Any, int | None, int], int]]:
+    """Register the decorated ``(scheme, rows, d) -> bytes``: the device scratch one encode call of
+    ``family``'s launcher allocates (the launcher sizes its buffers with it; the planner counts it)."""
+    return _registrar(SCRATCH, family)
+
+
+def scratch_bytes(scheme: Any, rows: int | None, d: int) -> int:
+    """Bytes of device scratch one encode call of ``rows`` x ``d`` allocates for ``scheme`` (0 for a
+    family that registers none; ``rows`` None: the most any call allocates)."""
+    fn = SCRATCH.get(scheme.family)
+    return 0 if fn is None else int(fn(scheme, rows, d))
 
 
 def _instances() -> list[str]:
