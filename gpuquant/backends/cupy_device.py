@@ -6,8 +6,6 @@ device views of the arrays callers pass in.
   a :class:`Work` that the launch wrapper (``cupy_launch.kernel``) turns into
   :func:`grid_size` ``(blocks_per_sm, sm_count, items, per_block)`` blocks, ``blocks_per_sm`` being
   what the driver says the kernel keeps resident per multiprocessor at that block size (one wave).
-  :func:`grid_for` is the same with a fixed :data:`BLOCKS_PER_SM` (the training and rotation
-  passes, which use the count as a number).
 * :func:`as_device` / :func:`wrap_device`: CuPy views of device arrays (CuPy, DLPack on CUDA,
   ``__cuda_array_interface__``) without copies, host arrays uploaded, non-contiguous device arrays
   made contiguous on their device.
@@ -35,7 +33,6 @@ from gpuquant.backends import dlpack_on_cuda, is_device_array
 from gpuquant.errors import InputError
 
 THREADS = 256
-BLOCKS_PER_SM = 8
 
 INPUT_TYPES: dict[np.dtype, str] = {
     np.dtype(np.float32): "float",
@@ -68,7 +65,7 @@ _HOST_RUN: ContextVar[bool] = ContextVar("gpuquant_cupy_host_run", default=False
 
 @contextmanager
 def host_run() -> Iterator[None]:
-    """Inside the block :func:`cupy_module` is a numpy stand-in and :func:`grid_for` gives one block.
+    """Inside the block :func:`cupy_module` is a numpy stand-in and launch grids are one block.
 
     Only for recording the launches a call makes (``cupy_launch.planned_launches``): kernels must
     not run inside it, and a launcher's read-back flags read their initial value."""
@@ -102,13 +99,6 @@ def grid_size(blocks_per_sm: int, sms: int, work_items: int, per_block: int) -> 
     """Blocks of a grid-stride launch: enough to cover ``work_items`` at ``per_block`` items a block,
     at most one wave (``blocks_per_sm`` resident on each of ``sms`` multiprocessors), at least 1."""
     return int(max(1, min(blocks_per_sm * sms, -(-work_items // per_block))))
-
-
-def grid_for(work_items: int, per_block: int = THREADS) -> int:
-    """Blocks for ``work_items`` items: enough to cover them, at most :data:`BLOCKS_PER_SM` per SM."""
-    if _HOST_RUN.get():
-        return 1
-    return grid_size(BLOCKS_PER_SM, sm_count(), work_items, per_block)
 
 
 class Work(NamedTuple):

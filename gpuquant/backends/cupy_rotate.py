@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import THREADS, cupy_module, grid_for, i64
+from gpuquant.backends.cupy_device import THREADS, Work, cupy_module, i64, occupancy_grid
 from gpuquant.backends.cupy_launch import kernel
 from gpuquant.transforms import hadamard_signs, hadamard_size
 
@@ -27,9 +27,9 @@ def _kernel(name: str) -> Any:
     return kernel(ROTATE_FILE, name, NAME_EXPRESSIONS)
 
 
-def _rows_grid(n: int) -> int:
-    """Blocks for ``n`` rows, one row per block at a time (grid-stride over rows)."""
-    return min(n, grid_for(n * THREADS))
+def _rows_grid(n: int) -> Work:
+    """Blocks for ``n`` rows, one row per block at a time (grid-stride over rows), one wave at most."""
+    return occupancy_grid(n * THREADS)
 
 
 def _f32(cp: Any, a: Any) -> Any:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, grid_for, occupancy_grid
+from gpuquant.backends.cupy_device import INPUT_TYPES, THREADS, occupancy_grid
 from gpuquant.backends.cupy_device import cupy_module as _cupy
 from gpuquant.backends.cupy_launch import kernel
 from gpuquant.errors import InputError
@@ -80,7 +80,7 @@ def as_float32(x: Any) -> Any:
     if x.dtype == cp.float32:
         return x
     y = cp.empty(x.shape, cp.float32)
-    _kernel(f"to_float32<{_t(x)}>")((grid_for(x.size),), (THREADS,), (x, y, np.int64(x.size)))
+    _kernel(f"to_float32<{_t(x)}>")((occupancy_grid(x.size),), (THREADS,), (x, y, np.int64(x.size)))
     return y
 
 
@@ -103,7 +103,7 @@ def minmax_keys(x: Any, per_dim: bool) -> tuple[np.ndarray, np.ndarray]:
         grid = (-(-d // THREADS), min(n, _ROW_BLOCKS))
         _kernel(f"minmax_columns<{_t(x)}>")(grid, (THREADS,), (x, np.int64(n), np.int64(d), kmin, kmax))
     else:
-        _kernel(f"minmax_global<{_t(x)}>")((grid_for(x.size),), (THREADS,), (x, np.int64(x.size), kmin, kmax))
+        _kernel(f"minmax_global<{_t(x)}>")((occupancy_grid(x.size),), (THREADS,), (x, np.int64(x.size), kmin, kmax))
     return kmin.get(), kmax.get()
 
 
